@@ -1,0 +1,69 @@
+# siglip-serve — public entry points: run, test, parity, bench.
+#
+# Everything generated (venv, model exports, reference values, test images) lands in ignored
+# paths; override VENV / CARGO_TARGET_DIR to keep them outside the clone (CI does).
+
+SHELL := bash
+.SHELLFLAGS := -eu -o pipefail -c
+
+VENV ?= .venv
+PY := $(abspath $(VENV))/bin/python
+BUILD ?= build
+CARGO_TARGET_DIR ?= target
+BIN := $(CARGO_TARGET_DIR)/release/siglip-serve
+# tch links the libtorch that ships inside the venv's torch wheel (torch==2.11.0).
+CARGO_ENV := PATH="$(abspath $(VENV))/bin:$$PATH" LIBTORCH_USE_PYTORCH=1 CARGO_TARGET_DIR="$(CARGO_TARGET_DIR)"
+EXPORT := PYTHONPATH=python $(PY) -m siglip_export
+SUITE := $(BUILD)/parity/suite.json
+
+.PHONY: run test parity bench venv build lint clean
+.DELETE_ON_ERROR:
+
+venv: $(VENV)/.installed
+$(VENV)/.installed: python/requirements.txt
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r python/requirements.txt
+	touch $@
+
+build: venv
+	$(CARGO_ENV) cargo build --release --locked
+
+lint: venv
+	cargo fmt --check
+	$(CARGO_ENV) cargo clippy --release --locked --all-targets -- -D warnings
+
+# Random-weight models of the real SigLIP architectures (no model hub is reachable here).
+$(BUILD)/models/%/manifest.json: $(VENV)/.installed $(wildcard python/siglip_export/*.py)
+	$(EXPORT) random --shape $* --out $(BUILD)/models/$* --checkpoint-out $(BUILD)/checkpoints/$*
+
+$(BUILD)/assets/images.json: $(VENV)/.installed python/make_test_assets.py
+	PYTHONPATH=python $(PY) python/make_test_assets.py --out $(BUILD)/assets
+
+# Reference values, computed by transformers in this run.
+$(SUITE): $(BUILD)/assets/images.json $(BUILD)/models/tiny/manifest.json $(BUILD)/models/base-224/manifest.json python/make_parity_suite.py
+	PYTHONPATH=python $(PY) python/make_parity_suite.py --build $(BUILD) --out $(dir $@)
+
+# Every test: unit tests, parity with transformers, bad-input handling.
+test: build $(SUITE)
+	SIGLIP_PARITY_SUITE=$(abspath $(SUITE)) SIGLIP_TEST_ASSETS=$(abspath $(BUILD)/assets) \
+	  $(CARGO_ENV) cargo test --release --locked
+
+# Parity table; last line: parity: pixels_max=… pixels_mean=… token_mismatches=…/… logits_max=… probs_max=…
+parity: build $(SUITE)
+	$(BIN) parity --suite $(SUITE)
+
+# A real photo classified end to end. Offline this uses a RANDOM-weight model (it says so).
+# With network it exports google/siglip-so400m-patch14-384; offline it falls back to random
+# weights of the same architecture.
+DEMO_CHECKPOINT ?= google/siglip-so400m-patch14-384
+DEMO_LABELS := "a photo of a cat" "a photo of a dog" "a photo of an astronaut" "a cup of coffee" "a rocket"
+run: build $(BUILD)/assets/images.json
+	if [ -f $(BUILD)/models/demo/manifest.json ]; then :; \
+	elif $(EXPORT) export --checkpoint $(DEMO_CHECKPOINT) --out $(BUILD)/models/demo; then :; \
+	else echo "*** $(DEMO_CHECKPOINT) could not be downloaded: using RANDOM weights (meaningless probabilities)"; \
+	  $(EXPORT) random --shape so400m-384 --out $(BUILD)/models/demo --checkpoint-out $(BUILD)/checkpoints/demo; fi
+	$(BIN) classify --model-dir $(BUILD)/models/demo $(BUILD)/assets/images/chelsea.jpg --labels $(DEMO_LABELS)
+
+clean:
+	rm -rf $(BUILD)

@@ -1,0 +1,65 @@
+"""Computes every reference value the parity suite needs, with transformers, and writes suite.json.
+
+Run by `make parity` / `make test` after the test assets and the random-weight models exist:
+    python python/make_parity_suite.py --build build --out build/parity
+The Rust side (`siglip-serve parity --suite build/parity/suite.json`, `tests/parity.rs`) reads
+suite.json; nothing in it is typed in by hand.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+# Photos used end to end (one per decoder family keeps the suite fast on 2 cores).
+E2E_FORMATS = ("jpeg", "png", "webp", "gif")
+E2E_IMAGES = 6
+
+
+def export_cli(*args: str) -> None:
+    subprocess.run([sys.executable, "-m", "siglip_export", *map(str, args)], check=True)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--build", type=Path, required=True, help="folder with assets/, models/, checkpoints/")
+    ap.add_argument("--out", type=Path, required=True)
+    a = ap.parse_args()
+    out = a.out.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    build = a.build.resolve()
+    assets = build / "assets"
+    images = json.loads((assets / "images.json").read_text())
+    files = [str(assets / entry["file"]) for entry in images]
+    tiny_ckpt = build / "checkpoints" / "tiny"
+
+    suite: dict[str, list] = {"pixels": [], "tokens": [], "tokens_known_hard": [], "models": []}
+    for size in (224, 384):
+        ref = out / f"pixels-{size}.safetensors"
+        export_cli("reference-pixels", "--checkpoint", tiny_ckpt, "--size", size, "--out", ref, "--images", *files)
+        suite["pixels"].append({"name": f"pixels-{size}", "reference": ref.name, "model_dir": str(build / "models" / "tiny")})
+
+    for name, texts in (("siglip", "texts.json"), ("siglip-known-hard", "texts_known_hard.json")):
+        ref = out / f"tokens-{name}.safetensors"
+        export_cli("reference-tokens", "--checkpoint", tiny_ckpt, "--texts-file", assets / texts, "--out", ref)
+        key = "tokens_known_hard" if name.endswith("known-hard") else "tokens"
+        suite[key].append({"name": name, "reference": ref.name, "model_dir": str(build / "models" / "tiny")})
+
+    e2e = [str(assets / e["file"]) for e in images if e["format"].lower() in E2E_FORMATS][:E2E_IMAGES]
+    for shape, dtypes in (("tiny", ["float32", "bfloat16", "float16"]), ("base-224", ["float32", "bfloat16"])):
+        ref = out / f"model-{shape}.safetensors"
+        export_cli("reference", "--checkpoint", build / "checkpoints" / shape, "--texts-file", assets / "labels.json",
+                   "--out", ref, "--images", *e2e)
+        suite["models"].append({"name": shape, "reference": ref.name, "model_dir": str(build / "models" / shape),
+                                "dtypes": dtypes})
+
+    (out / "suite.json").write_text(json.dumps(suite, indent=2))
+    print(f"wrote {out / 'suite.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

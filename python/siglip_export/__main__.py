@@ -1,0 +1,89 @@
+"""CLI: python -m siglip_export {export,random,reference,reference-tokens,reference-pixels}."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from .export import DTYPES
+
+
+def _add_export_opts(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", type=Path, required=True, help="model directory to write")
+    p.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
+    p.add_argument("--device", default="cpu", choices=["cpu"], help="tracing device (CPU; the result runs on CUDA too)")
+    p.add_argument("--strict-tokenizer", action="store_true", help="fail on equal-score Viterbi ties too")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="siglip_export", description=__doc__)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+
+    p = sub.add_parser("export", help="HF checkpoint (hub id or local dir) -> model directory")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--revision")
+    p.add_argument("--model-id", help="manifest model_id (default: the hub id / local path)")
+    _add_export_opts(p)
+
+    p = sub.add_parser("random", help="random-weight SigLIP checkpoint, then the same export")
+    p.add_argument("--shape", required=True, choices=["tiny", "base-224", "so400m-384"])
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--checkpoint-out", type=Path, help="HF checkpoint dir (default: <out>-checkpoint)")
+    _add_export_opts(p)
+
+    p = sub.add_parser("reference", help="transformers' own embeddings/logits for parity tests")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--revision")
+    p.add_argument("--images", type=Path, nargs="+", required=True)
+    p.add_argument("--texts-file", type=Path, required=True, help="JSON list of strings")
+    p.add_argument("--out", type=Path, required=True, help="OUT.safetensors (+ OUT.json sidecar)")
+
+    p = sub.add_parser("reference-tokens", help="transformers' input_ids only")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--revision")
+    p.add_argument("--texts-file", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True)
+
+    p = sub.add_parser("reference-pixels", help="transformers' (PIL backend) pixel_values only")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--revision")
+    p.add_argument("--images", type=Path, nargs="+", required=True)
+    p.add_argument("--size", type=int, help="override the processor's square size (e.g. 384)")
+    p.add_argument("--out", type=Path, required=True)
+
+    a = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+
+    if a.cmd in ("export", "random"):
+        from .export import export
+
+        if a.cmd == "random":
+            from .random_models import make_random_checkpoint
+
+            ckpt = a.checkpoint_out or a.out.with_name(a.out.name + "-checkpoint")
+            make_random_checkpoint(a.shape, ckpt, a.seed)
+            result = export(str(ckpt), a.out, dtype=a.dtype, device=a.device, random_shape=a.shape,
+                            strict_tokenizer=a.strict_tokenizer)
+        else:
+            result = export(a.checkpoint, a.out, revision=a.revision, dtype=a.dtype, device=a.device,
+                            model_id=a.model_id, strict_tokenizer=a.strict_tokenizer)
+        print(json.dumps({k: result[k] for k in ("validation", "tokenizer", "seconds")}, indent=2))
+        return 0
+
+    from . import reference as ref
+
+    if a.cmd == "reference":
+        ref.reference(a.checkpoint, a.images, ref.read_texts(a.texts_file), a.out, a.revision)
+    elif a.cmd == "reference-tokens":
+        ref.reference_tokens(a.checkpoint, ref.read_texts(a.texts_file), a.out, a.revision)
+    else:
+        ref.reference_pixels(a.checkpoint, a.images, a.out, a.size, a.revision)
+    print(f"wrote {a.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

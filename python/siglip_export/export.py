@@ -1,0 +1,254 @@
+"""HF SigLIP checkpoint -> model directory (manifest.json, vision.pt, text.pt, tokenizer.json).
+
+Every export validates itself: the reloaded TorchScript modules are compared with eager
+transformers, and tokenizer.json with the checkpoint's transformers tokenizer. Any failure raises.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from . import manifest, tokenizer as tokmod
+from .texts import builtin_sample
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+_RESAMPLE = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}
+# Attention kernel used for tracing. sdpa traces to one aten op, equals eager exactly (NOTES.md)
+# and keeps the traced graph device-agnostic.
+ATTN_IMPLEMENTATION = "sdpa"
+
+
+class ExportError(RuntimeError):
+    """Raised when an exported artefact does not reproduce transformers."""
+
+
+class VisionEmbed(nn.Module):
+    """pixel_values (B,3,S,S) -> L2-normalised image embeddings (B,D), as SiglipModel.forward."""
+
+    def __init__(self, vision_model: nn.Module) -> None:
+        super().__init__()
+        self.vision_model = vision_model
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        emb = self.vision_model(pixel_values=pixel_values).pooler_output
+        return emb / emb.norm(p=2, dim=-1, keepdim=True)
+
+
+class TextEmbed(nn.Module):
+    """input_ids (B,64) -> L2-normalised text embeddings (B,D). No attention mask: SigLIP was
+    trained on fixed-length padded text and pools the last position."""
+
+    def __init__(self, text_model: nn.Module) -> None:
+        super().__init__()
+        self.text_model = text_model
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        emb = self.text_model(input_ids=input_ids).pooler_output
+        return emb / emb.norm(p=2, dim=-1, keepdim=True)
+
+
+@dataclass
+class Checkpoint:
+    path: Path  # local directory
+    source: str  # hub id or absolute local path
+    revision: str | None
+
+
+def resolve_checkpoint(checkpoint: str, revision: str | None = None) -> Checkpoint:
+    """Local directory as is; otherwise a hub id resolved through the HF cache (offline works
+    when cached), recording the snapshot's commit sha."""
+    p = Path(checkpoint)
+    if p.is_dir():
+        return Checkpoint(p.resolve(), str(p.resolve()), revision)
+    from huggingface_hub import snapshot_download
+
+    local = Path(
+        snapshot_download(checkpoint, revision=revision, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt"])
+    )
+    sha = local.name if re.fullmatch(r"[0-9a-f]{40}", local.name) else revision
+    return Checkpoint(local, checkpoint, sha)
+
+
+def load_tokenizer(path: Path) -> Any:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(path))
+
+
+def build_tokenizer_json(hf_tok: Any) -> tuple[Any, tokmod.TextSettings]:
+    """Pick the conversion route from the tokenizer transformers itself loads for the checkpoint."""
+    from transformers import SiglipTokenizer
+
+    if isinstance(hf_tok, SiglipTokenizer):
+        tok = tokmod.build_siglip_tokenizer(Path(hf_tok.vocab_file), do_lower_case=hf_tok.do_lower_case)
+        kind, lowercase = "siglip-sentencepiece", bool(hf_tok.do_lower_case)
+    elif getattr(hf_tok, "backend_tokenizer", None) is not None:
+        tok = tokmod.build_from_fast(hf_tok)
+        kind, lowercase = "gemma", tokmod.normalizer_lowercases(tok)
+    else:
+        raise ExportError(f"unsupported tokenizer class {type(hf_tok).__name__}")
+    pad_id = tok.padding["pad_id"]
+    settings = tokmod.TextSettings(tokmod.MAX_LENGTH, pad_id, int(hf_tok.eos_token_id), lowercase, kind)
+    return tok, settings
+
+
+def verify_tokenizer(tok: Any, hf_tok: Any, texts: list[str], strict: bool) -> str:
+    """Fail unless tokenizer.json reproduces transformers. Equal-score Viterbi ties (same
+    total score, different order; the sentencepiece lattice's tie-break cannot be expressed in
+    tokenizers) only fail with strict=True."""
+    mm = tokmod.compare(tok, hf_tok, texts)
+    summary = tokmod.summarize(mm, len(texts))
+    bad = [m for m in mm if strict or not m.viterbi_tie]
+    if bad:
+        ex = "; ".join(f"{m.text!r}: ours {m.ours[:12]} ref {m.reference[:12]}" for m in bad[:3])
+        raise ExportError(f"tokenizer.json does not reproduce transformers: {summary}. e.g. {ex}")
+    return summary
+
+
+def image_settings(path: Path) -> dict[str, Any]:
+    from transformers import SiglipImageProcessorPil
+
+    ip = SiglipImageProcessorPil.from_pretrained(str(path))
+    size = ip.size
+    h, w = (size["height"], size["width"]) if "height" in size else (size["shortest_edge"],) * 2
+    if h != w:
+        raise ExportError(f"non-square image size {size} is not supported")
+    if not (ip.do_resize and ip.do_rescale and ip.do_normalize):
+        raise ExportError("image processor with resize/rescale/normalize disabled is not supported")
+    resample = int(getattr(ip.resample, "value", ip.resample))
+    return {
+        "size": int(h),
+        "resample": _RESAMPLE[resample],
+        "rescale_factor": float(ip.rescale_factor),
+        "mean": [float(x) for x in ip.image_mean],
+        "std": [float(x) for x in ip.image_std],
+    }
+
+
+def _device_constants(module: torch.jit.ScriptModule) -> list[str]:
+    """Graph lines that pin a device: a traced constant like device="cpu" would break on CUDA."""
+    graph = str(module.inlined_graph)
+    return [ln.strip() for ln in graph.splitlines() if re.search(r'prim::Constant\[value="(cpu|cuda)', ln)]
+
+
+def _sample_inputs(ckpt: Path, image: dict[str, Any], hf_tok: Any, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    from transformers import SiglipImageProcessorPil
+
+    from .random_models import CALIBRATION_TEXTS, calibration_images
+
+    ip = SiglipImageProcessorPil.from_pretrained(str(ckpt))
+    pixels = ip(calibration_images()[:3], return_tensors="pt")["pixel_values"]
+    texts = [CALIBRATION_TEXTS[0], builtin_sample()[30], "a photo of 2 cats"]
+    ids = torch.tensor(tokmod.reference_ids(hf_tok, texts), dtype=torch.int64)
+    return pixels, ids
+
+
+def _max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a.float() - b.float()).abs().max())
+
+
+def export(
+    checkpoint: str, out: Path, *, revision: str | None = None, dtype: str = "float32", device: str = "cpu",
+    model_id: str | None = None, random_shape: str | None = None, strict_tokenizer: bool = False,
+) -> dict[str, Any]:
+    from transformers import AutoConfig, SiglipModel
+
+    t0 = time.time()
+    ck = resolve_checkpoint(checkpoint, revision)
+    config = AutoConfig.from_pretrained(str(ck.path))
+    if config.model_type != "siglip":
+        # SigLIP 2 NaFlex (model_type siglip2) needs patch masks/spatial shapes: not this format.
+        raise ExportError(f"model_type {config.model_type!r} not supported (need 'siglip', incl. SigLIP 2 fixed-res)")
+    out.mkdir(parents=True, exist_ok=True)
+    torch_dtype = DTYPES[dtype]
+
+    hf_tok = load_tokenizer(ck.path)
+    tok, text = build_tokenizer_json(hf_tok)
+    tok_summary = verify_tokenizer(tok, hf_tok, builtin_sample(), strict_tokenizer)
+    tok.save(str(out / manifest.FILES["tokenizer"]))
+    from tokenizers import Tokenizer
+
+    # The file on disk is what Rust reads: re-check it after a save/load round trip.
+    verify_tokenizer(Tokenizer.from_file(str(out / manifest.FILES["tokenizer"])), hf_tok, builtin_sample()[:200], strict_tokenizer)
+    log.info("tokenizer.json: %s", tok_summary)
+
+    image = image_settings(ck.path)
+    ref_model = SiglipModel.from_pretrained(str(ck.path), attn_implementation=ATTN_IMPLEMENTATION, dtype=torch.float32).eval()
+    if ref_model.config.vision_config.image_size != image["size"]:
+        raise ExportError(f"processor size {image['size']} != model image_size {ref_model.config.vision_config.image_size}")
+    pixels, ids = _sample_inputs(ck.path, image, hf_tok, torch_dtype)
+
+    model = ref_model if torch_dtype == torch.float32 else SiglipModel.from_pretrained(
+        str(ck.path), attn_implementation=ATTN_IMPLEMENTATION, dtype=torch.float32).to(torch_dtype).eval()
+    vision, textm = VisionEmbed(model.vision_model).eval(), TextEmbed(model.text_model).eval()
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.jit deprecation / tracer warnings
+        t1 = time.time()
+        torch.jit.save(torch.jit.trace(vision, (pixels[:2].to(torch_dtype),), check_trace=False), str(out / "vision.pt"))
+        torch.jit.save(torch.jit.trace(textm, (ids[:2],), check_trace=False), str(out / "text.pt"))
+        log.info("traced in %.1fs", time.time() - t1)
+        report = _validate(out, vision, textm, ref_model, pixels, ids, torch_dtype)
+
+    scale, bias = float(ref_model.logit_scale.item()), float(ref_model.logit_bias.item())
+    m = manifest.build(
+        model_id=model_id or (f"random/{random_shape}" if random_shape else ck.source),
+        architecture="siglip2" if text.kind == "gemma" else "siglip",
+        source={"checkpoint": ck.source, "revision": ck.revision, "random_weights": random_shape is not None, "shape": random_shape},
+        image=image,
+        text={"max_length": text.max_length, "pad_id": text.pad_id, "eos_id": text.eos_id, "lowercase": text.lowercase, "tokenizer": text.kind},
+        embedding_dim=int(report["embedding_dim"]),
+        dtype=dtype,
+        logit_scale=scale,
+        logit_bias=bias,
+    )
+    manifest.write(m, out)
+    log.info("exported %s -> %s in %.1fs (%s)", ck.source, out, time.time() - t0, report)
+    return {"manifest": m, "validation": report, "tokenizer": tok_summary, "seconds": round(time.time() - t0, 1)}
+
+
+def _validate(
+    out: Path, vision: nn.Module, textm: nn.Module, ref_model: Any, pixels: torch.Tensor, ids: torch.Tensor, dtype: torch.dtype,
+) -> dict[str, Any]:
+    """Reload the .pt files; compare with eager (same dtype) at batch 1 and 3 and, via the
+    logits, with SiglipModel in fp32."""
+    tv = torch.jit.load(str(out / "vision.pt"), map_location="cpu")
+    tt = torch.jit.load(str(out / "text.pt"), map_location="cpu")
+    for name, mod in (("vision", tv), ("text", tt)):
+        pinned = _device_constants(mod)
+        if pinned:
+            raise ExportError(f"{name}.pt pins a device, would not run on CUDA: {pinned[:3]}")
+    same_dtype_tol = 1e-5 if dtype == torch.float32 else 2e-2
+    report: dict[str, Any] = {}
+    for n in (1, 3):
+        px = pixels[:n].to(dtype)
+        iv, ie = tv(px), vision(px)
+        tv_, te = tt(ids[:n]), textm(ids[:n])
+        if iv.shape[0] != n or tv_.shape[0] != n:
+            raise ExportError(f"batch {n}: traced output shapes {tuple(iv.shape)}, {tuple(tv_.shape)}")
+        d = max(_max_diff(iv, ie), _max_diff(tv_, te))
+        report[f"traced_vs_eager_b{n}"] = d
+        if d > same_dtype_tol:
+            raise ExportError(f"batch {n}: traced vs eager max diff {d:g} > {same_dtype_tol:g}")
+    ref = ref_model(input_ids=ids, pixel_values=pixels)
+    img, txt = tv(pixels.to(dtype)).float(), tt(ids).float()
+    logits = img @ txt.T * ref_model.logit_scale.exp() + ref_model.logit_bias
+    d_logits = _max_diff(logits, ref.logits_per_image)
+    # Low precision: compare embedding directions (logit error scales with exp(logit_scale)).
+    cos = min(float((img * ref.image_embeds).sum(-1).min()), float((txt * ref.text_embeds).sum(-1).min()))
+    report.update(logits_vs_transformers_fp32=d_logits, min_cosine_vs_fp32=cos, embedding_dim=img.shape[-1])
+    if dtype == torch.float32 and d_logits > 1e-3:
+        raise ExportError(f"logits differ from SiglipModel by {d_logits:g}")
+    if cos < (0.9999 if dtype == torch.float32 else 0.99):
+        raise ExportError(f"embeddings diverge from fp32 SiglipModel (min cosine {cos:.5f})")
+    return report

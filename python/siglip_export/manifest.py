@@ -1,0 +1,60 @@
+"""manifest.json: the contract between this exporter and the Rust server (keep key names stable)."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+
+FORMAT_VERSION = 1
+FILES = {"vision": "vision.pt", "text": "text.pt", "tokenizer": "tokenizer.json"}
+REQUIRED_KEYS = (
+    "format_version", "model_id", "architecture", "source", "image", "text", "embedding_dim", "dtype",
+    "logit_scale", "logit_bias", "versions", "files", "created",
+)
+
+
+def versions() -> dict[str, str]:
+    import tokenizers
+    import torch
+    import transformers
+
+    return {
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "tokenizers": tokenizers.__version__,
+        "siglip_export": __version__,
+    }
+
+
+def build(
+    *, model_id: str, architecture: str, source: dict[str, Any], image: dict[str, Any], text: dict[str, Any],
+    embedding_dim: int, dtype: str, logit_scale: float, logit_bias: float,
+) -> dict[str, Any]:
+    return {
+        "format_version": FORMAT_VERSION,
+        "model_id": model_id,
+        "architecture": architecture,
+        "source": source,
+        "image": image,
+        "text": text,
+        "embedding_dim": embedding_dim,
+        "dtype": dtype,
+        "logit_scale": logit_scale,
+        "logit_bias": logit_bias,
+        "versions": versions(),
+        "files": dict(FILES),
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def write(manifest: dict[str, Any], out_dir: Path) -> Path:
+    missing = [k for k in REQUIRED_KEYS if k not in manifest]
+    if missing:
+        raise ValueError(f"manifest lacks {missing}")
+    path = out_dir / "manifest.json"
+    path.write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
+    return path

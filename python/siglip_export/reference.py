@@ -1,0 +1,87 @@
+"""What transformers itself computes, saved for parity tests of the Rust server.
+
+Images: `transformers.image_utils.load_image(path)` (EXIF transpose, then PIL `convert("RGB")`)
+and `SiglipImageProcessorPil` (the PIL backend, not torchvision). Texts: the checkpoint's
+transformers tokenizer (slow `SiglipTokenizer` for SigLIP v1), padded to 64, truncated.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from safetensors.torch import save_file
+
+from .export import load_tokenizer, resolve_checkpoint
+from .tokenizer import reference_ids
+
+
+def _image_processor(ckpt: Path, size: int | None) -> Any:
+    from transformers import SiglipImageProcessorPil
+
+    kwargs = {"size": {"height": size, "width": size}} if size else {}
+    return SiglipImageProcessorPil.from_pretrained(str(ckpt), **kwargs)
+
+
+def pixel_values(ckpt: Path, images: Sequence[Path], size: int | None = None) -> torch.Tensor:
+    from transformers.image_utils import load_image
+
+    ip = _image_processor(ckpt, size)
+    pil = [load_image(str(p)) for p in images]
+    return ip(pil, return_tensors="pt")["pixel_values"].float()
+
+
+def input_ids(ckpt: Path, texts: Sequence[str]) -> torch.Tensor:
+    return torch.tensor(reference_ids(load_tokenizer(ckpt), texts), dtype=torch.int64)
+
+
+def read_texts(path: Path) -> list[str]:
+    texts = json.loads(path.read_text())
+    if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
+        raise ValueError(f"{path}: expected a JSON list of strings")
+    return texts
+
+
+def _sidecar(out: Path, **fields: Any) -> None:
+    import transformers
+
+    out.with_suffix(".json").write_text(
+        json.dumps({**fields, "transformers": transformers.__version__}, indent=2, ensure_ascii=False) + "\n"
+    )
+
+
+@torch.no_grad()
+def reference(checkpoint: str, images: Sequence[Path], texts: Sequence[str], out: Path, revision: str | None = None) -> None:
+    from transformers import SiglipModel
+
+    ck = resolve_checkpoint(checkpoint, revision)
+    model = SiglipModel.from_pretrained(str(ck.path), dtype=torch.float32).eval()
+    px, ids = pixel_values(ck.path, images), input_ids(ck.path, texts)
+    o = model(input_ids=ids, pixel_values=px)  # no attention mask, as SigLIP is used
+    tensors = {
+        "pixel_values": px.contiguous(),
+        "input_ids": ids.contiguous(),
+        "image_embeds": o.image_embeds.float().contiguous(),
+        "text_embeds": o.text_embeds.float().contiguous(),
+        "logits": o.logits_per_image.float().contiguous(),
+        "probs": torch.sigmoid(o.logits_per_image).float().contiguous(),
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(out))
+    _sidecar(out, images=[str(Path(p).resolve()) for p in images], texts=list(texts), checkpoint=ck.source)
+
+
+def reference_tokens(checkpoint: str, texts: Sequence[str], out: Path, revision: str | None = None) -> None:
+    ck = resolve_checkpoint(checkpoint, revision)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_file({"input_ids": input_ids(ck.path, texts).contiguous()}, str(out))
+    _sidecar(out, texts=list(texts), checkpoint=ck.source)
+
+
+def reference_pixels(checkpoint: str, images: Sequence[Path], out: Path, size: int | None = None, revision: str | None = None) -> None:
+    ck = resolve_checkpoint(checkpoint, revision)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_file({"pixel_values": pixel_values(ck.path, images, size).contiguous()}, str(out))
+    _sidecar(out, images=[str(Path(p).resolve()) for p in images], checkpoint=ck.source, size=size)

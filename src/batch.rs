@@ -1,0 +1,281 @@
+//! The inference queue and its worker: one bounded queue for every caller, one thread that owns
+//! the model and runs it in batches (as Triton's dynamic batcher does).
+//!
+//! libtorch calls block, so they never run on the async runtime: callers enqueue a [`Job`] and
+//! await a oneshot reply. The worker takes the first waiting job, then keeps collecting until the
+//! batch holds `max_batch_size` rows or `max_batch_delay` has passed, drops jobs whose caller has
+//! gone or whose deadline has passed, and runs each tower once per batch.
+
+use std::{
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        mpsc::{self, RecvTimeoutError, SyncSender, TrySendError},
+        Arc,
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use tokio::sync::oneshot;
+
+use crate::error::{Error, Result};
+use crate::model::{pixels_per_image, scores::Embeddings, tokenizer::TokenIds, Model};
+
+#[derive(Debug, Clone, Copy)]
+pub struct BatchConfig {
+    /// Most images (or texts) in one forward pass.
+    pub max_batch_size: usize,
+    /// Longest a job waits for others to join its batch.
+    pub max_batch_delay: Duration,
+    /// Jobs that may wait; one more is refused at once.
+    pub queue_capacity: usize,
+}
+
+/// What a caller gets back: its own rows, and where the time went.
+#[derive(Debug)]
+pub struct Reply {
+    pub embeddings: Embeddings,
+    pub queue: Duration,
+    pub inference: Duration,
+}
+
+enum Work {
+    /// `n` preprocessed images, CHW floats back to back.
+    Images { pixels: Vec<f32>, n: usize },
+    Texts(Vec<TokenIds>),
+}
+
+struct Job {
+    work: Work,
+    deadline: Option<Instant>,
+    enqueued: Instant,
+    reply: oneshot::Sender<Result<Reply>>,
+}
+
+impl Job {
+    fn rows(&self) -> usize {
+        match &self.work {
+            Work::Images { n, .. } => *n,
+            Work::Texts(ids) => ids.len(),
+        }
+    }
+
+    /// A job nobody waits for any more is dropped; one past its deadline is answered so.
+    fn still_wanted(self) -> Option<Self> {
+        if self.reply.is_closed() {
+            return None;
+        }
+        if self.deadline.is_some_and(|d| Instant::now() >= d) {
+            let waited = self.enqueued.elapsed();
+            let _ = self.reply.send(Err(Error::DeadlineExceeded(format!(
+                "the request waited {} ms in the queue; it was dropped before inference",
+                waited.as_millis()
+            ))));
+            return None;
+        }
+        Some(self)
+    }
+}
+
+/// Handle to the queue; cheap to clone.
+#[derive(Clone)]
+pub struct Batcher {
+    tx: SyncSender<Job>,
+    depth: Arc<AtomicUsize>,
+    capacity: usize,
+}
+
+impl Batcher {
+    /// Moves `model` onto a new inference thread and returns the queue in front of it. The thread
+    /// ends when every `Batcher` clone is dropped.
+    pub fn start(model: Model, config: BatchConfig) -> (Self, thread::JoinHandle<()>) {
+        let (tx, rx) = mpsc::sync_channel(config.queue_capacity);
+        let depth = Arc::new(AtomicUsize::new(0));
+        let worker = Worker {
+            model,
+            config,
+            rx,
+            depth: Arc::clone(&depth),
+        };
+        let handle = thread::Builder::new()
+            .name("siglip-infer".into())
+            .spawn(move || worker.run())
+            .expect("spawning the inference thread");
+        let batcher = Self {
+            tx,
+            depth,
+            capacity: config.queue_capacity,
+        };
+        (batcher, handle)
+    }
+
+    /// Jobs waiting for the worker.
+    pub fn depth(&self) -> usize {
+        self.depth.load(Ordering::Relaxed)
+    }
+
+    pub async fn embed_images(&self, pixels: Vec<f32>, n: usize, deadline: Option<Instant>) -> Result<Reply> {
+        self.submit(Work::Images { pixels, n }, deadline).await
+    }
+
+    pub async fn embed_texts(&self, ids: Vec<TokenIds>, deadline: Option<Instant>) -> Result<Reply> {
+        self.submit(Work::Texts(ids), deadline).await
+    }
+
+    async fn submit(&self, work: Work, deadline: Option<Instant>) -> Result<Reply> {
+        let (reply, rx) = oneshot::channel();
+        let job = Job {
+            work,
+            deadline,
+            enqueued: Instant::now(),
+            reply,
+        };
+        self.depth.fetch_add(1, Ordering::Relaxed);
+        match self.tx.try_send(job) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => {
+                self.depth.fetch_sub(1, Ordering::Relaxed);
+                return Err(Error::ResourceExhausted(format!(
+                    "server overloaded: the inference queue is full ({} jobs waiting, --max-queue); retry with backoff",
+                    self.capacity
+                )));
+            }
+            Err(TrySendError::Disconnected(_)) => {
+                self.depth.fetch_sub(1, Ordering::Relaxed);
+                return Err(Error::Unavailable("the inference worker has stopped".into()));
+            }
+        }
+        rx.await
+            .unwrap_or_else(|_| Err(Error::Inference("the inference worker dropped the request".into())))
+    }
+}
+
+struct Worker {
+    model: Model,
+    config: BatchConfig,
+    rx: mpsc::Receiver<Job>,
+    depth: Arc<AtomicUsize>,
+}
+
+impl Worker {
+    fn run(self) {
+        while let Some(batch) = self.next_batch() {
+            let (images, texts): (Vec<Job>, Vec<Job>) = batch
+                .into_iter()
+                .filter_map(Job::still_wanted)
+                .partition(|j| matches!(j.work, Work::Images { .. }));
+            if !images.is_empty() {
+                self.run_images(images);
+            }
+            if !texts.is_empty() {
+                self.run_texts(texts);
+            }
+        }
+    }
+
+    fn take(&self, job: Job) -> Job {
+        self.depth.fetch_sub(1, Ordering::Relaxed);
+        job
+    }
+
+    /// Blocks for the first job, then gathers more until the batch is full or the delay is over.
+    /// `None` once every sender is gone.
+    fn next_batch(&self) -> Option<Vec<Job>> {
+        let first = self.take(self.rx.recv().ok()?);
+        let close_at = Instant::now() + self.config.max_batch_delay;
+        let mut rows = first.rows();
+        let mut batch = vec![first];
+        while rows < self.config.max_batch_size {
+            let wait = close_at.saturating_duration_since(Instant::now());
+            let job = match self.rx.recv_timeout(wait) {
+                Ok(job) => self.take(job),
+                Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
+            };
+            rows += job.rows();
+            batch.push(job);
+        }
+        Some(batch)
+    }
+
+    fn run_images(&self, jobs: Vec<Job>) {
+        let per_image = pixels_per_image(self.model.preprocess());
+        let mut pixels = Vec::new();
+        for job in &jobs {
+            if let Work::Images { pixels: p, .. } = &job.work {
+                pixels.extend_from_slice(p);
+            }
+        }
+        let n = pixels.len() / per_image;
+        let result = self.chunked(n, |start, len| {
+            self.model
+                .embed_pixels(&pixels[start * per_image..(start + len) * per_image], len)
+        });
+        self.answer(jobs, result);
+    }
+
+    fn run_texts(&self, jobs: Vec<Job>) {
+        let ids: Vec<TokenIds> = jobs
+            .iter()
+            .flat_map(|job| match &job.work {
+                Work::Texts(ids) => ids.clone(),
+                Work::Images { .. } => Vec::new(),
+            })
+            .collect();
+        let result = self.chunked(ids.len(), |start, len| self.model.embed_token_ids(&ids[start..start + len]));
+        self.answer(jobs, result);
+    }
+
+    /// Runs `forward` over `n` rows in passes of at most `max_batch_size` (one caller may send
+    /// more rows than a batch holds) and concatenates the embeddings.
+    fn chunked(
+        &self,
+        n: usize,
+        forward: impl Fn(usize, usize) -> Result<Embeddings>,
+    ) -> (Result<Embeddings>, Duration) {
+        let started = Instant::now();
+        let step = self.config.max_batch_size.max(1);
+        let mut all: Option<Embeddings> = None;
+        for start in (0..n).step_by(step) {
+            match forward(start, step.min(n - start)) {
+                Ok(e) => match &mut all {
+                    Some(acc) => acc.data.extend_from_slice(&e.data),
+                    None => all = Some(e),
+                },
+                Err(e) => return (Err(e), started.elapsed()),
+            }
+        }
+        let result = all.ok_or_else(|| Error::Inference("empty batch".into()));
+        (result, started.elapsed())
+    }
+
+    /// Hands each job its own rows, in queue order.
+    fn answer(&self, jobs: Vec<Job>, (result, inference): (Result<Embeddings>, Duration)) {
+        let embeddings = match result {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::error!(error = %e, "inference failed");
+                let message = match e {
+                    Error::Inference(m) => m,
+                    other => other.to_string(),
+                };
+                for job in jobs {
+                    let _ = job.reply.send(Err(Error::Inference(message.clone())));
+                }
+                return;
+            }
+        };
+        let dim = embeddings.dim;
+        let mut offset = 0;
+        for job in jobs {
+            let rows = job.rows();
+            let data = embeddings.data[offset * dim..(offset + rows) * dim].to_vec();
+            offset += rows;
+            let queue = job.enqueued.elapsed().saturating_sub(inference);
+            let _ = job.reply.send(Ok(Reply {
+                embeddings: Embeddings::new(dim, data),
+                queue,
+                inference,
+            }));
+        }
+    }
+}

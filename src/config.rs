@@ -1,0 +1,141 @@
+//! Command-line flags. Every flag can also be set through the environment variable named next
+//! to it, so a container or a Kubernetes manifest needs no command line.
+
+use std::path::PathBuf;
+
+use clap::Args;
+
+use crate::model::{
+    runtime::{DType, DeviceChoice},
+    LoadOptions,
+};
+
+/// Which model to load, where, and how.
+#[derive(Debug, Clone, Args)]
+pub struct ModelArgs {
+    /// Model directory written by `python -m siglip_export`.
+    #[arg(long, env = "SIGLIP_MODEL_DIR")]
+    pub model_dir: PathBuf,
+
+    /// `auto` (CUDA when usable, else CPU), `cpu`, `cuda` or `cuda:N`.
+    #[arg(long, env = "SIGLIP_DEVICE", default_value = "auto")]
+    pub device: DeviceChoice,
+
+    /// float32, float16 or bfloat16; default: the dtype the model was exported in.
+    #[arg(long, env = "SIGLIP_DTYPE")]
+    pub dtype: Option<DType>,
+
+    /// libtorch intra-op threads (0: one per core).
+    #[arg(long, env = "SIGLIP_THREADS", default_value_t = 0)]
+    pub threads: usize,
+
+    /// Forward passes per tower at startup, before the model counts as ready.
+    #[arg(long, env = "SIGLIP_WARMUP_ROUNDS", default_value_t = 3)]
+    pub warmup_rounds: usize,
+}
+
+impl ModelArgs {
+    /// Applies the thread setting (process-wide in libtorch) and returns the load options.
+    pub fn load_options(&self) -> LoadOptions {
+        if self.threads > 0 {
+            tch::set_num_threads(self.threads as i32);
+        }
+        LoadOptions {
+            dir: self.model_dir.clone(),
+            device: self.device,
+            dtype: self.dtype,
+            warmup_rounds: self.warmup_rounds,
+        }
+    }
+}
+
+/// Limits on what one caller may ask for. Each is a flag, so operators can size them to their
+/// hardware and clients.
+#[derive(Debug, Clone, Args)]
+pub struct LimitArgs {
+    /// Largest encoded image accepted, in bytes (whole, or reassembled from chunks).
+    #[arg(long, env = "SIGLIP_MAX_IMAGE_BYTES", default_value_t = 32 << 20)]
+    pub max_image_bytes: usize,
+
+    /// Largest image accepted, in pixels (width × height), checked from the header before decoding.
+    #[arg(long, env = "SIGLIP_MAX_IMAGE_PIXELS", default_value_t = 50_000_000)]
+    pub max_image_pixels: u64,
+
+    /// Longest image side accepted, in pixels.
+    #[arg(long, env = "SIGLIP_MAX_IMAGE_SIDE", default_value_t = 20_000)]
+    pub max_image_side: u32,
+
+    /// Most texts (labels) in one request or stream configuration.
+    #[arg(long, env = "SIGLIP_MAX_TEXTS", default_value_t = 256)]
+    pub max_texts: usize,
+
+    /// Longest text accepted, in bytes (texts over 64 tokens are truncated, EOS kept).
+    #[arg(long, env = "SIGLIP_MAX_TEXT_BYTES", default_value_t = 2048)]
+    pub max_text_bytes: usize,
+
+    /// Most images in one EmbedImage request.
+    #[arg(long, env = "SIGLIP_MAX_IMAGES", default_value_t = 64)]
+    pub max_images: usize,
+
+    /// Largest gRPC message accepted, in bytes (bigger images go through Upload in chunks).
+    #[arg(long, env = "SIGLIP_MAX_MESSAGE_BYTES", default_value_t = 4 << 20)]
+    pub max_message_bytes: usize,
+
+    /// Most concurrent Stream calls; one more is refused with RESOURCE_EXHAUSTED.
+    #[arg(long, env = "SIGLIP_MAX_STREAMS", default_value_t = 64)]
+    pub max_streams: usize,
+
+    /// Longest a Stream call may last, in seconds (0: no limit); then it ends with OK so that a
+    /// mesh can rebalance, and the client reconnects.
+    #[arg(long, env = "SIGLIP_MAX_STREAM_SECONDS", default_value_t = 1800)]
+    pub max_stream_seconds: u64,
+
+    /// Frames of one every-frame stream in flight at once (ordering is kept).
+    #[arg(long, env = "SIGLIP_STREAM_PIPELINE", default_value_t = 4)]
+    pub stream_pipeline: usize,
+}
+
+/// The inference queue and batcher.
+#[derive(Debug, Clone, Args)]
+pub struct BatchArgs {
+    /// Requests waiting for inference; one more is refused with RESOURCE_EXHAUSTED.
+    #[arg(long, env = "SIGLIP_MAX_QUEUE", default_value_t = 256)]
+    pub max_queue: usize,
+
+    /// Most images (or texts) per forward pass.
+    #[arg(long, env = "SIGLIP_MAX_BATCH_SIZE", default_value_t = 16)]
+    pub max_batch_size: usize,
+
+    /// Longest a request waits for others to fill its batch, in milliseconds.
+    #[arg(long, env = "SIGLIP_MAX_BATCH_DELAY_MS", default_value_t = 2)]
+    pub max_batch_delay_ms: u64,
+
+    /// Threads decoding and resizing images (0: one per core).
+    #[arg(long, env = "SIGLIP_PREPROCESS_THREADS", default_value_t = 0)]
+    pub preprocess_threads: usize,
+}
+
+/// `siglip-serve serve`.
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+
+    #[command(flatten)]
+    pub limits: LimitArgs,
+
+    #[command(flatten)]
+    pub batch: BatchArgs,
+
+    /// Address of the gRPC server.
+    #[arg(long, env = "SIGLIP_GRPC_ADDR", default_value = "0.0.0.0:50051")]
+    pub grpc_addr: std::net::SocketAddr,
+
+    /// On SIGTERM/SIGINT, how long in-flight work may take to finish, in seconds.
+    #[arg(long, env = "SIGLIP_SHUTDOWN_GRACE_SECONDS", default_value_t = 20)]
+    pub shutdown_grace_seconds: u64,
+
+    /// Log as JSON lines instead of text.
+    #[arg(long, env = "SIGLIP_LOG_JSON")]
+    pub log_json: bool,
+}

@@ -1,0 +1,55 @@
+//! The crate's one error type. Each variant says *whose* problem it is; `grpc` maps them to
+//! status codes in one place.
+
+use crate::model::image::ImageError;
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The caller's image cannot be used (corrupt, unsupported, over a limit, ...).
+    #[error(transparent)]
+    Image(#[from] ImageError),
+    /// The caller asked for something malformed (no texts, a bad option, ...).
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// A configured limit or the server's capacity was exceeded.
+    #[error("{0}")]
+    ResourceExhausted(String),
+    /// The caller's deadline passed before the work was done; the work was dropped.
+    #[error("deadline exceeded: {0}")]
+    DeadlineExceeded(String),
+    /// Not ready yet, or shutting down: try again elsewhere or later.
+    #[error("{0}")]
+    Unavailable(String),
+    /// The model directory or device could not be used (startup problems).
+    #[error("{0}")]
+    Model(String),
+    /// libtorch failed while running the model: the server's problem, not the caller's.
+    #[error("inference failed: {0}")]
+    Inference(String),
+}
+
+impl From<tch::TchError> for Error {
+    fn from(e: tch::TchError) -> Self {
+        Error::Inference(e.to_string())
+    }
+}
+
+impl Error {
+    /// True when the request was refused for exceeding a configured limit rather than for being
+    /// malformed (RESOURCE_EXHAUSTED rather than INVALID_ARGUMENT).
+    pub fn is_limit(&self) -> bool {
+        match self {
+            Error::ResourceExhausted(_) => true,
+            Error::Image(e) => matches!(
+                e,
+                ImageError::TooLarge { .. }
+                    | ImageError::TooManyPixels { .. }
+                    | ImageError::SideTooLong { .. }
+                    | ImageError::MemoryLimit(_)
+            ),
+            _ => false,
+        }
+    }
+}

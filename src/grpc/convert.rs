@@ -1,0 +1,97 @@
+//! Between protobuf messages and the core's types.
+
+use std::time::{Duration, Instant};
+
+use tonic::{metadata::MetadataMap, Status};
+
+use super::pb;
+use crate::error::{Error, Result};
+use crate::infer::{ImageInput, Score, ScoreFilter, Timings};
+use crate::model::image::RawFormat;
+
+pub fn image(image: Option<pb::Image>) -> Result<ImageInput> {
+    let source = image
+        .and_then(|i| i.source)
+        .ok_or_else(|| Error::InvalidArgument("no image given: set image.encoded or image.raw".into()))?;
+    Ok(match source {
+        pb::image::Source::Encoded(bytes) => ImageInput::Encoded(bytes),
+        pb::image::Source::Raw(raw) => ImageInput::Raw {
+            width: raw.width,
+            height: raw.height,
+            format: match pb::PixelFormat::try_from(raw.format) {
+                Ok(pb::PixelFormat::Rgb8) => RawFormat::Rgb8,
+                Ok(pb::PixelFormat::Rgba8) => RawFormat::Rgba8,
+                _ => {
+                    return Err(Error::InvalidArgument(format!(
+                        "raw frame format {} is not supported: use PIXEL_FORMAT_RGB8 or PIXEL_FORMAT_RGBA8",
+                        raw.format
+                    )))
+                }
+            },
+            data: raw.data,
+        },
+    })
+}
+
+pub fn filter(options: Option<pb::ClassifyOptions>) -> Result<ScoreFilter> {
+    let o = options.unwrap_or_default();
+    ScoreFilter::new(o.threshold, o.top_k as usize)
+}
+
+pub fn scores(scores: Vec<Score>) -> Vec<pb::LabelScore> {
+    scores
+        .into_iter()
+        .map(|s| pb::LabelScore {
+            label: s.label,
+            probability: s.probability,
+            logit: s.logit,
+            index: s.index as u32,
+        })
+        .collect()
+}
+
+pub fn timings(t: Timings) -> pb::Timings {
+    let us = |d: Duration| d.as_micros() as u64;
+    pb::Timings {
+        queue_us: us(t.queue),
+        preprocess_us: us(t.preprocess),
+        inference_us: us(t.inference),
+        total_us: us(t.total),
+    }
+}
+
+/// The caller's deadline from the `grpc-timeout` header (`<digits><unit>`, gRPC over HTTP/2).
+///
+/// It is moved a little earlier than tonic's own timeout, which answers CANCELLED at the exact
+/// deadline: the core answers DEADLINE_EXCEEDED (and drops the work) first.
+pub fn deadline(metadata: &MetadataMap) -> Option<Instant> {
+    let raw = metadata.get("grpc-timeout")?.to_str().ok()?;
+    let (digits, unit) = raw.split_at(raw.len().checked_sub(1)?);
+    let n: u64 = digits.parse().ok()?;
+    let timeout = match unit {
+        "H" => Duration::from_secs(n.saturating_mul(3600)),
+        "M" => Duration::from_secs(n.saturating_mul(60)),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    };
+    Instant::now().checked_add(timeout.saturating_sub(Duration::from_millis(2)))
+}
+
+/// Runs `work` until the caller's deadline; past it, answers DEADLINE_EXCEEDED and drops the work.
+pub async fn with_deadline<T>(
+    deadline: Option<Instant>,
+    work: impl std::future::Future<Output = Result<T>>,
+) -> Result<T, Status> {
+    match deadline {
+        None => work.await.map_err(Status::from),
+        Some(at) => match tokio::time::timeout_at(at.into(), work).await {
+            Ok(result) => result.map_err(Status::from),
+            Err(_) => Err(Status::deadline_exceeded(
+                "deadline exceeded: the request did not finish in time and its work was dropped",
+            )),
+        },
+    }
+}

@@ -1,0 +1,157 @@
+//! The gRPC server: the `siglip.v1.Siglip` service, `grpc.health.v1` and server reflection,
+//! with the model loaded in the background and a graceful shutdown.
+
+mod convert;
+mod service;
+mod status;
+mod stream;
+
+use std::{sync::Arc, time::Duration};
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic_health::ServingStatus;
+
+use crate::batch::{BatchConfig, Batcher};
+use crate::config::ServeArgs;
+use crate::infer::Infer;
+use crate::model::{runtime::device_name, Model};
+pub use service::State;
+
+/// Generated from `proto/siglip/v1/siglip.proto`.
+pub mod pb {
+    tonic::include_proto!("siglip.v1");
+
+    /// For server reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("siglip_descriptor");
+}
+
+/// The health-service names this server reports: overall (`""`) and the API itself.
+const SERVICE_NAME: &str = "siglip.v1.Siglip";
+
+/// Runs the server until SIGTERM/SIGINT, then drains and returns.
+pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let listener = TcpListener::bind(args.grpc_addr)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.grpc_addr))?;
+    let addr = listener.local_addr()?;
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    for name in ["", SERVICE_NAME] {
+        health.set_service_status(name, ServingStatus::NotServing).await;
+    }
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+
+    let state = Arc::new(State::new(args.limits.clone()));
+    let max_message = args.limits.max_message_bytes;
+    let api = pb::siglip_server::SiglipServer::new(service::SiglipService::new(Arc::clone(&state)))
+        .max_decoding_message_size(max_message)
+        .max_encoding_message_size(usize::MAX);
+
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tonic::transport::Server::builder()
+        .layer(tower::util::MapResponseLayer::new(move |r| status::remap_response(r, max_message)))
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(api)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+            let _ = stop_rx.await;
+        });
+    let server = tokio::spawn(server);
+    // Tests and tools read this line to find an ephemeral port.
+    println!("siglip-serve: gRPC listening on {addr}");
+    tracing::info!(%addr, "gRPC listening; loading the model (health: NOT_SERVING)");
+
+    let load = tokio::task::spawn_blocking({
+        let args = args.clone();
+        move || load(&args)
+    });
+    tokio::select! {
+        loaded = load => {
+            let (infer, device, dtype) = loaded.context("model loading panicked")??;
+            state.set_ready(infer, device, dtype);
+            for name in ["", SERVICE_NAME] {
+                health.set_service_status(name, ServingStatus::Serving).await;
+            }
+            tracing::info!("model ready (health: SERVING)");
+            shutdown_signal().await;
+        }
+        _ = shutdown_signal() => {}
+    }
+
+    tracing::info!(grace_s = args.shutdown_grace_seconds, "shutting down: NOT_SERVING, draining");
+    for name in ["", SERVICE_NAME] {
+        health.set_service_status(name, ServingStatus::NotServing).await;
+    }
+    state.begin_shutdown();
+    let _ = stop_tx.send(());
+    let grace = Duration::from_secs(args.shutdown_grace_seconds);
+    match tokio::time::timeout(grace, server).await {
+        Ok(result) => result.context("server task")?.context("gRPC server")?,
+        Err(_) => tracing::warn!("in-flight work did not finish within {grace:?}; exiting anyway"),
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Loads and warms the model, then starts the inference worker in front of it (blocking).
+fn load(args: &ServeArgs) -> anyhow::Result<(Arc<Infer>, String, crate::model::runtime::DType)> {
+    let model = Model::load(&args.model.load_options()).context("loading the model")?;
+    let manifest = model.manifest().clone();
+    let device = device_name(model.device());
+    let dtype = model.dtype();
+    tracing::info!(
+        model = %manifest.model_id,
+        architecture = %manifest.architecture,
+        image_size = manifest.image.size,
+        %device,
+        %dtype,
+        max_batch_size = args.batch.max_batch_size,
+        max_queue = args.batch.max_queue,
+        "model loaded and warmed up"
+    );
+    if manifest.source.random_weights {
+        tracing::warn!(
+            model = %manifest.model_id,
+            "RANDOM WEIGHTS: this model was not trained; its probabilities are meaningless"
+        );
+    }
+    let tokenizer = model.tokenizer();
+    let (batcher, _worker) = Batcher::start(
+        model,
+        BatchConfig {
+            max_batch_size: args.batch.max_batch_size.max(1),
+            max_batch_delay: Duration::from_millis(args.batch.max_batch_delay_ms),
+            queue_capacity: args.batch.max_queue.max(1),
+        },
+    );
+    let infer = Infer::new(batcher, tokenizer, manifest, args.limits.clone(), args.batch.preprocess_threads);
+    Ok((Arc::new(infer), device, dtype))
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+}

@@ -1,0 +1,256 @@
+//! The `siglip.v1.Siglip` service: thin handlers that convert messages and call the core.
+
+use std::{
+    pin::Pin,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, OnceLock,
+    },
+};
+
+use tokio::sync::{watch, Semaphore};
+use tokio_stream::{Stream, StreamExt};
+use tonic::{Request, Response, Status, Streaming};
+
+use super::{convert, pb, status::remap_message_too_large, stream};
+use crate::config::LimitArgs;
+use crate::error::Error;
+use crate::infer::{ImageInput, Infer};
+use crate::model::runtime::DType;
+
+/// What every handler shares: the core once the model is ready, and the server's lifecycle.
+pub struct State {
+    infer: OnceLock<Arc<Infer>>,
+    shutting_down: AtomicBool,
+    shutdown: watch::Sender<bool>,
+    pub(super) limits: LimitArgs,
+    pub(super) streams: Arc<Semaphore>,
+    device: OnceLock<(String, DType)>,
+}
+
+impl State {
+    pub fn new(limits: LimitArgs) -> Self {
+        Self {
+            infer: OnceLock::new(),
+            shutting_down: AtomicBool::new(false),
+            shutdown: watch::channel(false).0,
+            streams: Arc::new(Semaphore::new(limits.max_streams)),
+            limits,
+            device: OnceLock::new(),
+        }
+    }
+
+    /// The model is loaded and warm: requests are served from now on.
+    pub fn set_ready(&self, infer: Arc<Infer>, device: String, dtype: DType) {
+        let _ = self.device.set((device, dtype));
+        let _ = self.infer.set(infer);
+    }
+
+    /// New requests get UNAVAILABLE; open streams are asked to finish.
+    pub fn begin_shutdown(&self) {
+        self.shutting_down.store(true, Ordering::SeqCst);
+        self.shutdown.send_replace(true);
+    }
+
+    pub(super) fn shutdown_signal(&self) -> watch::Receiver<bool> {
+        self.shutdown.subscribe()
+    }
+
+    pub(super) fn infer(&self) -> Result<Arc<Infer>, Status> {
+        if self.shutting_down.load(Ordering::SeqCst) {
+            return Err(Status::unavailable("server is shutting down: retry on another replica"));
+        }
+        self.infer
+            .get()
+            .cloned()
+            .ok_or_else(|| Status::unavailable("model is still loading: retry shortly (the health service says when it is SERVING)"))
+    }
+}
+
+pub struct SiglipService {
+    state: Arc<State>,
+}
+
+impl SiglipService {
+    pub fn new(state: Arc<State>) -> Self {
+        Self { state }
+    }
+}
+
+type ResponseStream = Pin<Box<dyn Stream<Item = Result<pb::StreamResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl pb::siglip_server::Siglip for SiglipService {
+    async fn classify(&self, request: Request<pb::ClassifyRequest>) -> Result<Response<pb::ClassifyResponse>, Status> {
+        let infer = self.state.infer()?;
+        let deadline = convert::deadline(request.metadata());
+        let req = request.into_inner();
+        let image = convert::image(req.image)?;
+        let filter = convert::filter(req.options)?;
+        let result = convert::with_deadline(deadline, infer.classify(image, req.texts, filter, deadline)).await?;
+        Ok(Response::new(pb::ClassifyResponse {
+            scores: convert::scores(result.scores),
+            timings: Some(convert::timings(result.timings)),
+        }))
+    }
+
+    async fn upload(
+        &self,
+        request: Request<Streaming<pb::UploadRequest>>,
+    ) -> Result<Response<pb::ClassifyResponse>, Status> {
+        let infer = self.state.infer()?;
+        let deadline = convert::deadline(request.metadata());
+        let limit = self.state.limits.max_message_bytes;
+        let mut messages = request.into_inner();
+        let work = async {
+            let (header, bytes) = receive_upload(&mut messages, infer.limits().max_image_bytes, limit).await?;
+            let filter = convert::filter(header.options)?;
+            infer
+                .classify(ImageInput::Encoded(bytes), header.texts, filter, deadline)
+                .await
+                .map_err(Status::from)
+        };
+        let result = match deadline {
+            Some(at) => tokio::time::timeout_at(at.into(), work)
+                .await
+                .map_err(|_| Status::deadline_exceeded("deadline exceeded during the upload; the work was dropped"))??,
+            None => work.await?,
+        };
+        Ok(Response::new(pb::ClassifyResponse {
+            scores: convert::scores(result.scores),
+            timings: Some(convert::timings(result.timings)),
+        }))
+    }
+
+    type StreamStream = ResponseStream;
+
+    async fn stream(
+        &self,
+        request: Request<Streaming<pb::StreamRequest>>,
+    ) -> Result<Response<Self::StreamStream>, Status> {
+        let infer = self.state.infer()?;
+        let permit = Arc::clone(&self.state.streams).try_acquire_owned().map_err(|_| {
+            Status::resource_exhausted(format!(
+                "too many open streams (limit {}, --max-streams): retry later or on another replica",
+                self.state.limits.max_streams
+            ))
+        })?;
+        let output = stream::run(infer, Arc::clone(&self.state), request.into_inner(), permit);
+        Ok(Response::new(Box::pin(output)))
+    }
+
+    async fn embed_image(&self, request: Request<pb::EmbedImageRequest>) -> Result<Response<pb::EmbedResponse>, Status> {
+        let infer = self.state.infer()?;
+        let deadline = convert::deadline(request.metadata());
+        let images = request
+            .into_inner()
+            .images
+            .into_iter()
+            .enumerate()
+            .map(|(i, img)| {
+                convert::image(Some(img)).map_err(|e| Status::invalid_argument(format!("image {i}: {e}")))
+            })
+            .collect::<Result<Vec<_>, Status>>()?;
+        let (embeddings, timings) = convert::with_deadline(deadline, infer.embed_images(images, deadline)).await?;
+        Ok(Response::new(embed_response(embeddings, timings)))
+    }
+
+    async fn embed_text(&self, request: Request<pb::EmbedTextRequest>) -> Result<Response<pb::EmbedResponse>, Status> {
+        let infer = self.state.infer()?;
+        let deadline = convert::deadline(request.metadata());
+        let texts = request.into_inner().texts;
+        let (embeddings, timings) = convert::with_deadline(deadline, infer.embed_texts(texts, deadline)).await?;
+        Ok(Response::new(embed_response(embeddings, timings)))
+    }
+
+    async fn get_model_info(&self, _: Request<pb::GetModelInfoRequest>) -> Result<Response<pb::ModelInfo>, Status> {
+        let infer = self.state.infer()?;
+        let m = infer.manifest();
+        let (device, dtype) = self.state.device.get().cloned().unwrap_or(("?".into(), DType::Float32));
+        Ok(Response::new(pb::ModelInfo {
+            model_id: m.model_id.clone(),
+            architecture: m.architecture.clone(),
+            image_size: m.image.size,
+            embedding_dim: m.embedding_dim as u32,
+            max_text_tokens: m.text.max_length as u32,
+            device,
+            dtype: dtype.name().into(),
+            random_weights: m.source.random_weights,
+            server_version: env!("CARGO_PKG_VERSION").into(),
+            revision: m.source.revision.clone().unwrap_or_default(),
+        }))
+    }
+}
+
+fn embed_response(embeddings: crate::model::scores::Embeddings, timings: crate::infer::Timings) -> pb::EmbedResponse {
+    pb::EmbedResponse {
+        embeddings: embeddings
+            .rows()
+            .map(|row| pb::Embedding { values: row.to_vec() })
+            .collect(),
+        timings: Some(convert::timings(timings)),
+    }
+}
+
+/// Reads an Upload: a header, then chunks adding up to exactly the declared size.
+async fn receive_upload(
+    messages: &mut Streaming<pb::UploadRequest>,
+    max_image_bytes: usize,
+    max_message_bytes: usize,
+) -> Result<(pb::UploadHeader, Vec<u8>), Status> {
+    use pb::upload_request::Msg;
+    let next = |m: Option<Result<pb::UploadRequest, Status>>| -> Result<Option<Msg>, Status> {
+        match m {
+            None => Ok(None),
+            Some(Err(status)) => Err(remap_message_too_large(status, max_message_bytes)),
+            Some(Ok(req)) => req
+                .msg
+                .map(Some)
+                .ok_or_else(|| Status::invalid_argument("empty UploadRequest: set header or chunk")),
+        }
+    };
+    let header = match next(messages.next().await)? {
+        Some(Msg::Header(h)) => h,
+        Some(Msg::Chunk(_)) => {
+            return Err(Status::invalid_argument(
+                "Upload protocol: the first message must be an UploadHeader, got a chunk",
+            ))
+        }
+        None => return Err(Status::invalid_argument("Upload protocol: the stream ended before the header")),
+    };
+    let total = usize::try_from(header.total_bytes).unwrap_or(usize::MAX);
+    if total == 0 {
+        return Err(Error::Image(crate::model::image::ImageError::Empty).into());
+    }
+    if total > max_image_bytes {
+        return Err(Error::Image(crate::model::image::ImageError::TooLarge {
+            bytes: total,
+            max: max_image_bytes,
+        })
+        .into());
+    }
+    // Grown as chunks arrive: the declared size is the client's word, not yet memory to commit.
+    let mut bytes = Vec::with_capacity(total.min(1 << 20));
+    while let Some(msg) = next(messages.next().await)? {
+        match msg {
+            Msg::Chunk(chunk) => {
+                if bytes.len() + chunk.len() > total {
+                    return Err(Status::invalid_argument(format!(
+                        "Upload protocol: chunks carry more than the {total} bytes declared in the header"
+                    )));
+                }
+                bytes.extend_from_slice(&chunk);
+            }
+            Msg::Header(_) => {
+                return Err(Status::invalid_argument("Upload protocol: a second header arrived after chunks"))
+            }
+        }
+    }
+    if bytes.len() != total {
+        return Err(Status::invalid_argument(format!(
+            "Upload protocol: the stream ended after {} of the {total} bytes declared in the header",
+            bytes.len()
+        )));
+    }
+    Ok((header, bytes))
+}

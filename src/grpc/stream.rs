@@ -1,0 +1,390 @@
+//! The bidirectional `Stream` call, for video: a configuration (label set) first, then frames.
+//!
+//! The label set is embedded once and kept for the stream's life (a new `config` replaces it;
+//! frames already read keep the set they arrived under). Two delivery modes:
+//! - every frame: frames are classified in a bounded pipeline and answered in order; when the
+//!   pipeline is full the server stops reading, so the client feels backpressure;
+//! - latest only: one slot holds the newest unclassified frame; a frame that arrives while one
+//!   waits replaces it, and the next result reports how many were skipped — live video gets the
+//!   freshest answer instead of a growing lag.
+//!
+//! A bad frame gets an in-band error on its result; a protocol violation ends the stream with
+//! INVALID_ARGUMENT. The stream ends with UNAVAILABLE ("reconnect") at its maximum lifetime or
+//! at shutdown, after the frames already read are answered.
+
+use std::{
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit};
+use tokio_stream::{wrappers::ReceiverStream, Stream, StreamExt};
+use tonic::{Status, Streaming};
+
+use super::{convert, pb, service::State, status::remap_message_too_large};
+use crate::error::Error;
+use crate::infer::{ImageInput, Infer, Labels, ScoreFilter};
+use crate::model::image::ImageError;
+
+type Output = Result<pb::StreamResponse, Status>;
+
+/// The label set frames are classified against.
+struct ActiveLabels {
+    labels: Labels,
+    filter: ScoreFilter,
+    generation: u32,
+}
+
+/// A whole frame, ready to classify (or already known to be bad).
+struct ReadyFrame {
+    id: u64,
+    timestamp_us: i64,
+    image: Result<ImageInput, Error>,
+    labels: Arc<ActiveLabels>,
+}
+
+/// Starts the stream's tasks; the returned stream yields its responses. Everything the stream
+/// holds is freed when the client goes away (the output channel closes and the tasks end).
+pub fn run(
+    infer: Arc<Infer>,
+    state: Arc<State>,
+    input: Streaming<pb::StreamRequest>,
+    permit: OwnedSemaphorePermit,
+) -> impl Stream<Item = Output> {
+    let pipeline = state.limits.stream_pipeline.max(1);
+    let (out, rx) = mpsc::channel(pipeline);
+    tokio::spawn(async move {
+        let _permit = permit;
+        if let Err(status) = drive(infer, &state, input, out.clone()).await {
+            let _ = out.send(Err(status)).await;
+        }
+    });
+    ReceiverStream::new(rx)
+}
+
+async fn drive(
+    infer: Arc<Infer>,
+    state: &State,
+    mut input: Streaming<pb::StreamRequest>,
+    out: mpsc::Sender<Output>,
+) -> Result<(), Status> {
+    let limits = &state.limits;
+    let first = match next_message(&mut input, limits.max_message_bytes).await? {
+        Some(pb::stream_request::Msg::Config(c)) => c,
+        Some(pb::stream_request::Msg::Frame(_)) => {
+            return Err(Status::invalid_argument(
+                "Stream protocol: the first message must be a StreamConfig (labels and mode), got a frame",
+            ))
+        }
+        None => return Ok(()),
+    };
+    let mode = match pb::DeliveryMode::try_from(first.mode) {
+        Ok(pb::DeliveryMode::LatestOnly) => pb::DeliveryMode::LatestOnly,
+        Ok(_) => pb::DeliveryMode::EveryFrame,
+        Err(_) => return Err(Status::invalid_argument(format!("unknown delivery mode {}", first.mode))),
+    };
+    let mut labels = Arc::new(configure(&infer, first, 0).await?);
+    let sink = match mode {
+        pb::DeliveryMode::LatestOnly => Sink::latest(Arc::clone(&infer), out.clone()),
+        _ => Sink::ordered(Arc::clone(&infer), out.clone(), limits.stream_pipeline.max(1)),
+    };
+    let lifetime = (limits.max_stream_seconds > 0).then(|| Duration::from_secs(limits.max_stream_seconds));
+    let ends_at = lifetime.map(|d| tokio::time::Instant::now() + d);
+    let mut shutdown = state.shutdown_signal();
+    let mut assembler = Assembler::new(infer.limits().max_image_bytes);
+
+    let ending = loop {
+        let msg = tokio::select! {
+            msg = next_message(&mut input, limits.max_message_bytes) => msg,
+            _ = sleep_until(ends_at) => break Some(Status::unavailable(format!(
+                "stream reached its maximum lifetime of {}s (--max-stream-seconds): reconnect to continue",
+                limits.max_stream_seconds
+            ))),
+            _ = shutdown.wait_for(|down| *down) => break Some(Status::unavailable(
+                "server is shutting down: reconnect to continue on another replica",
+            )),
+            _ = out.closed() => break None,
+        };
+        match msg {
+            Err(status) => break Some(status),
+            Ok(None) => break None,
+            Ok(Some(pb::stream_request::Msg::Config(config))) => {
+                if config.mode != 0 && config.mode != mode as i32 {
+                    break Some(Status::invalid_argument(
+                        "Stream protocol: the delivery mode cannot change mid-stream; open a new stream",
+                    ));
+                }
+                match configure(&infer, config, labels.generation + 1).await {
+                    Ok(next) => labels = Arc::new(next),
+                    Err(status) => break Some(status),
+                }
+            }
+            Ok(Some(pb::stream_request::Msg::Frame(frame))) => match assembler.push(frame, &labels) {
+                Ok(Some(ready)) => {
+                    if !sink.submit(ready).await {
+                        break None;
+                    }
+                }
+                Ok(None) => {}
+                Err(status) => break Some(status),
+            },
+        }
+    };
+    // Answer what was read before ending, then close with the reason.
+    sink.finish().await;
+    match ending {
+        Some(status) => Err(status),
+        None => Ok(()),
+    }
+}
+
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn next_message(
+    input: &mut Streaming<pb::StreamRequest>,
+    max_message_bytes: usize,
+) -> Result<Option<pb::stream_request::Msg>, Status> {
+    match input.next().await {
+        None => Ok(None),
+        Some(Err(status)) => Err(remap_message_too_large(status, max_message_bytes)),
+        Some(Ok(req)) => req
+            .msg
+            .map(Some)
+            .ok_or_else(|| Status::invalid_argument("empty StreamRequest: set config or frame")),
+    }
+}
+
+/// Embeds a configuration's labels; a bad label set ends the stream (it is the client's setup,
+/// not one frame, that is wrong).
+async fn configure(infer: &Infer, config: pb::StreamConfig, generation: u32) -> Result<ActiveLabels, Status> {
+    let filter = convert::filter(config.options)?;
+    let (labels, _) = infer.labels(config.texts, None).await?;
+    Ok(ActiveLabels {
+        labels,
+        filter,
+        generation,
+    })
+}
+
+/// Reassembles frames sent in chunks.
+struct Assembler {
+    max_bytes: usize,
+    partial: Option<Partial>,
+}
+
+struct Partial {
+    id: u64,
+    timestamp_us: i64,
+    bytes: Vec<u8>,
+    too_large: bool,
+}
+
+impl Assembler {
+    fn new(max_bytes: usize) -> Self {
+        Self {
+            max_bytes,
+            partial: None,
+        }
+    }
+
+    fn push(&mut self, frame: pb::Frame, labels: &Arc<ActiveLabels>) -> Result<Option<ReadyFrame>, Status> {
+        let ready = |id, timestamp_us, image| ReadyFrame {
+            id,
+            timestamp_us,
+            image,
+            labels: Arc::clone(labels),
+        };
+        if frame.image.is_some() {
+            if self.partial.is_some() {
+                return Err(Status::invalid_argument(format!(
+                    "Stream protocol: frame {} is whole but frame {} is still incomplete (send it with last=true first)",
+                    frame.frame_id,
+                    self.partial.as_ref().map_or(0, |p| p.id)
+                )));
+            }
+            let image = convert::image(frame.image);
+            return Ok(Some(ready(frame.frame_id, frame.timestamp_us, image)));
+        }
+        let partial = self.partial.get_or_insert_with(|| Partial {
+            id: frame.frame_id,
+            timestamp_us: frame.timestamp_us,
+            bytes: Vec::new(),
+            too_large: false,
+        });
+        if partial.id != frame.frame_id {
+            return Err(Status::invalid_argument(format!(
+                "Stream protocol: a chunk of frame {} arrived before frame {} was complete (last=true)",
+                frame.frame_id, partial.id
+            )));
+        }
+        if partial.bytes.len() + frame.chunk.len() > self.max_bytes {
+            // Keep reading the frame's chunks, but not their bytes; the frame gets an error.
+            partial.too_large = true;
+            partial.bytes = Vec::new();
+        }
+        if !partial.too_large {
+            partial.bytes.extend_from_slice(&frame.chunk);
+        }
+        if !frame.last {
+            return Ok(None);
+        }
+        let done = self.partial.take().expect("partial frame present");
+        let image = if done.too_large {
+            Err(Error::Image(ImageError::TooLarge {
+                bytes: self.max_bytes + 1,
+                max: self.max_bytes,
+            }))
+        } else {
+            Ok(ImageInput::Encoded(done.bytes))
+        };
+        Ok(Some(ready(done.id, done.timestamp_us, image)))
+    }
+}
+
+async fn classify_frame(infer: &Infer, frame: ReadyFrame, skipped: u64) -> pb::StreamResponse {
+    let mut response = pb::StreamResponse {
+        frame_id: frame.id,
+        timestamp_us: frame.timestamp_us,
+        skipped_frames: skipped,
+        config_generation: frame.labels.generation,
+        ..Default::default()
+    };
+    let result = match frame.image {
+        Ok(image) => {
+            infer
+                .classify_with(image, &frame.labels.labels, frame.labels.filter, None)
+                .await
+        }
+        Err(e) => Err(e),
+    };
+    match result {
+        Ok(c) => {
+            response.scores = convert::scores(c.scores);
+            response.timings = Some(convert::timings(c.timings));
+        }
+        Err(e) => {
+            let status = Status::from(e);
+            response.error = Some(pb::FrameError {
+                code: status.code() as i32,
+                message: status.message().to_string(),
+            });
+        }
+    }
+    response
+}
+
+/// Where complete frames go, by delivery mode.
+enum Sink {
+    Ordered {
+        pending: mpsc::Sender<tokio::task::JoinHandle<pb::StreamResponse>>,
+        writer: tokio::task::JoinHandle<()>,
+        infer: Arc<Infer>,
+    },
+    Latest {
+        slot: Arc<LatestSlot>,
+        worker: tokio::task::JoinHandle<()>,
+    },
+}
+
+/// The newest frame not yet classified, and how many were replaced since the last result.
+#[derive(Default)]
+struct LatestSlot {
+    state: Mutex<SlotState>,
+    ready: Notify,
+}
+
+#[derive(Default)]
+struct SlotState {
+    frame: Option<ReadyFrame>,
+    skipped: u64,
+    closed: bool,
+}
+
+impl Sink {
+    fn ordered(infer: Arc<Infer>, out: mpsc::Sender<Output>, depth: usize) -> Self {
+        // The bounded queue of in-flight frames is the backpressure: when it is full, `submit`
+        // waits, so the server stops reading the client's frames.
+        let (pending, mut rx) = mpsc::channel::<tokio::task::JoinHandle<pb::StreamResponse>>(depth);
+        let writer = tokio::spawn(async move {
+            while let Some(task) = rx.recv().await {
+                let Ok(response) = task.await else { continue };
+                if out.send(Ok(response)).await.is_err() {
+                    break;
+                }
+            }
+        });
+        Sink::Ordered {
+            pending,
+            writer,
+            infer,
+        }
+    }
+
+    fn latest(infer: Arc<Infer>, out: mpsc::Sender<Output>) -> Self {
+        let slot = Arc::new(LatestSlot::default());
+        let worker_slot = Arc::clone(&slot);
+        let worker = tokio::spawn(async move {
+            loop {
+                let next = {
+                    let mut state = worker_slot.state.lock().expect("slot lock");
+                    match state.frame.take() {
+                        Some(frame) => Some((frame, std::mem::take(&mut state.skipped))),
+                        None if state.closed => break,
+                        None => None,
+                    }
+                };
+                match next {
+                    Some((frame, skipped)) => {
+                        let response = classify_frame(&infer, frame, skipped).await;
+                        if out.send(Ok(response)).await.is_err() {
+                            break;
+                        }
+                    }
+                    None => worker_slot.ready.notified().await,
+                }
+            }
+        });
+        Sink::Latest { slot, worker }
+    }
+
+    /// False when the client has gone.
+    async fn submit(&self, frame: ReadyFrame) -> bool {
+        match self {
+            Sink::Ordered { pending, infer, .. } => {
+                let infer = Arc::clone(infer);
+                let task = tokio::spawn(async move { classify_frame(&infer, frame, 0).await });
+                pending.send(task).await.is_ok()
+            }
+            Sink::Latest { slot, worker } => {
+                {
+                    let mut state = slot.state.lock().expect("slot lock");
+                    if state.frame.replace(frame).is_some() {
+                        state.skipped += 1;
+                    }
+                }
+                slot.ready.notify_one();
+                !worker.is_finished()
+            }
+        }
+    }
+
+    /// Waits until every frame already accepted is answered.
+    async fn finish(self) {
+        match self {
+            Sink::Ordered { pending, writer, .. } => {
+                drop(pending);
+                let _ = writer.await;
+            }
+            Sink::Latest { slot, worker } => {
+                slot.state.lock().expect("slot lock").closed = true;
+                slot.ready.notify_one();
+                let _ = worker.await;
+            }
+        }
+    }
+}

@@ -1,0 +1,338 @@
+//! The core every API calls: validation, decoding and preprocessing on a bounded CPU pool,
+//! tokenisation, the inference queue, and SigLIP's scores. Knows nothing of gRPC.
+
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use tokio::sync::Semaphore;
+
+use crate::batch::Batcher;
+use crate::config::LimitArgs;
+use crate::error::{Error, Result};
+use crate::model::{
+    image::{self, ImageLimits, Preprocess, RawFormat},
+    manifest::Manifest,
+    scores::{sigmoid, Embeddings, LogitHead},
+    tokenizer::TextTokenizer,
+};
+
+/// An image as a caller sends it.
+#[derive(Debug, Clone)]
+pub enum ImageInput {
+    Encoded(Vec<u8>),
+    Raw {
+        width: u32,
+        height: u32,
+        format: RawFormat,
+        data: Vec<u8>,
+    },
+}
+
+/// Filtering of the returned labels.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ScoreFilter {
+    /// Keep labels with probability ≥ this (0 keeps all).
+    pub threshold: f32,
+    /// Keep the k most probable (0 keeps all).
+    pub top_k: usize,
+}
+
+impl ScoreFilter {
+    pub fn new(threshold: f32, top_k: usize) -> Result<Self> {
+        if !(0.0..=1.0).contains(&threshold) {
+            return Err(Error::InvalidArgument(format!(
+                "threshold {threshold} is outside [0, 1]: it compares against a probability"
+            )));
+        }
+        Ok(Self { threshold, top_k })
+    }
+}
+
+/// A label set with its text embeddings, computed once and reused (e.g. for a whole stream).
+#[derive(Debug, Clone)]
+pub struct Labels {
+    pub texts: Vec<String>,
+    pub embeddings: Embeddings,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Score {
+    pub label: String,
+    pub index: usize,
+    pub probability: f32,
+    pub logit: f32,
+}
+
+/// Where the time of one request went.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Timings {
+    pub queue: Duration,
+    pub preprocess: Duration,
+    pub inference: Duration,
+    pub total: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct Classification {
+    /// Highest probability first, after filtering.
+    pub scores: Vec<Score>,
+    pub timings: Timings,
+}
+
+pub struct Infer {
+    batcher: Batcher,
+    tokenizer: Arc<TextTokenizer>,
+    preprocess: Preprocess,
+    head: LogitHead,
+    manifest: Manifest,
+    limits: LimitArgs,
+    image_limits: ImageLimits,
+    /// CPU-bound decoding runs on tokio's blocking pool, at most this many at once.
+    cpu_permits: Arc<Semaphore>,
+}
+
+impl Infer {
+    pub fn new(
+        batcher: Batcher,
+        tokenizer: Arc<TextTokenizer>,
+        manifest: Manifest,
+        limits: LimitArgs,
+        preprocess_threads: usize,
+    ) -> Self {
+        let preprocess = Preprocess {
+            size: manifest.image.size,
+            rescale: manifest.image.rescale_factor,
+            mean: manifest.image.mean,
+            std: manifest.image.std,
+        };
+        let head = LogitHead::new(manifest.logit_scale, manifest.logit_bias);
+        let image_limits = ImageLimits {
+            max_bytes: limits.max_image_bytes,
+            max_pixels: limits.max_image_pixels,
+            max_side: limits.max_image_side,
+        };
+        let threads = if preprocess_threads == 0 {
+            std::thread::available_parallelism().map_or(2, |n| n.get())
+        } else {
+            preprocess_threads
+        };
+        Self {
+            batcher,
+            tokenizer,
+            preprocess,
+            head,
+            manifest,
+            limits,
+            image_limits,
+            cpu_permits: Arc::new(Semaphore::new(threads)),
+        }
+    }
+
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
+    pub fn limits(&self) -> &LimitArgs {
+        &self.limits
+    }
+
+    pub fn queue_depth(&self) -> usize {
+        self.batcher.depth()
+    }
+
+    /// Checks a label list against the limits and embeds it.
+    pub async fn labels(&self, texts: Vec<String>, deadline: Option<Instant>) -> Result<(Labels, Timings)> {
+        self.check_texts(&texts)?;
+        let ids = self.tokenizer.encode(&texts)?;
+        let reply = self.batcher.embed_texts(ids, deadline).await?;
+        let timings = Timings {
+            queue: reply.queue,
+            inference: reply.inference,
+            ..Timings::default()
+        };
+        Ok((
+            Labels {
+                texts,
+                embeddings: reply.embeddings,
+            },
+            timings,
+        ))
+    }
+
+    fn check_texts(&self, texts: &[String]) -> Result<()> {
+        if texts.is_empty() {
+            return Err(Error::InvalidArgument("no texts given: send at least one label".into()));
+        }
+        if texts.len() > self.limits.max_texts {
+            return Err(Error::InvalidArgument(format!(
+                "{} texts exceed the limit of {} per request (--max-texts)",
+                texts.len(),
+                self.limits.max_texts
+            )));
+        }
+        if let Some((i, t)) = texts
+            .iter()
+            .enumerate()
+            .find(|(_, t)| t.len() > self.limits.max_text_bytes)
+        {
+            return Err(Error::InvalidArgument(format!(
+                "text {i} is {} bytes long, over the limit of {} bytes (--max-text-bytes)",
+                t.len(),
+                self.limits.max_text_bytes
+            )));
+        }
+        Ok(())
+    }
+
+    /// Decodes and preprocesses one image on the CPU pool: CHW floats ready for the model.
+    pub async fn preprocess(&self, input: ImageInput) -> Result<(Vec<f32>, Duration)> {
+        let _permit = self
+            .cpu_permits
+            .acquire()
+            .await
+            .map_err(|_| Error::Unavailable("server is shutting down".into()))?;
+        let limits = self.image_limits.clone();
+        let prep = self.preprocess.clone();
+        let started = Instant::now();
+        let pixels = tokio::task::spawn_blocking(move || -> Result<Vec<f32>> {
+            let rgb = match input {
+                ImageInput::Encoded(bytes) => image::decode(&bytes, &limits)?,
+                ImageInput::Raw {
+                    width,
+                    height,
+                    format,
+                    data,
+                } => image::from_raw(width, height, format, &data, &limits)?,
+            };
+            Ok(image::preprocess(&rgb, &prep))
+        })
+        .await
+        .map_err(|e| Error::Inference(format!("preprocessing task failed: {e}")))??;
+        Ok((pixels, started.elapsed()))
+    }
+
+    /// Embeds preprocessed images (from [`Infer::preprocess`]).
+    pub async fn embed_pixels(&self, pixels: Vec<Vec<f32>>, deadline: Option<Instant>) -> Result<(Embeddings, Timings)> {
+        let n = pixels.len();
+        let reply = self.batcher.embed_images(pixels.concat(), n, deadline).await?;
+        let timings = Timings {
+            queue: reply.queue,
+            inference: reply.inference,
+            ..Timings::default()
+        };
+        Ok((reply.embeddings, timings))
+    }
+
+    /// One image against an already embedded label set.
+    pub async fn classify_with(
+        &self,
+        image: ImageInput,
+        labels: &Labels,
+        filter: ScoreFilter,
+        deadline: Option<Instant>,
+    ) -> Result<Classification> {
+        let started = Instant::now();
+        let (pixels, preprocess) = self.preprocess(image).await?;
+        let (embedding, mut timings) = self.embed_pixels(vec![pixels], deadline).await?;
+        timings.preprocess = preprocess;
+        timings.total = started.elapsed();
+        Ok(Classification {
+            scores: self.scores(embedding.row(0), labels, filter),
+            timings,
+        })
+    }
+
+    /// One image against texts: preprocessing and the text tower run concurrently.
+    pub async fn classify(
+        &self,
+        image: ImageInput,
+        texts: Vec<String>,
+        filter: ScoreFilter,
+        deadline: Option<Instant>,
+    ) -> Result<Classification> {
+        let started = Instant::now();
+        let ((labels, text_timings), (pixels, preprocess)) =
+            tokio::try_join!(self.labels(texts, deadline), self.preprocess(image))?;
+        let (embedding, image_timings) = self.embed_pixels(vec![pixels], deadline).await?;
+        Ok(Classification {
+            scores: self.scores(embedding.row(0), &labels, filter),
+            timings: Timings {
+                queue: text_timings.queue + image_timings.queue,
+                preprocess,
+                inference: text_timings.inference + image_timings.inference,
+                total: started.elapsed(),
+            },
+        })
+    }
+
+    fn scores(&self, image: &[f32], labels: &Labels, filter: ScoreFilter) -> Vec<Score> {
+        let mut scores: Vec<Score> = labels
+            .texts
+            .iter()
+            .zip(labels.embeddings.rows())
+            .enumerate()
+            .map(|(index, (label, text))| {
+                let logit = self.head.logit(image, text);
+                Score {
+                    label: label.clone(),
+                    index,
+                    probability: sigmoid(logit),
+                    logit,
+                }
+            })
+            .filter(|s| s.probability >= filter.threshold)
+            .collect();
+        scores.sort_by(|a, b| b.logit.total_cmp(&a.logit));
+        if filter.top_k > 0 {
+            scores.truncate(filter.top_k);
+        }
+        scores
+    }
+
+    /// Embeds many images; each is decoded in parallel on the CPU pool.
+    pub async fn embed_images(&self, images: Vec<ImageInput>, deadline: Option<Instant>) -> Result<(Embeddings, Timings)> {
+        if images.is_empty() {
+            return Err(Error::InvalidArgument("no images given".into()));
+        }
+        if images.len() > self.limits.max_images {
+            return Err(Error::InvalidArgument(format!(
+                "{} images exceed the limit of {} per request (--max-images)",
+                images.len(),
+                self.limits.max_images
+            )));
+        }
+        let started = Instant::now();
+        let prepared = futures_util::future::try_join_all(images.into_iter().enumerate().map(|(i, img)| async move {
+            self.preprocess(img)
+                .await
+                .map_err(|e| annotate(e, &format!("image {i}")))
+        }))
+        .await?;
+        let preprocess = started.elapsed();
+        let (embeddings, mut timings) = self
+            .embed_pixels(prepared.into_iter().map(|(p, _)| p).collect(), deadline)
+            .await?;
+        timings.preprocess = preprocess;
+        timings.total = started.elapsed();
+        Ok((embeddings, timings))
+    }
+
+    pub async fn embed_texts(&self, texts: Vec<String>, deadline: Option<Instant>) -> Result<(Embeddings, Timings)> {
+        let started = Instant::now();
+        let (labels, mut timings) = self.labels(texts, deadline).await?;
+        timings.total = started.elapsed();
+        Ok((labels.embeddings, timings))
+    }
+}
+
+/// Says which input of a batch request an error is about.
+fn annotate(e: Error, what: &str) -> Error {
+    match e {
+        Error::Image(_) if e.is_limit() => Error::ResourceExhausted(format!("{what}: {e}")),
+        Error::Image(img) => Error::InvalidArgument(format!("{what}: {img}")),
+        Error::InvalidArgument(m) => Error::InvalidArgument(format!("{what}: {m}")),
+        other => other,
+    }
+}

@@ -1,0 +1,153 @@
+//! The `siglip-serve` command line.
+
+use std::{path::PathBuf, process::ExitCode};
+
+use clap::{Parser, Subcommand};
+use siglip_serve::{
+    config::{ModelArgs, ServeArgs},
+    error::Result,
+    model::{
+        image::{self, ImageLimits},
+        runtime::{device_name, DeviceChoice},
+        scores::sigmoid,
+        Model,
+    },
+    parity,
+};
+
+#[derive(Parser)]
+#[command(version, about = "gRPC inference server for SigLIP zero-shot image classification")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Classify local image files against text labels and print each label's probability.
+    Classify {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// Image files (JPEG, PNG, WebP, GIF, BMP, TIFF).
+        #[arg(required = true)]
+        images: Vec<PathBuf>,
+        /// Text labels, e.g. "a photo of 2 cats".
+        #[arg(long, num_args = 1.., required = true)]
+        labels: Vec<String>,
+    },
+    /// Run the gRPC server.
+    Serve(Box<ServeArgs>),
+    /// Compare preprocessing, tokenizer and model against transformers' reference outputs.
+    Parity {
+        /// Suite file listing the references (see `make parity`).
+        #[arg(long)]
+        suite: PathBuf,
+        #[arg(long, default_value = "cpu")]
+        device: DeviceChoice,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve(args) => return serve(*args),
+        Command::Classify {
+            model,
+            images,
+            labels,
+        } => classify(&model, &images, &labels),
+        Command::Parity { suite, device } => parity::run(&suite, device).map(|report| {
+            print!("{}", report.table());
+            println!("{}", report.summary());
+        }),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn classify(args: &ModelArgs, files: &[PathBuf], labels: &[String]) -> Result<()> {
+    let model = Model::load(&args.load_options())?;
+    let manifest = model.manifest();
+    println!(
+        "model {} ({}, {}px) on {} in {}",
+        manifest.model_id,
+        manifest.architecture,
+        manifest.image.size,
+        device_name(model.device()),
+        model.dtype()
+    );
+    if manifest.source.random_weights {
+        eprintln!(
+            "WARNING: {} has RANDOM weights (no checkpoint could be downloaded): the pipeline is \
+             real, the probabilities below are MEANINGLESS. Export a real checkpoint for real answers.",
+            manifest.model_id
+        );
+    }
+    let tokens = model.tokenize(labels)?;
+    for (label, t) in labels.iter().zip(&tokens) {
+        if t.truncated {
+            eprintln!("note: label {label:?} is longer than {} tokens and was truncated", t.ids.len());
+        }
+    }
+    let texts = model.embed_token_ids(&tokens)?;
+    let limits = ImageLimits::default();
+    for file in files {
+        let decoded = std::fs::read(file)
+            .map_err(|e| siglip_serve::error::Error::InvalidArgument(format!("{}: {e}", file.display())))
+            .and_then(|bytes| Ok(image::decode(&bytes, &limits)?));
+        let rgb = match decoded {
+            Ok(rgb) => rgb,
+            Err(e) => {
+                println!("\n{}: error: {e}", file.display());
+                continue;
+            }
+        };
+        let embedding = model.embed_images(std::slice::from_ref(&rgb))?;
+        let head = model.head();
+        let mut scored: Vec<(&String, f32)> = labels
+            .iter()
+            .zip(texts.rows())
+            .map(|(label, text)| (label, head.logit(embedding.row(0), text)))
+            .collect();
+        scored.sort_by(|a, b| b.1.total_cmp(&a.1));
+        println!("\n{} ({}x{})", file.display(), rgb.width(), rgb.height());
+        for (label, logit) in scored {
+            println!("  {:>7.2}%  logit {:>8.3}  {label}", 100.0 * sigmoid(logit), logit);
+        }
+    }
+    Ok(())
+}
+
+fn serve(args: ServeArgs) -> ExitCode {
+    init_logging(args.log_json);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(siglip_serve::grpc::serve(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}

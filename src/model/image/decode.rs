@@ -1,0 +1,86 @@
+//! Format detection and the non-JPEG decoders (the `image` crate), with the header checked
+//! against the limits before any pixel buffer exists.
+
+use std::io::Cursor;
+
+use image::metadata::Orientation;
+use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader, RgbImage};
+
+use super::{color_key, jpeg, orientation, rgb, ImageError, ImageLimits};
+
+/// Decodes any supported format to upright RGB8; see [`super::decode`].
+pub(super) fn decode(bytes: &[u8], limits: &ImageLimits) -> Result<RgbImage, ImageError> {
+    limits.check_bytes(bytes.len())?;
+    let format = image::guess_format(bytes).map_err(|_| ImageError::NotAnImage)?;
+    match format {
+        ImageFormat::Jpeg => jpeg::decode(bytes, limits),
+        ImageFormat::Png
+        | ImageFormat::Gif
+        | ImageFormat::WebP
+        | ImageFormat::Bmp
+        | ImageFormat::Tiff => decode_other(bytes, format, limits),
+        other => Err(ImageError::UnsupportedFormat(format!("{other:?}"))),
+    }
+}
+
+fn decode_other(
+    bytes: &[u8],
+    format: ImageFormat,
+    limits: &ImageLimits,
+) -> Result<RgbImage, ImageError> {
+    let mut reader = ImageReader::with_format(Cursor::new(bytes), format);
+    reader.limits(limits.to_image_limits());
+    let mut decoder = reader.into_decoder().map_err(from_image_error)?;
+    let (width, height) = decoder.dimensions();
+    limits.check_dimensions(width, height)?;
+    // `into_decoder` skips the `max_alloc` reservation that `decode()` makes, and allocating
+    // a hostile header's buffer aborts the process, so reserve it here.
+    if decoder.total_bytes() > limits.max_decoded_bytes() {
+        return Err(ImageError::MemoryLimit(format!(
+            "{width}x{height} pixels of {:?} need {} bytes",
+            decoder.color_type(),
+            decoder.total_bytes()
+        )));
+    }
+    let orientation = find_orientation(&mut decoder)?;
+    let mut img = rgb::to_rgb(DynamicImage::from_decoder(decoder).map_err(from_image_error)?)?;
+    let key = match format {
+        ImageFormat::Png => color_key::png(bytes),
+        ImageFormat::Gif => color_key::gif(bytes),
+        _ => None,
+    };
+    if let Some(key) = key {
+        color_key::apply(&mut img, key);
+    }
+    Ok(orientation::apply(img, orientation))
+}
+
+/// EXIF orientation (for TIFF, the Orientation tag of the image itself), else XMP's, as
+/// Pillow's `getexif()` does.
+fn find_orientation(decoder: &mut impl ImageDecoder) -> Result<Orientation, ImageError> {
+    let exif = decoder.exif_metadata().map_err(from_image_error)?;
+    if let Some(found) = exif.as_deref().and_then(Orientation::from_exif_chunk) {
+        return Ok(found);
+    }
+    let found = decoder.orientation().map_err(from_image_error)?;
+    if found != Orientation::NoTransforms {
+        return Ok(found);
+    }
+    let xmp = decoder.xmp_metadata().map_err(from_image_error)?;
+    Ok(xmp
+        .as_deref()
+        .and_then(orientation::from_xmp)
+        .unwrap_or(Orientation::NoTransforms))
+}
+
+fn from_image_error(e: image::ImageError) -> ImageError {
+    use image::error::ImageError as E;
+    match e {
+        E::IoError(io) if io.kind() == std::io::ErrorKind::UnexpectedEof => {
+            ImageError::Truncated("the data ends before the last row".to_owned())
+        }
+        E::Limits(l) => ImageError::MemoryLimit(l.to_string()),
+        E::Unsupported(u) => ImageError::UnsupportedFormat(u.to_string()),
+        other => ImageError::Corrupt(other.to_string()),
+    }
+}

@@ -1,0 +1,86 @@
+//! Size limits checked from the header, before any pixel buffer is allocated.
+
+use super::ImageError;
+
+/// Upper bounds on what `decode` and `from_raw` accept.
+///
+/// The pixel and side limits are checked against the header before decoding, so a small file
+/// that claims a huge canvas (a decompression bomb) is rejected without allocating it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ImageLimits {
+    /// Largest encoded image, in bytes.
+    pub max_bytes: usize,
+    /// Largest width × height.
+    pub max_pixels: u64,
+    /// Longest width or height.
+    pub max_side: u32,
+}
+
+impl Default for ImageLimits {
+    /// 32 MiB, 50 megapixels, 20 000 pixels a side: room for any camera photo, while the
+    /// decoded RGB buffer stays under 150 MB.
+    fn default() -> Self {
+        Self {
+            max_bytes: 32 << 20,
+            max_pixels: 50_000_000,
+            max_side: 20_000,
+        }
+    }
+}
+
+/// Widest pixel any supported decoder produces (RGBA, 16 bits a channel), in bytes.
+const MAX_BYTES_PER_PIXEL: u64 = 8;
+
+impl ImageLimits {
+    pub(super) fn check_bytes(&self, len: usize) -> Result<(), ImageError> {
+        if len == 0 {
+            return Err(ImageError::Empty);
+        }
+        if len > self.max_bytes {
+            return Err(ImageError::TooLarge {
+                bytes: len,
+                max: self.max_bytes,
+            });
+        }
+        Ok(())
+    }
+
+    /// Checks header dimensions. The pixel count is checked first because it is the limit a
+    /// decompression bomb trips and the one worth naming in the error.
+    pub(super) fn check_dimensions(&self, width: u32, height: u32) -> Result<(), ImageError> {
+        if width == 0 || height == 0 {
+            return Err(ImageError::Corrupt(format!(
+                "the header gives a size of {width}x{height} pixels"
+            )));
+        }
+        if u64::from(width) * u64::from(height) > self.max_pixels {
+            return Err(ImageError::TooManyPixels {
+                width,
+                height,
+                max: self.max_pixels,
+            });
+        }
+        if width > self.max_side || height > self.max_side {
+            return Err(ImageError::SideTooLong {
+                width,
+                height,
+                max: self.max_side,
+            });
+        }
+        Ok(())
+    }
+
+    /// A memory bound for the `image` crate's decoders and their working buffers. Width and
+    /// height are left to `check_dimensions`, which runs right after the header is read and
+    /// gives the more useful message.
+    pub(super) fn to_image_limits(&self) -> image::Limits {
+        let mut limits = image::Limits::no_limits();
+        limits.max_alloc = Some(self.max_decoded_bytes());
+        limits
+    }
+
+    /// The largest decoded buffer an image within the limits can need.
+    pub(super) fn max_decoded_bytes(&self) -> u64 {
+        self.max_pixels.saturating_mul(MAX_BYTES_PER_PIXEL)
+    }
+}

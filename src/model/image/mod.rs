@@ -1,0 +1,133 @@
+//! Image input for SigLIP: bytes or raw frames → RGB8 → `pixel_values`.
+//!
+//! The reference is transformers' `SiglipImageProcessorPil` applied to
+//! `transformers.image_utils.load_image(path)`: Pillow decodes, applies the EXIF orientation,
+//! converts to RGB, resizes straight to `size × size` with Pillow's bicubic filter, rescales
+//! by 1/255 and normalises with mean 0.5, std 0.5. Every step here reproduces its Pillow
+//! counterpart exactly (JPEG through libjpeg-turbo's decoder, the resampler ported from
+//! Pillow's C), so the server's embeddings equal those of the Python pipeline.
+//!
+//! Untrusted input is bounded by [`ImageLimits`], checked from the header before any pixel
+//! buffer is allocated; every failure is an [`ImageError`] whose message says what to fix.
+//! [`decode`] is synchronous and CPU-bound: run it on a blocking pool.
+
+mod color_key;
+mod decode;
+mod error;
+mod jpeg;
+mod limits;
+mod normalize;
+mod orientation;
+mod resize;
+mod rgb;
+
+pub use error::ImageError;
+pub use image::RgbImage;
+pub use limits::ImageLimits;
+
+/// How an RGB8 image becomes model input: SigLIP's `preprocessor_config.json` values.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Preprocess {
+    /// Side of the square the image is resized to.
+    pub size: u32,
+    /// Multiplier from 0..=255 to the model's range, applied in `f64` like the reference
+    /// (numpy multiplies in double precision; an `f32` 1/255 changes the last bit of about
+    /// half the values).
+    pub rescale: f64,
+    pub mean: [f32; 3],
+    pub std: [f32; 3],
+}
+
+impl Preprocess {
+    /// SigLIP's standard values at the given size: rescale 1/255, mean and std 0.5.
+    pub fn siglip(size: u32) -> Self {
+        Self {
+            size,
+            rescale: 1.0 / 255.0,
+            mean: [0.5; 3],
+            std: [0.5; 3],
+        }
+    }
+}
+
+/// Pixel layout of a raw video frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RawFormat {
+    Rgb8,
+    Rgba8,
+}
+
+impl RawFormat {
+    fn bytes_per_pixel(self) -> usize {
+        match self {
+            RawFormat::Rgb8 => 3,
+            RawFormat::Rgba8 => 4,
+        }
+    }
+}
+
+/// Decodes JPEG, PNG, GIF (first frame), WebP, BMP or TIFF to upright RGB8 by Pillow's
+/// rules: EXIF orientation applied, alpha dropped (see `rgb` for each mode's rule), except
+/// that a colour-keyed transparency turns white (see `color_key`).
+pub fn decode(bytes: &[u8], limits: &ImageLimits) -> Result<RgbImage, ImageError> {
+    decode::decode(bytes, limits)
+}
+
+/// Wraps a raw, tightly packed frame (e.g. from a video decoder). RGBA follows the rule
+/// `decode` applies to RGBA files: the alpha channel is dropped.
+pub fn from_raw(
+    width: u32,
+    height: u32,
+    format: RawFormat,
+    data: &[u8],
+    limits: &ImageLimits,
+) -> Result<RgbImage, ImageError> {
+    limits
+        .check_dimensions(width, height)
+        .map_err(|e| match e {
+            ImageError::Corrupt(msg) => ImageError::BadRawFrame(msg),
+            other => other,
+        })?;
+    let expected = width as usize * height as usize * format.bytes_per_pixel();
+    if data.len() != expected {
+        return Err(ImageError::BadRawFrame(format!(
+            "{width}x{height} {format:?} needs {expected} bytes, got {}",
+            data.len()
+        )));
+    }
+    let rgb = match format {
+        RawFormat::Rgb8 => data.to_vec(),
+        RawFormat::Rgba8 => {
+            let mut rgb = Vec::with_capacity(expected / 4 * 3);
+            rgb::rgba_to_rgb(data, &mut rgb);
+            rgb
+        }
+    };
+    Ok(RgbImage::from_raw(width, height, rgb).expect("length checked above"))
+}
+
+/// Writes the model input for `img` into `out` (CHW, `3·size·size` floats): Pillow-exact
+/// bicubic resize to `size × size` (skipped when the image already has that size, as Pillow
+/// does), then `(v·rescale − mean) / std`.
+///
+/// # Panics
+/// If `out` does not hold exactly `3·size·size` floats.
+pub fn preprocess_into(img: &RgbImage, p: &Preprocess, out: &mut [f32]) {
+    if img.dimensions() == (p.size, p.size) {
+        normalize::write_chw(img, p, out);
+    } else {
+        let resized = resize::resize_bicubic(img, p.size, p.size);
+        normalize::write_chw(&resized, p, out);
+    }
+}
+
+/// [`preprocess_into`] into a new vector.
+pub fn preprocess(img: &RgbImage, p: &Preprocess) -> Vec<f32> {
+    let side = p.size as usize;
+    let mut out = vec![0.0; 3 * side * side];
+    preprocess_into(img, p, &mut out);
+    out
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,177 @@
+//! Hostile and malformed input: every case must come back as a clear error, never a panic or
+//! an abort. Inputs are built here so the tests need no files.
+
+use image::{ImageEncoder, RgbImage};
+
+use super::*;
+
+fn photo_like(width: u32, height: u32) -> RgbImage {
+    RgbImage::from_fn(width, height, |x, y| {
+        image::Rgb([(x * 7 + y) as u8, (x ^ y) as u8, (x * y / 3) as u8])
+    })
+}
+
+fn png(img: &RgbImage) -> Vec<u8> {
+    let mut out = Vec::new();
+    image::codecs::png::PngEncoder::new(&mut out)
+        .write_image(
+            img,
+            img.width(),
+            img.height(),
+            image::ExtendedColorType::Rgb8,
+        )
+        .unwrap();
+    out
+}
+
+fn jpeg(img: &RgbImage) -> Vec<u8> {
+    let mut c = mozjpeg::Compress::new(mozjpeg::ColorSpace::JCS_RGB);
+    c.set_size(img.width() as usize, img.height() as usize);
+    let mut c = c.start_compress(Vec::new()).unwrap();
+    c.write_scanlines(img.as_raw()).unwrap();
+    c.finish().unwrap()
+}
+
+fn crc32(data: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for &b in data {
+        crc ^= u32::from(b);
+        for _ in 0..8 {
+            crc = (crc >> 1) ^ (0xedb8_8320 & (crc & 1).wrapping_neg());
+        }
+    }
+    !crc
+}
+
+/// A valid PNG whose IHDR claims `width`×`height` (with a correct CRC) over 1×1 of data.
+fn png_claiming(width: u32, height: u32) -> Vec<u8> {
+    let mut bytes = png(&photo_like(1, 1));
+    bytes[16..20].copy_from_slice(&width.to_be_bytes());
+    bytes[20..24].copy_from_slice(&height.to_be_bytes());
+    let crc = crc32(&bytes[12..29]);
+    bytes[29..33].copy_from_slice(&crc.to_be_bytes());
+    bytes
+}
+
+fn decode_err(bytes: &[u8]) -> ImageError {
+    let err = decode(bytes, &ImageLimits::default()).expect_err("must be rejected");
+    assert!(!err.to_string().is_empty());
+    err
+}
+
+#[test]
+fn round_trip_decodes() {
+    let img = photo_like(64, 48);
+    assert_eq!(decode(&png(&img), &ImageLimits::default()).unwrap(), img);
+    let from_jpeg = decode(&jpeg(&img), &ImageLimits::default()).unwrap();
+    assert_eq!(from_jpeg.dimensions(), (64, 48));
+}
+
+#[test]
+fn empty_and_non_images() {
+    assert!(matches!(decode_err(b""), ImageError::Empty));
+    assert!(matches!(
+        decode_err(b"hello, not an image\n"),
+        ImageError::NotAnImage
+    ));
+    let pdf = b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n1 0 obj\n";
+    assert!(matches!(decode_err(pdf), ImageError::NotAnImage));
+    let ico = [0, 0, 1, 0, 1, 0, 16, 16, 0, 0, 1, 0, 32, 0, 0, 0, 0, 0];
+    assert!(matches!(decode_err(&ico), ImageError::UnsupportedFormat(_)));
+}
+
+#[test]
+fn truncated_jpeg_is_rejected_like_pillow() {
+    let full = jpeg(&photo_like(200, 150));
+    for cut in [full.len() * 6 / 10, full.len() - 2, 400] {
+        let err = decode_err(&full[..cut]);
+        assert!(
+            matches!(err, ImageError::Truncated(_)),
+            "cut at {cut}: {err}"
+        );
+    }
+}
+
+#[test]
+fn corrupt_jpeg_is_an_error_not_a_panic() {
+    let mut bytes = jpeg(&photo_like(200, 150));
+    let body = bytes.len() / 3;
+    bytes[body..body + 300]
+        .iter_mut()
+        .for_each(|b| *b = b.wrapping_mul(31) ^ 0x5a);
+    bytes[2..40].fill(0xff); // breaks the header too
+    decode_err(&bytes);
+    decode_err(&[0xff, 0xd8, 0xff]);
+}
+
+#[test]
+fn truncated_and_corrupt_png() {
+    let full = png(&photo_like(200, 150));
+    for cut in [full.len() * 6 / 10, full.len() - 12, 40] {
+        decode_err(&full[..cut]);
+    }
+    let mut bad = full.clone();
+    bad[16..33].fill(0xff);
+    decode_err(&bad);
+}
+
+#[test]
+fn decompression_bombs_are_refused_before_allocating() {
+    let err = decode_err(&png_claiming(100_000, 100_000));
+    assert_eq!(
+        err.to_string(),
+        "image of 100000x100000 pixels exceeds the limit of 50000000 pixels (--max-image-pixels)"
+    );
+    assert!(matches!(
+        decode_err(&png_claiming(30_000, 10)),
+        ImageError::SideTooLong { .. }
+    ));
+
+    let mut bytes = jpeg(&photo_like(16, 16));
+    let sof = bytes
+        .windows(2)
+        .position(|w| w == [0xff, 0xc0] || w == [0xff, 0xc2])
+        .unwrap();
+    bytes[sof + 5..sof + 9].copy_from_slice(&[0xea, 0x60, 0xea, 0x60]); // 60000x60000
+    assert!(matches!(
+        decode_err(&bytes),
+        ImageError::TooManyPixels { .. }
+    ));
+}
+
+#[test]
+fn byte_limit() {
+    let limits = ImageLimits {
+        max_bytes: 10,
+        ..ImageLimits::default()
+    };
+    let err = decode(&png(&photo_like(4, 4)), &limits).unwrap_err();
+    assert!(matches!(err, ImageError::TooLarge { max: 10, .. }));
+}
+
+#[test]
+fn raw_frames() {
+    let limits = ImageLimits::default();
+    let rgba = [1, 2, 3, 0, 4, 5, 6, 255];
+    let img = from_raw(2, 1, RawFormat::Rgba8, &rgba, &limits).unwrap();
+    assert_eq!(img.as_raw(), &[1, 2, 3, 4, 5, 6]);
+    let rgb = from_raw(2, 1, RawFormat::Rgb8, &[1, 2, 3, 4, 5, 6], &limits).unwrap();
+    assert_eq!(rgb, img);
+    let short = from_raw(2, 2, RawFormat::Rgb8, &[0; 11], &limits).unwrap_err();
+    assert!(matches!(short, ImageError::BadRawFrame(_)), "{short}");
+    let empty = from_raw(0, 2, RawFormat::Rgb8, &[], &limits).unwrap_err();
+    assert!(matches!(empty, ImageError::BadRawFrame(_)), "{empty}");
+    let huge = from_raw(100_000, 100_000, RawFormat::Rgb8, &[], &limits).unwrap_err();
+    assert!(matches!(huge, ImageError::TooManyPixels { .. }), "{huge}");
+}
+
+#[test]
+fn preprocess_layout_and_values() {
+    let img = RgbImage::from_pixel(224, 224, image::Rgb([0, 255, 51]));
+    let out = preprocess(&img, &Preprocess::siglip(224));
+    let plane = 224 * 224;
+    assert_eq!(out.len(), 3 * plane);
+    assert_eq!((out[0], out[plane], out[2 * plane]), (-1.0, 1.0, -0.6));
+    let resized = preprocess(&photo_like(37, 500), &Preprocess::siglip(16));
+    assert_eq!(resized.len(), 3 * 16 * 16);
+}

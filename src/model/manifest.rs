@@ -1,0 +1,97 @@
+//! `manifest.json`: what the export tool wrote about a model directory.
+
+use std::path::Path;
+
+use serde::Deserialize;
+
+use crate::error::{Error, Result};
+
+/// The only manifest layout this server reads; the export tool writes the same number.
+pub const FORMAT_VERSION: u32 = 1;
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Manifest {
+    pub format_version: u32,
+    pub model_id: String,
+    pub architecture: String,
+    pub source: Source,
+    pub image: ImageSpec,
+    pub text: TextSpec,
+    pub embedding_dim: usize,
+    pub dtype: String,
+    /// Raw parameter: the logits are scaled by `exp(logit_scale)`.
+    pub logit_scale: f32,
+    pub logit_bias: f32,
+    pub files: Files,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Source {
+    pub checkpoint: String,
+    pub revision: Option<String>,
+    pub random_weights: bool,
+    pub shape: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ImageSpec {
+    pub size: u32,
+    pub resample: String,
+    pub rescale_factor: f64,
+    pub mean: [f32; 3],
+    pub std: [f32; 3],
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct TextSpec {
+    pub max_length: usize,
+    pub pad_id: u32,
+    pub eos_id: u32,
+    pub lowercase: bool,
+    pub tokenizer: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Files {
+    pub vision: String,
+    pub text: String,
+    pub tokenizer: String,
+}
+
+impl Manifest {
+    /// Reads and checks `<dir>/manifest.json`.
+    pub fn load(dir: &Path) -> Result<Self> {
+        let path = dir.join("manifest.json");
+        let raw = std::fs::read_to_string(&path).map_err(|e| {
+            Error::Model(format!(
+                "cannot read {}: {e} (is {} a directory written by `python -m siglip_export`?)",
+                path.display(),
+                dir.display()
+            ))
+        })?;
+        let manifest: Manifest = serde_json::from_str(&raw)
+            .map_err(|e| Error::Model(format!("{}: {e}", path.display())))?;
+        manifest.validate(&path)?;
+        Ok(manifest)
+    }
+
+    fn validate(&self, path: &Path) -> Result<()> {
+        let bad = |what: String| Err(Error::Model(format!("{}: {what}", path.display())));
+        if self.format_version != FORMAT_VERSION {
+            return bad(format!(
+                "format_version {} is not supported (this server reads {FORMAT_VERSION}); re-export the model",
+                self.format_version
+            ));
+        }
+        if self.image.resample != "bicubic" {
+            return bad(format!("resample {:?} is not supported (bicubic only)", self.image.resample));
+        }
+        if self.image.size == 0 || self.embedding_dim == 0 || self.text.max_length == 0 {
+            return bad("image size, embedding_dim and text max_length must be positive".into());
+        }
+        if self.image.std.iter().any(|s| *s == 0.0) {
+            return bad("image std must not contain zeros".into());
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,168 @@
+//! The model: a directory written by the export tool (manifest, two TorchScript towers and a
+//! tokenizer), preprocessing that reproduces transformers, and the libtorch runtime.
+
+pub mod image;
+pub mod manifest;
+pub mod runtime;
+pub mod scores;
+pub mod tokenizer;
+
+use std::{path::PathBuf, sync::Arc};
+
+use tch::Device;
+
+use self::image::Preprocess;
+use self::manifest::Manifest;
+use self::runtime::{DType, DeviceChoice, Towers};
+use self::scores::{Embeddings, LogitHead};
+use self::tokenizer::{TextTokenizer, TokenIds};
+use crate::error::{Error, Result};
+
+/// How to load a model directory.
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    pub dir: PathBuf,
+    pub device: DeviceChoice,
+    /// `None`: the dtype the model was exported in.
+    pub dtype: Option<DType>,
+    /// Forward passes per tower before the model is reported ready (TorchScript's profiling
+    /// executor makes the first calls much slower).
+    pub warmup_rounds: usize,
+}
+
+/// A loaded, warmed-up SigLIP model. Blocking: use it from a dedicated thread.
+pub struct Model {
+    manifest: Manifest,
+    tokenizer: Arc<TextTokenizer>,
+    towers: Towers,
+    preprocess: Preprocess,
+    head: LogitHead,
+}
+
+impl Model {
+    pub fn load(opts: &LoadOptions) -> Result<Self> {
+        let manifest = Manifest::load(&opts.dir)?;
+        let exported: DType = manifest
+            .dtype
+            .parse()
+            .map_err(|e| Error::Model(format!("manifest dtype: {e}")))?;
+        let device = opts.device.resolve()?;
+        let dtype = opts.dtype.unwrap_or(exported);
+        let tokenizer = Arc::new(TextTokenizer::load(
+            &opts.dir.join(&manifest.files.tokenizer),
+            &manifest.text,
+        )?);
+        let towers = Towers::load(
+            &opts.dir.join(&manifest.files.vision),
+            &opts.dir.join(&manifest.files.text),
+            device,
+            dtype,
+            exported,
+        )?;
+        let preprocess = Preprocess {
+            size: manifest.image.size,
+            rescale: manifest.image.rescale_factor,
+            mean: manifest.image.mean,
+            std: manifest.image.std,
+        };
+        let head = LogitHead::new(manifest.logit_scale, manifest.logit_bias);
+        let model = Self {
+            manifest,
+            tokenizer,
+            towers,
+            preprocess,
+            head,
+        };
+        model.warm_up(opts.warmup_rounds)?;
+        Ok(model)
+    }
+
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
+    pub fn device(&self) -> Device {
+        self.towers.device()
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.towers.dtype()
+    }
+
+    pub fn preprocess(&self) -> &Preprocess {
+        &self.preprocess
+    }
+
+    pub fn head(&self) -> LogitHead {
+        self.head
+    }
+
+    /// The tokenizer, shareable with threads that do not own the model.
+    pub fn tokenizer(&self) -> Arc<TextTokenizer> {
+        Arc::clone(&self.tokenizer)
+    }
+
+    pub fn tokenize<S: AsRef<str>>(&self, texts: &[S]) -> Result<Vec<TokenIds>> {
+        self.tokenizer.encode(texts)
+    }
+
+    /// Embeds images already preprocessed into CHW floats (`n` of them, back to back).
+    pub fn embed_pixels(&self, pixels: &[f32], n: usize) -> Result<Embeddings> {
+        if n == 0 {
+            return Err(Error::InvalidArgument("no images given".into()));
+        }
+        let size = self.preprocess.size;
+        debug_assert_eq!(pixels.len(), n * pixels_per_image(&self.preprocess));
+        let data = self.towers.embed_images(pixels, n, size)?;
+        self.embeddings(data, n)
+    }
+
+    pub fn embed_images(&self, images: &[::image::RgbImage]) -> Result<Embeddings> {
+        let per_image = pixels_per_image(&self.preprocess);
+        let mut pixels = vec![0f32; per_image * images.len()];
+        for (img, out) in images.iter().zip(pixels.chunks_exact_mut(per_image)) {
+            image::preprocess_into(img, &self.preprocess, out);
+        }
+        self.embed_pixels(&pixels, images.len())
+    }
+
+    pub fn embed_token_ids(&self, texts: &[TokenIds]) -> Result<Embeddings> {
+        if texts.is_empty() {
+            return Err(Error::InvalidArgument("no texts given: at least one label is needed".into()));
+        }
+        let len = self.tokenizer.max_length();
+        let ids: Vec<i64> = texts.iter().flat_map(|t| t.ids.iter().copied()).collect();
+        let data = self.towers.embed_texts(&ids, texts.len(), len)?;
+        self.embeddings(data, texts.len())
+    }
+
+    pub fn embed_texts<S: AsRef<str>>(&self, texts: &[S]) -> Result<Embeddings> {
+        self.embed_token_ids(&self.tokenize(texts)?)
+    }
+
+    fn embeddings(&self, data: Vec<f32>, n: usize) -> Result<Embeddings> {
+        let dim = self.manifest.embedding_dim;
+        if data.len() != n * dim {
+            return Err(Error::Inference(format!(
+                "model returned {} values for {n} inputs, expected {n}×{dim} (embedding_dim in the manifest)",
+                data.len()
+            )));
+        }
+        Ok(Embeddings::new(dim, data))
+    }
+
+    /// Runs both towers a few times at batch sizes 1 and 2 on neutral inputs.
+    fn warm_up(&self, rounds: usize) -> Result<()> {
+        let per_image = pixels_per_image(&self.preprocess);
+        for n in [1, 2].into_iter().cycle().take(rounds * 2) {
+            self.embed_pixels(&vec![0f32; per_image * n], n)?;
+            self.embed_texts(&vec!["a photo"; n])?;
+        }
+        Ok(())
+    }
+}
+
+/// Floats in one preprocessed image (3 × size × size).
+pub fn pixels_per_image(p: &Preprocess) -> usize {
+    3 * (p.size as usize) * (p.size as usize)
+}

@@ -1,0 +1,12 @@
+//! Paths to what `make test` generates before running the tests.
+
+use std::path::PathBuf;
+
+/// A path from an environment variable set by `make test`; panics with the fix when it is not.
+pub fn generated(var: &str) -> PathBuf {
+    let path = std::env::var_os(var).map(PathBuf::from).unwrap_or_else(|| {
+        panic!("{var} is not set: run the tests with `make test`, which generates the models, images and reference values first")
+    });
+    assert!(path.exists(), "{var}={} does not exist: run `make test`", path.display());
+    path
+}

@@ -1,0 +1,34 @@
+//! Parity with transformers (the reference implementation), on reference values that
+//! `make test` computed with transformers in the same run.
+
+mod common;
+
+use siglip_serve::{model::runtime::DeviceChoice, parity};
+
+#[test]
+fn matches_transformers() {
+    let suite = common::generated("SIGLIP_PARITY_SUITE");
+    let report = parity::run(&suite, DeviceChoice::Cpu).expect("parity suite runs");
+    println!("{}\n{}", report.table(), report.summary());
+
+    assert!(report.pixels.len() >= 40, "too few pixel checks: {}", report.pixels.len());
+    for row in &report.pixels {
+        assert!(row.max_abs <= 0.0079, "{} at {}: max abs diff {}", row.file, row.size, row.max_abs);
+    }
+    assert!(report.pixels_mean() <= 1e-4, "mean abs pixel diff {}", report.pixels_mean());
+
+    let (mismatches, total) = report.token_counts();
+    assert!(total >= 1000, "token corpus too small: {total}");
+    assert_eq!(mismatches, 0, "token mismatches: {:?}", report.tokens);
+
+    let fp32: Vec<_> = report.fp32_models().collect();
+    assert!(fp32.len() >= 2, "expected tiny and base-224 in float32");
+    for row in fp32 {
+        let (lo, hi) = row.ref_probs_range;
+        assert!(lo < 0.2 && hi > 0.8, "{}: reference probabilities {lo}..{hi} do not spread over (0, 1)", row.name);
+        assert!(row.image_embeds_max <= 1e-5, "{}: image embeddings off by {}", row.name, row.image_embeds_max);
+        assert!(row.text_embeds_max <= 1e-5, "{}: text embeddings off by {}", row.name, row.text_embeds_max);
+        assert!(row.logits_max <= 1e-4, "{}: logits off by {}", row.name, row.logits_max);
+        assert!(row.probs_max <= 1e-5, "{}: probabilities off by {}", row.name, row.probs_max);
+    }
+}

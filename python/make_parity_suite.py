@@ -25,7 +25,7 @@ def export_cli(*args: str) -> None:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--build", type=Path, required=True, help="folder with assets/, models/, checkpoints/")
+    ap.add_argument("--build", type=Path, required=True, help="folder with assets/ and models/ (random models and their checkpoints)")
     ap.add_argument("--out", type=Path, required=True)
     a = ap.parse_args()
     out = a.out.resolve()
@@ -34,7 +34,7 @@ def main() -> int:
     assets = build / "assets"
     images = json.loads((assets / "images.json").read_text())
     files = [str(assets / entry["file"]) for entry in images]
-    tiny_ckpt = build / "checkpoints" / "tiny"
+    tiny_ckpt = build / "models" / "tiny-checkpoint"
 
     suite: dict[str, list] = {"pixels": [], "tokens": [], "tokens_known_hard": [], "models": []}
     for size in (224, 384):
@@ -49,12 +49,13 @@ def main() -> int:
         suite[key].append({"name": name, "reference": ref.name, "model_dir": str(build / "models" / "tiny")})
 
     e2e = [str(assets / e["file"]) for e in images if e["format"].lower() in E2E_FORMATS][:E2E_IMAGES]
-    for shape, dtypes in (("tiny", ["float32", "bfloat16", "float16"]), ("base-224", ["float32", "bfloat16"])):
+    # The reference is always fp32 transformers; each exported dtype is compared with it.
+    for shape, dtypes in (("tiny", ["", "-bfloat16", "-float16"]), ("base-224", ["", "-bfloat16"])):
         ref = out / f"model-{shape}.safetensors"
-        export_cli("reference", "--checkpoint", build / "checkpoints" / shape, "--texts-file", assets / "labels.json",
+        export_cli("reference", "--checkpoint", build / "models" / f"{shape}-checkpoint", "--texts-file", assets / "labels.json",
                    "--out", ref, "--images", *e2e)
-        suite["models"].append({"name": shape, "reference": ref.name, "model_dir": str(build / "models" / shape),
-                                "dtypes": dtypes})
+        for suffix in dtypes:
+            suite["models"].append({"name": shape, "reference": ref.name, "model_dir": str(build / "models" / (shape + suffix))})
 
     (out / "suite.json").write_text(json.dumps(suite, indent=2))
     print(f"wrote {out / 'suite.json'}")

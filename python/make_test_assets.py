@@ -126,13 +126,17 @@ def write_bad(out: Path, good_jpeg: bytes, good_png: bytes) -> list[dict[str, st
     d = out / "bad"
     d.mkdir(parents=True, exist_ok=True)
     rng = random.Random(42)
-    pdf = encode(Image.new("RGB", (8, 8), (200, 30, 30)), "PDF")
+    # Hand-written minimal PDF (Pillow's PDF writer embeds a timestamp: not reproducible).
+    pdf = (b"%PDF-1.4\n1 0 obj<</Type/Catalog/Pages 2 0 R>>endobj\n"
+           b"2 0 obj<</Type/Pages/Kids[3 0 R]/Count 1>>endobj\n"
+           b"3 0 obj<</Type/Page/Parent 2 0 R/MediaBox[0 0 8 8]>>endobj\n"
+           b"trailer<</Root 1 0 R>>\n%%EOF\n")
     items = [
         ("corrupt.jpg", b"\xff\xd8" + bytes(rng.randrange(256) for _ in range(4000)), "SOI marker followed by random garbage"),
         ("truncated.jpg", good_jpeg[: int(len(good_jpeg) * 0.6)], "first 60% of a valid baseline JPEG (Pillow: 'image file is truncated')"),
         ("empty.jpg", b"", "zero bytes"),
         ("text.jpg", b"this is not an image, just text with a .jpg name\n", "plain text named .jpg"),
-        ("unsupported.pdf", pdf, "a real (tiny) PDF: not JPEG/PNG/WebP/GIF/BMP/TIFF"),
+        ("unsupported.pdf", pdf, "a minimal one-page PDF: not JPEG/PNG/WebP/GIF/BMP/TIFF"),
         ("huge_dimensions.png", huge_png_header(), "PNG, IHDR claims 100000x100000 RGB (valid CRCs): must be refused before allocating ~30 GB"),
         ("truncated.png", good_png[: len(good_png) // 2], "first half of a valid PNG (IDAT cut, no IEND)"),
     ]

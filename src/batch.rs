@@ -41,7 +41,10 @@ pub struct Reply {
 
 enum Work {
     /// `n` preprocessed images, CHW floats back to back.
-    Images { pixels: Vec<f32>, n: usize },
+    Images {
+        pixels: Vec<f32>,
+        n: usize,
+    },
     Texts(Vec<TokenIds>),
 }
 
@@ -114,11 +117,20 @@ impl Batcher {
         self.depth.load(Ordering::Relaxed)
     }
 
-    pub async fn embed_images(&self, pixels: Vec<f32>, n: usize, deadline: Option<Instant>) -> Result<Reply> {
+    pub async fn embed_images(
+        &self,
+        pixels: Vec<f32>,
+        n: usize,
+        deadline: Option<Instant>,
+    ) -> Result<Reply> {
         self.submit(Work::Images { pixels, n }, deadline).await
     }
 
-    pub async fn embed_texts(&self, ids: Vec<TokenIds>, deadline: Option<Instant>) -> Result<Reply> {
+    pub async fn embed_texts(
+        &self,
+        ids: Vec<TokenIds>,
+        deadline: Option<Instant>,
+    ) -> Result<Reply> {
         self.submit(Work::Texts(ids), deadline).await
     }
 
@@ -142,11 +154,16 @@ impl Batcher {
             }
             Err(TrySendError::Disconnected(_)) => {
                 self.depth.fetch_sub(1, Ordering::Relaxed);
-                return Err(Error::Unavailable("the inference worker has stopped".into()));
+                return Err(Error::Unavailable(
+                    "the inference worker has stopped".into(),
+                ));
             }
         }
-        rx.await
-            .unwrap_or_else(|_| Err(Error::Inference("the inference worker dropped the request".into())))
+        rx.await.unwrap_or_else(|_| {
+            Err(Error::Inference(
+                "the inference worker dropped the request".into(),
+            ))
+        })
     }
 }
 
@@ -221,7 +238,9 @@ impl Worker {
                 Work::Images { .. } => Vec::new(),
             })
             .collect();
-        let result = self.chunked(ids.len(), |start, len| self.model.embed_token_ids(&ids[start..start + len]));
+        let result = self.chunked(ids.len(), |start, len| {
+            self.model.embed_token_ids(&ids[start..start + len])
+        });
         self.answer(jobs, result);
     }
 

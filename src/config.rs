@@ -5,10 +5,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 
-use crate::model::{
-    runtime::{DType, DeviceChoice},
-    LoadOptions,
-};
+use crate::model::{runtime::DeviceChoice, LoadOptions};
 
 /// Which model to load, where, and how.
 #[derive(Debug, Clone, Args)]
@@ -20,10 +17,6 @@ pub struct ModelArgs {
     /// `auto` (CUDA when usable, else CPU), `cpu`, `cuda` or `cuda:N`.
     #[arg(long, env = "SIGLIP_DEVICE", default_value = "auto")]
     pub device: DeviceChoice,
-
-    /// float32, float16 or bfloat16; default: the dtype the model was exported in.
-    #[arg(long, env = "SIGLIP_DTYPE")]
-    pub dtype: Option<DType>,
 
     /// libtorch intra-op threads (0: one per core).
     #[arg(long, env = "SIGLIP_THREADS", default_value_t = 0)]
@@ -43,7 +36,6 @@ impl ModelArgs {
         LoadOptions {
             dir: self.model_dir.clone(),
             device: self.device,
-            dtype: self.dtype,
             warmup_rounds: self.warmup_rounds,
         }
     }

@@ -143,7 +143,11 @@ impl Infer {
     }
 
     /// Checks a label list against the limits and embeds it.
-    pub async fn labels(&self, texts: Vec<String>, deadline: Option<Instant>) -> Result<(Labels, Timings)> {
+    pub async fn labels(
+        &self,
+        texts: Vec<String>,
+        deadline: Option<Instant>,
+    ) -> Result<(Labels, Timings)> {
         self.check_texts(&texts)?;
         let ids = self.tokenizer.encode(&texts)?;
         let reply = self.batcher.embed_texts(ids, deadline).await?;
@@ -163,7 +167,9 @@ impl Infer {
 
     fn check_texts(&self, texts: &[String]) -> Result<()> {
         if texts.is_empty() {
-            return Err(Error::InvalidArgument("no texts given: send at least one label".into()));
+            return Err(Error::InvalidArgument(
+                "no texts given: send at least one label".into(),
+            ));
         }
         if texts.len() > self.limits.max_texts {
             return Err(Error::InvalidArgument(format!(
@@ -214,9 +220,16 @@ impl Infer {
     }
 
     /// Embeds preprocessed images (from [`Infer::preprocess`]).
-    pub async fn embed_pixels(&self, pixels: Vec<Vec<f32>>, deadline: Option<Instant>) -> Result<(Embeddings, Timings)> {
+    pub async fn embed_pixels(
+        &self,
+        pixels: Vec<Vec<f32>>,
+        deadline: Option<Instant>,
+    ) -> Result<(Embeddings, Timings)> {
         let n = pixels.len();
-        let reply = self.batcher.embed_images(pixels.concat(), n, deadline).await?;
+        let reply = self
+            .batcher
+            .embed_images(pixels.concat(), n, deadline)
+            .await?;
         let timings = Timings {
             queue: reply.queue,
             inference: reply.inference,
@@ -292,7 +305,11 @@ impl Infer {
     }
 
     /// Embeds many images; each is decoded in parallel on the CPU pool.
-    pub async fn embed_images(&self, images: Vec<ImageInput>, deadline: Option<Instant>) -> Result<(Embeddings, Timings)> {
+    pub async fn embed_images(
+        &self,
+        images: Vec<ImageInput>,
+        deadline: Option<Instant>,
+    ) -> Result<(Embeddings, Timings)> {
         if images.is_empty() {
             return Err(Error::InvalidArgument("no images given".into()));
         }
@@ -304,11 +321,13 @@ impl Infer {
             )));
         }
         let started = Instant::now();
-        let prepared = futures_util::future::try_join_all(images.into_iter().enumerate().map(|(i, img)| async move {
-            self.preprocess(img)
-                .await
-                .map_err(|e| annotate(e, &format!("image {i}")))
-        }))
+        let prepared = futures_util::future::try_join_all(images.into_iter().enumerate().map(
+            |(i, img)| async move {
+                self.preprocess(img)
+                    .await
+                    .map_err(|e| annotate(e, &format!("image {i}")))
+            },
+        ))
         .await?;
         let preprocess = started.elapsed();
         let (embeddings, mut timings) = self
@@ -319,7 +338,11 @@ impl Infer {
         Ok((embeddings, timings))
     }
 
-    pub async fn embed_texts(&self, texts: Vec<String>, deadline: Option<Instant>) -> Result<(Embeddings, Timings)> {
+    pub async fn embed_texts(
+        &self,
+        texts: Vec<String>,
+        deadline: Option<Instant>,
+    ) -> Result<(Embeddings, Timings)> {
         let started = Instant::now();
         let (labels, mut timings) = self.labels(texts, deadline).await?;
         timings.total = started.elapsed();

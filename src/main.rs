@@ -1,11 +1,11 @@
 //! The `siglip-serve` command line.
 
-use std::{path::PathBuf, process::ExitCode};
+use std::{io::IsTerminal, path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand};
 use siglip_serve::{
     config::{ModelArgs, ServeArgs},
-    error::Result,
+    error::{Error, Result},
     model::{
         image::{self, ImageLimits},
         runtime::{device_name, DeviceChoice},
@@ -16,7 +16,10 @@ use siglip_serve::{
 };
 
 #[derive(Parser)]
-#[command(version, about = "gRPC inference server for SigLIP zero-shot image classification")]
+#[command(
+    version,
+    about = "gRPC inference server for SigLIP zero-shot image classification"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -91,19 +94,24 @@ fn classify(args: &ModelArgs, files: &[PathBuf], labels: &[String]) -> Result<()
     let tokens = model.tokenize(labels)?;
     for (label, t) in labels.iter().zip(&tokens) {
         if t.truncated {
-            eprintln!("note: label {label:?} is longer than {} tokens and was truncated", t.ids.len());
+            eprintln!(
+                "note: label {label:?} is longer than {} tokens and was truncated",
+                t.ids.len()
+            );
         }
     }
     let texts = model.embed_token_ids(&tokens)?;
     let limits = ImageLimits::default();
+    let mut failed = 0;
     for file in files {
         let decoded = std::fs::read(file)
-            .map_err(|e| siglip_serve::error::Error::InvalidArgument(format!("{}: {e}", file.display())))
+            .map_err(|e| Error::InvalidArgument(format!("cannot read: {e}")))
             .and_then(|bytes| Ok(image::decode(&bytes, &limits)?));
         let rgb = match decoded {
             Ok(rgb) => rgb,
             Err(e) => {
-                println!("\n{}: error: {e}", file.display());
+                eprintln!("{}: error: {e}", file.display());
+                failed += 1;
                 continue;
             }
         };
@@ -117,8 +125,18 @@ fn classify(args: &ModelArgs, files: &[PathBuf], labels: &[String]) -> Result<()
         scored.sort_by(|a, b| b.1.total_cmp(&a.1));
         println!("\n{} ({}x{})", file.display(), rgb.width(), rgb.height());
         for (label, logit) in scored {
-            println!("  {:>7.2}%  logit {:>8.3}  {label}", 100.0 * sigmoid(logit), logit);
+            println!(
+                "  {:>7.2}%  logit {:>8.3}  {label}",
+                100.0 * sigmoid(logit),
+                logit
+            );
         }
+    }
+    if failed > 0 {
+        return Err(Error::InvalidArgument(format!(
+            "{failed} of {} images could not be classified",
+            files.len()
+        )));
     }
     Ok(())
 }
@@ -144,7 +162,10 @@ fn serve(args: ServeArgs) -> ExitCode {
 fn init_logging(json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr);
     if json {
         builder.json().init();
     } else {

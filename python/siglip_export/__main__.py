@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     _add_export_opts(p)
 
     p = sub.add_parser("random", help="random-weight SigLIP checkpoint, then the same export")
-    p.add_argument("--shape", required=True, choices=["tiny", "base-224", "so400m-384"])
+    p.add_argument("--shape", required=True, choices=["tiny", "tiny-siglip2", "base-224", "so400m-384"])
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--checkpoint-out", type=Path, help="HF checkpoint dir (default: <out>-checkpoint)")
     _add_export_opts(p)

@@ -142,7 +142,8 @@ def _device_constants(module: torch.jit.ScriptModule) -> list[str]:
     return [ln.strip() for ln in graph.splitlines() if re.search(r'prim::Constant\[value="(cpu|cuda)', ln)]
 
 
-def _sample_inputs(ckpt: Path, image: dict[str, Any], hf_tok: Any, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+def _sample_inputs(ckpt: Path, hf_tok: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """Real photographs through the PIL processor and a few texts through the HF tokenizer."""
     from transformers import SiglipImageProcessorPil
 
     from .random_models import CALIBRATION_TEXTS, calibration_images
@@ -164,6 +165,8 @@ def export(
 ) -> dict[str, Any]:
     from transformers import AutoConfig, SiglipModel
 
+    if device != "cpu":
+        raise ExportError("tracing runs on CPU (the traced modules are device-agnostic and load on CUDA)")
     t0 = time.time()
     ck = resolve_checkpoint(checkpoint, revision)
     config = AutoConfig.from_pretrained(str(ck.path))
@@ -187,7 +190,7 @@ def export(
     ref_model = SiglipModel.from_pretrained(str(ck.path), attn_implementation=ATTN_IMPLEMENTATION, dtype=torch.float32).eval()
     if ref_model.config.vision_config.image_size != image["size"]:
         raise ExportError(f"processor size {image['size']} != model image_size {ref_model.config.vision_config.image_size}")
-    pixels, ids = _sample_inputs(ck.path, image, hf_tok, torch_dtype)
+    pixels, ids = _sample_inputs(ck.path, hf_tok)
 
     model = ref_model if torch_dtype == torch.float32 else SiglipModel.from_pretrained(
         str(ck.path), attn_implementation=ATTN_IMPLEMENTATION, dtype=torch.float32).to(torch_dtype).eval()

@@ -1,12 +1,16 @@
 """Random-weight checkpoints with the real transformers SigLIP architecture (no downloads).
 
-The checkpoint is a normal HF directory (model, SiglipTokenizer with a locally trained
-sentencepiece vocabulary, image processor config), so exporting it runs the real-checkpoint path.
+The checkpoint is a normal HF directory (model, tokenizer with a locally trained sentencepiece
+vocabulary, image processor config), so exporting it runs the real-checkpoint path. SigLIP v1
+shapes get a `SiglipTokenizer` (Unigram `spiece.model`); `tiny-siglip2` gets a Gemma-style
+byte-fallback BPE saved as `GemmaTokenizer`, laid out like the google/siglip2-*-patch16-* (fixed
+resolution, model_type "siglip") checkpoints.
 """
 
 from __future__ import annotations
 
 import io
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -39,6 +43,21 @@ SHAPES: dict[str, dict[str, Any]] = {
                        image_size=384, patch_size=14),
     },
 }
+# SigLIP 2 fixed-resolution shapes: a SigLIP v1 architecture with a Gemma tokenizer.
+SHAPES["tiny-siglip2"] = {**SHAPES["tiny"], "tokenizer": "gemma"}
+
+# What google/siglip2-*-patch16-* ship in tokenizer_config.json (transformers' convert_siglip2_to_hf:
+# GemmaTokenizerFast.from_pretrained("google/gemma-7b", add_bos_token=False, add_eos_token=True,
+# padding_side="right", do_lower_case=True, model_input_names=["input_ids"])). transformers 5.x
+# GemmaTokenizer ignores do_lower_case; it is kept so that the export sees what a real one sees.
+GEMMA_TOKENIZER_CONFIG = {
+    "tokenizer_class": "GemmaTokenizer",
+    "add_bos_token": False,
+    "add_eos_token": True,
+    "padding_side": "right",
+    "do_lower_case": True,
+    "model_input_names": ["input_ids"],
+}
 
 # Captions used to calibrate logit_scale/bias (also written to labels.json by make_test_assets).
 CALIBRATION_TEXTS = [
@@ -62,6 +81,52 @@ def train_spiece(seed: int = 0) -> bytes:
     return buf.getvalue()
 
 
+def train_gemma_spm(seed: int = 0) -> bytes:
+    """A small BPE vocabulary laid out like Gemma's tokenizer.model (pad 0, eos 1, bos 2, unk 3,
+    <mask> 4, byte fallback, identity normalisation, no dummy prefix, digits split, whitespace
+    kept as "▁" pieces). Deterministic: single-threaded training on the generated corpus."""
+    import sentencepiece as spm
+
+    buf = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(training_corpus(seed)), model_writer=buf, vocab_size=VOCAB_SIZE,
+        model_type="bpe", byte_fallback=True, pad_id=0, eos_id=1, bos_id=2, unk_id=3,
+        pad_piece="<pad>", eos_piece="<eos>", bos_piece="<bos>", unk_piece="<unk>", user_defined_symbols=["<mask>"],
+        normalization_rule_name="identity", add_dummy_prefix=False, remove_extra_whitespaces=False,
+        split_digits=True, allow_whitespace_only_pieces=True, character_coverage=0.9995, num_threads=1,
+        minloglevel=2, hard_vocab_limit=False,
+    )
+    return buf.getvalue()
+
+
+def gemma_tokenizer(spm_path: Path) -> Any:
+    """transformers' `GemmaTokenizer` (tokenizers backend) over the BPE vocabulary and merges of a
+    sentencepiece model, configured as SigLIP 2 checkpoints are (no bos, eos added, right padding)."""
+    from tokenizers.models import BPE
+    from transformers import GemmaTokenizer
+    from transformers.convert_slow_tokenizer import SentencePieceExtractor
+
+    kw = SentencePieceExtractor(str(spm_path)).extract(BPE)
+    cfg = {k: v for k, v in GEMMA_TOKENIZER_CONFIG.items() if k in ("add_bos_token", "add_eos_token", "padding_side")}
+    tok = GemmaTokenizer(vocab=kw["vocab"], merges=kw["merges"], **cfg)
+    ids = {t: tok.convert_tokens_to_ids(t) for t in ("<pad>", "<eos>", "<bos>", "<unk>", "<mask>")}
+    if list(ids.values()) != [0, 1, 2, 3, 4]:
+        raise RuntimeError(f"unexpected Gemma special-token layout {ids}")
+    return tok
+
+
+def _pin_gemma_tokenizer_config(out: Path) -> None:
+    """Make tokenizer_config.json read like a real SigLIP 2 checkpoint's. transformers 5.24 drops
+    add_bos_token/add_eos_token on save and ignores them on load whenever tokenizer.json exists:
+    the saved post-processor ("$A <eos>", no bos) is what adds EOS, as in the hub files."""
+    path = out / "tokenizer_config.json"
+    cfg = json.loads(path.read_text())
+    cfg.update(GEMMA_TOKENIZER_CONFIG)
+    for k in ("is_local", "local_files_only", "vocab_file"):  # machine-specific, never in hub files
+        cfg.pop(k, None)
+    path.write_text(json.dumps(cfg, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
+
+
 def calibration_images() -> list[Any]:
     """Real photographs bundled with scikit-image, as PIL images."""
     from PIL import Image
@@ -77,22 +142,31 @@ def make_random_checkpoint(shape: str, out: Path, seed: int = 0) -> Path:
 
     if shape not in SHAPES:
         raise ValueError(f"unknown shape {shape!r}; choose from {sorted(SHAPES)}")
-    out.mkdir(parents=True, exist_ok=True)
-    spiece = out / "spiece.model"
-    spiece.write_bytes(train_spiece(seed))
-    tokenizer = SiglipTokenizer(str(spiece), model_max_length=64)
-
     s = SHAPES[shape]
+    gemma = s.get("tokenizer") == "gemma"
+    out.mkdir(parents=True, exist_ok=True)
+    if gemma:
+        spm_path = out / "tokenizer.model"  # SigLIP 2 checkpoints ship it next to tokenizer.json
+        spm_path.write_bytes(train_gemma_spm(seed))
+        tokenizer = gemma_tokenizer(spm_path)
+        pad_id, eos_id = tokenizer.pad_token_id, tokenizer.eos_token_id  # 0, 1 (Gemma)
+    else:
+        spiece = out / "spiece.model"
+        spiece.write_bytes(train_spiece(seed))
+        tokenizer = SiglipTokenizer(str(spiece), model_max_length=64)
+        pad_id, eos_id = 1, 1  # SigLIP pads with "</s>"
+
     common = dict(hidden_act="gelu_pytorch_tanh", layer_norm_eps=1e-6, attention_dropout=0.0)
     config = SiglipConfig(
-        text_config=dict(vocab_size=tokenizer.vocab_size, max_position_embeddings=64, pad_token_id=1,
-                         eos_token_id=1, bos_token_id=None, **common, **s["text"]),
+        text_config=dict(vocab_size=len(tokenizer) if gemma else tokenizer.vocab_size, max_position_embeddings=64, pad_token_id=pad_id,
+                         eos_token_id=eos_id, bos_token_id=None, **common, **s["text"]),
         vision_config=dict(num_channels=3, **common, **s["vision"]),
     )
     torch.manual_seed(seed)
-    # SiglipTextConfig defaults to CLIP's bos/eos ids (49406/49407); SigLIP's eos is "</s>" = 1.
+    # SiglipTextConfig defaults to CLIP's bos/eos ids (49406/49407); SigLIP's eos is "</s>" = 1,
+    # SigLIP 2's "<eos>" = 1 (no bos is added in either).
     config.text_config.bos_token_id = None
-    config.text_config.eos_token_id = 1
+    config.text_config.eos_token_id = eos_id
     model = SiglipModel(config).eval()
     size = s["vision"]["image_size"]
     image_processor = SiglipImageProcessorPil(size={"height": size, "width": size})
@@ -103,6 +177,8 @@ def make_random_checkpoint(shape: str, out: Path, seed: int = 0) -> Path:
     model.save_pretrained(out)
     SiglipProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(out)
     image_processor.save_pretrained(out)  # preprocessor_config.json, as hub checkpoints have it
+    if gemma:
+        _pin_gemma_tokenizer_config(out)
     log.info("random %s checkpoint at %s (logit_scale=%.4f, logit_bias=%.4f)", shape, out, scale, bias)
     return out
 

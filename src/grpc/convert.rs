@@ -10,9 +10,9 @@ use crate::infer::{ImageInput, Score, ScoreFilter, Timings};
 use crate::model::image::RawFormat;
 
 pub fn image(image: Option<pb::Image>) -> Result<ImageInput> {
-    let source = image
-        .and_then(|i| i.source)
-        .ok_or_else(|| Error::InvalidArgument("no image given: set image.encoded or image.raw".into()))?;
+    let source = image.and_then(|i| i.source).ok_or_else(|| {
+        Error::InvalidArgument("no image given: set image.encoded or image.raw".into())
+    })?;
     Ok(match source {
         pb::image::Source::Encoded(bytes) => ImageInput::Encoded(bytes),
         pb::image::Source::Raw(raw) => ImageInput::Raw {

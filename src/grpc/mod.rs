@@ -39,7 +39,9 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 
     let (health, health_service) = tonic_health::server::health_reporter();
     for name in ["", SERVICE_NAME] {
-        health.set_service_status(name, ServingStatus::NotServing).await;
+        health
+            .set_service_status(name, ServingStatus::NotServing)
+            .await;
     }
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
@@ -58,7 +60,9 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tonic::transport::Server::builder()
-        .layer(tower::util::MapResponseLayer::new(move |r| status::remap_response(r, max_message)))
+        .layer(tower::util::MapResponseLayer::new(move |r| {
+            status::remap_response(r, max_message)
+        }))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -88,9 +92,14 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         _ = shutdown_signal() => {}
     }
 
-    tracing::info!(grace_s = args.shutdown_grace_seconds, "shutting down: NOT_SERVING, draining");
+    tracing::info!(
+        grace_s = args.shutdown_grace_seconds,
+        "shutting down: NOT_SERVING, draining"
+    );
     for name in ["", SERVICE_NAME] {
-        health.set_service_status(name, ServingStatus::NotServing).await;
+        health
+            .set_service_status(name, ServingStatus::NotServing)
+            .await;
     }
     state.begin_shutdown();
     let _ = stop_tx.send(());
@@ -134,7 +143,13 @@ fn load(args: &ServeArgs) -> anyhow::Result<(Arc<Infer>, String, crate::model::r
             queue_capacity: args.batch.max_queue.max(1),
         },
     );
-    let infer = Infer::new(batcher, tokenizer, manifest, args.limits.clone(), args.batch.preprocess_threads);
+    let infer = Infer::new(
+        batcher,
+        tokenizer,
+        manifest,
+        args.limits.clone(),
+        args.batch.preprocess_threads,
+    );
     Ok((Arc::new(infer), device, dtype))
 }
 

@@ -58,7 +58,9 @@ impl State {
 
     pub(super) fn infer(&self) -> Result<Arc<Infer>, Status> {
         if self.shutting_down.load(Ordering::SeqCst) {
-            return Err(Status::unavailable("server is shutting down: retry on another replica"));
+            return Err(Status::unavailable(
+                "server is shutting down: retry on another replica",
+            ));
         }
         self.infer
             .get()
@@ -81,13 +83,18 @@ type ResponseStream = Pin<Box<dyn Stream<Item = Result<pb::StreamResponse, Statu
 
 #[tonic::async_trait]
 impl pb::siglip_server::Siglip for SiglipService {
-    async fn classify(&self, request: Request<pb::ClassifyRequest>) -> Result<Response<pb::ClassifyResponse>, Status> {
+    async fn classify(
+        &self,
+        request: Request<pb::ClassifyRequest>,
+    ) -> Result<Response<pb::ClassifyResponse>, Status> {
         let infer = self.state.infer()?;
         let deadline = convert::deadline(request.metadata());
         let req = request.into_inner();
         let image = convert::image(req.image)?;
         let filter = convert::filter(req.options)?;
-        let result = convert::with_deadline(deadline, infer.classify(image, req.texts, filter, deadline)).await?;
+        let result =
+            convert::with_deadline(deadline, infer.classify(image, req.texts, filter, deadline))
+                .await?;
         Ok(Response::new(pb::ClassifyResponse {
             scores: convert::scores(result.scores),
             timings: Some(convert::timings(result.timings)),
@@ -103,7 +110,8 @@ impl pb::siglip_server::Siglip for SiglipService {
         let limit = self.state.limits.max_message_bytes;
         let mut messages = request.into_inner();
         let work = async {
-            let (header, bytes) = receive_upload(&mut messages, infer.limits().max_image_bytes, limit).await?;
+            let (header, bytes) =
+                receive_upload(&mut messages, infer.limits().max_image_bytes, limit).await?;
             let filter = convert::filter(header.options)?;
             infer
                 .classify(ImageInput::Encoded(bytes), header.texts, filter, deadline)
@@ -113,7 +121,11 @@ impl pb::siglip_server::Siglip for SiglipService {
         let result = match deadline {
             Some(at) => tokio::time::timeout_at(at.into(), work)
                 .await
-                .map_err(|_| Status::deadline_exceeded("deadline exceeded during the upload; the work was dropped"))??,
+                .map_err(|_| {
+                    Status::deadline_exceeded(
+                        "deadline exceeded during the upload; the work was dropped",
+                    )
+                })??,
             None => work.await?,
         };
         Ok(Response::new(pb::ClassifyResponse {
@@ -139,7 +151,10 @@ impl pb::siglip_server::Siglip for SiglipService {
         Ok(Response::new(Box::pin(output)))
     }
 
-    async fn embed_image(&self, request: Request<pb::EmbedImageRequest>) -> Result<Response<pb::EmbedResponse>, Status> {
+    async fn embed_image(
+        &self,
+        request: Request<pb::EmbedImageRequest>,
+    ) -> Result<Response<pb::EmbedResponse>, Status> {
         let infer = self.state.infer()?;
         let deadline = convert::deadline(request.metadata());
         let images = request
@@ -148,25 +163,39 @@ impl pb::siglip_server::Siglip for SiglipService {
             .into_iter()
             .enumerate()
             .map(|(i, img)| {
-                convert::image(Some(img)).map_err(|e| Status::invalid_argument(format!("image {i}: {e}")))
+                convert::image(Some(img))
+                    .map_err(|e| Status::invalid_argument(format!("image {i}: {e}")))
             })
             .collect::<Result<Vec<_>, Status>>()?;
-        let (embeddings, timings) = convert::with_deadline(deadline, infer.embed_images(images, deadline)).await?;
+        let (embeddings, timings) =
+            convert::with_deadline(deadline, infer.embed_images(images, deadline)).await?;
         Ok(Response::new(embed_response(embeddings, timings)))
     }
 
-    async fn embed_text(&self, request: Request<pb::EmbedTextRequest>) -> Result<Response<pb::EmbedResponse>, Status> {
+    async fn embed_text(
+        &self,
+        request: Request<pb::EmbedTextRequest>,
+    ) -> Result<Response<pb::EmbedResponse>, Status> {
         let infer = self.state.infer()?;
         let deadline = convert::deadline(request.metadata());
         let texts = request.into_inner().texts;
-        let (embeddings, timings) = convert::with_deadline(deadline, infer.embed_texts(texts, deadline)).await?;
+        let (embeddings, timings) =
+            convert::with_deadline(deadline, infer.embed_texts(texts, deadline)).await?;
         Ok(Response::new(embed_response(embeddings, timings)))
     }
 
-    async fn get_model_info(&self, _: Request<pb::GetModelInfoRequest>) -> Result<Response<pb::ModelInfo>, Status> {
+    async fn get_model_info(
+        &self,
+        _: Request<pb::GetModelInfoRequest>,
+    ) -> Result<Response<pb::ModelInfo>, Status> {
         let infer = self.state.infer()?;
         let m = infer.manifest();
-        let (device, dtype) = self.state.device.get().cloned().unwrap_or(("?".into(), DType::Float32));
+        let (device, dtype) = self
+            .state
+            .device
+            .get()
+            .cloned()
+            .unwrap_or(("?".into(), DType::Float32));
         Ok(Response::new(pb::ModelInfo {
             model_id: m.model_id.clone(),
             architecture: m.architecture.clone(),
@@ -182,11 +211,16 @@ impl pb::siglip_server::Siglip for SiglipService {
     }
 }
 
-fn embed_response(embeddings: crate::model::scores::Embeddings, timings: crate::infer::Timings) -> pb::EmbedResponse {
+fn embed_response(
+    embeddings: crate::model::scores::Embeddings,
+    timings: crate::infer::Timings,
+) -> pb::EmbedResponse {
     pb::EmbedResponse {
         embeddings: embeddings
             .rows()
-            .map(|row| pb::Embedding { values: row.to_vec() })
+            .map(|row| pb::Embedding {
+                values: row.to_vec(),
+            })
             .collect(),
         timings: Some(convert::timings(timings)),
     }
@@ -203,10 +237,9 @@ async fn receive_upload(
         match m {
             None => Ok(None),
             Some(Err(status)) => Err(remap_message_too_large(status, max_message_bytes)),
-            Some(Ok(req)) => req
-                .msg
-                .map(Some)
-                .ok_or_else(|| Status::invalid_argument("empty UploadRequest: set header or chunk")),
+            Some(Ok(req)) => req.msg.map(Some).ok_or_else(|| {
+                Status::invalid_argument("empty UploadRequest: set header or chunk")
+            }),
         }
     };
     let header = match next(messages.next().await)? {
@@ -216,7 +249,11 @@ async fn receive_upload(
                 "Upload protocol: the first message must be an UploadHeader, got a chunk",
             ))
         }
-        None => return Err(Status::invalid_argument("Upload protocol: the stream ended before the header")),
+        None => {
+            return Err(Status::invalid_argument(
+                "Upload protocol: the stream ended before the header",
+            ))
+        }
     };
     let total = usize::try_from(header.total_bytes).unwrap_or(usize::MAX);
     if total == 0 {
@@ -242,7 +279,9 @@ async fn receive_upload(
                 bytes.extend_from_slice(&chunk);
             }
             Msg::Header(_) => {
-                return Err(Status::invalid_argument("Upload protocol: a second header arrived after chunks"))
+                return Err(Status::invalid_argument(
+                    "Upload protocol: a second header arrived after chunks",
+                ))
             }
         }
     }

@@ -29,9 +29,7 @@ pub fn remap_message_too_large(status: Status, limit: usize) -> Status {
 }
 
 pub fn message_too_large(original: &str, limit: usize) -> String {
-    format!(
-        "{original} (--max-message-bytes {limit}); send large images with Upload, in chunks"
-    )
+    format!("{original} (--max-message-bytes {limit}); send large images with Upload, in chunks")
 }
 
 /// Same remapping for unary calls, where tonic answers before our handler runs: rewrites the
@@ -42,14 +40,19 @@ pub fn remap_response<B>(mut response: http::Response<B>, limit: usize) -> http:
         && headers
             .get("grpc-message")
             .and_then(|v| v.to_str().ok())
-            .is_some_and(|m| percent_decode_str(m).decode_utf8_lossy().contains("message length too large"));
+            .is_some_and(|m| {
+                percent_decode_str(m)
+                    .decode_utf8_lossy()
+                    .contains("message length too large")
+            });
     if too_large {
         let original = headers
             .get("grpc-message")
             .and_then(|v| v.to_str().ok())
             .map(|m| percent_decode_str(m).decode_utf8_lossy().into_owned())
             .unwrap_or_default();
-        let message = utf8_percent_encode(&message_too_large(&original, limit), GRPC_MESSAGE).to_string();
+        let message =
+            utf8_percent_encode(&message_too_large(&original, limit), GRPC_MESSAGE).to_string();
         headers.insert("grpc-status", http::HeaderValue::from_static("8"));
         if let Ok(value) = http::HeaderValue::from_str(&message) {
             headers.insert("grpc-message", value);

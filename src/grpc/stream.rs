@@ -81,14 +81,24 @@ async fn drive(
     let mode = match pb::DeliveryMode::try_from(first.mode) {
         Ok(pb::DeliveryMode::LatestOnly) => pb::DeliveryMode::LatestOnly,
         Ok(_) => pb::DeliveryMode::EveryFrame,
-        Err(_) => return Err(Status::invalid_argument(format!("unknown delivery mode {}", first.mode))),
+        Err(_) => {
+            return Err(Status::invalid_argument(format!(
+                "unknown delivery mode {}",
+                first.mode
+            )))
+        }
     };
     let mut labels = Arc::new(configure(&infer, first, 0).await?);
     let sink = match mode {
         pb::DeliveryMode::LatestOnly => Sink::latest(Arc::clone(&infer), out.clone()),
-        _ => Sink::ordered(Arc::clone(&infer), out.clone(), limits.stream_pipeline.max(1)),
+        _ => Sink::ordered(
+            Arc::clone(&infer),
+            out.clone(),
+            limits.stream_pipeline.max(1),
+        ),
     };
-    let lifetime = (limits.max_stream_seconds > 0).then(|| Duration::from_secs(limits.max_stream_seconds));
+    let lifetime =
+        (limits.max_stream_seconds > 0).then(|| Duration::from_secs(limits.max_stream_seconds));
     let ends_at = lifetime.map(|d| tokio::time::Instant::now() + d);
     let mut shutdown = state.shutdown_signal();
     let mut assembler = Assembler::new(infer.limits().max_image_bytes);
@@ -119,7 +129,8 @@ async fn drive(
                     Err(status) => break Some(status),
                 }
             }
-            Ok(Some(pb::stream_request::Msg::Frame(frame))) => match assembler.push(frame, &labels) {
+            Ok(Some(pb::stream_request::Msg::Frame(frame))) => match assembler.push(frame, &labels)
+            {
                 Ok(Some(ready)) => {
                     if !sink.submit(ready).await {
                         break None;
@@ -161,7 +172,11 @@ async fn next_message(
 
 /// Embeds a configuration's labels; a bad label set ends the stream (it is the client's setup,
 /// not one frame, that is wrong).
-async fn configure(infer: &Infer, config: pb::StreamConfig, generation: u32) -> Result<ActiveLabels, Status> {
+async fn configure(
+    infer: &Infer,
+    config: pb::StreamConfig,
+    generation: u32,
+) -> Result<ActiveLabels, Status> {
     let filter = convert::filter(config.options)?;
     let (labels, _) = infer.labels(config.texts, None).await?;
     Ok(ActiveLabels {
@@ -192,7 +207,11 @@ impl Assembler {
         }
     }
 
-    fn push(&mut self, frame: pb::Frame, labels: &Arc<ActiveLabels>) -> Result<Option<ReadyFrame>, Status> {
+    fn push(
+        &mut self,
+        frame: pb::Frame,
+        labels: &Arc<ActiveLabels>,
+    ) -> Result<Option<ReadyFrame>, Status> {
         let ready = |id, timestamp_us, image| ReadyFrame {
             id,
             timestamp_us,
@@ -376,7 +395,9 @@ impl Sink {
     /// Waits until every frame already accepted is answered.
     async fn finish(self) {
         match self {
-            Sink::Ordered { pending, writer, .. } => {
+            Sink::Ordered {
+                pending, writer, ..
+            } => {
                 drop(pending);
                 let _ = writer.await;
             }

@@ -84,7 +84,10 @@ impl Manifest {
             ));
         }
         if self.image.resample != "bicubic" {
-            return bad(format!("resample {:?} is not supported (bicubic only)", self.image.resample));
+            return bad(format!(
+                "resample {:?} is not supported (bicubic only)",
+                self.image.resample
+            ));
         }
         if self.image.size == 0 || self.embedding_dim == 0 || self.text.max_length == 0 {
             return bad("image size, embedding_dim and text max_length must be positive".into());

@@ -23,8 +23,6 @@ use crate::error::{Error, Result};
 pub struct LoadOptions {
     pub dir: PathBuf,
     pub device: DeviceChoice,
-    /// `None`: the dtype the model was exported in.
-    pub dtype: Option<DType>,
     /// Forward passes per tower before the model is reported ready (TorchScript's profiling
     /// executor makes the first calls much slower).
     pub warmup_rounds: usize,
@@ -42,12 +40,11 @@ pub struct Model {
 impl Model {
     pub fn load(opts: &LoadOptions) -> Result<Self> {
         let manifest = Manifest::load(&opts.dir)?;
-        let exported: DType = manifest
+        let dtype: DType = manifest
             .dtype
             .parse()
             .map_err(|e| Error::Model(format!("manifest dtype: {e}")))?;
         let device = opts.device.resolve()?;
-        let dtype = opts.dtype.unwrap_or(exported);
         let tokenizer = Arc::new(TextTokenizer::load(
             &opts.dir.join(&manifest.files.tokenizer),
             &manifest.text,
@@ -57,7 +54,6 @@ impl Model {
             &opts.dir.join(&manifest.files.text),
             device,
             dtype,
-            exported,
         )?;
         let preprocess = Preprocess {
             size: manifest.image.size,
@@ -128,7 +124,9 @@ impl Model {
 
     pub fn embed_token_ids(&self, texts: &[TokenIds]) -> Result<Embeddings> {
         if texts.is_empty() {
-            return Err(Error::InvalidArgument("no texts given: at least one label is needed".into()));
+            return Err(Error::InvalidArgument(
+                "no texts given: at least one label is needed".into(),
+            ));
         }
         let len = self.tokenizer.max_length();
         let ids: Vec<i64> = texts.iter().flat_map(|t| t.ids.iter().copied()).collect();

@@ -49,7 +49,9 @@ impl DeviceChoice {
                          (no driver, or a CPU-only libtorch); use --device cpu"
                     )))
                 } else {
-                    Err(Error::Model(format!("cuda:{n} requested but only {count} CUDA device(s) are visible")))
+                    Err(Error::Model(format!(
+                        "cuda:{n} requested but only {count} CUDA device(s) are visible"
+                    )))
                 }
             }
         }
@@ -89,7 +91,9 @@ impl FromStr for DType {
             "float32" | "fp32" => Ok(Self::Float32),
             "float16" | "fp16" | "half" => Ok(Self::Float16),
             "bfloat16" | "bf16" => Ok(Self::BFloat16),
-            _ => Err(format!("unknown dtype {s:?}: use float32, float16 or bfloat16")),
+            _ => Err(format!(
+                "unknown dtype {s:?}: use float32, float16 or bfloat16"
+            )),
         }
     }
 }
@@ -110,16 +114,14 @@ pub struct Towers {
 }
 
 impl Towers {
-    /// Loads both TorchScript files onto `device`, converting their weights to `dtype` when it
-    /// differs from `exported` (only floating-point parameters change; ids stay integers).
-    pub fn load(vision: &Path, text: &Path, device: Device, dtype: DType, exported: DType) -> Result<Self> {
+    /// Loads both TorchScript files onto `device`. `dtype` is the one they were exported in:
+    /// tracing records SigLIP's cast of the pixels to the weights' dtype as a constant, so a
+    /// traced tower cannot be converted to another dtype after export.
+    pub fn load(vision: &Path, text: &Path, device: Device, dtype: DType) -> Result<Self> {
         let load = |path: &Path| -> Result<CModule> {
             let mut module = CModule::load_on_device(path, device)
                 .map_err(|e| Error::Model(format!("cannot load {}: {e}", path.display())))?;
             module.set_eval();
-            if dtype != exported {
-                module.to(device, dtype.kind(), false);
-            }
             Ok(module)
         };
         Ok(Self {
@@ -150,14 +152,20 @@ impl Towers {
 
     /// `ids`: `n` rows of `len` token ids. Returns `n × dim` float32 embeddings.
     pub fn embed_texts(&self, ids: &[i64], n: usize, len: usize) -> Result<Vec<f32>> {
-        let input = Tensor::from_slice(ids).view([n as i64, len as i64]).to_device(self.device);
+        let input = Tensor::from_slice(ids)
+            .view([n as i64, len as i64])
+            .to_device(self.device);
         self.run(&self.text, &input)
     }
 
     fn run(&self, module: &CModule, input: &Tensor) -> Result<Vec<f32>> {
         let _guard = tch::no_grad_guard();
         let out = module.forward_ts(&[input])?;
-        let out = out.to_kind(Kind::Float).to_device(Device::Cpu).contiguous().view(-1);
+        let out = out
+            .to_kind(Kind::Float)
+            .to_device(Device::Cpu)
+            .contiguous()
+            .view(-1);
         Ok(Vec::<f32>::try_from(&out)?)
     }
 }

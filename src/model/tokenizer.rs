@@ -7,7 +7,7 @@
 
 use std::path::Path;
 
-use tokenizers::{PaddingParams, PaddingStrategy, Tokenizer, TruncationParams};
+use tokenizers::{PaddingDirection, PaddingParams, PaddingStrategy, Tokenizer, TruncationParams};
 
 use super::manifest::TextSpec;
 use crate::error::{Error, Result};
@@ -29,13 +29,18 @@ impl TextTokenizer {
     pub fn load(path: &Path, spec: &TextSpec) -> Result<Self> {
         let mut inner = Tokenizer::from_file(path)
             .map_err(|e| Error::Model(format!("cannot load tokenizer {}: {e}", path.display())))?;
-        // Enforce the manifest's rule whatever the file says, so a hand-edited tokenizer.json
-        // cannot silently switch to padding-to-longest.
-        let pad_token = inner
-            .id_to_token(spec.pad_id)
-            .ok_or_else(|| Error::Model(format!("pad id {} is not in the vocabulary", spec.pad_id)))?;
+        // Enforce the manifest's length and pad id whatever the file says, so a hand-edited
+        // tokenizer.json cannot silently switch to padding-to-longest. The side stays the
+        // file's (Gemma-tokenised checkpoints may pad on the left).
+        let pad_token = inner.id_to_token(spec.pad_id).ok_or_else(|| {
+            Error::Model(format!("pad id {} is not in the vocabulary", spec.pad_id))
+        })?;
+        let direction = inner
+            .get_padding()
+            .map_or(PaddingDirection::Right, |p| p.direction);
         inner.with_padding(Some(PaddingParams {
             strategy: PaddingStrategy::Fixed(spec.max_length),
+            direction,
             pad_id: spec.pad_id,
             pad_token,
             ..Default::default()

@@ -1,4 +1,6 @@
-//! Paths to what `make test` generates before running the tests.
+//! Shared by the integration tests: paths to what `make test` generates, and a server process.
+// Each test binary compiles this module and uses a different part of it.
+#![allow(dead_code)]
 
 use std::path::PathBuf;
 
@@ -7,6 +9,12 @@ pub fn generated(var: &str) -> PathBuf {
     let path = std::env::var_os(var).map(PathBuf::from).unwrap_or_else(|| {
         panic!("{var} is not set: run the tests with `make test`, which generates the models, images and reference values first")
     });
-    assert!(path.exists(), "{var}={} does not exist: run `make test`", path.display());
+    assert!(
+        path.exists(),
+        "{var}={} does not exist: run `make test`",
+        path.display()
+    );
     path
 }
+
+pub mod server;

@@ -1,0 +1,66 @@
+"""Stream semantics: label-set replacement, latest-only dropping, raw frames."""
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+PHOTO = "coffee_444.jpg"
+
+
+@pytest.fixture(scope="module")
+def photo(assets) -> bytes:
+    return (assets / "images" / PHOTO).read_bytes()
+
+
+def config(pb2, texts, mode, top_k=0):
+    return pb2.StreamRequest(config=pb2.StreamConfig(texts=texts, mode=mode, options=pb2.ClassifyOptions(top_k=top_k)))
+
+
+def frame(pb2, frame_id, image):
+    return pb2.StreamRequest(frame=pb2.Frame(frame_id=frame_id, image=image))
+
+
+def test_config_replacement(stubs, siglip, photo, labels):
+    pb2, _ = stubs
+    image = pb2.Image(encoded=photo)
+    every = pb2.DELIVERY_MODE_EVERY_FRAME
+    requests = [config(pb2, labels, every), frame(pb2, 0, image), config(pb2, labels[:2], every, top_k=1), frame(pb2, 1, image)]
+    first, second = siglip.Stream(iter(requests), timeout=30)
+    assert second.config_generation == first.config_generation + 1
+    assert len(first.scores) == len(labels)
+    (top,) = second.scores
+    assert top.label == max((s for s in first.scores if s.index < 2), key=lambda s: s.probability).label
+
+
+def test_latest_only_accounts_for_every_frame(stubs, siglip, photo, labels):
+    pb2, _ = stubs
+    image = pb2.Image(encoded=photo)
+    sent = 40
+    requests = [config(pb2, labels, pb2.DELIVERY_MODE_LATEST_ONLY)] + [frame(pb2, i, image) for i in range(sent)]
+    responses = list(siglip.Stream(iter(requests), timeout=60))
+    ids = [r.frame_id for r in responses]
+    assert ids == sorted(ids) and len(set(ids)) == len(ids)
+    assert ids[-1] == sent - 1, "the newest frame is never dropped"
+    assert len(responses) + sum(r.skipped_frames for r in responses) == sent
+
+
+def test_raw_frame_matches_encoded(stubs, siglip, assets, labels):
+    """A lossless PNG decoded by the client and sent as RGB8 / RGBA8 classifies like the file itself."""
+    pb2, _ = stubs
+    encoded = (assets / "images" / "coffee_rgb8.png").read_bytes()
+    rgb = Image.open(io.BytesIO(encoded)).convert("RGB")
+    rgba = np.dstack([np.asarray(rgb), np.full(rgb.size[::-1], 7, np.uint8)])
+    images = [
+        pb2.Image(encoded=encoded),
+        pb2.Image(raw=pb2.RawFrame(width=rgb.width, height=rgb.height, format=pb2.PIXEL_FORMAT_RGB8, data=rgb.tobytes())),
+        pb2.Image(raw=pb2.RawFrame(width=rgb.width, height=rgb.height, format=pb2.PIXEL_FORMAT_RGBA8, data=rgba.tobytes())),
+    ]
+    requests = [config(pb2, labels, pb2.DELIVERY_MODE_EVERY_FRAME)] + [frame(pb2, i, im) for i, im in enumerate(images)]
+    expected, *raws = siglip.Stream(iter(requests), timeout=30)
+    for raw in raws:
+        assert not raw.HasField("error"), raw.error
+        for want, got in zip(expected.scores, raw.scores, strict=True):
+            assert got.label == want.label
+            assert got.probability == pytest.approx(want.probability, abs=1e-5)

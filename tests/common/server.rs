@@ -1,0 +1,119 @@
+//! A real `siglip-serve serve` process on an ephemeral loopback port, for API tests.
+
+use std::{
+    io::{BufRead, BufReader},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use siglip_serve::grpc::pb::siglip_client::SiglipClient;
+use tonic::transport::Channel;
+use tonic_health::pb::{
+    health_check_response::ServingStatus, health_client::HealthClient, HealthCheckRequest,
+};
+
+pub struct Server {
+    child: Child,
+    pub addr: String,
+}
+
+impl Server {
+    /// Starts the server with the tiny test model and `extra` flags; returns once it listens
+    /// (the model may still be loading).
+    pub fn spawn(extra: &[&str]) -> Server {
+        let model = super::generated("SIGLIP_TEST_MODEL_DIR");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_siglip-serve"))
+            .args([
+                "serve",
+                "--grpc-addr",
+                "127.0.0.1:0",
+                "--threads",
+                "1",
+                "--model-dir",
+            ])
+            .arg(&model)
+            .args(extra)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start siglip-serve");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let addr = loop {
+            let line = lines
+                .next()
+                .expect("siglip-serve exited before listening")
+                .expect("read stdout");
+            if let Some(addr) = line.strip_prefix("siglip-serve: gRPC listening on ") {
+                break addr.to_string();
+            }
+        };
+        Server { child, addr }
+    }
+
+    /// Starts the server and waits until its health service says SERVING.
+    pub async fn ready(extra: &[&str]) -> Server {
+        let server = Server::spawn(extra);
+        server.wait_for(ServingStatus::Serving).await;
+        server
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub async fn channel(&self) -> Channel {
+        Channel::from_shared(self.url())
+            .expect("url")
+            .connect()
+            .await
+            .expect("connect")
+    }
+
+    pub async fn client(&self) -> SiglipClient<Channel> {
+        SiglipClient::new(self.channel().await)
+            .max_decoding_message_size(64 << 20)
+            .max_encoding_message_size(64 << 20)
+    }
+
+    pub async fn health(&self, service: &str) -> ServingStatus {
+        let mut health = HealthClient::new(self.channel().await);
+        let response = health
+            .check(HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .expect("health check");
+        response.into_inner().status()
+    }
+
+    pub async fn wait_for(&self, status: ServingStatus) {
+        let until = Instant::now() + Duration::from_secs(120);
+        while self.health("").await != status {
+            assert!(Instant::now() < until, "server never became {status:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn terminate(&self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+    }
+
+    /// Waits for the process to exit and returns its exit code.
+    pub fn wait(mut self) -> Option<i32> {
+        let status = self.child.wait().expect("wait");
+        status.code()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

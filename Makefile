@@ -1,4 +1,4 @@
-# siglip-serve — public entry points: run, test, parity, bench.
+# siglip-serve — public entry points: run, test, parity.
 #
 # Everything generated (venv, model exports, reference values, test images) lands in ignored
 # paths; override VENV / CARGO_TARGET_DIR to keep them outside the clone (CI does).
@@ -16,14 +16,14 @@ CARGO_ENV := PATH="$(abspath $(VENV))/bin:$$PATH" LIBTORCH_USE_PYTORCH=1 CARGO_T
 EXPORT := PYTHONPATH=python $(PY) -m siglip_export
 SUITE := $(BUILD)/parity/suite.json
 
-.PHONY: run test parity bench venv build lint clean
+.PHONY: run test parity venv build lint clean
 .DELETE_ON_ERROR:
 
 venv: $(VENV)/.installed
-$(VENV)/.installed: python/requirements.txt
+$(VENV)/.installed: python/requirements.txt $(wildcard python/requirements-client.txt)
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -r python/requirements.txt
+	$(PY) -m pip install -q -r python/requirements.txt $(if $(wildcard python/requirements-client.txt),-r python/requirements-client.txt)
 	touch $@
 
 build: venv
@@ -47,15 +47,17 @@ $(BUILD)/assets/images.json: $(VENV)/.installed python/make_test_assets.py
 	PYTHONPATH=python $(PY) python/make_test_assets.py --out $(BUILD)/assets
 
 # Reference values, computed by transformers in this run.
-PARITY_MODELS := tiny tiny-bfloat16 tiny-float16 base-224 base-224-bfloat16
+PARITY_MODELS := tiny tiny-bfloat16 tiny-float16 tiny-siglip2 base-224 base-224-bfloat16
 $(SUITE): $(BUILD)/assets/images.json $(PARITY_MODELS:%=$(BUILD)/models/%/manifest.json) python/make_parity_suite.py
 	PYTHONPATH=python $(PY) python/make_parity_suite.py --build $(BUILD) --out $(dir $@)
 
-# Every test: unit tests, parity with transformers, bad-input handling.
+# Every test: unit, parity with transformers, bad input, the gRPC API from Rust and from Python.
 test: build $(SUITE)
 	SIGLIP_PARITY_SUITE=$(abspath $(SUITE)) SIGLIP_TEST_ASSETS=$(abspath $(BUILD)/assets) \
 	  SIGLIP_TEST_MODEL_DIR=$(abspath $(BUILD)/models/tiny) \
 	  $(CARGO_ENV) cargo test --release --locked
+	SIGLIP_TEST_ASSETS=$(abspath $(BUILD)/assets) SIGLIP_TEST_MODEL_DIR=$(abspath $(BUILD)/models/tiny) \
+	  SIGLIP_SERVE_BIN=$(abspath $(BIN)) $(PY) -m pytest python/tests -q
 
 # Parity table; last line: parity: pixels_max=… pixels_mean=… token_mismatches=…/… logits_max=… probs_max=…
 parity: build $(SUITE)

@@ -42,15 +42,18 @@ def main() -> int:
         export_cli("reference-pixels", "--checkpoint", tiny_ckpt, "--size", size, "--out", ref, "--images", *files)
         suite["pixels"].append({"name": f"pixels-{size}", "reference": ref.name, "model_dir": str(build / "models" / "tiny")})
 
-    for name, texts in (("siglip", "texts.json"), ("siglip-known-hard", "texts_known_hard.json")):
-        ref = out / f"tokens-{name}.safetensors"
-        export_cli("reference-tokens", "--checkpoint", tiny_ckpt, "--texts-file", assets / texts, "--out", ref)
-        key = "tokens_known_hard" if name.endswith("known-hard") else "tokens"
-        suite[key].append({"name": name, "reference": ref.name, "model_dir": str(build / "models" / "tiny")})
+    # SigLIP (sentencepiece, slow SiglipTokenizer) and SigLIP 2 (Gemma tokenizer) text paths.
+    for shape in ("tiny", "tiny-siglip2"):
+        for kind, texts in (("tokens", "texts.json"), ("tokens_known_hard", "texts_known_hard.json")):
+            name = shape + ("-known-hard" if kind == "tokens_known_hard" else "")
+            ref = out / f"tokens-{name}.safetensors"
+            export_cli("reference-tokens", "--checkpoint", build / "models" / f"{shape}-checkpoint",
+                       "--texts-file", assets / texts, "--out", ref)
+            suite[kind].append({"name": name, "reference": ref.name, "model_dir": str(build / "models" / shape)})
 
     e2e = [str(assets / e["file"]) for e in images if e["format"].lower() in E2E_FORMATS][:E2E_IMAGES]
     # The reference is always fp32 transformers; each exported dtype is compared with it.
-    for shape, dtypes in (("tiny", ["", "-bfloat16", "-float16"]), ("base-224", ["", "-bfloat16"])):
+    for shape, dtypes in (("tiny", ["", "-bfloat16", "-float16"]), ("tiny-siglip2", [""]), ("base-224", ["", "-bfloat16"])):
         ref = out / f"model-{shape}.safetensors"
         export_cli("reference", "--checkpoint", build / "models" / f"{shape}-checkpoint", "--texts-file", assets / "labels.json",
                    "--out", ref, "--images", *e2e)

@@ -231,26 +231,20 @@ fn check_tokens(base: &Path, check: &Check) -> Result<TokenRow> {
     Ok(row)
 }
 
-/// The Unigram score of every piece, by id, from `tokenizer.json`.
+/// The Unigram score of every piece, by id, from `tokenizer.json`; empty for other models (BPE
+/// has no scores, so no ties).
 fn piece_scores(path: &Path) -> Result<Vec<f64>> {
-    #[derive(Deserialize)]
-    struct File {
-        model: UnigramModel,
-    }
-    #[derive(Deserialize)]
-    struct UnigramModel {
-        #[serde(default)]
-        vocab: Vec<(String, f64)>,
-    }
     let raw = std::fs::read_to_string(path)
         .map_err(|e| Error::Model(format!("cannot read {}: {e}", path.display())))?;
-    let file: File =
+    let file: serde_json::Value =
         serde_json::from_str(&raw).map_err(|e| Error::Model(format!("{}: {e}", path.display())))?;
-    Ok(file
-        .model
-        .vocab
-        .into_iter()
-        .map(|(_, score)| score)
+    let vocab = file["model"]["vocab"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    Ok(vocab
+        .iter()
+        .map(|piece| piece[1].as_f64().unwrap_or(f64::NAN))
         .collect())
 }
 
@@ -367,7 +361,7 @@ impl Report {
         }
         let _ = writeln!(
             s,
-            "\ninput ids vs the slow tokenizer (padding=max_length, 64)"
+            "\ninput ids vs transformers' tokenizer (padding=max_length, 64)"
         );
         for r in self.tokens.iter().chain(&self.tokens_known_hard) {
             let _ = writeln!(
@@ -379,7 +373,7 @@ impl Report {
                 let _ = writeln!(s, "      e.g. {e}");
             }
         }
-        let _ = writeln!(s, "\nend to end vs SiglipModel (fp32, CPU)");
+        let _ = writeln!(s, "\nend to end vs transformers SiglipModel (fp32, CPU)");
         let _ = writeln!(
             s,
             "  {:<12} {:<7} {:<9} {:>10} {:>10} {:>10} {:>10} {:>14}",

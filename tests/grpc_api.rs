@@ -571,6 +571,80 @@ async fn stream_protocol_violations_limits_and_lifetime() {
     );
     drop(out);
 
+    let both = pb::StreamRequest {
+        msg: Some(Msg::Frame(pb::Frame {
+            frame_id: 3,
+            image: encoded(cat.clone()),
+            chunk: cat[..10].to_vec(),
+            ..Default::default()
+        })),
+    };
+    let violations: Vec<(&str, Vec<pb::StreamRequest>, &str)> = vec![
+        (
+            "image and chunk",
+            vec![config(&LABELS, pb::DeliveryMode::EveryFrame), both],
+            "both image and chunk",
+        ),
+        (
+            "empty frame",
+            vec![
+                config(&LABELS, pb::DeliveryMode::EveryFrame),
+                frame_chunk(4, &[], false),
+            ],
+            "neither",
+        ),
+        (
+            "unfinished frame",
+            vec![
+                config(&LABELS, pb::DeliveryMode::EveryFrame),
+                frame_chunk(5, &cat[..10], false),
+            ],
+            "before frame 5 was complete",
+        ),
+        (
+            "interleaved chunks",
+            vec![
+                config(&LABELS, pb::DeliveryMode::EveryFrame),
+                frame_chunk(5, &cat[..10], false),
+                frame_chunk(6, &cat[..10], true),
+            ],
+            "before frame 5 was complete",
+        ),
+        (
+            "mode change",
+            vec![
+                config(&LABELS, pb::DeliveryMode::EveryFrame),
+                config(&LABELS, pb::DeliveryMode::LatestOnly),
+            ],
+            "mode cannot change",
+        ),
+        (
+            "empty labels",
+            vec![config(&[], pb::DeliveryMode::EveryFrame)],
+            "no texts",
+        ),
+    ];
+    for (name, messages, needle) in violations {
+        let mut out = client
+            .stream(tokio_stream::iter(messages))
+            .await
+            .expect(name)
+            .into_inner();
+        let status = loop {
+            match out.next().await {
+                Some(Ok(_)) => continue,
+                Some(Err(status)) => break status,
+                None => panic!("{name}: stream ended without an error"),
+            }
+        };
+        assert_eq!(status.code(), Code::InvalidArgument, "{name}: {status:?}");
+        assert!(
+            status.message().contains(needle),
+            "{name}: {:?} lacks {needle:?}",
+            status.message()
+        );
+    }
+
     // One stream open (a client that keeps its side open), a second is refused at once.
     let (tx, rx) = tokio::sync::mpsc::channel(4);
     tx.send(config(&LABELS, pb::DeliveryMode::EveryFrame))

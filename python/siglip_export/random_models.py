@@ -46,10 +46,11 @@ SHAPES: dict[str, dict[str, Any]] = {
 # SigLIP 2 fixed-resolution shapes: a SigLIP v1 architecture with a Gemma tokenizer.
 SHAPES["tiny-siglip2"] = {**SHAPES["tiny"], "tokenizer": "gemma"}
 
-# What google/siglip2-*-patch16-* ship in tokenizer_config.json (transformers' convert_siglip2_to_hf:
+# The tokenizer settings of google/siglip2-*-patch16-* (transformers' SigLIP 2 conversion script:
 # GemmaTokenizerFast.from_pretrained("google/gemma-7b", add_bos_token=False, add_eos_token=True,
-# padding_side="right", do_lower_case=True, model_input_names=["input_ids"])). transformers 5.x
-# GemmaTokenizer ignores do_lower_case; it is kept so that the export sees what a real one sees.
+# padding_side="right", model_input_names=["input_ids"]); one version also passes
+# do_lower_case=True). transformers 5.x GemmaTokenizer ignores do_lower_case (and, with a
+# tokenizer.json, add_*_token); they are kept so that the export sees what a real one may carry.
 GEMMA_TOKENIZER_CONFIG = {
     "tokenizer_class": "GemmaTokenizer",
     "add_bos_token": False,

@@ -257,7 +257,9 @@ async fn receive_upload(
     };
     let total = usize::try_from(header.total_bytes).unwrap_or(usize::MAX);
     if total == 0 {
-        return Err(Error::Image(crate::model::image::ImageError::Empty).into());
+        return Err(Status::invalid_argument(
+            "Upload protocol: the header must declare total_bytes, the size of the encoded image",
+        ));
     }
     if total > max_image_bytes {
         return Err(Error::Image(crate::model::image::ImageError::TooLarge {

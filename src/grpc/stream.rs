@@ -117,7 +117,7 @@ async fn drive(
         };
         match msg {
             Err(status) => break Some(status),
-            Ok(None) => break None,
+            Ok(None) => break assembler.incomplete(),
             Ok(Some(pb::stream_request::Msg::Config(config))) => {
                 if config.mode != 0 && config.mode != mode as i32 {
                     break Some(Status::invalid_argument(
@@ -207,6 +207,16 @@ impl Assembler {
         }
     }
 
+    /// The protocol error for a stream that ends in the middle of a chunked frame.
+    fn incomplete(&self) -> Option<Status> {
+        self.partial.as_ref().map(|p| {
+            Status::invalid_argument(format!(
+                "Stream protocol: the stream ended before frame {} was complete (send its last chunk with last=true)",
+                p.id
+            ))
+        })
+    }
+
     fn push(
         &mut self,
         frame: pb::Frame,
@@ -219,6 +229,12 @@ impl Assembler {
             labels: Arc::clone(labels),
         };
         if frame.image.is_some() {
+            if !frame.chunk.is_empty() {
+                return Err(Status::invalid_argument(format!(
+                    "Stream protocol: frame {} carries both image and chunk; send one or the other",
+                    frame.frame_id
+                )));
+            }
             if self.partial.is_some() {
                 return Err(Status::invalid_argument(format!(
                     "Stream protocol: frame {} is whole but frame {} is still incomplete (send it with last=true first)",
@@ -228,6 +244,12 @@ impl Assembler {
             }
             let image = convert::image(frame.image);
             return Ok(Some(ready(frame.frame_id, frame.timestamp_us, image)));
+        }
+        if self.partial.is_none() && frame.chunk.is_empty() && !frame.last {
+            return Err(Status::invalid_argument(format!(
+                "Stream protocol: frame {} has neither an image nor a chunk",
+                frame.frame_id
+            )));
         }
         let partial = self.partial.get_or_insert_with(|| Partial {
             id: frame.frame_id,

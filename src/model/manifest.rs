@@ -92,7 +92,7 @@ impl Manifest {
         if self.image.size == 0 || self.embedding_dim == 0 || self.text.max_length == 0 {
             return bad("image size, embedding_dim and text max_length must be positive".into());
         }
-        if self.image.std.iter().any(|s| *s == 0.0) {
+        if self.image.std.contains(&0.0) {
             return bad("image std must not contain zeros".into());
         }
         Ok(())

@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Parity on a GPU machine: the binary built on the CPU machine, copied over, runs the exported
+# models on CUDA and is compared with transformers' reference (computed there, on its CPU).
+#
+# The GPU machine has torch 2.11+cu130, transformers and scikit-image but no Rust and no network.
+# Build and stage here:
+#   make build && mkdir -p dist && strip -o dist/siglip-serve target/release/siglip-serve
+#   pip download (cp312 manylinux) transformers==5.24.0 regex into .whl/   (see README, "GPU")
+# then run this script from the repository root there, carrying dist/ and .whl/.
+set -euo pipefail
+
+work=${WORK:-/tmp/siglip-gpu}
+bin=$PWD/dist/siglip-serve
+mkdir -p "$work"
+
+# transformers >= 5.24: 5.17 (preinstalled there) traces the text tower with a CPU-pinned mask.
+if compgen -G ".whl/*.whl" > /dev/null; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+  export PYTHONPATH=/tmp/site
+fi
+export PYTHONPATH=${PYTHONPATH:+$PYTHONPATH:}$PWD/python
+torch_lib=$(python3 -c 'import torch, os; print(os.path.join(os.path.dirname(torch.__file__), "lib"))')
+export LD_LIBRARY_PATH=$torch_lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+python3 -c 'import torch, transformers, PIL; print("torch", torch.__version__, "cuda", torch.cuda.is_available(), "transformers", transformers.__version__, "Pillow", PIL.__version__)'
+
+python3 python/make_test_assets.py --out "$work/assets" > /dev/null
+export_random() { python3 -m siglip_export random --shape "$1" --out "$work/models/$1" > /dev/null 2>&1; }
+export_dtype() {
+  python3 -m siglip_export export --checkpoint "$work/models/$1-checkpoint" --model-id "random/$1" \
+    --dtype "$2" --out "$work/models/$1-$2" > /dev/null 2>&1
+}
+for shape in tiny tiny-siglip2 base-224; do export_random "$shape"; done
+export_dtype tiny bfloat16
+export_dtype tiny float16
+export_dtype base-224 bfloat16
+python3 python/make_parity_suite.py --build "$work" --out "$work/parity" > /dev/null 2>&1
+
+echo "== parity on CUDA (binary built on the CPU machine)"
+"$bin" parity --suite "$work/parity/suite.json" --device cuda | awk '/^pixel/ || /input ids/ {show=1} /^  [^ ]/ && $3 == "0.000000" {next} show'
+echo "== the same binary classifying a photo on CUDA"
+"$bin" classify --model-dir "$work/models/base-224-bfloat16" --device cuda \
+  "$work/assets/images/chelsea_progressive.jpg" --labels "a photo of a cat" "a rocket" 2>/dev/null

@@ -97,6 +97,15 @@ fn big_png(side: u32) -> Vec<u8> {
     out.into_inner()
 }
 
+/// 1000×20: within the pixel limit of the bad-input test, over its side limit.
+fn wide_png() -> Vec<u8> {
+    let img = image::RgbImage::from_pixel(1000, 20, image::Rgb([200, 100, 50]));
+    let mut out = std::io::Cursor::new(Vec::new());
+    img.write_to(&mut out, image::ImageFormat::Png)
+        .expect("encode png");
+    out.into_inner()
+}
+
 #[tokio::test]
 async fn classify_matches_the_core_runtime_and_filters() {
     let server = Server::ready(&[]).await;
@@ -203,6 +212,8 @@ async fn every_bad_input_gets_the_right_status() {
         "8",
         "--max-image-pixels",
         "1000000",
+        "--max-image-side",
+        "600",
         "--max-text-bytes",
         "100",
     ])
@@ -298,6 +309,12 @@ async fn every_bad_input_gets_the_right_status() {
             ),
             Code::ResourceExhausted,
             "--max-image-pixels",
+        ),
+        (
+            "over side limit",
+            classify_request(wide_png(), labels()),
+            Code::ResourceExhausted,
+            "--max-image-side",
         ),
         (
             "over pixel limit",
@@ -696,6 +713,43 @@ async fn stream_protocol_violations_limits_and_lifetime() {
     );
     assert!(opened.elapsed() >= Duration::from_millis(1500));
     drop(tx);
+
+    // A client that disconnects mid-stream frees its slot: the next stream is accepted.
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tx.send(config(&LABELS, pb::DeliveryMode::EveryFrame))
+        .await
+        .unwrap();
+    tx.send(frame_chunk(9, &cat[..100], false)).await.unwrap();
+    let mut abandoned = server.client().await;
+    let response = abandoned
+        .stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .expect("stream");
+    drop(response);
+    drop(abandoned);
+    drop(tx);
+    let until = Instant::now() + Duration::from_secs(10);
+    loop {
+        let messages = vec![
+            config(&LABELS, pb::DeliveryMode::EveryFrame),
+            frame(10, cat.clone()),
+        ];
+        match client.stream(tokio_stream::iter(messages)).await {
+            Ok(response) => match response.into_inner().next().await.expect("an item") {
+                Ok(result) => {
+                    assert_eq!(result.frame_id, 10);
+                    break;
+                }
+                Err(status) => assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}"),
+            },
+            Err(status) => assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}"),
+        }
+        assert!(
+            Instant::now() < until,
+            "the disconnected stream's slot was never freed"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 #[tokio::test]
@@ -734,6 +788,18 @@ async fn embeddings_and_model_info() {
         let norm: f32 = e.values.iter().map(|v| v * v).sum::<f32>().sqrt();
         assert!((norm - 1.0).abs() < 1e-4, "not L2-normalised: {norm}");
     }
+    let too_many = client
+        .embed_image(pb::EmbedImageRequest {
+            images: vec![encoded(asset("pixel_1x1.png")).unwrap(); 65],
+        })
+        .await
+        .expect_err("over --max-images");
+    assert_eq!(too_many.code(), Code::InvalidArgument);
+    assert!(
+        too_many.message().contains("--max-images"),
+        "{}",
+        too_many.message()
+    );
     let bad = client
         .embed_image(pb::EmbedImageRequest {
             images: vec![

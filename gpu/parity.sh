@@ -26,19 +26,16 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python3 -c 'import torch, transformers, PIL; print("torch", torch.__version__, "cuda", torch.cuda.is_available(), "transformers", transformers.__version__, "Pillow", PIL.__version__)'
 
 python3 python/make_test_assets.py --out "$work/assets" > /dev/null
-export_random() { python3 -m siglip_export random --shape "$1" --out "$work/models/$1" > /dev/null 2>&1; }
-export_dtype() {
-  python3 -m siglip_export export --checkpoint "$work/models/$1-checkpoint" --model-id "random/$1" \
-    --dtype "$2" --out "$work/models/$1-$2" > /dev/null 2>&1
+export_random() {
+  python3 -m siglip_export random --shape "$1" --dtype "$2" --out "$work/models/$1" > /dev/null 2>&1
 }
-for shape in tiny tiny-siglip2 base-224; do export_random "$shape"; done
-export_dtype tiny bfloat16
-export_dtype tiny float16
-export_dtype base-224 bfloat16
+export_random tiny float32,bfloat16,float16
+export_random tiny-siglip2 float32
+export_random base-224 float32,bfloat16
 python3 python/make_parity_suite.py --build "$work" --out "$work/parity" > /dev/null 2>&1
 
 echo "== parity on CUDA (binary built on the CPU machine)"
 "$bin" parity --suite "$work/parity/suite.json" --device cuda | awk '/^pixel/ || /input ids/ {show=1} /^  [^ ]/ && $3 == "0.000000" {next} show'
 echo "== the same binary classifying a photo on CUDA"
-"$bin" classify --model-dir "$work/models/base-224-bfloat16" --device cuda \
-  "$work/assets/images/chelsea_progressive.jpg" --labels "a photo of a cat" "a rocket" 2>/dev/null
+"$bin" classify --model-dir "$work/models/base-224" --device cuda \
+  --dtype bfloat16 "$work/assets/images/chelsea_progressive.jpg" --labels "a photo of a cat" "a rocket" 2>/dev/null

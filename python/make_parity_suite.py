@@ -17,6 +17,13 @@ from pathlib import Path
 # Photos used end to end (one per decoder family keeps the suite fast on 2 cores).
 E2E_FORMATS = ("jpeg", "png", "webp", "gif")
 E2E_IMAGES = 6
+# Models compared end to end and the tower dtypes each directory must hold, exported with e.g.
+#   python -m siglip_export random --shape tiny --dtype float32,bfloat16,float16 --out build/models/tiny
+MODEL_DTYPES = {
+    "tiny": ("float32", "bfloat16", "float16"),
+    "tiny-siglip2": ("float32",),
+    "base-224": ("float32", "bfloat16"),
+}
 
 
 def export_cli(*args: str) -> None:
@@ -52,13 +59,20 @@ def main() -> int:
             suite[kind].append({"name": name, "reference": ref.name, "model_dir": str(build / "models" / shape)})
 
     e2e = [str(assets / e["file"]) for e in images if e["format"].lower() in E2E_FORMATS][:E2E_IMAGES]
-    # The reference is always fp32 transformers; each exported dtype is compared with it.
-    for shape, dtypes in (("tiny", ["", "-bfloat16", "-float16"]), ("tiny-siglip2", [""]), ("base-224", ["", "-bfloat16"])):
+    # The reference is always fp32 transformers; each exported dtype is compared with it. One
+    # model directory holds all of a model's dtypes (manifest "towers"); one entry per dtype.
+    for shape, dtypes in MODEL_DTYPES.items():
+        model_dir = build / "models" / shape
+        towers = json.loads((model_dir / "manifest.json").read_text())["towers"]
+        missing = [d for d in dtypes if d not in towers]
+        if missing:
+            raise SystemExit(f"{model_dir} lacks towers {missing} (has {sorted(towers)}); re-export with "
+                             f"--dtype {','.join(dtypes)}")
         ref = out / f"model-{shape}.safetensors"
         export_cli("reference", "--checkpoint", build / "models" / f"{shape}-checkpoint", "--texts-file", assets / "labels.json",
                    "--out", ref, "--images", *e2e)
-        for suffix in dtypes:
-            suite["models"].append({"name": shape, "reference": ref.name, "model_dir": str(build / "models" / (shape + suffix))})
+        for dtype in dtypes:
+            suite["models"].append({"name": shape, "dtype": dtype, "reference": ref.name, "model_dir": str(model_dir)})
 
     (out / "suite.json").write_text(json.dumps(suite, indent=2))
     print(f"wrote {out / 'suite.json'}")

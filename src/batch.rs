@@ -19,7 +19,7 @@ use std::{
 use tokio::sync::oneshot;
 
 use crate::error::{Error, Result};
-use crate::model::{pixels_per_image, scores::Embeddings, tokenizer::TokenIds, Model};
+use crate::model::{scores::Embeddings, tokenizer::TokenIds, Model};
 
 #[derive(Debug, Clone, Copy)]
 pub struct BatchConfig {
@@ -37,14 +37,13 @@ pub struct Reply {
     pub embeddings: Embeddings,
     pub queue: Duration,
     pub inference: Duration,
+    /// Rows in the forward pass that computed this caller's rows (the largest, if several).
+    pub batch_size: usize,
 }
 
 enum Work {
-    /// `n` preprocessed images, CHW floats back to back.
-    Images {
-        pixels: Vec<f32>,
-        n: usize,
-    },
+    /// Preprocessed images, one CHW row each.
+    Images(Vec<Vec<f32>>),
     Texts(Vec<TokenIds>),
 }
 
@@ -58,7 +57,7 @@ struct Job {
 impl Job {
     fn rows(&self) -> usize {
         match &self.work {
-            Work::Images { n, .. } => *n,
+            Work::Images(rows) => rows.len(),
             Work::Texts(ids) => ids.len(),
         }
     }
@@ -117,13 +116,13 @@ impl Batcher {
         self.depth.load(Ordering::Relaxed)
     }
 
+    /// Embeds preprocessed images (CHW rows, as `image::preprocess` writes them).
     pub async fn embed_images(
         &self,
-        pixels: Vec<f32>,
-        n: usize,
+        images: Vec<Vec<f32>>,
         deadline: Option<Instant>,
     ) -> Result<Reply> {
-        self.submit(Work::Images { pixels, n }, deadline).await
+        self.submit(Work::Images(images), deadline).await
     }
 
     pub async fn embed_texts(
@@ -180,7 +179,7 @@ impl Worker {
             let (images, texts): (Vec<Job>, Vec<Job>) = batch
                 .into_iter()
                 .filter_map(Job::still_wanted)
-                .partition(|j| matches!(j.work, Work::Images { .. }));
+                .partition(|j| matches!(j.work, Work::Images(_)));
             if !images.is_empty() {
                 self.run_images(images);
             }
@@ -215,17 +214,15 @@ impl Worker {
     }
 
     fn run_images(&self, jobs: Vec<Job>) {
-        let per_image = pixels_per_image(self.model.preprocess());
-        let mut pixels = Vec::new();
-        for job in &jobs {
-            if let Work::Images { pixels: p, .. } = &job.work {
-                pixels.extend_from_slice(p);
-            }
-        }
-        let n = pixels.len() / per_image;
-        let result = self.chunked(n, |start, len| {
-            self.model
-                .embed_pixels(&pixels[start * per_image..(start + len) * per_image], len)
+        let rows: Vec<&[f32]> = jobs
+            .iter()
+            .flat_map(|job| match &job.work {
+                Work::Images(rows) => rows.iter().map(Vec::as_slice).collect(),
+                Work::Texts(_) => Vec::new(),
+            })
+            .collect();
+        let result = self.chunked(rows.len(), |start, len| {
+            self.model.embed_rows(&rows[start..start + len])
         });
         self.answer(jobs, result);
     }
@@ -235,7 +232,7 @@ impl Worker {
             .iter()
             .flat_map(|job| match &job.work {
                 Work::Texts(ids) => ids.clone(),
-                Work::Images { .. } => Vec::new(),
+                Work::Images(_) => Vec::new(),
             })
             .collect();
         let result = self.chunked(ids.len(), |start, len| {
@@ -269,6 +266,8 @@ impl Worker {
 
     /// Hands each job its own rows, in queue order.
     fn answer(&self, jobs: Vec<Job>, (result, inference): (Result<Embeddings>, Duration)) {
+        let total: usize = jobs.iter().map(Job::rows).sum();
+        let batch_size = total.min(self.config.max_batch_size.max(1));
         let embeddings = match result {
             Ok(e) => e,
             Err(e) => {
@@ -294,6 +293,7 @@ impl Worker {
                 embeddings: Embeddings::new(dim, data),
                 queue,
                 inference,
+                batch_size,
             }));
         }
     }

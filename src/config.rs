@@ -5,7 +5,10 @@ use std::path::PathBuf;
 
 use clap::Args;
 
-use crate::model::{runtime::DeviceChoice, LoadOptions};
+use crate::model::{
+    runtime::{DTypeChoice, DeviceChoice},
+    LoadOptions,
+};
 
 /// Which model to load, where, and how.
 #[derive(Debug, Clone, Args)]
@@ -17,6 +20,11 @@ pub struct ModelArgs {
     /// `auto` (CUDA when usable, else CPU), `cpu`, `cuda` or `cuda:N`.
     #[arg(long, env = "SIGLIP_DEVICE", default_value = "auto")]
     pub device: DeviceChoice,
+
+    /// float32, float16, bfloat16, or auto: bfloat16 on CUDA or on a CPU with native bf16, else
+    /// float32 — among the dtypes the model directory was exported in.
+    #[arg(long, env = "SIGLIP_DTYPE", default_value = "auto")]
+    pub dtype: DTypeChoice,
 
     /// libtorch intra-op threads (0: one per core).
     #[arg(long, env = "SIGLIP_THREADS", default_value_t = 0)]
@@ -36,6 +44,7 @@ impl ModelArgs {
         LoadOptions {
             dir: self.model_dir.clone(),
             device: self.device,
+            dtype: self.dtype,
             warmup_rounds: self.warmup_rounds,
         }
     }
@@ -101,6 +110,10 @@ pub struct BatchArgs {
     /// Longest a request waits for others to fill its batch, in milliseconds.
     #[arg(long, env = "SIGLIP_MAX_BATCH_DELAY_MS", default_value_t = 2)]
     pub max_batch_delay_ms: u64,
+
+    /// Text embeddings kept, keyed by token ids, shared by all requests and streams (0: off).
+    #[arg(long, env = "SIGLIP_TEXT_CACHE_SIZE", default_value_t = 4096)]
+    pub text_cache_size: usize,
 
     /// Threads decoding and resizing images (0: one per core).
     #[arg(long, env = "SIGLIP_PREPROCESS_THREADS", default_value_t = 0)]

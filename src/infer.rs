@@ -2,10 +2,15 @@
 //! tokenisation, the inference queue, and SigLIP's scores. Knows nothing of gRPC.
 
 use std::{
-    sync::Arc,
+    num::NonZeroUsize,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex,
+    },
     time::{Duration, Instant},
 };
 
+use lru::LruCache;
 use tokio::sync::Semaphore;
 
 use crate::batch::Batcher;
@@ -15,7 +20,7 @@ use crate::model::{
     image::{self, ImageLimits, Preprocess, RawFormat},
     manifest::Manifest,
     scores::{sigmoid, Embeddings, LogitHead},
-    tokenizer::TextTokenizer,
+    tokenizer::{TextTokenizer, TokenIds},
 };
 
 /// An image as a caller sends it.
@@ -72,6 +77,8 @@ pub struct Timings {
     pub preprocess: Duration,
     pub inference: Duration,
     pub total: Duration,
+    /// Images in the vision forward pass that served the request.
+    pub batch_size: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -91,6 +98,67 @@ pub struct Infer {
     image_limits: ImageLimits,
     /// CPU-bound decoding runs on tokio's blocking pool, at most this many at once.
     cpu_permits: Arc<Semaphore>,
+    text_cache: TextCache,
+}
+
+/// Text embeddings by token ids: texts that tokenise alike (e.g. differ only in case or
+/// punctuation the tokenizer drops) share one entry.
+struct TextCache {
+    entries: Option<Mutex<LruCache<Vec<i64>, Arc<[f32]>>>>,
+    hits: AtomicU64,
+    misses: AtomicU64,
+}
+
+/// Counters of the text-embedding cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CacheStats {
+    pub hits: u64,
+    pub misses: u64,
+    pub entries: usize,
+}
+
+impl TextCache {
+    fn new(capacity: usize) -> Self {
+        Self {
+            entries: NonZeroUsize::new(capacity).map(|c| Mutex::new(LruCache::new(c))),
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
+        }
+    }
+
+    fn get(&self, ids: &[i64]) -> Option<Arc<[f32]>> {
+        let found = self
+            .entries
+            .as_ref()?
+            .lock()
+            .expect("cache lock")
+            .get(ids)
+            .cloned();
+        let counter = if found.is_some() {
+            &self.hits
+        } else {
+            &self.misses
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        found
+    }
+
+    fn put(&self, ids: Vec<i64>, embedding: Arc<[f32]>) {
+        if let Some(entries) = &self.entries {
+            entries.lock().expect("cache lock").put(ids, embedding);
+        }
+    }
+
+    fn stats(&self) -> CacheStats {
+        CacheStats {
+            hits: self.hits.load(Ordering::Relaxed),
+            misses: self.misses.load(Ordering::Relaxed),
+            entries: self
+                .entries
+                .as_ref()
+                .map_or(0, |e| e.lock().expect("cache lock").len()),
+        }
+    }
 }
 
 impl Infer {
@@ -100,6 +168,7 @@ impl Infer {
         manifest: Manifest,
         limits: LimitArgs,
         preprocess_threads: usize,
+        text_cache_size: usize,
     ) -> Self {
         let preprocess = Preprocess {
             size: manifest.image.size,
@@ -127,7 +196,12 @@ impl Infer {
             limits,
             image_limits,
             cpu_permits: Arc::new(Semaphore::new(threads)),
+            text_cache: TextCache::new(text_cache_size),
         }
+    }
+
+    pub fn text_cache_stats(&self) -> CacheStats {
+        self.text_cache.stats()
     }
 
     pub fn manifest(&self) -> &Manifest {
@@ -142,7 +216,8 @@ impl Infer {
         self.batcher.depth()
     }
 
-    /// Checks a label list against the limits and embeds it.
+    /// Checks a label list against the limits and embeds it: cached texts are reused, the
+    /// others go through the text tower in one job (each distinct text once).
     pub async fn labels(
         &self,
         texts: Vec<String>,
@@ -150,16 +225,38 @@ impl Infer {
     ) -> Result<(Labels, Timings)> {
         self.check_texts(&texts)?;
         let ids = self.tokenizer.encode(&texts)?;
-        let reply = self.batcher.embed_texts(ids, deadline).await?;
-        let timings = Timings {
-            queue: reply.queue,
-            inference: reply.inference,
-            ..Timings::default()
-        };
+        let mut rows: Vec<Option<Arc<[f32]>>> =
+            ids.iter().map(|t| self.text_cache.get(&t.ids)).collect();
+        let mut missing: Vec<TokenIds> = Vec::new();
+        for (t, row) in ids.iter().zip(&rows) {
+            if row.is_none() && !missing.iter().any(|m| m.ids == t.ids) {
+                missing.push(t.clone());
+            }
+        }
+        let mut timings = Timings::default();
+        if !missing.is_empty() {
+            let reply = self.batcher.embed_texts(missing.clone(), deadline).await?;
+            timings.queue = reply.queue;
+            timings.inference = reply.inference;
+            for (t, embedding) in missing.into_iter().zip(reply.embeddings.rows()) {
+                let embedding: Arc<[f32]> = embedding.into();
+                for (row, id) in rows.iter_mut().zip(&ids) {
+                    if row.is_none() && id.ids == t.ids {
+                        *row = Some(Arc::clone(&embedding));
+                    }
+                }
+                self.text_cache.put(t.ids, embedding);
+            }
+        }
+        let dim = self.manifest.embedding_dim;
+        let data = rows
+            .into_iter()
+            .flat_map(|r| r.expect("every row filled").to_vec())
+            .collect();
         Ok((
             Labels {
                 texts,
-                embeddings: reply.embeddings,
+                embeddings: Embeddings::new(dim, data),
             },
             timings,
         ))
@@ -225,14 +322,11 @@ impl Infer {
         pixels: Vec<Vec<f32>>,
         deadline: Option<Instant>,
     ) -> Result<(Embeddings, Timings)> {
-        let n = pixels.len();
-        let reply = self
-            .batcher
-            .embed_images(pixels.concat(), n, deadline)
-            .await?;
+        let reply = self.batcher.embed_images(pixels, deadline).await?;
         let timings = Timings {
             queue: reply.queue,
             inference: reply.inference,
+            batch_size: reply.batch_size,
             ..Timings::default()
         };
         Ok((reply.embeddings, timings))
@@ -276,6 +370,7 @@ impl Infer {
                 preprocess,
                 inference: text_timings.inference + image_timings.inference,
                 total: started.elapsed(),
+                batch_size: image_timings.batch_size,
             },
         })
     }

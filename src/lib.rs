@@ -10,11 +10,13 @@
 //! - [`infer`]: the core every API calls — validation, preprocessing pool, scores.
 //! - [`batch`]: the bounded inference queue and the worker thread that owns the model.
 //! - [`grpc`]: the gRPC server, a thin layer over [`infer`].
+//! - [`bench`]: a load generator for a running server, and the model alone, for comparison.
 //! - [`parity`]: checks all of the above against reference values computed by transformers.
 //! - [`config`]: command-line flags (each also an environment variable).
 //! - [`error`]: the one error type.
 
 pub mod batch;
+pub mod bench;
 pub mod config;
 pub mod error;
 pub mod grpc;

@@ -4,6 +4,7 @@ use std::{io::IsTerminal, path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand};
 use siglip_serve::{
+    bench::BenchArgs,
     config::{ModelArgs, ServeArgs},
     error::{Error, Result},
     model::{
@@ -40,6 +41,8 @@ enum Command {
     },
     /// Run the gRPC server.
     Serve(Box<ServeArgs>),
+    /// Load a running server over gRPC (and the model alone) and print throughput and latency.
+    Bench(Box<BenchArgs>),
     /// Compare preprocessing, tokenizer and model against transformers' reference outputs.
     Parity {
         /// Suite file listing the references (see `make parity`).
@@ -54,6 +57,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve(args) => return serve(*args),
+        Command::Bench(args) => return bench(*args),
         Command::Classify {
             model,
             images,
@@ -170,5 +174,18 @@ fn init_logging(json: bool) {
         builder.json().init();
     } else {
         builder.init();
+    }
+}
+
+fn bench(args: BenchArgs) -> ExitCode {
+    let result = tokio::runtime::Runtime::new()
+        .map_err(anyhow::Error::from)
+        .and_then(|rt| rt.block_on(siglip_serve::bench::run(args)));
+    match result {
+        Ok(_) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
     }
 }

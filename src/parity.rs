@@ -18,7 +18,7 @@ use crate::error::{Error, Result};
 use crate::model::{
     image::{self, ImageLimits, Preprocess},
     manifest::Manifest,
-    runtime::{device_name, DeviceChoice},
+    runtime::{device_name, DType, DTypeChoice, DeviceChoice},
     scores::sigmoid,
     tokenizer::TextTokenizer,
     LoadOptions, Model,
@@ -35,8 +35,8 @@ pub struct Suite {
     /// Texts of classes documented as not matchable; reported, not counted.
     #[serde(default)]
     pub tokens_known_hard: Vec<Check>,
-    /// Embeddings, logits and probabilities end to end (the dtype is the model directory's).
-    pub models: Vec<Check>,
+    /// Embeddings, logits and probabilities end to end, per exported dtype.
+    pub models: Vec<ModelCheck>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -44,6 +44,13 @@ pub struct Check {
     pub name: String,
     pub reference: PathBuf,
     pub model_dir: PathBuf,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ModelCheck {
+    #[serde(flatten)]
+    pub check: Check,
+    pub dtype: DType,
 }
 
 /// The JSON sidecar written beside each reference `.safetensors`.
@@ -116,7 +123,9 @@ pub fn run(path: &Path, device: DeviceChoice) -> Result<Report> {
         report.tokens_known_hard.push(check_tokens(base, check)?);
     }
     for check in &suite.models {
-        report.models.push(check_model(base, check, device)?);
+        report
+            .models
+            .push(check_model(base, &check.check, device, check.dtype)?);
     }
     Ok(report)
 }
@@ -261,11 +270,12 @@ fn is_tie(a: &[i64], b: &[i64], scores: &[f64]) -> bool {
     x == y && (total(a) - total(b)).abs() < 1e-6
 }
 
-fn check_model(base: &Path, check: &Check, device: DeviceChoice) -> Result<ModelRow> {
+fn check_model(base: &Path, check: &Check, device: DeviceChoice, dtype: DType) -> Result<ModelRow> {
     let (tensors, sidecar) = read_reference(base, check)?;
     let model = Model::load(&LoadOptions {
         dir: base.join(&check.model_dir),
         device,
+        dtype: DTypeChoice::Fixed(dtype),
         warmup_rounds: 1,
     })?;
     let limits = ImageLimits::default();

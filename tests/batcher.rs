@@ -8,7 +8,11 @@ use std::time::{Duration, Instant};
 use siglip_serve::batch::{BatchConfig, Batcher};
 use siglip_serve::error::Error;
 use siglip_serve::model::{
-    image::decode, image::ImageLimits, pixels_per_image, runtime::DeviceChoice, scores::Embeddings,
+    image::decode,
+    image::ImageLimits,
+    pixels_per_image,
+    runtime::{DType, DTypeChoice, DeviceChoice},
+    scores::Embeddings,
     LoadOptions, Model,
 };
 
@@ -16,6 +20,7 @@ fn model() -> Model {
     Model::load(&LoadOptions {
         dir: common::generated("SIGLIP_TEST_MODEL_DIR"),
         device: DeviceChoice::Cpu,
+        dtype: DTypeChoice::Fixed(DType::Float32),
         warmup_rounds: 0,
     })
     .expect("model")
@@ -87,7 +92,10 @@ async fn concurrent_callers_get_their_own_rows() {
             let batcher = batcher.clone();
             let (pixels, alone) = (pixels.clone(), alone.clone());
             calls.push(tokio::spawn(async move {
-                let reply = batcher.embed_images(pixels, 1, None).await.expect("images");
+                let reply = batcher
+                    .embed_images(vec![pixels], None)
+                    .await
+                    .expect("images");
                 assert_eq!(reply.embeddings.len(), 1, "round {round} photo {i}");
                 assert_close(&reply.embeddings.data, &alone.data);
             }));
@@ -102,12 +110,9 @@ async fn concurrent_callers_get_their_own_rows() {
         }
     }
     // One caller with all five photos at once (more than one batch).
-    let all: Vec<f32> = photos.iter().flat_map(|(p, _)| p.clone()).collect();
-    assert_eq!(all.len(), 5 * per_image);
-    let reply = batcher
-        .embed_images(all, 5, None)
-        .await
-        .expect("five at once");
+    let all: Vec<Vec<f32>> = photos.iter().map(|(p, _)| p.clone()).collect();
+    assert!(all.iter().all(|p| p.len() == per_image));
+    let reply = batcher.embed_images(all, None).await.expect("five at once");
     for (i, (_, alone)) in photos.iter().enumerate() {
         assert_close(reply.embeddings.row(i), &alone.data);
     }
@@ -124,7 +129,7 @@ async fn expired_and_cancelled_callers_are_dropped_and_block_no_one() {
     let (batcher, _worker) = Batcher::start(model, config(8, 20, 64));
 
     let past = Instant::now() - Duration::from_millis(1);
-    match batcher.embed_images(pixels.clone(), 1, Some(past)).await {
+    match batcher.embed_images(vec![pixels.clone()], Some(past)).await {
         Err(Error::DeadlineExceeded(msg)) => {
             assert!(msg.contains("dropped before inference"), "{msg}")
         }
@@ -136,13 +141,13 @@ async fn expired_and_cancelled_callers_are_dropped_and_block_no_one() {
         .map(|_| {
             let batcher = batcher.clone();
             let pixels = pixels.clone();
-            tokio::spawn(async move { batcher.embed_images(pixels, 1, None).await })
+            tokio::spawn(async move { batcher.embed_images(vec![pixels], None).await })
         })
         .collect();
     let stayer = {
         let batcher = batcher.clone();
         let pixels = pixels.clone();
-        tokio::spawn(async move { batcher.embed_images(pixels, 1, None).await })
+        tokio::spawn(async move { batcher.embed_images(vec![pixels], None).await })
     };
     for q in &quitters {
         q.abort();
@@ -168,7 +173,7 @@ async fn a_full_queue_refuses_at_once() {
             tokio::spawn(async move {
                 let started = Instant::now();
                 (
-                    batcher.embed_images(pixels, 1, None).await,
+                    batcher.embed_images(vec![pixels], None).await,
                     started.elapsed(),
                 )
             })
@@ -189,4 +194,98 @@ async fn a_full_queue_refuses_at_once() {
         refused > 0,
         "a queue of one accepted twelve concurrent callers"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_respect_size_and_delay() {
+    let model = model();
+    let photos = photos(&model);
+    // A lone caller is answered once the delay is over, in a batch of one.
+    let (batcher, _worker) = Batcher::start(model, config(8, 30, 64));
+    let alone = batcher
+        .embed_images(vec![photos[0].0.clone()], None)
+        .await
+        .unwrap();
+    assert_eq!(alone.batch_size, 1);
+    // Many at once: batched together, never more than max_batch_size rows per forward pass.
+    let calls: Vec<_> = (0..12)
+        .map(|i| {
+            let batcher = batcher.clone();
+            let pixels = photos[i % photos.len()].0.clone();
+            tokio::spawn(async move {
+                batcher
+                    .embed_images(vec![pixels], None)
+                    .await
+                    .unwrap()
+                    .batch_size
+            })
+        })
+        .collect();
+    let mut sizes = Vec::new();
+    for call in calls {
+        sizes.push(call.await.unwrap());
+    }
+    assert!(sizes.iter().all(|&s| (1..=8).contains(&s)), "{sizes:?}");
+    assert!(
+        sizes.iter().any(|&s| s > 1),
+        "concurrent callers were never batched: {sizes:?}"
+    );
+}
+
+/// An `Infer` (the core behind the API) over the tiny model, with a text cache of `capacity`.
+fn core_with_cache(capacity: usize) -> siglip_serve::infer::Infer {
+    use clap::Parser;
+    #[derive(Parser)]
+    struct Flags {
+        #[command(flatten)]
+        limits: siglip_serve::config::LimitArgs,
+    }
+    let model = model();
+    let tokenizer = model.tokenizer();
+    let manifest = model.manifest().clone();
+    let (batcher, _worker) = Batcher::start(model, config(8, 1, 64));
+    let limits = Flags::parse_from(["test"]).limits;
+    siglip_serve::infer::Infer::new(batcher, tokenizer, manifest, limits, 1, capacity)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn text_cache_hits_misses_and_bound() {
+    let infer = core_with_cache(3);
+    let texts = |t: &[&str]| t.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let (first, _) = infer
+        .labels(texts(&["a cat", "a dog"]), None)
+        .await
+        .unwrap();
+    let stats = infer.text_cache_stats();
+    assert_eq!((stats.hits, stats.misses, stats.entries), (0, 2, 2));
+
+    // "A CAT!" tokenises like "a cat" (lowercased, punctuation removed): the same entry.
+    let (again, _) = infer
+        .labels(texts(&["a dog", "A CAT!", "a cat"]), None)
+        .await
+        .unwrap();
+    let stats = infer.text_cache_stats();
+    assert_eq!((stats.hits, stats.misses, stats.entries), (3, 2, 2));
+    assert_eq!(again.embeddings.row(0), first.embeddings.row(1));
+    assert_eq!(again.embeddings.row(1), first.embeddings.row(0));
+    assert_eq!(again.embeddings.row(2), first.embeddings.row(0));
+
+    // Duplicates in one request are embedded once; the cache never exceeds its capacity.
+    infer
+        .labels(texts(&["a bird", "a bird", "a car", "a boat"]), None)
+        .await
+        .unwrap();
+    let stats = infer.text_cache_stats();
+    assert_eq!(
+        stats.misses,
+        2 + 4,
+        "each text is looked up once per occurrence"
+    );
+    assert_eq!(stats.entries, 3);
+
+    let off = core_with_cache(0);
+    off.labels(texts(&["a cat"]), None).await.unwrap();
+    off.labels(texts(&["a cat"]), None).await.unwrap();
+    let stats = off.text_cache_stats();
+    assert_eq!((stats.hits, stats.entries), (0, 0));
 }

@@ -9,7 +9,7 @@ use common::server::Server;
 use siglip_serve::grpc::pb::{self, stream_request::Msg, upload_request};
 use siglip_serve::model::{
     image::{decode, ImageLimits},
-    runtime::DeviceChoice,
+    runtime::{DType, DTypeChoice, DeviceChoice},
     scores::sigmoid,
     LoadOptions, Model,
 };
@@ -47,6 +47,7 @@ fn expected(image: &[u8], texts: &[String]) -> Vec<f32> {
     let model = Model::load(&LoadOptions {
         dir: common::generated("SIGLIP_TEST_MODEL_DIR"),
         device: DeviceChoice::Cpu,
+        dtype: DTypeChoice::Fixed(DType::Float32),
         warmup_rounds: 0,
     })
     .expect("model");
@@ -829,13 +830,13 @@ async fn deadline_exceeded_and_queue_full() {
     );
 
     // Many callers at once against a queue of one: some are refused at once, none hang, and
-    // everything accepted is answered.
-    let calls = (0..24).map(|_| {
+    // everything accepted is answered. Distinct texts: cached ones would never reach the queue.
+    let calls = (0..24).map(|i| {
         let mut client = client.clone();
         tokio::spawn(async move {
             client
                 .embed_text(pb::EmbedTextRequest {
-                    texts: vec!["a photo of a cat".into(); 64],
+                    texts: (0..64).map(|j| format!("photo {i} of {j} cats")).collect(),
                 })
                 .await
                 .map(|_| ())

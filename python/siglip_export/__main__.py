@@ -8,12 +8,21 @@ import logging
 import sys
 from pathlib import Path
 
-from .export import DTYPES
+from .export import DTYPES, parse_dtypes
+
+
+def _dtypes(value: str) -> list[str]:
+    try:
+        return parse_dtypes(value)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from e
 
 
 def _add_export_opts(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, required=True, help="model directory to write")
-    p.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
+    p.add_argument("--dtype", type=_dtypes, default=["float32"], metavar="DTYPE[,DTYPE...]",
+                   help=f"tower dtypes to export, comma-separated, each traced and validated separately "
+                        f"({', '.join(DTYPES)}; default float32)")
     p.add_argument("--device", default="cpu", choices=["cpu"], help="tracing device (CPU; the result runs on CUDA too)")
     p.add_argument("--strict-tokenizer", action="store_true", help="fail on equal-score Viterbi ties too")
 

@@ -1,4 +1,5 @@
-"""HF SigLIP checkpoint -> model directory (manifest.json, vision.pt, text.pt, tokenizer.json).
+"""HF SigLIP checkpoint -> model directory (manifest.json, tokenizer.json, vision.<dtype>.pt and
+text.<dtype>.pt for each exported dtype).
 
 Every export validates itself: the reloaded TorchScript modules are compared with eager
 transformers, and tokenizer.json with the checkpoint's transformers tokenizer. Any failure raises.
@@ -159,14 +160,46 @@ def _max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a.float() - b.float()).abs().max())
 
 
+def parse_dtypes(value: str | list[str] | tuple[str, ...]) -> list[str]:
+    """"float32,bfloat16" (or a list) -> ["float32", "bfloat16"]: known names, duplicates dropped,
+    order kept."""
+    items = value.split(",") if isinstance(value, str) else list(value)
+    out: list[str] = []
+    for raw in items:
+        d = raw.strip()
+        if d not in DTYPES:
+            raise ValueError(f"unknown dtype {d!r}; choose from {', '.join(DTYPES)} (comma-separated)")
+        if d not in out:
+            out.append(d)
+    if not out:
+        raise ValueError("no dtype given")
+    return out
+
+
+def _remove_stale_towers(out: Path, keep: list[str]) -> None:
+    """Tower files of dtypes not in this export (and the pre-"towers" vision.pt/text.pt) would
+    sit in the directory unreferenced: remove them."""
+    keep_names = {f for d in keep for f in manifest.tower_files(d).values()}
+    stale = [out / "vision.pt", out / "text.pt"] + [out / f for d in manifest.TOWER_DTYPES for f in manifest.tower_files(d).values()]
+    for f in stale:
+        if f.name not in keep_names and f.exists():
+            log.info("removing stale %s", f)
+            f.unlink()
+
+
 def export(
-    checkpoint: str, out: Path, *, revision: str | None = None, dtype: str = "float32", device: str = "cpu",
+    checkpoint: str, out: Path, *, revision: str | None = None, dtype: str | list[str] = "float32", device: str = "cpu",
     model_id: str | None = None, random_shape: str | None = None, strict_tokenizer: bool = False,
 ) -> dict[str, Any]:
+    """Export the towers once per dtype in `dtype` ("float32,bfloat16" or a list). Each dtype is
+    traced separately (the cast of pixel_values to the weights' dtype is part of the trace) and
+    validated on its own; manifest.json is written last, only when every dtype passed.
+    Returns {"manifest", "validation": {dtype: figures}, "tokenizer", "seconds"}."""
     from transformers import AutoConfig, SiglipModel
 
     if device != "cpu":
         raise ExportError("tracing runs on CPU (the traced modules are device-agnostic and load on CUDA)")
+    dtypes = parse_dtypes(dtype)
     t0 = time.time()
     ck = resolve_checkpoint(checkpoint, revision)
     config = AutoConfig.from_pretrained(str(ck.path))
@@ -174,7 +207,9 @@ def export(
         # SigLIP 2 NaFlex (model_type siglip2) needs patch masks/spatial shapes: not this format.
         raise ExportError(f"model_type {config.model_type!r} not supported (need 'siglip', incl. SigLIP 2 fixed-res)")
     out.mkdir(parents=True, exist_ok=True)
-    torch_dtype = DTYPES[dtype]
+    # No manifest until this export has passed: a failed run must not leave an old manifest
+    # next to half-rewritten towers.
+    (out / "manifest.json").unlink(missing_ok=True)
 
     hf_tok = load_tokenizer(ck.path)
     tok, text = build_tokenizer_json(hf_tok)
@@ -192,17 +227,31 @@ def export(
         raise ExportError(f"processor size {image['size']} != model image_size {ref_model.config.vision_config.image_size}")
     pixels, ids = _sample_inputs(ck.path, hf_tok)
 
-    model = ref_model if torch_dtype == torch.float32 else SiglipModel.from_pretrained(
-        str(ck.path), attn_implementation=ATTN_IMPLEMENTATION, dtype=torch.float32).to(torch_dtype).eval()
-    vision, textm = VisionEmbed(model.vision_model).eval(), TextEmbed(model.text_model).eval()
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # torch.jit deprecation / tracer warnings
-        t1 = time.time()
-        torch.jit.save(torch.jit.trace(vision, (pixels[:2].to(torch_dtype),), check_trace=False), str(out / "vision.pt"))
-        torch.jit.save(torch.jit.trace(textm, (ids[:2],), check_trace=False), str(out / "text.pt"))
-        log.info("traced in %.1fs", time.time() - t1)
-        report = _validate(out, vision, textm, ref_model, pixels, ids, torch_dtype)
+    reports: dict[str, dict[str, Any]] = {}
+    for name in dtypes:
+        torch_dtype = DTYPES[name]
+        files = manifest.tower_files(name)
+        # A fresh fp32 load cast with .to(dtype), as before: ref_model itself stays fp32.
+        model = ref_model if torch_dtype == torch.float32 else SiglipModel.from_pretrained(
+            str(ck.path), attn_implementation=ATTN_IMPLEMENTATION, dtype=torch.float32).to(torch_dtype).eval()
+        vision, textm = VisionEmbed(model.vision_model).eval(), TextEmbed(model.text_model).eval()
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch.jit deprecation / tracer warnings
+            t1 = time.time()
+            torch.jit.save(torch.jit.trace(vision, (pixels[:2].to(torch_dtype),), check_trace=False), str(out / files["vision"]))
+            torch.jit.save(torch.jit.trace(textm, (ids[:2],), check_trace=False), str(out / files["text"]))
+            log.info("%s: traced in %.1fs", name, time.time() - t1)
+            try:
+                reports[name] = _validate(out, files, vision, textm, ref_model, pixels, ids, torch_dtype)
+            except ExportError as e:
+                raise ExportError(f"{name}: {e}") from e
+        log.info("%s: validated %s", name, reports[name])
+        del model, vision, textm
 
+    _remove_stale_towers(out, dtypes)
+    dims = {r["embedding_dim"] for r in reports.values()}
+    if len(dims) != 1:
+        raise ExportError(f"embedding_dim differs between dtypes: {dims}")
     scale, bias = float(ref_model.logit_scale.item()), float(ref_model.logit_bias.item())
     m = manifest.build(
         model_id=model_id or (f"random/{random_shape}" if random_shape else ck.source),
@@ -210,27 +259,27 @@ def export(
         source={"checkpoint": ck.source, "revision": ck.revision, "random_weights": random_shape is not None, "shape": random_shape},
         image=image,
         text={"max_length": text.max_length, "pad_id": text.pad_id, "eos_id": text.eos_id, "lowercase": text.lowercase, "tokenizer": text.kind},
-        embedding_dim=int(report["embedding_dim"]),
-        dtype=dtype,
+        embedding_dim=int(dims.pop()),
+        dtypes=dtypes,
         logit_scale=scale,
         logit_bias=bias,
     )
     manifest.write(m, out)
-    log.info("exported %s -> %s in %.1fs (%s)", ck.source, out, time.time() - t0, report)
-    return {"manifest": m, "validation": report, "tokenizer": tok_summary, "seconds": round(time.time() - t0, 1)}
+    log.info("exported %s -> %s [%s] in %.1fs", ck.source, out, ",".join(dtypes), time.time() - t0)
+    return {"manifest": m, "validation": reports, "tokenizer": tok_summary, "seconds": round(time.time() - t0, 1)}
 
 
 def _validate(
-    out: Path, vision: nn.Module, textm: nn.Module, ref_model: Any, pixels: torch.Tensor, ids: torch.Tensor, dtype: torch.dtype,
+    out: Path, files: dict[str, str], vision: nn.Module, textm: nn.Module, ref_model: Any, pixels: torch.Tensor, ids: torch.Tensor, dtype: torch.dtype,
 ) -> dict[str, Any]:
-    """Reload the .pt files; compare with eager (same dtype) at batch 1 and 3 and, via the
-    logits, with SiglipModel in fp32."""
-    tv = torch.jit.load(str(out / "vision.pt"), map_location="cpu")
-    tt = torch.jit.load(str(out / "text.pt"), map_location="cpu")
-    for name, mod in (("vision", tv), ("text", tt)):
+    """Reload one dtype's .pt files; compare with eager (same dtype) at batch 1 and 3 and, via
+    the logits, with SiglipModel in fp32."""
+    tv = torch.jit.load(str(out / files["vision"]), map_location="cpu")
+    tt = torch.jit.load(str(out / files["text"]), map_location="cpu")
+    for name, mod in ((files["vision"], tv), (files["text"], tt)):
         pinned = _device_constants(mod)
         if pinned:
-            raise ExportError(f"{name}.pt pins a device, would not run on CUDA: {pinned[:3]}")
+            raise ExportError(f"{name} pins a device, would not run on CUDA: {pinned[:3]}")
     same_dtype_tol = 1e-5 if dtype == torch.float32 else 2e-2
     report: dict[str, Any] = {}
     for n in (1, 3):

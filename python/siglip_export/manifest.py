@@ -10,11 +10,20 @@ from typing import Any
 from . import __version__
 
 FORMAT_VERSION = 1
-FILES = {"vision": "vision.pt", "text": "text.pt", "tokenizer": "tokenizer.json"}
+FILES = {"tokenizer": "tokenizer.json"}
+# Tower dtypes a directory may hold; manifest["towers"] maps each exported one to its two files.
+TOWER_DTYPES = ("float32", "float16", "bfloat16")
 REQUIRED_KEYS = (
-    "format_version", "model_id", "architecture", "source", "image", "text", "embedding_dim", "dtype",
+    "format_version", "model_id", "architecture", "source", "image", "text", "embedding_dim", "towers",
     "logit_scale", "logit_bias", "versions", "files", "created",
 )
+
+
+def tower_files(dtype: str) -> dict[str, str]:
+    """File names of one dtype's traced towers, relative to the model directory."""
+    if dtype not in TOWER_DTYPES:
+        raise ValueError(f"unknown tower dtype {dtype!r}; choose from {TOWER_DTYPES}")
+    return {"vision": f"vision.{dtype}.pt", "text": f"text.{dtype}.pt"}
 
 
 def versions() -> dict[str, str]:
@@ -32,8 +41,10 @@ def versions() -> dict[str, str]:
 
 def build(
     *, model_id: str, architecture: str, source: dict[str, Any], image: dict[str, Any], text: dict[str, Any],
-    embedding_dim: int, dtype: str, logit_scale: float, logit_bias: float,
+    embedding_dim: int, dtypes: list[str], logit_scale: float, logit_bias: float,
 ) -> dict[str, Any]:
+    if not dtypes:
+        raise ValueError("a model directory needs at least one tower dtype")
     return {
         "format_version": FORMAT_VERSION,
         "model_id": model_id,
@@ -42,11 +53,11 @@ def build(
         "image": image,
         "text": text,
         "embedding_dim": embedding_dim,
-        "dtype": dtype,
         "logit_scale": logit_scale,
         "logit_bias": logit_bias,
         "versions": versions(),
         "files": dict(FILES),
+        "towers": {d: tower_files(d) for d in dtypes},
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
 

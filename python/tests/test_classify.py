@@ -118,7 +118,8 @@ def parse_cli(output: str) -> dict[str, dict[str, float]]:
 
 
 def test_matches_core_runtime_cli(server_bin, model_dir, assets, labels, results):
-    cmd = [str(server_bin), "classify", "--model-dir", str(model_dir), *(str(assets / "images" / p) for p in PHOTOS), "--labels", *labels]
+    cmd = [str(server_bin), "classify", "--model-dir", str(model_dir), "--dtype", "float32",
+           *(str(assets / "images" / p) for p in PHOTOS), "--labels", *labels]
     cli = parse_cli(subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=120).stdout)
     assert set(cli) == set(PHOTOS)
     for photo, scores in zip(PHOTOS, results["Classify"], strict=True):

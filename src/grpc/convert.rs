@@ -57,6 +57,7 @@ pub fn timings(t: Timings) -> pb::Timings {
         preprocess_us: us(t.preprocess),
         inference_us: us(t.inference),
         total_us: us(t.total),
+        batch_size: t.batch_size as u32,
     }
 }
 

@@ -149,6 +149,7 @@ fn load(args: &ServeArgs) -> anyhow::Result<(Arc<Infer>, String, crate::model::r
         manifest,
         args.limits.clone(),
         args.batch.preprocess_threads,
+        args.batch.text_cache_size,
     );
     Ok((Arc::new(infer), device, dtype))
 }

@@ -1,9 +1,10 @@
 //! `manifest.json`: what the export tool wrote about a model directory.
 
-use std::path::Path;
+use std::{collections::BTreeMap, path::Path};
 
 use serde::Deserialize;
 
+use super::runtime::DType;
 use crate::error::{Error, Result};
 
 /// The only manifest layout this server reads; the export tool writes the same number.
@@ -18,11 +19,13 @@ pub struct Manifest {
     pub image: ImageSpec,
     pub text: TextSpec,
     pub embedding_dim: usize,
-    pub dtype: String,
     /// Raw parameter: the logits are scaled by `exp(logit_scale)`.
     pub logit_scale: f32,
     pub logit_bias: f32,
     pub files: Files,
+    /// The traced towers by dtype name (`float32`, `float16`, `bfloat16`): each dtype is traced
+    /// separately, since a trace records the cast of the pixels to the weights' dtype.
+    pub towers: BTreeMap<String, TowerFiles>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -53,9 +56,13 @@ pub struct TextSpec {
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct Files {
+    pub tokenizer: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct TowerFiles {
     pub vision: String,
     pub text: String,
-    pub tokenizer: String,
 }
 
 impl Manifest {
@@ -95,6 +102,29 @@ impl Manifest {
         if self.image.std.contains(&0.0) {
             return bad("image std must not contain zeros".into());
         }
+        if self.towers.is_empty() {
+            return bad("no towers listed".into());
+        }
+        if let Some(name) = self.towers.keys().find(|k| k.parse::<DType>().is_err()) {
+            return bad(format!("unknown tower dtype {name:?}"));
+        }
         Ok(())
+    }
+
+    /// The dtypes this directory holds towers for.
+    pub fn dtypes(&self) -> Vec<DType> {
+        self.towers.keys().filter_map(|k| k.parse().ok()).collect()
+    }
+
+    /// The towers in `dtype`, or an error that says how to get them.
+    pub fn towers(&self, dtype: DType) -> Result<&TowerFiles> {
+        self.towers.get(dtype.name()).ok_or_else(|| {
+            let have: Vec<&str> = self.towers.keys().map(String::as_str).collect();
+            Error::Model(format!(
+                "the model was exported in {} only, not {dtype}: re-export with `--dtype {},{dtype}`",
+                have.join(", "),
+                have.join(",")
+            ))
+        })
     }
 }

@@ -13,7 +13,7 @@ use tch::Device;
 
 use self::image::Preprocess;
 use self::manifest::Manifest;
-use self::runtime::{DType, DeviceChoice, Towers};
+use self::runtime::{DType, DTypeChoice, DeviceChoice, Towers};
 use self::scores::{Embeddings, LogitHead};
 use self::tokenizer::{TextTokenizer, TokenIds};
 use crate::error::{Error, Result};
@@ -23,6 +23,7 @@ use crate::error::{Error, Result};
 pub struct LoadOptions {
     pub dir: PathBuf,
     pub device: DeviceChoice,
+    pub dtype: DTypeChoice,
     /// Forward passes per tower before the model is reported ready (TorchScript's profiling
     /// executor makes the first calls much slower).
     pub warmup_rounds: usize,
@@ -40,18 +41,16 @@ pub struct Model {
 impl Model {
     pub fn load(opts: &LoadOptions) -> Result<Self> {
         let manifest = Manifest::load(&opts.dir)?;
-        let dtype: DType = manifest
-            .dtype
-            .parse()
-            .map_err(|e| Error::Model(format!("manifest dtype: {e}")))?;
         let device = opts.device.resolve()?;
+        let dtype = opts.dtype.resolve(device, &manifest.dtypes());
+        let files = manifest.towers(dtype)?;
         let tokenizer = Arc::new(TextTokenizer::load(
             &opts.dir.join(&manifest.files.tokenizer),
             &manifest.text,
         )?);
         let towers = Towers::load(
-            &opts.dir.join(&manifest.files.vision),
-            &opts.dir.join(&manifest.files.text),
+            &opts.dir.join(&files.vision),
+            &opts.dir.join(&files.text),
             device,
             dtype,
         )?;
@@ -104,13 +103,24 @@ impl Model {
 
     /// Embeds images already preprocessed into CHW floats (`n` of them, back to back).
     pub fn embed_pixels(&self, pixels: &[f32], n: usize) -> Result<Embeddings> {
-        if n == 0 {
+        let per_image = pixels_per_image(&self.preprocess);
+        if pixels.len() != n * per_image {
+            return Err(Error::InvalidArgument(format!(
+                "{} values are not {n} images of {per_image}",
+                pixels.len()
+            )));
+        }
+        let rows: Vec<&[f32]> = pixels.chunks_exact(per_image.max(1)).collect();
+        self.embed_rows(&rows)
+    }
+
+    /// Embeds preprocessed images, one CHW row each.
+    pub fn embed_rows(&self, rows: &[&[f32]]) -> Result<Embeddings> {
+        if rows.is_empty() {
             return Err(Error::InvalidArgument("no images given".into()));
         }
-        let size = self.preprocess.size;
-        debug_assert_eq!(pixels.len(), n * pixels_per_image(&self.preprocess));
-        let data = self.towers.embed_images(pixels, n, size)?;
-        self.embeddings(data, n)
+        let data = self.towers.embed_images(rows, self.preprocess.size)?;
+        self.embeddings(data, rows.len())
     }
 
     pub fn embed_images(&self, images: &[::image::RgbImage]) -> Result<Embeddings> {

@@ -58,8 +58,58 @@ impl DeviceChoice {
     }
 }
 
-/// Floating-point precision of the towers.
+/// The dtype asked for on the command line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DTypeChoice {
+    /// bfloat16 where it is fast (CUDA, or a CPU with native bf16 instructions), then float16
+    /// on CUDA, else float32 — among the dtypes the model was exported in.
+    Auto,
+    Fixed(DType),
+}
+
+impl FromStr for DTypeChoice {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            _ => s.parse().map(Self::Fixed),
+        }
+    }
+}
+
+impl DTypeChoice {
+    pub fn resolve(self, device: Device, exported: &[DType]) -> DType {
+        let preferred: &[DType] = match (self, device) {
+            (Self::Fixed(d), _) => return d,
+            (Self::Auto, Device::Cuda(_)) => &[DType::BFloat16, DType::Float16, DType::Float32],
+            (Self::Auto, _) if cpu_has_native_bf16() => &[DType::BFloat16, DType::Float32],
+            (Self::Auto, _) => &[DType::Float32],
+        };
+        preferred
+            .iter()
+            .copied()
+            .find(|d| exported.contains(d))
+            .or_else(|| exported.first().copied())
+            .unwrap_or(DType::Float32)
+    }
+}
+
+/// bf16 on a CPU without native instructions (AVX512-BF16 or AMX) is emulated and slower than
+/// float32; with them oneDNN runs it about twice as fast (`make bench` measures both).
+fn cpu_has_native_bf16() -> bool {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .map(|info| {
+            info.lines().filter(|l| l.starts_with("flags")).any(|l| {
+                l.split_whitespace()
+                    .any(|f| f == "avx512_bf16" || f == "amx_bf16")
+            })
+        })
+        .unwrap_or(false)
+}
+
+/// Floating-point precision of the towers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(try_from = "String")]
 pub enum DType {
     Float32,
     Float16,
@@ -95,6 +145,13 @@ impl FromStr for DType {
                 "unknown dtype {s:?}: use float32, float16 or bfloat16"
             )),
         }
+    }
+}
+
+impl TryFrom<String> for DType {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        s.parse()
     }
 }
 
@@ -140,13 +197,42 @@ impl Towers {
         self.dtype
     }
 
-    /// `pixels`: `n` images, CHW float32, normalised. Returns `n × dim` float32 embeddings.
-    pub fn embed_images(&self, pixels: &[f32], n: usize, size: u32) -> Result<Vec<f32>> {
+    /// `images`: CHW float32 rows, normalised, `3·size·size` each. Returns `n × dim` float32
+    /// embeddings.
+    pub fn embed_images(&self, images: &[&[f32]], size: u32) -> Result<Vec<f32>> {
         let side = size as i64;
-        let input = Tensor::from_slice(pixels)
-            .view([n as i64, 3, side, side])
-            .to_device(self.device)
-            .to_kind(self.dtype.kind());
+        let per_image = (3 * side * side) as usize;
+        let mut host = Tensor::empty(
+            [images.len() as i64, 3, side, side],
+            (Kind::Float, Device::Cpu),
+        );
+        if self.device.is_cuda() {
+            // Page-locked, so that the copy to the GPU below does not block the host.
+            host = host.pin_memory(self.device);
+        }
+        for (i, image) in images.iter().enumerate() {
+            assert_eq!(
+                image.len(),
+                per_image,
+                "image {i} has the wrong number of values"
+            );
+        }
+        // One copy per image, straight into the tensor's memory (a batch of so400m-384 images is
+        // over 100 MB; every extra pass over it is time the GPU waits).
+        // SAFETY: `host` was just allocated, contiguous, float32, with exactly
+        // `images.len() · per_image` elements, and nothing else refers to it yet; each row is
+        // checked above to hold `per_image` values.
+        unsafe {
+            let dst = host.data_ptr() as *mut f32;
+            for (i, image) in images.iter().enumerate() {
+                std::ptr::copy_nonoverlapping(image.as_ptr(), dst.add(i * per_image), per_image);
+            }
+        }
+        let input = match self.device {
+            Device::Cuda(_) => host.to_device_(self.device, Kind::Float, true, false),
+            _ => host,
+        }
+        .to_kind(self.dtype.kind());
         self.run(&self.vision, &input)
     }
 

@@ -29,6 +29,9 @@ impl Server {
                 "127.0.0.1:0",
                 "--threads",
                 "1",
+                // The tests compare with the runtime in float32 at 1e-5.
+                "--dtype",
+                "float32",
                 "--model-dir",
             ])
             .arg(&model)

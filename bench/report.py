@@ -1,0 +1,57 @@
+"""The benchmark table: the server per dtype against the model alone and the Python way.
+
+Reads what bench/run.sh measured in one run (bench/python_way.py's JSON line and
+`siglip-serve bench --json` per dtype) and prints one row per dtype, then the summary line for
+the fastest dtype:
+    bench: server_img_s=… model_only_img_s=… python_img_s=… vs_python=…x overhead=…%
+overhead = 1 − server / model alone (same dtype, batch size and threads). With --gflops-per-image
+and --peak-tflops (bench/flops.py, bench/peak.py) it adds MFU = FLOPs/image × images/s ÷ peak.
+"""
+
+import argparse
+import json
+from pathlib import Path
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--python", type=Path, required=True, help="bench/python_way.py output")
+    ap.add_argument("--gflops-per-image", type=float, help="vision tower GFLOPs per image (bench/flops.py)")
+    ap.add_argument("--peak-tflops", type=float, help="measured dense matmul peak (bench/peak.py)")
+    ap.add_argument("runs", type=Path, nargs="+", help="siglip-serve bench --json files")
+    a = ap.parse_args()
+
+    python = json.loads(a.python.read_text())
+    runs = [json.loads(p.read_text()) for p in a.runs]
+    mfu = a.gflops_per_image and a.peak_tflops
+
+    print()
+    header = (f"{'dtype':<9} {'device':<7} {'img/s':>8} {'p50 ms':>7} {'p99 ms':>7} {'½load p99':>9} "
+              f"{'model img/s':>11} {'overhead':>8} {'vs python':>9} {'video res/s':>11} {'dropped':>8} "
+              f"{'age p95 1st→2nd ms':>18} {'RSS MiB':>8}" + (f" {'MFU':>6}" if mfu else ""))
+    print(header)
+    for r in runs:
+        model = r.get("model_only_img_s") or float("nan")
+        video = r.get("video") or {}
+        ages = f"{video.get('age_ms_first_half', {}).get('p95', 0):.0f} → {video.get('age_ms_second_half', {}).get('p95', 0):.0f}"
+        row = (f"{r['dtype']:<9} {r['device']:<7} {r['server_img_s']:>8.2f} {r['latency_ms']['p50']:>7.1f} "
+               f"{r['latency_ms']['p99']:>7.1f} {r['half_load_latency_ms']['p99']:>9.1f} {model:>11.2f} "
+               f"{100 * (1 - r['server_img_s'] / model):>7.1f}% {r['server_img_s'] / python['img_s']:>8.1f}x "
+               f"{video.get('results_per_s', 0):>11.2f} {video.get('frames_dropped', 0):>8} {ages:>18} "
+               f"{r.get('server_peak_rss_mib') or 0:>8.0f}")
+        if mfu:
+            row += f" {100 * a.gflops_per_image * 1e9 * r['server_img_s'] / (a.peak_tflops * 1e12):>5.1f}%"
+        print(row)
+    print(f"python way ({python['dtype']}, {python['device']}, {python['threads']} threads): {python['img_s']:.2f} img/s")
+    for r in runs:
+        print(f"batch sizes ({r['dtype']}): {r['batch_sizes']}")
+
+    best = max(runs, key=lambda r: r["server_img_s"])
+    model = best.get("model_only_img_s") or float("nan")
+    print(f"bench: server_img_s={best['server_img_s']:.2f} model_only_img_s={model:.2f} "
+          f"python_img_s={python['img_s']:.2f} vs_python={best['server_img_s'] / python['img_s']:.2f}x "
+          f"overhead={100 * (1 - best['server_img_s'] / model):.1f}%")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# One benchmark run: the Python way, then for each dtype the server under load and the model
+# alone, then one table (bench/report.py) whose last line is
+#   bench: server_img_s=… model_only_img_s=… python_img_s=… vs_python=…x overhead=…%
+# Used by `make bench` (CPU) and bench/gpu.sh. Settings come from the environment:
+#   BIN PY MODEL CHECKPOINT (required), DEVICE (cpu), DTYPES ("float32 bfloat16"), THREADS (0: all
+#   cores), PHASE_SECONDS (20), CONCURRENCY (8), MAX_BATCH (8), ASSETS (build/assets),
+#   OUT_DIR (build/bench), PYTHON_DTYPE (float32), REPORT_ARGS (extra arguments for report.py,
+#   e.g. MFU inputs).
+set -euo pipefail
+: "${BIN:?}" "${PY:?}" "${MODEL:?}" "${CHECKPOINT:?}"
+device=${DEVICE:-cpu}
+threads=${THREADS:-0}
+seconds=${PHASE_SECONDS:-20}
+assets=${ASSETS:-build/assets}
+out=${OUT_DIR:-build/bench}
+mkdir -p "$out"
+rm -f "$out"/bench-*.json
+labels=bench/labels.json
+photos=("$assets/images/chelsea_progressive.jpg" "$assets/images/astronaut_baseline.jpg"
+        "$assets/images/coffee_444.jpg" "$assets/images/rocket_420.jpg")
+# Same threads for every contestant (libtorch's intra-op pool; 0 = all cores).
+[ "$threads" = 0 ] && threads=$(nproc)
+
+echo "== the Python way: transformers processor + SiglipModel per image, same texts, $threads threads"
+"$PY" bench/python_way.py --checkpoint "$CHECKPOINT" --images "${photos[@]}" --labels-file "$labels" \
+  --threads "$threads" --device "$device" --dtype "${PYTHON_DTYPE:-float32}" --seconds "$seconds" \
+  | tail -n 1 > "$out/python.json"
+cat "$out/python.json"
+
+for dtype in ${DTYPES:-float32 bfloat16}; do
+  echo "== siglip-serve, $dtype on $device"
+  log="$out/serve-$dtype.log"
+  "$BIN" serve --model-dir "$MODEL" --device "$device" --dtype "$dtype" --threads "$threads" \
+    --max-batch-size "${MAX_BATCH:-8}" --grpc-addr 127.0.0.1:0 > "$log" 2>&1 &
+  pid=$!
+  addr=""
+  for _ in $(seq 600); do
+    addr=$(sed -n 's/^siglip-serve: gRPC listening on //p' "$log")
+    [ -n "$addr" ] && break
+    kill -0 "$pid" 2> /dev/null || { cat "$log"; exit 1; }
+    sleep 0.1
+  done
+  "$BIN" bench --addr "http://$addr" --images "${photos[@]}" --labels-file "$labels" --labels 10 \
+    --concurrency "${CONCURRENCY:-8}" --seconds "$seconds" --server-pid "$pid" \
+    --model-dir "$MODEL" --device "$device" --dtype "$dtype" --threads "$threads" \
+    --json "$out/bench-$dtype.json"
+  kill -TERM "$pid"
+  wait "$pid"
+done
+
+"$PY" bench/report.py --python "$out/python.json" ${REPORT_ARGS:-} "$out"/bench-*.json

@@ -1,0 +1,500 @@
+//! `siglip-serve bench`: load on a running server over gRPC, and the model alone for comparison.
+//!
+//! Phases, each printed as it ends and written to `--json`:
+//! 1. *closed loop*: `--concurrency` callers send Classify (a photo, `--labels` texts) back to
+//!    back: images/s, latency percentiles, the distribution of the server's batch sizes;
+//! 2. *half load*: requests at half the rate phase 1 reached, open loop: latency at moderate load;
+//! 3. *video*: `--streams` latest-only streams whose frames together arrive at
+//!    `--stream-overload` × phase 1's rate: results/s, frames dropped, and the age of each
+//!    result (first half against second half of the run: a growing lag would show);
+//! 4. *model only* (unless `--skip-model-only`): the vision tower in a loop, in-process, at the batch size
+//!    the server used most, same dtype and threads — the ceiling the server is measured against.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    path::PathBuf,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context};
+use clap::Args;
+use serde::Serialize;
+use tokio::sync::Mutex;
+use tonic::transport::Channel;
+
+use crate::config::ModelArgs;
+use crate::grpc::pb::{self, siglip_client::SiglipClient};
+use crate::model::{pixels_per_image, Model};
+
+#[derive(Debug, Clone, Args)]
+pub struct BenchArgs {
+    /// Server address.
+    #[arg(long, default_value = "http://127.0.0.1:50051")]
+    pub addr: String,
+    /// Photos to send (cycled).
+    #[arg(long, num_args = 1.., required = true)]
+    pub images: Vec<PathBuf>,
+    /// JSON list of label texts; the first `--labels` are used (cycled if fewer).
+    #[arg(long)]
+    pub labels_file: PathBuf,
+    #[arg(long, default_value_t = 10)]
+    pub labels: usize,
+    #[arg(long, default_value_t = 8)]
+    pub concurrency: usize,
+    /// Seconds per phase.
+    #[arg(long, default_value_t = 20.0)]
+    pub seconds: f64,
+    /// Latest-only video streams (0: skip the video phase).
+    #[arg(long, default_value_t = 2)]
+    pub streams: usize,
+    /// Frames arrive at this multiple of the closed-loop images/s, over all streams.
+    #[arg(long, default_value_t = 2.0)]
+    pub stream_overload: f64,
+    /// The server's process id, to report its peak resident memory.
+    #[arg(long)]
+    pub server_pid: Option<u32>,
+    /// Skip the model-alone phase (it loads the model in this process).
+    #[arg(long)]
+    pub skip_model_only: bool,
+    /// The model the server runs (same directory, device, dtype and threads).
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Write all figures here as JSON.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct Report {
+    pub server_img_s: f64,
+    pub latency_ms: Percentiles,
+    pub batch_sizes: BTreeMap<u32, u64>,
+    pub errors: u64,
+    pub half_load_img_s: f64,
+    pub half_load_latency_ms: Percentiles,
+    pub video: Option<VideoReport>,
+    pub model_only_img_s: Option<f64>,
+    pub model_only_batch: Option<usize>,
+    pub server_peak_rss_mib: Option<f64>,
+    pub device: String,
+    pub dtype: String,
+}
+
+#[derive(Debug, Default, Serialize, Clone, Copy)]
+pub struct Percentiles {
+    pub p50: f64,
+    pub p95: f64,
+    pub p99: f64,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct VideoReport {
+    pub streams: usize,
+    pub offered_fps: f64,
+    pub results_per_s: f64,
+    pub frames_sent: u64,
+    pub frames_dropped: u64,
+    pub age_ms_first_half: Percentiles,
+    pub age_ms_second_half: Percentiles,
+}
+
+fn percentiles(mut ms: Vec<f64>) -> Percentiles {
+    if ms.is_empty() {
+        return Percentiles::default();
+    }
+    ms.sort_by(f64::total_cmp);
+    let at = |q: f64| ms[((ms.len() - 1) as f64 * q).round() as usize];
+    Percentiles {
+        p50: at(0.50),
+        p95: at(0.95),
+        p99: at(0.99),
+    }
+}
+
+struct Workload {
+    images: Vec<Vec<u8>>,
+    labels: Vec<String>,
+}
+
+impl Workload {
+    fn load(args: &BenchArgs) -> anyhow::Result<Self> {
+        let images = args
+            .images
+            .iter()
+            .map(|p| std::fs::read(p).with_context(|| format!("reading {}", p.display())))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let all: Vec<String> = serde_json::from_str(&std::fs::read_to_string(&args.labels_file)?)
+            .with_context(|| {
+            format!(
+                "{} must be a JSON list of strings",
+                args.labels_file.display()
+            )
+        })?;
+        if all.is_empty() {
+            bail!("{} holds no labels", args.labels_file.display());
+        }
+        let labels = all.iter().cycle().take(args.labels).cloned().collect();
+        Ok(Self { images, labels })
+    }
+
+    fn request(&self, i: usize) -> pb::ClassifyRequest {
+        pb::ClassifyRequest {
+            image: Some(pb::Image {
+                source: Some(pb::image::Source::Encoded(
+                    self.images[i % self.images.len()].clone(),
+                )),
+            }),
+            texts: self.labels.clone(),
+            options: None,
+        }
+    }
+}
+
+pub async fn run(args: BenchArgs) -> anyhow::Result<Report> {
+    let workload = Arc::new(Workload::load(&args)?);
+    let channel = Channel::from_shared(args.addr.clone())?
+        .connect()
+        .await
+        .with_context(|| format!("connecting to {}", args.addr))?;
+    let client = SiglipClient::new(channel).max_decoding_message_size(64 << 20);
+    let info = wait_until_ready(&client).await?;
+    let mut report = Report {
+        device: info.device.clone(),
+        dtype: info.dtype.clone(),
+        ..Report::default()
+    };
+    let phase = Duration::from_secs_f64(args.seconds);
+
+    // Warm the text cache and the server's first calls; not measured.
+    for i in 0..3 {
+        client.clone().classify(workload.request(i)).await?;
+    }
+
+    let closed = closed_loop(&client, &workload, args.concurrency, phase).await;
+    report.server_img_s = closed.done as f64 / closed.elapsed.as_secs_f64();
+    report.latency_ms = percentiles(closed.latencies_ms);
+    report.batch_sizes = closed.batch_sizes;
+    report.errors = closed.errors;
+    println!(
+        "closed loop   {:>3} callers  {:>8.2} img/s  p50 {:>7.1} ms  p95 {:>7.1} ms  p99 {:>7.1} ms  errors {}",
+        args.concurrency,
+        report.server_img_s,
+        report.latency_ms.p50,
+        report.latency_ms.p95,
+        report.latency_ms.p99,
+        report.errors
+    );
+    println!("batch sizes   {:?}", report.batch_sizes);
+
+    let rate = report.server_img_s / 2.0;
+    let half = open_loop(&client, &workload, rate, phase).await;
+    report.half_load_img_s = half.done as f64 / half.elapsed.as_secs_f64();
+    report.half_load_latency_ms = percentiles(half.latencies_ms);
+    println!(
+        "half load     {:>8.2} req/s offered  {:>8.2} img/s  p50 {:>7.1} ms  p95 {:>7.1} ms  p99 {:>7.1} ms",
+        rate,
+        report.half_load_img_s,
+        report.half_load_latency_ms.p50,
+        report.half_load_latency_ms.p95,
+        report.half_load_latency_ms.p99
+    );
+
+    if args.streams > 0 {
+        let fps = report.server_img_s * args.stream_overload / args.streams as f64;
+        let video = video(&client, &workload, args.streams, fps, phase).await?;
+        println!(
+            "video         {} streams × {:.2} fps offered  {:>8.2} results/s  dropped {}/{}  age p95 {:.0} ms → {:.0} ms (first → second half)",
+            video.streams,
+            video.offered_fps,
+            video.results_per_s,
+            video.frames_dropped,
+            video.frames_sent,
+            video.age_ms_first_half.p95,
+            video.age_ms_second_half.p95
+        );
+        report.video = Some(video);
+    }
+
+    report.server_peak_rss_mib = args.server_pid.and_then(peak_rss_mib);
+    if let Some(rss) = report.server_peak_rss_mib {
+        println!("server peak RSS {rss:.0} MiB");
+    }
+
+    if !args.skip_model_only {
+        let model_args = args.model.clone();
+        let batch = report
+            .batch_sizes
+            .iter()
+            .filter(|(size, _)| **size > 0)
+            .max_by_key(|(_, count)| **count)
+            .map_or(8, |(size, _)| *size as usize);
+        let img_s =
+            tokio::task::spawn_blocking(move || model_only(&model_args, batch, phase)).await??;
+        println!("model only    batch {batch:>3}  {img_s:>8.2} img/s");
+        report.model_only_img_s = Some(img_s);
+        report.model_only_batch = Some(batch);
+    }
+
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_string_pretty(&report)?)?;
+    }
+    Ok(report)
+}
+
+/// The server answers UNAVAILABLE while its model loads: wait (up to 10 minutes).
+async fn wait_until_ready(client: &SiglipClient<Channel>) -> anyhow::Result<pb::ModelInfo> {
+    let until = Instant::now() + Duration::from_secs(600);
+    loop {
+        match client
+            .clone()
+            .get_model_info(pb::GetModelInfoRequest {})
+            .await
+        {
+            Ok(info) => return Ok(info.into_inner()),
+            Err(status) if status.code() == tonic::Code::Unavailable && Instant::now() < until => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(status) => bail!("server not ready: {status}"),
+        }
+    }
+}
+
+#[derive(Default)]
+struct Tally {
+    done: u64,
+    errors: u64,
+    latencies_ms: Vec<f64>,
+    batch_sizes: BTreeMap<u32, u64>,
+    elapsed: Duration,
+}
+
+impl Tally {
+    fn record(
+        &mut self,
+        started: Instant,
+        result: Result<tonic::Response<pb::ClassifyResponse>, tonic::Status>,
+    ) {
+        match result {
+            Ok(response) => {
+                self.done += 1;
+                self.latencies_ms
+                    .push(started.elapsed().as_secs_f64() * 1e3);
+                let batch = response.into_inner().timings.map_or(0, |t| t.batch_size);
+                *self.batch_sizes.entry(batch).or_default() += 1;
+            }
+            Err(_) => self.errors += 1,
+        }
+    }
+}
+
+async fn closed_loop(
+    client: &SiglipClient<Channel>,
+    workload: &Arc<Workload>,
+    callers: usize,
+    duration: Duration,
+) -> Tally {
+    let tally = Arc::new(Mutex::new(Tally::default()));
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..callers)
+        .map(|caller| {
+            let (mut client, workload, tally) =
+                (client.clone(), Arc::clone(workload), Arc::clone(&tally));
+            tokio::spawn(async move {
+                let mut i = caller;
+                while started.elapsed() < duration {
+                    let t = Instant::now();
+                    let result = client.classify(workload.request(i)).await;
+                    tally.lock().await.record(t, result);
+                    i += callers;
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        let _ = task.await;
+    }
+    let mut tally = std::mem::take(&mut *tally.lock().await);
+    tally.elapsed = started.elapsed();
+    tally
+}
+
+async fn open_loop(
+    client: &SiglipClient<Channel>,
+    workload: &Arc<Workload>,
+    rate: f64,
+    duration: Duration,
+) -> Tally {
+    let tally = Arc::new(Mutex::new(Tally::default()));
+    let started = Instant::now();
+    let interval = Duration::from_secs_f64(1.0 / rate.max(0.1));
+    let mut ticker = tokio::time::interval(interval);
+    let mut tasks = Vec::new();
+    let mut i = 0;
+    while started.elapsed() < duration {
+        ticker.tick().await;
+        let (mut client, workload, tally) =
+            (client.clone(), Arc::clone(workload), Arc::clone(&tally));
+        tasks.push(tokio::spawn(async move {
+            let t = Instant::now();
+            let result = client.classify(workload.request(i)).await;
+            tally.lock().await.record(t, result);
+        }));
+        i += 1;
+    }
+    for task in tasks {
+        let _ = task.await;
+    }
+    let mut tally = std::mem::take(&mut *tally.lock().await);
+    tally.elapsed = started.elapsed();
+    tally
+}
+
+async fn video(
+    client: &SiglipClient<Channel>,
+    workload: &Arc<Workload>,
+    streams: usize,
+    fps: f64,
+    duration: Duration,
+) -> anyhow::Result<VideoReport> {
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..streams)
+        .map(|s| {
+            let (mut client, workload) = (client.clone(), Arc::clone(workload));
+            tokio::spawn(async move {
+                one_stream(&mut client, &workload, s, fps, duration, started).await
+            })
+        })
+        .collect();
+    let (mut sent, mut dropped, mut results) = (0, 0, 0);
+    let (mut first, mut second) = (Vec::new(), Vec::new());
+    for task in tasks {
+        let s = task.await??;
+        sent += s.sent;
+        dropped += s.dropped;
+        results += s.ages.len() as u64;
+        for (at, age) in s.ages {
+            if at < duration / 2 {
+                first.push(age);
+            } else {
+                second.push(age);
+            }
+        }
+    }
+    Ok(VideoReport {
+        streams,
+        offered_fps: fps,
+        results_per_s: results as f64 / started.elapsed().as_secs_f64(),
+        frames_sent: sent,
+        frames_dropped: dropped,
+        age_ms_first_half: percentiles(first),
+        age_ms_second_half: percentiles(second),
+    })
+}
+
+struct StreamTally {
+    sent: u64,
+    dropped: u64,
+    /// (when the result arrived, since the start; its age in ms since its frame was sent)
+    ages: Vec<(Duration, f64)>,
+}
+
+async fn one_stream(
+    client: &mut SiglipClient<Channel>,
+    workload: &Workload,
+    seed: usize,
+    fps: f64,
+    duration: Duration,
+    started: Instant,
+) -> anyhow::Result<StreamTally> {
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tx.send(pb::StreamRequest {
+        msg: Some(pb::stream_request::Msg::Config(pb::StreamConfig {
+            texts: workload.labels.clone(),
+            options: None,
+            mode: pb::DeliveryMode::LatestOnly as i32,
+        })),
+    })
+    .await?;
+    let sent_at = Arc::new(std::sync::Mutex::new(HashMap::<u64, Instant>::new()));
+    let mut responses = client
+        .stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await?
+        .into_inner();
+    let sender = {
+        let sent_at = Arc::clone(&sent_at);
+        let frames: Vec<Vec<u8>> = workload.images.clone();
+        tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(Duration::from_secs_f64(1.0 / fps.max(0.1)));
+            let mut id = 0u64;
+            while started.elapsed() < duration {
+                ticker.tick().await;
+                sent_at.lock().expect("lock").insert(id, Instant::now());
+                let frame = pb::Frame {
+                    frame_id: id,
+                    image: Some(pb::Image {
+                        source: Some(pb::image::Source::Encoded(
+                            frames[(seed + id as usize) % frames.len()].clone(),
+                        )),
+                    }),
+                    ..Default::default()
+                };
+                if tx
+                    .send(pb::StreamRequest {
+                        msg: Some(pb::stream_request::Msg::Frame(frame)),
+                    })
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
+                id += 1;
+            }
+            id
+        })
+    };
+    let mut tally = StreamTally {
+        sent: 0,
+        dropped: 0,
+        ages: Vec::new(),
+    };
+    while let Some(response) = responses.message().await? {
+        tally.dropped += response.skipped_frames;
+        if let Some(at) = sent_at.lock().expect("lock").remove(&response.frame_id) {
+            tally
+                .ages
+                .push((started.elapsed(), at.elapsed().as_secs_f64() * 1e3));
+        }
+    }
+    tally.sent = sender.await?;
+    Ok(tally)
+}
+
+/// The vision tower alone, at `batch`, for `duration` (after warm-up): images/s.
+fn model_only(args: &ModelArgs, batch: usize, duration: Duration) -> anyhow::Result<f64> {
+    let model = Model::load(&args.load_options())?;
+    let pixels = vec![0.1f32; pixels_per_image(model.preprocess()) * batch];
+    for _ in 0..3 {
+        model.embed_pixels(&pixels, batch)?;
+    }
+    let started = Instant::now();
+    let mut images = 0;
+    while started.elapsed() < duration || images == 0 {
+        model.embed_pixels(&pixels, batch)?;
+        images += batch;
+    }
+    Ok(images as f64 / started.elapsed().as_secs_f64())
+}
+
+/// Peak resident set size of a process (VmHWM), in MiB.
+fn peak_rss_mib(pid: u32) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kb: f64 = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
+    Some(kb / 1024.0)
+}

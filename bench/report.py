@@ -22,6 +22,8 @@ def main() -> None:
     a = ap.parse_args()
 
     python = json.loads(a.python.read_text())
+    # A failed Python run still leaves the server's figures readable.
+    py_img_s = python.get("img_s") or float("nan")
     runs = [json.loads(p.read_text()) for p in a.runs]
     mfu = a.gflops_per_image and a.peak_tflops
 
@@ -36,20 +38,20 @@ def main() -> None:
         ages = f"{video.get('age_ms_first_half', {}).get('p95', 0):.0f} → {video.get('age_ms_second_half', {}).get('p95', 0):.0f}"
         row = (f"{r['dtype']:<9} {r['device']:<7} {r['server_img_s']:>8.2f} {r['latency_ms']['p50']:>7.1f} "
                f"{r['latency_ms']['p99']:>7.1f} {r['half_load_latency_ms']['p99']:>9.1f} {model:>11.2f} "
-               f"{100 * (1 - r['server_img_s'] / model):>7.1f}% {r['server_img_s'] / python['img_s']:>8.1f}x "
+               f"{100 * (1 - r['server_img_s'] / model):>7.1f}% {r['server_img_s'] / py_img_s:>8.1f}x "
                f"{video.get('results_per_s', 0):>11.2f} {video.get('frames_dropped', 0):>8} {ages:>18} "
                f"{r.get('server_peak_rss_mib') or 0:>8.0f}")
         if mfu:
             row += f" {100 * a.gflops_per_image * 1e9 * r['server_img_s'] / (a.peak_tflops * 1e12):>5.1f}%"
         print(row)
-    print(f"python way ({python['dtype']}, {python['device']}, {python['threads']} threads): {python['img_s']:.2f} img/s")
+    print(f"python way ({python.get('dtype')}, {python.get('device')}, {python.get('threads')} threads): {py_img_s:.2f} img/s")
     for r in runs:
         print(f"batch sizes ({r['dtype']}): {r['batch_sizes']}")
 
     best = max(runs, key=lambda r: r["server_img_s"])
     model = best.get("model_only_img_s") or float("nan")
     print(f"bench: server_img_s={best['server_img_s']:.2f} model_only_img_s={model:.2f} "
-          f"python_img_s={python['img_s']:.2f} vs_python={best['server_img_s'] / python['img_s']:.2f}x "
+          f"python_img_s={py_img_s:.2f} vs_python={best['server_img_s'] / py_img_s:.2f}x "
           f"overhead={100 * (1 - best['server_img_s'] / model):.1f}%")
 
 

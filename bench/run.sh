@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# One benchmark run: the Python way, then for each dtype the server under load and the model
-# alone, then one table (bench/report.py) whose last line is
+# One benchmark run: for each dtype the server under load and the model alone, then the Python
+# way, then one table (bench/report.py) whose last line is
 #   bench: server_img_s=… model_only_img_s=… python_img_s=… vs_python=…x overhead=…%
 # Used by `make bench` (CPU) and bench/gpu.sh. Settings come from the environment:
 #   BIN PY MODEL CHECKPOINT (required), DEVICE (cpu), DTYPES ("float32 bfloat16"), THREADS (0: all
@@ -22,12 +22,6 @@ photos=("$assets/images/chelsea_progressive.jpg" "$assets/images/astronaut_basel
 # Same threads for every contestant (libtorch's intra-op pool; 0 = all cores).
 [ "$threads" = 0 ] && threads=$(nproc)
 
-echo "== the Python way: transformers processor + SiglipModel per image, same texts, $threads threads"
-"$PY" bench/python_way.py --checkpoint "$CHECKPOINT" --images "${photos[@]}" --labels-file "$labels" \
-  --threads "$threads" --device "$device" --dtype "${PYTHON_DTYPE:-float32}" --seconds "$seconds" \
-  | tail -n 1 > "$out/python.json"
-cat "$out/python.json"
-
 for dtype in ${DTYPES:-float32 bfloat16}; do
   echo "== siglip-serve, $dtype on $device"
   log="$out/serve-$dtype.log"
@@ -48,5 +42,11 @@ for dtype in ${DTYPES:-float32 bfloat16}; do
   kill -TERM "$pid"
   wait "$pid"
 done
+
+echo "== the Python way: transformers processor + SiglipModel per image, same texts, $threads threads"
+"$PY" bench/python_way.py --checkpoint "$CHECKPOINT" --images "${photos[@]}" --labels-file "$labels" \
+  --threads "$threads" --device "$device" --dtype "${PYTHON_DTYPE:-float32}" --seconds "$seconds" \
+  | tail -n 1 > "$out/python.json" || echo '{"img_s": null}' > "$out/python.json"
+cat "$out/python.json"
 
 "$PY" bench/report.py --python "$out/python.json" ${REPORT_ARGS:-} "$out"/bench-*.json

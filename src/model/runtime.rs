@@ -3,7 +3,7 @@
 //! Everything here blocks (libtorch calls), so callers on an async runtime must run it on a
 //! dedicated thread.
 
-use std::{fmt, path::Path, str::FromStr};
+use std::{fmt, path::Path, str::FromStr, sync::Mutex};
 
 use tch::{CModule, Device, Kind, Tensor};
 
@@ -168,6 +168,9 @@ pub struct Towers {
     text: CModule,
     device: Device,
     dtype: DType,
+    /// On CUDA: page-locked host memory for the pixels of a batch, kept and grown as needed
+    /// (pinning per batch is slow, and libtorch warns on every call of its pinning API).
+    pinned: Mutex<Option<Tensor>>,
 }
 
 impl Towers {
@@ -186,6 +189,7 @@ impl Towers {
             text: load(text)?,
             device,
             dtype,
+            pinned: Mutex::new(None),
         })
     }
 
@@ -202,14 +206,7 @@ impl Towers {
     pub fn embed_images(&self, images: &[&[f32]], size: u32) -> Result<Vec<f32>> {
         let side = size as i64;
         let per_image = (3 * side * side) as usize;
-        let mut host = Tensor::empty(
-            [images.len() as i64, 3, side, side],
-            (Kind::Float, Device::Cpu),
-        );
-        if self.device.is_cuda() {
-            // Page-locked, so that the copy to the GPU below does not block the host.
-            host = host.pin_memory(self.device);
-        }
+        let n = images.len() as i64;
         for (i, image) in images.iter().enumerate() {
             assert_eq!(
                 image.len(),
@@ -217,17 +214,30 @@ impl Towers {
                 "image {i} has the wrong number of values"
             );
         }
+        let mut pinned = self.pinned.lock().expect("pinned buffer lock");
+        let host = match self.device {
+            Device::Cuda(_) => {
+                if pinned.as_ref().is_none_or(|buffer| buffer.size()[0] < n) {
+                    let fresh = Tensor::empty([n, 3, side, side], (Kind::Float, Device::Cpu));
+                    *pinned = Some(fresh.pin_memory(self.device));
+                }
+                pinned.as_ref().expect("just allocated").narrow(0, 0, n)
+            }
+            _ => Tensor::empty([n, 3, side, side], (Kind::Float, Device::Cpu)),
+        };
         // One copy per image, straight into the tensor's memory (a batch of so400m-384 images is
         // over 100 MB; every extra pass over it is time the GPU waits).
-        // SAFETY: `host` was just allocated, contiguous, float32, with exactly
-        // `images.len() · per_image` elements, and nothing else refers to it yet; each row is
-        // checked above to hold `per_image` values.
+        // SAFETY: `host` is a contiguous float32 CPU tensor (a fresh one, or the leading rows of
+        // the pinned buffer, which only this call uses while it holds the lock) with exactly
+        // `n · per_image` elements; each row is checked above to hold `per_image` values.
         unsafe {
             let dst = host.data_ptr() as *mut f32;
             for (i, image) in images.iter().enumerate() {
                 std::ptr::copy_nonoverlapping(image.as_ptr(), dst.add(i * per_image), per_image);
             }
         }
+        // The copy to the GPU does not block the host; the forward pass is queued behind it on
+        // the same stream, and `run` waits for the result, so the buffer is free again after it.
         let input = match self.device {
             Device::Cuda(_) => host.to_device_(self.device, Kind::Float, true, false),
             _ => host,

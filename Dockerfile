@@ -1,0 +1,172 @@
+# syntax=docker/dockerfile:1
+#
+# siglip-serve container image (BuildKit required: cache mounts, stage selection by build arg).
+#
+#   docker build -t siglip-serve:cuda .                        # CUDA runtime (default)
+#   docker build -t siglip-serve:cpu --build-arg VARIANT=cpu . # Debian slim, --device cpu
+#   docker build -t siglip-export --target export .            # optional: the model export tool
+#
+#   docker run --gpus all -p 50051:50051 -p 9090:9090 -v "$PWD/models/so400m:/models:ro" siglip-serve:cuda
+#
+# NOT RUN HERE: the machine this was written on has the Docker client but no engine, so no stage of
+# this file has been built or started. What was checked: `hadolint Dockerfile` (deploy/check.sh),
+# and that the library layout copied below matches the torch 2.11.0 wheel's (RPATHs, sonames) on
+# the development venv.
+#
+# How libtorch gets in: there is no separate libtorch download. The build stage installs the
+# torch==2.11.0 wheel into a venv and builds with LIBTORCH_USE_PYTORCH=1 (tch 0.24 links exactly
+# that libtorch; see README and build.rs). The binary's RUNPATH then points at the build venv's
+# torch/lib, which does not exist in the runtime image, so the runtime stage copies the shared
+# libraries and sets LD_LIBRARY_PATH (build.rs makes it a RUNPATH, which LD_LIBRARY_PATH overrides).
+#
+# Layout in the runtime image, kept exactly as in the wheel so that the RPATHs the torch libraries
+# carry ($ORIGIN/../../nvidia/{cu13,cudnn,cusparselt,nccl,nvshmem}/lib) resolve with no help:
+#   /opt/libtorch/torch/lib/*.so*        libtorch, libtorch_cpu, libtorch_cuda, libc10(_cuda), libgomp, ...
+#   /opt/libtorch/nvidia/*/lib/*.so*     CUDA runtime, cuBLAS, cuDNN, NCCL, ... from the nvidia-* wheels
+# libcuda.so.1 (the driver) is not in the image: the NVIDIA container toolkit mounts the host's.
+
+# VARIANT selects the runtime base: cuda (nvidia/cuda, Ubuntu) or cpu (Debian slim).
+ARG VARIANT=cuda
+# The CUDA base only has to provide the container-toolkit contract (NVIDIA_* variables,
+# NVIDIA_REQUIRE_CUDA=cuda>=13.0, i.e. a driver >= 580): the CUDA user-space libraries come from
+# the torch wheel (torch 2.11.0 is built against CUDA 13.0). `-base-` rather than `-runtime-`
+# because `-runtime-` would add a second ~1.5 GB copy of cuBLAS/cuFFT/NCCL that nothing loads
+# (the torch libraries' RPATH wins over the system library path). Override to pin a digest.
+ARG CUDA_IMAGE=nvidia/cuda:13.0.1-base-ubuntu24.04
+ARG CPU_IMAGE=debian:bookworm-slim
+
+###############################################################################################
+# build: Rust toolchain + a venv with the torch 2.11.0 wheel (for its libtorch).
+###############################################################################################
+FROM rust:1.95-bookworm AS build
+SHELL ["/bin/bash", "-o", "pipefail", "-c"]
+
+# python3-venv for the venv that provides libtorch. Unpinned: Debian stable replaces pinned
+# versions with security updates, which would break the build; the suite (bookworm) is the pin.
+# nasm is deliberately NOT installed: mozjpeg-sys would then build its SIMD JPEG decoder, which is
+# not the decoder the parity figures in the README were measured with (built without nasm).
+# hadolint ignore=DL3008
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends python3-venv \
+ && rm -rf /var/lib/apt/lists/*
+
+# Empty: the default (CUDA) torch wheel from the package index, as `make` uses. A CPU-only torch
+# wheel index here, together with VARIANT=cpu, would give a much smaller CPU image (a binary
+# linked against a libtorch without libtorch_cuda.so); that combination has not been built.
+ARG TORCH_INDEX_URL=""
+ENV VIRTUAL_ENV=/opt/venv \
+    PATH=/opt/venv/bin:$PATH \
+    LIBTORCH_USE_PYTORCH=1
+RUN --mount=type=cache,target=/root/.cache/pip \
+    python3 -m venv /opt/venv \
+ && if [ -n "$TORCH_INDEX_URL" ]; then export PIP_INDEX_URL="$TORCH_INDEX_URL"; fi \
+ && pip install torch==2.11.0
+
+WORKDIR /src
+COPY Cargo.toml Cargo.lock build.rs ./
+COPY proto ./proto
+COPY src ./src
+# target/ is a cache mount (incremental rebuilds), so the binary is copied out in the same step.
+RUN --mount=type=cache,target=/usr/local/cargo/registry \
+    --mount=type=cache,target=/src/target \
+    cargo build --release --locked \
+ && mkdir -p /stage \
+ && cp target/release/siglip-serve /stage/siglip-serve
+
+# Stage the shared libraries for the runtime image (see the layout above): torch/lib without
+# libtorch_python.so (it needs libpython; the server does not use it), and every shared library of
+# the nvidia-* wheels (a superset of what the binary links: cuDNN and NVRTC also dlopen some).
+# Headers and static archives are left behind.
+RUN site="$(python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')" \
+ && mkdir -p /stage/libtorch/torch/lib \
+ && cp -a "$site"/torch/lib/*.so* /stage/libtorch/torch/lib/ \
+ && rm -f /stage/libtorch/torch/lib/libtorch_python.so \
+ && if [ -d "$site/nvidia" ]; then \
+      find "$site/nvidia" -path '*/lib/*' -name '*.so*' -printf 'nvidia/%P\0' \
+        | tar -C "$site" --null -T - -cf - | tar -C /stage/libtorch -xf - ; \
+    fi \
+ && LD_LIBRARY_PATH=/stage/libtorch/torch/lib /stage/siglip-serve --version
+
+###############################################################################################
+# export (optional, `--target export`): the Python export tool, for a one-off Job or an
+# initContainer that writes a model directory into the models volume. Needs the model hub.
+#   docker run --rm -v siglip-models:/models siglip-export \
+#     export --checkpoint google/siglip-so400m-patch14-384 --dtype float32,bfloat16 --out /models/so400m
+###############################################################################################
+FROM python:3.11-slim-bookworm AS export
+WORKDIR /app
+COPY python/requirements.txt ./requirements.txt
+RUN --mount=type=cache,target=/root/.cache/pip \
+    pip install -r requirements.txt
+COPY python/siglip_export ./siglip_export
+RUN groupadd --system --gid 10001 siglip \
+ && useradd --system --uid 10001 --gid 10001 --no-create-home --home-dir /nonexistent \
+      --shell /usr/sbin/nologin siglip
+ENV PYTHONPATH=/app \
+    HF_HOME=/tmp/hf
+USER 10001:10001
+ENTRYPOINT ["python", "-m", "siglip_export"]
+CMD ["--help"]
+
+###############################################################################################
+# runtime bases
+###############################################################################################
+# CUDA: picks the GPU when one is visible (SIGLIP_DEVICE=auto), else runs on the CPU.
+FROM ${CUDA_IMAGE} AS runtime-cuda
+ENV SIGLIP_DEVICE=auto
+
+# CPU: the same binary and the same libraries on Debian slim, without the CUDA base image. The
+# libraries cannot be dropped: build.rs links libtorch.so with --no-as-needed, and the CUDA
+# wheel's libtorch.so itself needs libtorch_cuda.so, which needs cuDNN, cuBLAS, NCCL, ... They
+# load without a GPU or a driver (libcuda.so.1 is only dlopened when CUDA is first used), and
+# SIGLIP_DEVICE=cpu makes sure it never is. So the CPU image is no smaller than the CUDA one;
+# its point is a plain Debian base for nodes without the NVIDIA runtime. (Smaller: TORCH_INDEX_URL.)
+FROM ${CPU_IMAGE} AS runtime-cpu
+ENV SIGLIP_DEVICE=cpu
+
+###############################################################################################
+# runtime (default target)
+###############################################################################################
+# runtime-${VARIANT} names one of the two stages above, not a registry image (so no tag: DL3006).
+# hadolint ignore=DL3006
+FROM runtime-${VARIANT} AS runtime
+SHELL ["/bin/bash", "-o", "pipefail", "-c"]
+
+RUN groupadd --system --gid 10001 siglip \
+ && useradd --system --uid 10001 --gid 10001 --no-create-home --home-dir /nonexistent \
+      --shell /usr/sbin/nologin siglip \
+ && mkdir -p /models
+
+COPY --from=build /stage/libtorch /opt/libtorch
+COPY --from=build /stage/siglip-serve /usr/local/bin/siglip-serve
+
+# Every server flag is an environment variable (README); these are the container's defaults.
+# SIGLIP_METRICS_ADDR: Prometheus endpoint (the metrics listener).
+ENV LD_LIBRARY_PATH=/opt/libtorch/torch/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH} \
+    SIGLIP_MODEL_DIR=/models \
+    SIGLIP_GRPC_ADDR=0.0.0.0:50051 \
+    SIGLIP_METRICS_ADDR=0.0.0.0:9090 \
+    SIGLIP_LOG_JSON=true \
+    RUST_LOG=info
+
+# Fails the build if a library is missing (the loader resolves every NEEDED entry at start).
+RUN if ldd /usr/local/bin/siglip-serve | grep 'not found'; then exit 1; fi \
+ && siglip-serve --version
+
+# The model directory (manifest.json, towers, tokenizer.json) is mounted here, read-only is fine;
+# write it with the export tool (the `export` target above, or `python -m siglip_export` locally).
+VOLUME ["/models"]
+# 50051: gRPC (siglip.v1.Siglip, grpc.health.v1, reflection). 9090: Prometheus metrics.
+EXPOSE 50051 9090
+
+USER 10001:10001
+
+# Docker's own health check (Kubernetes ignores it and uses the probes in deploy/). It asks the
+# gRPC health service, which answers SERVING only after the model is loaded and warmed up, so the
+# start period covers a large model's load on CPU. Needs the `health` subcommand (exit 0 when the
+# server answers SERVING), which the server does not have yet: until it does, this check fails.
+HEALTHCHECK --interval=15s --timeout=5s --start-period=600s --retries=3 \
+  CMD ["siglip-serve", "health", "--addr", "127.0.0.1:50051"]
+
+ENTRYPOINT ["siglip-serve"]
+CMD ["serve"]

@@ -90,8 +90,9 @@ RUN site="$(python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])
 ###############################################################################################
 # export (optional, `--target export`): the Python export tool, for a one-off Job or an
 # initContainer that writes a model directory into the models volume. Needs the model hub.
-#   docker run --rm -v siglip-models:/models siglip-export \
-#     export --checkpoint google/siglip-so400m-patch14-384 --dtype float32,bfloat16 --out /models/so400m
+#   mkdir -p models/so400m && docker run --rm --user "$(id -u):$(id -g)" \
+#     -v "$PWD/models/so400m:/models" siglip-export \
+#     export --checkpoint google/siglip-so400m-patch14-384 --dtype float32,bfloat16 --out /models
 ###############################################################################################
 FROM python:3.11-slim-bookworm AS export
 WORKDIR /app
@@ -162,11 +163,11 @@ EXPOSE 50051 9090
 USER 10001:10001
 
 # Docker's own health check (Kubernetes ignores it and uses the probes in deploy/). It asks the
-# gRPC health service, which answers SERVING only after the model is loaded and warmed up, so the
-# start period covers a large model's load on CPU. Needs the `health` subcommand (exit 0 when the
-# server answers SERVING), which the server does not have yet: until it does, this check fails.
+# gRPC health service through `siglip-serve health` (exit 0 only for SERVING), which answers
+# SERVING only after the model is loaded and warmed up: the start period covers a large model's
+# load on CPU.
 HEALTHCHECK --interval=15s --timeout=5s --start-period=600s --retries=3 \
-  CMD ["siglip-serve", "health", "--addr", "127.0.0.1:50051"]
+  CMD ["siglip-serve", "health", "--addr", "http://127.0.0.1:50051"]
 
 ENTRYPOINT ["siglip-serve"]
 CMD ["serve"]

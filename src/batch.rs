@@ -16,9 +16,11 @@ use std::{
     time::{Duration, Instant},
 };
 
+use ::metrics::{counter, gauge, histogram};
 use tokio::sync::oneshot;
 
 use crate::error::{Error, Result};
+use crate::metrics;
 use crate::model::{scores::Embeddings, tokenizer::TokenIds, Model};
 
 #[derive(Debug, Clone, Copy)]
@@ -65,9 +67,11 @@ impl Job {
     /// A job nobody waits for any more is dropped; one past its deadline is answered so.
     fn still_wanted(self) -> Option<Self> {
         if self.reply.is_closed() {
+            counter!(metrics::REQUESTS_DROPPED, "reason" => "cancelled").increment(1);
             return None;
         }
         if self.deadline.is_some_and(|d| Instant::now() >= d) {
+            counter!(metrics::REQUESTS_DROPPED, "reason" => "deadline").increment(1);
             let waited = self.enqueued.elapsed();
             let _ = self.reply.send(Err(Error::DeadlineExceeded(format!(
                 "the request waited {} ms in the queue; it was dropped before inference",
@@ -141,18 +145,18 @@ impl Batcher {
             enqueued: Instant::now(),
             reply,
         };
-        self.depth.fetch_add(1, Ordering::Relaxed);
+        queue_depth(&self.depth, 1);
         match self.tx.try_send(job) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => {
-                self.depth.fetch_sub(1, Ordering::Relaxed);
+                queue_depth(&self.depth, -1);
                 return Err(Error::ResourceExhausted(format!(
                     "server overloaded: the inference queue is full ({} jobs waiting, --max-queue); retry with backoff",
                     self.capacity
                 )));
             }
             Err(TrySendError::Disconnected(_)) => {
-                self.depth.fetch_sub(1, Ordering::Relaxed);
+                queue_depth(&self.depth, -1);
                 return Err(Error::Unavailable(
                     "the inference worker has stopped".into(),
                 ));
@@ -190,7 +194,7 @@ impl Worker {
     }
 
     fn take(&self, job: Job) -> Job {
-        self.depth.fetch_sub(1, Ordering::Relaxed);
+        queue_depth(&self.depth, -1);
         job
     }
 
@@ -221,7 +225,7 @@ impl Worker {
                 Work::Texts(_) => Vec::new(),
             })
             .collect();
-        let result = self.chunked(rows.len(), |start, len| {
+        let result = self.chunked(rows.len(), "vision", |start, len| {
             self.model.embed_rows(&rows[start..start + len])
         });
         self.answer(jobs, result);
@@ -235,7 +239,7 @@ impl Worker {
                 Work::Images(_) => Vec::new(),
             })
             .collect();
-        let result = self.chunked(ids.len(), |start, len| {
+        let result = self.chunked(ids.len(), "text", |start, len| {
             self.model.embed_token_ids(&ids[start..start + len])
         });
         self.answer(jobs, result);
@@ -246,13 +250,24 @@ impl Worker {
     fn chunked(
         &self,
         n: usize,
+        tower: &'static str,
         forward: impl Fn(usize, usize) -> Result<Embeddings>,
     ) -> (Result<Embeddings>, Duration) {
         let started = Instant::now();
         let step = self.config.max_batch_size.max(1);
         let mut all: Option<Embeddings> = None;
         for start in (0..n).step_by(step) {
-            match forward(start, step.min(n - start)) {
+            let rows = step.min(n - start);
+            let pass = Instant::now();
+            let result = forward(start, rows);
+            histogram!(metrics::INFERENCE, "tower" => tower).record(pass.elapsed());
+            if tower == "vision" {
+                histogram!(metrics::BATCH_SIZE).record(rows as f64);
+                counter!(metrics::IMAGES).increment(rows as u64);
+            } else {
+                counter!(metrics::TEXTS).increment(rows as u64);
+            }
+            match result {
                 Ok(e) => match &mut all {
                     Some(acc) => acc.data.extend_from_slice(&e.data),
                     None => all = Some(e),
@@ -289,6 +304,7 @@ impl Worker {
             let data = embeddings.data[offset * dim..(offset + rows) * dim].to_vec();
             offset += rows;
             let queue = job.enqueued.elapsed().saturating_sub(inference);
+            histogram!(metrics::QUEUE_WAIT).record(queue);
             let _ = job.reply.send(Ok(Reply {
                 embeddings: Embeddings::new(dim, data),
                 queue,
@@ -297,4 +313,14 @@ impl Worker {
             }));
         }
     }
+}
+
+/// Moves the queue-depth counter and its gauge together.
+fn queue_depth(depth: &AtomicUsize, delta: isize) {
+    let now = if delta >= 0 {
+        depth.fetch_add(delta as usize, Ordering::Relaxed) + delta as usize
+    } else {
+        depth.fetch_sub(delta.unsigned_abs(), Ordering::Relaxed) - delta.unsigned_abs()
+    };
+    gauge!(metrics::QUEUE_DEPTH).set(now as f64);
 }

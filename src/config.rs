@@ -136,6 +136,10 @@ pub struct ServeArgs {
     #[arg(long, env = "SIGLIP_GRPC_ADDR", default_value = "0.0.0.0:50051")]
     pub grpc_addr: std::net::SocketAddr,
 
+    /// Address of the Prometheus metrics endpoint (`GET /metrics`).
+    #[arg(long, env = "SIGLIP_METRICS_ADDR", default_value = "0.0.0.0:9090")]
+    pub metrics_addr: std::net::SocketAddr,
+
     /// On SIGTERM/SIGINT, how long in-flight work may take to finish, in seconds.
     #[arg(long, env = "SIGLIP_SHUTDOWN_GRACE_SECONDS", default_value_t = 20)]
     pub shutdown_grace_seconds: u64,

@@ -10,12 +10,14 @@ use std::{
     time::{Duration, Instant},
 };
 
+use ::metrics::{counter, gauge, histogram};
 use lru::LruCache;
 use tokio::sync::Semaphore;
 
 use crate::batch::Batcher;
 use crate::config::LimitArgs;
 use crate::error::{Error, Result};
+use crate::metrics;
 use crate::model::{
     image::{self, ImageLimits, Preprocess, RawFormat},
     manifest::Manifest,
@@ -104,10 +106,14 @@ pub struct Infer {
 /// Text embeddings by token ids: texts that tokenise alike (e.g. differ only in case or
 /// punctuation the tokenizer drops) share one entry.
 struct TextCache {
-    entries: Option<Mutex<LruCache<Vec<i64>, Arc<[f32]>>>>,
+    /// `None` when the cache is off.
+    entries: Option<Mutex<Lru>>,
     hits: AtomicU64,
     misses: AtomicU64,
 }
+
+/// Token ids → embedding.
+type Lru = LruCache<Vec<i64>, Arc<[f32]>>;
 
 /// Counters of the text-embedding cache.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -134,18 +140,21 @@ impl TextCache {
             .expect("cache lock")
             .get(ids)
             .cloned();
-        let counter = if found.is_some() {
-            &self.hits
+        let (counter, name) = if found.is_some() {
+            (&self.hits, metrics::CACHE_HITS)
         } else {
-            &self.misses
+            (&self.misses, metrics::CACHE_MISSES)
         };
+        counter!(name).increment(1);
         counter.fetch_add(1, Ordering::Relaxed);
         found
     }
 
     fn put(&self, ids: Vec<i64>, embedding: Arc<[f32]>) {
         if let Some(entries) = &self.entries {
-            entries.lock().expect("cache lock").put(ids, embedding);
+            let mut entries = entries.lock().expect("cache lock");
+            entries.put(ids, embedding);
+            gauge!(metrics::CACHE_ENTRIES).set(entries.len() as f64);
         }
     }
 
@@ -224,7 +233,9 @@ impl Infer {
         deadline: Option<Instant>,
     ) -> Result<(Labels, Timings)> {
         self.check_texts(&texts)?;
+        let tokenizing = Instant::now();
         let ids = self.tokenizer.encode(&texts)?;
+        histogram!(metrics::TOKENIZE).record(tokenizing.elapsed());
         let mut rows: Vec<Option<Arc<[f32]>>> =
             ids.iter().map(|t| self.text_cache.get(&t.ids)).collect();
         let mut missing: Vec<TokenIds> = Vec::new();
@@ -298,6 +309,11 @@ impl Infer {
             .map_err(|_| Error::Unavailable("server is shutting down".into()))?;
         let limits = self.image_limits.clone();
         let prep = self.preprocess.clone();
+        let bytes = match &input {
+            ImageInput::Encoded(b) => b.len(),
+            ImageInput::Raw { data, .. } => data.len(),
+        };
+        counter!(metrics::BYTES_RECEIVED).increment(bytes as u64);
         let started = Instant::now();
         let pixels = tokio::task::spawn_blocking(move || -> Result<Vec<f32>> {
             let rgb = match input {
@@ -313,7 +329,9 @@ impl Infer {
         })
         .await
         .map_err(|e| Error::Inference(format!("preprocessing task failed: {e}")))??;
-        Ok((pixels, started.elapsed()))
+        let elapsed = started.elapsed();
+        histogram!(metrics::PREPROCESS).record(elapsed);
+        Ok((pixels, elapsed))
     }
 
     /// Embeds preprocessed images (from [`Infer::preprocess`]).

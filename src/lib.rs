@@ -11,6 +11,7 @@
 //! - [`batch`]: the bounded inference queue and the worker thread that owns the model.
 //! - [`grpc`]: the gRPC server, a thin layer over [`infer`].
 //! - [`bench`]: a load generator for a running server, and the model alone, for comparison.
+//! - [`metrics`]: Prometheus metrics, all names in one place.
 //! - [`parity`]: checks all of the above against reference values computed by transformers.
 //! - [`config`]: command-line flags (each also an environment variable).
 //! - [`error`]: the one error type.
@@ -21,5 +22,6 @@ pub mod config;
 pub mod error;
 pub mod grpc;
 pub mod infer;
+pub mod metrics;
 pub mod model;
 pub mod parity;

@@ -43,6 +43,14 @@ enum Command {
     Serve(Box<ServeArgs>),
     /// Load a running server over gRPC (and the model alone) and print throughput and latency.
     Bench(Box<BenchArgs>),
+    /// Ask a server's gRPC health service; exit 0 when it is SERVING (for container health checks).
+    Health {
+        #[arg(long, default_value = "http://127.0.0.1:50051")]
+        addr: String,
+        /// "" for the whole server, or "siglip.v1.Siglip".
+        #[arg(long, default_value = "")]
+        service: String,
+    },
     /// Compare preprocessing, tokenizer and model against transformers' reference outputs.
     Parity {
         /// Suite file listing the references (see `make parity`).
@@ -58,6 +66,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve(args) => return serve(*args),
         Command::Bench(args) => return bench(*args),
+        Command::Health { addr, service } => return health(addr, service),
         Command::Classify {
             model,
             images,
@@ -183,6 +192,38 @@ fn bench(args: BenchArgs) -> ExitCode {
         .and_then(|rt| rt.block_on(siglip_serve::bench::run(args)));
     match result {
         Ok(_) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn health(addr: String, service: String) -> ExitCode {
+    use tonic_health::pb::{
+        health_check_response::ServingStatus, health_client::HealthClient, HealthCheckRequest,
+    };
+    let check = async {
+        let channel = tonic::transport::Channel::from_shared(addr)?
+            .connect()
+            .await?;
+        let response = HealthClient::new(channel)
+            .check(HealthCheckRequest { service })
+            .await?;
+        anyhow::Ok(response.into_inner().status())
+    };
+    let result = tokio::runtime::Runtime::new()
+        .map_err(anyhow::Error::from)
+        .and_then(|rt| rt.block_on(check));
+    match result {
+        Ok(ServingStatus::Serving) => {
+            println!("SERVING");
+            ExitCode::SUCCESS
+        }
+        Ok(status) => {
+            println!("{}", status.as_str_name());
+            ExitCode::FAILURE
+        }
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE

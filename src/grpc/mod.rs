@@ -8,6 +8,7 @@ mod stream;
 
 use std::{sync::Arc, time::Duration};
 
+use ::metrics::gauge;
 use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
@@ -16,6 +17,7 @@ use tonic_health::ServingStatus;
 use crate::batch::{BatchConfig, Batcher};
 use crate::config::ServeArgs;
 use crate::infer::Infer;
+use crate::metrics;
 use crate::model::{runtime::device_name, Model};
 pub use service::State;
 
@@ -32,6 +34,14 @@ const SERVICE_NAME: &str = "siglip.v1.Siglip";
 
 /// Runs the server until SIGTERM/SIGINT, then drains and returns.
 pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let metrics_handle = metrics::install()?;
+    let metrics_listener = metrics::bind(args.metrics_addr).await?;
+    let metrics_addr = metrics_listener.local_addr()?;
+    tokio::spawn(async move {
+        if let Err(e) = metrics::serve(metrics_listener, metrics_handle).await {
+            tracing::error!("{e:#}");
+        }
+    });
     let listener = TcpListener::bind(args.grpc_addr)
         .await
         .with_context(|| format!("cannot listen on {}", args.grpc_addr))?;
@@ -71,7 +81,8 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             let _ = stop_rx.await;
         });
     let server = tokio::spawn(server);
-    // Tests and tools read this line to find an ephemeral port.
+    // Tests and tools read these lines to find ephemeral ports.
+    println!("siglip-serve: metrics listening on {metrics_addr}");
     println!("siglip-serve: gRPC listening on {addr}");
     tracing::info!(%addr, "gRPC listening; loading the model (health: NOT_SERVING)");
 
@@ -82,7 +93,10 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     tokio::select! {
         loaded = load => {
             let (infer, device, dtype) = loaded.context("model loading panicked")??;
+            let m = infer.manifest();
+            metrics::set_model_info(&m.model_id, &m.architecture, &device, dtype.name(), m.source.random_weights);
             state.set_ready(infer, device, dtype);
+            gauge!(metrics::READY).set(1.0);
             for name in ["", SERVICE_NAME] {
                 health.set_service_status(name, ServingStatus::Serving).await;
             }
@@ -102,6 +116,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             .await;
     }
     state.begin_shutdown();
+    gauge!(metrics::READY).set(0.0);
     let _ = stop_tx.send(());
     let grace = Duration::from_secs(args.shutdown_grace_seconds);
     match tokio::time::timeout(grace, server).await {
@@ -120,6 +135,11 @@ fn load(args: &ServeArgs) -> anyhow::Result<(Arc<Infer>, String, crate::model::r
     let dtype = model.dtype();
     tracing::info!(
         model = %manifest.model_id,
+        random_weights = manifest.source.random_weights,
+        max_image_bytes = args.limits.max_image_bytes,
+        max_image_pixels = args.limits.max_image_pixels,
+        max_texts = args.limits.max_texts,
+        max_streams = args.limits.max_streams,
         architecture = %manifest.architecture,
         image_size = manifest.image.size,
         %device,

@@ -1,21 +1,25 @@
 //! The `siglip.v1.Siglip` service: thin handlers that convert messages and call the core.
 
 use std::{
+    future::Future,
     pin::Pin,
     sync::{
         atomic::{AtomicBool, Ordering},
         Arc, OnceLock,
     },
+    time::Instant,
 };
 
+use ::metrics::{counter, gauge, histogram};
 use tokio::sync::{watch, Semaphore};
 use tokio_stream::{Stream, StreamExt};
-use tonic::{Request, Response, Status, Streaming};
+use tonic::{Code, Request, Response, Status, Streaming};
 
 use super::{convert, pb, status::remap_message_too_large, stream};
 use crate::config::LimitArgs;
 use crate::error::Error;
 use crate::infer::{ImageInput, Infer};
+use crate::metrics;
 use crate::model::runtime::DType;
 
 /// What every handler shares: the core once the model is ready, and the server's lifecycle.
@@ -87,6 +91,128 @@ impl pb::siglip_server::Siglip for SiglipService {
         &self,
         request: Request<pb::ClassifyRequest>,
     ) -> Result<Response<pb::ClassifyResponse>, Status> {
+        observed("Classify", self.classify_call(request)).await
+    }
+
+    async fn upload(
+        &self,
+        request: Request<Streaming<pb::UploadRequest>>,
+    ) -> Result<Response<pb::ClassifyResponse>, Status> {
+        observed("Upload", self.upload_call(request)).await
+    }
+
+    type StreamStream = ResponseStream;
+
+    /// Counted when the stream ends (in `stream::run`), or here when it cannot start.
+    async fn stream(
+        &self,
+        request: Request<Streaming<pb::StreamRequest>>,
+    ) -> Result<Response<Self::StreamStream>, Status> {
+        let started = Instant::now();
+        let opened = self.stream_call(request).await;
+        if let Err(status) = &opened {
+            record("Stream", status, started);
+        }
+        opened
+    }
+
+    async fn embed_image(
+        &self,
+        request: Request<pb::EmbedImageRequest>,
+    ) -> Result<Response<pb::EmbedResponse>, Status> {
+        observed("EmbedImage", self.embed_image_call(request)).await
+    }
+
+    async fn embed_text(
+        &self,
+        request: Request<pb::EmbedTextRequest>,
+    ) -> Result<Response<pb::EmbedResponse>, Status> {
+        observed("EmbedText", self.embed_text_call(request)).await
+    }
+
+    async fn get_model_info(
+        &self,
+        request: Request<pb::GetModelInfoRequest>,
+    ) -> Result<Response<pb::ModelInfo>, Status> {
+        observed("GetModelInfo", self.get_model_info_call(request)).await
+    }
+}
+
+/// Counts, times and logs one call, and tracks it as in flight (also when the client goes away
+/// and the call is dropped).
+async fn observed<T>(
+    method: &'static str,
+    call: impl Future<Output = Result<T, Status>>,
+) -> Result<T, Status> {
+    struct InFlight;
+    impl Drop for InFlight {
+        fn drop(&mut self) {
+            gauge!(metrics::INFLIGHT).decrement(1.0);
+        }
+    }
+    gauge!(metrics::INFLIGHT).increment(1.0);
+    let _in_flight = InFlight;
+    let started = Instant::now();
+    let result = call.await;
+    match &result {
+        Ok(_) => record_ok(method, started),
+        Err(status) => record(method, status, started),
+    }
+    result
+}
+
+pub(super) fn record_ok(method: &'static str, started: Instant) {
+    counter!(metrics::GRPC_REQUESTS, "method" => method, "code" => code_name(Code::Ok))
+        .increment(1);
+    histogram!(metrics::GRPC_DURATION, "method" => method).record(started.elapsed());
+    tracing::debug!(
+        method,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "request handled"
+    );
+}
+
+pub(super) fn record(method: &'static str, status: &Status, started: Instant) {
+    counter!(metrics::GRPC_REQUESTS, "method" => method, "code" => code_name(status.code()))
+        .increment(1);
+    histogram!(metrics::GRPC_DURATION, "method" => method).record(started.elapsed());
+    tracing::warn!(
+        method,
+        code = code_name(status.code()),
+        message = status.message(),
+        "request failed"
+    );
+}
+
+/// The canonical upper-case name of a status code, as gRPC tooling prints it.
+fn code_name(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "CANCELLED",
+        Code::Unknown => "UNKNOWN",
+        Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        Code::NotFound => "NOT_FOUND",
+        Code::AlreadyExists => "ALREADY_EXISTS",
+        Code::PermissionDenied => "PERMISSION_DENIED",
+        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        Code::FailedPrecondition => "FAILED_PRECONDITION",
+        Code::Aborted => "ABORTED",
+        Code::OutOfRange => "OUT_OF_RANGE",
+        Code::Unimplemented => "UNIMPLEMENTED",
+        Code::Internal => "INTERNAL",
+        Code::Unavailable => "UNAVAILABLE",
+        Code::DataLoss => "DATA_LOSS",
+        Code::Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+/// The handlers proper; the trait implementation above adds metrics and logs around them.
+impl SiglipService {
+    async fn classify_call(
+        &self,
+        request: Request<pb::ClassifyRequest>,
+    ) -> Result<Response<pb::ClassifyResponse>, Status> {
         let infer = self.state.infer()?;
         let deadline = convert::deadline(request.metadata());
         let req = request.into_inner();
@@ -101,7 +227,7 @@ impl pb::siglip_server::Siglip for SiglipService {
         }))
     }
 
-    async fn upload(
+    async fn upload_call(
         &self,
         request: Request<Streaming<pb::UploadRequest>>,
     ) -> Result<Response<pb::ClassifyResponse>, Status> {
@@ -134,12 +260,10 @@ impl pb::siglip_server::Siglip for SiglipService {
         }))
     }
 
-    type StreamStream = ResponseStream;
-
-    async fn stream(
+    async fn stream_call(
         &self,
         request: Request<Streaming<pb::StreamRequest>>,
-    ) -> Result<Response<Self::StreamStream>, Status> {
+    ) -> Result<Response<ResponseStream>, Status> {
         let infer = self.state.infer()?;
         let permit = Arc::clone(&self.state.streams).try_acquire_owned().map_err(|_| {
             Status::resource_exhausted(format!(
@@ -151,7 +275,7 @@ impl pb::siglip_server::Siglip for SiglipService {
         Ok(Response::new(Box::pin(output)))
     }
 
-    async fn embed_image(
+    async fn embed_image_call(
         &self,
         request: Request<pb::EmbedImageRequest>,
     ) -> Result<Response<pb::EmbedResponse>, Status> {
@@ -172,7 +296,7 @@ impl pb::siglip_server::Siglip for SiglipService {
         Ok(Response::new(embed_response(embeddings, timings)))
     }
 
-    async fn embed_text(
+    async fn embed_text_call(
         &self,
         request: Request<pb::EmbedTextRequest>,
     ) -> Result<Response<pb::EmbedResponse>, Status> {
@@ -184,7 +308,7 @@ impl pb::siglip_server::Siglip for SiglipService {
         Ok(Response::new(embed_response(embeddings, timings)))
     }
 
-    async fn get_model_info(
+    async fn get_model_info_call(
         &self,
         _: Request<pb::GetModelInfoRequest>,
     ) -> Result<Response<pb::ModelInfo>, Status> {

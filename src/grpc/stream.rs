@@ -14,16 +14,19 @@
 
 use std::{
     sync::{Arc, Mutex},
-    time::Duration,
+    time::{Duration, Instant},
 };
+
+use ::metrics::{counter, gauge, histogram};
 
 use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit};
 use tokio_stream::{wrappers::ReceiverStream, Stream, StreamExt};
 use tonic::{Status, Streaming};
 
-use super::{convert, pb, service::State, status::remap_message_too_large};
+use super::{convert, pb, service, service::State, status::remap_message_too_large};
 use crate::error::Error;
 use crate::infer::{ImageInput, Infer, Labels, ScoreFilter};
+use crate::metrics;
 use crate::model::image::ImageError;
 
 type Output = Result<pb::StreamResponse, Status>;
@@ -37,6 +40,8 @@ struct ActiveLabels {
 
 /// A whole frame, ready to classify (or already known to be bad).
 struct ReadyFrame {
+    /// When the frame was complete, for the staleness of its result.
+    received: Instant,
     id: u64,
     timestamp_us: i64,
     image: Result<ImageInput, Error>,
@@ -55,9 +60,16 @@ pub fn run(
     let (out, rx) = mpsc::channel(pipeline);
     tokio::spawn(async move {
         let _permit = permit;
-        if let Err(status) = drive(infer, &state, input, out.clone()).await {
-            let _ = out.send(Err(status)).await;
+        let started = Instant::now();
+        gauge!(metrics::ACTIVE_STREAMS).increment(1.0);
+        match drive(infer, &state, input, out.clone()).await {
+            Ok(()) => service::record_ok("Stream", started),
+            Err(status) => {
+                service::record("Stream", &status, started);
+                let _ = out.send(Err(status)).await;
+            }
         }
+        gauge!(metrics::ACTIVE_STREAMS).decrement(1.0);
     });
     ReceiverStream::new(rx)
 }
@@ -222,11 +234,15 @@ impl Assembler {
         frame: pb::Frame,
         labels: &Arc<ActiveLabels>,
     ) -> Result<Option<ReadyFrame>, Status> {
-        let ready = |id, timestamp_us, image| ReadyFrame {
-            id,
-            timestamp_us,
-            image,
-            labels: Arc::clone(labels),
+        let ready = |id, timestamp_us, image| {
+            counter!(metrics::FRAMES_RECEIVED).increment(1);
+            ReadyFrame {
+                received: Instant::now(),
+                id,
+                timestamp_us,
+                image,
+                labels: Arc::clone(labels),
+            }
         };
         if frame.image.is_some() {
             if !frame.chunk.is_empty() {
@@ -288,6 +304,7 @@ impl Assembler {
 }
 
 async fn classify_frame(infer: &Infer, frame: ReadyFrame, skipped: u64) -> pb::StreamResponse {
+    let received = frame.received;
     let mut response = pb::StreamResponse {
         frame_id: frame.id,
         timestamp_us: frame.timestamp_us,
@@ -305,10 +322,12 @@ async fn classify_frame(infer: &Infer, frame: ReadyFrame, skipped: u64) -> pb::S
     };
     match result {
         Ok(c) => {
+            counter!(metrics::FRAMES_CLASSIFIED).increment(1);
             response.scores = convert::scores(c.scores);
             response.timings = Some(convert::timings(c.timings));
         }
         Err(e) => {
+            counter!(metrics::FRAMES_DROPPED, "reason" => "error").increment(1);
             let status = Status::from(e);
             response.error = Some(pb::FrameError {
                 code: status.code() as i32,
@@ -316,6 +335,7 @@ async fn classify_frame(infer: &Infer, frame: ReadyFrame, skipped: u64) -> pb::S
             });
         }
     }
+    histogram!(metrics::STALENESS).record(received.elapsed());
     response
 }
 
@@ -406,6 +426,7 @@ impl Sink {
                     let mut state = slot.state.lock().expect("slot lock");
                     if state.frame.replace(frame).is_some() {
                         state.skipped += 1;
+                        counter!(metrics::FRAMES_DROPPED, "reason" => "superseded").increment(1);
                     }
                 }
                 slot.ready.notify_one();

@@ -1,0 +1,151 @@
+"""Prometheus metrics: /metrics passes `promtool check metrics`, every series exists from start-up,
+and a real Prometheus server scraping siglip-serve sees traffic move the counters, through
+Prometheus' own query API."""
+
+import json
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import grpc
+import pytest
+
+STARTUP_TIMEOUT_S = 120
+
+# Series a dashboard needs, present (at zero) before the first request.
+FROM_START = [
+    'siglip_grpc_requests_total{method="Classify",code="OK"} 0',
+    'siglip_grpc_requests_total{method="Stream",code="OK"} 0',
+    'siglip_stream_frames_dropped_total{reason="superseded"} 0',
+    'siglip_requests_dropped_total{reason="deadline"} 0',
+    "siglip_images_processed_total 0",
+    "siglip_texts_processed_total 0",
+    "siglip_text_cache_hits_total 0",
+    "siglip_text_cache_misses_total 0",
+    "siglip_received_bytes_total 0",
+    "siglip_queue_depth 0",
+    "siglip_active_streams 0",
+    "siglip_inflight_requests 0",
+    'siglip_grpc_request_duration_seconds_count{method="Classify"} 0',
+    'siglip_inference_duration_seconds_count{tower="vision"} 0',
+    "siglip_batch_size_count 0",
+    "siglip_queue_wait_seconds_count 0",
+    "siglip_stream_result_staleness_seconds_count 0",
+]
+PRESENT = ["siglip_model_info{", "siglip_build_info{", "process_resident_memory_bytes ", "process_cpu_seconds_total "]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def scrape(addr: str) -> str:
+    with urllib.request.urlopen(f"http://{addr}/metrics", timeout=10) as response:
+        return response.read().decode()
+
+
+@pytest.fixture(scope="module")
+def metered(server_bin: Path, model_dir: Path, tmp_path_factory):
+    """(grpc address, metrics address) of a fresh server that has served nothing yet."""
+    logs = tmp_path_factory.mktemp("metered")
+    stdout, stderr = logs / "stdout.log", logs / "stderr.log"
+    cmd = [str(server_bin), "serve", "--model-dir", str(model_dir), "--dtype", "float32",
+           "--grpc-addr", "127.0.0.1:0", "--metrics-addr", "127.0.0.1:0"]
+    with stdout.open("wb") as out, stderr.open("wb") as err:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=err)
+    deadline = time.monotonic() + STARTUP_TIMEOUT_S
+    while time.monotonic() < deadline:
+        text = stdout.read_text()
+        grpc_addr = re.search(r"gRPC listening on (\S+)", text)
+        metrics_addr = re.search(r"metrics listening on (\S+)", text)
+        if grpc_addr and metrics_addr and "siglip_ready 1" in scrape(metrics_addr.group(1)).splitlines():
+            break
+        assert proc.poll() is None, stderr.read_text()
+        time.sleep(0.1)
+    else:
+        proc.kill()
+        pytest.fail(f"server never became ready:\n{stderr.read_text()}", pytrace=False)
+    yield grpc_addr.group(1), metrics_addr.group(1)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) == 0, stderr.read_text()
+
+
+def test_metrics_pass_promtool_and_exist_from_start(metered):
+    _, metrics_addr = metered
+    text = scrape(metrics_addr)
+    promtool = shutil.which("promtool")
+    assert promtool, "promtool not found: install Debian's prometheus package (.ci/run does)"
+    check = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout + check.stderr
+    lines = set(text.splitlines())
+    for series in FROM_START:
+        assert series in lines, f"missing at start-up: {series}"
+    assert "siglip_ready 1" in lines
+    for prefix in PRESENT:
+        assert any(line.startswith(prefix) for line in lines), f"missing: {prefix}"
+    # Bounded cardinality: no label carries a text, a frame id or an address.
+    assert "a photo" not in text and "127.0.0.1" not in text
+
+
+def test_real_prometheus_sees_traffic(metered, stubs, assets, labels, tmp_path):
+    grpc_addr, metrics_addr = metered
+    prometheus = shutil.which("prometheus")
+    assert prometheus, "prometheus not found: install Debian's prometheus package (.ci/run does)"
+    config = tmp_path / "prometheus.yml"
+    config.write_text(
+        "global:\n  scrape_interval: 1s\n"
+        f"scrape_configs:\n  - job_name: siglip\n    static_configs:\n      - targets: ['{metrics_addr}']\n"
+    )
+    port = free_port()
+    log = (tmp_path / "prometheus.log").open("wb")
+    server = subprocess.Popen(
+        [prometheus, f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'data'}",
+         f"--web.listen-address=127.0.0.1:{port}"], stdout=log, stderr=subprocess.STDOUT)
+    try:
+        pb2, pb2_grpc = stubs
+        photo = (assets / "images" / "chelsea_progressive.jpg").read_bytes()
+        with grpc.insecure_channel(grpc_addr) as channel:
+            siglip = pb2_grpc.SiglipStub(channel)
+            for _ in range(5):
+                siglip.Classify(pb2.ClassifyRequest(image=pb2.Image(encoded=photo), texts=labels), timeout=30)
+            with pytest.raises(grpc.RpcError) as bad:
+                siglip.Classify(pb2.ClassifyRequest(image=pb2.Image(encoded=b"junk"), texts=labels), timeout=30)
+            assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+        def query(expr: str) -> float | None:
+            url = f"http://127.0.0.1:{port}/api/v1/query?" + urllib.parse.urlencode({"query": expr})
+            try:
+                with urllib.request.urlopen(url, timeout=5) as response:
+                    result = json.load(response)["data"]["result"]
+            except OSError:
+                return None
+            return float(result[0]["value"][1]) if result else None
+
+        expectations = {
+            'siglip_grpc_requests_total{method="Classify",code="OK"}': 5,
+            'siglip_grpc_requests_total{method="Classify",code="INVALID_ARGUMENT"}': 1,
+            "siglip_images_processed_total": 5,
+            'siglip_grpc_request_duration_seconds_count{method="Classify"}': 6,
+            "siglip_ready": 1,
+        }
+        deadline = time.monotonic() + 60
+        seen: dict[str, float | None] = {}
+        while time.monotonic() < deadline:
+            seen = {expr: query(expr) for expr in expectations}
+            if all(v is not None and v >= want for (expr, want), v in zip(expectations.items(), seen.values())):
+                break
+            time.sleep(0.5)
+        for expr, want in expectations.items():
+            assert seen[expr] is not None and seen[expr] >= want, f"{expr}: Prometheus sees {seen[expr]}, want ≥ {want}"
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+        log.close()

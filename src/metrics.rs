@@ -1,0 +1,229 @@
+//! Prometheus metrics: every name, unit and bucket layout in one place, registered at start-up
+//! (so each series exists, at zero, before the first request) and served on `--metrics-addr`.
+//!
+//! Labels are bounded: gRPC method and code, tower, drop reason — never a label text, a frame id
+//! or a peer address.
+
+use std::{net::SocketAddr, time::Duration};
+
+use ::metrics::{
+    counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Unit,
+};
+use anyhow::Context;
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use tokio::net::TcpListener;
+
+pub const GRPC_REQUESTS: &str = "siglip_grpc_requests_total";
+pub const GRPC_DURATION: &str = "siglip_grpc_request_duration_seconds";
+pub const INFLIGHT: &str = "siglip_inflight_requests";
+pub const QUEUE_DEPTH: &str = "siglip_queue_depth";
+pub const QUEUE_WAIT: &str = "siglip_queue_wait_seconds";
+pub const BATCH_SIZE: &str = "siglip_batch_size";
+pub const PREPROCESS: &str = "siglip_preprocess_duration_seconds";
+pub const TOKENIZE: &str = "siglip_tokenize_duration_seconds";
+pub const INFERENCE: &str = "siglip_inference_duration_seconds";
+pub const IMAGES: &str = "siglip_images_processed_total";
+pub const TEXTS: &str = "siglip_texts_processed_total";
+pub const CACHE_HITS: &str = "siglip_text_cache_hits_total";
+pub const CACHE_MISSES: &str = "siglip_text_cache_misses_total";
+pub const CACHE_ENTRIES: &str = "siglip_text_cache_entries";
+pub const ACTIVE_STREAMS: &str = "siglip_active_streams";
+pub const FRAMES_RECEIVED: &str = "siglip_stream_frames_received_total";
+pub const FRAMES_CLASSIFIED: &str = "siglip_stream_frames_classified_total";
+pub const FRAMES_DROPPED: &str = "siglip_stream_frames_dropped_total";
+pub const STALENESS: &str = "siglip_stream_result_staleness_seconds";
+pub const BYTES_RECEIVED: &str = "siglip_received_bytes_total";
+pub const REQUESTS_DROPPED: &str = "siglip_requests_dropped_total";
+pub const MODEL_INFO: &str = "siglip_model_info";
+pub const BUILD_INFO: &str = "siglip_build_info";
+pub const READY: &str = "siglip_ready";
+
+/// The RPCs of `siglip.v1.Siglip`, as the `method` label.
+pub const METHODS: [&str; 6] = [
+    "Classify",
+    "Upload",
+    "Stream",
+    "EmbedImage",
+    "EmbedText",
+    "GetModelInfo",
+];
+/// Why a frame got no result of its own.
+pub const FRAME_DROP_REASONS: [&str; 2] = ["superseded", "error"];
+/// Why queued work was never run.
+pub const REQUEST_DROP_REASONS: [&str; 2] = ["deadline", "cancelled"];
+pub const TOWERS: [&str; 2] = ["vision", "text"];
+
+/// Inference latencies from a millisecond (tiny models, GPU) to a minute (large batches on CPU).
+const LATENCY_BUCKETS: [f64; 16] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0, 60.0,
+];
+const BATCH_BUCKETS: [f64; 9] = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0];
+
+/// Installs the global recorder with bucket layouts and descriptions, and registers every
+/// series at zero.
+pub fn install() -> anyhow::Result<PrometheusHandle> {
+    let mut builder = PrometheusBuilder::new();
+    for name in [
+        GRPC_DURATION,
+        QUEUE_WAIT,
+        PREPROCESS,
+        TOKENIZE,
+        INFERENCE,
+        STALENESS,
+    ] {
+        builder = builder.set_buckets_for_metric(Matcher::Full(name.into()), &LATENCY_BUCKETS)?;
+    }
+    builder = builder.set_buckets_for_metric(Matcher::Full(BATCH_SIZE.into()), &BATCH_BUCKETS)?;
+    let handle = builder
+        .install_recorder()
+        .context("installing the metrics recorder")?;
+    describe();
+    register_zeros();
+    metrics_process::Collector::default().describe();
+    Ok(handle)
+}
+
+fn describe() {
+    describe_counter!(
+        GRPC_REQUESTS,
+        "gRPC calls handled, by method and status code"
+    );
+    describe_histogram!(
+        GRPC_DURATION,
+        Unit::Seconds,
+        "gRPC call handling time, by method"
+    );
+    describe_gauge!(INFLIGHT, "gRPC calls being handled");
+    describe_gauge!(QUEUE_DEPTH, "Jobs waiting for the inference worker");
+    describe_histogram!(
+        QUEUE_WAIT,
+        Unit::Seconds,
+        "Time a job waited in the inference queue"
+    );
+    describe_histogram!(BATCH_SIZE, Unit::Count, "Images per vision forward pass");
+    describe_histogram!(
+        PREPROCESS,
+        Unit::Seconds,
+        "Image decoding and resizing time per image"
+    );
+    describe_histogram!(TOKENIZE, Unit::Seconds, "Tokenisation time per label set");
+    describe_histogram!(INFERENCE, Unit::Seconds, "Forward pass time, by tower");
+    describe_counter!(IMAGES, "Images embedded by the vision tower");
+    describe_counter!(TEXTS, "Texts embedded by the text tower");
+    describe_counter!(CACHE_HITS, "Text embeddings found in the cache");
+    describe_counter!(CACHE_MISSES, "Text embeddings not in the cache");
+    describe_gauge!(CACHE_ENTRIES, "Text embeddings in the cache");
+    describe_gauge!(ACTIVE_STREAMS, "Open Stream calls");
+    describe_counter!(FRAMES_RECEIVED, "Complete frames received on streams");
+    describe_counter!(FRAMES_CLASSIFIED, "Frames answered with scores");
+    describe_counter!(
+        FRAMES_DROPPED,
+        "Frames without scores: superseded (latest-only) or error"
+    );
+    describe_histogram!(
+        STALENESS,
+        Unit::Seconds,
+        "Time from a frame's arrival to its result"
+    );
+    describe_counter!(
+        BYTES_RECEIVED,
+        Unit::Bytes,
+        "Image bytes received (encoded, raw or chunks)"
+    );
+    describe_counter!(
+        REQUESTS_DROPPED,
+        "Queued jobs dropped before inference, by reason"
+    );
+    describe_gauge!(MODEL_INFO, "The model being served (labels); always 1");
+    describe_gauge!(BUILD_INFO, "This server's version (label); always 1");
+    describe_gauge!(
+        READY,
+        "1 once the model is loaded and warm, 0 while loading or shutting down"
+    );
+}
+
+fn register_zeros() {
+    for method in METHODS {
+        counter!(GRPC_REQUESTS, "method" => method, "code" => "OK").absolute(0);
+        // Registering is enough: the exporter renders a registered histogram with zero counts.
+        let _ = histogram!(GRPC_DURATION, "method" => method);
+    }
+    for tower in TOWERS {
+        let _ = histogram!(INFERENCE, "tower" => tower);
+    }
+    for reason in FRAME_DROP_REASONS {
+        counter!(FRAMES_DROPPED, "reason" => reason).absolute(0);
+    }
+    for reason in REQUEST_DROP_REASONS {
+        counter!(REQUESTS_DROPPED, "reason" => reason).absolute(0);
+    }
+    for name in [
+        IMAGES,
+        TEXTS,
+        CACHE_HITS,
+        CACHE_MISSES,
+        FRAMES_RECEIVED,
+        FRAMES_CLASSIFIED,
+        BYTES_RECEIVED,
+    ] {
+        counter!(name).absolute(0);
+    }
+    for name in [INFLIGHT, QUEUE_DEPTH, CACHE_ENTRIES, ACTIVE_STREAMS, READY] {
+        gauge!(name).set(0.0);
+    }
+    for name in [QUEUE_WAIT, BATCH_SIZE, PREPROCESS, TOKENIZE, STALENESS] {
+        let _ = histogram!(name);
+    }
+    gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+}
+
+/// Labels the model series once the model is known.
+pub fn set_model_info(
+    model: &str,
+    architecture: &str,
+    device: &str,
+    dtype: &str,
+    random_weights: bool,
+) {
+    gauge!(
+        MODEL_INFO,
+        "model" => model.to_string(),
+        "architecture" => architecture.to_string(),
+        "device" => device.to_string(),
+        "dtype" => dtype.to_string(),
+        "random_weights" => random_weights.to_string()
+    )
+    .set(1.0);
+}
+
+/// Serves `GET /metrics` on `listener` until the process ends; refreshes process metrics and
+/// drains histograms every few seconds.
+pub async fn serve(listener: TcpListener, handle: PrometheusHandle) -> anyhow::Result<()> {
+    let upkeep = handle.clone();
+    tokio::spawn(async move {
+        let collector = metrics_process::Collector::default();
+        loop {
+            collector.collect();
+            upkeep.run_upkeep();
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        }
+    });
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let handle = handle.clone();
+            async move {
+                metrics_process::Collector::default().collect();
+                handle.render()
+            }
+        }),
+    );
+    axum::serve(listener, app).await.context("metrics server")
+}
+
+/// Binds the metrics listener (port 0 picks a free one).
+pub async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr} for metrics"))
+}

@@ -20,10 +20,11 @@ SUITE := $(BUILD)/parity/suite.json
 .DELETE_ON_ERROR:
 
 venv: $(VENV)/.installed
-$(VENV)/.installed: python/requirements.txt $(wildcard python/requirements-client.txt)
+REQUIREMENTS := python/requirements.txt python/requirements-client.txt deploy/requirements.txt
+$(VENV)/.installed: $(REQUIREMENTS)
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -r python/requirements.txt $(if $(wildcard python/requirements-client.txt),-r python/requirements-client.txt)
+	$(PY) -m pip install -q $(addprefix -r ,$(REQUIREMENTS))
 	touch $@
 
 build: venv
@@ -32,6 +33,7 @@ build: venv
 lint: venv
 	cargo fmt --check
 	$(CARGO_ENV) cargo clippy --release --locked --all-targets -- -D warnings
+	PY=$(PY) bash deploy/check.sh
 
 # Random-weight models of the real SigLIP architectures (no model hub is reachable here), each
 # exported in the dtypes the tests and benchmarks use.
@@ -74,11 +76,15 @@ bench: build $(BUILD)/assets/images.json $(BUILD)/models/base-224/manifest.json
 DEMO_CHECKPOINT ?= google/siglip-so400m-patch14-384
 DEMO_LABELS := "a photo of a cat" "a photo of a dog" "a photo of an astronaut" "a cup of coffee" "a rocket"
 run: build $(BUILD)/assets/images.json
-	if [ -f $(BUILD)/models/demo/manifest.json ]; then :; \
-	elif $(EXPORT) export --checkpoint $(DEMO_CHECKPOINT) --out $(BUILD)/models/demo; then :; \
-	else echo "*** $(DEMO_CHECKPOINT) could not be downloaded: using RANDOM weights (meaningless probabilities)"; \
-	  $(EXPORT) random --shape base-224 --out $(BUILD)/models/demo; fi
-	$(BIN) classify --model-dir $(BUILD)/models/demo $(BUILD)/assets/images/chelsea_progressive.jpg --labels $(DEMO_LABELS)
+	@if [ -f $(BUILD)/models/demo/manifest.json ] || \
+	    $(EXPORT) export --checkpoint $(DEMO_CHECKPOINT) --out $(BUILD)/models/demo 2> $(BUILD)/demo-export.log; then \
+	  model=$(BUILD)/models/demo; \
+	else \
+	  echo "*** $(DEMO_CHECKPOINT) could not be downloaded (see $(BUILD)/demo-export.log):"; \
+	  echo "*** using RANDOM weights of the base-224 architecture - the probabilities are MEANINGLESS"; \
+	  $(MAKE) --no-print-directory $(BUILD)/models/base-224/manifest.json; model=$(BUILD)/models/base-224; \
+	fi; \
+	$(BIN) classify --model-dir $$model $(BUILD)/assets/images/chelsea_progressive.jpg --labels $(DEMO_LABELS)
 
 clean:
 	rm -rf $(BUILD)

@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # The benchmark on a GPU machine (torch 2.11+cu130 and transformers installed, no network, no
-# Rust): the binary built on the CPU machine, so400m-384 with random weights exported there in
-# bfloat16, the server under load over gRPC, the model alone, the Python way, and MFU against
+# Rust): the binary built on the CPU machine, so400m-384 (or $SHAPE) with random weights exported
+# there in bfloat16, the server under load over gRPC, the model alone, the Python way, and MFU against
 # the card's measured bf16 matmul peak. Finishes in about 6 minutes. Stage on the CPU machine:
 #   make build && mkdir -p dist && strip -o dist/siglip-serve target/release/siglip-serve
 #   and the transformers 5.24 + regex wheels in .whl/ (README, "GPU")
 # then run `bash bench/gpu.sh` from the repository root there, carrying dist/ and .whl/.
 set -euo pipefail
 work=${WORK:-/tmp/siglip-bench}
+shape=${SHAPE:-so400m-384}
 mkdir -p "$work"
 if compgen -G ".whl/*.whl" > /dev/null; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
@@ -20,14 +21,14 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 
 t0=$SECONDS
 python3 python/make_test_assets.py --out "$work/assets" > /dev/null
-python3 -m siglip_export random --shape so400m-384 --dtype bfloat16 --out "$work/so400m-384" > "$work/export.log" 2>&1 \
+python3 -m siglip_export random --shape "$shape" --dtype bfloat16 --out "$work/$shape" > "$work/export.log" 2>&1 \
   || { tail -20 "$work/export.log"; exit 1; }
-echo "export so400m-384 bf16: $((SECONDS - t0)) s"
-gflops=$(python3 bench/flops.py --checkpoint "$work/so400m-384-checkpoint" | python3 -c 'import json,sys; print(json.load(sys.stdin)["gflops_per_image"])')
+echo "export $shape bf16: $((SECONDS - t0)) s"
+gflops=$(python3 bench/flops.py --checkpoint "$work/$shape-checkpoint" | python3 -c 'import json,sys; print(json.load(sys.stdin)["gflops_per_image"])')
 peak=$(python3 bench/peak.py --device cuda --dtype bfloat16 | python3 -c 'import json,sys; print(json.load(sys.stdin)["tflops"])')
 echo "vision tower: $gflops GFLOP/image; measured bf16 matmul peak: $peak TFLOP/s"
 
-BIN=$PWD/dist/siglip-serve PY=python3 MODEL=$work/so400m-384 CHECKPOINT=$work/so400m-384-checkpoint \
+BIN=$PWD/dist/siglip-serve PY=python3 MODEL=$work/$shape CHECKPOINT=$work/$shape-checkpoint \
   DEVICE=cuda DTYPES=bfloat16 PYTHON_DTYPE=bfloat16 THREADS=${THREADS:-8} PHASE_SECONDS=${PHASE_SECONDS:-15} \
   CONCURRENCY=${CONCURRENCY:-128} MAX_BATCH=${MAX_BATCH:-64} ASSETS=$work/assets OUT_DIR=$work/out \
   REPORT_ARGS="--gflops-per-image $gflops --peak-tflops $peak" bash bench/run.sh

@@ -10,14 +10,7 @@ set -euo pipefail
 work=${WORK:-/tmp/siglip-bench}
 shape=${SHAPE:-so400m-384}
 mkdir -p "$work"
-if compgen -G ".whl/*.whl" > /dev/null; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-  export PYTHONPATH=/tmp/site
-fi
-export PYTHONPATH=${PYTHONPATH:+$PYTHONPATH:}$PWD/python
-torch_lib=$(python3 -c 'import torch, os; print(os.path.join(os.path.dirname(torch.__file__), "lib"))')
-export LD_LIBRARY_PATH=$torch_lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+source gpu/env.sh
 
 t0=$SECONDS
 python3 python/make_test_assets.py --out "$work/assets" > /dev/null

@@ -13,16 +13,7 @@ work=${WORK:-/tmp/siglip-gpu}
 bin=$PWD/dist/siglip-serve
 mkdir -p "$work"
 
-# transformers >= 5.24: 5.17 (preinstalled there) traces the text tower with a CPU-pinned mask.
-if compgen -G ".whl/*.whl" > /dev/null; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-  export PYTHONPATH=/tmp/site
-fi
-export PYTHONPATH=${PYTHONPATH:+$PYTHONPATH:}$PWD/python
-torch_lib=$(python3 -c 'import torch, os; print(os.path.join(os.path.dirname(torch.__file__), "lib"))')
-export LD_LIBRARY_PATH=$torch_lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
-
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+source gpu/env.sh
 python3 -c 'import torch, transformers, PIL; print("torch", torch.__version__, "cuda", torch.cuda.is_available(), "transformers", transformers.__version__, "Pillow", PIL.__version__)'
 
 python3 python/make_test_assets.py --out "$work/assets" > /dev/null

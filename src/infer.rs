@@ -179,12 +179,7 @@ impl Infer {
         preprocess_threads: usize,
         text_cache_size: usize,
     ) -> Self {
-        let preprocess = Preprocess {
-            size: manifest.image.size,
-            rescale: manifest.image.rescale_factor,
-            mean: manifest.image.mean,
-            std: manifest.image.std,
-        };
+        let preprocess = manifest.image.preprocess(manifest.image.size);
         let head = LogitHead::new(manifest.logit_scale, manifest.logit_bias);
         let image_limits = ImageLimits {
             max_bytes: limits.max_image_bytes,

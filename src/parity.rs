@@ -16,7 +16,7 @@ use tch::Tensor;
 
 use crate::error::{Error, Result};
 use crate::model::{
-    image::{self, ImageLimits, Preprocess},
+    image::{self, ImageLimits},
     manifest::Manifest,
     runtime::{device_name, DType, DTypeChoice, DeviceChoice},
     scores::sigmoid,
@@ -174,12 +174,7 @@ fn check_pixels(base: &Path, check: &Check) -> Result<Vec<PixelRow>> {
     let reference = tensor(&tensors, "pixel_values")?;
     let size = reference.size()[2] as u32;
     let manifest = Manifest::load(&base.join(&check.model_dir))?;
-    let prep = Preprocess {
-        size,
-        rescale: manifest.image.rescale_factor,
-        mean: manifest.image.mean,
-        std: manifest.image.std,
-    };
+    let prep = manifest.image.preprocess(size);
     let limits = ImageLimits::default();
     sidecar
         .images

@@ -4,6 +4,7 @@ use std::{collections::BTreeMap, path::Path};
 
 use serde::Deserialize;
 
+use super::image::Preprocess;
 use super::runtime::DType;
 use crate::error::{Error, Result};
 
@@ -43,6 +44,19 @@ pub struct ImageSpec {
     pub rescale_factor: f64,
     pub mean: [f32; 3],
     pub std: [f32; 3],
+}
+
+impl ImageSpec {
+    /// The preprocessing these settings describe, at `size` (the model's own, or another for
+    /// parity checks).
+    pub fn preprocess(&self, size: u32) -> Preprocess {
+        Preprocess {
+            size,
+            rescale: self.rescale_factor,
+            mean: self.mean,
+            std: self.std,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]

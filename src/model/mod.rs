@@ -54,12 +54,7 @@ impl Model {
             device,
             dtype,
         )?;
-        let preprocess = Preprocess {
-            size: manifest.image.size,
-            rescale: manifest.image.rescale_factor,
-            mean: manifest.image.mean,
-            std: manifest.image.std,
-        };
+        let preprocess = manifest.image.preprocess(manifest.image.size);
         let head = LogitHead::new(manifest.logit_scale, manifest.logit_bias);
         let model = Self {
             manifest,

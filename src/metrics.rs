@@ -37,6 +37,7 @@ pub const REQUESTS_DROPPED: &str = "siglip_requests_dropped_total";
 pub const MODEL_INFO: &str = "siglip_model_info";
 pub const BUILD_INFO: &str = "siglip_build_info";
 pub const READY: &str = "siglip_ready";
+pub const CUDA_MEMORY_USED: &str = "siglip_cuda_memory_used_bytes";
 
 /// The RPCs of `siglip.v1.Siglip`, as the `method` label.
 pub const METHODS: [&str; 6] = [
@@ -226,4 +227,37 @@ pub async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
     TcpListener::bind(addr)
         .await
         .with_context(|| format!("cannot listen on {addr} for metrics"))
+}
+
+/// Samples the memory in use on CUDA device `index` every few seconds, through NVML (the
+/// driver's management library, loaded at run time). libtorch's own allocator statistics are not
+/// reachable through `tch`; NVML counts every process on the device, which is what an operator
+/// sizing a GPU node needs. NVML numbers devices by PCI bus order: set
+/// `CUDA_DEVICE_ORDER=PCI_BUS_ID` on machines with several GPUs so that both agree.
+pub fn watch_cuda_memory(index: u32) {
+    let nvml = match nvml_wrapper::Nvml::builder()
+        .lib_path("libnvidia-ml.so.1".as_ref())
+        .init()
+    {
+        Ok(nvml) => nvml,
+        Err(e) => {
+            tracing::warn!("no GPU memory metric: NVML is not available ({e})");
+            return;
+        }
+    };
+    let label = format!("cuda:{index}");
+    tokio::spawn(async move {
+        loop {
+            match nvml.device_by_index(index).and_then(|d| d.memory_info()) {
+                Ok(memory) => {
+                    gauge!(CUDA_MEMORY_USED, "device" => label.clone()).set(memory.used as f64)
+                }
+                Err(e) => {
+                    tracing::warn!("GPU memory metric stopped: {e}");
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        }
+    });
 }

@@ -95,6 +95,9 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             let (infer, device, dtype) = loaded.context("model loading panicked")??;
             let m = infer.manifest();
             metrics::set_model_info(&m.model_id, &m.architecture, &device, dtype.name(), m.source.random_weights);
+            if let Some(index) = device.strip_prefix("cuda:").and_then(|n| n.parse().ok()) {
+                metrics::watch_cuda_memory(index);
+            }
             state.set_ready(infer, device, dtype);
             gauge!(metrics::READY).set(1.0);
             for name in ["", SERVICE_NAME] {

@@ -26,7 +26,7 @@ for dtype in ${DTYPES:-float32 bfloat16}; do
   echo "== siglip-serve, $dtype on $device"
   log="$out/serve-$dtype.log"
   "$BIN" serve --model-dir "$MODEL" --device "$device" --dtype "$dtype" --threads "$threads" \
-    --max-batch-size "${MAX_BATCH:-8}" --grpc-addr 127.0.0.1:0 > "$log" 2>&1 &
+    --max-batch-size "${MAX_BATCH:-8}" --grpc-addr 127.0.0.1:0 --metrics-addr 127.0.0.1:0 > "$log" 2>&1 &
   pid=$!
   addr=""
   for _ in $(seq 600); do

@@ -101,7 +101,8 @@ def server(server_bin: Path, model_dir: Path, tmp_path_factory) -> str:
     logs = tmp_path_factory.mktemp("server")
     stdout, stderr = logs / "stdout.log", logs / "stderr.log"
     # float32: the tests compare RPCs and the CLI with each other at 1e-5.
-    cmd = [str(server_bin), "serve", "--model-dir", str(model_dir), "--grpc-addr", "127.0.0.1:0", "--dtype", "float32"]
+    cmd = [str(server_bin), "serve", "--model-dir", str(model_dir), "--grpc-addr", "127.0.0.1:0", "--dtype", "float32",
+           "--metrics-addr", "127.0.0.1:0"]
     with stdout.open("wb") as out, stderr.open("wb") as err:
         proc = subprocess.Popen(cmd, stdout=out, stderr=err)
     addr = f"127.0.0.1:{_wait_for_port(proc, stdout, stderr)}"

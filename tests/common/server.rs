@@ -27,6 +27,8 @@ impl Server {
                 "serve",
                 "--grpc-addr",
                 "127.0.0.1:0",
+                "--metrics-addr",
+                "127.0.0.1:0",
                 "--threads",
                 "1",
                 // The tests compare with the runtime in float32 at 1e-5.

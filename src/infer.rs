@@ -216,10 +216,6 @@ impl Infer {
         &self.limits
     }
 
-    pub fn queue_depth(&self) -> usize {
-        self.batcher.depth()
-    }
-
     /// Checks a label list against the limits and embeds it: cached texts are reused, the
     /// others go through the text tower in one job (each distinct text once).
     pub async fn labels(

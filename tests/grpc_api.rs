@@ -74,6 +74,16 @@ fn assert_close(got: &[f32], want: &[f32]) {
     }
 }
 
+/// The status has the code and a message that mentions `needle`; `case` names the check.
+fn assert_status(case: &str, status: &tonic::Status, code: Code, needle: &str) {
+    assert_eq!(status.code(), code, "{case}: {status:?}");
+    assert!(
+        status.message().contains(needle),
+        "{case}: {:?} lacks {needle:?}",
+        status.message()
+    );
+}
+
 fn classify_request(image: Vec<u8>, texts: Vec<String>) -> pb::ClassifyRequest {
     pb::ClassifyRequest {
         image: encoded(image),
@@ -332,12 +342,7 @@ async fn every_bad_input_gets_the_right_status() {
     ];
     for (name, request, code, needle) in cases {
         let status = client.classify(request).await.expect_err(name);
-        assert_eq!(status.code(), code, "{name}: {status:?}");
-        assert!(
-            status.message().contains(needle),
-            "{name}: {:?} lacks {needle:?}",
-            status.message()
-        );
+        assert_status(name, &status, code, needle);
     }
     // The server keeps serving everyone else.
     client
@@ -425,12 +430,7 @@ async fn upload_reassembles_images_over_the_message_limit() {
             .upload(tokio_stream::iter(messages))
             .await
             .expect_err(name);
-        assert_eq!(status.code(), code, "{name}: {status:?}");
-        assert!(
-            status.message().contains(needle),
-            "{name}: {:?} lacks {needle:?}",
-            status.message()
-        );
+        assert_status(name, &status, code, needle);
     }
 }
 
@@ -581,11 +581,11 @@ async fn stream_protocol_violations_limits_and_lifetime() {
         .await
         .expect("an item")
         .expect_err("frame before config");
-    assert_eq!(status.code(), Code::InvalidArgument);
-    assert!(
-        status.message().contains("first message"),
-        "{}",
-        status.message()
+    assert_status(
+        "frame before config",
+        &status,
+        Code::InvalidArgument,
+        "first message",
     );
     drop(out);
 
@@ -655,12 +655,7 @@ async fn stream_protocol_violations_limits_and_lifetime() {
                 None => panic!("{name}: stream ended without an error"),
             }
         };
-        assert_eq!(status.code(), Code::InvalidArgument, "{name}: {status:?}");
-        assert!(
-            status.message().contains(needle),
-            "{name}: {:?} lacks {needle:?}",
-            status.message()
-        );
+        assert_status(name, &status, Code::InvalidArgument, needle);
     }
 
     // One stream open (a client that keeps its side open), a second is refused at once.
@@ -693,11 +688,11 @@ async fn stream_protocol_violations_limits_and_lifetime() {
             }
         }
     };
-    assert_eq!(refused.code(), Code::ResourceExhausted);
-    assert!(
-        refused.message().contains("--max-streams"),
-        "{}",
-        refused.message()
+    assert_status(
+        "second stream over --max-streams",
+        &refused,
+        Code::ResourceExhausted,
+        "--max-streams",
     );
 
     // The open stream ends at its maximum lifetime, with a status that says to reconnect.
@@ -706,11 +701,11 @@ async fn stream_protocol_violations_limits_and_lifetime() {
         .await
         .expect("end")
         .expect_err("lifetime status");
-    assert_eq!(end.code(), Code::Unavailable);
-    assert!(
-        end.message().contains("maximum lifetime"),
-        "{}",
-        end.message()
+    assert_status(
+        "stream lifetime",
+        &end,
+        Code::Unavailable,
+        "maximum lifetime",
     );
     assert!(opened.elapsed() >= Duration::from_millis(1500));
     drop(tx);
@@ -795,11 +790,11 @@ async fn embeddings_and_model_info() {
         })
         .await
         .expect_err("over --max-images");
-    assert_eq!(too_many.code(), Code::InvalidArgument);
-    assert!(
-        too_many.message().contains("--max-images"),
-        "{}",
-        too_many.message()
+    assert_status(
+        "over --max-images",
+        &too_many,
+        Code::InvalidArgument,
+        "--max-images",
     );
     let bad = client
         .embed_image(pb::EmbedImageRequest {

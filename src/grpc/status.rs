@@ -63,3 +63,55 @@ pub fn remap_response<B>(mut response: http::Response<B>, limit: usize) -> http:
 
 /// grpc-message is percent-encoded: every byte outside printable ASCII, and `%` itself.
 const GRPC_MESSAGE: &AsciiSet = &CONTROLS.add(b'%');
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::image::ImageError;
+
+    #[test]
+    fn each_error_gets_its_code() {
+        let cases = [
+            (Error::Image(ImageError::Empty), Code::InvalidArgument),
+            (
+                Error::Image(ImageError::TooLarge { bytes: 2, max: 1 }),
+                Code::ResourceExhausted,
+            ),
+            (
+                Error::InvalidArgument("no texts".into()),
+                Code::InvalidArgument,
+            ),
+            (
+                Error::ResourceExhausted("queue full".into()),
+                Code::ResourceExhausted,
+            ),
+            (
+                Error::DeadlineExceeded("late".into()),
+                Code::DeadlineExceeded,
+            ),
+            (Error::Unavailable("loading".into()), Code::Unavailable),
+            (Error::Inference("CUDA error".into()), Code::Internal),
+            (Error::Model("bad manifest".into()), Code::Internal),
+        ];
+        for (error, code) in cases {
+            let message = error.to_string();
+            let status = Status::from(error);
+            assert_eq!(status.code(), code, "{message}");
+            assert_eq!(status.message(), message);
+        }
+    }
+
+    #[test]
+    fn oversized_messages_become_resource_exhausted_with_a_hint() {
+        let tonic_says = Status::out_of_range(
+            "Error, decoded message length too large: found 5000000 bytes, the limit is: 4194304 bytes",
+        );
+        let status = remap_message_too_large(tonic_says, 4194304);
+        assert_eq!(status.code(), Code::ResourceExhausted);
+        assert!(
+            status.message().contains("Upload") && status.message().contains("--max-message-bytes")
+        );
+        let other = remap_message_too_large(Status::out_of_range("something else"), 1);
+        assert_eq!(other.code(), Code::OutOfRange);
+    }
+}

@@ -40,6 +40,7 @@ pub struct Preprocess {
 
 impl Preprocess {
     /// SigLIP's standard values at the given size: rescale 1/255, mean and std 0.5.
+    #[cfg(test)]
     pub fn siglip(size: u32) -> Self {
         Self {
             size,

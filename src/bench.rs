@@ -288,6 +288,20 @@ impl Tally {
     }
 }
 
+/// Waits for every caller, then returns what they recorded.
+async fn gather(
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    tally: Arc<Mutex<Tally>>,
+    started: Instant,
+) -> Tally {
+    for task in tasks {
+        let _ = task.await;
+    }
+    let mut tally = std::mem::take(&mut *tally.lock().await);
+    tally.elapsed = started.elapsed();
+    tally
+}
+
 async fn closed_loop(
     client: &SiglipClient<Channel>,
     workload: &Arc<Workload>,
@@ -311,12 +325,7 @@ async fn closed_loop(
             })
         })
         .collect();
-    for task in tasks {
-        let _ = task.await;
-    }
-    let mut tally = std::mem::take(&mut *tally.lock().await);
-    tally.elapsed = started.elapsed();
-    tally
+    gather(tasks, tally, started).await
 }
 
 async fn open_loop(
@@ -342,12 +351,7 @@ async fn open_loop(
         }));
         i += 1;
     }
-    for task in tasks {
-        let _ = task.await;
-    }
-    let mut tally = std::mem::take(&mut *tally.lock().await);
-    tally.elapsed = started.elapsed();
-    tally
+    gather(tasks, tally, started).await
 }
 
 async fn video(

@@ -197,14 +197,12 @@ pub fn set_model_info(
     .set(1.0);
 }
 
-/// Serves `GET /metrics` on `listener` until the process ends; refreshes process metrics and
-/// drains histograms every few seconds.
+/// Serves `GET /metrics` on `listener` until the process ends. Process metrics are read at each
+/// scrape; histograms are drained every few seconds so that they do not grow between scrapes.
 pub async fn serve(listener: TcpListener, handle: PrometheusHandle) -> anyhow::Result<()> {
     let upkeep = handle.clone();
     tokio::spawn(async move {
-        let collector = metrics_process::Collector::default();
         loop {
-            collector.collect();
             upkeep.run_upkeep();
             tokio::time::sleep(Duration::from_secs(5)).await;
         }

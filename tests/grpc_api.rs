@@ -6,7 +6,9 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::server::Server;
-use siglip_serve::grpc::pb::{self, stream_request::Msg, upload_request};
+use siglip_serve::grpc::pb::{
+    self, siglip_client::SiglipClient, stream_request::Msg, upload_request,
+};
 use siglip_serve::model::{
     image::{decode, ImageLimits},
     runtime::{DType, DTypeChoice, DeviceChoice},
@@ -444,6 +446,21 @@ fn config(texts: &[&str], mode: pb::DeliveryMode) -> pb::StreamRequest {
     }
 }
 
+/// Sends every message, half-closes, and collects every result (none may be an error).
+async fn stream_all(
+    client: &mut SiglipClient<tonic::transport::Channel>,
+    messages: Vec<pb::StreamRequest>,
+) -> Vec<pb::StreamResponse> {
+    client
+        .stream(tokio_stream::iter(messages))
+        .await
+        .expect("stream")
+        .into_inner()
+        .map(|r| r.expect("result"))
+        .collect()
+        .await
+}
+
 fn frame(id: u64, image: Vec<u8>) -> pb::StreamRequest {
     pb::StreamRequest {
         msg: Some(Msg::Frame(pb::Frame {
@@ -492,14 +509,7 @@ async fn every_frame_stream_keeps_order_reports_bad_frames_and_switches_labels()
     messages.push(config(&["a dog", "a cat"], pb::DeliveryMode::Unspecified));
     messages.push(frame(8, cat.clone()));
 
-    let results: Vec<pb::StreamResponse> = client
-        .stream(tokio_stream::iter(messages))
-        .await
-        .expect("stream")
-        .into_inner()
-        .map(|r| r.expect("result"))
-        .collect()
-        .await;
+    let results = stream_all(&mut client, messages).await;
     let ids: Vec<u64> = results.iter().map(|r| r.frame_id).collect();
     assert_eq!(ids, (0..9).collect::<Vec<_>>(), "every frame, in order");
     let want_cat = expected(&cat, &labels());
@@ -538,14 +548,7 @@ async fn latest_only_stream_drops_stale_frames_under_a_slow_consumer() {
     let sent = 30u64;
     let mut messages = vec![config(&LABELS, pb::DeliveryMode::LatestOnly)];
     messages.extend((0..sent).map(|id| frame(id, big.clone())));
-    let results: Vec<pb::StreamResponse> = client
-        .stream(tokio_stream::iter(messages))
-        .await
-        .expect("stream")
-        .into_inner()
-        .map(|r| r.expect("result"))
-        .collect()
-        .await;
+    let results = stream_all(&mut client, messages).await;
     let skipped: u64 = results.iter().map(|r| r.skipped_frames).sum();
     assert!(
         skipped > 0,

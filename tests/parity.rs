@@ -58,29 +58,18 @@ fn matches_transformers() {
             "{}: reference probabilities {lo}..{hi} do not spread over (0, 1)",
             row.name
         );
-        assert!(
-            row.image_embeds_max <= 1e-5,
-            "{}: image embeddings off by {}",
-            row.name,
-            row.image_embeds_max
-        );
-        assert!(
-            row.text_embeds_max <= 1e-5,
-            "{}: text embeddings off by {}",
-            row.name,
-            row.text_embeds_max
-        );
-        assert!(
-            row.logits_max <= 1e-4,
-            "{}: logits off by {}",
-            row.name,
-            row.logits_max
-        );
-        assert!(
-            row.probs_max <= 1e-5,
-            "{}: probabilities off by {}",
-            row.name,
-            row.probs_max
-        );
+        let checks = [
+            ("image embeddings", row.image_embeds_max, 1e-5),
+            ("text embeddings", row.text_embeds_max, 1e-5),
+            ("logits", row.logits_max, 1e-4),
+            ("probabilities", row.probs_max, 1e-5),
+        ];
+        for (what, diff, limit) in checks {
+            assert!(
+                diff <= limit,
+                "{}: {what} off by {diff} (limit {limit})",
+                row.name
+            );
+        }
     }
 }

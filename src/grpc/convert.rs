@@ -82,14 +82,14 @@ pub fn deadline(metadata: &MetadataMap) -> Option<Instant> {
 }
 
 /// Runs `work` until the caller's deadline; past it, answers DEADLINE_EXCEEDED and drops the work.
-pub async fn with_deadline<T>(
+pub async fn with_deadline<T, E: Into<Status>>(
     deadline: Option<Instant>,
-    work: impl std::future::Future<Output = Result<T>>,
+    work: impl std::future::Future<Output = Result<T, E>>,
 ) -> Result<T, Status> {
     match deadline {
-        None => work.await.map_err(Status::from),
+        None => work.await.map_err(Into::into),
         Some(at) => match tokio::time::timeout_at(at.into(), work).await {
-            Ok(result) => result.map_err(Status::from),
+            Ok(result) => result.map_err(Into::into),
             Err(_) => Err(Status::deadline_exceeded(
                 "deadline exceeded: the request did not finish in time and its work was dropped",
             )),

@@ -24,30 +24,38 @@ use crate::model::runtime::DType;
 
 /// What every handler shares: the core once the model is ready, and the server's lifecycle.
 pub struct State {
-    infer: OnceLock<Arc<Infer>>,
+    ready: OnceLock<Ready>,
     shutting_down: AtomicBool,
     shutdown: watch::Sender<bool>,
     pub(super) limits: LimitArgs,
     pub(super) streams: Arc<Semaphore>,
-    device: OnceLock<(String, DType)>,
+}
+
+/// Set once, when the model is loaded and warm.
+struct Ready {
+    infer: Arc<Infer>,
+    device: String,
+    dtype: DType,
 }
 
 impl State {
     pub fn new(limits: LimitArgs) -> Self {
         Self {
-            infer: OnceLock::new(),
+            ready: OnceLock::new(),
             shutting_down: AtomicBool::new(false),
             shutdown: watch::channel(false).0,
             streams: Arc::new(Semaphore::new(limits.max_streams)),
             limits,
-            device: OnceLock::new(),
         }
     }
 
     /// The model is loaded and warm: requests are served from now on.
     pub fn set_ready(&self, infer: Arc<Infer>, device: String, dtype: DType) {
-        let _ = self.device.set((device, dtype));
-        let _ = self.infer.set(infer);
+        let _ = self.ready.set(Ready {
+            infer,
+            device,
+            dtype,
+        });
     }
 
     /// New requests get UNAVAILABLE; open streams are asked to finish.
@@ -61,15 +69,16 @@ impl State {
     }
 
     pub(super) fn infer(&self) -> Result<Arc<Infer>, Status> {
+        self.ready().map(|r| Arc::clone(&r.infer))
+    }
+
+    fn ready(&self) -> Result<&Ready, Status> {
         if self.shutting_down.load(Ordering::SeqCst) {
             return Err(Status::unavailable(
                 "server is shutting down: retry on another replica",
             ));
         }
-        self.infer
-            .get()
-            .cloned()
-            .ok_or_else(|| Status::unavailable("model is still loading: retry shortly (the health service says when it is SERVING)"))
+        self.ready.get().ok_or_else(|| Status::unavailable("model is still loading: retry shortly (the health service says when it is SERVING)"))
     }
 }
 
@@ -244,16 +253,7 @@ impl SiglipService {
                 .await
                 .map_err(Status::from)
         };
-        let result = match deadline {
-            Some(at) => tokio::time::timeout_at(at.into(), work)
-                .await
-                .map_err(|_| {
-                    Status::deadline_exceeded(
-                        "deadline exceeded during the upload; the work was dropped",
-                    )
-                })??,
-            None => work.await?,
-        };
+        let result = convert::with_deadline(deadline, work).await?;
         Ok(Response::new(pb::ClassifyResponse {
             scores: convert::scores(result.scores),
             timings: Some(convert::timings(result.timings)),
@@ -312,22 +312,16 @@ impl SiglipService {
         &self,
         _: Request<pb::GetModelInfoRequest>,
     ) -> Result<Response<pb::ModelInfo>, Status> {
-        let infer = self.state.infer()?;
-        let m = infer.manifest();
-        let (device, dtype) = self
-            .state
-            .device
-            .get()
-            .cloned()
-            .unwrap_or(("?".into(), DType::Float32));
+        let ready = self.state.ready()?;
+        let m = ready.infer.manifest();
         Ok(Response::new(pb::ModelInfo {
             model_id: m.model_id.clone(),
             architecture: m.architecture.clone(),
             image_size: m.image.size,
             embedding_dim: m.embedding_dim as u32,
             max_text_tokens: m.text.max_length as u32,
-            device,
-            dtype: dtype.name().into(),
+            device: ready.device.clone(),
+            dtype: ready.dtype.name().into(),
             random_weights: m.source.random_weights,
             server_version: env!("CARGO_PKG_VERSION").into(),
             revision: m.source.revision.clone().unwrap_or_default(),

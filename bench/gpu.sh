@@ -2,7 +2,9 @@
 # The benchmark on a GPU machine (torch 2.11+cu130 and transformers installed, no network, no
 # Rust): the binary built on the CPU machine, so400m-384 (or $SHAPE) with random weights exported
 # there in bfloat16, the server under load over gRPC, the model alone, the Python way, and MFU against
-# the card's measured bf16 matmul peak. Finishes in about 6 minutes. Stage on the CPU machine:
+# the card's measured bf16 matmul peak; the server once with TorchScript's optimising executor and
+# once without (--jit-optimize), and bench/tower_probe.py on the tower alone (PROBE_ARGS=--compile
+# adds torch.compile, about a minute more). Finishes in about 6 minutes. Stage on the CPU machine:
 #   make build && mkdir -p dist && strip -o dist/siglip-serve target/release/siglip-serve
 #   and the transformers 5.24 + regex wheels in .whl/ (README, "GPU")
 # then run `bash bench/gpu.sh` from the repository root there, carrying dist/ and .whl/.
@@ -20,9 +22,14 @@ echo "export $shape bf16: $((SECONDS - t0)) s"
 gflops=$(python3 bench/flops.py --checkpoint "$work/$shape-checkpoint" | python3 -c 'import json,sys; print(json.load(sys.stdin)["gflops_per_image"])')
 peak=$(python3 bench/peak.py --device cuda --dtype bfloat16 | python3 -c 'import json,sys; print(json.load(sys.stdin)["tflops"])')
 echo "vision tower: $gflops GFLOP/image; measured bf16 matmul peak: $peak TFLOP/s"
+mkdir -p "$work/out"
+# The tower outside the server: stalls at new batch sizes, executor settings, eager, kernel mix.
+python3 bench/tower_probe.py --model "$work/$shape" --dtype bfloat16 --batch "${MAX_BATCH:-64}" \
+  --seconds 3 --peak-tflops "$peak" --profile ${PROBE_ARGS:-} --json "$work/out/probe.json" 2> "$work/probe.log" \
+  || tail -20 "$work/probe.log"
 
 BIN=$PWD/dist/siglip-serve PY=python3 MODEL=$work/$shape CHECKPOINT=$work/$shape-checkpoint \
-  DEVICE=cuda DTYPES=bfloat16 PYTHON_DTYPE=bfloat16 THREADS=${THREADS:-8} PHASE_SECONDS=${PHASE_SECONDS:-15} \
+  DEVICE=cuda DTYPES=bfloat16 JIT_OPTIMIZE=${JIT_OPTIMIZE:-true false} PYTHON_DTYPE=bfloat16 THREADS=${THREADS:-8} PHASE_SECONDS=${PHASE_SECONDS:-15} \
   CONCURRENCY=${CONCURRENCY:-128} MAX_BATCH=${MAX_BATCH:-64} ASSETS=$work/assets OUT_DIR=$work/out \
   REPORT_ARGS="--gflops-per-image $gflops --peak-tflops $peak" bash bench/run.sh
 echo "total: $((SECONDS - t0)) s"

@@ -28,32 +28,42 @@ def main() -> None:
     mfu = a.gflops_per_image and a.peak_tflops
 
     print()
-    header = (f"{'dtype':<9} {'device':<7} {'img/s':>8} {'p50 ms':>7} {'p99 ms':>7} {'½load p99':>9} "
+    header = (f"{'variant':<17} {'device':<7} {'img/s':>8} {'p50 ms':>7} {'p99 ms':>7} {'½load p99':>9} "
               f"{'model img/s':>11} {'overhead':>8} {'vs python':>9} {'video res/s':>11} {'dropped':>8} "
               f"{'age p95 1st→2nd ms':>18} {'RSS MiB':>8}" + (f" {'MFU':>6}" if mfu else ""))
     print(header)
     for r in runs:
+        closed, half = r["closed_loop"], r["half_load"]
         model = r.get("model_only_img_s") or float("nan")
         video = r.get("video") or {}
         ages = f"{video.get('age_ms_first_half', {}).get('p95', 0):.0f} → {video.get('age_ms_second_half', {}).get('p95', 0):.0f}"
-        row = (f"{r['dtype']:<9} {r['device']:<7} {r['server_img_s']:>8.2f} {r['latency_ms']['p50']:>7.1f} "
-               f"{r['latency_ms']['p99']:>7.1f} {r['half_load_latency_ms']['p99']:>9.1f} {model:>11.2f} "
-               f"{100 * (1 - r['server_img_s'] / model):>7.1f}% {r['server_img_s'] / py_img_s:>8.1f}x "
+        row = (f"{variant(r):<17} {r['device']:<7} {closed['img_s']:>8.2f} {closed['latency_ms']['p50']:>7.1f} "
+               f"{closed['latency_ms']['p99']:>7.1f} {half['latency_ms']['p99']:>9.1f} {model:>11.2f} "
+               f"{100 * (1 - closed['img_s'] / model):>7.1f}% {closed['img_s'] / py_img_s:>8.1f}x "
                f"{video.get('results_per_s', 0):>11.2f} {video.get('frames_dropped', 0):>8} {ages:>18} "
                f"{r.get('server_peak_rss_mib') or 0:>8.0f}")
         if mfu:
-            row += f" {100 * a.gflops_per_image * 1e9 * r['server_img_s'] / (a.peak_tflops * 1e12):>5.1f}%"
+            row += f" {100 * a.gflops_per_image * 1e9 * closed['img_s'] / (a.peak_tflops * 1e12):>5.1f}%"
         print(row)
     print(f"python way ({python.get('dtype')}, {python.get('device')}, {python.get('threads')} threads): {py_img_s:.2f} img/s")
     for r in runs:
-        print(f"batch sizes ({r['dtype']}): {r['batch_sizes']}")
+        for name in ("closed_loop", "half_load"):
+            phase = r[name]
+            parts = "  ".join(f"{part} {phase[part + '_ms']['p50']:.1f}/{phase[part + '_ms']['p99']:.1f}"
+                              for part in ("queue", "preprocess", "inference"))
+            print(f"{variant(r)} {name}: server p50/p99 ms {parts}; batch sizes {phase['batch_sizes']}")
 
-    best = max(runs, key=lambda r: r["server_img_s"])
+    best = max(runs, key=lambda r: r["closed_loop"]["img_s"])
+    server = best["closed_loop"]["img_s"]
     model = best.get("model_only_img_s") or float("nan")
-    print(f"bench: server_img_s={best['server_img_s']:.2f} model_only_img_s={model:.2f} "
-          f"python_img_s={py_img_s:.2f} vs_python={best['server_img_s'] / py_img_s:.2f}x "
-          f"overhead={100 * (1 - best['server_img_s'] / model):.1f}%")
+    print(f"bench: server_img_s={server:.2f} model_only_img_s={model:.2f} "
+          f"python_img_s={py_img_s:.2f} vs_python={server / py_img_s:.2f}x "
+          f"overhead={100 * (1 - server / model):.1f}%")
 
+
+def variant(run: dict) -> str:
+    """The dtype, and the executor where it is not libtorch's default."""
+    return run["dtype"] + ("" if run.get("jit_optimize", True) else " jit-off")
 
 if __name__ == "__main__":
     main()

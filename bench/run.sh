@@ -5,8 +5,9 @@
 # Used by `make bench` (CPU) and bench/gpu.sh. Settings come from the environment:
 #   BIN PY MODEL CHECKPOINT (required), DEVICE (cpu), DTYPES ("float32 bfloat16"), THREADS (0: all
 #   cores), PHASE_SECONDS (20), CONCURRENCY (8), MAX_BATCH (8), ASSETS (build/assets),
-#   OUT_DIR (build/bench), PYTHON_DTYPE (float32), REPORT_ARGS (extra arguments for report.py,
-#   e.g. MFU inputs).
+#   OUT_DIR (build/bench), PYTHON_DTYPE (float32), JIT_OPTIMIZE ("true"; "true false" runs the
+#   server with each --jit-optimize setting), REPORT_ARGS (extra arguments for report.py, e.g. MFU
+#   inputs).
 set -euo pipefail
 : "${BIN:?}" "${PY:?}" "${MODEL:?}" "${CHECKPOINT:?}"
 device=${DEVICE:-cpu}
@@ -23,24 +24,28 @@ photos=("$assets/images/chelsea_progressive.jpg" "$assets/images/astronaut_basel
 [ "$threads" = 0 ] && threads=$(nproc)
 
 for dtype in ${DTYPES:-float32 bfloat16}; do
-  echo "== siglip-serve, $dtype on $device"
-  log="$out/serve-$dtype.log"
-  "$BIN" serve --model-dir "$MODEL" --device "$device" --dtype "$dtype" --threads "$threads" \
-    --max-batch-size "${MAX_BATCH:-8}" --grpc-addr 127.0.0.1:0 --metrics-addr 127.0.0.1:0 > "$log" 2>&1 &
-  pid=$!
-  addr=""
-  for _ in $(seq 600); do
-    addr=$(sed -n 's/^siglip-serve: gRPC listening on //p' "$log")
-    [ -n "$addr" ] && break
-    kill -0 "$pid" 2> /dev/null || { cat "$log"; exit 1; }
-    sleep 0.1
+  for jit in ${JIT_OPTIMIZE:-true}; do
+    echo "== siglip-serve, $dtype on $device, --jit-optimize $jit"
+    run="$dtype-jit-$jit"
+    log="$out/serve-$run.log"
+    "$BIN" serve --model-dir "$MODEL" --device "$device" --dtype "$dtype" --threads "$threads" \
+      --jit-optimize "$jit" --max-batch-size "${MAX_BATCH:-8}" --grpc-addr 127.0.0.1:0 \
+      --metrics-addr 127.0.0.1:0 > "$log" 2>&1 &
+    pid=$!
+    addr=""
+    for _ in $(seq 600); do
+      addr=$(sed -n 's/^siglip-serve: gRPC listening on //p' "$log")
+      [ -n "$addr" ] && break
+      kill -0 "$pid" 2> /dev/null || { cat "$log"; exit 1; }
+      sleep 0.1
+    done
+    "$BIN" bench --addr "http://$addr" --images "${photos[@]}" --labels-file "$labels" --labels 10 \
+      --concurrency "${CONCURRENCY:-8}" --seconds "$seconds" --server-pid "$pid" \
+      --model-dir "$MODEL" --device "$device" --dtype "$dtype" --threads "$threads" \
+      --jit-optimize "$jit" --json "$out/bench-$run.json"
+    kill -TERM "$pid"
+    wait "$pid"
   done
-  "$BIN" bench --addr "http://$addr" --images "${photos[@]}" --labels-file "$labels" --labels 10 \
-    --concurrency "${CONCURRENCY:-8}" --seconds "$seconds" --server-pid "$pid" \
-    --model-dir "$MODEL" --device "$device" --dtype "$dtype" --threads "$threads" \
-    --json "$out/bench-$dtype.json"
-  kill -TERM "$pid"
-  wait "$pid"
 done
 
 echo "== the Python way: transformers processor + SiglipModel per image, same texts, $threads threads"

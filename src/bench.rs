@@ -4,6 +4,9 @@
 //! 1. *closed loop*: `--concurrency` callers send Classify (a photo, `--labels` texts) back to
 //!    back: images/s, latency percentiles, the distribution of the server's batch sizes;
 //! 2. *half load*: requests at half the rate phase 1 reached, open loop: latency at moderate load;
+//!
+//! (both with the server's own queue / preprocess / inference times per request, so a latency
+//! tail can be placed);
 //! 3. *video*: `--streams` latest-only streams whose frames together arrive at
 //!    `--stream-overload` × phase 1's rate: results/s, frames dropped, and the age of each
 //!    result (first half against second half of the run: a growing lag would show);
@@ -67,18 +70,55 @@ pub struct BenchArgs {
 
 #[derive(Debug, Default, Serialize)]
 pub struct Report {
-    pub server_img_s: f64,
-    pub latency_ms: Percentiles,
-    pub batch_sizes: BTreeMap<u32, u64>,
-    pub errors: u64,
-    pub half_load_img_s: f64,
-    pub half_load_latency_ms: Percentiles,
+    pub closed_loop: Phase,
+    pub half_load: Phase,
     pub video: Option<VideoReport>,
     pub model_only_img_s: Option<f64>,
     pub model_only_batch: Option<usize>,
     pub server_peak_rss_mib: Option<f64>,
     pub device: String,
     pub dtype: String,
+    /// The `--jit-optimize` setting of the server and of the model-alone run.
+    pub jit_optimize: bool,
+}
+
+/// One load phase, as the callers saw it and as the server reported it in each response's
+/// timings (where the time of a slow request went: waiting for the batch, decoding, or the model).
+#[derive(Debug, Default, Serialize)]
+pub struct Phase {
+    /// Requests per second sent (open loop only).
+    pub offered_req_s: Option<f64>,
+    pub img_s: f64,
+    pub latency_ms: Percentiles,
+    pub queue_ms: Percentiles,
+    pub preprocess_ms: Percentiles,
+    pub inference_ms: Percentiles,
+    /// Requests by the size of the forward pass that served them.
+    pub batch_sizes: BTreeMap<u32, u64>,
+    pub errors: u64,
+}
+
+impl Phase {
+    fn print(&self, name: &str) {
+        let offered = self
+            .offered_req_s
+            .map_or(String::new(), |r| format!("{r:.2} req/s offered  "));
+        println!(
+            "{name:<13} {offered}{:>8.2} img/s  latency p50 {:>7.1} p95 {:>7.1} p99 {:>7.1} ms  errors {}",
+            self.img_s, self.latency_ms.p50, self.latency_ms.p95, self.latency_ms.p99, self.errors
+        );
+        for (part, p) in [
+            ("queue", self.queue_ms),
+            ("preprocess", self.preprocess_ms),
+            ("inference", self.inference_ms),
+        ] {
+            println!(
+                "{:<13}   server {part:<10} p50 {:>7.1} p95 {:>7.1} p99 {:>7.1} ms",
+                "", p.p50, p.p95, p.p99
+            );
+        }
+        println!("{:<13}   batch sizes {:?}", "", self.batch_sizes);
+    }
 }
 
 #[derive(Debug, Default, Serialize, Clone, Copy)]
@@ -162,6 +202,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Report> {
     let mut report = Report {
         device: info.device.clone(),
         dtype: info.dtype.clone(),
+        jit_optimize: args.model.jit_optimize,
         ..Report::default()
     };
     let phase = Duration::from_secs_f64(args.seconds);
@@ -171,37 +212,21 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Report> {
         client.clone().classify(workload.request(i)).await?;
     }
 
-    let closed = closed_loop(&client, &workload, args.concurrency, phase).await;
-    report.server_img_s = closed.done as f64 / closed.elapsed.as_secs_f64();
-    report.latency_ms = percentiles(closed.latencies_ms);
-    report.batch_sizes = closed.batch_sizes;
-    report.errors = closed.errors;
-    println!(
-        "closed loop   {:>3} callers  {:>8.2} img/s  p50 {:>7.1} ms  p95 {:>7.1} ms  p99 {:>7.1} ms  errors {}",
-        args.concurrency,
-        report.server_img_s,
-        report.latency_ms.p50,
-        report.latency_ms.p95,
-        report.latency_ms.p99,
-        report.errors
-    );
-    println!("batch sizes   {:?}", report.batch_sizes);
+    report.closed_loop = closed_loop(&client, &workload, args.concurrency, phase)
+        .await
+        .into_phase(None);
+    report
+        .closed_loop
+        .print(&format!("closed loop {}", args.concurrency));
 
-    let rate = report.server_img_s / 2.0;
-    let half = open_loop(&client, &workload, rate, phase).await;
-    report.half_load_img_s = half.done as f64 / half.elapsed.as_secs_f64();
-    report.half_load_latency_ms = percentiles(half.latencies_ms);
-    println!(
-        "half load     {:>8.2} req/s offered  {:>8.2} img/s  p50 {:>7.1} ms  p95 {:>7.1} ms  p99 {:>7.1} ms",
-        rate,
-        report.half_load_img_s,
-        report.half_load_latency_ms.p50,
-        report.half_load_latency_ms.p95,
-        report.half_load_latency_ms.p99
-    );
+    let rate = report.closed_loop.img_s / 2.0;
+    report.half_load = open_loop(&client, &workload, rate, phase)
+        .await
+        .into_phase(Some(rate));
+    report.half_load.print("half load");
 
     if args.streams > 0 {
-        let fps = report.server_img_s * args.stream_overload / args.streams as f64;
+        let fps = report.closed_loop.img_s * args.stream_overload / args.streams as f64;
         let video = video(&client, &workload, args.streams, fps, phase).await?;
         println!(
             "video         {} streams × {:.2} fps offered  {:>8.2} results/s  dropped {}/{}  age p95 {:.0} ms → {:.0} ms (first → second half)",
@@ -224,6 +249,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Report> {
     if !args.skip_model_only {
         let model_args = args.model.clone();
         let batch = report
+            .closed_loop
             .batch_sizes
             .iter()
             .filter(|(size, _)| **size > 0)
@@ -265,6 +291,9 @@ struct Tally {
     done: u64,
     errors: u64,
     latencies_ms: Vec<f64>,
+    queue_ms: Vec<f64>,
+    preprocess_ms: Vec<f64>,
+    inference_ms: Vec<f64>,
     batch_sizes: BTreeMap<u32, u64>,
     elapsed: Duration,
 }
@@ -280,10 +309,26 @@ impl Tally {
                 self.done += 1;
                 self.latencies_ms
                     .push(started.elapsed().as_secs_f64() * 1e3);
-                let batch = response.into_inner().timings.map_or(0, |t| t.batch_size);
-                *self.batch_sizes.entry(batch).or_default() += 1;
+                let t = response.into_inner().timings.unwrap_or_default();
+                self.queue_ms.push(t.queue_us as f64 / 1e3);
+                self.preprocess_ms.push(t.preprocess_us as f64 / 1e3);
+                self.inference_ms.push(t.inference_us as f64 / 1e3);
+                *self.batch_sizes.entry(t.batch_size).or_default() += 1;
             }
             Err(_) => self.errors += 1,
+        }
+    }
+
+    fn into_phase(self, offered_req_s: Option<f64>) -> Phase {
+        Phase {
+            offered_req_s,
+            img_s: self.done as f64 / self.elapsed.as_secs_f64(),
+            latency_ms: percentiles(self.latencies_ms),
+            queue_ms: percentiles(self.queue_ms),
+            preprocess_ms: percentiles(self.preprocess_ms),
+            inference_ms: percentiles(self.inference_ms),
+            batch_sizes: self.batch_sizes,
+            errors: self.errors,
         }
     }
 }

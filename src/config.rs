@@ -33,6 +33,12 @@ pub struct ModelArgs {
     /// Forward passes per tower at startup, before the model counts as ready.
     #[arg(long, env = "SIGLIP_WARMUP_ROUNDS", default_value_t = 3)]
     pub warmup_rounds: usize,
+
+    /// TorchScript's optimising executor (libtorch's default): profiles the first calls, then
+    /// specialises the graph and, on CUDA, fuses element-wise ops. `false` runs the graph op by
+    /// op, with no profiling runs and no compilation when a new batch size first appears.
+    #[arg(long, env = "SIGLIP_JIT_OPTIMIZE", default_value_t = true, action = clap::ArgAction::Set)]
+    pub jit_optimize: bool,
 }
 
 impl ModelArgs {
@@ -46,6 +52,7 @@ impl ModelArgs {
             device: self.device,
             dtype: self.dtype,
             warmup_rounds: self.warmup_rounds,
+            jit_optimize: self.jit_optimize,
         }
     }
 }

@@ -268,10 +268,10 @@ fn is_tie(a: &[i64], b: &[i64], scores: &[f64]) -> bool {
 fn check_model(base: &Path, check: &Check, device: DeviceChoice, dtype: DType) -> Result<ModelRow> {
     let (tensors, sidecar) = read_reference(base, check)?;
     let model = Model::load(&LoadOptions {
-        dir: base.join(&check.model_dir),
         device,
         dtype: DTypeChoice::Fixed(dtype),
         warmup_rounds: 1,
+        ..LoadOptions::new(base.join(&check.model_dir))
     })?;
     let limits = ImageLimits::default();
     let images = sidecar

@@ -18,10 +18,10 @@ use siglip_serve::model::{
 
 fn model() -> Model {
     Model::load(&LoadOptions {
-        dir: common::generated("SIGLIP_TEST_MODEL_DIR"),
         device: DeviceChoice::Cpu,
         dtype: DTypeChoice::Fixed(DType::Float32),
         warmup_rounds: 0,
+        ..LoadOptions::new(common::generated("SIGLIP_TEST_MODEL_DIR"))
     })
     .expect("model")
 }

@@ -47,10 +47,10 @@ fn encoded(bytes: Vec<u8>) -> Option<pb::Image> {
 /// Probabilities by label index, straight from the core runtime.
 fn expected(image: &[u8], texts: &[String]) -> Vec<f32> {
     let model = Model::load(&LoadOptions {
-        dir: common::generated("SIGLIP_TEST_MODEL_DIR"),
         device: DeviceChoice::Cpu,
         dtype: DTypeChoice::Fixed(DType::Float32),
         warmup_rounds: 0,
+        ..LoadOptions::new(common::generated("SIGLIP_TEST_MODEL_DIR"))
     })
     .expect("model");
     let rgb = decode(image, &ImageLimits::default()).expect("decode");

@@ -27,6 +27,22 @@ pub struct LoadOptions {
     /// Forward passes per tower before the model is reported ready (TorchScript's profiling
     /// executor makes the first calls much slower).
     pub warmup_rounds: usize,
+    /// TorchScript's optimising (profiling, fusing) executor; see `--jit-optimize`.
+    pub jit_optimize: bool,
+}
+
+impl LoadOptions {
+    /// `dir` with the command line's defaults: automatic device and dtype, three warm-up rounds,
+    /// the optimising executor.
+    pub fn new(dir: PathBuf) -> Self {
+        Self {
+            dir,
+            device: DeviceChoice::Auto,
+            dtype: DTypeChoice::Auto,
+            warmup_rounds: 3,
+            jit_optimize: true,
+        }
+    }
 }
 
 /// A loaded, warmed-up SigLIP model. Blocking: use it from a dedicated thread.
@@ -53,6 +69,7 @@ impl Model {
             &opts.dir.join(&files.text),
             device,
             dtype,
+            opts.jit_optimize,
         )?;
         let preprocess = manifest.image.preprocess(manifest.image.size);
         let head = LogitHead::new(manifest.logit_scale, manifest.logit_bias);

@@ -168,6 +168,9 @@ pub struct Towers {
     text: CModule,
     device: Device,
     dtype: DType,
+    /// libtorch keeps this switch per thread, so it is set before every forward pass: the towers
+    /// are loaded, warmed up and run on different threads.
+    jit_optimize: bool,
     /// On CUDA: page-locked host memory for the pixels of a batch, kept and grown as needed
     /// (pinning per batch is slow, and libtorch warns on every call of its pinning API).
     pinned: Mutex<Option<Tensor>>,
@@ -177,7 +180,13 @@ impl Towers {
     /// Loads both TorchScript files onto `device`. `dtype` is the one they were exported in:
     /// tracing records SigLIP's cast of the pixels to the weights' dtype as a constant, so a
     /// traced tower cannot be converted to another dtype after export.
-    pub fn load(vision: &Path, text: &Path, device: Device, dtype: DType) -> Result<Self> {
+    pub fn load(
+        vision: &Path,
+        text: &Path,
+        device: Device,
+        dtype: DType,
+        jit_optimize: bool,
+    ) -> Result<Self> {
         let load = |path: &Path| -> Result<CModule> {
             let mut module = CModule::load_on_device(path, device)
                 .map_err(|e| Error::Model(format!("cannot load {}: {e}", path.display())))?;
@@ -189,6 +198,7 @@ impl Towers {
             text: load(text)?,
             device,
             dtype,
+            jit_optimize,
             pinned: Mutex::new(None),
         })
     }
@@ -256,6 +266,7 @@ impl Towers {
 
     fn run(&self, module: &CModule, input: &Tensor) -> Result<Vec<f32>> {
         let _guard = tch::no_grad_guard();
+        tch::jit::set_graph_executor_optimize(self.jit_optimize);
         let out = module.forward_ts(&[input])?;
         let out = out
             .to_kind(Kind::Float)

@@ -93,8 +93,15 @@ RUN site="$(python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])
 #   mkdir -p models/so400m && docker run --rm --user "$(id -u):$(id -g)" \
 #     -v "$PWD/models/so400m:/models" siglip-export \
 #     export --checkpoint google/siglip-so400m-patch14-384 --dtype float32,bfloat16 --out /models
+# and, on a node with the GPU model that will serve (the package holds machine code for it):
+#   docker run --rm --gpus all ... siglip-export compile --model-dir /models --device cuda --dtype bfloat16
+# `compile` (AOTInductor) needs a C++ compiler, hence g++.
 ###############################################################################################
 FROM python:3.11-slim-bookworm AS export
+# hadolint ignore=DL3008
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends g++ \
+ && rm -rf /var/lib/apt/lists/*
 WORKDIR /app
 COPY python/requirements.txt ./requirements.txt
 RUN --mount=type=cache,target=/root/.cache/pip \

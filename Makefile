@@ -44,18 +44,26 @@ DTYPES_so400m-384 := float32,bfloat16
 $(BUILD)/models/%/manifest.json: $(VENV)/.installed $(wildcard python/siglip_export/*.py)
 	$(EXPORT) random --shape $* --dtype $(or $(DTYPES_$*),float32) --out $(BUILD)/models/$*
 
+# The tiny model with its vision tower compiled by AOTInductor for the CPU (the `aoti` backend);
+# at most 8 images per pass, so the limit is testable.
+$(BUILD)/models/tiny-aoti/manifest.json: $(BUILD)/models/tiny/manifest.json python/siglip_export/compile.py
+	rm -rf $(BUILD)/models/tiny-aoti && cp -r $(BUILD)/models/tiny $(BUILD)/models/tiny-aoti
+	$(EXPORT) compile --model-dir $(BUILD)/models/tiny-aoti --device cpu --dtype float32 --max-batch 8 > /dev/null
+
 $(BUILD)/assets/images.json: $(VENV)/.installed python/make_test_assets.py
 	PYTHONPATH=python $(PY) python/make_test_assets.py --out $(BUILD)/assets
 
 # Reference values, computed by transformers in this run.
 PARITY_MODELS := tiny tiny-siglip2 base-224
-$(SUITE): $(BUILD)/assets/images.json $(PARITY_MODELS:%=$(BUILD)/models/%/manifest.json) python/make_parity_suite.py
+$(SUITE): $(BUILD)/assets/images.json $(PARITY_MODELS:%=$(BUILD)/models/%/manifest.json) \
+    $(BUILD)/models/tiny-aoti/manifest.json python/make_parity_suite.py
 	PYTHONPATH=python $(PY) python/make_parity_suite.py --build $(BUILD) --out $(dir $@)
 
 # Every test: unit, parity with transformers, bad input, the gRPC API from Rust and from Python.
 test: build $(SUITE)
 	SIGLIP_PARITY_SUITE=$(abspath $(SUITE)) SIGLIP_TEST_ASSETS=$(abspath $(BUILD)/assets) \
 	  SIGLIP_TEST_MODEL_DIR=$(abspath $(BUILD)/models/tiny) \
+	  SIGLIP_TEST_AOTI_MODEL_DIR=$(abspath $(BUILD)/models/tiny-aoti) \
 	  $(CARGO_ENV) cargo test --release --locked
 	SIGLIP_TEST_ASSETS=$(abspath $(BUILD)/assets) SIGLIP_TEST_MODEL_DIR=$(abspath $(BUILD)/models/tiny) \
 	  SIGLIP_SERVE_BIN=$(abspath $(BIN)) $(PY) -m pytest python/tests -q

@@ -1,10 +1,12 @@
-//! Build script: compiles the gRPC API and makes sure the binary can use CUDA.
+//! Build script: compiles the gRPC API and the C++ shim for AOTInductor packages, and makes sure
+//! the binary can use CUDA.
 
 use std::{env, path::PathBuf};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     compile_proto()?;
     link_libtorch();
+    compile_aoti_shim();
     Ok(())
 }
 
@@ -37,4 +39,23 @@ fn link_libtorch() {
     println!("cargo:rustc-link-arg=-ltorch");
     println!("cargo:rerun-if-env-changed=LIBTORCH");
     println!("cargo:rerun-if-env-changed=LIBTORCH_USE_PYTORCH");
+}
+
+/// `src/model/aoti.cpp` against the headers of the libtorch that torch-sys links (its `lib/`
+/// sits next to `include/` in both a libtorch download and a PyTorch install).
+fn compile_aoti_shim() {
+    let lib_dir = PathBuf::from(
+        env::var("DEP_TCH_LIBTORCH_LIB").expect("torch-sys reports its libtorch lib directory"),
+    );
+    let include = lib_dir.join("../include");
+    cc::Build::new()
+        .cpp(true)
+        .std("c++17")
+        .warnings(false)
+        .include(&include)
+        .include(include.join("torch/csrc/api/include"))
+        .define("_GLIBCXX_USE_CXX11_ABI", "1")
+        .file("src/model/aoti.cpp")
+        .compile("siglip_aoti");
+    println!("cargo:rerun-if-changed=src/model/aoti.cpp");
 }

@@ -1,17 +1,20 @@
 #!/usr/bin/env bash
 # The benchmark on a GPU machine (torch 2.11+cu130 and transformers installed, no network, no
 # Rust): the binary built on the CPU machine, so400m-384 (or $SHAPE) with random weights exported
-# there in bfloat16, the server under load over gRPC, the model alone, the Python way, and MFU against
-# the card's measured bf16 matmul peak; the server once with TorchScript's optimising executor and
-# once without (--jit-optimize), and bench/tower_probe.py on the tower alone (PROBE_ARGS=--compile
-# adds torch.compile, about a minute more). Finishes in about 6 minutes. Stage on the CPU machine:
+# there in bfloat16 and its vision tower compiled with AOTInductor for this GPU; the server under
+# load over gRPC once per way of running the tower (TorchScript with and without its optimising
+# executor, the AOTInductor package), the model alone, the Python way, and MFU against the card's
+# measured bf16 matmul peak; bench/tower_probe.py on the tower alone (stalls at new batch sizes,
+# kernel mix; PROBE_ARGS=--compile adds torch.compile). About 8 minutes. Stage on the CPU machine:
 #   make build && mkdir -p dist && strip -o dist/siglip-serve target/release/siglip-serve
 #   and the transformers 5.24 + regex wheels in .whl/ (README, "GPU")
 # then run `bash bench/gpu.sh` from the repository root there, carrying dist/ and .whl/.
 set -euo pipefail
 work=${WORK:-/tmp/siglip-bench}
 shape=${SHAPE:-so400m-384}
-mkdir -p "$work"
+max_batch=${MAX_BATCH:-64}
+variants=${VARIANTS:-torchscript torchscript-jit-off aoti}
+mkdir -p "$work/out"
 source gpu/env.sh
 
 t0=$SECONDS
@@ -19,17 +22,29 @@ python3 python/make_test_assets.py --out "$work/assets" > /dev/null
 python3 -m siglip_export random --shape "$shape" --dtype bfloat16 --out "$work/$shape" > "$work/export.log" 2>&1 \
   || { tail -20 "$work/export.log"; exit 1; }
 echo "export $shape bf16: $((SECONDS - t0)) s"
+if [[ " $variants " == *" aoti "* ]]; then
+  t1=$SECONDS
+  if python3 -m siglip_export compile --model-dir "$work/$shape" --device cuda --dtype bfloat16 \
+       --max-batch "$max_batch" > "$work/compile.log" 2>&1; then
+    echo "AOTInductor compile, cuda bf16, batch 1..$max_batch: $((SECONDS - t1)) s"
+  else
+    tail -20 "$work/compile.log"
+    echo "AOTInductor compile failed: benchmarking without the aoti variant"
+    variants=${variants//aoti/}
+  fi
+fi
 gflops=$(python3 bench/flops.py --checkpoint "$work/$shape-checkpoint" | python3 -c 'import json,sys; print(json.load(sys.stdin)["gflops_per_image"])')
 peak=$(python3 bench/peak.py --device cuda --dtype bfloat16 | python3 -c 'import json,sys; print(json.load(sys.stdin)["tflops"])')
 echo "vision tower: $gflops GFLOP/image; measured bf16 matmul peak: $peak TFLOP/s"
-mkdir -p "$work/out"
 # The tower outside the server: stalls at new batch sizes, executor settings, eager, kernel mix.
-python3 bench/tower_probe.py --model "$work/$shape" --dtype bfloat16 --batch "${MAX_BATCH:-64}" \
-  --seconds 3 --peak-tflops "$peak" --profile ${PROBE_ARGS:-} --json "$work/out/probe.json" 2> "$work/probe.log" \
+# shellcheck disable=SC2086 # PROBE_ARGS is a list of arguments
+python3 bench/tower_probe.py --model "$work/$shape" --dtype bfloat16 --batch "$max_batch" \
+  --seconds 2 --peak-tflops "$peak" --profile ${PROBE_ARGS:-} --json "$work/out/probe.json" 2> "$work/probe.log" \
   || tail -20 "$work/probe.log"
 
 BIN=$PWD/dist/siglip-serve PY=python3 MODEL=$work/$shape CHECKPOINT=$work/$shape-checkpoint \
-  DEVICE=cuda DTYPES=bfloat16 JIT_OPTIMIZE=${JIT_OPTIMIZE:-true false} PYTHON_DTYPE=bfloat16 THREADS=${THREADS:-8} PHASE_SECONDS=${PHASE_SECONDS:-15} \
-  CONCURRENCY=${CONCURRENCY:-128} MAX_BATCH=${MAX_BATCH:-64} ASSETS=$work/assets OUT_DIR=$work/out \
+  DEVICE=cuda DTYPES=bfloat16 VARIANTS=$variants PYTHON_DTYPE=bfloat16 THREADS=${THREADS:-8} \
+  PHASE_SECONDS=${PHASE_SECONDS:-10} CONCURRENCY=${CONCURRENCY:-128} MAX_BATCH=$max_batch \
+  ASSETS=$work/assets OUT_DIR=$work/out \
   REPORT_ARGS="--gflops-per-image $gflops --peak-tflops $peak" bash bench/run.sh
 echo "total: $((SECONDS - t0)) s"

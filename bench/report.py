@@ -28,7 +28,7 @@ def main() -> None:
     mfu = a.gflops_per_image and a.peak_tflops
 
     print()
-    header = (f"{'variant':<17} {'device':<7} {'img/s':>8} {'p50 ms':>7} {'p99 ms':>7} {'½load p99':>9} "
+    header = (f"{'variant':<29} {'device':<7} {'img/s':>8} {'p50 ms':>7} {'p99 ms':>7} {'½load p99':>9} "
               f"{'model img/s':>11} {'overhead':>8} {'vs python':>9} {'video res/s':>11} {'dropped':>8} "
               f"{'age p95 1st→2nd ms':>18} {'RSS MiB':>8}" + (f" {'MFU':>6}" if mfu else ""))
     print(header)
@@ -37,7 +37,7 @@ def main() -> None:
         model = r.get("model_only_img_s") or float("nan")
         video = r.get("video") or {}
         ages = f"{video.get('age_ms_first_half', {}).get('p95', 0):.0f} → {video.get('age_ms_second_half', {}).get('p95', 0):.0f}"
-        row = (f"{variant(r):<17} {r['device']:<7} {closed['img_s']:>8.2f} {closed['latency_ms']['p50']:>7.1f} "
+        row = (f"{variant(r):<29} {r['device']:<7} {closed['img_s']:>8.2f} {closed['latency_ms']['p50']:>7.1f} "
                f"{closed['latency_ms']['p99']:>7.1f} {half['latency_ms']['p99']:>9.1f} {model:>11.2f} "
                f"{100 * (1 - closed['img_s'] / model):>7.1f}% {closed['img_s'] / py_img_s:>8.1f}x "
                f"{video.get('results_per_s', 0):>11.2f} {video.get('frames_dropped', 0):>8} {ages:>18} "
@@ -62,8 +62,8 @@ def main() -> None:
 
 
 def variant(run: dict) -> str:
-    """The dtype, and the executor where it is not libtorch's default."""
-    return run["dtype"] + ("" if run.get("jit_optimize", True) else " jit-off")
+    """The dtype, what ran the vision tower, and the TorchScript executor where it is not the default."""
+    return f"{run['dtype']} {run['backend']}" + ("" if run["jit_optimize"] else " jit-off")
 
 if __name__ == "__main__":
     main()

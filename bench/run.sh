@@ -5,9 +5,9 @@
 # Used by `make bench` (CPU) and bench/gpu.sh. Settings come from the environment:
 #   BIN PY MODEL CHECKPOINT (required), DEVICE (cpu), DTYPES ("float32 bfloat16"), THREADS (0: all
 #   cores), PHASE_SECONDS (20), CONCURRENCY (8), MAX_BATCH (8), ASSETS (build/assets),
-#   OUT_DIR (build/bench), PYTHON_DTYPE (float32), JIT_OPTIMIZE ("true"; "true false" runs the
-#   server with each --jit-optimize setting), REPORT_ARGS (extra arguments for report.py, e.g. MFU
-#   inputs).
+#   OUT_DIR (build/bench), PYTHON_DTYPE (float32), VARIANTS ("auto": how to run the towers, one
+#   server run each: auto, torchscript, torchscript-jit-off, aoti), REPORT_ARGS (extra arguments
+#   for report.py, e.g. MFU inputs).
 set -euo pipefail
 : "${BIN:?}" "${PY:?}" "${MODEL:?}" "${CHECKPOINT:?}"
 device=${DEVICE:-cpu}
@@ -23,14 +23,26 @@ photos=("$assets/images/chelsea_progressive.jpg" "$assets/images/astronaut_basel
 # Same threads for every contestant (libtorch's intra-op pool; 0 = all cores).
 [ "$threads" = 0 ] && threads=$(nproc)
 
+# Server (and model-alone) flags for each variant.
+variant_flags() {
+  case $1 in
+    auto) echo "--backend auto" ;;
+    torchscript) echo "--backend torchscript" ;;
+    torchscript-jit-off) echo "--backend torchscript --jit-optimize false" ;;
+    aoti) echo "--backend aoti" ;;
+    *) echo "unknown variant $1" >&2; exit 2 ;;
+  esac
+}
+
 for dtype in ${DTYPES:-float32 bfloat16}; do
-  for jit in ${JIT_OPTIMIZE:-true}; do
-    echo "== siglip-serve, $dtype on $device, --jit-optimize $jit"
-    run="$dtype-jit-$jit"
+  for variant in ${VARIANTS:-auto}; do
+    flags=$(variant_flags "$variant")
+    echo "== siglip-serve, $dtype on $device, $flags"
+    run="$dtype-$variant"
     log="$out/serve-$run.log"
-    "$BIN" serve --model-dir "$MODEL" --device "$device" --dtype "$dtype" --threads "$threads" \
-      --jit-optimize "$jit" --max-batch-size "${MAX_BATCH:-8}" --grpc-addr 127.0.0.1:0 \
-      --metrics-addr 127.0.0.1:0 > "$log" 2>&1 &
+    # shellcheck disable=SC2086 # $flags is a list of arguments
+    "$BIN" serve --model-dir "$MODEL" --device "$device" --dtype "$dtype" --threads "$threads" $flags \
+      --max-batch-size "${MAX_BATCH:-8}" --grpc-addr 127.0.0.1:0 --metrics-addr 127.0.0.1:0 > "$log" 2>&1 &
     pid=$!
     addr=""
     for _ in $(seq 600); do
@@ -39,10 +51,11 @@ for dtype in ${DTYPES:-float32 bfloat16}; do
       kill -0 "$pid" 2> /dev/null || { cat "$log"; exit 1; }
       sleep 0.1
     done
+    # shellcheck disable=SC2086
     "$BIN" bench --addr "http://$addr" --images "${photos[@]}" --labels-file "$labels" --labels 10 \
       --concurrency "${CONCURRENCY:-8}" --seconds "$seconds" --server-pid "$pid" \
-      --model-dir "$MODEL" --device "$device" --dtype "$dtype" --threads "$threads" \
-      --jit-optimize "$jit" --json "$out/bench-$run.json"
+      --model-dir "$MODEL" --device "$device" --dtype "$dtype" --threads "$threads" $flags \
+      --json "$out/bench-$run.json"
     kill -TERM "$pid"
     wait "$pid"
   done

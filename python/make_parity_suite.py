@@ -24,6 +24,9 @@ MODEL_DTYPES = {
     "tiny-siglip2": ("float32",),
     "base-224": ("float32", "bfloat16"),
 }
+# Copies of a model directory with an AOTInductor-compiled vision tower (python -m siglip_export
+# compile --device cpu), checked against their original's reference: name -> (original, dtype).
+COMPILED = {"tiny-aoti": ("tiny", "float32")}
 
 
 def export_cli(*args: str) -> None:
@@ -73,6 +76,13 @@ def main() -> int:
                    "--out", ref, "--images", *e2e)
         for dtype in dtypes:
             suite["models"].append({"name": shape, "dtype": dtype, "reference": ref.name, "model_dir": str(model_dir)})
+    for name, (original, dtype) in COMPILED.items():
+        model_dir = build / "models" / name
+        compiled = json.loads((model_dir / "manifest.json").read_text())["towers"][dtype].get("compiled_vision", {})
+        if "cpu" not in compiled:
+            raise SystemExit(f"{model_dir} has no compiled {dtype} vision tower for cpu (python -m siglip_export compile)")
+        suite["models"].append({"name": name, "dtype": dtype, "reference": f"model-{original}.safetensors",
+                                "model_dir": str(model_dir)})
 
     (out / "suite.json").write_text(json.dumps(suite, indent=2))
     print(f"wrote {out / 'suite.json'}")

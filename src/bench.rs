@@ -78,6 +78,8 @@ pub struct Report {
     pub server_peak_rss_mib: Option<f64>,
     pub device: String,
     pub dtype: String,
+    /// What ran the vision tower in the server (`torchscript`, `aoti`).
+    pub backend: String,
     /// The `--jit-optimize` setting of the server and of the model-alone run.
     pub jit_optimize: bool,
 }
@@ -202,6 +204,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Report> {
     let mut report = Report {
         device: info.device.clone(),
         dtype: info.dtype.clone(),
+        backend: info.backend.clone(),
         jit_optimize: args.model.jit_optimize,
         ..Report::default()
     };

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use clap::Args;
 
 use crate::model::{
-    runtime::{DTypeChoice, DeviceChoice},
+    runtime::{BackendChoice, DTypeChoice, DeviceChoice},
     LoadOptions,
 };
 
@@ -25,6 +25,12 @@ pub struct ModelArgs {
     /// float32 — among the dtypes the model directory was exported in.
     #[arg(long, env = "SIGLIP_DTYPE", default_value = "auto")]
     pub dtype: DTypeChoice,
+
+    /// What runs the vision tower: `aoti` (an AOTInductor package from `python -m siglip_export
+    /// compile`, fused kernels for this device), `torchscript` (the traced tower), or `auto`: the
+    /// package when the model directory has one for this device and dtype.
+    #[arg(long, env = "SIGLIP_BACKEND", default_value = "auto")]
+    pub backend: BackendChoice,
 
     /// libtorch intra-op threads (0: one per core).
     #[arg(long, env = "SIGLIP_THREADS", default_value_t = 0)]
@@ -52,6 +58,7 @@ impl ModelArgs {
             device: self.device,
             dtype: self.dtype,
             warmup_rounds: self.warmup_rounds,
+            backend: self.backend,
             jit_optimize: self.jit_optimize,
         }
     }

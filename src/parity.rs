@@ -89,6 +89,8 @@ pub struct ModelRow {
     pub name: String,
     pub device: String,
     pub dtype: String,
+    /// What ran the vision tower (`torchscript`, `aoti`).
+    pub backend: String,
     pub image_embeds_max: f32,
     pub text_embeds_max: f32,
     pub logits_max: f32,
@@ -297,6 +299,7 @@ fn check_model(base: &Path, check: &Check, device: DeviceChoice, dtype: DType) -
         name: check.name.clone(),
         device: device_name(model.device()),
         dtype: model.dtype().name().to_string(),
+        backend: model.backend().to_string(),
         image_embeds_max: diff(
             &image_embeds.data,
             &to_f32(tensor(&tensors, "image_embeds")?)?,
@@ -381,16 +384,25 @@ impl Report {
         let _ = writeln!(s, "\nend to end vs transformers SiglipModel (fp32, CPU)");
         let _ = writeln!(
             s,
-            "  {:<12} {:<7} {:<9} {:>10} {:>10} {:>10} {:>10} {:>14}",
-            "model", "device", "dtype", "img_emb", "txt_emb", "logits", "probs", "ref probs"
+            "  {:<12} {:<7} {:<9} {:<11} {:>10} {:>10} {:>10} {:>10} {:>14}",
+            "model",
+            "device",
+            "dtype",
+            "vision",
+            "img_emb",
+            "txt_emb",
+            "logits",
+            "probs",
+            "ref probs"
         );
         for r in &self.models {
             let _ = writeln!(
                 s,
-                "  {:<12} {:<7} {:<9} {:>10.3e} {:>10.3e} {:>10.3e} {:>10.3e} {:>6.3}–{:<6.3}",
+                "  {:<12} {:<7} {:<9} {:<11} {:>10.3e} {:>10.3e} {:>10.3e} {:>10.3e} {:>6.3}–{:<6.3}",
                 r.name,
                 r.device,
                 r.dtype,
+                r.backend,
                 r.image_embeds_max,
                 r.text_embeds_max,
                 r.logits_max,

@@ -1,5 +1,5 @@
 //! `siglip-serve classify` on good and hostile files: answers, or a clear error naming the
-//! problem — never a panic or an abort.
+//! problem — never a panic or an abort; and `serve` refusing settings its model cannot honour.
 
 mod common;
 
@@ -74,4 +74,34 @@ fn labels_are_required() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--labels"));
+}
+
+#[test]
+fn serve_refuses_a_batch_size_the_compiled_tower_cannot_take() {
+    let out = Command::new(env!("CARGO_BIN_EXE_siglip-serve"))
+        .args([
+            "serve",
+            "--device",
+            "cpu",
+            "--dtype",
+            "float32",
+            "--max-batch-size",
+            "16",
+        ])
+        .args([
+            "--grpc-addr",
+            "127.0.0.1:0",
+            "--metrics-addr",
+            "127.0.0.1:0",
+        ])
+        .arg("--model-dir")
+        .arg(common::generated("SIGLIP_TEST_AOTI_MODEL_DIR"))
+        .output()
+        .expect("run siglip-serve");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("--max-batch-size 16 is more than the compiled vision tower accepts (8)"),
+        "{stderr}"
+    );
 }

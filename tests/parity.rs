@@ -51,6 +51,10 @@ fn matches_transformers() {
 
     let fp32: Vec<_> = report.fp32_models().collect();
     assert!(fp32.len() >= 2, "expected tiny and base-224 in float32");
+    assert!(
+        fp32.iter().any(|r| r.backend == "aoti"),
+        "expected a compiled (aoti) vision tower among the float32 models"
+    );
     for row in fp32 {
         let (lo, hi) = row.ref_probs_range;
         assert!(

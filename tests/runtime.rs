@@ -2,21 +2,48 @@
 
 mod common;
 
+use siglip_serve::error::Error;
 use siglip_serve::model::{
     image::{decode, preprocess, ImageLimits},
-    runtime::{DType, DTypeChoice, DeviceChoice},
+    runtime::{BackendChoice, DType, DTypeChoice, DeviceChoice},
     LoadOptions, Model,
 };
 
-fn load(jit_optimize: bool) -> Model {
-    Model::load(&LoadOptions {
+fn options(dir_var: &str, backend: BackendChoice, jit_optimize: bool) -> LoadOptions {
+    LoadOptions {
         device: DeviceChoice::Cpu,
         dtype: DTypeChoice::Fixed(DType::Float32),
         warmup_rounds: 1,
+        backend,
         jit_optimize,
-        ..LoadOptions::new(common::generated("SIGLIP_TEST_MODEL_DIR"))
-    })
-    .expect("model")
+        ..LoadOptions::new(common::generated(dir_var))
+    }
+}
+
+fn load(jit_optimize: bool) -> Model {
+    let opts = options("SIGLIP_TEST_MODEL_DIR", BackendChoice::Auto, jit_optimize);
+    Model::load(&opts).expect("model")
+}
+
+/// The tiny model with its vision tower compiled for the CPU (at most 8 images per pass).
+fn load_compiled(backend: BackendChoice) -> Model {
+    let opts = options("SIGLIP_TEST_AOTI_MODEL_DIR", backend, true);
+    Model::load(&opts).expect("model")
+}
+
+/// Preprocessed pixels of `n` test photos (cycled), back to back.
+fn photos(model: &Model, n: usize) -> Vec<f32> {
+    let dir = common::generated("SIGLIP_TEST_ASSETS").join("images");
+    ["chelsea_progressive.jpg", "rocket.bmp", "coffee_rgb8.png"]
+        .iter()
+        .cycle()
+        .take(n)
+        .flat_map(|name| {
+            let bytes = std::fs::read(dir.join(name)).expect("test photo");
+            let rgb = decode(&bytes, &ImageLimits::default()).expect("decode");
+            preprocess(&rgb, model.preprocess())
+        })
+        .collect()
 }
 
 fn max_diff(a: &[f32], b: &[f32]) -> f32 {
@@ -30,15 +57,7 @@ fn max_diff(a: &[f32], b: &[f32]) -> f32 {
 #[test]
 fn executor_setting_does_not_change_results() {
     let (optimized, plain) = (load(true), load(false));
-    let dir = common::generated("SIGLIP_TEST_ASSETS").join("images");
-    let pixels: Vec<f32> = ["chelsea_progressive.jpg", "rocket.bmp", "coffee_rgb8.png"]
-        .iter()
-        .flat_map(|name| {
-            let bytes = std::fs::read(dir.join(name)).expect("test photo");
-            let rgb = decode(&bytes, &ImageLimits::default()).expect("decode");
-            preprocess(&rgb, optimized.preprocess())
-        })
-        .collect();
+    let pixels = photos(&optimized, 3);
     // Several calls, so the optimising executor's profiled and specialised runs are compared too.
     for _ in 0..3 {
         let a = optimized.embed_pixels(&pixels, 3).expect("optimized");
@@ -53,4 +72,53 @@ fn executor_setting_does_not_change_results() {
 
 fn flat(e: &siglip_serve::model::scores::Embeddings) -> Vec<f32> {
     e.rows().flatten().copied().collect()
+}
+
+#[test]
+fn compiled_vision_tower_matches_torchscript() {
+    let (compiled, traced) = (
+        load_compiled(BackendChoice::Auto),
+        load_compiled(BackendChoice::TorchScript),
+    );
+    assert_eq!(compiled.backend(), "aoti", "auto picks the package");
+    assert_eq!(compiled.max_batch(), Some(8));
+    assert_eq!(traced.backend(), "torchscript");
+    assert_eq!(traced.max_batch(), None);
+    // Batch sizes across the package's dynamic range, 1 and its maximum included.
+    for n in [1, 3, 8] {
+        let pixels = photos(&compiled, n);
+        let a = compiled.embed_pixels(&pixels, n).expect("compiled");
+        let b = traced.embed_pixels(&pixels, n).expect("traced");
+        let diff = max_diff(&flat(&a), &flat(&b));
+        assert!(
+            diff <= 1e-5,
+            "batch {n}: compiled and traced differ by {diff}"
+        );
+    }
+}
+
+#[test]
+fn compiled_vision_tower_refuses_more_than_its_batch() {
+    let compiled = load_compiled(BackendChoice::Aoti);
+    let pixels = photos(&compiled, 9);
+    match compiled.embed_pixels(&pixels, 9) {
+        Err(Error::InvalidArgument(message)) => assert!(
+            message.contains("at most 8"),
+            "the message names the limit: {message}"
+        ),
+        other => panic!("expected InvalidArgument, got {:?}", other.map(|e| e.len())),
+    }
+}
+
+#[test]
+fn aoti_backend_without_a_package_says_how_to_compile_one() {
+    let opts = options("SIGLIP_TEST_MODEL_DIR", BackendChoice::Aoti, true);
+    let message = match Model::load(&opts) {
+        Err(e) => e.to_string(),
+        Ok(_) => panic!("the plain tiny model has no compiled tower"),
+    };
+    assert!(
+        message.contains("python -m siglip_export compile") && message.contains("--device cpu"),
+        "{message}"
+    );
 }

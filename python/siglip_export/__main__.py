@@ -1,4 +1,4 @@
-"""CLI: python -m siglip_export {export,random,reference,reference-tokens,reference-pixels}."""
+"""CLI: python -m siglip_export {export,random,compile,reference,reference-tokens,reference-pixels}."""
 
 from __future__ import annotations
 
@@ -43,6 +43,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--checkpoint-out", type=Path, help="HF checkpoint dir (default: <out>-checkpoint)")
     _add_export_opts(p)
 
+    p = sub.add_parser("compile", help="AOTInductor package of the vision tower for this machine's device")
+    p.add_argument("--model-dir", type=Path, required=True, help="directory written by export/random")
+    p.add_argument("--device", required=True, choices=["cpu", "cuda"], help="the device that will serve it")
+    p.add_argument("--dtype", default="float32", choices=list(DTYPES), help="which exported dtype's tower")
+    p.add_argument("--max-batch", type=int, default=64, help="largest batch the package accepts (the server's --max-batch-size)")
+
     p = sub.add_parser("reference", help="transformers' own embeddings/logits for parity tests")
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--revision")
@@ -80,6 +86,13 @@ def main(argv: list[str] | None = None) -> int:
             result = export(a.checkpoint, a.out, revision=a.revision, dtype=a.dtype, device=a.device,
                             model_id=a.model_id, strict_tokenizer=a.strict_tokenizer)
         print(json.dumps({k: result[k] for k in ("validation", "tokenizer", "seconds")}, indent=2))
+        return 0
+
+    if a.cmd == "compile":
+        from .compile import compile_vision
+
+        result = compile_vision(a.model_dir, device=a.device, dtype=a.dtype, max_batch=a.max_batch)
+        print(json.dumps(result, indent=2))
         return 0
 
     from . import reference as ref

@@ -177,10 +177,12 @@ def parse_dtypes(value: str | list[str] | tuple[str, ...]) -> list[str]:
 
 
 def _remove_stale_towers(out: Path, keep: list[str]) -> None:
-    """Tower files of dtypes not in this export (and the pre-"towers" vision.pt/text.pt) would
-    sit in the directory unreferenced: remove them."""
+    """Tower files of dtypes not in this export (and the pre-"towers" vision.pt/text.pt), and every
+    compiled package, would sit in the directory unreferenced: remove them."""
     keep_names = {f for d in keep for f in manifest.tower_files(d).values()}
     stale = [out / "vision.pt", out / "text.pt"] + [out / f for d in manifest.TOWER_DTYPES for f in manifest.tower_files(d).values()]
+    # Compiled packages hold the old weights: `compile` again after a re-export.
+    stale += sorted(out.glob("vision.*.pt2"))
     for f in stale:
         if f.name not in keep_names and f.exists():
             log.info("removing stale %s", f)

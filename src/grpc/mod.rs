@@ -19,7 +19,7 @@ use crate::config::ServeArgs;
 use crate::infer::Infer;
 use crate::metrics;
 use crate::model::{runtime::device_name, Model};
-pub use service::State;
+pub use service::{RunningOn, State};
 
 /// Generated from `proto/siglip/v1/siglip.proto`.
 pub mod pb {
@@ -92,13 +92,13 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     });
     tokio::select! {
         loaded = load => {
-            let (infer, device, dtype) = loaded.context("model loading panicked")??;
+            let (infer, on) = loaded.context("model loading panicked")??;
             let m = infer.manifest();
-            metrics::set_model_info(&m.model_id, &m.architecture, &device, dtype.name(), m.source.random_weights);
-            if let Some(index) = device.strip_prefix("cuda:").and_then(|n| n.parse().ok()) {
+            metrics::set_model_info(&m.model_id, &m.architecture, &on.device, on.dtype.name(), m.source.random_weights);
+            if let Some(index) = on.device.strip_prefix("cuda:").and_then(|n| n.parse().ok()) {
                 metrics::watch_cuda_memory(index);
             }
-            state.set_ready(infer, device, dtype);
+            state.set_ready(infer, on);
             gauge!(metrics::READY).set(1.0);
             for name in ["", SERVICE_NAME] {
                 health.set_service_status(name, ServingStatus::Serving).await;
@@ -131,11 +131,23 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 }
 
 /// Loads and warms the model, then starts the inference worker in front of it (blocking).
-fn load(args: &ServeArgs) -> anyhow::Result<(Arc<Infer>, String, crate::model::runtime::DType)> {
+fn load(args: &ServeArgs) -> anyhow::Result<(Arc<Infer>, RunningOn)> {
     let model = Model::load(&args.model.load_options()).context("loading the model")?;
+    if let Some(max) = model
+        .max_batch()
+        .filter(|&max| args.batch.max_batch_size > max)
+    {
+        anyhow::bail!(
+            "--max-batch-size {} is more than the compiled vision tower accepts ({max}): lower it, \
+             or compile again with `python -m siglip_export compile --max-batch {}`",
+            args.batch.max_batch_size,
+            args.batch.max_batch_size
+        );
+    }
     let manifest = model.manifest().clone();
     let device = device_name(model.device());
     let dtype = model.dtype();
+    let backend = model.backend();
     tracing::info!(
         model = %manifest.model_id,
         random_weights = manifest.source.random_weights,
@@ -147,6 +159,7 @@ fn load(args: &ServeArgs) -> anyhow::Result<(Arc<Infer>, String, crate::model::r
         image_size = manifest.image.size,
         %device,
         %dtype,
+        backend,
         max_batch_size = args.batch.max_batch_size,
         max_queue = args.batch.max_queue,
         "model loaded and warmed up"
@@ -174,7 +187,14 @@ fn load(args: &ServeArgs) -> anyhow::Result<(Arc<Infer>, String, crate::model::r
         args.batch.preprocess_threads,
         args.batch.text_cache_size,
     );
-    Ok((Arc::new(infer), device, dtype))
+    Ok((
+        Arc::new(infer),
+        RunningOn {
+            device,
+            dtype,
+            backend,
+        },
+    ))
 }
 
 async fn shutdown_signal() {

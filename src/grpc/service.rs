@@ -34,8 +34,17 @@ pub struct State {
 /// Set once, when the model is loaded and warm.
 struct Ready {
     infer: Arc<Infer>,
-    device: String,
-    dtype: DType,
+    on: RunningOn,
+}
+
+/// Where and how the model runs, as GetModelInfo reports it.
+#[derive(Debug, Clone)]
+pub struct RunningOn {
+    /// `cpu`, `cuda:0`, …
+    pub device: String,
+    pub dtype: DType,
+    /// What runs the vision tower: `torchscript` or `aoti`.
+    pub backend: &'static str,
 }
 
 impl State {
@@ -50,12 +59,8 @@ impl State {
     }
 
     /// The model is loaded and warm: requests are served from now on.
-    pub fn set_ready(&self, infer: Arc<Infer>, device: String, dtype: DType) {
-        let _ = self.ready.set(Ready {
-            infer,
-            device,
-            dtype,
-        });
+    pub fn set_ready(&self, infer: Arc<Infer>, on: RunningOn) {
+        let _ = self.ready.set(Ready { infer, on });
     }
 
     /// New requests get UNAVAILABLE; open streams are asked to finish.
@@ -320,8 +325,9 @@ impl SiglipService {
             image_size: m.image.size,
             embedding_dim: m.embedding_dim as u32,
             max_text_tokens: m.text.max_length as u32,
-            device: ready.device.clone(),
-            dtype: ready.dtype.name().into(),
+            device: ready.on.device.clone(),
+            dtype: ready.on.dtype.name().into(),
+            backend: ready.on.backend.into(),
             random_weights: m.source.random_weights,
             server_version: env!("CARGO_PKG_VERSION").into(),
             revision: m.source.revision.clone().unwrap_or_default(),

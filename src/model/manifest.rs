@@ -77,6 +77,17 @@ pub struct Files {
 pub struct TowerFiles {
     pub vision: String,
     pub text: String,
+    /// AOTInductor packages of the vision tower by device kind (`cpu`, `cuda`), added by
+    /// `python -m siglip_export compile`.
+    #[serde(default)]
+    pub compiled_vision: BTreeMap<String, CompiledTower>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct CompiledTower {
+    pub file: String,
+    /// Largest batch the package was compiled for.
+    pub max_batch: usize,
 }
 
 impl Manifest {

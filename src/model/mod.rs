@@ -1,6 +1,7 @@
 //! The model: a directory written by the export tool (manifest, two TorchScript towers and a
 //! tokenizer), preprocessing that reproduces transformers, and the libtorch runtime.
 
+mod aoti;
 pub mod image;
 pub mod manifest;
 pub mod runtime;
@@ -13,7 +14,7 @@ use tch::Device;
 
 use self::image::Preprocess;
 use self::manifest::Manifest;
-use self::runtime::{DType, DTypeChoice, DeviceChoice, Towers};
+use self::runtime::{BackendChoice, DType, DTypeChoice, DeviceChoice, RunOptions, Towers};
 use self::scores::{Embeddings, LogitHead};
 use self::tokenizer::{TextTokenizer, TokenIds};
 use crate::error::{Error, Result};
@@ -27,19 +28,22 @@ pub struct LoadOptions {
     /// Forward passes per tower before the model is reported ready (TorchScript's profiling
     /// executor makes the first calls much slower).
     pub warmup_rounds: usize,
+    /// What runs the vision tower; see `--backend`.
+    pub backend: BackendChoice,
     /// TorchScript's optimising (profiling, fusing) executor; see `--jit-optimize`.
     pub jit_optimize: bool,
 }
 
 impl LoadOptions {
-    /// `dir` with the command line's defaults: automatic device and dtype, three warm-up rounds,
-    /// the optimising executor.
+    /// `dir` with the command line's defaults: automatic device, dtype and backend, three warm-up
+    /// rounds, the optimising executor.
     pub fn new(dir: PathBuf) -> Self {
         Self {
             dir,
             device: DeviceChoice::Auto,
             dtype: DTypeChoice::Auto,
             warmup_rounds: 3,
+            backend: BackendChoice::Auto,
             jit_optimize: true,
         }
     }
@@ -65,11 +69,14 @@ impl Model {
             &manifest.text,
         )?);
         let towers = Towers::load(
-            &opts.dir.join(&files.vision),
-            &opts.dir.join(&files.text),
+            &opts.dir,
+            files,
             device,
             dtype,
-            opts.jit_optimize,
+            RunOptions {
+                backend: opts.backend,
+                jit_optimize: opts.jit_optimize,
+            },
         )?;
         let preprocess = manifest.image.preprocess(manifest.image.size);
         let head = LogitHead::new(manifest.logit_scale, manifest.logit_bias);
@@ -94,6 +101,16 @@ impl Model {
 
     pub fn dtype(&self) -> DType {
         self.towers.dtype()
+    }
+
+    /// `torchscript` or `aoti`: what runs the vision tower.
+    pub fn backend(&self) -> &'static str {
+        self.towers.backend()
+    }
+
+    /// The most images one vision pass accepts, where the backend has a limit.
+    pub fn max_batch(&self) -> Option<usize> {
+        self.towers.max_batch()
     }
 
     pub fn preprocess(&self) -> &Preprocess {

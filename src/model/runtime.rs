@@ -1,4 +1,5 @@
-//! The libtorch side: the two TorchScript towers on one device, in one dtype.
+//! The libtorch side: the two towers on one device, in one dtype — TorchScript, or for the vision
+//! tower an AOTInductor package where one was compiled for the device.
 //!
 //! Everything here blocks (libtorch calls), so callers on an async runtime must run it on a
 //! dedicated thread.
@@ -7,6 +8,8 @@ use std::{fmt, path::Path, str::FromStr, sync::Mutex};
 
 use tch::{CModule, Device, Kind, Tensor};
 
+use super::aoti::AotiPackage;
+use super::manifest::TowerFiles;
 use crate::error::{Error, Result};
 
 /// Where the model runs, as given on the command line.
@@ -94,6 +97,47 @@ impl DTypeChoice {
     }
 }
 
+/// What runs the vision tower, as given on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackendChoice {
+    /// The AOTInductor package compiled for this device and dtype when the model directory has
+    /// one, else TorchScript.
+    Auto,
+    TorchScript,
+    Aoti,
+}
+
+impl FromStr for BackendChoice {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            "torchscript" => Ok(Self::TorchScript),
+            "aoti" => Ok(Self::Aoti),
+            _ => Err(format!(
+                "unknown backend {s:?}: use auto, torchscript or aoti"
+            )),
+        }
+    }
+}
+
+/// How to run the towers, beyond device and dtype.
+#[derive(Debug, Clone, Copy)]
+pub struct RunOptions {
+    pub backend: BackendChoice,
+    /// TorchScript's optimising executor; see `--jit-optimize`.
+    pub jit_optimize: bool,
+}
+
+/// The vision tower as loaded.
+enum Vision {
+    TorchScript(CModule),
+    Compiled {
+        package: AotiPackage,
+        max_batch: usize,
+    },
+}
+
 /// bf16 on a CPU without native instructions (AVX512-BF16 or AMX) is emulated and slower than
 /// float32; with them oneDNN runs it about twice as fast (`make bench` measures both).
 fn cpu_has_native_bf16() -> bool {
@@ -164,7 +208,7 @@ impl fmt::Display for DType {
 /// The vision and text towers, loaded on one device in one dtype. Both return L2-normalised
 /// embeddings.
 pub struct Towers {
-    vision: CModule,
+    vision: Vision,
     text: CModule,
     device: Device,
     dtype: DType,
@@ -177,15 +221,15 @@ pub struct Towers {
 }
 
 impl Towers {
-    /// Loads both TorchScript files onto `device`. `dtype` is the one they were exported in:
-    /// tracing records SigLIP's cast of the pixels to the weights' dtype as a constant, so a
-    /// traced tower cannot be converted to another dtype after export.
+    /// Loads both towers of one dtype from `dir` onto `device`. `dtype` is the one they were
+    /// exported in: tracing records SigLIP's cast of the pixels to the weights' dtype as a
+    /// constant, so a traced tower cannot be converted to another dtype after export.
     pub fn load(
-        vision: &Path,
-        text: &Path,
+        dir: &Path,
+        files: &TowerFiles,
         device: Device,
         dtype: DType,
-        jit_optimize: bool,
+        opts: RunOptions,
     ) -> Result<Self> {
         let load = |path: &Path| -> Result<CModule> {
             let mut module = CModule::load_on_device(path, device)
@@ -193,14 +237,50 @@ impl Towers {
             module.set_eval();
             Ok(module)
         };
+        let kind = device_kind(device);
+        let compiled = files.compiled_vision.get(kind);
+        let vision = match (opts.backend, compiled) {
+            (BackendChoice::Auto | BackendChoice::Aoti, Some(c)) => Vision::Compiled {
+                package: AotiPackage::load(&dir.join(&c.file), device)?,
+                max_batch: c.max_batch,
+            },
+            (BackendChoice::Aoti, None) => {
+                return Err(Error::Model(format!(
+                    "--backend aoti: {} has no compiled {dtype} vision tower for {kind}; run \
+                     `python -m siglip_export compile --model-dir {} --device {kind} --dtype {dtype}` \
+                     on this machine, or use --backend torchscript",
+                    dir.display(),
+                    dir.display()
+                )))
+            }
+            (BackendChoice::Auto | BackendChoice::TorchScript, _) => {
+                Vision::TorchScript(load(&dir.join(&files.vision))?)
+            }
+        };
         Ok(Self {
-            vision: load(vision)?,
-            text: load(text)?,
+            vision,
+            text: load(&dir.join(&files.text))?,
             device,
             dtype,
-            jit_optimize,
+            jit_optimize: opts.jit_optimize,
             pinned: Mutex::new(None),
         })
+    }
+
+    /// `torchscript` or `aoti`: what runs the vision tower.
+    pub fn backend(&self) -> &'static str {
+        match self.vision {
+            Vision::TorchScript(_) => "torchscript",
+            Vision::Compiled { .. } => "aoti",
+        }
+    }
+
+    /// The most images one vision pass accepts (a compiled tower's limit), if any.
+    pub fn max_batch(&self) -> Option<usize> {
+        match self.vision {
+            Vision::TorchScript(_) => None,
+            Vision::Compiled { max_batch, .. } => Some(max_batch),
+        }
     }
 
     pub fn device(&self) -> Device {
@@ -217,6 +297,11 @@ impl Towers {
         let side = size as i64;
         let per_image = (3 * side * side) as usize;
         let n = images.len() as i64;
+        if let Some(max) = self.max_batch().filter(|&max| images.len() > max) {
+            return Err(Error::InvalidArgument(format!(
+                "{n} images in one pass; the compiled vision tower accepts at most {max}"
+            )));
+        }
         for (i, image) in images.iter().enumerate() {
             assert_eq!(
                 image.len(),
@@ -253,7 +338,12 @@ impl Towers {
             _ => host,
         }
         .to_kind(self.dtype.kind());
-        self.run(&self.vision, &input)
+        let _guard = tch::no_grad_guard();
+        let out = match &self.vision {
+            Vision::TorchScript(module) => self.forward(module, &input)?,
+            Vision::Compiled { package, .. } => package.run(&input)?,
+        };
+        to_host(out)
     }
 
     /// `ids`: `n` rows of `len` token ids. Returns `n × dim` float32 embeddings.
@@ -261,19 +351,31 @@ impl Towers {
         let input = Tensor::from_slice(ids)
             .view([n as i64, len as i64])
             .to_device(self.device);
-        self.run(&self.text, &input)
+        let _guard = tch::no_grad_guard();
+        to_host(self.forward(&self.text, &input)?)
     }
 
-    fn run(&self, module: &CModule, input: &Tensor) -> Result<Vec<f32>> {
-        let _guard = tch::no_grad_guard();
+    fn forward(&self, module: &CModule, input: &Tensor) -> Result<Tensor> {
         tch::jit::set_graph_executor_optimize(self.jit_optimize);
-        let out = module.forward_ts(&[input])?;
-        let out = out
-            .to_kind(Kind::Float)
-            .to_device(Device::Cpu)
-            .contiguous()
-            .view(-1);
-        Ok(Vec::<f32>::try_from(&out)?)
+        Ok(module.forward_ts(&[input])?)
+    }
+}
+
+/// Embeddings as float32 values on the host, row after row.
+fn to_host(out: Tensor) -> Result<Vec<f32>> {
+    let out = out
+        .to_kind(Kind::Float)
+        .to_device(Device::Cpu)
+        .contiguous()
+        .view(-1);
+    Ok(Vec::<f32>::try_from(&out)?)
+}
+
+/// The manifest's name for a device's kind (compiled packages are per kind, not per index).
+fn device_kind(device: Device) -> &'static str {
+    match device {
+        Device::Cuda(_) => "cuda",
+        _ => "cpu",
     }
 }
 

@@ -1,0 +1,91 @@
+"""AOTInductor compilation of an exported model's vision tower, for the device that will serve it.
+
+A traced TorchScript tower runs its graph op by op. AOTInductor (``torch.export`` + Inductor)
+compiles the tower ahead of time into a package of generated, fused kernels for one kind of
+device — the CPU, or CUDA with this machine's GPU architecture — and a range of batch sizes. The
+server loads the package through libtorch, no Python involved, and uses it in place of the traced
+vision tower (``--backend auto|aoti``). The text tower stays TorchScript: its results are cached
+per label.
+
+Run it where the model will be served (same kind of GPU): a CUDA package holds machine code for
+the GPU it was compiled on. It reads the weights from the checkpoint named in the manifest
+(``source.checkpoint``), checks the package against the traced tower on this device, and records
+it in ``manifest.json`` under ``towers[dtype]["compiled_vision"][device]``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import manifest
+from .export import ATTN_IMPLEMENTATION, DTYPES, ExportError, VisionEmbed, _max_diff, _sample_inputs, load_tokenizer, resolve_checkpoint
+
+log = logging.getLogger(__name__)
+
+DEVICES = ("cpu", "cuda")
+
+
+def compile_vision(model_dir: Path, *, device: str, dtype: str, max_batch: int) -> dict[str, Any]:
+    """Compiles, validates and records one package; returns its manifest entry plus figures."""
+    from transformers import SiglipModel
+
+    if device not in DEVICES:
+        raise ExportError(f"device {device!r}: choose from {', '.join(DEVICES)}")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ExportError("--device cuda: this machine's torch sees no CUDA device (compile where the model is served)")
+    if max_batch < 1:
+        raise ExportError("--max-batch must be at least 1")
+    m = json.loads((model_dir / "manifest.json").read_text())
+    if dtype not in m["towers"]:
+        raise ExportError(f"{model_dir} has no {dtype} towers (it has {', '.join(m['towers'])}); export that dtype first")
+    t0 = time.time()
+    ck = resolve_checkpoint(m["source"]["checkpoint"], m["source"].get("revision"))
+    model = SiglipModel.from_pretrained(str(ck.path), attn_implementation=ATTN_IMPLEMENTATION, dtype=torch.float32)
+    vision = VisionEmbed(model.vision_model.to(DTYPES[dtype])).to(device).eval()
+    pixels, _ = _sample_inputs(ck.path, load_tokenizer(ck.path))
+    pixels = pixels.to(device=device, dtype=DTYPES[dtype])
+
+    # Batch 1 must stay dynamic too: export with 2 examples and declare the range.
+    batch = torch.export.Dim("batch", min=1, max=max_batch)
+    with torch.no_grad():
+        program = torch.export.export(vision, (pixels[:2],), dynamic_shapes=({0: batch},), strict=False)
+    file = f"vision.{dtype}.{device}.pt2"
+    path = model_dir / file
+    path.unlink(missing_ok=True)
+    t1 = time.time()
+    torch._inductor.aoti_compile_and_package(program, package_path=str(path))
+    log.info("compiled %s in %.1fs", file, time.time() - t1)
+
+    figures = _validate(path, model_dir / m["towers"][dtype]["vision"], vision, pixels, device, DTYPES[dtype])
+    entry = {"file": file, "max_batch": max_batch, "torch": torch.__version__}
+    if device == "cuda":
+        entry["gpu"] = torch.cuda.get_device_name()
+    m["towers"][dtype].setdefault("compiled_vision", {})[device] = entry
+    manifest.write(m, model_dir)
+    log.info("%s: %s, recorded in manifest.json", file, figures)
+    return {"entry": entry, "validation": figures, "seconds": round(time.time() - t0, 1)}
+
+
+def _validate(package: Path, traced: Path, vision: torch.nn.Module, pixels: torch.Tensor, device: str, dtype: torch.dtype) -> dict[str, float]:
+    """The package against the traced TorchScript tower and eager PyTorch, on this device, at
+    batch 1 and 3 (generated kernels may sum in another order: same tolerance as tracing)."""
+    runner = torch._inductor.aoti_load_package(str(package))
+    script = torch.jit.load(str(traced), map_location=device)
+    tol = 1e-5 if dtype == torch.float32 else 2e-2
+    report = {}
+    with torch.no_grad():
+        for n in (1, 3):
+            out = runner(pixels[:n])
+            if out.shape[0] != n:
+                raise ExportError(f"batch {n}: the package returned shape {tuple(out.shape)}")
+            d = max(_max_diff(out, script(pixels[:n])), _max_diff(out, vision(pixels[:n])))
+            report[f"compiled_vs_traced_b{n}"] = d
+            if d > tol:
+                raise ExportError(f"batch {n}: compiled vs traced max diff {d:g} > {tol:g}")
+    return report

@@ -6,9 +6,10 @@ after warm-up and timed with device synchronisation:
 1. *new batch sizes*: the TorchScript tower's first and second call at each batch size, with the
    optimising executor on and off (``--jit-optimize``). A first call much slower than the second
    is compilation inside libtorch, which the server pays when a batch of a new size first forms;
-2. *throughput* at ``--batch``: the TorchScript tower (executor on, off), transformers' eager
-   ``SiglipVisionModel`` from the same checkpoint, and with ``--compile`` the eager model through
-   ``torch.compile`` — images/s, and MFU with ``--peak-tflops``;
+2. *throughput* at ``--batch``: the TorchScript tower (executor on, off), the AOTInductor package
+   when the directory has one for this device (``python -m siglip_export compile``), transformers'
+   eager ``SiglipVisionModel`` from the same checkpoint, and with ``--compile`` the eager model
+   through ``torch.compile`` — images/s, and MFU with ``--peak-tflops``;
 3. *kernels*: with ``--profile``, one TorchScript forward at ``--batch`` under ``torch.profiler``,
    device time grouped into matmul, attention, normalisation, element-wise and other kernels.
 
@@ -149,6 +150,13 @@ def main():
             report["img_s"]["torchscript " + ("jit-optimize" if optimize else "jit-off")] = \
                 throughput(lambda: tower(x), a.batch, device, a.seconds)
         del tower
+    compiled = manifest["towers"][a.dtype].get("compiled_vision", {}).get(device.type)
+    if compiled and a.batch <= compiled["max_batch"]:
+        package = torch._inductor.aoti_load_package(str(a.model / compiled["file"]))
+        xd = x.to(DTYPES[a.dtype])
+        with torch.no_grad():
+            report["img_s"]["aoti package"] = throughput(lambda: package(xd), a.batch, device, a.seconds)
+        del package
 
     import transformers
     from transformers import SiglipVisionModel

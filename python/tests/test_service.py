@@ -56,6 +56,8 @@ def test_model_info(stubs, siglip, manifest):
     assert info.random_weights == manifest["source"]["random_weights"]
     assert info.dtype == "float32" and "float32" in manifest["towers"]  # the server runs --dtype float32
     assert info.device and info.server_version
+    # The tiny test model has no compiled (AOTInductor) vision tower: TorchScript runs it.
+    assert "compiled_vision" not in manifest["towers"]["float32"] and info.backend == "torchscript"
 
 
 # A configured limit is RESOURCE_EXHAUSTED, naming the flag; anything else malformed is INVALID_ARGUMENT.

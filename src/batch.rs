@@ -5,11 +5,16 @@
 //! await a oneshot reply. The worker takes the first waiting job, then keeps collecting until the
 //! batch holds `max_batch_size` rows or `max_batch_delay` has passed, drops jobs whose caller has
 //! gone or whose deadline has passed, and runs each tower once per batch.
+//!
+//! On a GPU the worker overlaps batches (`pipelined`): while one batch's vision pass runs on the
+//! device, it collects the next batch and copies its pixels into host memory (over 100 MB for 64
+//! so400m images), then answers the first batch and queues the second. The GPU no longer waits
+//! for the host between batches.
 
 use std::{
     sync::{
         atomic::{AtomicUsize, Ordering},
-        mpsc::{self, RecvTimeoutError, SyncSender, TrySendError},
+        mpsc::{self, RecvTimeoutError, SyncSender, TryRecvError, TrySendError},
         Arc,
     },
     thread,
@@ -21,7 +26,7 @@ use tokio::sync::oneshot;
 
 use crate::error::{Error, Result};
 use crate::metrics;
-use crate::model::{scores::Embeddings, tokenizer::TokenIds, Model};
+use crate::model::{scores::Embeddings, tokenizer::TokenIds, Model, Pending, Staged};
 
 #[derive(Debug, Clone, Copy)]
 pub struct BatchConfig {
@@ -31,6 +36,9 @@ pub struct BatchConfig {
     pub max_batch_delay: Duration,
     /// Jobs that may wait; one more is refused at once.
     pub queue_capacity: usize,
+    /// Prepare the next batch while the current one runs (for devices that run asynchronously:
+    /// [`Model::runs_asynchronously`]).
+    pub pipelined: bool,
 }
 
 /// What a caller gets back: its own rows, and where the time went.
@@ -177,19 +185,62 @@ struct Worker {
     depth: Arc<AtomicUsize>,
 }
 
+/// What the queue gave the worker.
+enum Next {
+    Batch(Vec<Job>),
+    /// Nothing waiting (only when asked not to wait).
+    Empty,
+    /// Every sender is gone.
+    Closed,
+}
+
+/// A batch's images copied into host memory, in passes of at most `max_batch_size`.
+struct StagedBatch {
+    jobs: Vec<Job>,
+    passes: Result<Vec<Staged>>,
+}
+
+/// A batch whose vision passes are queued on the device.
+struct InFlight {
+    jobs: Vec<Job>,
+    /// Each pass, and when it was submitted.
+    passes: Result<Vec<(Pending, Instant)>>,
+    started: Instant,
+}
+
 impl Worker {
     fn run(self) {
-        while let Some(batch) = self.next_batch() {
+        let mut in_flight: Option<InFlight> = None;
+        loop {
+            // While a batch runs on the device, take only work that is already waiting: with
+            // none, that batch's callers are answered first.
+            let batch = match self.next_batch(in_flight.is_none()) {
+                Next::Batch(batch) => batch,
+                Next::Empty => Vec::new(),
+                Next::Closed => break,
+            };
             let (images, texts): (Vec<Job>, Vec<Job>) = batch
                 .into_iter()
                 .filter_map(Job::still_wanted)
                 .partition(|j| matches!(j.work, Work::Images(_)));
-            if !images.is_empty() {
-                self.run_images(images);
+            let staged = (!images.is_empty()).then(|| self.stage(images));
+            if let Some(running) = in_flight.take() {
+                self.finish(running);
             }
             if !texts.is_empty() {
                 self.run_texts(texts);
             }
+            if let Some(staged) = staged {
+                let running = self.submit(staged);
+                if self.config.pipelined {
+                    in_flight = Some(running);
+                } else {
+                    self.finish(running);
+                }
+            }
+        }
+        if let Some(running) = in_flight {
+            self.finish(running);
         }
     }
 
@@ -198,10 +249,19 @@ impl Worker {
         job
     }
 
-    /// Blocks for the first job, then gathers more until the batch is full or the delay is over.
-    /// `None` once every sender is gone.
-    fn next_batch(&self) -> Option<Vec<Job>> {
-        let first = self.take(self.rx.recv().ok()?);
+    /// The first job (waiting for one if `wait`), then more until the batch is full or the delay
+    /// is over.
+    fn next_batch(&self, wait: bool) -> Next {
+        let first = if wait {
+            self.rx.recv().map_err(|_| TryRecvError::Disconnected)
+        } else {
+            self.rx.try_recv()
+        };
+        let first = match first {
+            Ok(job) => self.take(job),
+            Err(TryRecvError::Empty) => return Next::Empty,
+            Err(TryRecvError::Disconnected) => return Next::Closed,
+        };
         let close_at = Instant::now() + self.config.max_batch_delay;
         let mut rows = first.rows();
         let mut batch = vec![first];
@@ -214,10 +274,12 @@ impl Worker {
             rows += job.rows();
             batch.push(job);
         }
-        Some(batch)
+        Next::Batch(batch)
     }
 
-    fn run_images(&self, jobs: Vec<Job>) {
+    /// Copies the batch's images into host memory for the device (one caller may send more rows
+    /// than a pass holds: passes of at most `max_batch_size`).
+    fn stage(&self, jobs: Vec<Job>) -> StagedBatch {
         let rows: Vec<&[f32]> = jobs
             .iter()
             .flat_map(|job| match &job.work {
@@ -225,10 +287,53 @@ impl Worker {
                 Work::Texts(_) => Vec::new(),
             })
             .collect();
-        let result = self.chunked(rows.len(), "vision", |start, len| {
-            self.model.embed_rows(&rows[start..start + len])
+        let passes = rows
+            .chunks(self.config.max_batch_size.max(1))
+            .map(|pass| self.model.stage_rows(pass))
+            .collect();
+        StagedBatch { jobs, passes }
+    }
+
+    fn submit(&self, staged: StagedBatch) -> InFlight {
+        let started = Instant::now();
+        let passes = staged.passes.and_then(|passes| {
+            passes
+                .into_iter()
+                .map(|pass| {
+                    let rows = pass.len();
+                    histogram!(metrics::BATCH_SIZE).record(rows as f64);
+                    counter!(metrics::IMAGES).increment(rows as u64);
+                    Ok((self.model.submit(pass)?, Instant::now()))
+                })
+                .collect()
         });
-        self.answer(jobs, result);
+        InFlight {
+            jobs: staged.jobs,
+            passes,
+            started,
+        }
+    }
+
+    /// Waits for a batch's passes and answers its callers.
+    fn finish(&self, running: InFlight) {
+        let result = running.passes.and_then(|passes| {
+            let mut all: Option<Embeddings> = None;
+            let mut previous_done = running.started;
+            for (pass, submitted) in passes {
+                let e = self.model.finish(pass)?;
+                // A pass queued behind another starts when that one is done.
+                let done = Instant::now();
+                histogram!(metrics::INFERENCE, "tower" => "vision")
+                    .record(done.duration_since(submitted.max(previous_done)));
+                previous_done = done;
+                match &mut all {
+                    Some(acc) => acc.data.extend_from_slice(&e.data),
+                    None => all = Some(e),
+                }
+            }
+            all.ok_or_else(|| Error::Inference("empty batch".into()))
+        });
+        self.answer(running.jobs, (result, running.started.elapsed()));
     }
 
     fn run_texts(&self, jobs: Vec<Job>) {
@@ -239,44 +344,24 @@ impl Worker {
                 Work::Images(_) => Vec::new(),
             })
             .collect();
-        let result = self.chunked(ids.len(), "text", |start, len| {
-            self.model.embed_token_ids(&ids[start..start + len])
-        });
-        self.answer(jobs, result);
-    }
-
-    /// Runs `forward` over `n` rows in passes of at most `max_batch_size` (one caller may send
-    /// more rows than a batch holds) and concatenates the embeddings.
-    fn chunked(
-        &self,
-        n: usize,
-        tower: &'static str,
-        forward: impl Fn(usize, usize) -> Result<Embeddings>,
-    ) -> (Result<Embeddings>, Duration) {
         let started = Instant::now();
-        let step = self.config.max_batch_size.max(1);
-        let mut all: Option<Embeddings> = None;
-        for start in (0..n).step_by(step) {
-            let rows = step.min(n - start);
-            let pass = Instant::now();
-            let result = forward(start, rows);
-            histogram!(metrics::INFERENCE, "tower" => tower).record(pass.elapsed());
-            if tower == "vision" {
-                histogram!(metrics::BATCH_SIZE).record(rows as f64);
-                counter!(metrics::IMAGES).increment(rows as u64);
-            } else {
-                counter!(metrics::TEXTS).increment(rows as u64);
-            }
-            match result {
-                Ok(e) => match &mut all {
-                    Some(acc) => acc.data.extend_from_slice(&e.data),
-                    None => all = Some(e),
-                },
-                Err(e) => return (Err(e), started.elapsed()),
-            }
-        }
-        let result = all.ok_or_else(|| Error::Inference("empty batch".into()));
-        (result, started.elapsed())
+        let result = ids
+            .chunks(self.config.max_batch_size.max(1))
+            .try_fold(None::<Embeddings>, |all, pass| {
+                let t = Instant::now();
+                let e = self.model.embed_token_ids(pass)?;
+                histogram!(metrics::INFERENCE, "tower" => "text").record(t.elapsed());
+                counter!(metrics::TEXTS).increment(pass.len() as u64);
+                Ok(Some(match all {
+                    Some(mut acc) => {
+                        acc.data.extend_from_slice(&e.data);
+                        acc
+                    }
+                    None => e,
+                }))
+            })
+            .and_then(|all| all.ok_or_else(|| Error::Inference("empty batch".into())));
+        self.answer(jobs, (result, started.elapsed()));
     }
 
     /// Hands each job its own rows, in queue order.

@@ -65,11 +65,32 @@ fn config(max_batch_size: usize, delay_ms: u64, queue: usize) -> BatchConfig {
         max_batch_size,
         max_batch_delay: Duration::from_millis(delay_ms),
         queue_capacity: queue,
+        pipelined: false,
+    }
+}
+
+/// The worker as on a GPU: the next batch is prepared while one is in flight. On the CPU the
+/// pass itself is synchronous, but the order of staging, answering and submitting is the same.
+fn pipelined(config: BatchConfig) -> BatchConfig {
+    BatchConfig {
+        pipelined: true,
+        ..config
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_callers_get_their_own_rows() {
+    own_rows(config(4, 50, 64)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_callers_get_their_own_rows_pipelined() {
+    own_rows(pipelined(config(4, 50, 64))).await;
+    // No delay: batches form from whatever waits while the previous one runs.
+    own_rows(pipelined(config(4, 0, 64))).await;
+}
+
+async fn own_rows(config: BatchConfig) {
     let model = model();
     let photos = photos(&model);
     let texts = ["a cat", "a rocket", "", "a cup of coffee on a table"];
@@ -82,9 +103,9 @@ async fn concurrent_callers_get_their_own_rows() {
         .map(|t| model.tokenize(&[*t]).unwrap())
         .collect();
     let per_image = pixels_per_image(model.preprocess());
-    // A long delay and a batch of 4: concurrent callers are batched together, and one caller
+    // A batch of 4 (with a long delay, concurrent callers are batched together), and one caller
     // with more rows than a batch is split over several forward passes.
-    let (batcher, _worker) = Batcher::start(model, config(4, 50, 64));
+    let (batcher, _worker) = Batcher::start(model, config);
 
     let mut calls = Vec::new();
     for round in 0..3 {
@@ -123,10 +144,19 @@ async fn concurrent_callers_get_their_own_rows() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expired_and_cancelled_callers_are_dropped_and_block_no_one() {
+    dropped_callers(config(8, 20, 64)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_and_cancelled_callers_are_dropped_and_block_no_one_pipelined() {
+    dropped_callers(pipelined(config(8, 20, 64))).await;
+}
+
+async fn dropped_callers(config: BatchConfig) {
     let model = model();
     let photos = photos(&model);
     let (pixels, alone) = photos[0].clone();
-    let (batcher, _worker) = Batcher::start(model, config(8, 20, 64));
+    let (batcher, _worker) = Batcher::start(model, config);
 
     let past = Instant::now() - Duration::from_millis(1);
     match batcher.embed_images(vec![pixels.clone()], Some(past)).await {

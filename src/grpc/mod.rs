@@ -171,9 +171,11 @@ fn load(args: &ServeArgs) -> anyhow::Result<(Arc<Infer>, RunningOn)> {
         );
     }
     let tokenizer = model.tokenizer();
+    let pipelined = model.runs_asynchronously();
     let (batcher, _worker) = Batcher::start(
         model,
         BatchConfig {
+            pipelined,
             max_batch_size: args.batch.max_batch_size.max(1),
             max_batch_delay: Duration::from_millis(args.batch.max_batch_delay_ms),
             queue_capacity: args.batch.max_queue.max(1),

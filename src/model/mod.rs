@@ -145,11 +145,41 @@ impl Model {
 
     /// Embeds preprocessed images, one CHW row each.
     pub fn embed_rows(&self, rows: &[&[f32]]) -> Result<Embeddings> {
+        let staged = self.stage_rows(rows)?;
+        let pending = self.submit(staged)?;
+        self.finish(pending)
+    }
+
+    /// The three steps of [`Model::embed_rows`], for a caller that overlaps them across passes:
+    /// copy the rows into host memory for the device (host work only)…
+    pub fn stage_rows(&self, rows: &[&[f32]]) -> Result<Staged> {
         if rows.is_empty() {
             return Err(Error::InvalidArgument("no images given".into()));
         }
-        let data = self.towers.embed_images(rows, self.preprocess.size)?;
-        self.embeddings(data, rows.len())
+        Ok(Staged {
+            images: self.towers.stage_images(rows, self.preprocess.size)?,
+            n: rows.len(),
+        })
+    }
+
+    /// …queue the vision tower on them (returns before the GPU is done on CUDA)…
+    pub fn submit(&self, staged: Staged) -> Result<Pending> {
+        Ok(Pending {
+            images: self.towers.submit_images(staged.images)?,
+            n: staged.n,
+        })
+    }
+
+    /// …and wait for the embeddings.
+    pub fn finish(&self, pending: Pending) -> Result<Embeddings> {
+        let data = self.towers.finish_images(pending.images)?;
+        self.embeddings(data, pending.n)
+    }
+
+    /// Whether a submitted pass runs while the host goes on (CUDA), so that staging the next one
+    /// overlaps it.
+    pub fn runs_asynchronously(&self) -> bool {
+        self.device().is_cuda()
     }
 
     pub fn embed_images(&self, images: &[::image::RgbImage]) -> Result<Embeddings> {
@@ -197,6 +227,29 @@ impl Model {
         }
         Ok(())
     }
+}
+
+/// Images copied into host memory for the device, not yet sent ([`Model::stage_rows`]).
+pub struct Staged {
+    images: runtime::StagedImages,
+    n: usize,
+}
+
+impl Staged {
+    /// Images in the pass.
+    pub fn len(&self) -> usize {
+        self.n
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.n == 0
+    }
+}
+
+/// Images whose vision pass is queued on the device ([`Model::submit`]).
+pub struct Pending {
+    images: runtime::PendingImages,
+    n: usize,
 }
 
 /// Floats in one preprocessed image (3 × size × size).

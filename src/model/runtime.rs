@@ -215,9 +215,10 @@ pub struct Towers {
     /// libtorch keeps this switch per thread, so it is set before every forward pass: the towers
     /// are loaded, warmed up and run on different threads.
     jit_optimize: bool,
-    /// On CUDA: page-locked host memory for the pixels of a batch, kept and grown as needed
-    /// (pinning per batch is slow, and libtorch warns on every call of its pinning API).
-    pinned: Mutex<Option<Tensor>>,
+    /// On CUDA: page-locked host buffers for the pixels of a pass, reused (pinning per batch is
+    /// slow, and libtorch warns on every call of its pinning API). A pass takes one out while it
+    /// is staged or running, so two passes never share one; there are as many as passes in flight.
+    pinned: Mutex<Vec<Tensor>>,
 }
 
 impl Towers {
@@ -263,7 +264,7 @@ impl Towers {
             device,
             dtype,
             jit_optimize: opts.jit_optimize,
-            pinned: Mutex::new(None),
+            pinned: Mutex::new(Vec::new()),
         })
     }
 
@@ -294,6 +295,14 @@ impl Towers {
     /// `images`: CHW float32 rows, normalised, `3·size·size` each. Returns `n × dim` float32
     /// embeddings.
     pub fn embed_images(&self, images: &[&[f32]], size: u32) -> Result<Vec<f32>> {
+        let staged = self.stage_images(images, size)?;
+        let pending = self.submit_images(staged)?;
+        self.finish_images(pending)
+    }
+
+    /// Copies a pass's pixels into host memory for the device (page-locked on CUDA). Only host
+    /// work: on CUDA it can overlap the previous pass, which runs on the GPU meanwhile.
+    pub fn stage_images(&self, images: &[&[f32]], size: u32) -> Result<StagedImages> {
         let side = size as i64;
         let per_image = (3 * side * side) as usize;
         let n = images.len() as i64;
@@ -309,21 +318,25 @@ impl Towers {
                 "image {i} has the wrong number of values"
             );
         }
-        let mut pinned = self.pinned.lock().expect("pinned buffer lock");
-        let host = match self.device {
+        let buffer = match self.device {
             Device::Cuda(_) => {
-                if pinned.as_ref().is_none_or(|buffer| buffer.size()[0] < n) {
-                    let fresh = Tensor::empty([n, 3, side, side], (Kind::Float, Device::Cpu));
-                    *pinned = Some(fresh.pin_memory(self.device));
-                }
-                pinned.as_ref().expect("just allocated").narrow(0, 0, n)
+                let pooled = self.pinned.lock().expect("pinned pool lock").pop();
+                Some(match pooled.filter(|b| b.size()[0] >= n) {
+                    Some(buffer) => buffer,
+                    None => Tensor::empty([n, 3, side, side], (Kind::Float, Device::Cpu))
+                        .pin_memory(self.device),
+                })
             }
-            _ => Tensor::empty([n, 3, side, side], (Kind::Float, Device::Cpu)),
+            _ => None,
+        };
+        let host = match &buffer {
+            Some(buffer) => buffer.narrow(0, 0, n),
+            None => Tensor::empty([n, 3, side, side], (Kind::Float, Device::Cpu)),
         };
         // One copy per image, straight into the tensor's memory (a batch of so400m-384 images is
         // over 100 MB; every extra pass over it is time the GPU waits).
         // SAFETY: `host` is a contiguous float32 CPU tensor (a fresh one, or the leading rows of
-        // the pinned buffer, which only this call uses while it holds the lock) with exactly
+        // a pinned buffer taken out of the pool, so no other pass uses it) with exactly
         // `n · per_image` elements; each row is checked above to hold `per_image` values.
         unsafe {
             let dst = host.data_ptr() as *mut f32;
@@ -331,11 +344,19 @@ impl Towers {
                 std::ptr::copy_nonoverlapping(image.as_ptr(), dst.add(i * per_image), per_image);
             }
         }
+        Ok(StagedImages { host, buffer })
+    }
+
+    /// Sends staged pixels to the device and queues the vision tower on them. On CUDA this
+    /// returns once the work is queued; on the CPU, once it is done.
+    pub fn submit_images(&self, staged: StagedImages) -> Result<PendingImages> {
         // The copy to the GPU does not block the host; the forward pass is queued behind it on
-        // the same stream, and `run` waits for the result, so the buffer is free again after it.
+        // the same stream, and `finish_images` waits for the result.
         let input = match self.device {
-            Device::Cuda(_) => host.to_device_(self.device, Kind::Float, true, false),
-            _ => host,
+            Device::Cuda(_) => staged
+                .host
+                .to_device_(self.device, Kind::Float, true, false),
+            _ => staged.host,
         }
         .to_kind(self.dtype.kind());
         let _guard = tch::no_grad_guard();
@@ -343,7 +364,22 @@ impl Towers {
             Vision::TorchScript(module) => self.forward(module, &input)?,
             Vision::Compiled { package, .. } => package.run(&input)?,
         };
-        to_host(out)
+        Ok(PendingImages {
+            out,
+            buffer: staged.buffer,
+        })
+    }
+
+    /// Waits for a submitted pass and returns its `n × dim` float32 embeddings.
+    pub fn finish_images(&self, pending: PendingImages) -> Result<Vec<f32>> {
+        let result = to_host(pending.out);
+        // The pass is complete (its result reached the host), so its pixels are free again. A
+        // buffer dropped on an error path instead is safe too: libtorch's pinned-memory allocator
+        // holds freed blocks until the copies that use them have finished.
+        if let Some(buffer) = pending.buffer {
+            self.pinned.lock().expect("pinned pool lock").push(buffer);
+        }
+        result
     }
 
     /// `ids`: `n` rows of `len` token ids. Returns `n × dim` float32 embeddings.
@@ -359,6 +395,20 @@ impl Towers {
         tch::jit::set_graph_executor_optimize(self.jit_optimize);
         Ok(module.forward_ts(&[input])?)
     }
+}
+
+/// A vision pass's pixels in host memory, ready to send.
+pub struct StagedImages {
+    /// The pass's rows (on CUDA, the leading rows of `buffer`).
+    host: Tensor,
+    /// The pooled page-locked buffer, returned to the pool when the pass is finished.
+    buffer: Option<Tensor>,
+}
+
+/// A vision pass queued on the device.
+pub struct PendingImages {
+    out: Tensor,
+    buffer: Option<Tensor>,
 }
 
 /// Embeddings as float32 values on the host, row after row.

@@ -2,10 +2,12 @@
 # The benchmark on a GPU machine (torch 2.11+cu130 and transformers installed, no network, no
 # Rust): the binary built on the CPU machine, so400m-384 (or $SHAPE) with random weights exported
 # there in bfloat16 and its vision tower compiled with AOTInductor for this GPU; the server under
-# load over gRPC once per way of running the tower (TorchScript with and without its optimising
-# executor, the AOTInductor package), the model alone, the Python way, and MFU against the card's
-# measured bf16 matmul peak; bench/tower_probe.py on the tower alone (stalls at new batch sizes,
-# kernel mix; PROBE_ARGS=--compile adds torch.compile). About 8 minutes. Stage on the CPU machine:
+# load over gRPC once per way of running the tower (VARIANTS, default "torchscript aoti"; add
+# torchscript-jit-off for TorchScript without its optimising executor, about 70 s more), the model
+# alone, the Python way, and MFU against the card's measured bf16 matmul peak; bench/tower_probe.py
+# on the tower alone (stalls at new batch sizes with the executor on and off, kernel mix;
+# PROBE_ARGS=--compile adds torch.compile). About 7 minutes (estimated: the AOTInductor compile of
+# so400m on the GPU machine has not been timed). Stage on the CPU machine:
 #   make build && mkdir -p dist && strip -o dist/siglip-serve target/release/siglip-serve
 #   and the transformers 5.24 + regex wheels in .whl/ (README, "GPU")
 # then run `bash bench/gpu.sh` from the repository root there, carrying dist/ and .whl/.
@@ -13,7 +15,7 @@ set -euo pipefail
 work=${WORK:-/tmp/siglip-bench}
 shape=${SHAPE:-so400m-384}
 max_batch=${MAX_BATCH:-64}
-variants=${VARIANTS:-torchscript torchscript-jit-off aoti}
+variants=${VARIANTS:-torchscript aoti}
 mkdir -p "$work/out"
 source gpu/env.sh
 

@@ -6,7 +6,8 @@
 # torchscript-jit-off for TorchScript without its optimising executor, about 70 s more), the model
 # alone, the Python way, and MFU against the card's measured bf16 matmul peak; bench/tower_probe.py
 # on the tower alone (stalls at new batch sizes with the executor on and off, kernel mix;
-# PROBE_ARGS=--compile adds torch.compile). About 7 minutes (estimated: the AOTInductor compile of
+# PROBE_ARGS=--compile adds torch.compile; COMPILE_ARGS=--max-autotune tunes the package's matmuls,
+# a much longer compile). About 7 minutes (estimated: the AOTInductor compile of
 # so400m on the GPU machine has not been timed). Stage on the CPU machine:
 #   make build && mkdir -p dist && strip -o dist/siglip-serve target/release/siglip-serve
 #   and the transformers 5.24 + regex wheels in .whl/ (README, "GPU")
@@ -26,8 +27,9 @@ python3 -m siglip_export random --shape "$shape" --dtype bfloat16 --out "$work/$
 echo "export $shape bf16: $((SECONDS - t0)) s"
 if [[ " $variants " == *" aoti "* ]]; then
   t1=$SECONDS
+  # shellcheck disable=SC2086 # COMPILE_ARGS (e.g. --max-autotune) is a list of arguments
   if python3 -m siglip_export compile --model-dir "$work/$shape" --device cuda --dtype bfloat16 \
-       --max-batch "$max_batch" > "$work/compile.log" 2>&1; then
+       --max-batch "$max_batch" ${COMPILE_ARGS:-} > "$work/compile.log" 2>&1; then
     echo "AOTInductor compile, cuda bf16, batch 1..$max_batch: $((SECONDS - t1)) s"
   else
     tail -20 "$work/compile.log"

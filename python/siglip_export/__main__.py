@@ -48,6 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", required=True, choices=["cpu", "cuda"], help="the device that will serve it")
     p.add_argument("--dtype", default="float32", choices=list(DTYPES), help="which exported dtype's tower")
     p.add_argument("--max-batch", type=int, default=64, help="largest batch the package accepts (the server's --max-batch-size)")
+    p.add_argument("--max-autotune", action="store_true", help="let Inductor time alternative matmul kernels (much longer compile)")
 
     p = sub.add_parser("reference", help="transformers' own embeddings/logits for parity tests")
     p.add_argument("--checkpoint", required=True)
@@ -91,7 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     if a.cmd == "compile":
         from .compile import compile_vision
 
-        result = compile_vision(a.model_dir, device=a.device, dtype=a.dtype, max_batch=a.max_batch)
+        result = compile_vision(a.model_dir, device=a.device, dtype=a.dtype, max_batch=a.max_batch,
+                                max_autotune=a.max_autotune)
         print(json.dumps(result, indent=2))
         return 0
 

@@ -31,8 +31,10 @@ log = logging.getLogger(__name__)
 DEVICES = ("cpu", "cuda")
 
 
-def compile_vision(model_dir: Path, *, device: str, dtype: str, max_batch: int) -> dict[str, Any]:
-    """Compiles, validates and records one package; returns its manifest entry plus figures."""
+def compile_vision(model_dir: Path, *, device: str, dtype: str, max_batch: int, max_autotune: bool = False) -> dict[str, Any]:
+    """Compiles, validates and records one package; returns its manifest entry plus figures.
+    ``max_autotune`` lets Inductor time alternative matmul kernels on this device (much longer
+    compile, possibly faster package)."""
     from transformers import SiglipModel
 
     if device not in DEVICES:
@@ -59,11 +61,11 @@ def compile_vision(model_dir: Path, *, device: str, dtype: str, max_batch: int) 
     path = model_dir / file
     path.unlink(missing_ok=True)
     t1 = time.time()
-    torch._inductor.aoti_compile_and_package(program, package_path=str(path))
+    torch._inductor.aoti_compile_and_package(program, package_path=str(path), inductor_configs={"max_autotune": max_autotune})
     log.info("compiled %s in %.1fs", file, time.time() - t1)
 
     figures = _validate(path, model_dir / m["towers"][dtype]["vision"], vision, pixels, device, DTYPES[dtype])
-    entry = {"file": file, "max_batch": max_batch, "torch": torch.__version__}
+    entry = {"file": file, "max_batch": max_batch, "max_autotune": max_autotune, "torch": torch.__version__}
     if device == "cuda":
         entry["gpu"] = torch.cuda.get_device_name()
     m["towers"][dtype].setdefault("compiled_vision", {})[device] = entry

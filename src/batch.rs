@@ -317,21 +317,16 @@ impl Worker {
     /// Waits for a batch's passes and answers its callers.
     fn finish(&self, running: InFlight) {
         let result = running.passes.and_then(|passes| {
-            let mut all: Option<Embeddings> = None;
             let mut previous_done = running.started;
-            for (pass, submitted) in passes {
-                let e = self.model.finish(pass)?;
+            concatenate(passes.into_iter().map(|(pass, submitted)| {
+                let embeddings = self.model.finish(pass);
                 // A pass queued behind another starts when that one is done.
                 let done = Instant::now();
                 histogram!(metrics::INFERENCE, "tower" => "vision")
                     .record(done.duration_since(submitted.max(previous_done)));
                 previous_done = done;
-                match &mut all {
-                    Some(acc) => acc.data.extend_from_slice(&e.data),
-                    None => all = Some(e),
-                }
-            }
-            all.ok_or_else(|| Error::Inference("empty batch".into()))
+                embeddings
+            }))
         });
         self.answer(running.jobs, (result, running.started.elapsed()));
     }
@@ -345,22 +340,13 @@ impl Worker {
             })
             .collect();
         let started = Instant::now();
-        let result = ids
-            .chunks(self.config.max_batch_size.max(1))
-            .try_fold(None::<Embeddings>, |all, pass| {
-                let t = Instant::now();
-                let e = self.model.embed_token_ids(pass)?;
-                histogram!(metrics::INFERENCE, "tower" => "text").record(t.elapsed());
-                counter!(metrics::TEXTS).increment(pass.len() as u64);
-                Ok(Some(match all {
-                    Some(mut acc) => {
-                        acc.data.extend_from_slice(&e.data);
-                        acc
-                    }
-                    None => e,
-                }))
-            })
-            .and_then(|all| all.ok_or_else(|| Error::Inference("empty batch".into())));
+        let result = concatenate(ids.chunks(self.config.max_batch_size.max(1)).map(|pass| {
+            let t = Instant::now();
+            let embeddings = self.model.embed_token_ids(pass);
+            histogram!(metrics::INFERENCE, "tower" => "text").record(t.elapsed());
+            counter!(metrics::TEXTS).increment(pass.len() as u64);
+            embeddings
+        }));
         self.answer(jobs, (result, started.elapsed()));
     }
 
@@ -398,6 +384,19 @@ impl Worker {
             }));
         }
     }
+}
+
+/// The passes' rows, in order; the first error stops (later passes are not run).
+fn concatenate(passes: impl Iterator<Item = Result<Embeddings>>) -> Result<Embeddings> {
+    let mut all: Option<Embeddings> = None;
+    for pass in passes {
+        let e = pass?;
+        match &mut all {
+            Some(acc) => acc.data.extend_from_slice(&e.data),
+            None => all = Some(e),
+        }
+    }
+    all.ok_or_else(|| Error::Inference("empty batch".into()))
 }
 
 /// Moves the queue-depth counter and its gauge together.

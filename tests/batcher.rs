@@ -1,5 +1,6 @@
 //! The inference queue: every caller gets exactly its own rows, dead callers never block or
-//! receive, deadlines drop work, a full queue refuses at once.
+//! receive, deadlines drop work, a full queue refuses at once, a failed pass fails only its own
+//! callers — with the worker overlapping batches (as on a GPU) and without.
 
 mod common;
 
@@ -189,6 +190,36 @@ async fn dropped_callers(config: BatchConfig) {
         .expect("reply");
     assert_close(&reply.embeddings.data, &alone.data);
     assert_eq!(batcher.depth(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_pass_answers_its_callers_and_the_worker_goes_on() {
+    for config in [config(16, 0, 64), pipelined(config(16, 0, 64))] {
+        // The compiled tiny tower takes at most 8 images per pass: a pass of 9 fails in the model.
+        let model = Model::load(&LoadOptions {
+            device: DeviceChoice::Cpu,
+            dtype: DTypeChoice::Fixed(DType::Float32),
+            warmup_rounds: 0,
+            ..LoadOptions::new(common::generated("SIGLIP_TEST_AOTI_MODEL_DIR"))
+        })
+        .expect("compiled model");
+        let photos = photos(&model);
+        let (batcher, _worker) = Batcher::start(model, config);
+        let nine: Vec<Vec<f32>> = (0..9).map(|i| photos[i % photos.len()].0.clone()).collect();
+        match batcher.embed_images(nine, None).await {
+            Err(Error::Inference(message)) => assert!(message.contains("at most 8"), "{message}"),
+            other => panic!(
+                "expected an inference error, got {:?}",
+                other.map(|r| r.batch_size)
+            ),
+        }
+        let (pixels, alone) = photos[1].clone();
+        let reply = batcher
+            .embed_images(vec![pixels], None)
+            .await
+            .expect("the next caller is served");
+        assert_close(&reply.embeddings.data, &alone.data);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

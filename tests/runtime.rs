@@ -1,4 +1,5 @@
-//! The ways of running the towers compute the same embeddings: the choice is about speed only.
+//! The ways of running the towers compute the same embeddings (the choice is about speed only),
+//! and a compiled tower that cannot be used says why.
 
 mod common;
 
@@ -121,4 +122,31 @@ fn aoti_backend_without_a_package_says_how_to_compile_one() {
         message.contains("python -m siglip_export compile") && message.contains("--device cpu"),
         "{message}"
     );
+}
+
+#[test]
+fn a_broken_package_is_a_clear_load_error() {
+    let original = common::generated("SIGLIP_TEST_AOTI_MODEL_DIR");
+    let dir = std::env::temp_dir().join(format!("siglip-broken-package-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    for entry in std::fs::read_dir(&original).expect("model dir") {
+        let path = entry.expect("entry").path();
+        std::fs::copy(&path, dir.join(path.file_name().expect("name"))).expect("copy");
+    }
+    std::fs::write(dir.join("vision.float32.cpu.pt2"), b"not a package").expect("write");
+    let opts = LoadOptions {
+        device: DeviceChoice::Cpu,
+        dtype: DTypeChoice::Fixed(DType::Float32),
+        ..LoadOptions::new(dir.clone())
+    };
+    let message = match Model::load(&opts) {
+        Err(e) => e.to_string(),
+        Ok(_) => panic!("a broken package must not load"),
+    };
+    std::fs::remove_dir_all(&dir).expect("clean up");
+    assert!(
+        message.contains("cannot load the compiled vision tower") && message.contains("ZIP"),
+        "{message}"
+    );
+    assert!(!message.contains("frame #"), "no C++ backtrace: {message}");
 }

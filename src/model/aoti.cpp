@@ -1,6 +1,7 @@
 // C functions over libtorch's AOTInductor package loader, which tch does not bind. Tensors cross
 // as `at::Tensor*`, the representation tch's own C layer uses, so tch takes ownership of results.
-// Every C++ exception becomes an error string the caller frees with siglip_aoti_free_error.
+// Every C++ exception becomes an error string the caller frees with siglip_aoti_free_error
+// (libtorch's own errors without their C++ backtrace: a person reads these).
 
 #include <torch/csrc/inductor/aoti_package/model_package_loader.h>
 
@@ -12,7 +13,12 @@
 using torch::inductor::AOTIModelPackageLoader;
 
 namespace {
-char *error_string(const char *what) { return strdup(what); }
+char *error_string(const std::exception &e) {
+  if (auto *torch_error = dynamic_cast<const c10::Error *>(&e)) {
+    return strdup(torch_error->what_without_backtrace());
+  }
+  return strdup(e.what());
+}
 } // namespace
 
 extern "C" {
@@ -23,7 +29,7 @@ void *siglip_aoti_load(const char *path, int device_index, char **error) {
                                       /*num_runners=*/1,
                                       static_cast<c10::DeviceIndex>(device_index));
   } catch (const std::exception &e) {
-    *error = error_string(e.what());
+    *error = error_string(e);
     return nullptr;
   }
 }
@@ -37,7 +43,7 @@ at::Tensor *siglip_aoti_run(void *loader, const at::Tensor *input, char **error)
     }
     return new at::Tensor(std::move(outputs[0]));
   } catch (const std::exception &e) {
-    *error = error_string(e.what());
+    *error = error_string(e);
     return nullptr;
   }
 }

@@ -12,10 +12,13 @@
 #   make build && mkdir -p dist && strip -o dist/siglip-serve target/release/siglip-serve
 #   and the transformers 5.24 + regex wheels in .whl/ (README, "GPU")
 # then run `bash bench/gpu.sh` from the repository root there, carrying dist/ and .whl/.
+# Before spending GPU time, `DEVICE=cpu SHAPE=tiny bash bench/gpu.sh` runs the same script on the
+# CPU machine (with the venv's python3 first on PATH) as a check of the script itself.
 set -euo pipefail
 work=${WORK:-/tmp/siglip-bench}
 shape=${SHAPE:-so400m-384}
 max_batch=${MAX_BATCH:-64}
+device=${DEVICE:-cuda}
 variants=${VARIANTS:-torchscript aoti}
 mkdir -p "$work/out"
 source gpu/env.sh
@@ -28,9 +31,9 @@ echo "export $shape bf16: $((SECONDS - t0)) s"
 if [[ " $variants " == *" aoti "* ]]; then
   t1=$SECONDS
   # shellcheck disable=SC2086 # COMPILE_ARGS (e.g. --max-autotune) is a list of arguments
-  if python3 -m siglip_export compile --model-dir "$work/$shape" --device cuda --dtype bfloat16 \
+  if python3 -m siglip_export compile --model-dir "$work/$shape" --device "$device" --dtype bfloat16 \
        --max-batch "$max_batch" ${COMPILE_ARGS:-} > "$work/compile.log" 2>&1; then
-    echo "AOTInductor compile, cuda bf16, batch 1..$max_batch: $((SECONDS - t1)) s"
+    echo "AOTInductor compile, $device bf16, batch 1..$max_batch: $((SECONDS - t1)) s"
   else
     tail -20 "$work/compile.log"
     echo "AOTInductor compile failed: benchmarking without the aoti variant"
@@ -38,16 +41,16 @@ if [[ " $variants " == *" aoti "* ]]; then
   fi
 fi
 gflops=$(python3 bench/flops.py --checkpoint "$work/$shape-checkpoint" | python3 -c 'import json,sys; print(json.load(sys.stdin)["gflops_per_image"])')
-peak=$(python3 bench/peak.py --device cuda --dtype bfloat16 | python3 -c 'import json,sys; print(json.load(sys.stdin)["tflops"])')
+peak=$(python3 bench/peak.py --device "$device" --dtype bfloat16 | python3 -c 'import json,sys; print(json.load(sys.stdin)["tflops"])')
 echo "vision tower: $gflops GFLOP/image; measured bf16 matmul peak: $peak TFLOP/s"
 # The tower outside the server: stalls at new batch sizes, executor settings, eager, kernel mix.
 # shellcheck disable=SC2086 # PROBE_ARGS is a list of arguments
-python3 bench/tower_probe.py --model "$work/$shape" --dtype bfloat16 --batch "$max_batch" \
+python3 bench/tower_probe.py --model "$work/$shape" --dtype bfloat16 --device "$device" --batch "$max_batch" \
   --seconds 2 --peak-tflops "$peak" --profile ${PROBE_ARGS:-} --json "$work/out/probe.json" 2> "$work/probe.log" \
   || tail -20 "$work/probe.log"
 
 BIN=$PWD/dist/siglip-serve PY=python3 MODEL=$work/$shape CHECKPOINT=$work/$shape-checkpoint \
-  DEVICE=cuda DTYPES=bfloat16 VARIANTS=$variants PYTHON_DTYPE=bfloat16 THREADS=${THREADS:-8} \
+  DEVICE=$device DTYPES=bfloat16 VARIANTS=$variants PYTHON_DTYPE=bfloat16 THREADS=${THREADS:-8} \
   PHASE_SECONDS=${PHASE_SECONDS:-10} CONCURRENCY=${CONCURRENCY:-128} MAX_BATCH=$max_batch \
   ASSETS=$work/assets OUT_DIR=$work/out \
   REPORT_ARGS="--gflops-per-image $gflops --peak-tflops $peak" bash bench/run.sh

@@ -8,7 +8,7 @@ import logging
 import sys
 from pathlib import Path
 
-from .export import DTYPES, parse_dtypes
+from .export import DTYPES, ExportError, parse_dtypes
 
 
 def _dtypes(value: str) -> list[str]:
@@ -73,6 +73,15 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
 
+    try:
+        return _run(a)
+    except ExportError as e:
+        # A check failed or the input is unusable: the message says which; no traceback.
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+
+
+def _run(a: argparse.Namespace) -> int:
     if a.cmd in ("export", "random"):
         from .export import export
 

@@ -43,6 +43,8 @@ def compile_vision(model_dir: Path, *, device: str, dtype: str, max_batch: int, 
         raise ExportError("--device cuda: this machine's torch sees no CUDA device (compile where the model is served)")
     if max_batch < 1:
         raise ExportError("--max-batch must be at least 1")
+    if not (model_dir / "manifest.json").is_file():
+        raise ExportError(f"{model_dir} has no manifest.json: export the model there first (export or random)")
     m = json.loads((model_dir / "manifest.json").read_text())
     if dtype not in m["towers"]:
         raise ExportError(f"{model_dir} has no {dtype} towers (it has {', '.join(m['towers'])}); export that dtype first")

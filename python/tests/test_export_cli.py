@@ -1,0 +1,32 @@
+"""The export tool's `compile` refuses unusable input with a one-line error, no traceback."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def compile_cli(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO / "python")}
+    return subprocess.run([sys.executable, "-m", "siglip_export", "compile", *args],
+                          capture_output=True, text=True, env=env, timeout=120)
+
+
+def assert_clear_error(out: subprocess.CompletedProcess, needle: str) -> None:
+    assert out.returncode == 1, out.stderr
+    assert "Traceback" not in out.stderr, out.stderr
+    assert "error: " in out.stderr and needle in out.stderr, out.stderr
+
+
+def test_compile_needs_a_model_directory(tmp_path: Path):
+    assert_clear_error(compile_cli("--model-dir", str(tmp_path), "--device", "cpu"), "has no manifest.json")
+
+
+def test_compile_needs_the_dtype_exported(tmp_path: Path, manifest: dict):
+    only_fp32 = {**manifest, "towers": {"float32": manifest["towers"]["float32"]}}
+    (tmp_path / "manifest.json").write_text(json.dumps(only_fp32))
+    out = compile_cli("--model-dir", str(tmp_path), "--device", "cpu", "--dtype", "bfloat16")
+    assert_clear_error(out, "has no bfloat16 towers (it has float32); export that dtype first")

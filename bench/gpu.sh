@@ -30,13 +30,15 @@ python3 -m siglip_export random --shape "$shape" --dtype bfloat16 --out "$work/$
 echo "export $shape bf16: $((SECONDS - t0)) s"
 if [[ " $variants " == *" aoti "* ]]; then
   t1=$SECONDS
+  # Bounded (COMPILE_TIMEOUT, s): an overlong compile must not cost the rest of the run. The
+  # manifest is written last, so an interrupted compile leaves the model as it was.
   # shellcheck disable=SC2086 # COMPILE_ARGS (e.g. --max-autotune) is a list of arguments
-  if python3 -m siglip_export compile --model-dir "$work/$shape" --device "$device" --dtype bfloat16 \
-       --max-batch "$max_batch" ${COMPILE_ARGS:-} > "$work/compile.log" 2>&1; then
+  if timeout "${COMPILE_TIMEOUT:-240}" python3 -m siglip_export compile --model-dir "$work/$shape" \
+       --device "$device" --dtype bfloat16 --max-batch "$max_batch" ${COMPILE_ARGS:-} > "$work/compile.log" 2>&1; then
     echo "AOTInductor compile, $device bf16, batch 1..$max_batch: $((SECONDS - t1)) s"
   else
     tail -20 "$work/compile.log"
-    echo "AOTInductor compile failed: benchmarking without the aoti variant"
+    echo "AOTInductor compile failed or took over ${COMPILE_TIMEOUT:-240} s (compile.log): benchmarking without the aoti variant"
     variants=${variants//aoti/}
   fi
 fi

@@ -100,13 +100,15 @@ def kernel_groups(fn, device) -> dict:
         Timer(device).sync()
     groups: dict[str, float] = {}
     for event in prof.key_averages():
-        us = event.self_device_time_total if device.type == "cuda" else 0
-        if device.type == "cuda" and event.device_type != torch.autograd.DeviceType.CUDA:
-            continue
-        if device.type != "cuda":
-            us = event.self_cpu_time_total
+        # On CUDA the kernels themselves; on the CPU, where there are none, the aten ops.
+        if device.type == "cuda":
+            if event.device_type != torch.autograd.DeviceType.CUDA:
+                continue
+            us = event.self_device_time_total
+        else:
             if not event.key.startswith("aten::"):
                 continue
+            us = event.self_cpu_time_total
         name = next((g for g, pattern in KERNEL_GROUPS if re.search(pattern, event.key, re.I)), "other")
         groups[name] = groups.get(name, 0.0) + us / 1e3
     return groups

@@ -289,7 +289,11 @@ impl Worker {
             .collect();
         let passes = rows
             .chunks(self.config.max_batch_size.max(1))
-            .map(|pass| self.model.stage_rows(pass))
+            .map(|pass| {
+                histogram!(metrics::BATCH_SIZE).record(pass.len() as f64);
+                counter!(metrics::IMAGES).increment(pass.len() as u64);
+                self.model.stage_rows(pass)
+            })
             .collect();
         StagedBatch { jobs, passes }
     }
@@ -299,12 +303,7 @@ impl Worker {
         let passes = staged.passes.and_then(|passes| {
             passes
                 .into_iter()
-                .map(|pass| {
-                    let rows = pass.len();
-                    histogram!(metrics::BATCH_SIZE).record(rows as f64);
-                    counter!(metrics::IMAGES).increment(rows as u64);
-                    Ok((self.model.submit(pass)?, Instant::now()))
-                })
+                .map(|pass| Ok((self.model.submit(pass)?, Instant::now())))
                 .collect()
         });
         InFlight {

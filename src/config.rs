@@ -29,7 +29,7 @@ pub struct ModelArgs {
     /// What runs the vision tower: `aoti` (an AOTInductor package from `python -m siglip_export
     /// compile`, fused kernels for this device), `torchscript` (the traced tower), or `auto`: the
     /// package when the model directory has one for this device and dtype.
-    #[arg(long, env = "SIGLIP_BACKEND", default_value = "auto")]
+    #[arg(long, env = "SIGLIP_BACKEND", value_enum, default_value_t = BackendChoice::Auto)]
     pub backend: BackendChoice,
 
     /// libtorch intra-op threads (0: one per core).

@@ -9,22 +9,11 @@ use std::time::{Duration, Instant};
 use siglip_serve::batch::{BatchConfig, Batcher};
 use siglip_serve::error::Error;
 use siglip_serve::model::{
-    image::decode,
-    image::ImageLimits,
-    pixels_per_image,
-    runtime::{DType, DTypeChoice, DeviceChoice},
-    scores::Embeddings,
-    LoadOptions, Model,
+    image::decode, image::ImageLimits, pixels_per_image, scores::Embeddings, Model,
 };
 
 fn model() -> Model {
-    Model::load(&LoadOptions {
-        device: DeviceChoice::Cpu,
-        dtype: DTypeChoice::Fixed(DType::Float32),
-        warmup_rounds: 0,
-        ..LoadOptions::new(common::generated("SIGLIP_TEST_MODEL_DIR"))
-    })
-    .expect("model")
+    common::cpu_model("SIGLIP_TEST_MODEL_DIR")
 }
 
 /// Preprocessed pixels of every test photo, and their embeddings computed one at a time.
@@ -70,25 +59,25 @@ fn config(max_batch_size: usize, delay_ms: u64, queue: usize) -> BatchConfig {
     }
 }
 
-/// The worker as on a GPU: the next batch is prepared while one is in flight. On the CPU the
-/// pass itself is synchronous, but the order of staging, answering and submitting is the same.
-fn pipelined(config: BatchConfig) -> BatchConfig {
-    BatchConfig {
-        pipelined: true,
-        ..config
-    }
+/// `config` for the worker as it runs on the CPU, and as on a GPU, where the next batch is
+/// prepared while one is in flight (on the CPU the pass itself is synchronous, but the order of
+/// staging, answering and submitting is the same).
+fn both_modes(config: BatchConfig) -> [BatchConfig; 2] {
+    [
+        config,
+        BatchConfig {
+            pipelined: true,
+            ..config
+        },
+    ]
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_callers_get_their_own_rows() {
-    own_rows(config(4, 50, 64)).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_callers_get_their_own_rows_pipelined() {
-    own_rows(pipelined(config(4, 50, 64))).await;
-    // No delay: batches form from whatever waits while the previous one runs.
-    own_rows(pipelined(config(4, 0, 64))).await;
+    // With no delay, batches form from whatever waits while the previous one runs.
+    for config in [both_modes(config(4, 50, 64)), both_modes(config(4, 0, 64))].concat() {
+        own_rows(config).await;
+    }
 }
 
 async fn own_rows(config: BatchConfig) {
@@ -145,12 +134,9 @@ async fn own_rows(config: BatchConfig) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expired_and_cancelled_callers_are_dropped_and_block_no_one() {
-    dropped_callers(config(8, 20, 64)).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn expired_and_cancelled_callers_are_dropped_and_block_no_one_pipelined() {
-    dropped_callers(pipelined(config(8, 20, 64))).await;
+    for config in both_modes(config(8, 20, 64)) {
+        dropped_callers(config).await;
+    }
 }
 
 async fn dropped_callers(config: BatchConfig) {
@@ -194,15 +180,9 @@ async fn dropped_callers(config: BatchConfig) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_pass_answers_its_callers_and_the_worker_goes_on() {
-    for config in [config(16, 0, 64), pipelined(config(16, 0, 64))] {
+    for config in both_modes(config(16, 0, 64)) {
         // The compiled tiny tower takes at most 8 images per pass: a pass of 9 fails in the model.
-        let model = Model::load(&LoadOptions {
-            device: DeviceChoice::Cpu,
-            dtype: DTypeChoice::Fixed(DType::Float32),
-            warmup_rounds: 0,
-            ..LoadOptions::new(common::generated("SIGLIP_TEST_AOTI_MODEL_DIR"))
-        })
-        .expect("compiled model");
+        let model = common::cpu_model("SIGLIP_TEST_AOTI_MODEL_DIR");
         let photos = photos(&model);
         let (batcher, _worker) = Batcher::start(model, config);
         let nine: Vec<Vec<f32>> = (0..9).map(|i| photos[i % photos.len()].0.clone()).collect();

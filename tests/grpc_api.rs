@@ -11,9 +11,7 @@ use siglip_serve::grpc::pb::{
 };
 use siglip_serve::model::{
     image::{decode, ImageLimits},
-    runtime::{DType, DTypeChoice, DeviceChoice},
     scores::sigmoid,
-    LoadOptions, Model,
 };
 use tokio_stream::StreamExt;
 use tonic::{Code, Request};
@@ -46,13 +44,7 @@ fn encoded(bytes: Vec<u8>) -> Option<pb::Image> {
 
 /// Probabilities by label index, straight from the core runtime.
 fn expected(image: &[u8], texts: &[String]) -> Vec<f32> {
-    let model = Model::load(&LoadOptions {
-        device: DeviceChoice::Cpu,
-        dtype: DTypeChoice::Fixed(DType::Float32),
-        warmup_rounds: 0,
-        ..LoadOptions::new(common::generated("SIGLIP_TEST_MODEL_DIR"))
-    })
-    .expect("model");
+    let model = common::cpu_model("SIGLIP_TEST_MODEL_DIR");
     let rgb = decode(image, &ImageLimits::default()).expect("decode");
     let img = model.embed_images(&[rgb]).expect("image");
     let txt = model.embed_texts(texts).expect("texts");

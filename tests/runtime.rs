@@ -6,18 +6,16 @@ mod common;
 use siglip_serve::error::Error;
 use siglip_serve::model::{
     image::{decode, preprocess, ImageLimits},
-    runtime::{BackendChoice, DType, DTypeChoice, DeviceChoice},
+    runtime::BackendChoice,
     LoadOptions, Model,
 };
 
 fn options(dir_var: &str, backend: BackendChoice, jit_optimize: bool) -> LoadOptions {
     LoadOptions {
-        device: DeviceChoice::Cpu,
-        dtype: DTypeChoice::Fixed(DType::Float32),
         warmup_rounds: 1,
         backend,
         jit_optimize,
-        ..LoadOptions::new(common::generated(dir_var))
+        ..common::cpu_options(dir_var)
     }
 }
 
@@ -135,9 +133,8 @@ fn a_broken_package_is_a_clear_load_error() {
     }
     std::fs::write(dir.join("vision.float32.cpu.pt2"), b"not a package").expect("write");
     let opts = LoadOptions {
-        device: DeviceChoice::Cpu,
-        dtype: DTypeChoice::Fixed(DType::Float32),
-        ..LoadOptions::new(dir.clone())
+        dir: dir.clone(),
+        ..common::cpu_options("SIGLIP_TEST_AOTI_MODEL_DIR")
     };
     let message = match Model::load(&opts) {
         Err(e) => e.to_string(),

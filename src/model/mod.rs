@@ -235,17 +235,6 @@ pub struct Staged {
     n: usize,
 }
 
-impl Staged {
-    /// Images in the pass.
-    pub fn len(&self) -> usize {
-        self.n
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.n == 0
-    }
-}
-
 /// Images whose vision pass is queued on the device ([`Model::submit`]).
 pub struct Pending {
     images: runtime::PendingImages,

@@ -98,27 +98,14 @@ impl DTypeChoice {
 }
 
 /// What runs the vision tower, as given on the command line.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum BackendChoice {
     /// The AOTInductor package compiled for this device and dtype when the model directory has
     /// one, else TorchScript.
     Auto,
+    #[value(name = "torchscript")]
     TorchScript,
     Aoti,
-}
-
-impl FromStr for BackendChoice {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "auto" => Ok(Self::Auto),
-            "torchscript" => Ok(Self::TorchScript),
-            "aoti" => Ok(Self::Aoti),
-            _ => Err(format!(
-                "unknown backend {s:?}: use auto, torchscript or aoti"
-            )),
-        }
-    }
 }
 
 /// How to run the towers, beyond device and dtype.
@@ -292,16 +279,10 @@ impl Towers {
         self.dtype
     }
 
-    /// `images`: CHW float32 rows, normalised, `3·size·size` each. Returns `n × dim` float32
-    /// embeddings.
-    pub fn embed_images(&self, images: &[&[f32]], size: u32) -> Result<Vec<f32>> {
-        let staged = self.stage_images(images, size)?;
-        let pending = self.submit_images(staged)?;
-        self.finish_images(pending)
-    }
-
-    /// Copies a pass's pixels into host memory for the device (page-locked on CUDA). Only host
-    /// work: on CUDA it can overlap the previous pass, which runs on the GPU meanwhile.
+    /// A vision pass in three steps, so that a caller can overlap passes. First, copies the
+    /// pass's pixels into host memory for the device (page-locked on CUDA) — only host work: on
+    /// CUDA it can overlap the previous pass, which runs on the GPU meanwhile. `images`: CHW
+    /// float32 rows, normalised, `3·size·size` each.
     pub fn stage_images(&self, images: &[&[f32]], size: u32) -> Result<StagedImages> {
         let side = size as i64;
         let per_image = (3 * side * side) as usize;

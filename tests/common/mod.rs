@@ -4,6 +4,11 @@
 
 use std::path::PathBuf;
 
+use siglip_serve::model::{
+    runtime::{DType, DTypeChoice, DeviceChoice},
+    LoadOptions, Model,
+};
+
 /// A path from an environment variable set by `make test`; panics with the fix when it is not.
 pub fn generated(var: &str) -> PathBuf {
     let path = std::env::var_os(var).map(PathBuf::from).unwrap_or_else(|| {
@@ -15,6 +20,21 @@ pub fn generated(var: &str) -> PathBuf {
         path.display()
     );
     path
+}
+
+/// Loading a model directory `make test` generated (named by the variable `var`): on the CPU, in
+/// float32, without warm-up.
+pub fn cpu_options(var: &str) -> LoadOptions {
+    LoadOptions {
+        device: DeviceChoice::Cpu,
+        dtype: DTypeChoice::Fixed(DType::Float32),
+        warmup_rounds: 0,
+        ..LoadOptions::new(generated(var))
+    }
+}
+
+pub fn cpu_model(var: &str) -> Model {
+    Model::load(&cpu_options(var)).expect("model")
 }
 
 pub mod server;

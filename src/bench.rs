@@ -28,7 +28,7 @@ use tonic::transport::Channel;
 
 use crate::config::ModelArgs;
 use crate::grpc::pb::{self, siglip_client::SiglipClient};
-use crate::model::{pixels_per_image, Model};
+use crate::model::{pixels_per_image, LoadOptions, Model};
 
 #[derive(Debug, Clone, Args)]
 pub struct BenchArgs {
@@ -526,7 +526,11 @@ async fn one_stream(
 /// overlapped as the server's worker does on a GPU (the next batch's pixels are copied while one
 /// runs), so this is the tower's own rate.
 fn model_only(args: &ModelArgs, batch: usize, duration: Duration) -> anyhow::Result<f64> {
-    let model = Model::load(&args.load_options())?;
+    // Warmed up below, at this batch size only.
+    let model = Model::load(&LoadOptions {
+        warmup_rounds: 0,
+        ..args.load_options(batch)
+    })?;
     // Varied values in the normalised range: constant inputs can run faster than photos.
     let pixels: Vec<f32> = (0..pixels_per_image(model.preprocess()) * batch)
         .map(|i| (i * 7919 % 251) as f32 / 125.0 - 1.0)

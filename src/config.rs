@@ -36,8 +36,9 @@ pub struct ModelArgs {
     #[arg(long, env = "SIGLIP_THREADS", default_value_t = 0)]
     pub threads: usize,
 
-    /// Forward passes per tower at startup, before the model counts as ready.
-    #[arg(long, env = "SIGLIP_WARMUP_ROUNDS", default_value_t = 3)]
+    /// Forward passes per tower at startup, before the model counts as ready: at batch sizes 1
+    /// and 2 on the CPU, at every batch size up to `--max-batch-size` on CUDA.
+    #[arg(long, env = "SIGLIP_WARMUP_ROUNDS", default_value_t = 2)]
     pub warmup_rounds: usize,
 
     /// TorchScript's optimising executor (libtorch's default): profiles the first calls, then
@@ -48,8 +49,9 @@ pub struct ModelArgs {
 }
 
 impl ModelArgs {
-    /// Applies the thread setting (process-wide in libtorch) and returns the load options.
-    pub fn load_options(&self) -> LoadOptions {
+    /// Applies the thread setting (process-wide in libtorch) and returns the load options, for a
+    /// caller whose largest batch is `largest_batch`.
+    pub fn load_options(&self, largest_batch: usize) -> LoadOptions {
         if self.threads > 0 {
             tch::set_num_threads(self.threads as i32);
         }
@@ -58,6 +60,7 @@ impl ModelArgs {
             device: self.device,
             dtype: self.dtype,
             warmup_rounds: self.warmup_rounds,
+            warmup_batch: largest_batch,
             backend: self.backend,
             jit_optimize: self.jit_optimize,
         }

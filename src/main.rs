@@ -87,7 +87,7 @@ fn main() -> ExitCode {
 }
 
 fn classify(args: &ModelArgs, files: &[PathBuf], labels: &[String]) -> Result<()> {
-    let model = Model::load(&args.load_options())?;
+    let model = Model::load(&args.load_options(files.len().max(1)))?;
     let manifest = model.manifest();
     println!(
         "model {} ({}, {}px) on {} in {}",

@@ -132,7 +132,8 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 
 /// Loads and warms the model, then starts the inference worker in front of it (blocking).
 fn load(args: &ServeArgs) -> anyhow::Result<(Arc<Infer>, RunningOn)> {
-    let model = Model::load(&args.model.load_options()).context("loading the model")?;
+    let model = Model::load(&args.model.load_options(args.batch.max_batch_size.max(1)))
+        .context("loading the model")?;
     if let Some(max) = model
         .max_batch()
         .filter(|&max| args.batch.max_batch_size > max)

@@ -25,9 +25,11 @@ pub struct LoadOptions {
     pub dir: PathBuf,
     pub device: DeviceChoice,
     pub dtype: DTypeChoice,
-    /// Forward passes per tower before the model is reported ready (TorchScript's profiling
-    /// executor makes the first calls much slower).
+    /// Forward passes per tower and batch size before the model is reported ready
+    /// (TorchScript's profiling executor makes the first calls much slower).
     pub warmup_rounds: usize,
+    /// The largest batch the caller will run: on CUDA, warm-up covers every size up to it.
+    pub warmup_batch: usize,
     /// What runs the vision tower; see `--backend`.
     pub backend: BackendChoice,
     /// TorchScript's optimising (profiling, fusing) executor; see `--jit-optimize`.
@@ -35,14 +37,15 @@ pub struct LoadOptions {
 }
 
 impl LoadOptions {
-    /// `dir` with the command line's defaults: automatic device, dtype and backend, three warm-up
-    /// rounds, the optimising executor.
+    /// `dir` with the command line's defaults: automatic device, dtype and backend, two warm-up
+    /// rounds up to the server's default batch size, the optimising executor.
     pub fn new(dir: PathBuf) -> Self {
         Self {
             dir,
             device: DeviceChoice::Auto,
             dtype: DTypeChoice::Auto,
-            warmup_rounds: 3,
+            warmup_rounds: 2,
+            warmup_batch: 16,
             backend: BackendChoice::Auto,
             jit_optimize: true,
         }
@@ -87,7 +90,7 @@ impl Model {
             preprocess,
             head,
         };
-        model.warm_up(opts.warmup_rounds)?;
+        model.warm_up(opts.warmup_rounds, opts.warmup_batch)?;
         Ok(model)
     }
 
@@ -218,14 +221,40 @@ impl Model {
         Ok(Embeddings::new(dim, data))
     }
 
-    /// Runs both towers a few times at batch sizes 1 and 2 on neutral inputs.
-    fn warm_up(&self, rounds: usize) -> Result<()> {
+    /// Runs both towers `rounds` times at each batch size that matters. On CUDA that is every
+    /// size from `largest` (capped by a compiled package's limit) down to 1: a size's first pass
+    /// there can compile fused kernels (TorchScript's executor), choose GEMM algorithms and grow
+    /// the caching allocator, which would otherwise stall the first batch of that size in
+    /// service; largest first, so that smaller batches fit in memory it already holds. On the
+    /// CPU only the very first pass is slow (`bench/tower_probe.py`: a new size's first call
+    /// takes as long as its second) and a pass can take seconds, so sizes 1 and 2 suffice.
+    fn warm_up(&self, rounds: usize, largest: usize) -> Result<()> {
+        let sizes = warmup_sizes(self.device().is_cuda(), largest, self.max_batch());
+        let started = std::time::Instant::now();
         let per_image = pixels_per_image(&self.preprocess);
-        for n in [1, 2].into_iter().cycle().take(rounds * 2) {
-            self.embed_pixels(&vec![0f32; per_image * n], n)?;
-            self.embed_texts(&vec!["a photo"; n])?;
+        for _ in 0..rounds {
+            for &n in &sizes {
+                self.embed_pixels(&vec![0f32; per_image * n], n)?;
+                self.embed_texts(&vec!["a photo"; n])?;
+            }
         }
+        tracing::info!(
+            rounds,
+            largest_batch = sizes.iter().max().copied().unwrap_or(0),
+            seconds = started.elapsed().as_secs_f64(),
+            "warmed up"
+        );
         Ok(())
+    }
+}
+
+/// The batch sizes [`Model::warm_up`] runs, in order.
+fn warmup_sizes(cuda: bool, largest: usize, package_max: Option<usize>) -> Vec<usize> {
+    if cuda {
+        let top = package_max.map_or(largest, |max| max.min(largest));
+        (1..=top.max(1)).rev().collect()
+    } else {
+        vec![1, 2]
     }
 }
 
@@ -244,4 +273,17 @@ pub struct Pending {
 /// Floats in one preprocessed image (3 × size × size).
 pub fn pixels_per_image(p: &Preprocess) -> usize {
     3 * (p.size as usize) * (p.size as usize)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::warmup_sizes;
+
+    #[test]
+    fn warm_up_covers_every_batch_size_on_cuda_within_the_package_limit() {
+        assert_eq!(warmup_sizes(true, 4, None), [4, 3, 2, 1]);
+        assert_eq!(warmup_sizes(true, 64, Some(3)), [3, 2, 1]);
+        assert_eq!(warmup_sizes(true, 0, None), [1]);
+        assert_eq!(warmup_sizes(false, 64, None), [1, 2]);
+    }
 }

@@ -60,7 +60,7 @@ impl ModelArgs {
             device: self.device,
             dtype: self.dtype,
             warmup_rounds: self.warmup_rounds,
-            warmup_batch: largest_batch,
+            largest_batch,
             backend: self.backend,
             jit_optimize: self.jit_optimize,
         }

@@ -28,8 +28,9 @@ pub struct LoadOptions {
     /// Forward passes per tower and batch size before the model is reported ready
     /// (TorchScript's profiling executor makes the first calls much slower).
     pub warmup_rounds: usize,
-    /// The largest batch the caller will run: on CUDA, warm-up covers every size up to it.
-    pub warmup_batch: usize,
+    /// The most images the caller puts in one pass: on CUDA, warm-up covers every batch size up
+    /// to it, and page-locked host buffers are sized for it.
+    pub largest_batch: usize,
     /// What runs the vision tower; see `--backend`.
     pub backend: BackendChoice,
     /// TorchScript's optimising (profiling, fusing) executor; see `--jit-optimize`.
@@ -45,7 +46,7 @@ impl LoadOptions {
             device: DeviceChoice::Auto,
             dtype: DTypeChoice::Auto,
             warmup_rounds: 2,
-            warmup_batch: 16,
+            largest_batch: 16,
             backend: BackendChoice::Auto,
             jit_optimize: true,
         }
@@ -79,6 +80,7 @@ impl Model {
             RunOptions {
                 backend: opts.backend,
                 jit_optimize: opts.jit_optimize,
+                largest_batch: opts.largest_batch,
             },
         )?;
         let preprocess = manifest.image.preprocess(manifest.image.size);
@@ -90,7 +92,7 @@ impl Model {
             preprocess,
             head,
         };
-        model.warm_up(opts.warmup_rounds, opts.warmup_batch)?;
+        model.warm_up(opts.warmup_rounds, opts.largest_batch)?;
         Ok(model)
     }
 
@@ -231,10 +233,19 @@ impl Model {
     fn warm_up(&self, rounds: usize, largest: usize) -> Result<()> {
         let sizes = warmup_sizes(self.device().is_cuda(), largest, self.max_batch());
         let started = std::time::Instant::now();
-        let per_image = pixels_per_image(&self.preprocess);
+        let zeros = vec![0f32; pixels_per_image(&self.preprocess)];
+        let rows = |n: usize| vec![zeros.as_slice(); n];
+        if self.runs_asynchronously() && rounds > 0 {
+            // The overlapping worker holds two page-locked buffers at once: pin both now.
+            let top = rows(sizes[0]);
+            let staged = [self.stage_rows(&top)?, self.stage_rows(&top)?];
+            for pass in staged {
+                self.finish(self.submit(pass)?)?;
+            }
+        }
         for _ in 0..rounds {
             for &n in &sizes {
-                self.embed_pixels(&vec![0f32; per_image * n], n)?;
+                self.embed_rows(&rows(n))?;
                 self.embed_texts(&vec!["a photo"; n])?;
             }
         }

@@ -4,8 +4,10 @@ For one exported model directory (``python -m siglip_export``) and one dtype it 
 after warm-up and timed with device synchronisation:
 
 1. *new batch sizes*: the TorchScript tower's first and second call at each batch size, with the
-   optimising executor on and off (``--jit-optimize``). A first call much slower than the second
-   is compilation inside libtorch, which the server pays when a batch of a new size first forms;
+   optimising executor on and off (``--jit-optimize``), and the AOTInductor package's when the
+   directory has one for this device. A first call much slower than the second is compilation
+   (or GEMM algorithm choice) inside libtorch, which the server pays when a batch of a new size
+   first forms unless its warm-up covered that size;
 2. *throughput* at ``--batch``: the TorchScript tower (executor on, off), the AOTInductor package
    when the directory has one for this device (``python -m siglip_export compile``), transformers'
    eager ``SiglipVisionModel`` from the same checkpoint, and with ``--compile`` the eager model
@@ -68,12 +70,12 @@ def load_tower(path: Path, device: torch.device) -> torch.jit.ScriptModule:
     return torch.jit.load(str(path), map_location=device).eval()
 
 
-def new_sizes(path: Path, device, size: int, optimize: bool, sizes: list[int]) -> list[dict]:
+def new_sizes(tower, device, size: int, sizes: list[int], dtype=torch.float32) -> list[dict]:
     """First and second call per batch size, on a freshly loaded tower."""
-    tower, timer, rows = load_tower(path, device), Timer(device), []
-    with torch.no_grad(), torch.jit.optimized_execution(optimize):
+    timer, rows = Timer(device), []
+    with torch.no_grad():
         for b in sizes:
-            x = pixels(b, size, device)
+            x = pixels(b, size, device).to(dtype)
             first, second = timer(lambda: tower(x)), timer(lambda: tower(x))
             rows.append({"batch": b, "first_ms": first * 1e3, "second_ms": second * 1e3})
     return rows
@@ -143,7 +145,14 @@ def main():
 
     for optimize in (True, False):
         key = "jit-optimize" if optimize else "jit-off"
-        report["new_sizes"][key] = new_sizes(vision, device, size, optimize, a.sizes)
+        with torch.jit.optimized_execution(optimize):
+            report["new_sizes"][key] = new_sizes(load_tower(vision, device), device, size, a.sizes)
+    compiled = manifest["towers"][a.dtype].get("compiled_vision", {}).get(device.type)
+    if compiled:
+        package = torch._inductor.aoti_load_package(str(a.model / compiled["file"]))
+        report["new_sizes"]["aoti package"] = new_sizes(
+            package, device, size, [b for b in a.sizes if b <= compiled["max_batch"]], DTYPES[a.dtype])
+        del package
 
     x = pixels(a.batch, size, device)
     for optimize in (True, False):
@@ -152,7 +161,6 @@ def main():
             report["img_s"]["torchscript " + ("jit-optimize" if optimize else "jit-off")] = \
                 throughput(lambda: tower(x), a.batch, device, a.seconds)
         del tower
-    compiled = manifest["towers"][a.dtype].get("compiled_vision", {}).get(device.type)
     if compiled and a.batch <= compiled["max_batch"]:
         package = torch._inductor.aoti_load_package(str(a.model / compiled["file"]))
         xd = x.to(DTYPES[a.dtype])

@@ -106,7 +106,7 @@ siglip_texts_processed_total siglip_text_cache_hits_total siglip_text_cache_miss
 siglip_text_cache_entries siglip_active_streams siglip_stream_frames_received_total
 siglip_stream_frames_classified_total siglip_stream_frames_dropped_total
 siglip_stream_result_staleness_seconds siglip_received_bytes_total siglip_inflight_requests
-siglip_requests_dropped_total siglip_model_info siglip_build_info siglip_ready
+siglip_requests_dropped_total siglip_inference_worker_panics_total siglip_model_info siglip_build_info siglip_ready
 process_resident_memory_bytes process_cpu_seconds_total""".split()
 HISTOGRAMS = {"siglip_grpc_request_duration_seconds", "siglip_queue_wait_seconds", "siglip_batch_size",
               "siglip_preprocess_duration_seconds", "siglip_tokenize_duration_seconds",

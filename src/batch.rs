@@ -12,6 +12,7 @@
 //! for the host between batches.
 
 use std::{
+    panic::{self, AssertUnwindSafe},
     sync::{
         atomic::{AtomicUsize, Ordering},
         mpsc::{self, RecvTimeoutError, SyncSender, TryRecvError, TrySendError},
@@ -219,28 +220,43 @@ impl Worker {
                 Next::Empty => Vec::new(),
                 Next::Closed => break,
             };
-            let (images, texts): (Vec<Job>, Vec<Job>) = batch
-                .into_iter()
-                .filter_map(Job::still_wanted)
-                .partition(|j| matches!(j.work, Work::Images(_)));
-            let staged = (!images.is_empty()).then(|| self.stage(images));
-            if let Some(running) = in_flight.take() {
-                self.finish(running);
-            }
-            if !texts.is_empty() {
-                self.run_texts(texts);
-            }
-            if let Some(staged) = staged {
-                let running = self.submit(staged);
-                if self.config.pipelined {
-                    in_flight = Some(running);
-                } else {
-                    self.finish(running);
-                }
+            // libtorch errors come back as `Result`s, but a panic (tch panics where it has no
+            // fallible call) must not end the only inference thread while the server looks
+            // healthy: the batches it held are dropped, so their callers get an error, and the
+            // worker goes on with the next.
+            let step = panic::catch_unwind(AssertUnwindSafe(|| self.step(batch, &mut in_flight)));
+            if step.is_err() {
+                counter!(metrics::WORKER_PANICS).increment(1);
+                tracing::error!("the inference worker panicked; its current batches failed");
+                in_flight = None;
             }
         }
         if let Some(running) = in_flight {
             self.finish(running);
+        }
+    }
+
+    /// Runs one batch from the queue: its images are submitted (and, when pipelined, left
+    /// running in `in_flight`), the previous batch is answered, its texts are run.
+    fn step(&self, batch: Vec<Job>, in_flight: &mut Option<InFlight>) {
+        let (images, texts): (Vec<Job>, Vec<Job>) = batch
+            .into_iter()
+            .filter_map(Job::still_wanted)
+            .partition(|j| matches!(j.work, Work::Images(_)));
+        let staged = (!images.is_empty()).then(|| self.stage(images));
+        if let Some(running) = in_flight.take() {
+            self.finish(running);
+        }
+        if !texts.is_empty() {
+            self.run_texts(texts);
+        }
+        if let Some(staged) = staged {
+            let running = self.submit(staged);
+            if self.config.pipelined {
+                *in_flight = Some(running);
+            } else {
+                self.finish(running);
+            }
         }
     }
 

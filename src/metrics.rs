@@ -34,6 +34,7 @@ pub const FRAMES_DROPPED: &str = "siglip_stream_frames_dropped_total";
 pub const STALENESS: &str = "siglip_stream_result_staleness_seconds";
 pub const BYTES_RECEIVED: &str = "siglip_received_bytes_total";
 pub const REQUESTS_DROPPED: &str = "siglip_requests_dropped_total";
+pub const WORKER_PANICS: &str = "siglip_inference_worker_panics_total";
 pub const MODEL_INFO: &str = "siglip_model_info";
 pub const BUILD_INFO: &str = "siglip_build_info";
 pub const READY: &str = "siglip_ready";
@@ -135,6 +136,10 @@ fn describe() {
         REQUESTS_DROPPED,
         "Queued jobs dropped before inference, by reason"
     );
+    describe_counter!(
+        WORKER_PANICS,
+        "Panics caught in the inference worker (its batches failed; it went on)"
+    );
     describe_gauge!(MODEL_INFO, "The model being served (labels); always 1");
     describe_gauge!(BUILD_INFO, "This server's version (label); always 1");
     describe_gauge!(
@@ -166,6 +171,7 @@ fn register_zeros() {
         FRAMES_RECEIVED,
         FRAMES_CLASSIFIED,
         BYTES_RECEIVED,
+        WORKER_PANICS,
     ] {
         counter!(name).absolute(0);
     }

@@ -203,6 +203,30 @@ async fn a_failed_pass_answers_its_callers_and_the_worker_goes_on() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panic_in_the_worker_fails_its_batch_and_the_worker_goes_on() {
+    for config in both_modes(config(16, 0, 64)) {
+        let model = model();
+        let photos = photos(&model);
+        let (batcher, worker) = Batcher::start(model, config);
+        // A row of the wrong length trips an assertion while it is staged: a panic.
+        match batcher.embed_images(vec![vec![0.5; 7]], None).await {
+            Err(Error::Inference(message)) => assert!(message.contains("dropped"), "{message}"),
+            other => panic!(
+                "expected an inference error, got {:?}",
+                other.map(|r| r.batch_size)
+            ),
+        }
+        let (pixels, alone) = photos[2].clone();
+        let reply = batcher
+            .embed_images(vec![pixels], None)
+            .await
+            .expect("the next caller is served");
+        assert_close(&reply.embeddings.data, &alone.data);
+        assert!(!worker.is_finished());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_queue_refuses_at_once() {
     let model = model();
     let photos = photos(&model);

@@ -310,18 +310,18 @@ impl Towers {
                 let pooled = self.pinned.lock().expect("pinned pool lock").pop();
                 Some(match pooled.filter(|b| b.size()[0] >= n) {
                     Some(buffer) => buffer,
-                    None => Tensor::empty(
+                    None => Tensor::f_empty(
                         [n.max(self.pinned_rows), 3, side, side],
                         (Kind::Float, Device::Cpu),
-                    )
-                    .pin_memory(self.device),
+                    )?
+                    .f_pin_memory(self.device)?,
                 })
             }
             _ => None,
         };
         let host = match &buffer {
-            Some(buffer) => buffer.narrow(0, 0, n),
-            None => Tensor::empty([n, 3, side, side], (Kind::Float, Device::Cpu)),
+            Some(buffer) => buffer.f_narrow(0, 0, n)?,
+            None => Tensor::f_empty([n, 3, side, side], (Kind::Float, Device::Cpu))?,
         };
         // One copy per image, straight into the tensor's memory (a batch of so400m-384 images is
         // over 100 MB; every extra pass over it is time the GPU waits).
@@ -345,10 +345,10 @@ impl Towers {
         let input = match self.device {
             Device::Cuda(_) => staged
                 .host
-                .to_device_(self.device, Kind::Float, true, false),
+                .f_to_device_(self.device, Kind::Float, true, false)?,
             _ => staged.host,
         }
-        .to_kind(self.dtype.kind());
+        .f_to_kind(self.dtype.kind())?;
         let _guard = tch::no_grad_guard();
         let out = match &self.vision {
             Vision::TorchScript(module) => self.forward(module, &input)?,
@@ -374,9 +374,9 @@ impl Towers {
 
     /// `ids`: `n` rows of `len` token ids. Returns `n × dim` float32 embeddings.
     pub fn embed_texts(&self, ids: &[i64], n: usize, len: usize) -> Result<Vec<f32>> {
-        let input = Tensor::from_slice(ids)
-            .view([n as i64, len as i64])
-            .to_device(self.device);
+        let input = Tensor::f_from_slice(ids)?
+            .f_view([n as i64, len as i64])?
+            .f_to_device(self.device)?;
         let _guard = tch::no_grad_guard();
         to_host(self.forward(&self.text, &input)?)
     }
@@ -404,10 +404,10 @@ pub struct PendingImages {
 /// Embeddings as float32 values on the host, row after row.
 fn to_host(out: Tensor) -> Result<Vec<f32>> {
     let out = out
-        .to_kind(Kind::Float)
-        .to_device(Device::Cpu)
-        .contiguous()
-        .view(-1);
+        .f_to_kind(Kind::Float)?
+        .f_to_device(Device::Cpu)?
+        .f_contiguous()?
+        .f_view(-1)?;
     Ok(Vec::<f32>::try_from(&out)?)
 }
 

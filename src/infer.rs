@@ -293,9 +293,10 @@ impl Infer {
 
     /// Decodes and preprocesses one image on the CPU pool: CHW floats ready for the model.
     pub async fn preprocess(&self, input: ImageInput) -> Result<(Vec<f32>, Duration)> {
-        let _permit = self
-            .cpu_permits
-            .acquire()
+        // The permit moves into the blocking task: a caller that goes away (cancelled, past its
+        // deadline, or failed on another image) must not free a slot while its decode still runs.
+        let permit = Arc::clone(&self.cpu_permits)
+            .acquire_owned()
             .await
             .map_err(|_| Error::Unavailable("server is shutting down".into()))?;
         let limits = self.image_limits.clone();
@@ -307,6 +308,7 @@ impl Infer {
         counter!(metrics::BYTES_RECEIVED).increment(bytes as u64);
         let started = Instant::now();
         let pixels = tokio::task::spawn_blocking(move || -> Result<Vec<f32>> {
+            let _permit = permit;
             let rgb = match input {
                 ImageInput::Encoded(bytes) => image::decode(&bytes, &limits)?,
                 ImageInput::Raw {

@@ -163,7 +163,11 @@ fn serve(args: ServeArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(siglip_serve::grpc::serve(args)) {
+    let result = runtime.block_on(siglip_serve::grpc::serve(args));
+    // `serve` has drained what it will wait for. Dropping the runtime would wait for every
+    // blocking task, a model still loading and warming up (minutes) included: abandon them.
+    runtime.shutdown_background();
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");

@@ -933,3 +933,14 @@ async fn health_reflection_and_graceful_shutdown() {
     }
     assert_eq!(server.wait(), Some(0), "clean exit after draining");
 }
+
+#[tokio::test]
+async fn sigterm_while_the_model_loads_exits_at_once() {
+    // A warm-up that would take hours keeps the server loading (health NOT_SERVING).
+    let server = Server::spawn(&["--warmup-rounds", "100000000"]);
+    server
+        .wait_for(tonic_health::pb::health_check_response::ServingStatus::NotServing)
+        .await;
+    server.terminate();
+    assert_eq!(server.wait_at_most(Duration::from_secs(10)).await, Some(0));
+}

@@ -115,6 +115,22 @@ impl Server {
         let status = self.child.wait().expect("wait");
         status.code()
     }
+
+    /// Like [`Server::wait`], but fails the test when the process is still running after
+    /// `limit`: for shutdowns that must not wait for work in progress.
+    pub async fn wait_at_most(mut self, limit: Duration) -> Option<i32> {
+        let until = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status.code();
+            }
+            assert!(
+                Instant::now() < until,
+                "siglip-serve still running {limit:?} after SIGTERM"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
 }
 
 impl Drop for Server {

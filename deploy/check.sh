@@ -99,7 +99,7 @@ import json, pathlib, re, sys
 import yaml
 
 # The metrics the server exports (names as documented in deploy/README.md).
-METRICS = """siglip_grpc_requests_total siglip_grpc_request_duration_seconds siglip_queue_depth
+METRICS = """siglip_grpc_requests_total siglip_grpc_request_duration_seconds siglip_queue_depth siglip_pending_images
 siglip_queue_wait_seconds siglip_batch_size siglip_preprocess_duration_seconds
 siglip_tokenize_duration_seconds siglip_inference_duration_seconds siglip_images_processed_total
 siglip_texts_processed_total siglip_text_cache_hits_total siglip_text_cache_misses_total

@@ -103,14 +103,36 @@ pub struct LimitArgs {
     #[arg(long, env = "SIGLIP_MAX_STREAMS", default_value_t = 64)]
     pub max_streams: usize,
 
-    /// Longest a Stream call may last, in seconds (0: no limit); then it ends with OK so that a
-    /// mesh can rebalance, and the client reconnects.
+    /// Longest a Stream call may last, in seconds (0: no limit); then it ends with UNAVAILABLE
+    /// ("reconnect") so that a mesh can rebalance, and the client reconnects.
     #[arg(long, env = "SIGLIP_MAX_STREAM_SECONDS", default_value_t = 1800)]
     pub max_stream_seconds: u64,
 
     /// Frames of one every-frame stream in flight at once (ordering is kept).
     #[arg(long, env = "SIGLIP_STREAM_PIPELINE", default_value_t = 4)]
     pub stream_pipeline: usize,
+
+    /// Images accepted and not yet answered (being decoded, queued or in a forward pass), over
+    /// all requests and streams; a request that would pass it is refused with
+    /// RESOURCE_EXHAUSTED. Bounds the memory of preprocessed images (3 × size² floats each:
+    /// 1.8 MB at 384 px). At least --max-images.
+    #[arg(long, env = "SIGLIP_MAX_PENDING_IMAGES", default_value_t = 512)]
+    pub max_pending_images: usize,
+}
+
+impl LimitArgs {
+    /// Refuses settings that could never work together.
+    pub fn check(&self) -> anyhow::Result<()> {
+        if self.max_pending_images < self.max_images {
+            anyhow::bail!(
+                "--max-pending-images {} is less than --max-images {}: a full EmbedImage request \
+                 could never be accepted; raise it or lower --max-images",
+                self.max_pending_images,
+                self.max_images
+            );
+        }
+        Ok(())
+    }
 }
 
 /// The inference queue and batcher.

@@ -12,7 +12,7 @@ use std::{
 
 use ::metrics::{counter, gauge, histogram};
 use lru::LruCache;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError};
 
 use crate::batch::Batcher;
 use crate::config::LimitArgs;
@@ -100,7 +100,23 @@ pub struct Infer {
     image_limits: ImageLimits,
     /// CPU-bound decoding runs on tokio's blocking pool, at most this many at once.
     cpu_permits: Arc<Semaphore>,
+    /// One permit per image accepted and not yet answered (`--max-pending-images`): preprocessed
+    /// images are large (1.8 MB at 384 px), so this, not the queue's job count, bounds memory.
+    pending_images: Arc<Semaphore>,
     text_cache: TextCache,
+}
+
+/// Images admitted under `--max-pending-images`, released when dropped (answered, failed or
+/// cancelled).
+struct Admitted {
+    _permit: OwnedSemaphorePermit,
+    images: usize,
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        gauge!(metrics::PENDING_IMAGES).decrement(self.images as f64);
+    }
 }
 
 /// Text embeddings by token ids: texts that tokenise alike (e.g. differ only in case or
@@ -197,6 +213,7 @@ impl Infer {
             preprocess,
             head,
             manifest,
+            pending_images: Arc::new(Semaphore::new(limits.max_pending_images)),
             limits,
             image_limits,
             cpu_permits: Arc::new(Semaphore::new(threads)),
@@ -216,6 +233,32 @@ impl Infer {
         &self.limits
     }
 
+    /// Images accepted and not yet answered.
+    pub fn pending_images(&self) -> usize {
+        self.limits.max_pending_images - self.pending_images.available_permits()
+    }
+
+    /// Admits `images` more images, or refuses them at once when that would pass
+    /// `--max-pending-images` (the caller retries, as for a full queue).
+    fn admit(&self, images: usize) -> Result<Admitted> {
+        let permit = Arc::clone(&self.pending_images)
+            .try_acquire_many_owned(images as u32)
+            .map_err(|e| match e {
+                TryAcquireError::NoPermits => Error::ResourceExhausted(format!(
+                    "server overloaded: {} of {} pending images in use, {images} more do not fit \
+                     (--max-pending-images); retry with backoff",
+                    self.pending_images(),
+                    self.limits.max_pending_images
+                )),
+                TryAcquireError::Closed => Error::Unavailable("server is shutting down".into()),
+            })?;
+        gauge!(metrics::PENDING_IMAGES).increment(images as f64);
+        Ok(Admitted {
+            _permit: permit,
+            images,
+        })
+    }
+
     /// Checks a label list against the limits and embeds it: cached texts are reused, the
     /// others go through the text tower in one job (each distinct text once).
     pub async fn labels(
@@ -225,7 +268,15 @@ impl Infer {
     ) -> Result<(Labels, Timings)> {
         self.check_texts(&texts)?;
         let tokenizing = Instant::now();
-        let ids = self.tokenizer.encode(&texts)?;
+        // Up to --max-texts × --max-text-bytes of text: CPU work, kept off the async threads.
+        let tokenizer = Arc::clone(&self.tokenizer);
+        let (texts, ids) = tokio::task::spawn_blocking(move || {
+            let ids = tokenizer.encode(&texts);
+            (texts, ids)
+        })
+        .await
+        .map_err(|e| Error::Inference(format!("tokenisation task failed: {e}")))?;
+        let ids = ids?;
         histogram!(metrics::TOKENIZE).record(tokenizing.elapsed());
         let mut rows: Vec<Option<Arc<[f32]>>> =
             ids.iter().map(|t| self.text_cache.get(&t.ids)).collect();
@@ -352,6 +403,7 @@ impl Infer {
         deadline: Option<Instant>,
     ) -> Result<Classification> {
         let started = Instant::now();
+        let _admitted = self.admit(1)?;
         let (pixels, preprocess) = self.preprocess(image).await?;
         let (embedding, mut timings) = self.embed_pixels(vec![pixels], deadline).await?;
         timings.preprocess = preprocess;
@@ -371,6 +423,7 @@ impl Infer {
         deadline: Option<Instant>,
     ) -> Result<Classification> {
         let started = Instant::now();
+        let _admitted = self.admit(1)?;
         let ((labels, text_timings), (pixels, preprocess)) =
             tokio::try_join!(self.labels(texts, deadline), self.preprocess(image))?;
         let (embedding, image_timings) = self.embed_pixels(vec![pixels], deadline).await?;
@@ -426,6 +479,7 @@ impl Infer {
                 self.limits.max_images
             )));
         }
+        let _admitted = self.admit(images.len())?;
         let started = Instant::now();
         let prepared = futures_util::future::try_join_all(images.into_iter().enumerate().map(
             |(i, img)| async move {

@@ -18,6 +18,7 @@ pub const GRPC_DURATION: &str = "siglip_grpc_request_duration_seconds";
 pub const INFLIGHT: &str = "siglip_inflight_requests";
 pub const QUEUE_DEPTH: &str = "siglip_queue_depth";
 pub const QUEUE_WAIT: &str = "siglip_queue_wait_seconds";
+pub const PENDING_IMAGES: &str = "siglip_pending_images";
 pub const BATCH_SIZE: &str = "siglip_batch_size";
 pub const PREPROCESS: &str = "siglip_preprocess_duration_seconds";
 pub const TOKENIZE: &str = "siglip_tokenize_duration_seconds";
@@ -97,6 +98,10 @@ fn describe() {
     );
     describe_gauge!(INFLIGHT, "gRPC calls being handled");
     describe_gauge!(QUEUE_DEPTH, "Jobs waiting for the inference worker");
+    describe_gauge!(
+        PENDING_IMAGES,
+        "Images accepted and not yet answered (decoding, queued or in a forward pass)"
+    );
     describe_histogram!(
         QUEUE_WAIT,
         Unit::Seconds,
@@ -175,7 +180,14 @@ fn register_zeros() {
     ] {
         counter!(name).absolute(0);
     }
-    for name in [INFLIGHT, QUEUE_DEPTH, CACHE_ENTRIES, ACTIVE_STREAMS, READY] {
+    for name in [
+        INFLIGHT,
+        QUEUE_DEPTH,
+        PENDING_IMAGES,
+        CACHE_ENTRIES,
+        ACTIVE_STREAMS,
+        READY,
+    ] {
         gauge!(name).set(0.0);
     }
     for name in [QUEUE_WAIT, BATCH_SIZE, PREPROCESS, TOKENIZE, STALENESS] {

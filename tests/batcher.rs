@@ -1,13 +1,18 @@
 //! The inference queue: every caller gets exactly its own rows, dead callers never block or
 //! receive, deadlines drop work, a full queue refuses at once, a failed pass fails only its own
-//! callers — with the worker overlapping batches (as on a GPU) and without.
+//! callers — with the worker overlapping batches (as on a GPU) and without; the images admitted
+//! at once are bounded.
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use siglip_serve::batch::{BatchConfig, Batcher};
 use siglip_serve::error::Error;
+use siglip_serve::infer::{ImageInput, Infer};
 use siglip_serve::model::{
     image::decode, image::ImageLimits, pixels_per_image, scores::Embeddings, Model,
 };
@@ -297,8 +302,9 @@ async fn batches_respect_size_and_delay() {
     );
 }
 
-/// An `Infer` (the core behind the API) over the tiny model, with a text cache of `capacity`.
-fn core_with_cache(capacity: usize) -> siglip_serve::infer::Infer {
+/// An `Infer` (the core behind the API) over the tiny model, with a text cache of `capacity` and
+/// the limit flags `limit_flags`.
+fn core(capacity: usize, limit_flags: &[&str]) -> Infer {
     use clap::Parser;
     #[derive(Parser)]
     struct Flags {
@@ -309,13 +315,56 @@ fn core_with_cache(capacity: usize) -> siglip_serve::infer::Infer {
     let tokenizer = model.tokenizer();
     let manifest = model.manifest().clone();
     let (batcher, _worker) = Batcher::start(model, config(8, 1, 64));
-    let limits = Flags::parse_from(["test"]).limits;
-    siglip_serve::infer::Infer::new(batcher, tokenizer, manifest, limits, 1, capacity)
+    let limits =
+        Flags::parse_from(std::iter::once("test").chain(limit_flags.iter().copied())).limits;
+    Infer::new(batcher, tokenizer, manifest, limits, 1, capacity)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pending_images_are_bounded_and_given_back() {
+    let infer = Arc::new(core(16, &["--max-pending-images", "3"]));
+    let photo =
+        std::fs::read(common::generated("SIGLIP_TEST_ASSETS").join("images/coffee_2000x1500.jpg"))
+            .unwrap();
+    let images = |n: usize| vec![ImageInput::Encoded(photo.clone()); n];
+    let refused = |result: Result<_, Error>| match result {
+        Err(Error::ResourceExhausted(m)) => assert!(m.contains("--max-pending-images"), "{m}"),
+        Err(e) => panic!("expected RESOURCE_EXHAUSTED, got {e}"),
+        Ok(_) => panic!("expected RESOURCE_EXHAUSTED, got embeddings"),
+    };
+    refused(infer.embed_images(images(4), None).await);
+    assert_eq!(infer.pending_images(), 0);
+
+    // Two large photos being decoded (one decoder thread) leave room for one more, not two.
+    let first = tokio::spawn({
+        let (infer, images) = (Arc::clone(&infer), images(2));
+        async move { infer.embed_images(images, None).await }
+    });
+    while infer.pending_images() < 2 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    refused(infer.embed_images(images(2), None).await);
+    first.await.unwrap().expect("the first request is served");
+    assert_eq!(infer.pending_images(), 0);
+
+    // A caller that goes away gives its images back.
+    let gone = tokio::spawn({
+        let (infer, images) = (Arc::clone(&infer), images(3));
+        async move { infer.embed_images(images, None).await }
+    });
+    while infer.pending_images() < 3 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    gone.abort();
+    let _ = gone.await;
+    assert_eq!(infer.pending_images(), 0);
+    let (embeddings, _) = infer.embed_images(images(3), None).await.expect("served");
+    assert_eq!(embeddings.rows().count(), 3);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn text_cache_hits_misses_and_bound() {
-    let infer = core_with_cache(3);
+    let infer = core(3, &[]);
     let texts = |t: &[&str]| t.iter().map(|s| s.to_string()).collect::<Vec<_>>();
     let (first, _) = infer
         .labels(texts(&["a cat", "a dog"]), None)
@@ -348,7 +397,7 @@ async fn text_cache_hits_misses_and_bound() {
     );
     assert_eq!(stats.entries, 3);
 
-    let off = core_with_cache(0);
+    let off = core(0, &[]);
     off.labels(texts(&["a cat"]), None).await.unwrap();
     off.labels(texts(&["a cat"]), None).await.unwrap();
     let stats = off.text_cache_stats();

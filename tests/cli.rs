@@ -105,3 +105,25 @@ fn serve_refuses_a_batch_size_the_compiled_tower_cannot_take() {
         "{stderr}"
     );
 }
+
+#[test]
+fn serve_refuses_fewer_pending_images_than_one_request_may_send() {
+    let out = Command::new(env!("CARGO_BIN_EXE_siglip-serve"))
+        .args(["serve", "--max-pending-images", "8", "--max-images", "64"])
+        .args([
+            "--grpc-addr",
+            "127.0.0.1:0",
+            "--metrics-addr",
+            "127.0.0.1:0",
+        ])
+        .arg("--model-dir")
+        .arg(common::generated("SIGLIP_TEST_MODEL_DIR"))
+        .output()
+        .expect("run siglip-serve");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("--max-pending-images 8 is less than --max-images 64"),
+        "{stderr}"
+    );
+}

@@ -34,6 +34,7 @@ const SERVICE_NAME: &str = "siglip.v1.Siglip";
 
 /// Runs the server until SIGTERM/SIGINT, then drains and returns.
 pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    args.limits.check()?;
     let metrics_handle = metrics::install()?;
     let metrics_listener = metrics::bind(args.metrics_addr).await?;
     let metrics_addr = metrics_listener.local_addr()?;

@@ -1,6 +1,6 @@
 """Prometheus metrics: /metrics passes `promtool check metrics`, every series exists from start-up,
-and a real Prometheus server scraping siglip-serve sees traffic move the counters, through
-Prometheus' own query API."""
+a real Prometheus server scraping siglip-serve sees traffic move the counters, through
+Prometheus' own query API, and a call the client abandons is counted as CANCELLED."""
 
 import json
 import re
@@ -30,6 +30,8 @@ FROM_START = [
     "siglip_text_cache_misses_total 0",
     "siglip_received_bytes_total 0",
     "siglip_queue_depth 0",
+    "siglip_pending_images 0",
+    "siglip_inference_worker_panics_total 0",
     "siglip_active_streams 0",
     "siglip_inflight_requests 0",
     'siglip_grpc_request_duration_seconds_count{method="Classify"} 0',
@@ -52,13 +54,27 @@ def scrape(addr: str) -> str:
         return response.read().decode()
 
 
+def wait_for_series(addr: str, series: list[str], timeout_s: float = 30) -> set[str]:
+    """Scrapes until every line in ``series`` is there; returns the last scrape's lines."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        lines = set(scrape(addr).splitlines())
+        missing = [s for s in series if s not in lines]
+        if not missing:
+            return lines
+        seen = sorted(line for line in lines if line.startswith("siglip_") and not line.endswith(" 0"))
+        assert time.monotonic() < deadline, f"never seen: {missing}; non-zero series: {seen}"
+        time.sleep(0.05)
+
+
 @pytest.fixture(scope="module")
 def metered(server_bin: Path, model_dir: Path, tmp_path_factory):
     """(grpc address, metrics address) of a fresh server that has served nothing yet."""
     logs = tmp_path_factory.mktemp("metered")
     stdout, stderr = logs / "stdout.log", logs / "stderr.log"
+    # A long batch delay keeps a call in the server long enough to cancel it.
     cmd = [str(server_bin), "serve", "--model-dir", str(model_dir), "--dtype", "float32",
-           "--grpc-addr", "127.0.0.1:0", "--metrics-addr", "127.0.0.1:0"]
+           "--grpc-addr", "127.0.0.1:0", "--metrics-addr", "127.0.0.1:0", "--max-batch-delay-ms", "300"]
     with stdout.open("wb") as out, stderr.open("wb") as err:
         proc = subprocess.Popen(cmd, stdout=out, stderr=err)
     deadline = time.monotonic() + STARTUP_TIMEOUT_S
@@ -149,3 +165,20 @@ def test_real_prometheus_sees_traffic(metered, stubs, assets, labels, tmp_path):
         server.terminate()
         server.wait(timeout=30)
         log.close()
+
+
+def test_a_call_the_client_abandons_counts_as_cancelled(metered, stubs, assets, labels):
+    grpc_addr, metrics_addr = metered
+    pb2, pb2_grpc = stubs
+    photo = (assets / "images" / "chelsea_progressive.jpg").read_bytes()
+    with grpc.insecure_channel(grpc_addr) as channel:
+        siglip = pb2_grpc.SiglipStub(channel)
+        pending = siglip.Classify.future(
+            pb2.ClassifyRequest(image=pb2.Image(encoded=photo), texts=["a cancelled call"]), timeout=60)
+        # The call waits in the batcher (--max-batch-delay-ms): cancel it while it is handled.
+        wait_for_series(metrics_addr, ["siglip_inflight_requests 1"])
+        pending.cancel()
+    wait_for_series(metrics_addr, [
+        'siglip_grpc_requests_total{method="Classify",code="CANCELLED"} 1',
+        "siglip_inflight_requests 0",
+    ])

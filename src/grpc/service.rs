@@ -152,25 +152,40 @@ impl pb::siglip_server::Siglip for SiglipService {
     }
 }
 
-/// Counts, times and logs one call, and tracks it as in flight (also when the client goes away
-/// and the call is dropped).
+/// Counts, times and logs one call, and tracks it as in flight. A call dropped before it
+/// finishes (the client went away) is counted as CANCELLED.
 async fn observed<T>(
     method: &'static str,
     call: impl Future<Output = Result<T, Status>>,
 ) -> Result<T, Status> {
-    struct InFlight;
+    struct InFlight {
+        method: &'static str,
+        started: Instant,
+        finished: bool,
+    }
     impl Drop for InFlight {
         fn drop(&mut self) {
             gauge!(metrics::INFLIGHT).decrement(1.0);
+            if !self.finished {
+                record(
+                    self.method,
+                    &Status::cancelled("the client went away"),
+                    self.started,
+                );
+            }
         }
     }
     gauge!(metrics::INFLIGHT).increment(1.0);
-    let _in_flight = InFlight;
-    let started = Instant::now();
+    let mut in_flight = InFlight {
+        method,
+        started: Instant::now(),
+        finished: false,
+    };
     let result = call.await;
+    in_flight.finished = true;
     match &result {
-        Ok(_) => record_ok(method, started),
-        Err(status) => record(method, status, started),
+        Ok(_) => record_ok(method, in_flight.started),
+        Err(status) => record(method, status, in_flight.started),
     }
     result
 }
@@ -190,12 +205,17 @@ pub(super) fn record(method: &'static str, status: &Status, started: Instant) {
     counter!(metrics::GRPC_REQUESTS, "method" => method, "code" => code_name(status.code()))
         .increment(1);
     histogram!(metrics::GRPC_DURATION, "method" => method).record(started.elapsed());
-    tracing::warn!(
-        method,
-        code = code_name(status.code()),
-        message = status.message(),
-        "request failed"
-    );
+    if status.code() == Code::Cancelled {
+        // Clients hang up all the time (a closed video stream): not a server problem.
+        tracing::debug!(method, "client went away");
+    } else {
+        tracing::warn!(
+            method,
+            code = code_name(status.code()),
+            message = status.message(),
+            "request failed"
+        );
+    }
 }
 
 /// The canonical upper-case name of a status code, as gRPC tooling prints it.

@@ -77,11 +77,14 @@ impl Job {
     fn still_wanted(self) -> Option<Self> {
         if self.reply.is_closed() {
             counter!(metrics::REQUESTS_DROPPED, "reason" => "cancelled").increment(1);
+            histogram!(metrics::QUEUE_WAIT).record(self.enqueued.elapsed());
             return None;
         }
         if self.deadline.is_some_and(|d| Instant::now() >= d) {
             counter!(metrics::REQUESTS_DROPPED, "reason" => "deadline").increment(1);
             let waited = self.enqueued.elapsed();
+            // The longest waits are these: leaving them out would hide the tail under overload.
+            histogram!(metrics::QUEUE_WAIT).record(waited);
             let _ = self.reply.send(Err(Error::DeadlineExceeded(format!(
                 "the request waited {} ms in the queue; it was dropped before inference",
                 waited.as_millis()
@@ -369,6 +372,11 @@ impl Worker {
     fn answer(&self, jobs: Vec<Job>, (result, inference): (Result<Embeddings>, Duration)) {
         let total: usize = jobs.iter().map(Job::rows).sum();
         let batch_size = total.min(self.config.max_batch_size.max(1));
+        let queued = |job: &Job| {
+            let queue = job.enqueued.elapsed().saturating_sub(inference);
+            histogram!(metrics::QUEUE_WAIT).record(queue);
+            queue
+        };
         let embeddings = match result {
             Ok(e) => e,
             Err(e) => {
@@ -378,6 +386,7 @@ impl Worker {
                     other => other.to_string(),
                 };
                 for job in jobs {
+                    queued(&job);
                     let _ = job.reply.send(Err(Error::Inference(message.clone())));
                 }
                 return;
@@ -389,8 +398,7 @@ impl Worker {
             let rows = job.rows();
             let data = embeddings.data[offset * dim..(offset + rows) * dim].to_vec();
             offset += rows;
-            let queue = job.enqueued.elapsed().saturating_sub(inference);
-            histogram!(metrics::QUEUE_WAIT).record(queue);
+            let queue = queued(&job);
             let _ = job.reply.send(Ok(Reply {
                 embeddings: Embeddings::new(dim, data),
                 queue,
@@ -414,12 +422,15 @@ fn concatenate(passes: impl Iterator<Item = Result<Embeddings>>) -> Result<Embed
     all.ok_or_else(|| Error::Inference("empty batch".into()))
 }
 
-/// Moves the queue-depth counter and its gauge together.
+/// Moves the queue-depth counter and its gauge together. The gauge moves by the same delta
+/// rather than being set to the new count: callers and the worker update it from different
+/// threads, and a late `set` could leave it stale.
 fn queue_depth(depth: &AtomicUsize, delta: isize) {
-    let now = if delta >= 0 {
-        depth.fetch_add(delta as usize, Ordering::Relaxed) + delta as usize
+    if delta >= 0 {
+        depth.fetch_add(delta as usize, Ordering::Relaxed);
+        gauge!(metrics::QUEUE_DEPTH).increment(delta as f64);
     } else {
-        depth.fetch_sub(delta.unsigned_abs(), Ordering::Relaxed) - delta.unsigned_abs()
-    };
-    gauge!(metrics::QUEUE_DEPTH).set(now as f64);
+        depth.fetch_sub(delta.unsigned_abs(), Ordering::Relaxed);
+        gauge!(metrics::QUEUE_DEPTH).decrement(delta.unsigned_abs() as f64);
+    }
 }

@@ -93,9 +93,12 @@ RUN site="$(python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])
 #   mkdir -p models/so400m && docker run --rm --user "$(id -u):$(id -g)" \
 #     -v "$PWD/models/so400m:/models" siglip-export \
 #     export --checkpoint google/siglip-so400m-patch14-384 --dtype float32,bfloat16 --out /models
-# and, on a node with the GPU model that will serve (the package holds machine code for it):
-#   docker run --rm --gpus all ... siglip-export compile --model-dir /models --device cuda --dtype bfloat16
-# `compile` (AOTInductor) needs a C++ compiler, hence g++.
+# `compile` (AOTInductor) needs a C++ compiler, hence g++; this image compiles for the CPU
+# (`--device cpu`). `--device cuda` also needs the CUDA toolkit (headers and nvcc, found through
+# CUDA_HOME) and the GPU model that will serve (the package holds machine code for it): run it on
+# such a machine, or from an image built on nvidia/cuda's -devel flavour with these requirements.
+# The caches go to /tmp: an arbitrary --user has no home directory (nor a passwd entry, which
+# Inductor's default cache path would look up).
 ###############################################################################################
 FROM python:3.11-slim-bookworm AS export
 # hadolint ignore=DL3008
@@ -111,7 +114,9 @@ RUN groupadd --system --gid 10001 siglip \
  && useradd --system --uid 10001 --gid 10001 --no-create-home --home-dir /nonexistent \
       --shell /usr/sbin/nologin siglip
 ENV PYTHONPATH=/app \
-    HF_HOME=/tmp/hf
+    HF_HOME=/tmp/hf \
+    TORCHINDUCTOR_CACHE_DIR=/tmp/torchinductor \
+    TRITON_CACHE_DIR=/tmp/triton
 USER 10001:10001
 ENTRYPOINT ["python", "-m", "siglip_export"]
 CMD ["--help"]

@@ -50,7 +50,9 @@ $(BUILD)/models/tiny-aoti/manifest.json: $(BUILD)/models/tiny/manifest.json pyth
 	rm -rf $(BUILD)/models/tiny-aoti && cp -r $(BUILD)/models/tiny $(BUILD)/models/tiny-aoti
 	$(EXPORT) compile --model-dir $(BUILD)/models/tiny-aoti --device cpu --dtype float32 --max-batch 8 > /dev/null
 
-$(BUILD)/assets/images.json: $(VENV)/.installed python/make_test_assets.py
+# Also writes the text corpora, which come from the export package (texts.py, random_models.py).
+$(BUILD)/assets/images.json: $(VENV)/.installed python/make_test_assets.py \
+    python/siglip_export/texts.py python/siglip_export/random_models.py
 	PYTHONPATH=python $(PY) python/make_test_assets.py --out $(BUILD)/assets
 
 # Reference values, computed by transformers in this run.

@@ -33,7 +33,8 @@ echo "export $shape bf16: $((SECONDS - t0)) s"
 if [[ " $variants " == *" aoti "* ]]; then
   t1=$SECONDS
   # Bounded (COMPILE_TIMEOUT, s): an overlong compile must not cost the rest of the run. The
-  # manifest is written last, so an interrupted compile leaves the model as it was.
+  # package is compiled under another name and moved into place with the manifest, so an
+  # interrupted compile leaves the model as it was.
   # shellcheck disable=SC2086 # COMPILE_ARGS (e.g. --max-autotune) is a list of arguments
   if timeout "${COMPILE_TIMEOUT:-240}" python3 -m siglip_export compile --model-dir "$work/$shape" \
        --device "$device" --dtype bfloat16 --max-batch "$max_batch" ${COMPILE_ARGS:-} > "$work/compile.log" 2>&1; then

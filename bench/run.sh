@@ -34,30 +34,48 @@ variant_flags() {
   esac
 }
 
+# One server run and its benchmark; returns non-zero (and leaves no server behind) on failure.
+server_pid=""
+trap '[ -z "$server_pid" ] || kill "$server_pid" 2> /dev/null || true' EXIT
+run_variant() {
+  local dtype=$1 variant=$2 flags run log addr="" status=0
+  flags=$(variant_flags "$variant") || return 1
+  echo "== siglip-serve, $dtype on $device, $flags"
+  run="$dtype-$variant"
+  log="$out/serve-$run.log"
+  # shellcheck disable=SC2086 # $flags is a list of arguments
+  "$BIN" serve --model-dir "$MODEL" --device "$device" --dtype "$dtype" --threads "$threads" $flags \
+    --max-batch-size "${MAX_BATCH:-8}" --grpc-addr 127.0.0.1:0 --metrics-addr 127.0.0.1:0 > "$log" 2>&1 &
+  server_pid=$!
+  for _ in $(seq 600); do
+    addr=$(sed -n 's/^siglip-serve: gRPC listening on //p' "$log")
+    [ -n "$addr" ] && break
+    kill -0 "$server_pid" 2> /dev/null || break
+    sleep 0.1
+  done
+  if [ -z "$addr" ]; then
+    tail -20 "$log"
+    echo "== $run: the server did not start ($log)"
+    return 1
+  fi
+  # shellcheck disable=SC2086
+  "$BIN" bench --addr "http://$addr" --images "${photos[@]}" --labels-file "$labels" --labels 10 \
+    --concurrency "${CONCURRENCY:-8}" --seconds "$seconds" --server-pid "$server_pid" \
+    --model-dir "$MODEL" --device "$device" --dtype "$dtype" --threads "$threads" $flags \
+    --json "$out/bench-$run.json" || status=$?
+  kill -TERM "$server_pid" 2> /dev/null || true
+  wait "$server_pid" || status=$?
+  [ "$status" = 0 ] || { tail -5 "$log"; echo "== $run failed ($log)"; }
+  server_pid=""
+  return "$status"
+}
+
+# A variant that fails is reported and the run goes on (on a GPU machine the other rows are worth
+# having); the script still exits non-zero at the end.
+failed=""
 for dtype in ${DTYPES:-float32 bfloat16}; do
   for variant in ${VARIANTS:-auto}; do
-    flags=$(variant_flags "$variant")
-    echo "== siglip-serve, $dtype on $device, $flags"
-    run="$dtype-$variant"
-    log="$out/serve-$run.log"
-    # shellcheck disable=SC2086 # $flags is a list of arguments
-    "$BIN" serve --model-dir "$MODEL" --device "$device" --dtype "$dtype" --threads "$threads" $flags \
-      --max-batch-size "${MAX_BATCH:-8}" --grpc-addr 127.0.0.1:0 --metrics-addr 127.0.0.1:0 > "$log" 2>&1 &
-    pid=$!
-    addr=""
-    for _ in $(seq 600); do
-      addr=$(sed -n 's/^siglip-serve: gRPC listening on //p' "$log")
-      [ -n "$addr" ] && break
-      kill -0 "$pid" 2> /dev/null || { cat "$log"; exit 1; }
-      sleep 0.1
-    done
-    # shellcheck disable=SC2086
-    "$BIN" bench --addr "http://$addr" --images "${photos[@]}" --labels-file "$labels" --labels 10 \
-      --concurrency "${CONCURRENCY:-8}" --seconds "$seconds" --server-pid "$pid" \
-      --model-dir "$MODEL" --device "$device" --dtype "$dtype" --threads "$threads" $flags \
-      --json "$out/bench-$run.json"
-    kill -TERM "$pid"
-    wait "$pid"
+    run_variant "$dtype" "$variant" || failed="$failed $dtype-$variant"
   done
 done
 
@@ -68,3 +86,7 @@ echo "== the Python way: transformers processor + SiglipModel per image, same te
 cat "$out/python.json"
 
 "$PY" bench/report.py --python "$out/python.json" ${REPORT_ARGS:-} "$out"/bench-*.json
+if [ -n "$failed" ]; then
+  echo "failed:$failed"
+  exit 1
+fi

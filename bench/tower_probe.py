@@ -34,10 +34,12 @@ from flops import load_config, vision_flops  # noqa: E402
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 NEW_SIZES = [1, 2, 3, 4, 5, 6, 7, 8, 12, 16, 24, 32, 48, 64]
-# Kernel name patterns, first match wins (cuBLAS/CUTLASS, SDPA's flash/efficient kernels, ...).
+# Kernel name patterns, matched against the name before its template arguments (attention
+# kernels carry `cutlass::` types there), first match wins: SDPA's flash/efficient kernels, then
+# cuBLAS/CUTLASS GEMMs, ...
 KERNEL_GROUPS = [
-    ("matmul", r"gemm|cutlass|cublas|nvjet|sm90_xmma|addmm|mm_"),
     ("attention", r"flash|fmha|attention|efficient"),
+    ("matmul", r"gemm|cutlass|cublas|nvjet|sm90_xmma|addmm|mm_"),
     ("normalisation", r"layer_norm|layernorm|norm"),
     ("fused (JIT)", r"fused|kernel_\d"),
     ("element-wise", r"elementwise|vectorized|gelu|tanh|add|mul|copy|cast"),
@@ -111,7 +113,8 @@ def kernel_groups(fn, device) -> dict:
             if not event.key.startswith("aten::"):
                 continue
             us = event.self_cpu_time_total
-        name = next((g for g, pattern in KERNEL_GROUPS if re.search(pattern, event.key, re.I)), "other")
+        kernel = event.key.split("<", 1)[0]
+        name = next((g for g, pattern in KERNEL_GROUPS if re.search(pattern, kernel, re.I)), "other")
         groups[name] = groups.get(name, 0.0) + us / 1e3
     return groups
 

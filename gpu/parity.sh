@@ -17,13 +17,20 @@ source gpu/env.sh
 python3 -c 'import torch, transformers, PIL; print("torch", torch.__version__, "cuda", torch.cuda.is_available(), "transformers", transformers.__version__, "Pillow", PIL.__version__)'
 
 python3 python/make_test_assets.py --out "$work/assets" > /dev/null
-export_random() {
-  python3 -m siglip_export random --shape "$1" --dtype "$2" --out "$work/models/$1" > /dev/null 2>&1
+# Each step logs to $work/<step>.log and shows its tail if it fails.
+step() {
+  local name=$1
+  shift
+  "$@" > "$work/$name.log" 2>&1 || { tail -20 "$work/$name.log"; echo "$name failed ($work/$name.log)"; exit 1; }
 }
-export_random tiny float32,bfloat16,float16
-export_random tiny-siglip2 float32
-export_random base-224 float32,bfloat16
-python3 python/make_parity_suite.py --build "$work" --out "$work/parity" > /dev/null 2>&1
+step export-tiny python3 -m siglip_export random --shape tiny --dtype float32,bfloat16,float16 --out "$work/models/tiny"
+step export-tiny-siglip2 python3 -m siglip_export random --shape tiny-siglip2 --dtype float32 --out "$work/models/tiny-siglip2"
+step export-base-224 python3 -m siglip_export random --shape base-224 --dtype float32,bfloat16 --out "$work/models/base-224"
+# The compiled-tower row: tiny with its vision tower compiled by AOTInductor for this GPU.
+rm -rf "$work/models/tiny-aoti" && cp -r "$work/models/tiny" "$work/models/tiny-aoti"
+step compile-tiny-aoti python3 -m siglip_export compile --model-dir "$work/models/tiny-aoti" --device cuda \
+  --dtype float32 --max-batch 8
+step parity-suite python3 python/make_parity_suite.py --build "$work" --out "$work/parity"
 
 echo "== parity on CUDA (binary built on the CPU machine)"
 "$bin" parity --suite "$work/parity/suite.json" --device cuda | awk '/^pixel/ || /input ids/ {show=1} /^  [^ ]/ && $3 == "0.000000" {next} show'

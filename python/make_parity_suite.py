@@ -25,7 +25,8 @@ MODEL_DTYPES = {
     "base-224": ("float32", "bfloat16"),
 }
 # Copies of a model directory with an AOTInductor-compiled vision tower (python -m siglip_export
-# compile --device cpu), checked against their original's reference: name -> (original, dtype).
+# compile; for the CPU here, for CUDA in gpu/parity.sh), checked against their original's
+# reference: name -> (original, dtype).
 COMPILED = {"tiny-aoti": ("tiny", "float32")}
 
 
@@ -44,13 +45,16 @@ def main() -> int:
     assets = build / "assets"
     images = json.loads((assets / "images.json").read_text())
     files = [str(assets / entry["file"]) for entry in images]
-    tiny_ckpt = build / "models" / "tiny-checkpoint"
 
     suite: dict[str, list] = {"pixels": [], "tokens": [], "tokens_known_hard": [], "models": []}
-    for size in (224, 384):
-        ref = out / f"pixels-{size}.safetensors"
-        export_cli("reference-pixels", "--checkpoint", tiny_ckpt, "--size", size, "--out", ref, "--images", *files)
-        suite["pixels"].append({"name": f"pixels-{size}", "reference": ref.name, "model_dir": str(build / "models" / "tiny")})
+    # Bicubic (SigLIP's processor) and bilinear (SigLIP 2's) resizing of every test image.
+    for shape, prefix in (("tiny", "bicubic"), ("tiny-siglip2", "bilinear")):
+        for size in (224, 384):
+            ref = out / f"{prefix}-{size}.safetensors"
+            export_cli("reference-pixels", "--checkpoint", build / "models" / f"{shape}-checkpoint", "--size", size,
+                       "--out", ref, "--images", *files)
+            suite["pixels"].append({"name": f"{prefix}-{size}", "reference": ref.name,
+                                    "model_dir": str(build / "models" / shape)})
 
     # SigLIP (sentencepiece, slow SiglipTokenizer) and SigLIP 2 (Gemma tokenizer) text paths.
     for shape in ("tiny", "tiny-siglip2"):
@@ -79,8 +83,8 @@ def main() -> int:
     for name, (original, dtype) in COMPILED.items():
         model_dir = build / "models" / name
         compiled = json.loads((model_dir / "manifest.json").read_text())["towers"][dtype].get("compiled_vision", {})
-        if "cpu" not in compiled:
-            raise SystemExit(f"{model_dir} has no compiled {dtype} vision tower for cpu (python -m siglip_export compile)")
+        if not compiled:
+            raise SystemExit(f"{model_dir} has no compiled {dtype} vision tower (python -m siglip_export compile)")
         suite["models"].append({"name": name, "dtype": dtype, "reference": f"model-{original}.safetensors",
                                 "model_dir": str(model_dir)})
 

@@ -357,14 +357,14 @@ impl Report {
         let _ = writeln!(s, "pixel values vs SiglipImageProcessorPil");
         let _ = writeln!(
             s,
-            "  {:<40} {:>5} {:>10} {:>10}",
-            "file", "size", "max_abs", "mean_abs"
+            "  {:<20} {:<36} {:>10} {:>10}",
+            "check (filter-size)", "file", "max_abs", "mean_abs"
         );
         for r in &self.pixels {
             let _ = writeln!(
                 s,
-                "  {:<40} {:>5} {:>10.6} {:>10.3e}",
-                r.file, r.size, r.max_abs, r.mean_abs
+                "  {:<20} {:<36} {:>10.6} {:>10.3e}",
+                r.name, r.file, r.max_abs, r.mean_abs
             );
         }
         let _ = writeln!(

@@ -16,6 +16,10 @@ fn matches_transformers() {
         "too few pixel checks: {}",
         report.pixels.len()
     );
+    assert!(
+        report.pixels.iter().any(|r| r.name.starts_with("bilinear")),
+        "expected bilinear (SigLIP 2) pixel checks"
+    );
     for row in &report.pixels {
         assert!(
             row.max_abs <= 0.0079,

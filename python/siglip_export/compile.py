@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -61,12 +62,20 @@ def compile_vision(model_dir: Path, *, device: str, dtype: str, max_batch: int, 
         program = torch.export.export(vision, (pixels[:2],), dynamic_shapes=({0: batch},), strict=False)
     file = f"vision.{dtype}.{device}.pt2"
     path = model_dir / file
-    path.unlink(missing_ok=True)
+    # Compiled and checked under another name, then moved into place with the manifest: an
+    # interrupted or failed compile leaves the directory as it was (a package already there
+    # included, and the manifest entry that describes it).
+    staging = model_dir / f".partial.{file}"  # aoti_compile_and_package wants a .pt2 name
+    staging.unlink(missing_ok=True)
     t1 = time.time()
-    torch._inductor.aoti_compile_and_package(program, package_path=str(path), inductor_configs={"max_autotune": max_autotune})
-    log.info("compiled %s in %.1fs", file, time.time() - t1)
-
-    figures = _validate(path, model_dir / m["towers"][dtype]["vision"], vision, pixels, device, DTYPES[dtype])
+    try:
+        torch._inductor.aoti_compile_and_package(program, package_path=str(staging),
+                                                 inductor_configs={"max_autotune": max_autotune})
+        log.info("compiled %s in %.1fs", file, time.time() - t1)
+        figures = _validate(staging, model_dir / m["towers"][dtype]["vision"], vision, pixels, device, DTYPES[dtype])
+        os.replace(staging, path)
+    finally:
+        staging.unlink(missing_ok=True)
     entry = {"file": file, "max_batch": max_batch, "max_autotune": max_autotune, "torch": torch.__version__}
     if device == "cuda":
         entry["gpu"] = torch.cuda.get_device_name()

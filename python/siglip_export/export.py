@@ -25,6 +25,8 @@ log = logging.getLogger(__name__)
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 _RESAMPLE = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}
+# The filters the server reproduces (SigLIP: bicubic; SigLIP 2 fixed-resolution: bilinear).
+_SERVED_RESAMPLE = ("bilinear", "bicubic")
 # Attention kernel used for tracing. sdpa traces to one aten op, equals eager exactly (NOTES.md)
 # and keeps the traced graph device-agnostic.
 ATTN_IMPLEMENTATION = "sdpa"
@@ -127,10 +129,12 @@ def image_settings(path: Path) -> dict[str, Any]:
         raise ExportError(f"non-square image size {size} is not supported")
     if not (ip.do_resize and ip.do_rescale and ip.do_normalize):
         raise ExportError("image processor with resize/rescale/normalize disabled is not supported")
-    resample = int(getattr(ip.resample, "value", ip.resample))
+    resample = _RESAMPLE.get(int(getattr(ip.resample, "value", ip.resample)), str(ip.resample))
+    if resample not in _SERVED_RESAMPLE:
+        raise ExportError(f"resample {resample!r} is not supported (the server reproduces {' and '.join(_SERVED_RESAMPLE)})")
     return {
         "size": int(h),
-        "resample": _RESAMPLE[resample],
+        "resample": resample,
         "rescale_factor": float(ip.rescale_factor),
         "mean": [float(x) for x in ip.image_mean],
         "std": [float(x) for x in ip.image_std],

@@ -170,7 +170,10 @@ def make_random_checkpoint(shape: str, out: Path, seed: int = 0) -> Path:
     config.text_config.eos_token_id = eos_id
     model = SiglipModel(config).eval()
     size = s["vision"]["image_size"]
-    image_processor = SiglipImageProcessorPil(size={"height": size, "width": size})
+    # SigLIP 2's fixed-resolution processors resize bilinearly (transformers' conversion script
+    # sets resample=2 for them); SigLIP's use the default, bicubic.
+    resample = {"resample": 2} if gemma else {}
+    image_processor = SiglipImageProcessorPil(size={"height": size, "width": size}, **resample)
     scale, bias = calibrate(model, tokenizer, image_processor)
     with torch.no_grad():
         model.logit_scale.fill_(scale)

@@ -1,10 +1,14 @@
-"""The export tool's `compile` refuses unusable input with a one-line error, no traceback."""
+"""The export tool refuses unusable input with a clear error: `compile` in one line, no
+traceback; `export` for an image processor whose resampling filter the server does not
+reproduce."""
 
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -30,3 +34,16 @@ def test_compile_needs_the_dtype_exported(tmp_path: Path, manifest: dict):
     (tmp_path / "manifest.json").write_text(json.dumps(only_fp32))
     out = compile_cli("--model-dir", str(tmp_path), "--device", "cpu", "--dtype", "bfloat16")
     assert_clear_error(out, "has no bfloat16 towers (it has float32); export that dtype first")
+
+
+def test_export_reads_the_resampling_filter_and_refuses_unserved_ones(tmp_path: Path, manifest: dict):
+    sys.path.insert(0, str(REPO / "python"))
+    from siglip_export.export import ExportError, image_settings
+
+    config = json.loads((Path(manifest["source"]["checkpoint"]) / "preprocessor_config.json").read_text())
+    for code, name in ((2, "bilinear"), (3, "bicubic")):
+        (tmp_path / "preprocessor_config.json").write_text(json.dumps({**config, "resample": code}))
+        assert image_settings(tmp_path)["resample"] == name
+    (tmp_path / "preprocessor_config.json").write_text(json.dumps({**config, "resample": 1}))
+    with pytest.raises(ExportError, match="resample 'lanczos' is not supported"):
+        image_settings(tmp_path)

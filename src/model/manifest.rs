@@ -4,7 +4,7 @@ use std::{collections::BTreeMap, path::Path};
 
 use serde::Deserialize;
 
-use super::image::Preprocess;
+use super::image::{Filter, Preprocess};
 use super::runtime::DType;
 use crate::error::{Error, Result};
 
@@ -40,7 +40,8 @@ pub struct Source {
 #[derive(Debug, Clone, Deserialize)]
 pub struct ImageSpec {
     pub size: u32,
-    pub resample: String,
+    /// `bicubic` or `bilinear`; any other filter fails to load, naming the two.
+    pub resample: Filter,
     pub rescale_factor: f64,
     pub mean: [f32; 3],
     pub std: [f32; 3],
@@ -52,6 +53,7 @@ impl ImageSpec {
     pub fn preprocess(&self, size: u32) -> Preprocess {
         Preprocess {
             size,
+            filter: self.resample,
             rescale: self.rescale_factor,
             mean: self.mean,
             std: self.std,
@@ -113,12 +115,6 @@ impl Manifest {
             return bad(format!(
                 "format_version {} is not supported (this server reads {FORMAT_VERSION}); re-export the model",
                 self.format_version
-            ));
-        }
-        if self.image.resample != "bicubic" {
-            return bad(format!(
-                "resample {:?} is not supported (bicubic only)",
-                self.image.resample
             ));
         }
         if self.image.size == 0 || self.embedding_dim == 0 || self.text.max_length == 0 {

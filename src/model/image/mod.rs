@@ -2,8 +2,8 @@
 //!
 //! The reference is transformers' `SiglipImageProcessorPil` applied to
 //! `transformers.image_utils.load_image(path)`: Pillow decodes, applies the EXIF orientation,
-//! converts to RGB, resizes straight to `size × size` with Pillow's bicubic filter, rescales
-//! by 1/255 and normalises with mean 0.5, std 0.5. Every step here reproduces its Pillow
+//! converts to RGB, resizes straight to `size × size` with Pillow's bicubic filter (bilinear
+//! for SigLIP 2), rescales by 1/255 and normalises with mean 0.5, std 0.5. Every step here reproduces its Pillow
 //! counterpart exactly (JPEG through libjpeg-turbo's decoder, the resampler ported from
 //! Pillow's C), so the server's embeddings equal those of the Python pipeline.
 //!
@@ -24,12 +24,15 @@ mod rgb;
 pub use error::ImageError;
 pub use image::RgbImage;
 pub use limits::ImageLimits;
+pub use resize::Filter;
 
 /// How an RGB8 image becomes model input: SigLIP's `preprocessor_config.json` values.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Preprocess {
     /// Side of the square the image is resized to.
     pub size: u32,
+    /// The resampling filter (`resample`).
+    pub filter: Filter,
     /// Multiplier from 0..=255 to the model's range, applied in `f64` like the reference
     /// (numpy multiplies in double precision; an `f32` 1/255 changes the last bit of about
     /// half the values).
@@ -44,6 +47,7 @@ impl Preprocess {
     pub fn siglip(size: u32) -> Self {
         Self {
             size,
+            filter: Filter::Bicubic,
             rescale: 1.0 / 255.0,
             mean: [0.5; 3],
             std: [0.5; 3],
@@ -108,8 +112,8 @@ pub fn from_raw(
 }
 
 /// Writes the model input for `img` into `out` (CHW, `3·size·size` floats): Pillow-exact
-/// bicubic resize to `size × size` (skipped when the image already has that size, as Pillow
-/// does), then `(v·rescale − mean) / std`.
+/// resize to `size × size` with the model's filter (skipped when the image already has that
+/// size, as Pillow does), then `(v·rescale − mean) / std`.
 ///
 /// # Panics
 /// If `out` does not hold exactly `3·size·size` floats.
@@ -117,7 +121,7 @@ pub fn preprocess_into(img: &RgbImage, p: &Preprocess, out: &mut [f32]) {
     if img.dimensions() == (p.size, p.size) {
         normalize::write_chw(img, p, out);
     } else {
-        let resized = resize::resize_bicubic(img, p.size, p.size);
+        let resized = resize::resize(img, p.size, p.size, p.filter);
         normalize::write_chw(&resized, p, out);
     }
 }

@@ -261,11 +261,11 @@ impl Model {
 
 /// The batch sizes [`Model::warm_up`] runs, in order.
 fn warmup_sizes(cuda: bool, largest: usize, package_max: Option<usize>) -> Vec<usize> {
+    let top = package_max.map_or(largest, |max| max.min(largest)).max(1);
     if cuda {
-        let top = package_max.map_or(largest, |max| max.min(largest));
-        (1..=top.max(1)).rev().collect()
+        (1..=top).rev().collect()
     } else {
-        vec![1, 2]
+        (1..=top.min(2)).collect()
     }
 }
 
@@ -291,10 +291,11 @@ mod tests {
     use super::warmup_sizes;
 
     #[test]
-    fn warm_up_covers_every_batch_size_on_cuda_within_the_package_limit() {
+    fn warm_up_covers_every_batch_size_on_cuda_and_two_on_the_cpu_within_the_package_limit() {
         assert_eq!(warmup_sizes(true, 4, None), [4, 3, 2, 1]);
         assert_eq!(warmup_sizes(true, 64, Some(3)), [3, 2, 1]);
         assert_eq!(warmup_sizes(true, 0, None), [1]);
         assert_eq!(warmup_sizes(false, 64, None), [1, 2]);
+        assert_eq!(warmup_sizes(false, 64, Some(1)), [1]);
     }
 }

@@ -82,9 +82,13 @@ def main() -> int:
             suite["models"].append({"name": shape, "dtype": dtype, "reference": ref.name, "model_dir": str(model_dir)})
     for name, (original, dtype) in COMPILED.items():
         model_dir = build / "models" / name
-        compiled = json.loads((model_dir / "manifest.json").read_text())["towers"][dtype].get("compiled_vision", {})
+        manifest_path = model_dir / "manifest.json"
+        compiled = json.loads(manifest_path.read_text())["towers"][dtype].get("compiled_vision", {}) \
+            if manifest_path.is_file() else {}
         if not compiled:
-            raise SystemExit(f"{model_dir} has no compiled {dtype} vision tower (python -m siglip_export compile)")
+            # Left out, not fatal: tests/parity.rs asserts the row where `make test` builds it.
+            print(f"skipping {name}: {model_dir} has no compiled {dtype} vision tower (python -m siglip_export compile)")
+            continue
         suite["models"].append({"name": name, "dtype": dtype, "reference": f"model-{original}.safetensors",
                                 "model_dir": str(model_dir)})
 

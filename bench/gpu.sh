@@ -58,5 +58,8 @@ BIN=$PWD/dist/siglip-serve PY=python3 MODEL=$work/$shape CHECKPOINT=$work/$shape
   DEVICE=$device DTYPES=bfloat16 VARIANTS=$variants PYTHON_DTYPE=bfloat16 THREADS=${THREADS:-8} \
   PHASE_SECONDS=${PHASE_SECONDS:-8} CONCURRENCY=${CONCURRENCY:-128} MAX_BATCH=$max_batch \
   ASSETS=$work/assets OUT_DIR=$work/out \
-  REPORT_ARGS="--gflops-per-image $gflops --peak-tflops $peak" bash bench/run.sh
+  REPORT_ARGS="--gflops-per-image $gflops --peak-tflops $peak" bash bench/run.sh \
+  || echo "bench/run.sh: a run failed (above); the table has the others"
+# What the servers' warm-up (every batch size up to MAX_BATCH on CUDA) cost.
+grep -h "warmed up rounds=" "$work"/out/serve-*.log | sed 's/^.*INFO //' || true
 echo "total: $((SECONDS - t0)) s"

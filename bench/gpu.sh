@@ -61,5 +61,5 @@ BIN=$PWD/dist/siglip-serve PY=python3 MODEL=$work/$shape CHECKPOINT=$work/$shape
   REPORT_ARGS="--gflops-per-image $gflops --peak-tflops $peak" bash bench/run.sh \
   || echo "bench/run.sh: a run failed (above); the table has the others"
 # What the servers' warm-up (every batch size up to MAX_BATCH on CUDA) cost.
-grep -h "warmed up rounds=" "$work"/out/serve-*.log | sed 's/^.*INFO //' || true
+grep -H "warmed up rounds=" "$work"/out/serve-*.log | sed 's|^.*/serve-||; s/\.log:.*INFO [^ ]* / /' || true
 echo "total: $((SECONDS - t0)) s"

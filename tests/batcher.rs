@@ -145,10 +145,10 @@ async fn expired_and_cancelled_callers_are_dropped_and_block_no_one() {
 }
 
 async fn dropped_callers(config: BatchConfig) {
-    let model = model();
-    let photos = photos(&model);
+    let tiny = model();
+    let photos = photos(&tiny);
     let (pixels, alone) = photos[0].clone();
-    let (batcher, _worker) = Batcher::start(model, config);
+    let (batcher, _worker) = Batcher::start(tiny, config);
 
     let past = Instant::now() - Duration::from_millis(1);
     match batcher.embed_images(vec![pixels.clone()], Some(past)).await {
@@ -158,7 +158,23 @@ async fn dropped_callers(config: BatchConfig) {
         other => panic!("expected DeadlineExceeded, got {other:?}"),
     }
 
-    // Callers that give up (their future is dropped) while others wait in the same batch.
+    // Callers that give up while they wait: a long job (256 images) keeps the worker busy while
+    // six callers queue behind it and then go away. The next caller's pass must hold its row
+    // alone: had the six been run, they would share its batch.
+    // No batch delay here, so that the long job's batch closes at once and the six queue.
+    let (batcher, _worker) = Batcher::start(
+        model(),
+        BatchConfig {
+            max_batch_delay: Duration::ZERO,
+            ..config
+        },
+    );
+    let busy = {
+        let batcher = batcher.clone();
+        let rows = vec![pixels.clone(); 256];
+        tokio::spawn(async move { batcher.embed_images(rows, None).await })
+    };
+    tokio::time::sleep(Duration::from_millis(10)).await;
     let quitters: Vec<_> = (0..6)
         .map(|_| {
             let batcher = batcher.clone();
@@ -166,21 +182,39 @@ async fn dropped_callers(config: BatchConfig) {
             tokio::spawn(async move { batcher.embed_images(vec![pixels], None).await })
         })
         .collect();
+    wait_until(|| batcher.depth() == 6).await;
+    for q in &quitters {
+        q.abort();
+    }
+    for q in quitters {
+        assert!(q.await.unwrap_err().is_cancelled());
+    }
     let stayer = {
         let batcher = batcher.clone();
         let pixels = pixels.clone();
         tokio::spawn(async move { batcher.embed_images(vec![pixels], None).await })
     };
-    for q in &quitters {
-        q.abort();
-    }
     let reply = tokio::time::timeout(Duration::from_secs(30), stayer)
         .await
         .expect("the remaining caller is not blocked")
         .expect("join")
         .expect("reply");
     assert_close(&reply.embeddings.data, &alone.data);
+    assert_eq!(
+        reply.batch_size, 1,
+        "the callers that went away were run with it"
+    );
+    busy.await.unwrap().expect("the long job is served");
     assert_eq!(batcher.depth(), 0);
+}
+
+/// Polls `done` until it holds (at most 10 s: then the test fails rather than hangs).
+async fn wait_until(done: impl Fn() -> bool) {
+    let until = Instant::now() + Duration::from_secs(10);
+    while !done() {
+        assert!(Instant::now() < until, "condition never held");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -907,6 +907,19 @@ async fn health_reflection_and_graceful_shutdown() {
             tokio::spawn(async move { client.classify(classify_request(image, labels())).await })
         })
         .collect();
+    // An open stream, answered once, with its input still open.
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tx.send(config(&LABELS, pb::DeliveryMode::EveryFrame))
+        .await
+        .unwrap();
+    tx.send(frame(1, asset("rocket.bmp"))).await.unwrap();
+    let mut open = client
+        .clone()
+        .stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .expect("stream")
+        .into_inner();
+    assert_eq!(open.next().await.unwrap().expect("result").frame_id, 1);
     tokio::time::sleep(Duration::from_millis(20)).await;
     server.terminate();
     let status = loop {
@@ -931,7 +944,24 @@ async fn health_reflection_and_graceful_shutdown() {
             .unwrap()
             .expect("in-flight request completes during shutdown");
     }
-    assert_eq!(server.wait(), Some(0), "clean exit after draining");
+    // The stream is told to reconnect elsewhere.
+    let end = open
+        .next()
+        .await
+        .expect("end")
+        .expect_err("shutdown status");
+    assert_status(
+        "stream at shutdown",
+        &end,
+        Code::Unavailable,
+        "shutting down",
+    );
+    drop(tx);
+    assert_eq!(
+        server.wait_at_most(Duration::from_secs(30)).await,
+        Some(0),
+        "clean exit after draining"
+    );
 }
 
 #[tokio::test]
@@ -943,4 +973,43 @@ async fn sigterm_while_the_model_loads_exits_at_once() {
         .await;
     server.terminate();
     assert_eq!(server.wait_at_most(Duration::from_secs(10)).await, Some(0));
+}
+
+#[tokio::test]
+async fn flags_come_from_the_environment_and_the_health_command_reports_serving() {
+    let server = Server::spawn_with_env(&[], &[("SIGLIP_MAX_TEXTS", "2")]);
+    server
+        .wait_for(tonic_health::pb::health_check_response::ServingStatus::Serving)
+        .await;
+    let mut client = server.client().await;
+    let three = vec!["a".to_string(), "b".to_string(), "c".to_string()];
+    let status = client
+        .classify(classify_request(asset("rocket.bmp"), three))
+        .await
+        .expect_err("over SIGLIP_MAX_TEXTS");
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(
+        status.message().contains("limit of 2"),
+        "{}",
+        status.message()
+    );
+
+    let health = |addr: String| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_siglip-serve"))
+            .args(["health", "--addr", &addr])
+            .output()
+            .expect("run siglip-serve health")
+    };
+    drop(client);
+    let url = server.url();
+    let up = health(url.clone());
+    assert!(
+        up.status.success(),
+        "{}",
+        String::from_utf8_lossy(&up.stderr)
+    );
+    server.terminate();
+    assert_eq!(server.wait_at_most(Duration::from_secs(30)).await, Some(0));
+    // The server is gone: the command fails (the container's HEALTHCHECK relies on it).
+    assert!(!health(url).status.success());
 }

@@ -20,20 +20,14 @@ fn matches_transformers() {
         report.pixels.iter().any(|r| r.name.starts_with("bilinear")),
         "expected bilinear (SigLIP 2) pixel checks"
     );
+    // Pillow is pinned (13.0.0): the port must match it exactly, not within a rounding step.
     for row in &report.pixels {
-        assert!(
-            row.max_abs <= 0.0079,
-            "{} at {}: max abs diff {}",
-            row.file,
-            row.size,
-            row.max_abs
+        assert_eq!(
+            row.max_abs, 0.0,
+            "{} {} at {}: max abs diff {}",
+            row.name, row.file, row.size, row.max_abs
         );
     }
-    assert!(
-        report.pixels_mean() <= 1e-4,
-        "mean abs pixel diff {}",
-        report.pixels_mean()
-    );
 
     let (_, total) = report.token_counts();
     assert!(total >= 1000, "token corpus too small: {total}");
@@ -54,10 +48,13 @@ fn matches_transformers() {
     }
 
     let fp32: Vec<_> = report.fp32_models().collect();
-    assert!(fp32.len() >= 2, "expected tiny and base-224 in float32");
+    let mut names: Vec<&str> = fp32.iter().map(|r| r.name.as_str()).collect();
+    names.sort_unstable();
+    assert_eq!(names, ["base-224", "tiny", "tiny-aoti", "tiny-siglip2"]);
     assert!(
-        fp32.iter().any(|r| r.backend == "aoti"),
-        "expected a compiled (aoti) vision tower among the float32 models"
+        fp32.iter()
+            .any(|r| r.name == "tiny-aoti" && r.backend == "aoti"),
+        "expected the compiled (aoti) vision tower to run tiny-aoti"
     );
     for row in fp32 {
         let (lo, hi) = row.ref_probs_range;
@@ -77,6 +74,35 @@ fn matches_transformers() {
                 diff <= limit,
                 "{}: {what} off by {diff} (limit {limit})",
                 row.name
+            );
+        }
+    }
+
+    // bf16 and fp16 exports against the fp32 reference: close, not equal (README figures:
+    // logits up to 1.0e-1, probabilities up to 2.1e-2).
+    let reduced: Vec<_> = report
+        .models
+        .iter()
+        .filter(|r| r.dtype != "float32")
+        .collect();
+    assert!(
+        reduced.len() >= 3,
+        "expected bf16/fp16 rows: {}",
+        reduced.len()
+    );
+    for row in reduced {
+        let checks = [
+            ("image embeddings", row.image_embeds_max, 1e-2),
+            ("text embeddings", row.text_embeds_max, 1e-2),
+            ("logits", row.logits_max, 0.25),
+            ("probabilities", row.probs_max, 0.05),
+        ];
+        for (what, diff, limit) in checks {
+            assert!(
+                diff <= limit,
+                "{} {}: {what} off by {diff} (limit {limit})",
+                row.name,
+                row.dtype
             );
         }
     }

@@ -96,3 +96,48 @@ pub async fn with_deadline<T, E: Into<Status>>(
         },
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn timeout(raw: &str) -> Option<Duration> {
+        let mut metadata = MetadataMap::new();
+        metadata.insert("grpc-timeout", raw.parse().unwrap());
+        let before = Instant::now();
+        deadline(&metadata).map(|at| at.saturating_duration_since(before))
+    }
+
+    #[test]
+    fn reads_every_grpc_timeout_unit_and_ignores_malformed_ones() {
+        let close = |raw: &str, want: Duration| {
+            let got = timeout(raw).unwrap_or_else(|| panic!("{raw} not read"));
+            // Moved 2 ms earlier than the caller's deadline; `before` was taken just before.
+            let want = want.saturating_sub(Duration::from_millis(2));
+            assert!(
+                got >= want && got - want < Duration::from_millis(50),
+                "{raw}: {got:?}"
+            );
+        };
+        close("2H", Duration::from_secs(7200));
+        close("3M", Duration::from_secs(180));
+        close("4S", Duration::from_secs(4));
+        close("250m", Duration::from_millis(250));
+        close("250000u", Duration::from_millis(250));
+        close("250000000n", Duration::from_millis(250));
+        for bad in ["", "5", "5x", "S", "-5S", "1.5S"] {
+            assert_eq!(timeout(bad), None, "{bad:?}");
+        }
+        assert_eq!(deadline(&MetadataMap::new()), None);
+    }
+
+    #[tokio::test]
+    async fn work_past_its_deadline_is_dropped_with_deadline_exceeded() {
+        let at = Instant::now() + Duration::from_millis(20);
+        let never = std::future::pending::<Result<(), Status>>();
+        let status = with_deadline(Some(at), never).await.unwrap_err();
+        assert_eq!(status.code(), tonic::Code::DeadlineExceeded);
+        let done = with_deadline(Some(at), async { Ok::<_, Status>(7) }).await;
+        assert_eq!(done.unwrap(), 7);
+    }
+}

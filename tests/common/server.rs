@@ -21,6 +21,11 @@ impl Server {
     /// Starts the server with the tiny test model and `extra` flags; returns once it listens
     /// (the model may still be loading).
     pub fn spawn(extra: &[&str]) -> Server {
+        Server::spawn_with_env(extra, &[])
+    }
+
+    /// [`Server::spawn`] with environment variables set (flags can come from either).
+    pub fn spawn_with_env(extra: &[&str], env: &[(&str, &str)]) -> Server {
         let model = super::generated("SIGLIP_TEST_MODEL_DIR");
         let mut child = Command::new(env!("CARGO_BIN_EXE_siglip-serve"))
             .args([
@@ -40,6 +45,7 @@ impl Server {
             .args(extra)
             // Expected failures are logged at warn; keep the test output to real errors.
             .env("RUST_LOG", "error")
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -110,14 +116,9 @@ impl Server {
         assert!(status.success());
     }
 
-    /// Waits for the process to exit and returns its exit code.
-    pub fn wait(mut self) -> Option<i32> {
-        let status = self.child.wait().expect("wait");
-        status.code()
-    }
-
-    /// Like [`Server::wait`], but fails the test when the process is still running after
-    /// `limit`: for shutdowns that must not wait for work in progress.
+    /// Waits for the process to exit and returns its exit code; fails the test when it is still
+    /// running after `limit`. Async, so that the test's own connections can close meanwhile (a
+    /// draining server waits for them).
     pub async fn wait_at_most(mut self, limit: Duration) -> Option<i32> {
         let until = Instant::now() + limit;
         loop {

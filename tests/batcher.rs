@@ -219,43 +219,39 @@ async fn wait_until(done: impl Fn() -> bool) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_pass_answers_its_callers_and_the_worker_goes_on() {
+    // The compiled tiny tower takes at most 8 images per pass: a pass of 9 fails in the model.
+    let nine = |photos: &[(Vec<f32>, Embeddings)]| {
+        (0..9).map(|i| photos[i % photos.len()].0.clone()).collect()
+    };
+    fails_then_serves("SIGLIP_TEST_AOTI_MODEL_DIR", nine, "at most 8").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panic_in_the_worker_fails_its_batch_and_the_worker_goes_on() {
+    // A row of the wrong length trips an assertion while it is staged: a panic.
+    let short_row = |_: &[(Vec<f32>, Embeddings)]| vec![vec![0.5; 7]];
+    fails_then_serves("SIGLIP_TEST_MODEL_DIR", short_row, "dropped").await;
+}
+
+/// In both worker modes: the rows `bad` makes fail with an inference error that mentions
+/// `needle`, then the next caller is served and the worker is still running.
+async fn fails_then_serves(
+    model_var: &str,
+    bad: impl Fn(&[(Vec<f32>, Embeddings)]) -> Vec<Vec<f32>>,
+    needle: &str,
+) {
     for config in both_modes(config(16, 0, 64)) {
-        // The compiled tiny tower takes at most 8 images per pass: a pass of 9 fails in the model.
-        let model = common::cpu_model("SIGLIP_TEST_AOTI_MODEL_DIR");
+        let model = common::cpu_model(model_var);
         let photos = photos(&model);
-        let (batcher, _worker) = Batcher::start(model, config);
-        let nine: Vec<Vec<f32>> = (0..9).map(|i| photos[i % photos.len()].0.clone()).collect();
-        match batcher.embed_images(nine, None).await {
-            Err(Error::Inference(message)) => assert!(message.contains("at most 8"), "{message}"),
+        let (batcher, worker) = Batcher::start(model, config);
+        match batcher.embed_images(bad(&photos), None).await {
+            Err(Error::Inference(message)) => assert!(message.contains(needle), "{message}"),
             other => panic!(
                 "expected an inference error, got {:?}",
                 other.map(|r| r.batch_size)
             ),
         }
         let (pixels, alone) = photos[1].clone();
-        let reply = batcher
-            .embed_images(vec![pixels], None)
-            .await
-            .expect("the next caller is served");
-        assert_close(&reply.embeddings.data, &alone.data);
-    }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_panic_in_the_worker_fails_its_batch_and_the_worker_goes_on() {
-    for config in both_modes(config(16, 0, 64)) {
-        let model = model();
-        let photos = photos(&model);
-        let (batcher, worker) = Batcher::start(model, config);
-        // A row of the wrong length trips an assertion while it is staged: a panic.
-        match batcher.embed_images(vec![vec![0.5; 7]], None).await {
-            Err(Error::Inference(message)) => assert!(message.contains("dropped"), "{message}"),
-            other => panic!(
-                "expected an inference error, got {:?}",
-                other.map(|r| r.batch_size)
-            ),
-        }
-        let (pixels, alone) = photos[2].clone();
         let reply = batcher
             .embed_images(vec![pixels], None)
             .await
@@ -369,26 +365,27 @@ async fn pending_images_are_bounded_and_given_back() {
     refused(infer.embed_images(images(4), None).await);
     assert_eq!(infer.pending_images(), 0);
 
-    // Two large photos being decoded (one decoder thread) leave room for one more, not two.
-    let first = tokio::spawn({
-        let (infer, images) = (Arc::clone(&infer), images(2));
-        async move { infer.embed_images(images, None).await }
-    });
-    while infer.pending_images() < 2 {
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
+    // A request of `n` large photos, in flight (decoding on one thread) once this returns.
+    let in_flight = |n: usize| {
+        let call = tokio::spawn({
+            let (infer, images) = (Arc::clone(&infer), images(n));
+            async move { infer.embed_images(images, None).await }
+        });
+        let infer = Arc::clone(&infer);
+        async move {
+            wait_until(|| infer.pending_images() == n).await;
+            call
+        }
+    };
+
+    // Two being decoded leave room for one more, not two.
+    let first = in_flight(2).await;
     refused(infer.embed_images(images(2), None).await);
     first.await.unwrap().expect("the first request is served");
     assert_eq!(infer.pending_images(), 0);
 
     // A caller that goes away gives its images back.
-    let gone = tokio::spawn({
-        let (infer, images) = (Arc::clone(&infer), images(3));
-        async move { infer.embed_images(images, None).await }
-    });
-    while infer.pending_images() < 3 {
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
+    let gone = in_flight(3).await;
     gone.abort();
     let _ = gone.await;
     assert_eq!(infer.pending_images(), 0);

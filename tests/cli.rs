@@ -76,54 +76,48 @@ fn labels_are_required() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("--labels"));
 }
 
+/// Runs `serve` on the model named by `model_var` with `flags`; it must refuse to start, saying
+/// `why` on stderr.
+fn serve_refuses(model_var: &str, flags: &[&str], why: &str) {
+    let out = Command::new(env!("CARGO_BIN_EXE_siglip-serve"))
+        .arg("serve")
+        .args(flags)
+        .args([
+            "--grpc-addr",
+            "127.0.0.1:0",
+            "--metrics-addr",
+            "127.0.0.1:0",
+        ])
+        .arg("--model-dir")
+        .arg(common::generated(model_var))
+        .output()
+        .expect("run siglip-serve");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains(why), "{stderr}");
+}
+
 #[test]
 fn serve_refuses_a_batch_size_the_compiled_tower_cannot_take() {
-    let out = Command::new(env!("CARGO_BIN_EXE_siglip-serve"))
-        .args([
-            "serve",
+    serve_refuses(
+        "SIGLIP_TEST_AOTI_MODEL_DIR",
+        &[
             "--device",
             "cpu",
             "--dtype",
             "float32",
             "--max-batch-size",
             "16",
-        ])
-        .args([
-            "--grpc-addr",
-            "127.0.0.1:0",
-            "--metrics-addr",
-            "127.0.0.1:0",
-        ])
-        .arg("--model-dir")
-        .arg(common::generated("SIGLIP_TEST_AOTI_MODEL_DIR"))
-        .output()
-        .expect("run siglip-serve");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{stderr}");
-    assert!(
-        stderr.contains("--max-batch-size 16 is more than the compiled vision tower accepts (8)"),
-        "{stderr}"
+        ],
+        "--max-batch-size 16 is more than the compiled vision tower accepts (8)",
     );
 }
 
 #[test]
 fn serve_refuses_fewer_pending_images_than_one_request_may_send() {
-    let out = Command::new(env!("CARGO_BIN_EXE_siglip-serve"))
-        .args(["serve", "--max-pending-images", "8", "--max-images", "64"])
-        .args([
-            "--grpc-addr",
-            "127.0.0.1:0",
-            "--metrics-addr",
-            "127.0.0.1:0",
-        ])
-        .arg("--model-dir")
-        .arg(common::generated("SIGLIP_TEST_MODEL_DIR"))
-        .output()
-        .expect("run siglip-serve");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{stderr}");
-    assert!(
-        stderr.contains("--max-pending-images 8 is less than --max-images 64"),
-        "{stderr}"
+    serve_refuses(
+        "SIGLIP_TEST_MODEL_DIR",
+        &["--max-pending-images", "8", "--max-images", "64"],
+        "--max-pending-images 8 is less than --max-images 64",
     );
 }

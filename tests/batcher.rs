@@ -208,6 +208,23 @@ async fn dropped_callers(config: BatchConfig) {
     assert_eq!(batcher.depth(), 0);
 }
 
+/// Starts embedding `images` and returns once they are admitted (counted as pending).
+async fn admitted(
+    infer: &Arc<Infer>,
+    images: Vec<ImageInput>,
+) -> tokio::task::JoinHandle<Result<usize, Error>> {
+    let n = images.len();
+    let call = tokio::spawn({
+        let infer = Arc::clone(infer);
+        async move {
+            let (embeddings, _) = infer.embed_images(images, None).await?;
+            Ok(embeddings.rows().count())
+        }
+    });
+    wait_until(|| infer.pending_images() == n).await;
+    call
+}
+
 /// Polls `done` until it holds (at most 10 s: then the test fails rather than hangs).
 async fn wait_until(done: impl Fn() -> bool) {
     let until = Instant::now() + Duration::from_secs(10);
@@ -365,27 +382,14 @@ async fn pending_images_are_bounded_and_given_back() {
     refused(infer.embed_images(images(4), None).await);
     assert_eq!(infer.pending_images(), 0);
 
-    // A request of `n` large photos, in flight (decoding on one thread) once this returns.
-    let in_flight = |n: usize| {
-        let call = tokio::spawn({
-            let (infer, images) = (Arc::clone(&infer), images(n));
-            async move { infer.embed_images(images, None).await }
-        });
-        let infer = Arc::clone(&infer);
-        async move {
-            wait_until(|| infer.pending_images() == n).await;
-            call
-        }
-    };
-
-    // Two being decoded leave room for one more, not two.
-    let first = in_flight(2).await;
+    // Two large photos being decoded (one decoder thread) leave room for one more, not two.
+    let first = admitted(&infer, images(2)).await;
     refused(infer.embed_images(images(2), None).await);
     first.await.unwrap().expect("the first request is served");
     assert_eq!(infer.pending_images(), 0);
 
     // A caller that goes away gives its images back.
-    let gone = in_flight(3).await;
+    let gone = admitted(&infer, images(3)).await;
     gone.abort();
     let _ = gone.await;
     assert_eq!(infer.pending_images(), 0);

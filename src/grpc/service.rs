@@ -167,11 +167,7 @@ async fn observed<T>(
         fn drop(&mut self) {
             gauge!(metrics::INFLIGHT).decrement(1.0);
             if !self.finished {
-                record(
-                    self.method,
-                    &Status::cancelled("the client went away"),
-                    self.started,
-                );
+                record(self.method, &client_gone(), self.started);
             }
         }
     }
@@ -188,6 +184,11 @@ async fn observed<T>(
         Err(status) => record(method, status, in_flight.started),
     }
     result
+}
+
+/// How a call whose client went away ends: counted as CANCELLED; nobody receives it.
+pub(super) fn client_gone() -> Status {
+    Status::cancelled("the client went away")
 }
 
 pub(super) fn record_ok(method: &'static str, started: Instant) {

@@ -125,7 +125,7 @@ async fn drive(
             _ = shutdown.wait_for(|down| *down) => break Some(Status::unavailable(
                 "server is shutting down: reconnect to continue on another replica",
             )),
-            _ = out.closed() => break Some(client_gone()),
+            _ = out.closed() => break Some(service::client_gone()),
         };
         match msg {
             Err(status) => break Some(status),
@@ -145,7 +145,7 @@ async fn drive(
             {
                 Ok(Some(ready)) => {
                     if !sink.submit(ready).await {
-                        break Some(client_gone());
+                        break Some(service::client_gone());
                     }
                 }
                 Ok(None) => {}
@@ -159,11 +159,6 @@ async fn drive(
         Some(status) => Err(status),
         None => Ok(()),
     }
-}
-
-/// How a stream whose client stopped reading ends (counted as CANCELLED; nobody receives it).
-fn client_gone() -> Status {
-    Status::cancelled("the client went away")
 }
 
 async fn sleep_until(at: Option<tokio::time::Instant>) {

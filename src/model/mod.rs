@@ -231,11 +231,12 @@ impl Model {
     /// CPU only the very first pass is slow (`bench/tower_probe.py`: a new size's first call
     /// takes as long as its second) and a pass can take seconds, so sizes 1 and 2 suffice.
     fn warm_up(&self, rounds: usize, largest: usize) -> Result<()> {
-        let sizes = warmup_sizes(self.device().is_cuda(), largest, self.max_batch());
+        let cuda = self.device().is_cuda();
+        let sizes = warmup_sizes(cuda, largest, self.max_batch());
         let started = std::time::Instant::now();
         let zeros = vec![0f32; pixels_per_image(&self.preprocess)];
         let rows = |n: usize| vec![zeros.as_slice(); n];
-        if self.runs_asynchronously() && rounds > 0 {
+        if cuda && rounds > 0 {
             // The overlapping worker holds two page-locked buffers at once: pin both now.
             let top = rows(sizes[0]);
             let staged = [self.stage_rows(&top)?, self.stage_rows(&top)?];

@@ -3,9 +3,10 @@
 //! The reference is transformers' `SiglipImageProcessorPil` applied to
 //! `transformers.image_utils.load_image(path)`: Pillow decodes, applies the EXIF orientation,
 //! converts to RGB, resizes straight to `size × size` with Pillow's bicubic filter (bilinear
-//! for SigLIP 2), rescales by 1/255 and normalises with mean 0.5, std 0.5. Every step here reproduces its Pillow
-//! counterpart exactly (JPEG through libjpeg-turbo's decoder, the resampler ported from
-//! Pillow's C), so the server's embeddings equal those of the Python pipeline.
+//! for SigLIP 2), rescales by 1/255 and normalises with mean 0.5, std 0.5. Every step here
+//! reproduces its Pillow counterpart exactly (JPEG through libjpeg-turbo's decoder, the
+//! resampler ported from Pillow's C), so the server's embeddings equal those of the Python
+//! pipeline.
 //!
 //! Untrusted input is bounded by [`ImageLimits`], checked from the header before any pixel
 //! buffer is allocated; every failure is an [`ImageError`] whose message says what to fix.

@@ -64,7 +64,7 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Serve(args) => return serve(*args),
+        Command::Serve(args) => serve(*args),
         Command::Bench(args) => return bench(*args),
         Command::Health { addr, service } => return health(addr, service),
         Command::Classify {
@@ -154,26 +154,32 @@ fn classify(args: &ModelArgs, files: &[PathBuf], labels: &[String]) -> Result<()
     Ok(())
 }
 
-fn serve(args: ServeArgs) -> ExitCode {
+fn serve(args: ServeArgs) -> ! {
     init_logging(args.log_json);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
+            std::process::exit(1);
         }
     };
     let result = runtime.block_on(siglip_serve::grpc::serve(args));
     // `serve` has drained what it will wait for. Dropping the runtime would wait for every
     // blocking task, a model still loading and warming up (minutes) included: abandon them.
     runtime.shutdown_background();
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
+    let code = match result {
+        Ok(()) => 0,
         Err(e) => {
             tracing::error!("{e:#}");
-            ExitCode::FAILURE
+            1
         }
-    }
+    };
+    // An abandoned load may still be running libtorch on a blocking thread. A normal exit runs
+    // libtorch's static destructors under it and segfaults now and then (seen in CI), so leave
+    // without them; stderr is unbuffered and nothing else is left to flush.
+    let _ = std::io::Write::flush(&mut std::io::stdout());
+    // SAFETY: `_exit` ends the process at once; no Rust state is used after it.
+    unsafe { libc::_exit(code) }
 }
 
 fn init_logging(json: bool) {

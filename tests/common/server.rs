@@ -116,14 +116,14 @@ impl Server {
         assert!(status.success());
     }
 
-    /// Waits for the process to exit and returns its exit code; fails the test when it is still
+    /// Waits for the process to exit and returns how it ended; fails the test when it is still
     /// running after `limit`. Async, so that the test's own connections can close meanwhile (a
     /// draining server waits for them).
-    pub async fn wait_at_most(mut self, limit: Duration) -> Option<i32> {
+    pub async fn wait_at_most(mut self, limit: Duration) -> std::process::ExitStatus {
         let until = Instant::now() + limit;
         loop {
             if let Some(status) = self.child.try_wait().expect("try_wait") {
-                return status.code();
+                return status;
             }
             assert!(
                 Instant::now() < until,

@@ -100,7 +100,7 @@ async fn own_rows(config: BatchConfig) {
     let per_image = pixels_per_image(model.preprocess());
     // A batch of 4 (with a long delay, concurrent callers are batched together), and one caller
     // with more rows than a batch is split over several forward passes.
-    let (batcher, _worker) = Batcher::start(model, config);
+    let (batcher, worker) = Batcher::start(model, config);
 
     let mut calls = Vec::new();
     for round in 0..3 {
@@ -135,6 +135,7 @@ async fn own_rows(config: BatchConfig) {
     for call in calls {
         call.await.expect("caller");
     }
+    stop(batcher, worker).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -148,7 +149,7 @@ async fn dropped_callers(config: BatchConfig) {
     let tiny = model();
     let photos = photos(&tiny);
     let (pixels, alone) = photos[0].clone();
-    let (batcher, _worker) = Batcher::start(tiny, config);
+    let (batcher, worker) = Batcher::start(tiny, config);
 
     let past = Instant::now() - Duration::from_millis(1);
     match batcher.embed_images(vec![pixels.clone()], Some(past)).await {
@@ -157,24 +158,24 @@ async fn dropped_callers(config: BatchConfig) {
         }
         other => panic!("expected DeadlineExceeded, got {other:?}"),
     }
+    stop(batcher, worker).await;
 
     // Callers that give up while they wait: a long job (256 images) keeps the worker busy while
     // six callers queue behind it and then go away. The next caller's pass must hold its row
     // alone: had the six been run, they would share its batch.
     // No batch delay here, so that the long job's batch closes at once and the six queue.
-    let (batcher, _worker) = Batcher::start(
+    let (batcher, worker) = Batcher::start(
         model(),
         BatchConfig {
             max_batch_delay: Duration::ZERO,
             ..config
         },
     );
-    let busy = {
-        let batcher = batcher.clone();
-        let rows = vec![pixels.clone(); 256];
-        tokio::spawn(async move { batcher.embed_images(rows, None).await })
-    };
-    tokio::time::sleep(Duration::from_millis(10)).await;
+    let mut busy = Box::pin(batcher.embed_images(vec![pixels.clone(); 256], None));
+    // One poll queues the long job (the worker runs it whether or not it is polled again);
+    // the six queue once the worker has taken it.
+    assert!(futures_util::poll!(&mut busy).is_pending());
+    wait_until(|| batcher.depth() == 0).await;
     let quitters: Vec<_> = (0..6)
         .map(|_| {
             let batcher = batcher.clone();
@@ -204,8 +205,9 @@ async fn dropped_callers(config: BatchConfig) {
         reply.batch_size, 1,
         "the callers that went away were run with it"
     );
-    busy.await.unwrap().expect("the long job is served");
+    busy.await.expect("the long job is served");
     assert_eq!(batcher.depth(), 0);
+    stop(batcher, worker).await;
 }
 
 /// Starts embedding `images` and returns once they are admitted (counted as pending).
@@ -223,6 +225,16 @@ async fn admitted(
     });
     wait_until(|| infer.pending_images() == n).await;
     call
+}
+
+/// Ends a test's inference thread: drops `queue` (the last handle to its queue: a `Batcher`,
+/// or the `Infer` that owns it) and waits for the thread to exit, so that no libtorch work is
+/// still running when the test binary exits (libtorch's static destructors under a running
+/// thread crash the process now and then).
+async fn stop(queue: impl Sized, worker: std::thread::JoinHandle<()>) {
+    drop(queue);
+    wait_until(|| worker.is_finished()).await;
+    worker.join().expect("the inference thread ended cleanly");
 }
 
 /// Polls `done` until it holds (at most 10 s: then the test fails rather than hangs).
@@ -275,6 +287,7 @@ async fn fails_then_serves(
             .expect("the next caller is served");
         assert_close(&reply.embeddings.data, &alone.data);
         assert!(!worker.is_finished());
+        stop(batcher, worker).await;
     }
 }
 
@@ -282,7 +295,7 @@ async fn fails_then_serves(
 async fn a_full_queue_refuses_at_once() {
     let model = model();
     let photos = photos(&model);
-    let (batcher, _worker) = Batcher::start(model, config(1, 0, 1));
+    let (batcher, worker) = Batcher::start(model, config(1, 0, 1));
     let calls: Vec<_> = (0..12)
         .map(|i| {
             let batcher = batcher.clone();
@@ -311,6 +324,7 @@ async fn a_full_queue_refuses_at_once() {
         refused > 0,
         "a queue of one accepted twelve concurrent callers"
     );
+    stop(batcher, worker).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -318,7 +332,7 @@ async fn batches_respect_size_and_delay() {
     let model = model();
     let photos = photos(&model);
     // A lone caller is answered once the delay is over, in a batch of one.
-    let (batcher, _worker) = Batcher::start(model, config(8, 30, 64));
+    let (batcher, worker) = Batcher::start(model, config(8, 30, 64));
     let alone = batcher
         .embed_images(vec![photos[0].0.clone()], None)
         .await
@@ -347,11 +361,12 @@ async fn batches_respect_size_and_delay() {
         sizes.iter().any(|&s| s > 1),
         "concurrent callers were never batched: {sizes:?}"
     );
+    stop(batcher, worker).await;
 }
 
 /// An `Infer` (the core behind the API) over the tiny model, with a text cache of `capacity` and
-/// the limit flags `limit_flags`.
-fn core(capacity: usize, limit_flags: &[&str]) -> Infer {
+/// the limit flags `limit_flags`, and its inference thread.
+fn core(capacity: usize, limit_flags: &[&str]) -> (Infer, std::thread::JoinHandle<()>) {
     use clap::Parser;
     #[derive(Parser)]
     struct Flags {
@@ -361,15 +376,17 @@ fn core(capacity: usize, limit_flags: &[&str]) -> Infer {
     let model = model();
     let tokenizer = model.tokenizer();
     let manifest = model.manifest().clone();
-    let (batcher, _worker) = Batcher::start(model, config(8, 1, 64));
+    let (batcher, worker) = Batcher::start(model, config(8, 1, 64));
     let limits =
         Flags::parse_from(std::iter::once("test").chain(limit_flags.iter().copied())).limits;
-    Infer::new(batcher, tokenizer, manifest, limits, 1, capacity)
+    let infer = Infer::new(batcher, tokenizer, manifest, limits, 1, capacity);
+    (infer, worker)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pending_images_are_bounded_and_given_back() {
-    let infer = Arc::new(core(16, &["--max-pending-images", "3"]));
+    let (infer, worker) = core(16, &["--max-pending-images", "3"]);
+    let infer = Arc::new(infer);
     let photo =
         std::fs::read(common::generated("SIGLIP_TEST_ASSETS").join("images/coffee_2000x1500.jpg"))
             .unwrap();
@@ -395,11 +412,12 @@ async fn pending_images_are_bounded_and_given_back() {
     assert_eq!(infer.pending_images(), 0);
     let (embeddings, _) = infer.embed_images(images(3), None).await.expect("served");
     assert_eq!(embeddings.rows().count(), 3);
+    stop(infer, worker).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn text_cache_hits_misses_and_bound() {
-    let infer = core(3, &[]);
+    let (infer, worker) = core(3, &[]);
     let texts = |t: &[&str]| t.iter().map(|s| s.to_string()).collect::<Vec<_>>();
     let (first, _) = infer
         .labels(texts(&["a cat", "a dog"]), None)
@@ -431,10 +449,12 @@ async fn text_cache_hits_misses_and_bound() {
         "each text is looked up once per occurrence"
     );
     assert_eq!(stats.entries, 3);
+    stop(infer, worker).await;
 
-    let off = core(0, &[]);
+    let (off, worker) = core(0, &[]);
     off.labels(texts(&["a cat"]), None).await.unwrap();
     off.labels(texts(&["a cat"]), None).await.unwrap();
     let stats = off.text_cache_stats();
     assert_eq!((stats.hits, stats.entries), (0, 0));
+    stop(off, worker).await;
 }

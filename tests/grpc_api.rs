@@ -666,22 +666,18 @@ async fn stream_protocol_violations_limits_and_lifetime() {
         .expect("first stream")
         .into_inner();
     assert_eq!(first.next().await.unwrap().expect("result").frame_id, 1);
-    let refused = loop {
-        match client
-            .stream(tokio_stream::iter(vec![config(
-                &LABELS,
-                pb::DeliveryMode::EveryFrame,
-            )]))
-            .await
-        {
-            Err(status) => break status,
-            Ok(response) => {
-                let mut s = response.into_inner();
-                if let Some(Err(status)) = s.next().await {
-                    break status;
-                }
-            }
-        }
+    let second = client
+        .stream(tokio_stream::iter(vec![config(
+            &LABELS,
+            pb::DeliveryMode::EveryFrame,
+        )]))
+        .await;
+    let refused = match second {
+        Err(status) => status,
+        Ok(response) => match response.into_inner().next().await {
+            Some(Err(status)) => status,
+            other => panic!("a second stream was not refused: {other:?}"),
+        },
     };
     assert_status(
         "second stream over --max-streams",
@@ -812,7 +808,7 @@ async fn deadline_exceeded_and_queue_full() {
     // (grpcio and grpc-go as DEADLINE_EXCEEDED). That the server drops the work is checked in
     // tests/batcher.rs; here, that a deadline ends the call and the server carries on.
     let mut request = Request::new(classify_request(asset("coffee_2000x1500.jpg"), labels()));
-    request.set_timeout(Duration::from_millis(20));
+    request.set_timeout(Duration::from_millis(1));
     let status = client.classify(request).await.expect_err("deadline");
     assert!(
         status.code() == Code::DeadlineExceeded || status.message() == "Timeout expired",
@@ -844,21 +840,10 @@ async fn deadline_exceeded_and_queue_full() {
 
 #[tokio::test]
 async fn health_reflection_and_graceful_shutdown() {
-    // Slow warm-up: the window where the model is loading is long enough to observe.
-    let server = Server::spawn(&["--warmup-rounds", "60"]);
-    assert_eq!(
-        server.health("").await,
-        tonic_health::pb::health_check_response::ServingStatus::NotServing
-    );
-    let mut client = server.client().await;
-    let loading = client
-        .classify(classify_request(asset("rocket.bmp"), labels()))
-        .await
-        .expect_err("not ready");
-    assert_eq!(loading.code(), Code::Unavailable);
-    server
-        .wait_for(tonic_health::pb::health_check_response::ServingStatus::Serving)
-        .await;
+    // Batches wait for company for half a second: calls stay in flight long enough to be caught
+    // by the SIGTERM below.
+    let server = Server::ready(&["--max-batch-size", "64", "--max-batch-delay-ms", "500"]).await;
+    let client = server.client().await;
     assert_eq!(
         server.health("siglip.v1.Siglip").await,
         tonic_health::pb::health_check_response::ServingStatus::Serving
@@ -900,13 +885,6 @@ async fn health_reflection_and_graceful_shutdown() {
         watch.next().await.unwrap().unwrap().status(),
         tonic_health::pb::health_check_response::ServingStatus::Serving
     );
-    let in_flight: Vec<_> = (0..4)
-        .map(|_| {
-            let mut client = client.clone();
-            let image = asset("coffee_2000x1500.jpg");
-            tokio::spawn(async move { client.classify(classify_request(image, labels())).await })
-        })
-        .collect();
     // An open stream, answered once, with its input still open.
     let (tx, rx) = tokio::sync::mpsc::channel(4);
     tx.send(config(&LABELS, pb::DeliveryMode::EveryFrame))
@@ -920,7 +898,20 @@ async fn health_reflection_and_graceful_shutdown() {
         .expect("stream")
         .into_inner();
     assert_eq!(open.next().await.unwrap().expect("result").frame_id, 1);
-    tokio::time::sleep(Duration::from_millis(20)).await;
+    let in_flight: Vec<_> = (0..4)
+        .map(|_| {
+            let mut client = client.clone();
+            let image = asset("coffee_2000x1500.jpg");
+            tokio::spawn(async move { client.classify(classify_request(image, labels())).await })
+        })
+        .collect();
+    // The four calls are being handled (their bodies have arrived, the batcher holds them)
+    // before SIGTERM.
+    let until = Instant::now() + Duration::from_secs(30);
+    while server.metric("siglip_inflight_requests").await < 4.0 {
+        assert!(Instant::now() < until, "the four calls never arrived");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     server.terminate();
     let status = loop {
         match watch.next().await {
@@ -963,11 +954,19 @@ async fn health_reflection_and_graceful_shutdown() {
 
 #[tokio::test]
 async fn sigterm_while_the_model_loads_exits_at_once() {
-    // A warm-up that would take hours keeps the server loading (health NOT_SERVING).
+    // A warm-up that would take hours keeps the server loading: health says NOT_SERVING and
+    // calls are refused with UNAVAILABLE.
     let server = Server::spawn(&["--warmup-rounds", "100000000"]);
     server
         .wait_for(tonic_health::pb::health_check_response::ServingStatus::NotServing)
         .await;
+    let loading = server
+        .client()
+        .await
+        .classify(classify_request(asset("rocket.bmp"), labels()))
+        .await
+        .expect_err("not ready");
+    assert_eq!(loading.code(), Code::Unavailable);
     server.terminate();
     let status = server.wait_at_most(Duration::from_secs(10)).await;
     assert!(status.success(), "clean exit while loading, got {status}");

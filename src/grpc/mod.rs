@@ -82,6 +82,10 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             let _ = stop_rx.await;
         });
     let server = tokio::spawn(server);
+    // Listen for signals before anyone can know the port: a SIGTERM sent as soon as the line
+    // below appears must start a clean shutdown, not kill the process (the default action).
+    let shutdown = shutdown_signal().context("cannot listen for SIGTERM and SIGINT")?;
+    tokio::pin!(shutdown);
     // Tests and tools read these lines to find ephemeral ports.
     println!("siglip-serve: metrics listening on {metrics_addr}");
     println!("siglip-serve: gRPC listening on {addr}");
@@ -101,13 +105,14 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             }
             state.set_ready(infer, on);
             gauge!(metrics::READY).set(1.0);
-            for name in ["", SERVICE_NAME] {
+            // The whole server ("") last: whoever sees it SERVING finds the API SERVING too.
+            for name in [SERVICE_NAME, ""] {
                 health.set_service_status(name, ServingStatus::Serving).await;
             }
             tracing::info!("model ready (health: SERVING)");
-            shutdown_signal().await;
+            (&mut shutdown).await;
         }
-        _ = shutdown_signal() => {}
+        _ = &mut shutdown => {}
     }
 
     tracing::info!(
@@ -201,20 +206,16 @@ fn load(args: &ServeArgs) -> anyhow::Result<(Arc<Infer>, RunningOn)> {
     ))
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending().await,
+/// Resolves at the first SIGTERM or SIGINT. The handlers are installed by this call, not when
+/// the future is first polled, so no signal between the two is lost.
+fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = interrupt.recv() => {}
         }
-    };
-    tokio::select! {
-        _ = ctrl_c => {}
-        _ = term => {}
-    }
+    })
 }

@@ -59,17 +59,20 @@ pub fn run(
     let pipeline = state.limits.stream_pipeline.max(1);
     let (out, rx) = mpsc::channel(pipeline);
     tokio::spawn(async move {
-        let _permit = permit;
         let started = Instant::now();
         gauge!(metrics::ACTIVE_STREAMS).increment(1.0);
-        match drive(infer, &state, input, out.clone()).await {
+        let result = drive(infer, &state, input, out.clone()).await;
+        // Free the slot before the client hears that the stream is over, so that a client
+        // that reconnects on that news finds it free.
+        drop(permit);
+        gauge!(metrics::ACTIVE_STREAMS).decrement(1.0);
+        match result {
             Ok(()) => service::record_ok("Stream", started),
             Err(status) => {
                 service::record("Stream", &status, started);
                 let _ = out.send(Err(status)).await;
             }
         }
-        gauge!(metrics::ACTIVE_STREAMS).decrement(1.0);
     });
     ReceiverStream::new(rx)
 }

@@ -15,6 +15,7 @@ use tonic_health::pb::{
 pub struct Server {
     child: Child,
     pub addr: String,
+    pub metrics_addr: String,
 }
 
 impl Server {
@@ -52,16 +53,25 @@ impl Server {
             .expect("start siglip-serve");
         let stdout = child.stdout.take().expect("stdout");
         let mut lines = BufReader::new(stdout).lines();
-        let addr = loop {
+        // The metrics line comes first.
+        let (mut addr, mut metrics_addr) = (None, None);
+        while addr.is_none() {
             let line = lines
                 .next()
                 .expect("siglip-serve exited before listening")
                 .expect("read stdout");
-            if let Some(addr) = line.strip_prefix("siglip-serve: gRPC listening on ") {
-                break addr.to_string();
+            if let Some(a) = line.strip_prefix("siglip-serve: metrics listening on ") {
+                metrics_addr = Some(a.to_string());
             }
-        };
-        Server { child, addr }
+            if let Some(a) = line.strip_prefix("siglip-serve: gRPC listening on ") {
+                addr = Some(a.to_string());
+            }
+        }
+        Server {
+            child,
+            addr: addr.unwrap(),
+            metrics_addr: metrics_addr.expect("the metrics address is printed first"),
+        }
     }
 
     /// Starts the server and waits until its health service says SERVING.
@@ -98,6 +108,24 @@ impl Server {
             .await
             .expect("health check");
         response.into_inner().status()
+    }
+
+    /// The value of an unlabelled gauge or counter on `/metrics`.
+    pub async fn metric(&self, name: &str) -> f64 {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut conn = tokio::net::TcpStream::connect(&self.metrics_addr)
+            .await
+            .expect("connect to /metrics");
+        conn.write_all(b"GET /metrics HTTP/1.0\r\n\r\n")
+            .await
+            .expect("send");
+        let mut text = String::new();
+        conn.read_to_string(&mut text).await.expect("read /metrics");
+        let line = text
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(name))
+            .unwrap_or_else(|| panic!("{name} not on /metrics"));
+        line.split_whitespace().nth(1).unwrap().parse().expect(line)
     }
 
     pub async fn wait_for(&self, status: ServingStatus) {

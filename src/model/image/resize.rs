@@ -123,30 +123,53 @@ fn clip8(acc: i32) -> u8 {
 /// The rounding offset every accumulator starts from.
 const HALF: i32 = 1 << (PRECISION_BITS - 1);
 
+/// Rows resized along x together (see `horizontal`).
+const ROW_BLOCK: usize = 8;
+
 /// Resizes along x: `src` is `height` rows of `src_w` RGB pixels.
+///
+/// Pillow walks each row pixel by pixel, an inner loop over three channels that does not
+/// vectorise. Here a block of rows is first interleaved column by column, so that an output
+/// column of the whole block is a sum of contiguous 24-byte columns, as in `vertical`, which
+/// the compiler vectorises. Every output sample is the same sum of the same integer products
+/// as Pillow's.
+#[inline(always)]
 fn horizontal(src: &[u8], src_w: usize, height: usize, w: &Weights) -> Vec<u8> {
+    const LANE: usize = ROW_BLOCK * 3;
     let out_w = w.start.len();
     let mut dst = vec![0u8; out_w * height * 3];
-    for (src_row, dst_row) in src
-        .chunks_exact(src_w * 3)
-        .zip(dst.chunks_exact_mut(out_w * 3))
+    // Column x holds pixel x of each row of the block (a short last block leaves lanes unused).
+    let mut columns = vec![[0u8; LANE]; src_w];
+    for (src_rows, dst_rows) in src
+        .chunks(src_w * 3 * ROW_BLOCK)
+        .zip(dst.chunks_mut(out_w * 3 * ROW_BLOCK))
     {
-        for (i, out) in dst_row.chunks_exact_mut(3).enumerate() {
-            let k = &w.k[i * w.ksize..][..w.len[i]];
-            let px = &src_row[w.start[i] * 3..][..k.len() * 3];
-            let mut acc = [HALF; 3];
-            for (&k, p) in k.iter().zip(px.chunks_exact(3)) {
-                acc[0] += i32::from(p[0]) * k;
-                acc[1] += i32::from(p[1]) * k;
-                acc[2] += i32::from(p[2]) * k;
+        for (r, row) in src_rows.chunks_exact(src_w * 3).enumerate() {
+            for (column, px) in columns.iter_mut().zip(row.chunks_exact(3)) {
+                column[r * 3..][..3].copy_from_slice(px);
             }
-            out.copy_from_slice(&acc.map(clip8));
+        }
+        for i in 0..out_w {
+            let k = &w.k[i * w.ksize..][..w.len[i]];
+            let mut acc = [HALF; LANE];
+            for (&k, column) in k.iter().zip(&columns[w.start[i]..]) {
+                for (a, &p) in acc.iter_mut().zip(column) {
+                    *a += i32::from(p) * k;
+                }
+            }
+            for (dst_row, px) in dst_rows
+                .chunks_exact_mut(out_w * 3)
+                .zip(acc.chunks_exact(3))
+            {
+                dst_row[i * 3..][..3].copy_from_slice(&[clip8(px[0]), clip8(px[1]), clip8(px[2])]);
+            }
         }
     }
     dst
 }
 
 /// Resizes along y: `src` is rows of `width` RGB pixels.
+#[inline(always)]
 fn vertical(src: &[u8], width: usize, w: &Weights) -> Vec<u8> {
     let stride = width * 3;
     let out_h = w.start.len();
@@ -170,6 +193,25 @@ fn vertical(src: &[u8], width: usize, w: &Weights) -> Vec<u8> {
 
 /// `img.resize((width, height), filter)` in Pillow 13, for RGB8.
 pub(super) fn resize(img: &RgbImage, width: u32, height: u32, filter: Filter) -> RgbImage {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU has AVX2, checked just above.
+        return unsafe { resize_avx2(img, width, height, filter) };
+    }
+    resize_any_cpu(img, width, height, filter)
+}
+
+/// [`resize_any_cpu`] compiled for AVX2, whose 8-lane 32-bit multiply the passes' inner loops
+/// vectorise to (the baseline x86-64 target has SSE2 only, without one): 2–3× faster. The same
+/// integer operations, so the same pixels.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn resize_avx2(img: &RgbImage, width: u32, height: u32, filter: Filter) -> RgbImage {
+    resize_any_cpu(img, width, height, filter)
+}
+
+#[inline(always)]
+fn resize_any_cpu(img: &RgbImage, width: u32, height: u32, filter: Filter) -> RgbImage {
     let (in_w, in_h) = img.dimensions();
     let need_h = width != in_w;
     let need_v = height != in_h;
@@ -223,6 +265,34 @@ mod tests {
         for filter in FILTERS {
             let out = resize(&img, 224, 224, filter);
             assert!(out.pixels().all(|p| p.0 == [10, 128, 250]), "{filter:?}");
+        }
+    }
+
+    #[test]
+    fn every_cpu_path_gives_the_same_pixels() {
+        // `resize` takes the AVX2 path where the CPU has it (the parity suite checks that path
+        // against Pillow); the portable one must agree. Heights that are not a multiple of the
+        // row block, growing and shrinking, both pass orders.
+        let img = |w: u32, h: u32| {
+            RgbImage::from_fn(w, h, |x, y| {
+                image::Rgb([(x * 7 + y * 3) as u8, (x ^ y) as u8, (x * y / 3 + 11) as u8])
+            })
+        };
+        for (w, h, out_w, out_h) in [
+            (640, 427, 384, 384),
+            (37, 500, 224, 224),
+            (513, 13, 224, 224),
+            (3, 2, 7, 5),
+            (2000, 1500, 224, 224),
+        ] {
+            let src = img(w, h);
+            for filter in FILTERS {
+                assert_eq!(
+                    resize(&src, out_w, out_h, filter),
+                    resize_any_cpu(&src, out_w, out_h, filter),
+                    "{w}x{h} -> {out_w}x{out_h} {filter:?}"
+                );
+            }
         }
     }
 

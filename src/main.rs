@@ -176,7 +176,8 @@ fn serve(args: ServeArgs) -> ! {
     };
     // An abandoned load may still be running libtorch on a blocking thread. A normal exit runs
     // libtorch's static destructors under it and segfaults now and then (seen in CI), so leave
-    // without them; stderr is unbuffered and nothing else is left to flush.
+    // without them. A loaded model was already unloaded by `serve` (what its destructors had to
+    // do is done); stderr is unbuffered and nothing else is left to flush.
     let _ = std::io::Write::flush(&mut std::io::stdout());
     // SAFETY: `_exit` ends the process at once; no Rust state is used after it.
     unsafe { libc::_exit(code) }

@@ -973,6 +973,32 @@ async fn sigterm_while_the_model_loads_exits_at_once() {
 }
 
 #[tokio::test]
+async fn a_compiled_package_unpacked_at_load_is_removed_at_exit() {
+    let model = common::generated("SIGLIP_TEST_AOTI_MODEL_DIR");
+    let server = Server::spawn_model(&model, &["--max-batch-size", "8"], &[]);
+    server
+        .wait_for(tonic_health::pb::health_check_response::ServingStatus::Serving)
+        .await;
+    // libtorch's loader unpacks the package into a fresh temporary directory and maps the
+    // model's shared library from there.
+    let maps = std::fs::read_to_string(format!("/proc/{}/maps", server.pid())).unwrap();
+    let unpacked = maps
+        .split_whitespace()
+        .find_map(|path| path.split_once("/data/aotinductor/").map(|(dir, _)| dir))
+        .map(std::path::PathBuf::from)
+        .expect("the package's library is mapped from where it was unpacked");
+    assert!(unpacked.is_dir(), "{}", unpacked.display());
+    server.terminate();
+    let status = server.wait_at_most(Duration::from_secs(30)).await;
+    assert!(status.success(), "clean exit, got {status}");
+    assert!(
+        !unpacked.exists(),
+        "{} was left behind at exit",
+        unpacked.display()
+    );
+}
+
+#[tokio::test]
 async fn flags_come_from_the_environment_and_the_health_command_reports_serving() {
     let server = Server::spawn_with_env(&[], &[("SIGLIP_MAX_TEXTS", "2")]);
     server

@@ -95,9 +95,11 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         let args = args.clone();
         move || load(&args)
     });
+    let mut worker = None;
     tokio::select! {
         loaded = load => {
-            let (infer, on) = loaded.context("model loading panicked")??;
+            let (infer, on, thread) = loaded.context("model loading panicked")??;
+            worker = Some(thread);
             let m = infer.manifest();
             metrics::set_model_info(&m.model_id, &m.architecture, &on.device, on.dtype.name(), m.source.random_weights);
             if let Some(index) = on.device.strip_prefix("cuda:").and_then(|n| n.parse().ok()) {
@@ -132,12 +134,31 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         Ok(result) => result.context("server task")?.context("gRPC server")?,
         Err(_) => tracing::warn!("in-flight work did not finish within {grace:?}; exiting anyway"),
     }
+    drop(state);
+    if let Some(worker) = worker {
+        unload(worker).await;
+    }
     tracing::info!("stopped");
     Ok(())
 }
 
+/// Waits (briefly) for the inference thread to drop the model. It does so once the last handle
+/// to its queue is gone (a stream finishing its last frame may still hold one), and dropping
+/// an AOTInductor package's loader deletes the copy it unpacked under /tmp: `main` leaves
+/// with `_exit`, which runs no destructors, so this is the only place that happens.
+async fn unload(worker: std::thread::JoinHandle<()>) {
+    const WAIT: Duration = Duration::from_secs(3);
+    let joined = tokio::task::spawn_blocking(move || worker.join());
+    if tokio::time::timeout(WAIT, joined).await.is_err() {
+        tracing::warn!(
+            "the model was still in use {WAIT:?} after draining; exiting without unloading it \
+             (a compiled package's unpacked copy under /tmp stays behind)"
+        );
+    }
+}
+
 /// Loads and warms the model, then starts the inference worker in front of it (blocking).
-fn load(args: &ServeArgs) -> anyhow::Result<(Arc<Infer>, RunningOn)> {
+fn load(args: &ServeArgs) -> anyhow::Result<(Arc<Infer>, RunningOn, std::thread::JoinHandle<()>)> {
     let model = Model::load(&args.model.load_options(args.batch.max_batch_size.max(1)))
         .context("loading the model")?;
     if let Some(max) = model
@@ -179,7 +200,7 @@ fn load(args: &ServeArgs) -> anyhow::Result<(Arc<Infer>, RunningOn)> {
     }
     let tokenizer = model.tokenizer();
     let pipelined = model.runs_asynchronously();
-    let (batcher, _worker) = Batcher::start(
+    let (batcher, worker) = Batcher::start(
         model,
         BatchConfig {
             pipelined,
@@ -203,6 +224,7 @@ fn load(args: &ServeArgs) -> anyhow::Result<(Arc<Infer>, RunningOn)> {
             dtype,
             backend,
         },
+        worker,
     ))
 }
 

@@ -62,15 +62,22 @@ pub fn run(
         let started = Instant::now();
         gauge!(metrics::ACTIVE_STREAMS).increment(1.0);
         let result = drive(infer, &state, input, out.clone()).await;
-        // Free the slot before the client hears that the stream is over, so that a client
-        // that reconnects on that news finds it free.
-        drop(permit);
         gauge!(metrics::ACTIVE_STREAMS).decrement(1.0);
+        // The slot is freed before the client can hear that the stream is over (its status,
+        // or the end when `out` drops), so that a client that reconnects on that news finds
+        // it free; but not before the status has room: a client that does not read keeps it.
         match result {
-            Ok(()) => service::record_ok("Stream", started),
+            Ok(()) => {
+                service::record_ok("Stream", started);
+                drop(permit);
+            }
             Err(status) => {
                 service::record("Stream", &status, started);
-                let _ = out.send(Err(status)).await;
+                let room = out.reserve().await;
+                drop(permit);
+                if let Ok(room) = room {
+                    room.send(Err(status));
+                }
             }
         }
     });

@@ -2,6 +2,7 @@
 
 use std::{
     io::{BufRead, BufReader},
+    path::Path,
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
@@ -27,7 +28,11 @@ impl Server {
 
     /// [`Server::spawn`] with environment variables set (flags can come from either).
     pub fn spawn_with_env(extra: &[&str], env: &[(&str, &str)]) -> Server {
-        let model = super::generated("SIGLIP_TEST_MODEL_DIR");
+        Server::spawn_model(&super::generated("SIGLIP_TEST_MODEL_DIR"), extra, env)
+    }
+
+    /// [`Server::spawn_with_env`] with another model directory.
+    pub fn spawn_model(model: &Path, extra: &[&str], env: &[(&str, &str)]) -> Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_siglip-serve"))
             .args([
                 "serve",
@@ -42,7 +47,7 @@ impl Server {
                 "float32",
                 "--model-dir",
             ])
-            .arg(&model)
+            .arg(model)
             .args(extra)
             // Expected failures are logged at warn; keep the test output to real errors.
             .env("RUST_LOG", "error")
@@ -134,6 +139,10 @@ impl Server {
             assert!(Instant::now() < until, "server never became {status:?}");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     pub fn terminate(&self) {

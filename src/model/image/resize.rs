@@ -268,6 +268,50 @@ mod tests {
         }
     }
 
+    /// Pillow's horizontal pass as Pillow writes it (`ImagingResampleHorizontal_8bpc`): pixel
+    /// by pixel, channel by channel. The reference for the interleaved `horizontal`.
+    fn pillow_horizontal(src: &[u8], src_w: usize, w: &Weights) -> Vec<u8> {
+        let out_w = w.start.len();
+        let mut dst = Vec::new();
+        for row in src.chunks_exact(src_w * 3) {
+            for i in 0..out_w {
+                let k = &w.k[i * w.ksize..][..w.len[i]];
+                for c in 0..3 {
+                    let mut acc = HALF;
+                    for (t, &k) in k.iter().enumerate() {
+                        acc += i32::from(row[(w.start[i] + t) * 3 + c]) * k;
+                    }
+                    dst.push(clip8(acc));
+                }
+            }
+        }
+        dst
+    }
+
+    #[test]
+    fn interleaved_rows_give_pillows_horizontal_pass() {
+        // Heights around the row block, one column, one row, growing and shrinking.
+        for (w, h, out_w) in [
+            (640, 427, 384),
+            (1, 9, 224),
+            (513, 1, 7),
+            (37, 15, 224),
+            (9, 8, 2),
+        ] {
+            let img = RgbImage::from_fn(w, h, |x, y| {
+                image::Rgb([(x * 7 + y * 3) as u8, (x ^ y) as u8, (x * y / 3 + 11) as u8])
+            });
+            for filter in FILTERS {
+                let weights = weights(w, out_w, filter);
+                assert_eq!(
+                    horizontal(img.as_raw(), w as usize, h as usize, &weights),
+                    pillow_horizontal(img.as_raw(), w as usize, &weights),
+                    "{w}x{h} -> {out_w} {filter:?}"
+                );
+            }
+        }
+    }
+
     #[test]
     fn every_cpu_path_gives_the_same_pixels() {
         // `resize` takes the AVX2 path where the CPU has it (the parity suite checks that path

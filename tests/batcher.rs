@@ -140,7 +140,8 @@ async fn own_rows(config: BatchConfig) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expired_and_cancelled_callers_are_dropped_and_block_no_one() {
-    for config in both_modes(config(8, 20, 64)) {
+    // No batch delay, so that the long job's batch below closes at once and the six queue.
+    for config in both_modes(config(8, 0, 64)) {
         dropped_callers(config).await;
     }
 }
@@ -158,24 +159,18 @@ async fn dropped_callers(config: BatchConfig) {
         }
         other => panic!("expected DeadlineExceeded, got {other:?}"),
     }
-    stop(batcher, worker).await;
 
     // Callers that give up while they wait: a long job (256 images) keeps the worker busy while
     // six callers queue behind it and then go away. The next caller's pass must hold its row
     // alone: had the six been run, they would share its batch.
-    // No batch delay here, so that the long job's batch closes at once and the six queue.
-    let (batcher, worker) = Batcher::start(
-        model(),
-        BatchConfig {
-            max_batch_delay: Duration::ZERO,
-            ..config
-        },
-    );
     let mut busy = Box::pin(batcher.embed_images(vec![pixels.clone(); 256], None));
     // One poll queues the long job (the worker runs it whether or not it is polled again);
     // the six queue once the worker has taken it.
     assert!(futures_util::poll!(&mut busy).is_pending());
-    wait_until(|| batcher.depth() == 0).await;
+    common::wait_until("the worker taking the long job", async || {
+        batcher.depth() == 0
+    })
+    .await;
     let quitters: Vec<_> = (0..6)
         .map(|_| {
             let batcher = batcher.clone();
@@ -183,7 +178,7 @@ async fn dropped_callers(config: BatchConfig) {
             tokio::spawn(async move { batcher.embed_images(vec![pixels], None).await })
         })
         .collect();
-    wait_until(|| batcher.depth() == 6).await;
+    common::wait_until("six callers queueing", async || batcher.depth() == 6).await;
     for q in &quitters {
         q.abort();
     }
@@ -223,7 +218,10 @@ async fn admitted(
             Ok(embeddings.rows().count())
         }
     });
-    wait_until(|| infer.pending_images() == n).await;
+    common::wait_until("the images being admitted", async || {
+        infer.pending_images() == n
+    })
+    .await;
     call
 }
 
@@ -233,17 +231,8 @@ async fn admitted(
 /// thread crash the process now and then).
 async fn stop(queue: impl Sized, worker: std::thread::JoinHandle<()>) {
     drop(queue);
-    wait_until(|| worker.is_finished()).await;
+    common::wait_until("the inference thread ending", async || worker.is_finished()).await;
     worker.join().expect("the inference thread ended cleanly");
-}
-
-/// Polls `done` until it holds (at most 10 s: then the test fails rather than hangs).
-async fn wait_until(done: impl Fn() -> bool) {
-    let until = Instant::now() + Duration::from_secs(10);
-    while !done() {
-        assert!(Instant::now() < until, "condition never held");
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -387,9 +376,7 @@ fn core(capacity: usize, limit_flags: &[&str]) -> (Infer, std::thread::JoinHandl
 async fn pending_images_are_bounded_and_given_back() {
     let (infer, worker) = core(16, &["--max-pending-images", "3"]);
     let infer = Arc::new(infer);
-    let photo =
-        std::fs::read(common::generated("SIGLIP_TEST_ASSETS").join("images/coffee_2000x1500.jpg"))
-            .unwrap();
+    let photo = common::asset("coffee_2000x1500.jpg");
     let images = |n: usize| vec![ImageInput::Encoded(photo.clone()); n];
     let refused = |result: Result<_, Error>| match result {
         Err(Error::ResourceExhausted(m)) => assert!(m.contains("--max-pending-images"), "{m}"),

@@ -79,17 +79,7 @@ fn labels_are_required() {
 /// Runs `serve` on the model named by `model_var` with `flags`; it must refuse to start, saying
 /// `why` on stderr.
 fn serve_refuses(model_var: &str, flags: &[&str], why: &str) {
-    let out = Command::new(env!("CARGO_BIN_EXE_siglip-serve"))
-        .arg("serve")
-        .args(flags)
-        .args([
-            "--grpc-addr",
-            "127.0.0.1:0",
-            "--metrics-addr",
-            "127.0.0.1:0",
-        ])
-        .arg("--model-dir")
-        .arg(common::generated(model_var))
+    let out = common::server::serve_command(&common::generated(model_var), flags)
         .output()
         .expect("run siglip-serve");
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -101,14 +91,7 @@ fn serve_refuses(model_var: &str, flags: &[&str], why: &str) {
 fn serve_refuses_a_batch_size_the_compiled_tower_cannot_take() {
     serve_refuses(
         "SIGLIP_TEST_AOTI_MODEL_DIR",
-        &[
-            "--device",
-            "cpu",
-            "--dtype",
-            "float32",
-            "--max-batch-size",
-            "16",
-        ],
+        &["--device", "cpu", "--max-batch-size", "16"],
         "--max-batch-size 16 is more than the compiled vision tower accepts (8)",
     );
 }

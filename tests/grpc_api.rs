@@ -5,7 +5,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::server::Server;
+use common::{asset, server::Server};
 use siglip_serve::grpc::pb::{
     self, siglip_client::SiglipClient, stream_request::Msg, upload_request,
 };
@@ -14,7 +14,7 @@ use siglip_serve::model::{
     scores::sigmoid,
 };
 use tokio_stream::StreamExt;
-use tonic::{Code, Request};
+use tonic::{transport::Channel, Code, Request};
 
 const LABELS: [&str; 4] = [
     "a photo of a cat",
@@ -23,13 +23,27 @@ const LABELS: [&str; 4] = [
     "a rocket",
 ];
 
-fn asset(name: &str) -> Vec<u8> {
-    std::fs::read(
-        common::generated("SIGLIP_TEST_ASSETS")
-            .join("images")
-            .join(name),
-    )
-    .expect("asset")
+/// A stream that has been answered once (frame 1, `image`) and whose input stays open while
+/// the returned sender lives.
+async fn open_stream(
+    client: &mut SiglipClient<Channel>,
+    image: Vec<u8>,
+) -> (
+    tokio::sync::mpsc::Sender<pb::StreamRequest>,
+    tonic::Streaming<pb::StreamResponse>,
+) {
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tx.send(config(&LABELS, pb::DeliveryMode::EveryFrame))
+        .await
+        .unwrap();
+    tx.send(frame(1, image)).await.unwrap();
+    let mut out = client
+        .stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .expect("stream")
+        .into_inner();
+    assert_eq!(out.next().await.unwrap().expect("result").frame_id, 1);
+    (tx, out)
 }
 
 fn labels() -> Vec<String> {
@@ -654,18 +668,8 @@ async fn stream_protocol_violations_limits_and_lifetime() {
     }
 
     // One stream open (a client that keeps its side open), a second is refused at once.
-    let (tx, rx) = tokio::sync::mpsc::channel(4);
-    tx.send(config(&LABELS, pb::DeliveryMode::EveryFrame))
-        .await
-        .unwrap();
-    tx.send(frame(1, cat.clone())).await.unwrap();
     let opened = Instant::now();
-    let mut first = client
-        .stream(tokio_stream::wrappers::ReceiverStream::new(rx))
-        .await
-        .expect("first stream")
-        .into_inner();
-    assert_eq!(first.next().await.unwrap().expect("result").frame_id, 1);
+    let (tx, mut first) = open_stream(&mut client, cat.clone()).await;
     let second = client
         .stream(tokio_stream::iter(vec![config(
             &LABELS,
@@ -885,19 +889,7 @@ async fn health_reflection_and_graceful_shutdown() {
         watch.next().await.unwrap().unwrap().status(),
         tonic_health::pb::health_check_response::ServingStatus::Serving
     );
-    // An open stream, answered once, with its input still open.
-    let (tx, rx) = tokio::sync::mpsc::channel(4);
-    tx.send(config(&LABELS, pb::DeliveryMode::EveryFrame))
-        .await
-        .unwrap();
-    tx.send(frame(1, asset("rocket.bmp"))).await.unwrap();
-    let mut open = client
-        .clone()
-        .stream(tokio_stream::wrappers::ReceiverStream::new(rx))
-        .await
-        .expect("stream")
-        .into_inner();
-    assert_eq!(open.next().await.unwrap().expect("result").frame_id, 1);
+    let (tx, mut open) = open_stream(&mut client.clone(), asset("rocket.bmp")).await;
     let in_flight: Vec<_> = (0..4)
         .map(|_| {
             let mut client = client.clone();
@@ -907,11 +899,10 @@ async fn health_reflection_and_graceful_shutdown() {
         .collect();
     // The four calls are being handled (their bodies have arrived, the batcher holds them)
     // before SIGTERM.
-    let until = Instant::now() + Duration::from_secs(30);
-    while server.metric("siglip_inflight_requests").await < 4.0 {
-        assert!(Instant::now() < until, "the four calls never arrived");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    common::wait_until("the four calls arriving", async || {
+        server.metric("siglip_inflight_requests").await >= 4.0
+    })
+    .await;
     server.terminate();
     let status = loop {
         match watch.next().await {
@@ -948,8 +939,7 @@ async fn health_reflection_and_graceful_shutdown() {
         "shutting down",
     );
     drop(tx);
-    let status = server.wait_at_most(Duration::from_secs(30)).await;
-    assert!(status.success(), "clean exit after draining, got {status}");
+    server.exits_cleanly(Duration::from_secs(30)).await;
 }
 
 #[tokio::test]
@@ -968,17 +958,13 @@ async fn sigterm_while_the_model_loads_exits_at_once() {
         .expect_err("not ready");
     assert_eq!(loading.code(), Code::Unavailable);
     server.terminate();
-    let status = server.wait_at_most(Duration::from_secs(10)).await;
-    assert!(status.success(), "clean exit while loading, got {status}");
+    server.exits_cleanly(Duration::from_secs(10)).await;
 }
 
 #[tokio::test]
 async fn a_compiled_package_unpacked_at_load_is_removed_at_exit() {
     let model = common::generated("SIGLIP_TEST_AOTI_MODEL_DIR");
-    let server = Server::spawn_model(&model, &["--max-batch-size", "8"], &[]);
-    server
-        .wait_for(tonic_health::pb::health_check_response::ServingStatus::Serving)
-        .await;
+    let server = Server::ready_model(&model, &["--max-batch-size", "8"], &[]).await;
     // libtorch's loader unpacks the package into a fresh temporary directory and maps the
     // model's shared library from there.
     let maps = std::fs::read_to_string(format!("/proc/{}/maps", server.pid())).unwrap();
@@ -989,8 +975,7 @@ async fn a_compiled_package_unpacked_at_load_is_removed_at_exit() {
         .expect("the package's library is mapped from where it was unpacked");
     assert!(unpacked.is_dir(), "{}", unpacked.display());
     server.terminate();
-    let status = server.wait_at_most(Duration::from_secs(30)).await;
-    assert!(status.success(), "clean exit, got {status}");
+    server.exits_cleanly(Duration::from_secs(30)).await;
     assert!(
         !unpacked.exists(),
         "{} was left behind at exit",
@@ -1000,10 +985,8 @@ async fn a_compiled_package_unpacked_at_load_is_removed_at_exit() {
 
 #[tokio::test]
 async fn flags_come_from_the_environment_and_the_health_command_reports_serving() {
-    let server = Server::spawn_with_env(&[], &[("SIGLIP_MAX_TEXTS", "2")]);
-    server
-        .wait_for(tonic_health::pb::health_check_response::ServingStatus::Serving)
-        .await;
+    let model = common::generated("SIGLIP_TEST_MODEL_DIR");
+    let server = Server::ready_model(&model, &[], &[("SIGLIP_MAX_TEXTS", "2")]).await;
     let mut client = server.client().await;
     let three = vec!["a".to_string(), "b".to_string(), "c".to_string()];
     let status = client
@@ -1032,8 +1015,7 @@ async fn flags_come_from_the_environment_and_the_health_command_reports_serving(
         String::from_utf8_lossy(&up.stderr)
     );
     server.terminate();
-    let status = server.wait_at_most(Duration::from_secs(30)).await;
-    assert!(status.success(), "clean exit, got {status}");
+    server.exits_cleanly(Duration::from_secs(30)).await;
     // The server is gone: the command fails (the container's HEALTHCHECK relies on it).
     assert!(!health(url).status.success());
 }

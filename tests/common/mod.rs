@@ -2,7 +2,10 @@
 // Each test binary compiles this module and uses a different part of it.
 #![allow(dead_code)]
 
-use std::path::PathBuf;
+use std::{
+    path::PathBuf,
+    time::{Duration, Instant},
+};
 
 use siglip_serve::model::{
     runtime::{DType, DTypeChoice, DeviceChoice},
@@ -20,6 +23,21 @@ pub fn generated(var: &str) -> PathBuf {
         path.display()
     );
     path
+}
+
+/// A test image's bytes (`make test` generates them).
+pub fn asset(name: &str) -> Vec<u8> {
+    std::fs::read(generated("SIGLIP_TEST_ASSETS").join("images").join(name)).expect("asset")
+}
+
+/// Polls `done` until it holds; fails the test, saying `what` did not happen, after 30 s
+/// (rather than hang).
+pub async fn wait_until(what: &str, mut done: impl AsyncFnMut() -> bool) {
+    let until = Instant::now() + Duration::from_secs(30);
+    while !done().await {
+        assert!(Instant::now() < until, "{what} did not happen within 30 s");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }
 
 /// Loading a model directory `make test` generated (named by the variable `var`): on the CPU, in

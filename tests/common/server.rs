@@ -19,38 +19,41 @@ pub struct Server {
     pub metrics_addr: String,
 }
 
+/// `siglip-serve serve` on `model` with `extra` flags: ephemeral loopback ports, one thread,
+/// float32 (the tests compare with the runtime in float32 at 1e-5), errors only in the log.
+pub fn serve_command(model: &Path, extra: &[&str]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_siglip-serve"));
+    command
+        .args([
+            "serve",
+            "--grpc-addr",
+            "127.0.0.1:0",
+            "--metrics-addr",
+            "127.0.0.1:0",
+            "--threads",
+            "1",
+            "--dtype",
+            "float32",
+            "--model-dir",
+        ])
+        .arg(model)
+        .args(extra)
+        // Expected failures are logged at warn; keep the test output to real errors.
+        .env("RUST_LOG", "error");
+    command
+}
+
 impl Server {
     /// Starts the server with the tiny test model and `extra` flags; returns once it listens
     /// (the model may still be loading).
     pub fn spawn(extra: &[&str]) -> Server {
-        Server::spawn_with_env(extra, &[])
+        Server::spawn_model(&super::generated("SIGLIP_TEST_MODEL_DIR"), extra, &[])
     }
 
-    /// [`Server::spawn`] with environment variables set (flags can come from either).
-    pub fn spawn_with_env(extra: &[&str], env: &[(&str, &str)]) -> Server {
-        Server::spawn_model(&super::generated("SIGLIP_TEST_MODEL_DIR"), extra, env)
-    }
-
-    /// [`Server::spawn_with_env`] with another model directory.
+    /// [`Server::spawn`] with another model directory and environment variables set (flags can
+    /// come from either).
     pub fn spawn_model(model: &Path, extra: &[&str], env: &[(&str, &str)]) -> Server {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_siglip-serve"))
-            .args([
-                "serve",
-                "--grpc-addr",
-                "127.0.0.1:0",
-                "--metrics-addr",
-                "127.0.0.1:0",
-                "--threads",
-                "1",
-                // The tests compare with the runtime in float32 at 1e-5.
-                "--dtype",
-                "float32",
-                "--model-dir",
-            ])
-            .arg(model)
-            .args(extra)
-            // Expected failures are logged at warn; keep the test output to real errors.
-            .env("RUST_LOG", "error")
+        let mut child = serve_command(model, extra)
             .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -81,7 +84,12 @@ impl Server {
 
     /// Starts the server and waits until its health service says SERVING.
     pub async fn ready(extra: &[&str]) -> Server {
-        let server = Server::spawn(extra);
+        Server::ready_model(&super::generated("SIGLIP_TEST_MODEL_DIR"), extra, &[]).await
+    }
+
+    /// [`Server::spawn_model`], then waits until its health service says SERVING.
+    pub async fn ready_model(model: &Path, extra: &[&str], env: &[(&str, &str)]) -> Server {
+        let server = Server::spawn_model(model, extra, env);
         server.wait_for(ServingStatus::Serving).await;
         server
     }
@@ -153,14 +161,15 @@ impl Server {
         assert!(status.success());
     }
 
-    /// Waits for the process to exit and returns how it ended; fails the test when it is still
-    /// running after `limit`. Async, so that the test's own connections can close meanwhile (a
-    /// draining server waits for them).
-    pub async fn wait_at_most(mut self, limit: Duration) -> std::process::ExitStatus {
+    /// Waits for the process to exit and fails the test unless it exits 0 within `limit`.
+    /// Async, so that the test's own connections can close meanwhile (a draining server waits
+    /// for them).
+    pub async fn exits_cleanly(mut self, limit: Duration) {
         let until = Instant::now() + limit;
         loop {
             if let Some(status) = self.child.try_wait().expect("try_wait") {
-                return status;
+                assert!(status.success(), "siglip-serve exited with {status}");
+                return;
             }
             assert!(
                 Instant::now() < until,

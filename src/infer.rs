@@ -12,7 +12,7 @@ use std::{
 
 use ::metrics::{counter, gauge, histogram};
 use lru::LruCache;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::batch::Batcher;
 use crate::config::LimitArgs;
@@ -243,14 +243,14 @@ impl Infer {
     fn admit(&self, images: usize) -> Result<Admitted> {
         let permit = Arc::clone(&self.pending_images)
             .try_acquire_many_owned(images as u32)
-            .map_err(|e| match e {
-                TryAcquireError::NoPermits => Error::ResourceExhausted(format!(
+            // Never closed: no permits is the only way to fail.
+            .map_err(|_| {
+                Error::ResourceExhausted(format!(
                     "server overloaded: {} of {} pending images in use, {images} more do not fit \
                      (--max-pending-images); retry with backoff",
                     self.pending_images(),
                     self.limits.max_pending_images
-                )),
-                TryAcquireError::Closed => Error::Unavailable("server is shutting down".into()),
+                ))
             })?;
         gauge!(metrics::PENDING_IMAGES).increment(images as f64);
         Ok(Admitted {

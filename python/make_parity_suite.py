@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 from pathlib import Path
+
+# The functions behind `python -m siglip_export reference*`, called in-process (one import of
+# torch and transformers instead of one per reference file).
+from siglip_export import reference as ref
 
 # Photos used end to end (one per decoder family keeps the suite fast on 2 cores).
 E2E_FORMATS = ("jpeg", "png", "webp", "gif")
@@ -28,10 +31,6 @@ MODEL_DTYPES = {
 # compile; for the CPU here, for CUDA in gpu/parity.sh), checked against their original's
 # reference: name -> (original, dtype).
 COMPILED = {"tiny-aoti": ("tiny", "float32")}
-
-
-def export_cli(*args: str) -> None:
-    subprocess.run([sys.executable, "-m", "siglip_export", *map(str, args)], check=True)
 
 
 def main() -> int:
@@ -50,20 +49,18 @@ def main() -> int:
     # Bicubic (SigLIP's processor) and bilinear (SigLIP 2's) resizing of every test image.
     for shape, prefix in (("tiny", "bicubic"), ("tiny-siglip2", "bilinear")):
         for size in (224, 384):
-            ref = out / f"{prefix}-{size}.safetensors"
-            export_cli("reference-pixels", "--checkpoint", build / "models" / f"{shape}-checkpoint", "--size", size,
-                       "--out", ref, "--images", *files)
-            suite["pixels"].append({"name": f"{prefix}-{size}", "reference": ref.name,
+            path = out / f"{prefix}-{size}.safetensors"
+            ref.reference_pixels(str(build / "models" / f"{shape}-checkpoint"), files, path, size)
+            suite["pixels"].append({"name": f"{prefix}-{size}", "reference": path.name,
                                     "model_dir": str(build / "models" / shape)})
 
     # SigLIP (sentencepiece, slow SiglipTokenizer) and SigLIP 2 (Gemma tokenizer) text paths.
     for shape in ("tiny", "tiny-siglip2"):
         for kind, texts in (("tokens", "texts.json"), ("tokens_known_hard", "texts_known_hard.json")):
             name = shape + ("-known-hard" if kind == "tokens_known_hard" else "")
-            ref = out / f"tokens-{name}.safetensors"
-            export_cli("reference-tokens", "--checkpoint", build / "models" / f"{shape}-checkpoint",
-                       "--texts-file", assets / texts, "--out", ref)
-            suite[kind].append({"name": name, "reference": ref.name, "model_dir": str(build / "models" / shape)})
+            path = out / f"tokens-{name}.safetensors"
+            ref.reference_tokens(str(build / "models" / f"{shape}-checkpoint"), ref.read_texts(assets / texts), path)
+            suite[kind].append({"name": name, "reference": path.name, "model_dir": str(build / "models" / shape)})
 
     e2e = [str(assets / e["file"]) for e in images if e["format"].lower() in E2E_FORMATS][:E2E_IMAGES]
     # The reference is always fp32 transformers; each exported dtype is compared with it. One
@@ -75,16 +72,13 @@ def main() -> int:
         if missing:
             raise SystemExit(f"{model_dir} lacks towers {missing} (has {sorted(towers)}); re-export with "
                              f"--dtype {','.join(dtypes)}")
-        ref = out / f"model-{shape}.safetensors"
-        export_cli("reference", "--checkpoint", build / "models" / f"{shape}-checkpoint", "--texts-file", assets / "labels.json",
-                   "--out", ref, "--images", *e2e)
+        path = out / f"model-{shape}.safetensors"
+        ref.reference(str(build / "models" / f"{shape}-checkpoint"), e2e, ref.read_texts(assets / "labels.json"), path)
         for dtype in dtypes:
-            suite["models"].append({"name": shape, "dtype": dtype, "reference": ref.name, "model_dir": str(model_dir)})
+            suite["models"].append({"name": shape, "dtype": dtype, "reference": path.name, "model_dir": str(model_dir)})
     for name, (original, dtype) in COMPILED.items():
         model_dir = build / "models" / name
-        manifest_path = model_dir / "manifest.json"
-        compiled = json.loads(manifest_path.read_text())["towers"][dtype].get("compiled_vision", {}) \
-            if manifest_path.is_file() else {}
+        compiled = json.loads((model_dir / "manifest.json").read_text())["towers"][dtype].get("compiled_vision", {})
         if not compiled:
             # Left out, not fatal: tests/parity.rs asserts the row where `make test` builds it.
             print(f"skipping {name}: {model_dir} has no compiled {dtype} vision tower (python -m siglip_export compile)")

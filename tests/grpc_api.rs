@@ -920,7 +920,16 @@ async fn health_reflection_and_graceful_shutdown() {
         status,
         Some(tonic_health::pb::health_check_response::ServingStatus::NotServing)
     );
-    drop(watch);
+    // Then the Watch ends, so that it does not hold the drain open.
+    assert!(
+        watch
+            .next()
+            .await
+            .transpose()
+            .expect("watch ends with OK")
+            .is_none(),
+        "the health Watch went on after NOT_SERVING"
+    );
     for call in in_flight {
         call.await
             .unwrap()

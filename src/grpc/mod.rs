@@ -48,7 +48,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {}", args.grpc_addr))?;
     let addr = listener.local_addr()?;
 
-    let (health, health_service) = tonic_health::server::health_reporter();
+    let (mut health, health_service) = tonic_health::server::health_reporter();
     for name in ["", SERVICE_NAME] {
         health
             .set_service_status(name, ServingStatus::NotServing)
@@ -125,6 +125,10 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         health
             .set_service_status(name, ServingStatus::NotServing)
             .await;
+        // Then forget it: that ends its Watch streams (after their NOT_SERVING), which would
+        // otherwise hold the drain open for the whole grace period. No new Check can come: the
+        // server stops accepting calls just below.
+        health.clear_service_status(name).await;
     }
     state.begin_shutdown();
     gauge!(metrics::READY).set(0.0);

@@ -16,7 +16,7 @@ CARGO_ENV := PATH="$(abspath $(VENV))/bin:$$PATH" LIBTORCH_USE_PYTORCH=1 CARGO_T
 EXPORT := PYTHONPATH=python $(PY) -m siglip_export
 SUITE := $(BUILD)/parity/suite.json
 
-.PHONY: run test parity bench venv build lint clean
+.PHONY: run test parity bench venv build lint clean system-deps
 .DELETE_ON_ERROR:
 
 venv: $(VENV)/.installed
@@ -63,8 +63,20 @@ $(SUITE): $(BUILD)/assets/images.json $(PARITY_MODELS:%=$(BUILD)/models/%/manife
     $(BUILD)/models/tiny-aoti/manifest.json python/make_parity_suite.py
 	PYTHONPATH=python $(PY) python/make_parity_suite.py --build $(BUILD) --out $(dir $@)
 
+# What the tests need from the system: Debian's prometheus package (promtool, and a real Prometheus
+# that scrapes the server in python/tests/test_metrics.py). Installed when this machine can (root,
+# or password-less sudo, and apt-get); otherwise make stops at once, saying what to install.
+PROMETHEUS_MISSING := make test needs promtool and prometheus: install Debian's prometheus package (apt-get install prometheus)
+system-deps:
+	@if command -v promtool > /dev/null && command -v prometheus > /dev/null; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ]; then sudo=; elif sudo -n true 2> /dev/null; then sudo="sudo -n"; else echo "$(PROMETHEUS_MISSING)"; exit 1; fi; \
+	command -v apt-get > /dev/null || { echo "$(PROMETHEUS_MISSING)"; exit 1; }; \
+	echo "make test: installing Debian's prometheus package (promtool, prometheus)"; \
+	{ $$sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq prometheus > /dev/null; } \
+	  || { echo "$(PROMETHEUS_MISSING): apt-get failed"; exit 1; }
+
 # Every test: unit, parity with transformers, bad input, the gRPC API from Rust and from Python.
-test: build $(SUITE)
+test: system-deps build $(SUITE)
 	SIGLIP_PARITY_SUITE=$(abspath $(SUITE)) SIGLIP_TEST_ASSETS=$(abspath $(BUILD)/assets) \
 	  SIGLIP_TEST_MODEL_DIR=$(abspath $(BUILD)/models/tiny) \
 	  SIGLIP_TEST_AOTI_MODEL_DIR=$(abspath $(BUILD)/models/tiny-aoti) \

@@ -166,7 +166,7 @@ ENV LD_LIBRARY_PATH=/opt/libtorch/torch/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 RUN if ldd /usr/local/bin/siglip-serve | grep 'not found'; then exit 1; fi \
  && siglip-serve --version
 
-# The model directory (manifest.json, towers, tokenizer.json) is mounted here, read-only is fine;
+# The model directory (manifest.json, towers, tokenizer files) is mounted here, read-only is fine;
 # write it with the export tool (the `export` target above, or `python -m siglip_export` locally).
 VOLUME ["/models"]
 # 50051: gRPC (siglip.v1.Siglip, grpc.health.v1, reflection). 9090: Prometheus metrics.

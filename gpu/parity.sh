@@ -35,7 +35,7 @@ try_step compile-tiny-aoti python3 -m siglip_export compile --model-dir "$work/m
 step parity-suite python3 python/make_parity_suite.py --build "$work" --out "$work/parity"
 
 echo "== parity on CUDA (binary built on the CPU machine)"
-"$bin" parity --suite "$work/parity/suite.json" --device cuda | awk '/^pixel/ || /input ids/ {show=1} /^  [^ ]/ && $3 == "0.000000" {next} show'
+"$bin" parity --suite "$work/parity/suite.json" --device cuda | awk '/^pixel/ || /input ids/ {show=1} /^  [^ ]/ && $4 == "0.000000" {next} show'
 echo "== the same binary classifying a photo on CUDA"
 "$bin" classify --model-dir "$work/models/base-224" --device cuda \
   --dtype bfloat16 "$work/assets/images/chelsea_progressive.jpg" --labels "a photo of a cat" "a rocket" 2>/dev/null

@@ -15,11 +15,19 @@ from pathlib import Path
 
 # The functions behind `python -m siglip_export reference*`, called in-process (one import of
 # torch and transformers instead of one per reference file).
+import torch
+from safetensors.torch import save_file
+
 from siglip_export import reference as ref
 
-# Photos used end to end (one per decoder family keeps the suite fast on 2 cores).
-E2E_FORMATS = ("jpeg", "png", "webp", "gif")
-E2E_IMAGES = 6
+# Photos used end to end: one per decoder family, and the kinds on which the two image
+# conventions disagree (alpha, a colour key, EXIF orientation).
+E2E_IMAGES = (
+    "astronaut_baseline.jpg", "chelsea_progressive.jpg", "camera_gray.jpg", "rocket_420.jpg", "coffee_rgb8.png",
+    "chelsea_exif_orientation6.jpg", "astronaut_rgba.png", "camera_la.png", "chelsea_lossless_alpha.webp",
+    "chelsea_transparent.gif", "rocket_palette_transparency.png",
+)
+CONVENTIONS = ref.CONVENTIONS
 # Models compared end to end and the tower dtypes each directory must hold, exported with e.g.
 #   python -m siglip_export random --shape tiny --dtype float32,bfloat16,float16 --out build/models/tiny
 MODEL_DTYPES = {
@@ -31,6 +39,36 @@ MODEL_DTYPES = {
 # compile; for the CPU here, for CUDA in gpu/parity.sh), checked against their original's
 # reference: name -> (original, dtype).
 COMPILED = {"tiny-aoti": ("tiny", "float32")}
+
+
+def added_tokens_check(build: Path, out: Path, texts: list[str], classes: list[str]) -> dict[str, str]:
+    """tiny's tokenizer with added tokens of every flag (lstrip, rstrip, single_word, a special one,
+    one with a space), which no SigLIP checkpoint has but a user's fine-tuned one may: its files
+    in a tokenizer-only model directory, and transformers' ids for the corpus plus texts that use
+    those tokens."""
+    from transformers import AddedToken
+
+    from siglip_export import tokenizer as tokmod
+    from siglip_export.export import load_tokenizer
+    from siglip_export.texts import added_token_corpus, tokenizer_check_texts
+
+    tok = load_tokenizer(build / "models" / "tiny-checkpoint")
+    added = [AddedToken("qq", lstrip=True, single_word=True), AddedToken("zz", rstrip=True, single_word=True),
+             AddedToken("x y", normalized=False)]
+    tok.add_tokens(added)
+    tok.add_special_tokens({"additional_special_tokens": [AddedToken("<extra>", lstrip=True, rstrip=True, special=True)]})
+    extra = added_token_corpus([t.content for t in added] + ["<extra>"])
+    texts, classes = texts + [e["text"] for e in extra], classes + [e["class"] for e in extra]
+
+    model_dir = out / "tiny-added-tokens"
+    model_dir.mkdir(parents=True, exist_ok=True)
+    _, files = tokmod.write(tok, model_dir, tokenizer_check_texts() + [e["text"] for e in extra[:100]])
+    manifest = json.loads((build / "models" / "tiny" / "manifest.json").read_text())
+    (model_dir / "manifest.json").write_text(json.dumps({**manifest, "files": files}, indent=2))
+    path = out / "tokens-tiny-added-tokens.safetensors"
+    save_file({"input_ids": torch.tensor(tokmod.reference_ids(tok, texts), dtype=torch.int64)}, str(path))
+    path.with_suffix(".json").write_text(json.dumps({"texts": texts, "classes": classes}, ensure_ascii=False))
+    return {"name": "tiny+added", "reference": path.name, "model_dir": str(model_dir)}
 
 
 def main() -> int:
@@ -45,26 +83,30 @@ def main() -> int:
     images = json.loads((assets / "images.json").read_text())
     files = [str(assets / entry["file"]) for entry in images]
 
-    suite: dict[str, list] = {"pixels": [], "tokens": [], "tokens_known_hard": [], "models": []}
-    # Bicubic (SigLIP's processor) and bilinear (SigLIP 2's) resizing of every test image.
+    suite: dict[str, list] = {"pixels": [], "tokens": [], "models": []}
+    # Bicubic (SigLIP's processor) and bilinear (SigLIP 2's) resizing of every test image, by
+    # both conventions.
     for shape, prefix in (("tiny", "bicubic"), ("tiny-siglip2", "bilinear")):
         for size in (224, 384):
-            path = out / f"{prefix}-{size}.safetensors"
-            ref.reference_pixels(str(build / "models" / f"{shape}-checkpoint"), files, path, size)
-            suite["pixels"].append({"name": f"{prefix}-{size}", "reference": path.name,
-                                    "model_dir": str(build / "models" / shape)})
+            for convention in CONVENTIONS:
+                path = out / f"{prefix}-{size}-{convention}.safetensors"
+                ref.reference_pixels(str(build / "models" / f"{shape}-checkpoint"), files, path, size, convention=convention)
+                suite["pixels"].append({"name": f"{prefix}-{size}", "convention": convention, "reference": path.name,
+                                        "model_dir": str(build / "models" / shape)})
 
-    # SigLIP (sentencepiece, slow SiglipTokenizer) and SigLIP 2 (Gemma tokenizer) text paths.
-    for shape in ("tiny", "tiny-siglip2"):
-        for kind, texts in (("tokens", "texts.json"), ("tokens_known_hard", "texts_known_hard.json")):
-            name = shape + ("-known-hard" if kind == "tokens_known_hard" else "")
-            path = out / f"tokens-{name}.safetensors"
-            ref.reference_tokens(str(build / "models" / f"{shape}-checkpoint"), ref.read_texts(assets / texts), path)
-            suite[kind].append({"name": name, "reference": path.name, "model_dir": str(build / "models" / shape)})
+    # SigLIP (slow SiglipTokenizer; tiny's vocabulary has byte fallback, base-224's has not) and
+    # SigLIP 2 (Gemma tokenizer) text paths.
+    texts, classes = ref.read_corpus(assets / "texts.json")
+    for shape in ("tiny", "base-224", "tiny-siglip2"):
+        path = out / f"tokens-{shape}.safetensors"
+        ref.reference_tokens(str(build / "models" / f"{shape}-checkpoint"), texts, path, classes)
+        suite["tokens"].append({"name": shape, "reference": path.name, "model_dir": str(build / "models" / shape)})
+    suite["tokens"].append(added_tokens_check(build, out, texts, classes))
 
-    e2e = [str(assets / e["file"]) for e in images if e["format"].lower() in E2E_FORMATS][:E2E_IMAGES]
-    # The reference is always fp32 transformers; each exported dtype is compared with it. One
-    # model directory holds all of a model's dtypes (manifest "towers"); one entry per dtype.
+    e2e = [str(assets / "images" / name) for name in E2E_IMAGES]
+    # The reference is always fp32 transformers; each exported dtype is compared with it under the
+    # default (processor) convention, and float32 under the pipeline convention too. One model
+    # directory holds all of a model's dtypes (manifest "towers").
     for shape, dtypes in MODEL_DTYPES.items():
         model_dir = build / "models" / shape
         towers = json.loads((model_dir / "manifest.json").read_text())["towers"]
@@ -72,10 +114,13 @@ def main() -> int:
         if missing:
             raise SystemExit(f"{model_dir} lacks towers {missing} (has {sorted(towers)}); re-export with "
                              f"--dtype {','.join(dtypes)}")
-        path = out / f"model-{shape}.safetensors"
-        ref.reference(str(build / "models" / f"{shape}-checkpoint"), e2e, ref.read_texts(assets / "labels.json"), path)
-        for dtype in dtypes:
-            suite["models"].append({"name": shape, "dtype": dtype, "reference": path.name, "model_dir": str(model_dir)})
+        for convention in CONVENTIONS:
+            path = out / f"model-{shape}-{convention}.safetensors"
+            ref.reference(str(build / "models" / f"{shape}-checkpoint"), e2e, ref.read_texts(assets / "labels.json"), path,
+                          convention=convention)
+            for dtype in dtypes if convention == "processor" else ("float32",):
+                suite["models"].append({"name": shape, "dtype": dtype, "convention": convention, "reference": path.name,
+                                        "model_dir": str(model_dir)})
     for name, (original, dtype) in COMPILED.items():
         model_dir = build / "models" / name
         compiled = json.loads((model_dir / "manifest.json").read_text())["towers"][dtype].get("compiled_vision", {})
@@ -83,8 +128,8 @@ def main() -> int:
             # Left out, not fatal: tests/parity.rs asserts the row where `make test` builds it.
             print(f"skipping {name}: {model_dir} has no compiled {dtype} vision tower (python -m siglip_export compile)")
             continue
-        suite["models"].append({"name": name, "dtype": dtype, "reference": f"model-{original}.safetensors",
-                                "model_dir": str(model_dir)})
+        suite["models"].append({"name": name, "dtype": dtype, "convention": "processor",
+                                "reference": f"model-{original}-processor.safetensors", "model_dir": str(model_dir)})
 
     (out / "suite.json").write_text(json.dumps(suite, indent=2))
     print(f"wrote {out / 'suite.json'}")

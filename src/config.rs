@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use clap::Args;
 
 use crate::model::{
+    image::Convention,
     runtime::{BackendChoice, DTypeChoice, DeviceChoice},
     LoadOptions,
 };
@@ -46,6 +47,13 @@ pub struct ModelArgs {
     /// op, with no profiling runs and no compilation when a new batch size first appears.
     #[arg(long, env = "SIGLIP_JIT_OPTIMIZE", default_value_t = true, action = clap::ArgAction::Set)]
     pub jit_optimize: bool,
+
+    /// Which transformers code an image follows to RGB. `processor`: as
+    /// `processor(images=Image.open(f))` (SigLIP's model card): transparency composited onto
+    /// white, EXIF orientation ignored. `pipeline`: as the zero-shot pipeline's `load_image(f)`:
+    /// EXIF orientation applied, alpha dropped. Raw RGBA frames follow the same choice.
+    #[arg(long, env = "SIGLIP_IMAGE_CONVENTION", default_value = "processor")]
+    pub image_convention: Convention,
 }
 
 impl ModelArgs {

@@ -19,7 +19,7 @@ use crate::config::LimitArgs;
 use crate::error::{Error, Result};
 use crate::metrics;
 use crate::model::{
-    image::{self, ImageLimits, Preprocess, RawFormat},
+    image::{self, Convention, ImageLimits, Preprocess, RawFormat},
     manifest::Manifest,
     scores::{sigmoid, Embeddings, LogitHead},
     tokenizer::{TextTokenizer, TokenIds},
@@ -98,6 +98,7 @@ pub struct Infer {
     manifest: Manifest,
     limits: LimitArgs,
     image_limits: ImageLimits,
+    convention: Convention,
     /// CPU-bound decoding runs on tokio's blocking pool, at most this many at once.
     cpu_permits: Arc<Semaphore>,
     /// One permit per image accepted and not yet answered (`--max-pending-images`): preprocessed
@@ -192,6 +193,7 @@ impl Infer {
         tokenizer: Arc<TextTokenizer>,
         manifest: Manifest,
         limits: LimitArgs,
+        convention: Convention,
         preprocess_threads: usize,
         text_cache_size: usize,
     ) -> Self {
@@ -216,6 +218,7 @@ impl Infer {
             pending_images: Arc::new(Semaphore::new(limits.max_pending_images)),
             limits,
             image_limits,
+            convention,
             cpu_permits: Arc::new(Semaphore::new(threads)),
             text_cache: TextCache::new(text_cache_size),
         }
@@ -227,6 +230,11 @@ impl Infer {
 
     pub fn manifest(&self) -> &Manifest {
         &self.manifest
+    }
+
+    /// How images become RGB (`--image-convention`).
+    pub fn convention(&self) -> Convention {
+        self.convention
     }
 
     pub fn limits(&self) -> &LimitArgs {
@@ -351,6 +359,7 @@ impl Infer {
             .await
             .map_err(|_| Error::Unavailable("server is shutting down".into()))?;
         let limits = self.image_limits.clone();
+        let convention = self.convention;
         let prep = self.preprocess.clone();
         let bytes = match &input {
             ImageInput::Encoded(b) => b.len(),
@@ -361,13 +370,13 @@ impl Infer {
         let pixels = tokio::task::spawn_blocking(move || -> Result<Vec<f32>> {
             let _permit = permit;
             let rgb = match input {
-                ImageInput::Encoded(bytes) => image::decode(&bytes, &limits)?,
+                ImageInput::Encoded(bytes) => image::decode(&bytes, &limits, convention)?,
                 ImageInput::Raw {
                     width,
                     height,
                     format,
                     data,
-                } => image::from_raw(width, height, format, &data, &limits)?,
+                } => image::from_raw(width, height, format, &data, &limits, convention)?,
             };
             Ok(image::preprocess(&rgb, &prep))
         })

@@ -115,11 +115,12 @@ fn classify(args: &ModelArgs, files: &[PathBuf], labels: &[String]) -> Result<()
     }
     let texts = model.embed_token_ids(&tokens)?;
     let limits = ImageLimits::default();
+    let convention = args.image_convention;
     let mut failed = 0;
     for file in files {
         let decoded = std::fs::read(file)
             .map_err(|e| Error::InvalidArgument(format!("cannot read: {e}")))
-            .and_then(|bytes| Ok(image::decode(&bytes, &limits)?));
+            .and_then(|bytes| Ok(image::decode(&bytes, &limits, convention)?));
         let rgb = match decoded {
             Ok(rgb) => rgb,
             Err(e) => {

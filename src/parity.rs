@@ -16,7 +16,7 @@ use tch::Tensor;
 
 use crate::error::{Error, Result};
 use crate::model::{
-    image::{self, ImageLimits},
+    image::{self, Convention, ImageLimits, RawFormat, RgbImage},
     manifest::Manifest,
     runtime::{device_name, DType, DTypeChoice, DeviceChoice},
     scores::sigmoid,
@@ -32,9 +32,6 @@ pub struct Suite {
     pub pixels: Vec<Check>,
     /// Input ids for a text corpus.
     pub tokens: Vec<Check>,
-    /// Texts of classes documented as not matchable; reported, not counted.
-    #[serde(default)]
-    pub tokens_known_hard: Vec<Check>,
     /// Embeddings, logits and probabilities end to end, per exported dtype.
     pub models: Vec<ModelCheck>,
 }
@@ -44,6 +41,9 @@ pub struct Check {
     pub name: String,
     pub reference: PathBuf,
     pub model_dir: PathBuf,
+    /// How the reference turned images into RGB (pixel and model checks).
+    #[serde(default)]
+    pub convention: Convention,
 }
 
 #[derive(Debug, Deserialize)]
@@ -60,26 +60,28 @@ struct Sidecar {
     images: Vec<PathBuf>,
     #[serde(default)]
     texts: Vec<String>,
+    /// The class of each text (tokenizer corpora), parallel to `texts`.
+    #[serde(default)]
+    classes: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
 pub struct PixelRow {
     pub name: String,
+    pub convention: Convention,
     pub file: String,
     pub size: u32,
     pub max_abs: f32,
     pub mean_abs: f64,
 }
 
+/// One text class of one tokenizer check.
 #[derive(Debug, Clone)]
 pub struct TokenRow {
     pub name: String,
+    pub class: String,
     pub total: usize,
     pub mismatches: usize,
-    /// Mismatches that are equal-score segmentation ties: the same pieces in another order with
-    /// the same total score, which sentencepiece (float32 path scores) and `tokenizers`
-    /// (float64) break differently.
-    pub ties: usize,
     /// The first few mismatching texts, for the report.
     pub examples: Vec<String>,
 }
@@ -87,6 +89,7 @@ pub struct TokenRow {
 #[derive(Debug, Clone)]
 pub struct ModelRow {
     pub name: String,
+    pub convention: Convention,
     pub device: String,
     pub dtype: String,
     /// What ran the vision tower (`torchscript`, `aoti`).
@@ -103,7 +106,6 @@ pub struct ModelRow {
 pub struct Report {
     pub pixels: Vec<PixelRow>,
     pub tokens: Vec<TokenRow>,
-    pub tokens_known_hard: Vec<TokenRow>,
     pub models: Vec<ModelRow>,
 }
 
@@ -119,10 +121,7 @@ pub fn run(path: &Path, device: DeviceChoice) -> Result<Report> {
         report.pixels.extend(check_pixels(base, check)?);
     }
     for check in &suite.tokens {
-        report.tokens.push(check_tokens(base, check)?);
-    }
-    for check in &suite.tokens_known_hard {
-        report.tokens_known_hard.push(check_tokens(base, check)?);
+        report.tokens.extend(check_tokens(base, check)?);
     }
     for check in &suite.models {
         report
@@ -171,27 +170,48 @@ fn diff(a: &[f32], b: &[f32]) -> (f32, f64) {
     (max, sum / a.len().max(1) as f64)
 }
 
+/// An image file as the server would receive it: encoded, or a raw RGBA8 frame named
+/// `*_<W>x<H>.rgba`.
+fn load_image(path: &Path, convention: Convention) -> Result<RgbImage> {
+    let bytes = std::fs::read(path)
+        .map_err(|e| Error::Model(format!("cannot read {}: {e}", path.display())))?;
+    let limits = ImageLimits::default();
+    let rgb = if path.extension().is_some_and(|e| e == "rgba") {
+        let (width, height) = path
+            .file_stem()
+            .and_then(|s| s.to_str()?.rsplit_once('_'))
+            .and_then(|(_, dims)| dims.split_once('x'))
+            .and_then(|(w, h)| Some((w.parse().ok()?, h.parse().ok()?)))
+            .ok_or_else(|| {
+                Error::Model(format!(
+                    "{}: expected a name ending in _WxH.rgba",
+                    path.display()
+                ))
+            })?;
+        image::from_raw(width, height, RawFormat::Rgba8, &bytes, &limits, convention)
+    } else {
+        image::decode(&bytes, &limits, convention)
+    };
+    rgb.map_err(|e| Error::Model(format!("{}: {e}", path.display())))
+}
+
 fn check_pixels(base: &Path, check: &Check) -> Result<Vec<PixelRow>> {
     let (tensors, sidecar) = read_reference(base, check)?;
     let reference = tensor(&tensors, "pixel_values")?;
     let size = reference.size()[2] as u32;
     let manifest = Manifest::load(&base.join(&check.model_dir))?;
     let prep = manifest.image.preprocess(size);
-    let limits = ImageLimits::default();
     sidecar
         .images
         .iter()
         .enumerate()
         .map(|(i, file)| {
-            let path = base.join(file);
-            let bytes = std::fs::read(&path)
-                .map_err(|e| Error::Model(format!("cannot read {}: {e}", path.display())))?;
-            let rgb = image::decode(&bytes, &limits)
-                .map_err(|e| Error::Model(format!("{}: {e}", path.display())))?;
+            let rgb = load_image(&base.join(file), check.convention)?;
             let ours = image::preprocess(&rgb, &prep);
             let (max_abs, mean_abs) = diff(&ours, &to_f32(&reference.get(i as i64))?);
             Ok(PixelRow {
                 name: check.name.clone(),
+                convention: check.convention,
                 file: file
                     .file_name()
                     .unwrap_or_default()
@@ -205,66 +225,40 @@ fn check_pixels(base: &Path, check: &Check) -> Result<Vec<PixelRow>> {
         .collect()
 }
 
-fn check_tokens(base: &Path, check: &Check) -> Result<TokenRow> {
+/// One row per text class, in the order the classes first appear.
+fn check_tokens(base: &Path, check: &Check) -> Result<Vec<TokenRow>> {
     let (tensors, sidecar) = read_reference(base, check)?;
     let reference = tensor(&tensors, "input_ids")?;
-    let manifest = Manifest::load(&base.join(&check.model_dir))?;
-    let tokenizer = TextTokenizer::load(
-        &base.join(&check.model_dir).join(&manifest.files.tokenizer),
-        &manifest.text,
-    )?;
+    let dir = base.join(&check.model_dir);
+    let manifest = Manifest::load(&dir)?;
+    let tokenizer = TextTokenizer::load(&dir, &manifest.files, &manifest.text)?;
     let ours = tokenizer.encode(&sidecar.texts)?;
-    let scores = piece_scores(&base.join(&check.model_dir).join(&manifest.files.tokenizer))?;
-    let mut row = TokenRow {
-        name: check.name.clone(),
-        total: sidecar.texts.len(),
-        mismatches: 0,
-        ties: 0,
-        examples: Vec::new(),
-    };
+    let mut rows: Vec<TokenRow> = Vec::new();
     for (i, (text, got)) in sidecar.texts.iter().zip(&ours).enumerate() {
+        let class = sidecar.classes.get(i).map_or("", String::as_str);
+        let row = match rows.iter().position(|r| r.class == class) {
+            Some(at) => &mut rows[at],
+            None => {
+                rows.push(TokenRow {
+                    name: check.name.clone(),
+                    class: class.to_owned(),
+                    total: 0,
+                    mismatches: 0,
+                    examples: Vec::new(),
+                });
+                rows.last_mut().expect("just pushed")
+            }
+        };
+        row.total += 1;
         let expected = Vec::<i64>::try_from(&reference.get(i as i64))?;
         if expected != got.ids {
             row.mismatches += 1;
-            if is_tie(&expected, &got.ids, &scores) {
-                row.ties += 1;
-            }
-            if row.examples.len() < 5 {
+            if row.examples.len() < 3 {
                 row.examples.push(format!("{text:?}"));
             }
         }
     }
-    Ok(row)
-}
-
-/// The Unigram score of every piece, by id, from `tokenizer.json`; empty for other models (BPE
-/// has no scores, so no ties).
-fn piece_scores(path: &Path) -> Result<Vec<f64>> {
-    let raw = std::fs::read_to_string(path)
-        .map_err(|e| Error::Model(format!("cannot read {}: {e}", path.display())))?;
-    let file: serde_json::Value =
-        serde_json::from_str(&raw).map_err(|e| Error::Model(format!("{}: {e}", path.display())))?;
-    let vocab = file["model"]["vocab"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default();
-    Ok(vocab
-        .iter()
-        .map(|piece| piece[1].as_f64().unwrap_or(f64::NAN))
-        .collect())
-}
-
-/// Same pieces, same total score: only the tie-break differs.
-fn is_tie(a: &[i64], b: &[i64], scores: &[f64]) -> bool {
-    let (mut x, mut y) = (a.to_vec(), b.to_vec());
-    x.sort_unstable();
-    y.sort_unstable();
-    let total = |ids: &[i64]| -> f64 {
-        ids.iter()
-            .map(|&id| scores.get(id as usize).copied().unwrap_or(f64::NAN))
-            .sum()
-    };
-    x == y && (total(a) - total(b)).abs() < 1e-6
+    Ok(rows)
 }
 
 fn check_model(base: &Path, check: &Check, device: DeviceChoice, dtype: DType) -> Result<ModelRow> {
@@ -275,17 +269,17 @@ fn check_model(base: &Path, check: &Check, device: DeviceChoice, dtype: DType) -
         warmup_rounds: 1,
         ..LoadOptions::new(base.join(&check.model_dir))
     })?;
-    let limits = ImageLimits::default();
     let images = sidecar
         .images
         .iter()
-        .map(|file| {
-            let bytes = std::fs::read(base.join(file))
-                .map_err(|e| Error::Model(format!("cannot read {}: {e}", file.display())))?;
-            Ok(image::decode(&bytes, &limits)?)
-        })
+        .map(|file| load_image(&base.join(file), check.convention))
         .collect::<Result<Vec<_>>>()?;
-    let image_embeds = model.embed_images(&images)?;
+    // In passes no larger than a compiled tower accepts.
+    let pass = model.max_batch().unwrap_or(images.len()).max(1);
+    let mut image_embeds = model.embed_images(&images[..pass.min(images.len())])?;
+    for chunk in images.chunks(pass).skip(1) {
+        image_embeds.data.extend(model.embed_images(chunk)?.data);
+    }
     let text_embeds = model.embed_texts(&sidecar.texts)?;
     let logits = model.head().logits(&image_embeds, &text_embeds);
     let probs: Vec<f32> = logits.iter().copied().map(sigmoid).collect();
@@ -297,6 +291,7 @@ fn check_model(base: &Path, check: &Check, device: DeviceChoice, dtype: DType) -
         });
     Ok(ModelRow {
         name: check.name.clone(),
+        convention: check.convention,
         device: device_name(model.device()),
         dtype: model.dtype().name().to_string(),
         backend: model.backend().to_string(),
@@ -357,25 +352,25 @@ impl Report {
         let _ = writeln!(s, "pixel values vs SiglipImageProcessorPil");
         let _ = writeln!(
             s,
-            "  {:<20} {:<36} {:>10} {:>10}",
-            "check (filter-size)", "file", "max_abs", "mean_abs"
+            "  {:<14} {:<10} {:<40} {:>10} {:>10}",
+            "filter-size", "convention", "file", "max_abs", "mean_abs"
         );
         for r in &self.pixels {
             let _ = writeln!(
                 s,
-                "  {:<20} {:<36} {:>10.6} {:>10.3e}",
-                r.name, r.file, r.max_abs, r.mean_abs
+                "  {:<14} {:<10} {:<40} {:>10.6} {:>10.3e}",
+                r.name, r.convention, r.file, r.max_abs, r.mean_abs
             );
         }
         let _ = writeln!(
             s,
-            "\ninput ids vs transformers' tokenizer (padding=max_length, 64)"
+            "\ninput ids vs transformers' tokenizer (padding=max_length, 64), mismatches by class"
         );
-        for r in self.tokens.iter().chain(&self.tokens_known_hard) {
+        for r in &self.tokens {
             let _ = writeln!(
                 s,
-                "  {:<40} {:>5}/{:<5} mismatches ({} equal-score ties)",
-                r.name, r.mismatches, r.total, r.ties
+                "  {:<14} {:<24} {:>5}/{:<5}",
+                r.name, r.class, r.mismatches, r.total
             );
             for e in &r.examples {
                 let _ = writeln!(s, "      e.g. {e}");
@@ -384,8 +379,9 @@ impl Report {
         let _ = writeln!(s, "\nend to end vs transformers SiglipModel (fp32, CPU)");
         let _ = writeln!(
             s,
-            "  {:<12} {:<7} {:<9} {:<11} {:>10} {:>10} {:>10} {:>10} {:>14}",
+            "  {:<12} {:<10} {:<7} {:<9} {:<11} {:>10} {:>10} {:>10} {:>10} {:>14}",
             "model",
+            "convention",
             "device",
             "dtype",
             "vision",
@@ -398,8 +394,9 @@ impl Report {
         for r in &self.models {
             let _ = writeln!(
                 s,
-                "  {:<12} {:<7} {:<9} {:<11} {:>10.3e} {:>10.3e} {:>10.3e} {:>10.3e} {:>6.3}–{:<6.3}",
+                "  {:<12} {:<10} {:<7} {:<9} {:<11} {:>10.3e} {:>10.3e} {:>10.3e} {:>10.3e} {:>6.3}–{:<6.3}",
                 r.name,
+                r.convention,
                 r.device,
                 r.dtype,
                 r.backend,

@@ -14,7 +14,10 @@ use siglip_serve::batch::{BatchConfig, Batcher};
 use siglip_serve::error::Error;
 use siglip_serve::infer::{ImageInput, Infer};
 use siglip_serve::model::{
-    image::decode, image::ImageLimits, pixels_per_image, scores::Embeddings, Model,
+    image::{decode, Convention, ImageLimits},
+    pixels_per_image,
+    scores::Embeddings,
+    Model,
 };
 
 fn model() -> Model {
@@ -36,6 +39,7 @@ fn photos(model: &Model) -> Vec<(Vec<f32>, Embeddings)> {
         let rgb = decode(
             &std::fs::read(dir.join(name)).unwrap(),
             &ImageLimits::default(),
+            Convention::Processor,
         )
         .unwrap();
         let pixels = siglip_serve::model::image::preprocess(&rgb, model.preprocess());
@@ -368,7 +372,15 @@ fn core(capacity: usize, limit_flags: &[&str]) -> (Infer, std::thread::JoinHandl
     let (batcher, worker) = Batcher::start(model, config(8, 1, 64));
     let limits =
         Flags::parse_from(std::iter::once("test").chain(limit_flags.iter().copied())).limits;
-    let infer = Infer::new(batcher, tokenizer, manifest, limits, 1, capacity);
+    let infer = Infer::new(
+        batcher,
+        tokenizer,
+        manifest,
+        limits,
+        Convention::Processor,
+        1,
+        capacity,
+    );
     (infer, worker)
 }
 

@@ -10,7 +10,7 @@ use siglip_serve::grpc::pb::{
     self, siglip_client::SiglipClient, stream_request::Msg, upload_request,
 };
 use siglip_serve::model::{
-    image::{decode, ImageLimits},
+    image::{decode, from_raw, Convention, ImageLimits, RawFormat},
     scores::sigmoid,
 };
 use tokio_stream::StreamExt;
@@ -58,13 +58,32 @@ fn encoded(bytes: Vec<u8>) -> Option<pb::Image> {
 
 /// Probabilities by label index, straight from the core runtime.
 fn expected(image: &[u8], texts: &[String]) -> Vec<f32> {
+    expected_with(image, texts, Convention::Processor)
+}
+
+/// [`expected`] for an image taken to RGB by `convention`.
+fn expected_with(image: &[u8], texts: &[String], convention: Convention) -> Vec<f32> {
+    probabilities(
+        decode(image, &ImageLimits::default(), convention).expect("decode"),
+        texts,
+    )
+}
+
+fn probabilities(rgb: image::RgbImage, texts: &[String]) -> Vec<f32> {
     let model = common::cpu_model("SIGLIP_TEST_MODEL_DIR");
-    let rgb = decode(image, &ImageLimits::default()).expect("decode");
     let img = model.embed_images(&[rgb]).expect("image");
     let txt = model.embed_texts(texts).expect("texts");
     txt.rows()
         .map(|t| sigmoid(model.head().logit(img.row(0), t)))
         .collect()
+}
+
+async fn model_info(client: &mut SiglipClient<Channel>) -> pb::ModelInfo {
+    client
+        .get_model_info(pb::GetModelInfoRequest {})
+        .await
+        .expect("model info")
+        .into_inner()
 }
 
 fn by_index(scores: &[pb::LabelScore], n: usize) -> Vec<f32> {
@@ -183,7 +202,7 @@ async fn raw_frames_equal_the_encoded_image() {
     let server = Server::ready(&[]).await;
     let mut client = server.client().await;
     let png = asset("coffee_rgb8.png");
-    let rgb = decode(&png, &ImageLimits::default()).expect("decode");
+    let rgb = decode(&png, &ImageLimits::default(), Convention::Processor).expect("decode");
     let want = expected(&png, &labels());
     let raw = |format: pb::PixelFormat, data: Vec<u8>| pb::ClassifyRequest {
         image: Some(pb::Image {
@@ -743,16 +762,79 @@ async fn stream_protocol_violations_limits_and_lifetime() {
     }
 }
 
+/// The image convention decides what transparent and EXIF-rotated images look like, for
+/// encoded images and raw RGBA frames alike, and GetModelInfo reports it.
+#[tokio::test]
+async fn image_convention_is_applied_and_reported() {
+    let photo = asset("astronaut_rgba.png");
+    let rgba = image::load_from_memory(&photo).expect("png").into_rgba8();
+    let (width, height) = rgba.dimensions();
+    let frame = rgba.into_raw();
+    let raw = pb::ClassifyRequest {
+        image: Some(pb::Image {
+            source: Some(pb::image::Source::Raw(pb::RawFrame {
+                width,
+                height,
+                format: pb::PixelFormat::Rgba8 as i32,
+                data: frame.clone(),
+            })),
+        }),
+        texts: labels(),
+        options: None,
+    };
+    let raw_expected = |convention| {
+        let limits = ImageLimits::default();
+        let rgb = from_raw(width, height, RawFormat::Rgba8, &frame, &limits, convention);
+        probabilities(rgb.expect("frame"), &labels())
+    };
+    let processor = expected_with(&photo, &labels(), Convention::Processor);
+    let pipeline = expected_with(&photo, &labels(), Convention::Pipeline);
+    let apart = processor
+        .iter()
+        .zip(&pipeline)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f32::max);
+    assert!(
+        apart > 1e-3,
+        "the conventions agree on this photo ({apart})"
+    );
+    for (flags, convention, want) in [
+        (&[][..], Convention::Processor, &processor),
+        (
+            &["--image-convention", "pipeline"][..],
+            Convention::Pipeline,
+            &pipeline,
+        ),
+    ] {
+        let server = Server::ready(flags).await;
+        let mut client = server.client().await;
+        let info = model_info(&mut client).await;
+        assert_eq!(info.image_convention, convention.name());
+        let got = client
+            .classify(classify_request(photo.clone(), labels()))
+            .await
+            .expect("classify")
+            .into_inner();
+        assert_close(&by_index(&got.scores, LABELS.len()), want);
+        let got = client
+            .classify(raw.clone())
+            .await
+            .expect("raw")
+            .into_inner();
+        assert_close(
+            &by_index(&got.scores, LABELS.len()),
+            &raw_expected(convention),
+        );
+    }
+}
+
 #[tokio::test]
 async fn embeddings_and_model_info() {
     let server = Server::ready(&[]).await;
     let mut client = server.client().await;
-    let info = client
-        .get_model_info(pb::GetModelInfoRequest {})
-        .await
-        .expect("info")
-        .into_inner();
+    let info = model_info(&mut client).await;
     assert_eq!(info.model_id, "random/tiny");
+    assert_eq!(info.image_convention, "processor");
     assert!(info.random_weights);
     assert_eq!(info.device, "cpu");
     assert_eq!(info.max_text_tokens, 64);
@@ -995,8 +1077,13 @@ async fn a_compiled_package_unpacked_at_load_is_removed_at_exit() {
 #[tokio::test]
 async fn flags_come_from_the_environment_and_the_health_command_reports_serving() {
     let model = common::generated("SIGLIP_TEST_MODEL_DIR");
-    let server = Server::ready_model(&model, &[], &[("SIGLIP_MAX_TEXTS", "2")]).await;
+    let env = [
+        ("SIGLIP_MAX_TEXTS", "2"),
+        ("SIGLIP_IMAGE_CONVENTION", "pipeline"),
+    ];
+    let server = Server::ready_model(&model, &[], &env).await;
     let mut client = server.client().await;
+    assert_eq!(model_info(&mut client).await.image_convention, "pipeline");
     let three = vec!["a".to_string(), "b".to_string(), "c".to_string()];
     let status = client
         .classify(classify_request(asset("rocket.bmp"), three))

@@ -5,7 +5,7 @@ mod common;
 
 use siglip_serve::error::Error;
 use siglip_serve::model::{
-    image::{decode, preprocess, ImageLimits},
+    image::{decode, preprocess, Convention, ImageLimits},
     runtime::BackendChoice,
     LoadOptions, Model,
 };
@@ -39,7 +39,8 @@ fn photos(model: &Model, n: usize) -> Vec<f32> {
         .take(n)
         .flat_map(|name| {
             let bytes = std::fs::read(dir.join(name)).expect("test photo");
-            let rgb = decode(&bytes, &ImageLimits::default()).expect("decode");
+            let rgb =
+                decode(&bytes, &ImageLimits::default(), Convention::Processor).expect("decode");
             preprocess(&rgb, model.preprocess())
         })
         .collect()

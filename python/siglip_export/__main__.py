@@ -24,7 +24,6 @@ def _add_export_opts(p: argparse.ArgumentParser) -> None:
                    help=f"tower dtypes to export, comma-separated, each traced and validated separately "
                         f"({', '.join(DTYPES)}; default float32)")
     p.add_argument("--device", default="cpu", choices=["cpu"], help="tracing device (CPU; the result runs on CUDA too)")
-    p.add_argument("--strict-tokenizer", action="store_true", help="fail on equal-score Viterbi ties too")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -56,11 +55,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--images", type=Path, nargs="+", required=True)
     p.add_argument("--texts-file", type=Path, required=True, help="JSON list of strings")
     p.add_argument("--out", type=Path, required=True, help="OUT.safetensors (+ OUT.json sidecar)")
+    p.add_argument("--convention", choices=["processor", "pipeline"], default="processor",
+                   help="how images reach the processor: Image.open (processor) or load_image (pipeline)")
 
     p = sub.add_parser("reference-tokens", help="transformers' input_ids only")
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--revision")
-    p.add_argument("--texts-file", type=Path, required=True)
+    p.add_argument("--texts-file", type=Path, required=True, help='JSON list of strings or of {"class", "text"}')
     p.add_argument("--out", type=Path, required=True)
 
     p = sub.add_parser("reference-pixels", help="transformers' (PIL backend) pixel_values only")
@@ -69,6 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--images", type=Path, nargs="+", required=True)
     p.add_argument("--size", type=int, help="override the processor's square size (e.g. 384)")
     p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--convention", choices=["processor", "pipeline"], default="processor",
+                   help="how images reach the processor: Image.open (processor) or load_image (pipeline)")
 
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -90,11 +93,10 @@ def _run(a: argparse.Namespace) -> int:
 
             ckpt = a.checkpoint_out or a.out.with_name(a.out.name + "-checkpoint")
             make_random_checkpoint(a.shape, ckpt, a.seed)
-            result = export(str(ckpt), a.out, dtype=a.dtype, device=a.device, random_shape=a.shape,
-                            strict_tokenizer=a.strict_tokenizer)
+            result = export(str(ckpt), a.out, dtype=a.dtype, device=a.device, random_shape=a.shape)
         else:
             result = export(a.checkpoint, a.out, revision=a.revision, dtype=a.dtype, device=a.device,
-                            model_id=a.model_id, strict_tokenizer=a.strict_tokenizer)
+                            model_id=a.model_id)
         print(json.dumps({k: result[k] for k in ("validation", "tokenizer", "seconds")}, indent=2))
         return 0
 
@@ -109,11 +111,12 @@ def _run(a: argparse.Namespace) -> int:
     from . import reference as ref
 
     if a.cmd == "reference":
-        ref.reference(a.checkpoint, a.images, ref.read_texts(a.texts_file), a.out, a.revision)
+        ref.reference(a.checkpoint, a.images, ref.read_texts(a.texts_file), a.out, a.revision, a.convention)
     elif a.cmd == "reference-tokens":
-        ref.reference_tokens(a.checkpoint, ref.read_texts(a.texts_file), a.out, a.revision)
+        texts, classes = ref.read_corpus(a.texts_file)
+        ref.reference_tokens(a.checkpoint, texts, a.out, classes, revision=a.revision)
     else:
-        ref.reference_pixels(a.checkpoint, a.images, a.out, a.size, a.revision)
+        ref.reference_pixels(a.checkpoint, a.images, a.out, a.size, a.revision, a.convention)
     print(f"wrote {a.out}")
     return 0
 

@@ -1,8 +1,10 @@
-"""HF SigLIP checkpoint -> model directory (manifest.json, tokenizer.json, vision.<dtype>.pt and
+"""HF SigLIP checkpoint -> model directory (manifest.json, the tokenizer files, vision.<dtype>.pt and
 text.<dtype>.pt for each exported dtype).
 
 Every export validates itself: the reloaded TorchScript modules are compared with eager
-transformers, and tokenizer.json with the checkpoint's transformers tokenizer. Any failure raises.
+transformers, and a tokenizer.json with the checkpoint's transformers tokenizer. The tokenizer's
+start-up check (tokenizer_check.json) holds transformers' ids for a sample of texts, which the
+server reproduces before it serves. Any failure raises.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import torch
 from torch import nn
 
 from . import manifest, tokenizer as tokmod
-from .texts import builtin_sample
+from .texts import builtin_sample, tokenizer_check_texts
 
 log = logging.getLogger(__name__)
 
@@ -87,36 +89,6 @@ def load_tokenizer(path: Path) -> Any:
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(str(path))
-
-
-def build_tokenizer_json(hf_tok: Any) -> tuple[Any, tokmod.TextSettings]:
-    """Pick the conversion route from the tokenizer transformers itself loads for the checkpoint."""
-    from transformers import SiglipTokenizer
-
-    if isinstance(hf_tok, SiglipTokenizer):
-        tok = tokmod.build_siglip_tokenizer(Path(hf_tok.vocab_file), do_lower_case=hf_tok.do_lower_case)
-        kind, lowercase = "siglip-sentencepiece", bool(hf_tok.do_lower_case)
-    elif getattr(hf_tok, "backend_tokenizer", None) is not None:
-        tok = tokmod.build_from_fast(hf_tok)
-        kind, lowercase = "gemma", tokmod.normalizer_lowercases(tok)
-    else:
-        raise ExportError(f"unsupported tokenizer class {type(hf_tok).__name__}")
-    pad_id = tok.padding["pad_id"]
-    settings = tokmod.TextSettings(tokmod.MAX_LENGTH, pad_id, int(hf_tok.eos_token_id), lowercase, kind)
-    return tok, settings
-
-
-def verify_tokenizer(tok: Any, hf_tok: Any, texts: list[str], strict: bool) -> str:
-    """Fail unless tokenizer.json reproduces transformers. Equal-score Viterbi ties (same
-    total score, different order; the sentencepiece lattice's tie-break cannot be expressed in
-    tokenizers) only fail with strict=True."""
-    mm = tokmod.compare(tok, hf_tok, texts)
-    summary = tokmod.summarize(mm, len(texts))
-    bad = [m for m in mm if strict or not m.viterbi_tie]
-    if bad:
-        ex = "; ".join(f"{m.text!r}: ours {m.ours[:12]} ref {m.reference[:12]}" for m in bad[:3])
-        raise ExportError(f"tokenizer.json does not reproduce transformers: {summary}. e.g. {ex}")
-    return summary
 
 
 def image_settings(path: Path) -> dict[str, Any]:
@@ -195,7 +167,7 @@ def _remove_stale_towers(out: Path, keep: list[str]) -> None:
 
 def export(
     checkpoint: str, out: Path, *, revision: str | None = None, dtype: str | list[str] = "float32", device: str = "cpu",
-    model_id: str | None = None, random_shape: str | None = None, strict_tokenizer: bool = False,
+    model_id: str | None = None, random_shape: str | None = None,
 ) -> dict[str, Any]:
     """Export the towers once per dtype in `dtype` ("float32,bfloat16" or a list). Each dtype is
     traced separately (the cast of pixel_values to the weights' dtype is part of the trace) and
@@ -218,14 +190,11 @@ def export(
     (out / "manifest.json").unlink(missing_ok=True)
 
     hf_tok = load_tokenizer(ck.path)
-    tok, text = build_tokenizer_json(hf_tok)
-    tok_summary = verify_tokenizer(tok, hf_tok, builtin_sample(), strict_tokenizer)
-    tok.save(str(out / manifest.FILES["tokenizer"]))
-    from tokenizers import Tokenizer
-
-    # The file on disk is what Rust reads: re-check it after a save/load round trip.
-    verify_tokenizer(Tokenizer.from_file(str(out / manifest.FILES["tokenizer"])), hf_tok, builtin_sample()[:200], strict_tokenizer)
-    log.info("tokenizer.json: %s", tok_summary)
+    try:
+        text, tokenizer_files = tokmod.write(hf_tok, out, tokenizer_check_texts())
+    except ValueError as e:
+        raise ExportError(str(e)) from e
+    log.info("tokenizer (%s): %s", text.kind, ", ".join(sorted(tokenizer_files.values())))
 
     image = image_settings(ck.path)
     ref_model = SiglipModel.from_pretrained(str(ck.path), attn_implementation=ATTN_IMPLEMENTATION, dtype=torch.float32).eval()
@@ -266,13 +235,14 @@ def export(
         image=image,
         text={"max_length": text.max_length, "pad_id": text.pad_id, "eos_id": text.eos_id, "lowercase": text.lowercase, "tokenizer": text.kind},
         embedding_dim=int(dims.pop()),
+        files=tokenizer_files,
         dtypes=dtypes,
         logit_scale=scale,
         logit_bias=bias,
     )
     manifest.write(m, out)
     log.info("exported %s -> %s [%s] in %.1fs", ck.source, out, ",".join(dtypes), time.time() - t0)
-    return {"manifest": m, "validation": reports, "tokenizer": tok_summary, "seconds": round(time.time() - t0, 1)}
+    return {"manifest": m, "validation": reports, "tokenizer": text.kind, "seconds": round(time.time() - t0, 1)}
 
 
 def _validate(

@@ -9,8 +9,7 @@ from typing import Any
 
 from . import __version__
 
-FORMAT_VERSION = 1
-FILES = {"tokenizer": "tokenizer.json"}
+FORMAT_VERSION = 2
 # Tower dtypes a directory may hold; manifest["towers"] maps each exported one to its two files.
 TOWER_DTYPES = ("float32", "float16", "bfloat16")
 REQUIRED_KEYS = (
@@ -41,7 +40,7 @@ def versions() -> dict[str, str]:
 
 def build(
     *, model_id: str, architecture: str, source: dict[str, Any], image: dict[str, Any], text: dict[str, Any],
-    embedding_dim: int, dtypes: list[str], logit_scale: float, logit_bias: float,
+    embedding_dim: int, files: dict[str, str], dtypes: list[str], logit_scale: float, logit_bias: float,
 ) -> dict[str, Any]:
     if not dtypes:
         raise ValueError("a model directory needs at least one tower dtype")
@@ -56,7 +55,7 @@ def build(
         "logit_scale": logit_scale,
         "logit_bias": logit_bias,
         "versions": versions(),
-        "files": dict(FILES),
+        "files": dict(files),
         "towers": {d: tower_files(d) for d in dtypes},
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }

@@ -32,12 +32,15 @@ SHAPES: dict[str, dict[str, Any]] = {
         "vision": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
                        image_size=224, patch_size=16),
     },
+    # The published SigLIP vocabulary has no byte fallback: so neither do the larger shapes.
     "base-224": {
+        "byte_fallback": False,
         "text": dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12),
         "vision": dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
                        image_size=224, patch_size=16),
     },
     "so400m-384": {
+        "byte_fallback": False,
         "text": dict(hidden_size=1152, intermediate_size=4304, num_hidden_layers=27, num_attention_heads=16),
         "vision": dict(hidden_size=1152, intermediate_size=4304, num_hidden_layers=27, num_attention_heads=16,
                        image_size=384, patch_size=14),
@@ -67,15 +70,18 @@ CALIBRATION_TEXTS = [
 ]
 
 
-def train_spiece(seed: int = 0) -> bytes:
-    """A small Unigram vocabulary laid out like SigLIP's (pad 0, eos 1, unk 2, no bos, nmt_nfkc,
-    byte fallback) so normalisation, byte fallback and special-token paths all get exercised."""
+def train_spiece(seed: int = 0, byte_fallback: bool = True) -> bytes:
+    """A small Unigram vocabulary laid out like SigLIP's (pad 0, eos 1, unk 2, no bos, nmt_nfkc).
+    With byte fallback, unknown characters become byte pieces; without it (as in the published
+    SigLIP vocabulary) runs of them merge into one <unk>, and two user-defined symbols exercise
+    the matching that bypasses normalisation."""
     import sentencepiece as spm
 
     buf = io.BytesIO()
+    extra = {} if byte_fallback else {"user_defined_symbols": ["cat", "\ufb01"]}
     spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(training_corpus(seed)), model_writer=buf, vocab_size=VOCAB_SIZE,
-        model_type="unigram", byte_fallback=True, pad_id=0, eos_id=1, unk_id=2, bos_id=-1,
+        sentence_iterator=iter(training_corpus(seed)), model_writer=buf, vocab_size=VOCAB_SIZE, **extra,
+        model_type="unigram", byte_fallback=byte_fallback, pad_id=0, eos_id=1, unk_id=2, bos_id=-1,
         pad_piece="<pad>", eos_piece="</s>", unk_piece="<unk>", normalization_rule_name="nmt_nfkc",
         character_coverage=0.9995, num_threads=1, minloglevel=2, hard_vocab_limit=False, seed_sentencepiece_size=100000,
     )
@@ -153,7 +159,7 @@ def make_random_checkpoint(shape: str, out: Path, seed: int = 0) -> Path:
         pad_id, eos_id = tokenizer.pad_token_id, tokenizer.eos_token_id  # 0, 1 (Gemma)
     else:
         spiece = out / "spiece.model"
-        spiece.write_bytes(train_spiece(seed))
+        spiece.write_bytes(train_spiece(seed, byte_fallback=s.get("byte_fallback", True)))
         tokenizer = SiglipTokenizer(str(spiece), model_max_length=64)
         pad_id, eos_id = 1, 1  # SigLIP pads with "</s>"
 

@@ -1,8 +1,14 @@
 """What transformers itself computes, saved for parity tests of the Rust server.
 
-Images: `transformers.image_utils.load_image(path)` (EXIF transpose, then PIL `convert("RGB")`)
-and `SiglipImageProcessorPil` (the PIL backend, not torchvision). Texts: the checkpoint's
-transformers tokenizer (slow `SiglipTokenizer` for SigLIP v1), padded to 64, truncated.
+Images go to `SiglipImageProcessorPil` (the PIL backend, not torchvision) by one of the two
+conventions the server offers (`--image-convention`):
+- "processor": `Image.open(path)` as is (the processor's `convert_to_rgb` composites
+  transparency onto white; EXIF orientation is not applied); a raw RGBA frame as a numpy array;
+- "pipeline": `transformers.image_utils.load_image(path)` (EXIF transpose, then `convert("RGB")`),
+  as the zero-shot pipeline does.
+Raw frames are files named `*_<W>x<H>.rgba` (tightly packed RGBA8).
+Texts: the checkpoint's transformers tokenizer (slow `SiglipTokenizer` for SigLIP v1), padded to
+64, truncated.
 """
 
 from __future__ import annotations
@@ -25,12 +31,28 @@ def _image_processor(ckpt: Path, size: int | None) -> Any:
     return SiglipImageProcessorPil.from_pretrained(str(ckpt), **kwargs)
 
 
-def pixel_values(ckpt: Path, images: Sequence[Path], size: int | None = None) -> torch.Tensor:
+CONVENTIONS = ("processor", "pipeline")
+
+
+def open_image(path: Path | str, convention: str) -> Any:
+    """The image as the reference code hands it to the processor."""
+    import numpy as np
+    from PIL import Image
     from transformers.image_utils import load_image
 
+    if convention not in CONVENTIONS:
+        raise ValueError(f"unknown convention {convention!r}; choose from {CONVENTIONS}")
+    p = Path(path)
+    if p.suffix == ".rgba":
+        w, h = (int(v) for v in p.stem.rsplit("_", 1)[1].split("x"))
+        frame = np.frombuffer(p.read_bytes(), dtype=np.uint8).reshape(h, w, 4)
+        return frame if convention == "processor" else load_image(Image.fromarray(frame, "RGBA"))
+    return Image.open(p) if convention == "processor" else load_image(str(p))
+
+
+def pixel_values(ckpt: Path, images: Sequence[Path], size: int | None = None, convention: str = "processor") -> torch.Tensor:
     ip = _image_processor(ckpt, size)
-    pil = [load_image(str(p)) for p in images]
-    return ip(pil, return_tensors="pt")["pixel_values"].float()
+    return ip([open_image(p, convention) for p in images], return_tensors="pt")["pixel_values"].float()
 
 
 def input_ids(ckpt: Path, texts: Sequence[str]) -> torch.Tensor:
@@ -44,6 +66,18 @@ def read_texts(path: Path) -> list[str]:
     return texts
 
 
+def read_corpus(path: Path) -> tuple[list[str], list[str]]:
+    """A tokenizer corpus as texts and their classes: a JSON list of {"class", "text"}, or of
+    plain strings (class "")."""
+    entries = json.loads(path.read_text())
+    if not isinstance(entries, list):
+        raise ValueError(f"{path}: expected a JSON list")
+    entries = [{"text": e} if isinstance(e, str) else e for e in entries]
+    if not all(isinstance(e, dict) and isinstance(e.get("text"), str) for e in entries):
+        raise ValueError(f"{path}: expected strings or {{\"class\", \"text\"}} objects")
+    return [e["text"] for e in entries], [str(e.get("class", "")) for e in entries]
+
+
 def _sidecar(out: Path, **fields: Any) -> None:
     import transformers
 
@@ -53,12 +87,13 @@ def _sidecar(out: Path, **fields: Any) -> None:
 
 
 @torch.no_grad()
-def reference(checkpoint: str, images: Sequence[Path], texts: Sequence[str], out: Path, revision: str | None = None) -> None:
+def reference(checkpoint: str, images: Sequence[Path], texts: Sequence[str], out: Path, revision: str | None = None,
+              convention: str = "processor") -> None:
     from transformers import SiglipModel
 
     ck = resolve_checkpoint(checkpoint, revision)
     model = SiglipModel.from_pretrained(str(ck.path), dtype=torch.float32).eval()
-    px, ids = pixel_values(ck.path, images), input_ids(ck.path, texts)
+    px, ids = pixel_values(ck.path, images, convention=convention), input_ids(ck.path, texts)
     o = model(input_ids=ids, pixel_values=px)  # no attention mask, as SigLIP is used
     tensors = {
         "pixel_values": px.contiguous(),
@@ -70,18 +105,21 @@ def reference(checkpoint: str, images: Sequence[Path], texts: Sequence[str], out
     }
     out.parent.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(out))
-    _sidecar(out, images=[str(Path(p).resolve()) for p in images], texts=list(texts), checkpoint=ck.source)
+    _sidecar(out, images=[str(Path(p).resolve()) for p in images], texts=list(texts), checkpoint=ck.source,
+             convention=convention)
 
 
-def reference_tokens(checkpoint: str, texts: Sequence[str], out: Path, revision: str | None = None) -> None:
+def reference_tokens(checkpoint: str, texts: Sequence[str], out: Path, classes: Sequence[str] | None = None,
+                     revision: str | None = None) -> None:
     ck = resolve_checkpoint(checkpoint, revision)
     out.parent.mkdir(parents=True, exist_ok=True)
     save_file({"input_ids": input_ids(ck.path, texts).contiguous()}, str(out))
-    _sidecar(out, texts=list(texts), checkpoint=ck.source)
+    _sidecar(out, texts=list(texts), classes=list(classes or []), checkpoint=ck.source)
 
 
-def reference_pixels(checkpoint: str, images: Sequence[Path], out: Path, size: int | None = None, revision: str | None = None) -> None:
+def reference_pixels(checkpoint: str, images: Sequence[Path], out: Path, size: int | None = None, revision: str | None = None,
+                     convention: str = "processor") -> None:
     ck = resolve_checkpoint(checkpoint, revision)
     out.parent.mkdir(parents=True, exist_ok=True)
-    save_file({"pixel_values": pixel_values(ck.path, images, size).contiguous()}, str(out))
-    _sidecar(out, images=[str(Path(p).resolve()) for p in images], checkpoint=ck.source, size=size)
+    save_file({"pixel_values": pixel_values(ck.path, images, size, convention).contiguous()}, str(out))
+    _sidecar(out, images=[str(Path(p).resolve()) for p in images], checkpoint=ck.source, size=size, convention=convention)

@@ -90,7 +90,7 @@ def training_corpus(seed: int = 0, n: int = 6000) -> list[str]:
 
 
 def parity_corpus(seed: int = 1234, n_random: int = 1000) -> list[str]:
-    """≥1200 varied strings for tokenizer parity tests; literal special tokens excluded (see known_hard)."""
+    """≥1200 varied captions and edge cases for tokenizer parity tests."""
     rng = random.Random(seed)
     fixed = [
         "", " ", "   ", "\t", "\n", " \t\n ", "\u3000", "▁", "▁▁", " ▁ ", "a", "A", ".", "...", "!?",
@@ -128,15 +128,212 @@ def parity_corpus(seed: int = 1234, n_random: int = 1000) -> list[str]:
     return out
 
 
-def known_hard_corpus() -> list[str]:
-    """Inputs a `tokenizers` pipeline provably cannot match (see README)."""
-    return [
-        "</s>", "a photo </s> of a cat", "<unk>", "x<unk>y", "a  </s>  b", "</s></s>", "<unk> leading",
-        "trailing </s>", "▁</s>", "PHOTO</s>CAT", "＜/s＞", "＜pad＞", "＜unk＞ x",
-        "a\u0308\u0323", "o\u0308\u0331 x", "q\u0307\u0323",
-    ]
+# --- Adversarial text -------------------------------------------------------------------------
+# Each class aims at one rule the slow SigLIP tokenizer applies (special-token splitting,
+# Python's lower(), sentencepiece's charsmap and Viterbi); every string is checked against
+# transformers by `make parity`.
+
+_COMBINING = [chr(c) for c in range(0x300, 0x370)] + [
+    "\u0483", "\u0591", "\u05b0", "\u05b4", "\u05bc", "\u05c1", "\u064b", "\u0650", "\u0651", "\u0652",
+    "\u093c", "\u094d", "\u0e31", "\u0e48", "\u0e49", "\u0e4c", "\u1ab0", "\u1dc0", "\u20d0", "\u20e3",
+    "\u302a", "\u3099", "\u309a", "\ufe20",
+]
+_BASES = list("aeiouyAEIOUYcCnNsSzZgGkKlLrRwW") + ["α", "Ω", "ι", "υ", "η", "е", "и", "И", "א", "ب", "क", "ก", "か", "ㄱ", "ß", "ø", "ı", "İ"]
+_CASED = (
+    list("ΑΒΓΔΕΖΗΘΙΚΛΜΝΞΟΠΡΣΤΥΦΧΨΩ") + list("ΆΈΉΊΌΎΏΪΫ") + ["ὈΔΥΣΣΕΎΣ", "ΣΊΣΥΦΟΣ", "ἈΣ", "ᾼ", "ῼ", "ΐ", "ΰ"]
+    + list("İIıiŞşĞğÇçÖöÜü") + ["ẞ", "ß", "ǅ", "ǈ", "ǋ", "ǲ", "Ǆ", "ǆ", "ﬀ", "ﬁ", "ﬆ", "և", "ŉ", "ǰ", "ẖ", "ẘ"]
+    + ["Ꭰ", "ꭰ", "Ა", "ა", "𞤀", "𞤢", "𐐀", "𐐨", "𐒰", "𑢠", "𖹀", "Ⅻ", "ⅻ", "Ⓐ", "ⓐ", "Ａ", "ｚ", "𝔄", "𝕒", "ᏸ", "Ᲊ", "Ꞔ", "Ꟑ"]
+    + ["Ꟊ", "Ꞛ", "Ɐ", "Ɑ", "ꓐ", "ʼ", "ˈ", "ͅ", "ᶜ", "ª", "º", "ᵃ"]
+)
+_CASE_IGNORABLE = ["'", ".", ":", "·", "·", "\u00ad", "\u200d", "\u200c", "\u0301", "\u0345", "ʹ", "ˊ", "\u05f4", "^", "`", "\u2019", "\ufe13"]
+_SPECIALS = ["</s>", "<unk>", "<pad>", "<s>", "</S>", "<UNK>", "</s", "<unk", "unk>", "＜/s＞", "＜unk＞", "＜pad＞", "<\u200b/s>", "▁</s>", "</s>▁", "<0x41>", "<mask>"]
+_INVISIBLE = [
+    "\u200b", "\u200c", "\u200d", "\u2060", "\ufeff", "\u200e", "\u200f", "\u202a", "\u202b", "\u202c", "\u202d",
+    "\u202e", "\u2066", "\u2067", "\u2068", "\u2069", "\u061c", "\u00ad", "\ufe0f", "\ufe0e", "\u180e", "\u034f",
+    "\U000e0041", "\U000e007f", "\u2061", "\u2062", "\u2063", "\u2064", "\u115f", "\u3164", "\uffa0", "\u17b4",
+]
+_RTL = ["שלום עולם", "مرحبا بالعالم", "القِطَّة", "עִבְרִית", "فارسی گربه", "ܣܘܪܝܝܐ", "ދިވެހި"]
+_EMOJI_PARTS = ["👨", "👩", "👧", "👦", "🧑", "👶", "❤", "🔥", "🚀", "🐱", "🏳", "🏴", "🌈", "⚧", "💻", "🦰", "🦱", "🦳", "🦲", "🤝", "✋", "👍", "🫱", "🫲"]
+_SKIN = ["\U0001f3fb", "\U0001f3fc", "\U0001f3fd", "\U0001f3fe", "\U0001f3ff"]
+_CJK_RANGES = [(0x4E00, 0x9FFF), (0x3400, 0x4DBF), (0x20000, 0x2A6DF), (0xF900, 0xFAFF), (0x3040, 0x30FF), (0xFF61, 0xFF9F),
+               (0xAC00, 0xD7A3), (0x1100, 0x11FF), (0x3130, 0x318F), (0x3000, 0x303F), (0xFF00, 0xFF60), (0x3200, 0x33FF),
+               (0x2F00, 0x2FDF), (0x31F0, 0x31FF), (0x2E80, 0x2EFF)]
+_SEA_RANGES = [(0x0E01, 0x0E5B), (0x0E81, 0x0EDF), (0x1780, 0x17F9), (0x1000, 0x109F), (0x0E30, 0x0E4E)]
+_THAI_WORDS = ["กรุงเทพมหานคร", "ถนนสุขุมวิท", "ซอย ๑๒", "แขวงคลองเตย", "เขตวัฒนา", "๑๐๑๑๐", "น้ำ", "ผู้ใหญ่", "ภาษาไทย", "สวัสดีครับ", "ເມືອງລາວ", "ភាសាខ្មែរ", "မြန်မာ"]
+_CONTROL = [chr(c) for c in range(0x00, 0x20)] + ["\x7f"] + [chr(c) for c in range(0x80, 0xA0)] + ["\u2028", "\u2029", "\ufffd", "\ufffe", "\uffff", "\ue000", "\uf8ff", "\U000f0000", "\U0010fffd"]
+_PY_SPACES = [" ", "\t", "\n", "\x0b", "\x0c", "\r", "\x1c", "\x1d", "\x1e", "\x1f", "\x85", "\xa0", "\u1680", "\u2000", "\u2005", "\u200a", "\u2028", "\u2029", "\u202f", "\u205f", "\u3000"]
+
+
+def _insert(rng: random.Random, s: str, piece: str) -> str:
+    i = rng.randrange(len(s) + 1)
+    return s[:i] + piece + s[i:]
+
+
+def _from_ranges(rng: random.Random, ranges: list[tuple[int, int]], n: int) -> str:
+    return "".join(chr(rng.randint(*rng.choice(ranges))) for _ in range(n))
+
+
+def _combining_marks(rng: random.Random) -> str:
+    words = []
+    for _ in range(rng.randrange(1, 5)):
+        marks = rng.sample(_COMBINING, rng.randrange(1, 5))
+        word = rng.choice(_BASES) + "".join(marks)
+        if rng.random() < 0.3:  # a precomposed letter, decomposed, marks shuffled
+            d = list(unicodedata.normalize("NFD", rng.choice("áàâäãåéèêëíìîïóòôöõúùûüýÿñçǘǜṏḉẫệỗ")))
+            word = d[0] + "".join(rng.sample(d[1:] + marks, len(d) - 1 + len(marks)))
+        words.append(word + rng.choice(["", "x", "n", "ng"]))
+    return rng.choice(["", "a photo of ", "the "]) + " ".join(words)
+
+
+def _casing(rng: random.Random) -> str:
+    parts = []
+    for _ in range(rng.randrange(1, 8)):
+        part = "".join(rng.choice(_CASED) for _ in range(rng.randrange(1, 5)))
+        if rng.random() < 0.5:
+            part = _insert(rng, part, rng.choice(_CASE_IGNORABLE))
+        if rng.random() < 0.4:
+            part += "Σ" * rng.randrange(1, 3) + rng.choice(["", "", "'", ".", "\u0301", "Α", "a", " "])
+        parts.append(part)
+    return rng.choice(["", " ", "-"]).join(parts)
+
+
+def _special_literals(rng: random.Random) -> str:
+    s = _caption(rng)
+    for _ in range(rng.randrange(1, 4)):
+        pad = lambda: "".join(rng.choice(_PY_SPACES + ["", "", "▁"]) for _ in range(rng.randrange(0, 3)))  # noqa: E731
+        s = _insert(rng, s, pad() + rng.choice(_SPECIALS) + pad())
+    if rng.random() < 0.2:
+        s = rng.choice(_SPECIALS) + s
+    if rng.random() < 0.2:
+        s = s + rng.choice(_SPECIALS)
+    return s
+
+
+def _zero_width_bidi(rng: random.Random) -> str:
+    s = _caption(rng) if rng.random() < 0.6 else rng.choice(_RTL) + " " + _caption(rng)
+    for _ in range(rng.randrange(1, 6)):
+        s = _insert(rng, s, rng.choice(_INVISIBLE))
+    return s
+
+
+def _emoji(rng: random.Random) -> str:
+    seqs = []
+    for _ in range(rng.randrange(1, 5)):
+        parts = [rng.choice(_EMOJI_PARTS) + (rng.choice(_SKIN) if rng.random() < 0.3 else "") for _ in range(rng.randrange(1, 5))]
+        seq = "\u200d".join(parts)
+        kind = rng.randrange(5)
+        if kind == 0:
+            seq = "".join(chr(0x1F1E6 + rng.randrange(26)) for _ in range(2))  # a flag, maybe not a real one
+        elif kind == 1:
+            seq = rng.choice("0123456789#*") + "\ufe0f\u20e3"
+        elif kind == 2:
+            seq = "🏴" + "".join(chr(0xE0061 + rng.randrange(26)) for _ in range(rng.randrange(2, 6))) + "\U000e007f"
+        elif kind == 3:
+            seq += "\ufe0f"
+        seqs.append(seq)
+    return rng.choice(["", "a photo of ", "emoji "]) + rng.choice(["", " "]).join(seqs)
+
+
+def _cjk(rng: random.Random) -> str:
+    s = _from_ranges(rng, _CJK_RANGES, rng.randrange(1, 30))
+    if rng.random() < 0.3:
+        s = _insert(rng, s, rng.choice(["\u3099", "\u309a", "\uff9e", "\uff9f"]))
+    if rng.random() < 0.3:
+        s = _insert(rng, s, " " + _caption(rng) + " ")
+    return s
+
+
+def _thai(rng: random.Random) -> str:
+    if rng.random() < 0.5:
+        return " ".join(rng.choice(_THAI_WORDS) for _ in range(rng.randrange(1, 6))) + rng.choice(["", " 10110", " โทร. 02-123-4567"])
+    return _from_ranges(rng, _SEA_RANGES, rng.randrange(1, 25))
+
+
+def _control(rng: random.Random) -> str:
+    s = _caption(rng)
+    for _ in range(rng.randrange(1, 6)):
+        s = _insert(rng, s, rng.choice(_CONTROL))
+    return s
+
+
+def _overlong(rng: random.Random) -> str:
+    kind = rng.randrange(5)
+    if kind == 0:
+        return " ".join(_caption(rng) for _ in range(rng.randrange(8, 40)))
+    if kind == 1:
+        return rng.choice(["a", "ab ", "猫", "😀", "ก", " ", "▁", "Σ", "é", "\u200b", ". "]) * rng.randrange(60, 900)
+    if kind == 2:
+        return " ".join(rng.choice(_SPECIALS + ["x"]) for _ in range(rng.randrange(40, 120)))
+    if kind == 3:
+        return "".join(rng.choice(_COMBINING) for _ in range(rng.randrange(70, 300)))
+    return "x" + "".join(rng.choice(_PY_SPACES) for _ in range(rng.randrange(70, 400))) + "y"
+
+
+def _random_unicode(rng: random.Random) -> str:
+    out = []
+    for _ in range(rng.randrange(1, 20)):
+        plane = rng.choice([0, 0, 0, 1, 2, 3, 14, 15])
+        cp = (plane << 16) | rng.randrange(0x10000)
+        if 0xD800 <= cp <= 0xDFFF:
+            cp = 0x20
+        out.append(chr(cp))
+    return "".join(out)
+
+
+def _punct_space(rng: random.Random) -> str:
+    pool = list(_PUNCT) + _UNI_PUNCT + _PY_SPACES + ["▁", "▁▁", "﹏", "＿", "‿"]
+    s = "".join(rng.choice(pool + list("abc")) for _ in range(rng.randrange(1, 30)))
+    return _insert(rng, s, _caption(rng)) if rng.random() < 0.4 else s
+
+
+ADVERSARIAL_CLASSES = {
+    "combining_marks": _combining_marks,
+    "greek_turkish_casing": _casing,
+    "special_token_literals": _special_literals,
+    "zero_width_bidi": _zero_width_bidi,
+    "emoji_zwj": _emoji,
+    "cjk": _cjk,
+    "thai_sea": _thai,
+    "control": _control,
+    "overlong": _overlong,
+    "random_code_points": _random_unicode,
+    "punctuation_whitespace": _punct_space,
+}
+
+
+def adversarial_corpus(seed: int = 2026, per_class: int = 1900) -> list[dict[str, str]]:
+    """`per_class` strings of each adversarial class (11 classes: 20,900 by default), tagged with it."""
+    rng = random.Random(seed)
+    return [{"class": name, "text": make(rng)} for name, make in ADVERSARIAL_CLASSES.items() for _ in range(per_class)]
+
+
+def added_token_corpus(tokens: list[str], seed: int = 5, n: int = 600) -> list[dict[str, str]]:
+    """Captions with `tokens` (a tokenizer's added tokens) inserted with and without spaces around
+    them, next to each other and to the special tokens: what the added-token flags (lstrip,
+    rstrip, single_word) act on."""
+    rng = random.Random(seed)
+    pieces = tokens + ["</s>", "<unk>"]
+    out = []
+    for _ in range(n):
+        s = _caption(rng) if rng.random() < 0.8 else ""
+        for _ in range(rng.randrange(1, 4)):
+            around = lambda: rng.choice(["", "", " ", "  ", "\t", "x", "▁", "\u3000"])  # noqa: E731
+            s = _insert(rng, s, around() + rng.choice(pieces) + around())
+        out.append({"class": "added_tokens", "text": s})
+    return out
+
+
+def tokenizer_corpus() -> list[dict[str, str]]:
+    """Everything `make parity` tokenises: the captions (templated photo captions, mutated, plus
+    hand-picked edge cases) and the adversarial classes."""
+    return [{"class": "captions", "text": t} for t in parity_corpus()] + adversarial_corpus()
 
 
 def builtin_sample() -> list[str]:
-    """Small sample used by `export` to self-check tokenizer.json against the checkpoint tokenizer."""
+    """Varied captions, for the export's sample inputs."""
     return parity_corpus(seed=7, n_random=150)
+
+
+def tokenizer_check_texts() -> list[str]:
+    """The texts of a model directory's tokenizer_check.json: captions and every adversarial class."""
+    return builtin_sample() + [e["text"] for e in adversarial_corpus(seed=99, per_class=40)]

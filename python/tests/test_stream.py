@@ -46,21 +46,36 @@ def test_latest_only_accounts_for_every_frame(stubs, siglip, photo, labels):
     assert len(responses) + sum(r.skipped_frames for r in responses) == sent
 
 
-def test_raw_frame_matches_encoded(stubs, siglip, assets, labels):
-    """A lossless PNG decoded by the client and sent as RGB8 / RGBA8 classifies like the file itself."""
+def test_raw_frames_match_encoded(stubs, siglip, assets, labels):
+    """Raw RGB8 and opaque RGBA8 frames classify like the PNG they came from; a translucent RGBA8
+    frame classifies like a PNG of what transformers' own `convert_to_rgb` makes of it (the
+    default, processor, convention composites it onto white)."""
+    from transformers.image_transforms import convert_to_rgb
+
     pb2, _ = stubs
     encoded = (assets / "images" / "coffee_rgb8.png").read_bytes()
-    rgb = Image.open(io.BytesIO(encoded)).convert("RGB")
-    rgba = np.dstack([np.asarray(rgb), np.full(rgb.size[::-1], 7, np.uint8)])
+    rgb = np.asarray(Image.open(io.BytesIO(encoded)).convert("RGB"))
+    h, w = rgb.shape[:2]
+    opaque = np.dstack([rgb, np.full((h, w), 255, np.uint8)])
+    translucent = np.dstack([rgb, np.full((h, w), 7, np.uint8)])
+    buf = io.BytesIO()
+    Image.fromarray(convert_to_rgb(translucent, return_numpy=True)).save(buf, format="PNG")
+
+    def raw(data: np.ndarray, fmt: int) -> object:
+        return pb2.Image(raw=pb2.RawFrame(width=w, height=h, format=fmt, data=data.tobytes()))
+
     images = [
         pb2.Image(encoded=encoded),
-        pb2.Image(raw=pb2.RawFrame(width=rgb.width, height=rgb.height, format=pb2.PIXEL_FORMAT_RGB8, data=rgb.tobytes())),
-        pb2.Image(raw=pb2.RawFrame(width=rgb.width, height=rgb.height, format=pb2.PIXEL_FORMAT_RGBA8, data=rgba.tobytes())),
+        raw(rgb, pb2.PIXEL_FORMAT_RGB8),
+        raw(opaque, pb2.PIXEL_FORMAT_RGBA8),
+        pb2.Image(encoded=buf.getvalue()),
+        raw(translucent, pb2.PIXEL_FORMAT_RGBA8),
     ]
     requests = [config(pb2, labels, pb2.DELIVERY_MODE_EVERY_FRAME)] + [frame(pb2, i, im) for i, im in enumerate(images)]
-    expected, *raws = siglip.Stream(iter(requests), timeout=30)
-    for raw in raws:
-        assert not raw.HasField("error"), raw.error
-        for want, got in zip(expected.scores, raw.scores, strict=True):
+    photo, from_rgb, from_rgba, white, from_translucent = siglip.Stream(iter(requests), timeout=30)
+    assert [s.label for s in white.scores] != [s.label for s in photo.scores], "compositing changed nothing"
+    for expected, raw_result in ((photo, from_rgb), (photo, from_rgba), (white, from_translucent)):
+        assert not raw_result.HasField("error"), raw_result.error
+        for want, got in zip(expected.scores, raw_result.scores, strict=True):
             assert got.label == want.label
             assert got.probability == pytest.approx(want.probability, abs=1e-5)

@@ -218,6 +218,7 @@ fn load(args: &ServeArgs) -> anyhow::Result<(Arc<Infer>, RunningOn, std::thread:
         tokenizer,
         manifest,
         args.limits.clone(),
+        args.model.image_convention,
         args.batch.preprocess_threads,
         args.batch.text_cache_size,
     );

@@ -9,7 +9,7 @@ use super::runtime::DType;
 use crate::error::{Error, Result};
 
 /// The only manifest layout this server reads; the export tool writes the same number.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct Manifest {
@@ -72,7 +72,15 @@ pub struct TextSpec {
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct Files {
+    /// `tokenizer.json`, or for SigLIP v1 the sentencepiece model (`spiece.model`).
     pub tokenizer: String,
+    /// SigLIP v1: what the slow Python tokenizer adds around sentencepiece
+    /// (`slow_tokenizer.json`).
+    #[serde(default)]
+    pub slow_tokenizer: Option<String>,
+    /// Sample texts with transformers' ids, re-tokenised at every load
+    /// (`tokenizer_check.json`).
+    pub tokenizer_check: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]

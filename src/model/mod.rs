@@ -69,7 +69,8 @@ impl Model {
         let dtype = opts.dtype.resolve(device, &manifest.dtypes());
         let files = manifest.towers(dtype)?;
         let tokenizer = Arc::new(TextTokenizer::load(
-            &opts.dir.join(&manifest.files.tokenizer),
+            &opts.dir,
+            &manifest.files,
             &manifest.text,
         )?);
         let towers = Towers::load(

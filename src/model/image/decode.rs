@@ -6,19 +6,24 @@ use std::io::Cursor;
 use image::metadata::Orientation;
 use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader, RgbImage};
 
-use super::{color_key, jpeg, orientation, rgb, ImageError, ImageLimits};
+use super::transparency::Rule;
+use super::{jpeg, orientation, Convention, ImageError, ImageLimits};
 
-/// Decodes any supported format to upright RGB8; see [`super::decode`].
-pub(super) fn decode(bytes: &[u8], limits: &ImageLimits) -> Result<RgbImage, ImageError> {
+/// Decodes any supported format to RGB8; see [`super::decode`].
+pub(super) fn decode(
+    bytes: &[u8],
+    limits: &ImageLimits,
+    convention: Convention,
+) -> Result<RgbImage, ImageError> {
     limits.check_bytes(bytes.len())?;
     let format = image::guess_format(bytes).map_err(|_| ImageError::NotAnImage)?;
     match format {
-        ImageFormat::Jpeg => jpeg::decode(bytes, limits),
+        ImageFormat::Jpeg => jpeg::decode(bytes, limits, convention),
         ImageFormat::Png
         | ImageFormat::Gif
         | ImageFormat::WebP
         | ImageFormat::Bmp
-        | ImageFormat::Tiff => decode_other(bytes, format, limits),
+        | ImageFormat::Tiff => decode_other(bytes, format, limits, convention),
         other => Err(ImageError::UnsupportedFormat(format!("{other:?}"))),
     }
 }
@@ -27,6 +32,7 @@ fn decode_other(
     bytes: &[u8],
     format: ImageFormat,
     limits: &ImageLimits,
+    convention: Convention,
 ) -> Result<RgbImage, ImageError> {
     let mut reader = ImageReader::with_format(Cursor::new(bytes), format);
     reader.limits(limits.to_image_limits());
@@ -42,16 +48,17 @@ fn decode_other(
             decoder.total_bytes()
         )));
     }
-    let orientation = find_orientation(&mut decoder)?;
-    let mut img = rgb::to_rgb(DynamicImage::from_decoder(decoder).map_err(from_image_error)?)?;
-    let key = match format {
-        ImageFormat::Png => color_key::png(bytes),
-        ImageFormat::Gif => color_key::gif(bytes),
-        _ => None,
+    let orientation = match convention {
+        Convention::Pipeline => find_orientation(&mut decoder)?,
+        Convention::Processor => Orientation::NoTransforms,
     };
-    if let Some(key) = key {
-        color_key::apply(&mut img, key);
-    }
+    let rule = match format {
+        ImageFormat::Png => Rule::png(bytes, convention),
+        ImageFormat::Gif => Rule::gif(bytes, convention),
+        ImageFormat::Tiff => Rule::tiff(bytes, convention),
+        _ => Rule::alpha_channel(convention),
+    };
+    let img = rule.apply(DynamicImage::from_decoder(decoder).map_err(from_image_error)?)?;
     Ok(orientation::apply(img, orientation))
 }
 

@@ -14,16 +14,22 @@ use image::metadata::Orientation;
 use image::RgbImage;
 use mozjpeg::{ColorSpace, Decompress, Marker};
 
-use super::{orientation, rgb, ImageError, ImageLimits};
+use super::{orientation, rgb, Convention, ImageError, ImageLimits};
 
-/// Decodes a JPEG to upright RGB8.
+/// Decodes a JPEG to RGB8, upright under the pipeline convention.
 ///
 /// libjpeg reports fatal errors through a callback that the `mozjpeg` crate turns into an
 /// unwinding panic, so the whole decode runs under `catch_unwind`; it never aborts the process
 /// (the server must not build with `panic = "abort"`).
-pub(super) fn decode(bytes: &[u8], limits: &ImageLimits) -> Result<RgbImage, ImageError> {
+pub(super) fn decode(
+    bytes: &[u8],
+    limits: &ImageLimits,
+    convention: Convention,
+) -> Result<RgbImage, ImageError> {
     let ran_out = Cell::new(false);
-    let result = catch_unwind(AssertUnwindSafe(|| decode_inner(bytes, limits, &ran_out)));
+    let result = catch_unwind(AssertUnwindSafe(|| {
+        decode_inner(bytes, limits, convention, &ran_out)
+    }));
     let truncated =
         || ImageError::Truncated("JPEG data ends before the end-of-image marker".to_owned());
     match result {
@@ -36,19 +42,28 @@ pub(super) fn decode(bytes: &[u8], limits: &ImageLimits) -> Result<RgbImage, Ima
 fn decode_inner(
     bytes: &[u8],
     limits: &ImageLimits,
+    convention: Convention,
     ran_out: &Cell<bool>,
 ) -> Result<RgbImage, ImageError> {
     let reader = WatchedReader {
         rest: bytes,
         ran_out,
     };
+    // EXIF and XMP live in APP1; only the pipeline convention reads them.
+    let markers: &[Marker] = match convention {
+        Convention::Pipeline => &[Marker::APP(1)],
+        Convention::Processor => &[],
+    };
     let dec = Decompress::builder()
-        .with_markers(&[Marker::APP(1)])
+        .with_markers(markers)
         .from_reader(reader)
         .map_err(|e| ImageError::Corrupt(e.to_string()))?;
     let (width, height) = (dec.width() as u32, dec.height() as u32);
     limits.check_dimensions(width, height)?;
-    let orientation = find_orientation(&dec);
+    let orientation = match convention {
+        Convention::Pipeline => find_orientation(&dec),
+        Convention::Processor => Orientation::NoTransforms,
+    };
 
     let pixels = (width as usize) * (height as usize);
     let mut out = Vec::new();

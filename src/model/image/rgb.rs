@@ -1,17 +1,15 @@
-//! Pillow's `convert("RGB")`, which is what the reference applies.
+//! Pillow's conversions to RGB: `convert("RGB")`, and `alpha_composite` onto white followed by
+//! `convert("RGB")` (transformers' `convert_to_rgb` for images with transparency).
 //!
-//! transformers' `load_image` ends with `image.convert("RGB")` before the processor sees the
-//! image, so the processor's white-background compositing sees no alpha channel: alpha is
-//! simply dropped, keeping the colour stored under transparent pixels (colour-keyed
-//! transparency is the exception, see `color_key`). The rules per source mode, all checked against Pillow 13:
-//! - L → replicated; LA, RGBA → alpha dropped;
+//! The rules per source mode, all checked against Pillow 13:
+//! - L → replicated; LA, RGBA → alpha dropped by `convert("RGB")`;
 //! - 16-bit gray (`I;16`) → `min(v, 255)` (Pillow clips, it does not scale);
-//! - 16-bit RGB, RGBA, LA → high byte (Pillow unpacks them with the `;16B` raw modes);
-//! - CMYK → Pillow's `cmyk2rgb` (see [`cmyk_to_rgb`]).
+//! - 16-bit RGB, RGBA, LA → high byte, alpha too (Pillow unpacks them with the `;16B` raw modes);
+//! - CMYK → Pillow's `cmyk2rgb` (see [`inverted_cmyk_to_rgb`]).
 
 use image::{DynamicImage, ImageBuffer, Pixel, RgbImage};
 
-use super::ImageError;
+use super::{Convention, ImageError};
 
 /// Converts any decoded image to RGB8 by Pillow's rules.
 pub(super) fn to_rgb(img: DynamicImage) -> Result<RgbImage, ImageError> {
@@ -33,9 +31,64 @@ pub(super) fn to_rgb(img: DynamicImage) -> Result<RgbImage, ImageError> {
     })
 }
 
-/// Drops the alpha of interleaved RGBA8, the rule `to_rgb` applies to decoded RGBA.
-pub(super) fn rgba_to_rgb(rgba: &[u8], rgb: &mut Vec<u8>) {
-    rgb.extend(rgba.chunks_exact(4).flat_map(|p| [p[0], p[1], p[2]]));
+/// An image with an alpha channel composited onto white, as `convert("RGBA")`,
+/// `Image.alpha_composite(white, image)` and `convert("RGB")` give it; other images as
+/// [`to_rgb`] converts them.
+pub(super) fn composite_on_white(img: DynamicImage) -> Result<RgbImage, ImageError> {
+    let over = |c: u8, a: u8| [over_white(c, a); 3];
+    Ok(match img {
+        DynamicImage::ImageRgba8(img) => map(&img, |p| {
+            [
+                over_white(p[0], p[3]),
+                over_white(p[1], p[3]),
+                over_white(p[2], p[3]),
+            ]
+        }),
+        DynamicImage::ImageLumaA8(img) => map(&img, |p| over(p[0], p[1])),
+        DynamicImage::ImageRgba16(img) => map(&img, |p| {
+            let a = high(p[3]);
+            [
+                over_white(high(p[0]), a),
+                over_white(high(p[1]), a),
+                over_white(high(p[2]), a),
+            ]
+        }),
+        DynamicImage::ImageLumaA16(img) => map(&img, |p| over(high(p[0]), high(p[1]))),
+        other => return to_rgb(other),
+    })
+}
+
+/// One channel of Pillow's `ImagingAlphaComposite` (7 extra bits of precision, divisions by
+/// 255 rounded with shifts) with an opaque white destination.
+fn over_white(c: u8, a: u8) -> u8 {
+    const PRECISION_BITS: u32 = 7;
+    const WHITE: u32 = 255;
+    if a == 0 {
+        return WHITE as u8;
+    }
+    let (c, a) = (u32::from(c), u32::from(a));
+    let blend = WHITE * (255 - a);
+    let outa255 = a * 255 + blend;
+    let coef1 = a * 255 * 255 * (1 << PRECISION_BITS) / outa255;
+    let coef2 = 255 * (1 << PRECISION_BITS) - coef1;
+    let tmp = c * coef1 + WHITE * coef2 + (0x80 << PRECISION_BITS);
+    ((((tmp >> 8) + tmp) >> 8) >> PRECISION_BITS) as u8
+}
+
+/// Interleaved RGBA8 to RGB: under the processor convention composited onto white as
+/// `convert_to_rgb` does for a numpy array (in `float64`, `alpha·c + (1 − alpha)·255` rounded
+/// half to even), under the pipeline convention with the alpha dropped (`convert("RGB")` of
+/// `Image.fromarray`).
+pub(super) fn rgba_to_rgb(rgba: &[u8], convention: Convention, rgb: &mut Vec<u8>) {
+    match convention {
+        Convention::Processor => rgb.extend(rgba.chunks_exact(4).flat_map(|p| {
+            let alpha = f64::from(p[3]) / 255.0;
+            let over =
+                |c: u8| (alpha * f64::from(c) + (1.0 - alpha) * 255.0).round_ties_even() as u8;
+            [over(p[0]), over(p[1]), over(p[2])]
+        })),
+        Convention::Pipeline => rgb.extend(rgba.chunks_exact(4).flat_map(|p| [p[0], p[1], p[2]])),
+    }
 }
 
 /// A CMYK JPEG's samples to RGB as Pillow does: it reads every CMYK JPEG as Adobe-inverted

@@ -54,7 +54,8 @@ fn png_claiming(width: u32, height: u32) -> Vec<u8> {
 }
 
 fn decode_err(bytes: &[u8]) -> ImageError {
-    let err = decode(bytes, &ImageLimits::default()).expect_err("must be rejected");
+    let err = decode(bytes, &ImageLimits::default(), Convention::Processor)
+        .expect_err("must be rejected");
     assert!(!err.to_string().is_empty());
     err
 }
@@ -62,9 +63,70 @@ fn decode_err(bytes: &[u8]) -> ImageError {
 #[test]
 fn round_trip_decodes() {
     let img = photo_like(64, 48);
-    assert_eq!(decode(&png(&img), &ImageLimits::default()).unwrap(), img);
-    let from_jpeg = decode(&jpeg(&img), &ImageLimits::default()).unwrap();
-    assert_eq!(from_jpeg.dimensions(), (64, 48));
+    for convention in [Convention::Processor, Convention::Pipeline] {
+        let limits = ImageLimits::default();
+        assert_eq!(decode(&png(&img), &limits, convention).unwrap(), img);
+        let from_jpeg = decode(&jpeg(&img), &limits, convention).unwrap();
+        assert_eq!(from_jpeg.dimensions(), (64, 48));
+    }
+}
+
+/// An RGBA PNG of one opaque, one half-transparent and one fully transparent pixel.
+fn rgba_png() -> Vec<u8> {
+    let mut out = Vec::new();
+    let pixels = [10, 20, 30, 255, 10, 20, 30, 128, 10, 20, 30, 0];
+    image::codecs::png::PngEncoder::new(&mut out)
+        .write_image(&pixels, 3, 1, image::ExtendedColorType::Rgba8)
+        .unwrap();
+    out
+}
+
+#[test]
+fn conventions_treat_alpha_differently() {
+    let limits = ImageLimits::default();
+    // Pillow's alpha_composite onto white: 10·128/255 + 255·127/255 = 132.06 -> 132, etc.
+    let processor = decode(&rgba_png(), &limits, Convention::Processor).unwrap();
+    assert_eq!(
+        processor.as_raw(),
+        &[10, 20, 30, 132, 137, 142, 255, 255, 255]
+    );
+    let pipeline = decode(&rgba_png(), &limits, Convention::Pipeline).unwrap();
+    assert_eq!(pipeline.as_raw(), &[10, 20, 30, 10, 20, 30, 10, 20, 30]);
+    // Raw RGBA frames: numpy's float compositing, rounded half to even.
+    let raw = [10, 20, 30, 255, 10, 20, 30, 128, 10, 20, 30, 0];
+    let frame = from_raw(3, 1, RawFormat::Rgba8, &raw, &limits, Convention::Processor).unwrap();
+    assert_eq!(frame.as_raw(), &[10, 20, 30, 132, 137, 142, 255, 255, 255]);
+    let frame = from_raw(3, 1, RawFormat::Rgba8, &raw, &limits, Convention::Pipeline).unwrap();
+    assert_eq!(frame.as_raw(), &[10, 20, 30, 10, 20, 30, 10, 20, 30]);
+}
+
+#[test]
+fn convention_names() {
+    for c in [Convention::Processor, Convention::Pipeline] {
+        assert_eq!(c.name().parse::<Convention>(), Ok(c));
+    }
+    assert_eq!(Convention::default(), Convention::Processor);
+    assert!("exif"
+        .parse::<Convention>()
+        .unwrap_err()
+        .contains("processor or pipeline"));
+}
+
+#[test]
+fn opaque_rgba_round_trips() {
+    let img = photo_like(16, 16);
+    let rgba: Vec<u8> = img.pixels().flat_map(|p| [p[0], p[1], p[2], 255]).collect();
+    for convention in [Convention::Processor, Convention::Pipeline] {
+        let frame = from_raw(
+            16,
+            16,
+            RawFormat::Rgba8,
+            &rgba,
+            &ImageLimits::default(),
+            convention,
+        );
+        assert_eq!(frame.unwrap(), img);
+    }
 }
 
 #[test]
@@ -145,7 +207,7 @@ fn byte_limit() {
         max_bytes: 10,
         ..ImageLimits::default()
     };
-    let err = decode(&png(&photo_like(4, 4)), &limits).unwrap_err();
+    let err = decode(&png(&photo_like(4, 4)), &limits, Convention::Processor).unwrap_err();
     assert!(matches!(err, ImageError::TooLarge { max: 10, .. }));
 }
 
@@ -153,15 +215,17 @@ fn byte_limit() {
 fn raw_frames() {
     let limits = ImageLimits::default();
     let rgba = [1, 2, 3, 0, 4, 5, 6, 255];
-    let img = from_raw(2, 1, RawFormat::Rgba8, &rgba, &limits).unwrap();
+    let raw =
+        |w, h, format, data: &[u8]| from_raw(w, h, format, data, &limits, Convention::Pipeline);
+    let img = raw(2, 1, RawFormat::Rgba8, &rgba).unwrap();
     assert_eq!(img.as_raw(), &[1, 2, 3, 4, 5, 6]);
-    let rgb = from_raw(2, 1, RawFormat::Rgb8, &[1, 2, 3, 4, 5, 6], &limits).unwrap();
+    let rgb = raw(2, 1, RawFormat::Rgb8, &[1, 2, 3, 4, 5, 6]).unwrap();
     assert_eq!(rgb, img);
-    let short = from_raw(2, 2, RawFormat::Rgb8, &[0; 11], &limits).unwrap_err();
+    let short = raw(2, 2, RawFormat::Rgb8, &[0; 11]).unwrap_err();
     assert!(matches!(short, ImageError::BadRawFrame(_)), "{short}");
-    let empty = from_raw(0, 2, RawFormat::Rgb8, &[], &limits).unwrap_err();
+    let empty = raw(0, 2, RawFormat::Rgb8, &[]).unwrap_err();
     assert!(matches!(empty, ImageError::BadRawFrame(_)), "{empty}");
-    let huge = from_raw(100_000, 100_000, RawFormat::Rgb8, &[], &limits).unwrap_err();
+    let huge = raw(100_000, 100_000, RawFormat::Rgb8, &[]).unwrap_err();
     assert!(matches!(huge, ImageError::TooManyPixels { .. }), "{huge}");
 }
 

@@ -9,6 +9,7 @@ use std::{
     collections::HashMap,
     fmt::Write as _,
     path::{Path, PathBuf},
+    time::Instant,
 };
 
 use serde::Deserialize;
@@ -82,6 +83,8 @@ pub struct TokenRow {
     pub class: String,
     pub total: usize,
     pub mismatches: usize,
+    /// Wall time of tokenising the class as one batch, per text.
+    pub micros_per_text: f64,
     /// The first few mismatching texts, for the report.
     pub examples: Vec<String>,
 }
@@ -225,40 +228,48 @@ fn check_pixels(base: &Path, check: &Check) -> Result<Vec<PixelRow>> {
         .collect()
 }
 
-/// One row per text class, in the order the classes first appear.
+/// One row per text class, in the order the classes first appear; each class is tokenised as one
+/// batch, and timed.
 fn check_tokens(base: &Path, check: &Check) -> Result<Vec<TokenRow>> {
     let (tensors, sidecar) = read_reference(base, check)?;
     let reference = tensor(&tensors, "input_ids")?;
     let dir = base.join(&check.model_dir);
     let manifest = Manifest::load(&dir)?;
     let tokenizer = TextTokenizer::load(&dir, &manifest.files, &manifest.text)?;
-    let ours = tokenizer.encode(&sidecar.texts)?;
-    let mut rows: Vec<TokenRow> = Vec::new();
-    for (i, (text, got)) in sidecar.texts.iter().zip(&ours).enumerate() {
+    let mut classes: Vec<(&str, Vec<usize>)> = Vec::new();
+    for i in 0..sidecar.texts.len() {
         let class = sidecar.classes.get(i).map_or("", String::as_str);
-        let row = match rows.iter().position(|r| r.class == class) {
-            Some(at) => &mut rows[at],
-            None => {
-                rows.push(TokenRow {
-                    name: check.name.clone(),
-                    class: class.to_owned(),
-                    total: 0,
-                    mismatches: 0,
-                    examples: Vec::new(),
-                });
-                rows.last_mut().expect("just pushed")
-            }
-        };
-        row.total += 1;
-        let expected = Vec::<i64>::try_from(&reference.get(i as i64))?;
-        if expected != got.ids {
-            row.mismatches += 1;
-            if row.examples.len() < 3 {
-                row.examples.push(format!("{text:?}"));
-            }
+        match classes.iter_mut().find(|(c, _)| *c == class) {
+            Some((_, members)) => members.push(i),
+            None => classes.push((class, vec![i])),
         }
     }
-    Ok(rows)
+    classes
+        .into_iter()
+        .map(|(class, members)| {
+            let texts: Vec<&str> = members.iter().map(|&i| sidecar.texts[i].as_str()).collect();
+            let started = Instant::now();
+            let ours = tokenizer.encode(&texts)?;
+            let elapsed = started.elapsed();
+            let mut row = TokenRow {
+                name: check.name.clone(),
+                class: class.to_owned(),
+                total: texts.len(),
+                mismatches: 0,
+                micros_per_text: elapsed.as_secs_f64() * 1e6 / texts.len() as f64,
+                examples: Vec::new(),
+            };
+            for (&i, got) in members.iter().zip(&ours) {
+                if Vec::<i64>::try_from(&reference.get(i as i64))? != got.ids {
+                    row.mismatches += 1;
+                    if row.examples.len() < 3 {
+                        row.examples.push(format!("{:?}", sidecar.texts[i]));
+                    }
+                }
+            }
+            Ok(row)
+        })
+        .collect()
 }
 
 fn check_model(base: &Path, check: &Check, device: DeviceChoice, dtype: DType) -> Result<ModelRow> {
@@ -366,11 +377,16 @@ impl Report {
             s,
             "\ninput ids vs transformers' tokenizer (padding=max_length, 64), mismatches by class"
         );
+        let _ = writeln!(
+            s,
+            "  {:<14} {:<24} {:>11} {:>9}",
+            "tokenizer", "class", "mismatches", "µs/text"
+        );
         for r in &self.tokens {
             let _ = writeln!(
                 s,
-                "  {:<14} {:<24} {:>5}/{:<5}",
-                r.name, r.class, r.mismatches, r.total
+                "  {:<14} {:<24} {:>5}/{:<5} {:>9.1}",
+                r.name, r.class, r.mismatches, r.total, r.micros_per_text
             );
             for e in &r.examples {
                 let _ = writeln!(s, "      e.g. {e}");

@@ -13,7 +13,6 @@ pub const FORMAT_VERSION: u32 = 2;
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct Manifest {
-    pub format_version: u32,
     pub model_id: String,
     pub architecture: String,
     pub source: Source,
@@ -111,20 +110,27 @@ impl Manifest {
                 dir.display()
             ))
         })?;
-        let manifest: Manifest = serde_json::from_str(&raw)
-            .map_err(|e| Error::Model(format!("{}: {e}", path.display())))?;
+        // The version first: another layout would otherwise fail on whichever key it lacks.
+        #[derive(Deserialize)]
+        struct Version {
+            format_version: u32,
+        }
+        let parse_error = |e: serde_json::Error| Error::Model(format!("{}: {e}", path.display()));
+        let version: Version = serde_json::from_str(&raw).map_err(parse_error)?;
+        if version.format_version != FORMAT_VERSION {
+            return Err(Error::Model(format!(
+                "{}: format_version {} is not supported (this server reads {FORMAT_VERSION}); re-export the model",
+                path.display(),
+                version.format_version
+            )));
+        }
+        let manifest: Manifest = serde_json::from_str(&raw).map_err(parse_error)?;
         manifest.validate(&path)?;
         Ok(manifest)
     }
 
     fn validate(&self, path: &Path) -> Result<()> {
         let bad = |what: String| Err(Error::Model(format!("{}: {what}", path.display())));
-        if self.format_version != FORMAT_VERSION {
-            return bad(format!(
-                "format_version {} is not supported (this server reads {FORMAT_VERSION}); re-export the model",
-                self.format_version
-            ));
-        }
         if self.image.size == 0 || self.embedding_dim == 0 || self.text.max_length == 0 {
             return bad("image size, embedding_dim and text max_length must be positive".into());
         }
@@ -155,5 +161,26 @@ impl Manifest {
                 have.join(",")
             ))
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A directory exported before the SigLIP tokenizer port (format 1: a tokenizer.json, no
+    /// start-up check) is refused with what to do, not with a missing-key parse error.
+    #[test]
+    fn an_older_layout_is_refused_with_a_reason() {
+        let dir = std::env::temp_dir().join(format!("siglip-manifest-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let old = r#"{"format_version": 1, "files": {"tokenizer": "tokenizer.json"}}"#;
+        std::fs::write(dir.join("manifest.json"), old).unwrap();
+        let err = Manifest::load(&dir).unwrap_err().to_string();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(
+            err.contains("format_version 1 is not supported") && err.contains("re-export"),
+            "{err}"
+        );
     }
 }

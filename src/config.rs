@@ -1,13 +1,16 @@
 //! Command-line flags. Every flag can also be set through the environment variable named next
 //! to it, so a container or a Kubernetes manifest needs no command line.
 
-use std::path::PathBuf;
+use std::{path::PathBuf, time::Duration};
 
 use clap::Args;
 
+use crate::batch::BatchConfig;
+use crate::grpc;
+use crate::infer::{self, Limits};
 use crate::model::{
-    image::Convention,
-    runtime::{BackendChoice, DTypeChoice, DeviceChoice},
+    device::{BackendChoice, DTypeChoice, DeviceChoice},
+    image::{Convention, ImageLimits},
     LoadOptions,
 };
 
@@ -30,7 +33,7 @@ pub struct ModelArgs {
     /// What runs the vision tower: `aoti` (an AOTInductor package from `python -m siglip_export
     /// compile`, fused kernels for this device), `torchscript` (the traced tower), or `auto`: the
     /// package when the model directory has one for this device and dtype.
-    #[arg(long, env = "SIGLIP_BACKEND", value_enum, default_value_t = BackendChoice::Auto)]
+    #[arg(long, env = "SIGLIP_BACKEND", default_value = "auto")]
     pub backend: BackendChoice,
 
     /// libtorch intra-op threads (0: one per core).
@@ -39,7 +42,7 @@ pub struct ModelArgs {
 
     /// Forward passes per tower at startup, before the model counts as ready: at batch sizes 1
     /// and 2 on the CPU, at every batch size up to `--max-batch-size` on CUDA.
-    #[arg(long, env = "SIGLIP_WARMUP_ROUNDS", default_value_t = 2)]
+    #[arg(long, env = "SIGLIP_WARMUP_ROUNDS", default_value_t = LoadOptions::DEFAULT_WARMUP_ROUNDS)]
     pub warmup_rounds: usize,
 
     /// TorchScript's optimising executor (libtorch's default): profiles the first calls, then
@@ -80,27 +83,27 @@ impl ModelArgs {
 #[derive(Debug, Clone, Args)]
 pub struct LimitArgs {
     /// Largest encoded image accepted, in bytes (whole, or reassembled from chunks).
-    #[arg(long, env = "SIGLIP_MAX_IMAGE_BYTES", default_value_t = 32 << 20)]
+    #[arg(long, env = "SIGLIP_MAX_IMAGE_BYTES", default_value_t = ImageLimits::DEFAULT.max_bytes)]
     pub max_image_bytes: usize,
 
     /// Largest image accepted, in pixels (width × height), checked from the header before decoding.
-    #[arg(long, env = "SIGLIP_MAX_IMAGE_PIXELS", default_value_t = 50_000_000)]
+    #[arg(long, env = "SIGLIP_MAX_IMAGE_PIXELS", default_value_t = ImageLimits::DEFAULT.max_pixels)]
     pub max_image_pixels: u64,
 
     /// Longest image side accepted, in pixels.
-    #[arg(long, env = "SIGLIP_MAX_IMAGE_SIDE", default_value_t = 20_000)]
+    #[arg(long, env = "SIGLIP_MAX_IMAGE_SIDE", default_value_t = ImageLimits::DEFAULT.max_side)]
     pub max_image_side: u32,
 
     /// Most texts (labels) in one request or stream configuration.
-    #[arg(long, env = "SIGLIP_MAX_TEXTS", default_value_t = 256)]
+    #[arg(long, env = "SIGLIP_MAX_TEXTS", default_value_t = Limits::DEFAULT.max_texts)]
     pub max_texts: usize,
 
     /// Longest text accepted, in bytes (texts over 64 tokens are truncated, EOS kept).
-    #[arg(long, env = "SIGLIP_MAX_TEXT_BYTES", default_value_t = 2048)]
+    #[arg(long, env = "SIGLIP_MAX_TEXT_BYTES", default_value_t = Limits::DEFAULT.max_text_bytes)]
     pub max_text_bytes: usize,
 
     /// Most images in one EmbedImage request.
-    #[arg(long, env = "SIGLIP_MAX_IMAGES", default_value_t = 64)]
+    #[arg(long, env = "SIGLIP_MAX_IMAGES", default_value_t = Limits::DEFAULT.max_images)]
     pub max_images: usize,
 
     /// Largest gRPC message accepted, in bytes (bigger images go through Upload in chunks).
@@ -124,11 +127,36 @@ pub struct LimitArgs {
     /// all requests and streams; a request that would pass it is refused with
     /// RESOURCE_EXHAUSTED. Bounds the memory of preprocessed images (3 × size² floats each:
     /// 1.8 MB at 384 px). At least --max-images.
-    #[arg(long, env = "SIGLIP_MAX_PENDING_IMAGES", default_value_t = 512)]
+    #[arg(long, env = "SIGLIP_MAX_PENDING_IMAGES", default_value_t = Limits::DEFAULT.max_pending_images)]
     pub max_pending_images: usize,
 }
 
 impl LimitArgs {
+    /// What the core allows one caller.
+    pub fn core(&self) -> Limits {
+        Limits {
+            image: ImageLimits {
+                max_bytes: self.max_image_bytes,
+                max_pixels: self.max_image_pixels,
+                max_side: self.max_image_side,
+            },
+            max_texts: self.max_texts,
+            max_text_bytes: self.max_text_bytes,
+            max_images: self.max_images,
+            max_pending_images: self.max_pending_images,
+        }
+    }
+
+    /// What the gRPC layer allows one caller.
+    pub fn transport(&self) -> grpc::Limits {
+        grpc::Limits {
+            max_message_bytes: self.max_message_bytes,
+            max_streams: self.max_streams,
+            max_stream_seconds: self.max_stream_seconds,
+            stream_pipeline: self.stream_pipeline,
+        }
+    }
+
     /// Refuses settings that could never work together.
     pub fn check(&self) -> anyhow::Result<()> {
         if self.max_pending_images < self.max_images {
@@ -151,7 +179,7 @@ pub struct BatchArgs {
     pub max_queue: usize,
 
     /// Most images (or texts) per forward pass.
-    #[arg(long, env = "SIGLIP_MAX_BATCH_SIZE", default_value_t = 16)]
+    #[arg(long, env = "SIGLIP_MAX_BATCH_SIZE", default_value_t = LoadOptions::DEFAULT_LARGEST_BATCH)]
     pub max_batch_size: usize,
 
     /// Longest a request waits for others to fill its batch, in milliseconds.
@@ -194,4 +222,28 @@ pub struct ServeArgs {
     /// Log as JSON lines instead of text.
     #[arg(long, env = "SIGLIP_LOG_JSON")]
     pub log_json: bool,
+}
+
+impl ServeArgs {
+    /// How the core runs: the limits, the image convention, the preprocessing pool and the text
+    /// cache.
+    pub fn core(&self) -> infer::Config {
+        infer::Config {
+            limits: self.limits.core(),
+            convention: self.model.image_convention,
+            preprocess_threads: self.batch.preprocess_threads,
+            text_cache_size: self.batch.text_cache_size,
+        }
+    }
+
+    /// How the inference queue batches, for a model that can (`pipelined`) or cannot overlap
+    /// batches.
+    pub fn batching(&self, pipelined: bool) -> BatchConfig {
+        BatchConfig {
+            pipelined,
+            max_batch_size: self.batch.max_batch_size.max(1),
+            max_batch_delay: Duration::from_millis(self.batch.max_batch_delay_ms),
+            queue_capacity: self.batch.max_queue.max(1),
+        }
+    }
 }

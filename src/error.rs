@@ -28,6 +28,14 @@ pub enum Error {
     /// libtorch failed while running the model: the server's problem, not the caller's.
     #[error("inference failed: {0}")]
     Inference(String),
+    /// An error about one input of a request that carries several ("image 3: ..."); it keeps
+    /// the kind, and so the status code, of the error inside.
+    #[error("{input}: {source}")]
+    Input {
+        input: String,
+        #[source]
+        source: Box<Error>,
+    },
 }
 
 impl From<tch::TchError> for Error {
@@ -37,10 +45,19 @@ impl From<tch::TchError> for Error {
 }
 
 impl Error {
+    /// Names the input of a multi-input request this error is about.
+    pub fn about(self, input: impl Into<String>) -> Self {
+        Error::Input {
+            input: input.into(),
+            source: Box::new(self),
+        }
+    }
+
     /// True when the request was refused for exceeding a configured limit rather than for being
     /// malformed (RESOURCE_EXHAUSTED rather than INVALID_ARGUMENT).
     pub fn is_limit(&self) -> bool {
         match self {
+            Error::Input { source, .. } => source.is_limit(),
             Error::ResourceExhausted(_) => true,
             Error::Image(e) => matches!(
                 e,

@@ -15,14 +15,14 @@ use lru::LruCache;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::batch::Batcher;
-use crate::config::LimitArgs;
 use crate::error::{Error, Result};
 use crate::metrics;
 use crate::model::{
     image::{self, Convention, ImageLimits, Preprocess, RawFormat},
     manifest::Manifest,
-    scores::{sigmoid, Embeddings, LogitHead},
+    scores::{rank, Embeddings, LogitHead, Score, ScoreFilter},
     tokenizer::{TextTokenizer, TokenIds},
+    HostSide,
 };
 
 /// An image as a caller sends it.
@@ -37,24 +37,47 @@ pub enum ImageInput {
     },
 }
 
-/// Filtering of the returned labels.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct ScoreFilter {
-    /// Keep labels with probability ≥ this (0 keeps all).
-    pub threshold: f32,
-    /// Keep the k most probable (0 keeps all).
-    pub top_k: usize,
+/// What one caller may ask of the core. The command line's `--max-*` flags fill it
+/// (`config::LimitArgs`); their defaults are these.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    pub image: ImageLimits,
+    /// Texts (labels) in one request or stream configuration.
+    pub max_texts: usize,
+    /// One text, in bytes.
+    pub max_text_bytes: usize,
+    /// Images in one EmbedImage request.
+    pub max_images: usize,
+    /// Images accepted and not yet answered, over all callers: bounds the memory of
+    /// preprocessed images.
+    pub max_pending_images: usize,
 }
 
-impl ScoreFilter {
-    pub fn new(threshold: f32, top_k: usize) -> Result<Self> {
-        if !(0.0..=1.0).contains(&threshold) {
-            return Err(Error::InvalidArgument(format!(
-                "threshold {threshold} is outside [0, 1]: it compares against a probability"
-            )));
-        }
-        Ok(Self { threshold, top_k })
+impl Limits {
+    pub const DEFAULT: Self = Self {
+        image: ImageLimits::DEFAULT,
+        max_texts: 256,
+        max_text_bytes: 2048,
+        max_images: 64,
+        max_pending_images: 512,
+    };
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self::DEFAULT
     }
+}
+
+/// How the core runs, beyond the model.
+#[derive(Debug, Clone, Default)]
+pub struct Config {
+    pub limits: Limits,
+    pub convention: Convention,
+    /// Threads decoding and resizing images (0: one per core).
+    pub preprocess_threads: usize,
+    /// Text embeddings kept, keyed by token ids (0: off).
+    pub text_cache_size: usize,
 }
 
 /// A label set with its text embeddings, computed once and reused (e.g. for a whole stream).
@@ -62,14 +85,6 @@ impl ScoreFilter {
 pub struct Labels {
     pub texts: Vec<String>,
     pub embeddings: Embeddings,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct Score {
-    pub label: String,
-    pub index: usize,
-    pub probability: f32,
-    pub logit: f32,
 }
 
 /// Where the time of one request went.
@@ -96,8 +111,7 @@ pub struct Infer {
     preprocess: Preprocess,
     head: LogitHead,
     manifest: Manifest,
-    limits: LimitArgs,
-    image_limits: ImageLimits,
+    limits: Limits,
     convention: Convention,
     /// CPU-bound decoding runs on tokio's blocking pool, at most this many at once.
     cpu_permits: Arc<Semaphore>,
@@ -188,39 +202,24 @@ impl TextCache {
 }
 
 impl Infer {
-    pub fn new(
-        batcher: Batcher,
-        tokenizer: Arc<TextTokenizer>,
-        manifest: Manifest,
-        limits: LimitArgs,
-        convention: Convention,
-        preprocess_threads: usize,
-        text_cache_size: usize,
-    ) -> Self {
-        let preprocess = manifest.image.preprocess(manifest.image.size);
-        let head = LogitHead::new(manifest.logit_scale, manifest.logit_bias);
-        let image_limits = ImageLimits {
-            max_bytes: limits.max_image_bytes,
-            max_pixels: limits.max_image_pixels,
-            max_side: limits.max_image_side,
-        };
-        let threads = if preprocess_threads == 0 {
+    /// The core over a started batcher and the host side of the model it runs.
+    pub fn new(batcher: Batcher, host: HostSide, config: Config) -> Self {
+        let threads = if config.preprocess_threads == 0 {
             std::thread::available_parallelism().map_or(2, |n| n.get())
         } else {
-            preprocess_threads
+            config.preprocess_threads
         };
         Self {
             batcher,
-            tokenizer,
-            preprocess,
-            head,
-            manifest,
-            pending_images: Arc::new(Semaphore::new(limits.max_pending_images)),
-            limits,
-            image_limits,
-            convention,
+            tokenizer: host.tokenizer,
+            preprocess: host.preprocess,
+            head: host.head,
+            manifest: host.manifest,
+            pending_images: Arc::new(Semaphore::new(config.limits.max_pending_images)),
+            limits: config.limits,
+            convention: config.convention,
             cpu_permits: Arc::new(Semaphore::new(threads)),
-            text_cache: TextCache::new(text_cache_size),
+            text_cache: TextCache::new(config.text_cache_size),
         }
     }
 
@@ -237,7 +236,7 @@ impl Infer {
         self.convention
     }
 
-    pub fn limits(&self) -> &LimitArgs {
+    pub fn limits(&self) -> &Limits {
         &self.limits
     }
 
@@ -358,7 +357,7 @@ impl Infer {
             .acquire_owned()
             .await
             .map_err(|_| Error::Unavailable("server is shutting down".into()))?;
-        let limits = self.image_limits.clone();
+        let limits = self.limits.image.clone();
         let convention = self.convention;
         let prep = self.preprocess.clone();
         let bytes = match &input {
@@ -418,7 +417,13 @@ impl Infer {
         timings.preprocess = preprocess;
         timings.total = started.elapsed();
         Ok(Classification {
-            scores: self.scores(embedding.row(0), labels, filter),
+            scores: rank(
+                self.head,
+                embedding.row(0),
+                &labels.texts,
+                &labels.embeddings,
+                filter,
+            ),
             timings,
         })
     }
@@ -437,7 +442,13 @@ impl Infer {
             tokio::try_join!(self.labels(texts, deadline), self.preprocess(image))?;
         let (embedding, image_timings) = self.embed_pixels(vec![pixels], deadline).await?;
         Ok(Classification {
-            scores: self.scores(embedding.row(0), &labels, filter),
+            scores: rank(
+                self.head,
+                embedding.row(0),
+                &labels.texts,
+                &labels.embeddings,
+                filter,
+            ),
             timings: Timings {
                 queue: text_timings.queue + image_timings.queue,
                 preprocess,
@@ -446,30 +457,6 @@ impl Infer {
                 batch_size: image_timings.batch_size,
             },
         })
-    }
-
-    fn scores(&self, image: &[f32], labels: &Labels, filter: ScoreFilter) -> Vec<Score> {
-        let mut scores: Vec<Score> = labels
-            .texts
-            .iter()
-            .zip(labels.embeddings.rows())
-            .enumerate()
-            .map(|(index, (label, text))| {
-                let logit = self.head.logit(image, text);
-                Score {
-                    label: label.clone(),
-                    index,
-                    probability: sigmoid(logit),
-                    logit,
-                }
-            })
-            .filter(|s| s.probability >= filter.threshold)
-            .collect();
-        scores.sort_by(|a, b| b.logit.total_cmp(&a.logit));
-        if filter.top_k > 0 {
-            scores.truncate(filter.top_k);
-        }
-        scores
     }
 
     /// Embeds many images; each is decoded in parallel on the CPU pool.
@@ -494,7 +481,7 @@ impl Infer {
             |(i, img)| async move {
                 self.preprocess(img)
                     .await
-                    .map_err(|e| annotate(e, &format!("image {i}")))
+                    .map_err(|e| e.about(format!("image {i}")))
             },
         ))
         .await?;
@@ -516,15 +503,5 @@ impl Infer {
         let (labels, mut timings) = self.labels(texts, deadline).await?;
         timings.total = started.elapsed();
         Ok((labels.embeddings, timings))
-    }
-}
-
-/// Says which input of a batch request an error is about.
-fn annotate(e: Error, what: &str) -> Error {
-    match e {
-        Error::Image(_) if e.is_limit() => Error::ResourceExhausted(format!("{what}: {e}")),
-        Error::Image(img) => Error::InvalidArgument(format!("{what}: {img}")),
-        Error::InvalidArgument(m) => Error::InvalidArgument(format!("{what}: {m}")),
-        other => other,
     }
 }

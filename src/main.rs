@@ -8,9 +8,9 @@ use siglip_serve::{
     config::{ModelArgs, ServeArgs},
     error::{Error, Result},
     model::{
+        device::{device_name, DeviceChoice},
         image::{self, ImageLimits},
-        runtime::{device_name, DeviceChoice},
-        scores::sigmoid,
+        scores::{rank, ScoreFilter},
         Model,
     },
     parity,
@@ -130,19 +130,20 @@ fn classify(args: &ModelArgs, files: &[PathBuf], labels: &[String]) -> Result<()
             }
         };
         let embedding = model.embed_images(std::slice::from_ref(&rgb))?;
-        let head = model.head();
-        let mut scored: Vec<(&String, f32)> = labels
-            .iter()
-            .zip(texts.rows())
-            .map(|(label, text)| (label, head.logit(embedding.row(0), text)))
-            .collect();
-        scored.sort_by(|a, b| b.1.total_cmp(&a.1));
+        let scores = rank(
+            model.head(),
+            embedding.row(0),
+            labels,
+            &texts,
+            ScoreFilter::default(),
+        );
         println!("\n{} ({}x{})", file.display(), rgb.width(), rgb.height());
-        for (label, logit) in scored {
+        for s in scores {
             println!(
-                "  {:>7.2}%  logit {:>8.3}  {label}",
-                100.0 * sigmoid(logit),
-                logit
+                "  {:>7.2}%  logit {:>8.3}  {}",
+                100.0 * s.probability,
+                s.logit,
+                s.label
             );
         }
     }

@@ -17,9 +17,9 @@ use tch::Tensor;
 
 use crate::error::{Error, Result};
 use crate::model::{
+    device::{device_name, DType, DTypeChoice, DeviceChoice},
     image::{self, Convention, ImageLimits, RawFormat, RgbImage},
     manifest::Manifest,
-    runtime::{device_name, DType, DTypeChoice, DeviceChoice},
     scores::sigmoid,
     tokenizer::TextTokenizer,
     LoadOptions, Model,

@@ -367,20 +367,17 @@ fn core(capacity: usize, limit_flags: &[&str]) -> (Infer, std::thread::JoinHandl
         limits: siglip_serve::config::LimitArgs,
     }
     let model = model();
-    let tokenizer = model.tokenizer();
-    let manifest = model.manifest().clone();
+    let host = model.host_side();
     let (batcher, worker) = Batcher::start(model, config(8, 1, 64));
     let limits =
         Flags::parse_from(std::iter::once("test").chain(limit_flags.iter().copied())).limits;
-    let infer = Infer::new(
-        batcher,
-        tokenizer,
-        manifest,
-        limits,
-        Convention::Processor,
-        1,
-        capacity,
-    );
+    let core = siglip_serve::infer::Config {
+        limits: limits.core(),
+        convention: Convention::Processor,
+        preprocess_threads: 1,
+        text_cache_size: capacity,
+    };
+    let infer = Infer::new(batcher, host, core);
     (infer, worker)
 }
 

@@ -4,7 +4,7 @@
 mod common;
 
 use siglip_serve::{
-    model::{image::Convention, runtime::DeviceChoice},
+    model::{device::DeviceChoice, image::Convention},
     parity,
 };
 

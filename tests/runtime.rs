@@ -5,8 +5,8 @@ mod common;
 
 use siglip_serve::error::Error;
 use siglip_serve::model::{
+    device::BackendChoice,
     image::{decode, preprocess, Convention, ImageLimits},
-    runtime::BackendChoice,
     LoadOptions, Model,
 };
 

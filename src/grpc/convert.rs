@@ -6,8 +6,9 @@ use tonic::{metadata::MetadataMap, Status};
 
 use super::pb;
 use crate::error::{Error, Result};
-use crate::infer::{ImageInput, Score, ScoreFilter, Timings};
+use crate::infer::{ImageInput, Timings};
 use crate::model::image::RawFormat;
+use crate::model::scores::{Score, ScoreFilter};
 
 pub fn image(image: Option<pb::Image>) -> Result<ImageInput> {
     let source = image.and_then(|i| i.source).ok_or_else(|| {

@@ -14,11 +14,11 @@ use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic_health::ServingStatus;
 
-use crate::batch::{BatchConfig, Batcher};
+use crate::batch::Batcher;
 use crate::config::ServeArgs;
 use crate::infer::Infer;
 use crate::metrics;
-use crate::model::{runtime::device_name, Model};
+use crate::model::{device::device_name, Model};
 pub use service::{RunningOn, State};
 
 /// Generated from `proto/siglip/v1/siglip.proto`.
@@ -27,6 +27,19 @@ pub mod pb {
 
     /// For server reflection.
     pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("siglip_descriptor");
+}
+
+/// What the gRPC layer allows one caller.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Largest message accepted, in bytes (bigger images go through Upload in chunks).
+    pub max_message_bytes: usize,
+    /// Concurrent Stream calls.
+    pub max_streams: usize,
+    /// Longest a Stream call may last, in seconds (0: no limit).
+    pub max_stream_seconds: u64,
+    /// Frames of one every-frame stream in flight at once.
+    pub stream_pipeline: usize,
 }
 
 /// The health-service names this server reports: overall (`""`) and the API itself.
@@ -63,7 +76,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
 
-    let state = Arc::new(State::new(args.limits.clone()));
+    let state = Arc::new(State::new(args.limits.transport()));
     let max_message = args.limits.max_message_bytes;
     let api = pb::siglip_server::SiglipServer::new(service::SiglipService::new(Arc::clone(&state)))
         .max_decoding_message_size(max_message)
@@ -202,26 +215,10 @@ fn load(args: &ServeArgs) -> anyhow::Result<(Arc<Infer>, RunningOn, std::thread:
             "RANDOM WEIGHTS: this model was not trained; its probabilities are meaningless"
         );
     }
-    let tokenizer = model.tokenizer();
-    let pipelined = model.runs_asynchronously();
-    let (batcher, worker) = Batcher::start(
-        model,
-        BatchConfig {
-            pipelined,
-            max_batch_size: args.batch.max_batch_size.max(1),
-            max_batch_delay: Duration::from_millis(args.batch.max_batch_delay_ms),
-            queue_capacity: args.batch.max_queue.max(1),
-        },
-    );
-    let infer = Infer::new(
-        batcher,
-        tokenizer,
-        manifest,
-        args.limits.clone(),
-        args.model.image_convention,
-        args.batch.preprocess_threads,
-        args.batch.text_cache_size,
-    );
+    let host = model.host_side();
+    let batching = args.batching(model.runs_asynchronously());
+    let (batcher, worker) = Batcher::start(model, batching);
+    let infer = Infer::new(batcher, host, args.core());
     Ok((
         Arc::new(infer),
         RunningOn {

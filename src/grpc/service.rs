@@ -15,19 +15,18 @@ use tokio::sync::{watch, Semaphore};
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Code, Request, Response, Status, Streaming};
 
-use super::{convert, pb, status::remap_message_too_large, stream};
-use crate::config::LimitArgs;
+use super::{convert, pb, status::remap_message_too_large, stream, Limits};
 use crate::error::Error;
 use crate::infer::{ImageInput, Infer};
 use crate::metrics;
-use crate::model::runtime::DType;
+use crate::model::device::DType;
 
 /// What every handler shares: the core once the model is ready, and the server's lifecycle.
 pub struct State {
     ready: OnceLock<Ready>,
     shutting_down: AtomicBool,
     shutdown: watch::Sender<bool>,
-    pub(super) limits: LimitArgs,
+    pub(super) limits: Limits,
     pub(super) streams: Arc<Semaphore>,
 }
 
@@ -48,7 +47,7 @@ pub struct RunningOn {
 }
 
 impl State {
-    pub fn new(limits: LimitArgs) -> Self {
+    pub fn new(limits: Limits) -> Self {
         Self {
             ready: OnceLock::new(),
             shutting_down: AtomicBool::new(false),
@@ -272,7 +271,7 @@ impl SiglipService {
         let mut messages = request.into_inner();
         let work = async {
             let (header, bytes) =
-                receive_upload(&mut messages, infer.limits().max_image_bytes, limit).await?;
+                receive_upload(&mut messages, infer.limits().image.max_bytes, limit).await?;
             let filter = convert::filter(header.options)?;
             infer
                 .classify(ImageInput::Encoded(bytes), header.texts, filter, deadline)
@@ -313,8 +312,7 @@ impl SiglipService {
             .into_iter()
             .enumerate()
             .map(|(i, img)| {
-                convert::image(Some(img))
-                    .map_err(|e| Status::invalid_argument(format!("image {i}: {e}")))
+                convert::image(Some(img)).map_err(|e| e.about(format!("image {i}")).into())
             })
             .collect::<Result<Vec<_>, Status>>()?;
         let (embeddings, timings) =

@@ -7,15 +7,19 @@ use crate::error::Error;
 
 impl From<Error> for Status {
     fn from(e: Error) -> Self {
-        let code = match &e {
-            _ if e.is_limit() => Code::ResourceExhausted,
-            Error::Image(_) | Error::InvalidArgument(_) => Code::InvalidArgument,
-            Error::ResourceExhausted(_) => Code::ResourceExhausted,
-            Error::DeadlineExceeded(_) => Code::DeadlineExceeded,
-            Error::Unavailable(_) => Code::Unavailable,
-            Error::Model(_) | Error::Inference(_) => Code::Internal,
-        };
-        Status::new(code, e.to_string())
+        Status::new(code(&e), e.to_string())
+    }
+}
+
+fn code(e: &Error) -> Code {
+    match e {
+        _ if e.is_limit() => Code::ResourceExhausted,
+        Error::Input { source, .. } => code(source),
+        Error::Image(_) | Error::InvalidArgument(_) => Code::InvalidArgument,
+        Error::ResourceExhausted(_) => Code::ResourceExhausted,
+        Error::DeadlineExceeded(_) => Code::DeadlineExceeded,
+        Error::Unavailable(_) => Code::Unavailable,
+        Error::Model(_) | Error::Inference(_) => Code::Internal,
     }
 }
 

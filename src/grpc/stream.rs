@@ -25,9 +25,10 @@ use tonic::{Status, Streaming};
 
 use super::{convert, pb, service, service::State, status::remap_message_too_large};
 use crate::error::Error;
-use crate::infer::{ImageInput, Infer, Labels, ScoreFilter};
+use crate::infer::{ImageInput, Infer, Labels};
 use crate::metrics;
 use crate::model::image::ImageError;
+use crate::model::scores::ScoreFilter;
 
 type Output = Result<pb::StreamResponse, Status>;
 
@@ -123,7 +124,7 @@ async fn drive(
         (limits.max_stream_seconds > 0).then(|| Duration::from_secs(limits.max_stream_seconds));
     let ends_at = lifetime.map(|d| tokio::time::Instant::now() + d);
     let mut shutdown = state.shutdown_signal();
-    let mut assembler = Assembler::new(infer.limits().max_image_bytes);
+    let mut assembler = Assembler::new(infer.limits().image.max_bytes);
 
     let ending = loop {
         let msg = tokio::select! {

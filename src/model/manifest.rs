@@ -4,8 +4,8 @@ use std::{collections::BTreeMap, path::Path};
 
 use serde::Deserialize;
 
+use super::device::DType;
 use super::image::{Filter, Preprocess};
-use super::runtime::DType;
 use crate::error::{Error, Result};
 
 /// The only manifest layout this server reads; the export tool writes the same number.

@@ -2,6 +2,7 @@
 //! tokenizer), preprocessing that reproduces transformers, and the libtorch runtime.
 
 mod aoti;
+pub mod device;
 pub mod image;
 pub mod manifest;
 pub mod runtime;
@@ -12,9 +13,10 @@ use std::{path::PathBuf, sync::Arc};
 
 use tch::Device;
 
+use self::device::{BackendChoice, DType, DTypeChoice, DeviceChoice};
 use self::image::Preprocess;
 use self::manifest::Manifest;
-use self::runtime::{BackendChoice, DType, DTypeChoice, DeviceChoice, RunOptions, Towers};
+use self::runtime::{RunOptions, Towers};
 use self::scores::{Embeddings, LogitHead};
 use self::tokenizer::{TextTokenizer, TokenIds};
 use crate::error::{Error, Result};
@@ -38,6 +40,11 @@ pub struct LoadOptions {
 }
 
 impl LoadOptions {
+    /// Warm-up passes per tower and batch size (`--warmup-rounds`).
+    pub const DEFAULT_WARMUP_ROUNDS: usize = 2;
+    /// Images per forward pass (the server's `--max-batch-size`).
+    pub const DEFAULT_LARGEST_BATCH: usize = 16;
+
     /// `dir` with the command line's defaults: automatic device, dtype and backend, two warm-up
     /// rounds up to the server's default batch size, the optimising executor.
     pub fn new(dir: PathBuf) -> Self {
@@ -45,12 +52,23 @@ impl LoadOptions {
             dir,
             device: DeviceChoice::Auto,
             dtype: DTypeChoice::Auto,
-            warmup_rounds: 2,
-            largest_batch: 16,
+            warmup_rounds: Self::DEFAULT_WARMUP_ROUNDS,
+            largest_batch: Self::DEFAULT_LARGEST_BATCH,
             backend: BackendChoice::Auto,
             jit_optimize: true,
         }
     }
+}
+
+/// What the core needs of a model besides its towers, all of it on the host and cheap to share:
+/// the manifest, the tokenizer, image preprocessing and the logit head. Taken before the model
+/// moves to the inference thread.
+#[derive(Clone)]
+pub struct HostSide {
+    pub manifest: Manifest,
+    pub tokenizer: Arc<TextTokenizer>,
+    pub preprocess: Preprocess,
+    pub head: LogitHead,
 }
 
 /// A loaded, warmed-up SigLIP model. Blocking: use it from a dedicated thread.
@@ -130,6 +148,15 @@ impl Model {
     /// The tokenizer, shareable with threads that do not own the model.
     pub fn tokenizer(&self) -> Arc<TextTokenizer> {
         Arc::clone(&self.tokenizer)
+    }
+
+    pub fn host_side(&self) -> HostSide {
+        HostSide {
+            manifest: self.manifest.clone(),
+            tokenizer: self.tokenizer(),
+            preprocess: self.preprocess.clone(),
+            head: self.head,
+        }
     }
 
     pub fn tokenize<S: AsRef<str>>(&self, texts: &[S]) -> Result<Vec<TokenIds>> {

@@ -1,4 +1,6 @@
-//! From embeddings to SigLIP's answer: an independent sigmoid per (image, text) pair.
+//! From embeddings to SigLIP's answer: an independent sigmoid per (image, text) pair, ranked.
+
+use crate::error::{Error, Result};
 
 /// Row-major `rows × dim` float32 embeddings, L2-normalised by the towers.
 #[derive(Debug, Clone, PartialEq)]
@@ -63,6 +65,66 @@ impl LogitHead {
 /// The probability of one label, independent of all others (not a softmax).
 pub fn sigmoid(logit: f32) -> f32 {
     1.0 / (1.0 + (-logit).exp())
+}
+
+/// One label's answer for one image.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Score {
+    pub label: String,
+    /// The label's position in the request.
+    pub index: usize,
+    pub probability: f32,
+    pub logit: f32,
+}
+
+/// Which of the ranked labels to return.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ScoreFilter {
+    /// Keep labels with probability ≥ this (0 keeps all).
+    pub threshold: f32,
+    /// Keep the k most probable (0 keeps all).
+    pub top_k: usize,
+}
+
+impl ScoreFilter {
+    pub fn new(threshold: f32, top_k: usize) -> Result<Self> {
+        if !(0.0..=1.0).contains(&threshold) {
+            return Err(Error::InvalidArgument(format!(
+                "threshold {threshold} is outside [0, 1]: it compares against a probability"
+            )));
+        }
+        Ok(Self { threshold, top_k })
+    }
+}
+
+/// Every label scored against one image embedding, most probable first, then filtered.
+pub fn rank(
+    head: LogitHead,
+    image: &[f32],
+    labels: &[String],
+    texts: &Embeddings,
+    filter: ScoreFilter,
+) -> Vec<Score> {
+    let mut scores: Vec<Score> = labels
+        .iter()
+        .zip(texts.rows())
+        .enumerate()
+        .map(|(index, (label, text))| {
+            let logit = head.logit(image, text);
+            Score {
+                label: label.clone(),
+                index,
+                probability: sigmoid(logit),
+                logit,
+            }
+        })
+        .filter(|s| s.probability >= filter.threshold)
+        .collect();
+    scores.sort_by(|a, b| b.logit.total_cmp(&a.logit));
+    if filter.top_k > 0 {
+        scores.truncate(filter.top_k);
+    }
+    scores
 }
 
 #[cfg(test)]

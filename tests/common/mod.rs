@@ -8,7 +8,7 @@ use std::{
 };
 
 use siglip_serve::model::{
-    runtime::{DType, DTypeChoice, DeviceChoice},
+    device::{DType, DTypeChoice, DeviceChoice},
     LoadOptions, Model,
 };
 

@@ -16,15 +16,19 @@ pub struct ImageLimits {
     pub max_side: u32,
 }
 
-impl Default for ImageLimits {
+impl ImageLimits {
     /// 32 MiB, 50 megapixels, 20 000 pixels a side: room for any camera photo, while the
-    /// decoded RGB buffer stays under 150 MB.
+    /// decoded RGB buffer stays under 150 MB. The `--max-image-*` flags default to these.
+    pub const DEFAULT: Self = Self {
+        max_bytes: 32 << 20,
+        max_pixels: 50_000_000,
+        max_side: 20_000,
+    };
+}
+
+impl Default for ImageLimits {
     fn default() -> Self {
-        Self {
-            max_bytes: 32 << 20,
-            max_pixels: 50_000_000,
-            max_side: 20_000,
-        }
+        Self::DEFAULT
     }
 }
 

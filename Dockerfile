@@ -109,16 +109,23 @@ WORKDIR /app
 COPY python/requirements.txt ./requirements.txt
 RUN --mount=type=cache,target=/root/.cache/pip \
     pip install -r requirements.txt
-COPY python/siglip_export ./siglip_export
+# The package itself (python/pyproject.toml: the `siglip-export` command), without dependencies:
+# they are the pinned requirements above. Its sources, and what setuptools builds next to them,
+# go once it is installed.
+COPY python/pyproject.toml ./src/pyproject.toml
+COPY python/siglip_export ./src/siglip_export
+RUN --mount=type=cache,target=/root/.cache/pip \
+    pip install --no-deps ./src \
+ && rm -rf ./src \
+ && siglip-export --help > /dev/null
 RUN groupadd --system --gid 10001 siglip \
  && useradd --system --uid 10001 --gid 10001 --no-create-home --home-dir /nonexistent \
       --shell /usr/sbin/nologin siglip
-ENV PYTHONPATH=/app \
-    HF_HOME=/tmp/hf \
+ENV HF_HOME=/tmp/hf \
     TORCHINDUCTOR_CACHE_DIR=/tmp/torchinductor \
     TRITON_CACHE_DIR=/tmp/triton
 USER 10001:10001
-ENTRYPOINT ["python", "-m", "siglip_export"]
+ENTRYPOINT ["siglip-export"]
 CMD ["--help"]
 
 ###############################################################################################
@@ -167,7 +174,7 @@ RUN if ldd /usr/local/bin/siglip-serve | grep 'not found'; then exit 1; fi \
  && siglip-serve --version
 
 # The model directory (manifest.json, towers, tokenizer files) is mounted here, read-only is fine;
-# write it with the export tool (the `export` target above, or `python -m siglip_export` locally).
+# write it with the export tool (the `export` target above, or `siglip-export` locally).
 VOLUME ["/models"]
 # 50051: gRPC (siglip.v1.Siglip, grpc.health.v1, reflection). 9090: Prometheus metrics.
 EXPOSE 50051 9090

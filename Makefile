@@ -13,7 +13,8 @@ CARGO_TARGET_DIR ?= target
 BIN := $(CARGO_TARGET_DIR)/release/siglip-serve
 # tch links the libtorch that ships inside the venv's torch wheel (torch==2.11.0).
 CARGO_ENV := PATH="$(abspath $(VENV))/bin:$$PATH" LIBTORCH_USE_PYTORCH=1 CARGO_TARGET_DIR="$(CARGO_TARGET_DIR)"
-EXPORT := PYTHONPATH=python $(PY) -m siglip_export
+# The export tool (python/siglip_export), installed into the venv by `make venv`.
+EXPORT := $(abspath $(VENV))/bin/siglip-export
 SUITE := $(BUILD)/parity/suite.json
 
 .PHONY: run test parity bench venv build lint clean system-deps
@@ -21,16 +22,24 @@ SUITE := $(BUILD)/parity/suite.json
 
 venv: $(VENV)/.installed
 REQUIREMENTS := python/requirements.txt python/requirements-client.txt deploy/requirements.txt
-$(VENV)/.installed: $(REQUIREMENTS)
+# The pinned requirements, then the export tool as an editable package (python/pyproject.toml,
+# the `siglip-export` command): its dependencies are those requirements (--no-deps) and it builds
+# with their setuptools (--no-build-isolation), so that last step needs no network. (The warning
+# silenced is setuptools' notice that a siglip_export folder in the working directory would shadow
+# the package: the only one is the package itself.)
+$(VENV)/.installed: $(REQUIREMENTS) python/pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(addprefix -r ,$(REQUIREMENTS))
+	PYTHONWARNINGS="ignore:Editable installation" $(PY) -m pip install -q --no-deps --no-build-isolation -e python/
 	touch $@
 
 build: venv
 	$(CARGO_ENV) cargo build --release --locked
 
+# ruff's settings are in python/pyproject.toml; --config applies them to the folders outside python/.
 lint: venv
+	$(PY) -m ruff check --config python/pyproject.toml python bench examples gpu tests/python
 	cargo fmt --check
 	$(CARGO_ENV) cargo clippy --release --locked --all-targets -- -D warnings
 	PY=$(PY) bash deploy/check.sh
@@ -55,16 +64,16 @@ $(BUILD)/models/tiny-aoti/manifest.json: $(BUILD)/models/tiny/manifest.json pyth
 # Also writes the text corpora, which come from the export package (texts.py, random_models.py).
 $(BUILD)/assets/images.json: $(VENV)/.installed python/make_test_assets.py \
     python/siglip_export/texts.py python/siglip_export/random_models.py
-	PYTHONPATH=python $(PY) python/make_test_assets.py --out $(BUILD)/assets
+	$(PY) python/make_test_assets.py --out $(BUILD)/assets
 
 # Reference values, computed by transformers in this run.
 PARITY_MODELS := tiny tiny-siglip2 base-224
 $(SUITE): $(BUILD)/assets/images.json $(PARITY_MODELS:%=$(BUILD)/models/%/manifest.json) \
     $(BUILD)/models/tiny-aoti/manifest.json python/make_parity_suite.py
-	PYTHONPATH=python $(PY) python/make_parity_suite.py --build $(BUILD) --out $(dir $@)
+	$(PY) python/make_parity_suite.py --build $(BUILD) --out $(dir $@)
 
 # What the tests need from the system: Debian's prometheus package (promtool, and a real Prometheus
-# that scrapes the server in python/tests/test_metrics.py). Installed when this machine can (root,
+# that scrapes the server in tests/python/test_metrics.py). Installed when this machine can (root,
 # or password-less sudo, and apt-get); otherwise make stops at once, saying what to install.
 PROMETHEUS_MISSING := make test needs promtool and prometheus: install Debian's prometheus package (apt-get install prometheus)
 system-deps:
@@ -82,7 +91,7 @@ test: system-deps build $(SUITE)
 	  SIGLIP_TEST_AOTI_MODEL_DIR=$(abspath $(BUILD)/models/tiny-aoti) \
 	  $(CARGO_ENV) cargo test --release --locked
 	SIGLIP_TEST_ASSETS=$(abspath $(BUILD)/assets) SIGLIP_TEST_MODEL_DIR=$(abspath $(BUILD)/models/tiny) \
-	  SIGLIP_SERVE_BIN=$(abspath $(BIN)) $(PY) -m pytest python/tests -q
+	  SIGLIP_SERVE_BIN=$(abspath $(BIN)) $(PY) -m pytest tests/python -q
 
 # Parity table; last line: parity: pixels_max=… pixels_mean=… token_mismatches=…/… logits_max=… probs_max=…
 parity: build $(SUITE)

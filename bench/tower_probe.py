@@ -20,6 +20,7 @@ on the CPU too (slowly, and with no fusion to see).
 """
 
 import argparse
+import functools
 import json
 import re
 import statistics
@@ -78,7 +79,7 @@ def new_sizes(tower, device, size: int, sizes: list[int], dtype=torch.float32) -
     with torch.no_grad():
         for b in sizes:
             x = pixels(b, size, device).to(dtype)
-            first, second = timer(lambda: tower(x)), timer(lambda: tower(x))
+            first, second = timer(functools.partial(tower, x)), timer(functools.partial(tower, x))
             rows.append({"batch": b, "first_ms": first * 1e3, "second_ms": second * 1e3})
     return rows
 
@@ -162,12 +163,12 @@ def main():
         tower = load_tower(vision, device)
         with torch.no_grad(), torch.jit.optimized_execution(optimize):
             report["img_s"]["torchscript " + ("jit-optimize" if optimize else "jit-off")] = \
-                throughput(lambda: tower(x), a.batch, device, a.seconds)
+                throughput(functools.partial(tower, x), a.batch, device, a.seconds)
         del tower
     if package is not None and a.batch <= compiled["max_batch"]:
         xd = x.to(DTYPES[a.dtype])
         with torch.no_grad():
-            report["img_s"]["aoti package"] = throughput(lambda: package(xd), a.batch, device, a.seconds)
+            report["img_s"]["aoti package"] = throughput(functools.partial(package, xd), a.batch, device, a.seconds)
     del package
 
     import transformers

@@ -14,14 +14,16 @@ import grpc
 
 from siglip_stubs import pb2, pb2_grpc
 
-LABELS = ["a photo of an astronaut", "a photo of a cat", "a photo of a cup of coffee", "a photo of a rocket", "a photo of a dog"]
+LABELS = ["a photo of an astronaut", "a photo of a cat", "a photo of a cup of coffee", "a photo of a rocket",
+          "a photo of a dog"]
 MODES = {"every": pb2.DELIVERY_MODE_EVERY_FRAME, "latest": pb2.DELIVERY_MODE_LATEST_ONLY}
 
 
 def encode(frame: av.VideoFrame, raw: bool) -> pb2.Image:
     if raw:
         pixels = frame.to_ndarray(format="rgb24")
-        return pb2.Image(raw=pb2.RawFrame(width=frame.width, height=frame.height, format=pb2.PIXEL_FORMAT_RGB8, data=pixels.tobytes()))
+        return pb2.Image(raw=pb2.RawFrame(width=frame.width, height=frame.height, format=pb2.PIXEL_FORMAT_RGB8,
+                                          data=pixels.tobytes()))
     buf = io.BytesIO()
     frame.to_image().save(buf, format="JPEG", quality=90)
     return pb2.Image(encoded=buf.getvalue())
@@ -29,7 +31,8 @@ def encode(frame: av.VideoFrame, raw: bool) -> pb2.Image:
 
 def requests(args: argparse.Namespace, sent_at: dict[int, float]) -> Iterator[pb2.StreamRequest]:
     """The configuration, then one frame per video frame, paced at --fps; records when each frame left."""
-    yield pb2.StreamRequest(config=pb2.StreamConfig(texts=args.labels, mode=MODES[args.mode], options=pb2.ClassifyOptions(top_k=3)))
+    config = pb2.StreamConfig(texts=args.labels, mode=MODES[args.mode], options=pb2.ClassifyOptions(top_k=3))
+    yield pb2.StreamRequest(config=config)
     with av.open(args.video) as container:
         stream = container.streams.video[0]
         fps = float(stream.average_rate or 0) if args.fps is None else args.fps

@@ -48,37 +48,39 @@ def added_tokens_check(build: Path, out: Path, texts: list[str], classes: list[s
     those tokens."""
     from transformers import AddedToken
 
-    from siglip_export import tokenizer as tokmod
-    from siglip_export.export import load_tokenizer
+    from siglip_export import tokenizer
+    from siglip_export.checkpoint import load_tokenizer
     from siglip_export.texts import added_token_corpus, tokenizer_check_texts
 
-    tok = load_tokenizer(build / "models" / "tiny-checkpoint")
+    hf_tokenizer = load_tokenizer(build / "models" / "tiny-checkpoint")
     added = [AddedToken("qq", lstrip=True, single_word=True), AddedToken("zz", rstrip=True, single_word=True),
              AddedToken("x y", normalized=False)]
-    tok.add_tokens(added)
-    tok.add_special_tokens({"additional_special_tokens": [AddedToken("<extra>", lstrip=True, rstrip=True, special=True)]})
-    extra = added_token_corpus([t.content for t in added] + ["<extra>"])
-    texts, classes = texts + [e["text"] for e in extra], classes + [e["class"] for e in extra]
+    hf_tokenizer.add_tokens(added)
+    extra_special = AddedToken("<extra>", lstrip=True, rstrip=True, special=True)
+    hf_tokenizer.add_special_tokens({"additional_special_tokens": [extra_special]})
+    extra = added_token_corpus([token.content for token in added] + ["<extra>"])
+    texts, classes = texts + [entry["text"] for entry in extra], classes + [entry["class"] for entry in extra]
 
     model_dir = out / "tiny-added-tokens"
     model_dir.mkdir(parents=True, exist_ok=True)
-    _, files = tokmod.write(tok, model_dir, tokenizer_check_texts() + [e["text"] for e in extra[:100]])
+    _, files = tokenizer.write(hf_tokenizer, model_dir, tokenizer_check_texts() + [entry["text"] for entry in extra[:100]])
     manifest = json.loads((build / "models" / "tiny" / "manifest.json").read_text())
     (model_dir / "manifest.json").write_text(json.dumps({**manifest, "files": files}, indent=2))
     path = out / "tokens-tiny-added-tokens.safetensors"
-    save_file({"input_ids": torch.tensor(tokmod.reference_ids(tok, texts), dtype=torch.int64)}, str(path))
+    save_file({"input_ids": torch.tensor(tokenizer.reference_ids(hf_tokenizer, texts), dtype=torch.int64)}, str(path))
     path.with_suffix(".json").write_text(json.dumps({"texts": texts, "classes": classes}, ensure_ascii=False))
     return {"name": "tiny+added", "reference": path.name, "model_dir": str(model_dir)}
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--build", type=Path, required=True, help="folder with assets/ and models/ (random models and their checkpoints)")
-    ap.add_argument("--out", type=Path, required=True)
-    a = ap.parse_args()
-    out = a.out.resolve()
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--build", type=Path, required=True,
+                        help="folder with assets/ and models/ (random models and their checkpoints)")
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args()
+    out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
-    build = a.build.resolve()
+    build = args.build.resolve()
     assets = build / "assets"
     images = json.loads((assets / "images.json").read_text())
     files = [str(assets / entry["file"]) for entry in images]
@@ -110,7 +112,7 @@ def main() -> int:
     for shape, dtypes in MODEL_DTYPES.items():
         model_dir = build / "models" / shape
         towers = json.loads((model_dir / "manifest.json").read_text())["towers"]
-        missing = [d for d in dtypes if d not in towers]
+        missing = [dtype for dtype in dtypes if dtype not in towers]
         if missing:
             raise SystemExit(f"{model_dir} lacks towers {missing} (has {sorted(towers)}); re-export with "
                              f"--dtype {','.join(dtypes)}")

@@ -19,8 +19,9 @@ import json
 import random
 import struct
 import zlib
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -37,16 +38,17 @@ def _png_chunk(kind: bytes, payload: bytes) -> bytes:
 def png_raw(samples: np.ndarray, color_type: int, depth: int, trns: bytes | None = None) -> bytes:
     """A PNG written by hand, for layouts Pillow cannot write (16-bit colour, low-bit gray, tRNS on
     16-bit images): `samples` is (H, W) or (H, W, C) of integers below 2**depth."""
-    h, w = samples.shape[:2]
-    flat = samples.reshape(h, -1)
+    height, width = samples.shape[:2]
+    flat = samples.reshape(height, -1)
     if depth == 16:
-        rows = [flat[y].astype(">u2").tobytes() for y in range(h)]
+        rows = [flat[y].astype(">u2").tobytes() for y in range(height)]
     elif depth == 8:
-        rows = [flat[y].astype(np.uint8).tobytes() for y in range(h)]
+        rows = [flat[y].astype(np.uint8).tobytes() for y in range(height)]
     else:
-        rows = [np.packbits(np.unpackbits(flat[y].astype(np.uint8)[:, None], axis=1)[:, 8 - depth:]).tobytes() for y in range(h)]
-    raw = b"".join(b"\x00" + r for r in rows)
-    ihdr = struct.pack(">IIBBBBB", w, h, depth, color_type, 0, 0, 0)
+        rows = [np.packbits(np.unpackbits(flat[y].astype(np.uint8)[:, None], axis=1)[:, 8 - depth:]).tobytes()
+                for y in range(height)]
+    raw = b"".join(b"\x00" + row for row in rows)
+    ihdr = struct.pack(">IIBBBBB", width, height, depth, color_type, 0, 0, 0)
     chunks = _png_chunk(b"IHDR", ihdr) + (_png_chunk(b"tRNS", trns) if trns is not None else b"")
     return b"\x89PNG\r\n\x1a\n" + chunks + _png_chunk(b"IDAT", zlib.compress(raw, 9)) + _png_chunk(b"IEND", b"")
 
@@ -75,14 +77,14 @@ def gif_on_canvas(img: Image.Image, canvas: tuple[int, int], at: tuple[int, int]
 def tiff_premultiplied(rgba: np.ndarray) -> bytes:
     """An uncompressed RGBA TIFF with associated (premultiplied) alpha, ExtraSamples = 1 (Pillow
     writes only unassociated alpha)."""
-    h, w, _ = rgba.shape
-    a = rgba[..., 3:4].astype(np.uint16)
-    pixels = np.concatenate([(rgba[..., :3] * a // 255).astype(np.uint8), rgba[..., 3:4]], axis=-1).tobytes()
+    height, width, _ = rgba.shape
+    alpha = rgba[..., 3:4].astype(np.uint16)
+    pixels = np.concatenate([(rgba[..., :3] * alpha // 255).astype(np.uint8), rgba[..., 3:4]], axis=-1).tobytes()
     data_at, bps_at = 8, 8 + len(pixels)
     ifd_at = bps_at + 8
     short, long_ = 3, 4
-    entries = [(256, short, 1, w), (257, short, 1, h), (258, short, 4, bps_at), (259, short, 1, 1), (262, short, 1, 2),
-               (273, long_, 1, data_at), (277, short, 1, 4), (278, short, 1, h), (279, long_, 1, len(pixels)),
+    entries = [(256, short, 1, width), (257, short, 1, height), (258, short, 4, bps_at), (259, short, 1, 1), (262, short, 1, 2),
+               (273, long_, 1, data_at), (277, short, 1, 4), (278, short, 1, height), (279, long_, 1, len(pixels)),
                (284, short, 1, 1), (338, short, 1, 1)]
     ifd = struct.pack("<H", len(entries)) + b"".join(
         struct.pack("<HHI", tag, kind, count) + (struct.pack("<HH", value, 0) if kind == short and count == 1 else struct.pack("<I", value))
@@ -96,12 +98,12 @@ def all_alpha_pairs(photo: np.ndarray) -> np.ndarray:
     pair's compositing is compared on its own."""
     side = 384
     out = np.zeros((side * side, 4), dtype=np.uint8)
-    c, a = np.meshgrid(np.arange(256), np.arange(256))
-    c, a = c.ravel(), a.ravel()
-    out[: c.size] = np.stack([c, 255 - c, (c * 37 + a) % 256, a], axis=1)
-    rest = photo[:side, :side].reshape(-1, photo.shape[-1])[c.size:]
-    out[c.size:, :3] = rest[:, :3]
-    out[c.size:, 3] = np.arange(rest.shape[0]) % 256
+    colour, alpha = np.meshgrid(np.arange(256), np.arange(256))
+    colour, alpha = colour.ravel(), alpha.ravel()
+    out[: colour.size] = np.stack([colour, 255 - colour, (colour * 37 + alpha) % 256, alpha], axis=1)
+    rest = photo[:side, :side].reshape(-1, photo.shape[-1])[colour.size:]
+    out[colour.size:, :3] = rest[:, :3]
+    out[colour.size:, 3] = np.arange(rest.shape[0]) % 256
     return out.reshape(side, side, 4)
 
 
@@ -119,8 +121,8 @@ def encode(img: Image.Image, fmt: str, **kw: Any) -> bytes:
 
 
 def write_images(out: Path) -> list[dict[str, Any]]:
-    d = out / "images"
-    d.mkdir(parents=True, exist_ok=True)
+    images_dir = out / "images"
+    images_dir.mkdir(parents=True, exist_ok=True)
     astronaut = Image.fromarray(data.astronaut())  # 512x512 RGB
     chelsea = Image.fromarray(data.chelsea())  # 451x300 RGB (the cat)
     coffee = Image.fromarray(data.coffee())  # 600x400 RGB
@@ -128,8 +130,8 @@ def write_images(out: Path) -> list[dict[str, Any]]:
     camera = Image.fromarray(data.camera())  # 512x512 L
 
     def alpha_ramp(size: tuple[int, int]) -> Image.Image:
-        w, h = size
-        ramp = np.tile(np.linspace(0, 255, w, dtype=np.float64), (h, 1))
+        width, height = size
+        ramp = np.tile(np.linspace(0, 255, width, dtype=np.float64), (height, 1))
         return Image.fromarray(ramp.round().astype(np.uint8))
 
     rgba = astronaut.copy()
@@ -138,12 +140,12 @@ def write_images(out: Path) -> list[dict[str, Any]]:
     la.putalpha(alpha_ramp(camera.size))
     webp_alpha = chelsea.copy()
     webp_alpha.putalpha(alpha_ramp(chelsea.size))
-    p_plain = coffee.convert("P", palette=Image.Palette.ADAPTIVE, colors=64)
-    p_transp = rocket.convert("P", palette=Image.Palette.ADAPTIVE, colors=32)
+    palette_plain = coffee.convert("P", palette=Image.Palette.ADAPTIVE, colors=64)
+    palette_transparent = rocket.convert("P", palette=Image.Palette.ADAPTIVE, colors=32)
     # EXIF orientation 6 = "rotate 90 CW to display": store the cat rotated the other way.
     exif = Image.Exif()
     exif[0x0112] = 6
-    rot = chelsea.transpose(Image.Transpose.ROTATE_90)
+    rotated = chelsea.transpose(Image.Transpose.ROTATE_90)
     cmyk = chelsea.convert("CMYK")
     gray16 = Image.fromarray(data.camera().astype(np.uint16) * 257)  # mode I;16
     rgb16 = data.coffee().astype(np.uint16) * 257 + np.arange(3, dtype=np.uint16)  # low byte != high byte
@@ -179,12 +181,12 @@ def write_images(out: Path) -> list[dict[str, Any]]:
         ("camera_gray.jpg", "jpeg", "grayscale (1 component) JPEG", lambda: encode(camera, "JPEG", quality=90)),
         ("chelsea_cmyk.jpg", "jpeg", "CMYK JPEG (Pillow writes Adobe-style inverted CMYK)", lambda: encode(cmyk, "JPEG", quality=90)),
         ("chelsea_exif_orientation6.jpg", "jpeg", "EXIF orientation 6: stored rotated, upright after transpose (300x451 displayed)",
-         lambda: encode(rot, "JPEG", quality=90, exif=exif)),
+         lambda: encode(rotated, "JPEG", quality=90, exif=exif)),
         ("coffee_rgb8.png", "png", "PNG 8-bit RGB", lambda: encode(coffee, "PNG")),
         ("coffee_rgb16.png", "png", "PNG 16-bit RGB (low byte differs from high byte)", lambda: png16_rgb(rgb16)),
         ("camera_gray16.png", "png", "PNG 16-bit grayscale", lambda: encode(gray16, "PNG")),
-        ("coffee_palette.png", "png", "PNG palette (P), 64 colours, no transparency", lambda: encode(p_plain, "PNG")),
-        ("rocket_palette_transparency.png", "png", "PNG palette (P) with tRNS: index 0 transparent", lambda: encode(p_transp, "PNG", transparency=0)),
+        ("coffee_palette.png", "png", "PNG palette (P), 64 colours, no transparency", lambda: encode(palette_plain, "PNG")),
+        ("rocket_palette_transparency.png", "png", "PNG palette (P) with tRNS: index 0 transparent", lambda: encode(palette_transparent, "PNG", transparency=0)),
         ("astronaut_rgba.png", "png", "PNG RGBA, alpha ramp left->right", lambda: encode(rgba, "PNG")),
         ("camera_la.png", "png", "PNG LA (gray + alpha ramp)", lambda: encode(la, "PNG")),
         ("chelsea_lossy.webp", "webp", "WebP lossy q80", lambda: encode(chelsea, "WEBP", quality=80, method=4)),
@@ -227,22 +229,22 @@ def write_images(out: Path) -> list[dict[str, Any]]:
     ]
     manifest = []
     for name, fmt, desc, make in items:
-        path = d / name
+        path = images_dir / name
         path.write_bytes(make())
         if fmt == "raw":
-            w, h = (int(v) for v in path.stem.rsplit("_", 1)[1].split("x"))
-            manifest.append({"file": f"images/{name}", "format": fmt, "mode": "RGBA", "width": w, "height": h,
+            width, height = (int(v) for v in path.stem.rsplit("_", 1)[1].split("x"))
+            manifest.append({"file": f"images/{name}", "format": fmt, "mode": "RGBA", "width": width, "height": height,
                              "description": desc})
             continue
-        with Image.open(path) as im:
-            manifest.append({"file": f"images/{name}", "format": fmt, "mode": im.mode, "width": im.width,
-                             "height": im.height, "description": desc})
+        with Image.open(path) as image:
+            manifest.append({"file": f"images/{name}", "format": fmt, "mode": image.mode, "width": image.width,
+                             "height": image.height, "description": desc})
     return manifest
 
 
 def write_bad(out: Path, good_jpeg: bytes, good_png: bytes) -> list[dict[str, str]]:
-    d = out / "bad"
-    d.mkdir(parents=True, exist_ok=True)
+    bad_dir = out / "bad"
+    bad_dir.mkdir(parents=True, exist_ok=True)
     rng = random.Random(42)
     # Hand-written minimal PDF (Pillow's PDF writer embeds a timestamp: not reproducible).
     pdf = (b"%PDF-1.4\n1 0 obj<</Type/Catalog/Pages 2 0 R>>endobj\n"
@@ -259,14 +261,14 @@ def write_bad(out: Path, good_jpeg: bytes, good_png: bytes) -> list[dict[str, st
         ("truncated.png", good_png[: len(good_png) // 2], "first half of a valid PNG (IDAT cut, no IEND)"),
     ]
     for name, payload, _ in items:
-        (d / name).write_bytes(payload)
-    return [{"file": f"bad/{n}", "description": desc, "expected": "reject"} for n, _, desc in items]
+        (bad_dir / name).write_bytes(payload)
+    return [{"file": f"bad/{name}", "description": desc, "expected": "reject"} for name, _, desc in items]
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", type=Path, required=True)
-    out = ap.parse_args().out
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, required=True)
+    out = parser.parse_args().out
     out.mkdir(parents=True, exist_ok=True)
     images = write_images(out)
     bad = write_bad(out, (out / "images/astronaut_baseline.jpg").read_bytes(), (out / "images/coffee_rgb8.png").read_bytes())

@@ -25,7 +25,9 @@ from typing import Any
 import torch
 
 from . import manifest
-from .export import ATTN_IMPLEMENTATION, DTYPES, ExportError, VisionEmbed, _max_diff, _sample_inputs, load_tokenizer, resolve_checkpoint
+from .checkpoint import load_tokenizer, resolve_checkpoint
+from .export import ExportError
+from .towers import ATTN_IMPLEMENTATION, DTYPES, VisionEmbed, max_diff, sample_inputs
 
 log = logging.getLogger(__name__)
 
@@ -46,14 +48,16 @@ def compile_vision(model_dir: Path, *, device: str, dtype: str, max_batch: int, 
         raise ExportError("--max-batch must be at least 1")
     if not (model_dir / "manifest.json").is_file():
         raise ExportError(f"{model_dir} has no manifest.json: export the model there first (export or random)")
-    m = json.loads((model_dir / "manifest.json").read_text())
-    if dtype not in m["towers"]:
-        raise ExportError(f"{model_dir} has no {dtype} towers (it has {', '.join(m['towers'])}); export that dtype first")
+    model_manifest = json.loads((model_dir / "manifest.json").read_text())
+    towers = model_manifest["towers"]
+    if dtype not in towers:
+        raise ExportError(f"{model_dir} has no {dtype} towers (it has {', '.join(towers)}); export that dtype first")
     t0 = time.time()
-    ck = resolve_checkpoint(m["source"]["checkpoint"], m["source"].get("revision"))
-    model = SiglipModel.from_pretrained(str(ck.path), attn_implementation=ATTN_IMPLEMENTATION, dtype=torch.float32)
+    source = model_manifest["source"]
+    ckpt = resolve_checkpoint(source["checkpoint"], source.get("revision"))
+    model = SiglipModel.from_pretrained(str(ckpt.path), attn_implementation=ATTN_IMPLEMENTATION, dtype=torch.float32)
     vision = VisionEmbed(model.vision_model.to(DTYPES[dtype])).to(device).eval()
-    pixels, _ = _sample_inputs(ck.path, load_tokenizer(ck.path))
+    pixels, _ = sample_inputs(ckpt.path, load_tokenizer(ckpt.path))
     pixels = pixels.to(device=device, dtype=DTYPES[dtype])
 
     # Batch 1 must stay dynamic too: export with 2 examples and declare the range.
@@ -72,33 +76,35 @@ def compile_vision(model_dir: Path, *, device: str, dtype: str, max_batch: int, 
         torch._inductor.aoti_compile_and_package(program, package_path=str(staging),
                                                  inductor_configs={"max_autotune": max_autotune})
         log.info("compiled %s in %.1fs", file, time.time() - t1)
-        figures = _validate(staging, model_dir / m["towers"][dtype]["vision"], vision, pixels, device, DTYPES[dtype])
+        figures = _validate(staging, model_dir / towers[dtype]["vision"], vision, pixels, device, DTYPES[dtype])
         os.replace(staging, path)
     finally:
         staging.unlink(missing_ok=True)
     entry = {"file": file, "max_batch": max_batch, "max_autotune": max_autotune, "torch": torch.__version__}
     if device == "cuda":
         entry["gpu"] = torch.cuda.get_device_name()
-    m["towers"][dtype].setdefault("compiled_vision", {})[device] = entry
-    manifest.write(m, model_dir)
+    towers[dtype].setdefault("compiled_vision", {})[device] = entry
+    manifest.write(model_manifest, model_dir)
     log.info("%s: %s, recorded in manifest.json", file, figures)
     return {"entry": entry, "validation": figures, "seconds": round(time.time() - t0, 1)}
 
 
-def _validate(package: Path, traced: Path, vision: torch.nn.Module, pixels: torch.Tensor, device: str, dtype: torch.dtype) -> dict[str, float]:
+def _validate(
+    package: Path, traced: Path, vision: torch.nn.Module, pixels: torch.Tensor, device: str, dtype: torch.dtype,
+) -> dict[str, float]:
     """The package against the traced TorchScript tower and eager PyTorch, on this device, at
     batch 1 and 3 (generated kernels may sum in another order: same tolerance as tracing)."""
-    runner = torch._inductor.aoti_load_package(str(package))
-    script = torch.jit.load(str(traced), map_location=device)
-    tol = 1e-5 if dtype == torch.float32 else 2e-2
+    compiled_tower = torch._inductor.aoti_load_package(str(package))
+    traced_tower = torch.jit.load(str(traced), map_location=device)
+    tolerance = 1e-5 if dtype == torch.float32 else 2e-2
     report = {}
     with torch.no_grad():
         for n in (1, 3):
-            out = runner(pixels[:n])
-            if out.shape[0] != n:
-                raise ExportError(f"batch {n}: the package returned shape {tuple(out.shape)}")
-            d = max(_max_diff(out, script(pixels[:n])), _max_diff(out, vision(pixels[:n])))
-            report[f"compiled_vs_traced_b{n}"] = d
-            if d > tol:
-                raise ExportError(f"batch {n}: compiled vs traced max diff {d:g} > {tol:g}")
+            embeds = compiled_tower(pixels[:n])
+            if embeds.shape[0] != n:
+                raise ExportError(f"batch {n}: the package returned shape {tuple(embeds.shape)}")
+            diff = max(max_diff(embeds, traced_tower(pixels[:n])), max_diff(embeds, vision(pixels[:n])))
+            report[f"compiled_vs_traced_b{n}"] = diff
+            if diff > tolerance:
+                raise ExportError(f"batch {n}: compiled vs traced max diff {diff:g} > {tolerance:g}")
     return report

@@ -56,8 +56,8 @@ def build(
         "logit_bias": logit_bias,
         "versions": versions(),
         "files": dict(files),
-        "towers": {d: tower_files(d) for d in dtypes},
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "towers": {dtype: tower_files(dtype) for dtype in dtypes},
+        "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
     }
 
 

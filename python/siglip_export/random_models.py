@@ -113,13 +113,13 @@ def gemma_tokenizer(spm_path: Path) -> Any:
     from transformers import GemmaTokenizer
     from transformers.convert_slow_tokenizer import SentencePieceExtractor
 
-    kw = SentencePieceExtractor(str(spm_path)).extract(BPE)
-    cfg = {k: v for k, v in GEMMA_TOKENIZER_CONFIG.items() if k in ("add_bos_token", "add_eos_token", "padding_side")}
-    tok = GemmaTokenizer(vocab=kw["vocab"], merges=kw["merges"], **cfg)
-    ids = {t: tok.convert_tokens_to_ids(t) for t in ("<pad>", "<eos>", "<bos>", "<unk>", "<mask>")}
+    extracted = SentencePieceExtractor(str(spm_path)).extract(BPE)
+    settings = {k: v for k, v in GEMMA_TOKENIZER_CONFIG.items() if k in ("add_bos_token", "add_eos_token", "padding_side")}
+    tokenizer = GemmaTokenizer(vocab=extracted["vocab"], merges=extracted["merges"], **settings)
+    ids = {token: tokenizer.convert_tokens_to_ids(token) for token in ("<pad>", "<eos>", "<bos>", "<unk>", "<mask>")}
     if list(ids.values()) != [0, 1, 2, 3, 4]:
         raise RuntimeError(f"unexpected Gemma special-token layout {ids}")
-    return tok
+    return tokenizer
 
 
 def _pin_gemma_tokenizer_config(out: Path) -> None:
@@ -127,11 +127,11 @@ def _pin_gemma_tokenizer_config(out: Path) -> None:
     add_bos_token/add_eos_token on save and ignores them on load whenever tokenizer.json exists:
     the saved post-processor ("$A <eos>", no bos) is what adds EOS, as in the hub files."""
     path = out / "tokenizer_config.json"
-    cfg = json.loads(path.read_text())
-    cfg.update(GEMMA_TOKENIZER_CONFIG)
-    for k in ("is_local", "local_files_only", "vocab_file"):  # machine-specific, never in hub files
-        cfg.pop(k, None)
-    path.write_text(json.dumps(cfg, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
+    config = json.loads(path.read_text())
+    config.update(GEMMA_TOKENIZER_CONFIG)
+    for key in ("is_local", "local_files_only", "vocab_file"):  # machine-specific, never in hub files
+        config.pop(key, None)
+    path.write_text(json.dumps(config, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
 
 
 def calibration_images() -> list[Any]:
@@ -140,7 +140,7 @@ def calibration_images() -> list[Any]:
     from skimage import data
 
     arrays = [data.astronaut(), data.chelsea(), data.coffee(), data.rocket(), data.camera()]
-    return [Image.fromarray(np.asarray(a)).convert("RGB") for a in arrays]
+    return [Image.fromarray(np.asarray(array)).convert("RGB") for array in arrays]
 
 
 def make_random_checkpoint(shape: str, out: Path, seed: int = 0) -> Path:
@@ -149,8 +149,8 @@ def make_random_checkpoint(shape: str, out: Path, seed: int = 0) -> Path:
 
     if shape not in SHAPES:
         raise ValueError(f"unknown shape {shape!r}; choose from {sorted(SHAPES)}")
-    s = SHAPES[shape]
-    gemma = s.get("tokenizer") == "gemma"
+    spec = SHAPES[shape]
+    gemma = spec.get("tokenizer") == "gemma"
     out.mkdir(parents=True, exist_ok=True)
     if gemma:
         spm_path = out / "tokenizer.model"  # SigLIP 2 checkpoints ship it next to tokenizer.json
@@ -159,15 +159,15 @@ def make_random_checkpoint(shape: str, out: Path, seed: int = 0) -> Path:
         pad_id, eos_id = tokenizer.pad_token_id, tokenizer.eos_token_id  # 0, 1 (Gemma)
     else:
         spiece = out / "spiece.model"
-        spiece.write_bytes(train_spiece(seed, byte_fallback=s.get("byte_fallback", True)))
+        spiece.write_bytes(train_spiece(seed, byte_fallback=spec.get("byte_fallback", True)))
         tokenizer = SiglipTokenizer(str(spiece), model_max_length=64)
         pad_id, eos_id = 1, 1  # SigLIP pads with "</s>"
 
     common = dict(hidden_act="gelu_pytorch_tanh", layer_norm_eps=1e-6, attention_dropout=0.0)
     config = SiglipConfig(
-        text_config=dict(vocab_size=len(tokenizer) if gemma else tokenizer.vocab_size, max_position_embeddings=64, pad_token_id=pad_id,
-                         eos_token_id=eos_id, bos_token_id=None, **common, **s["text"]),
-        vision_config=dict(num_channels=3, **common, **s["vision"]),
+        text_config=dict(vocab_size=len(tokenizer) if gemma else tokenizer.vocab_size, max_position_embeddings=64,
+                         pad_token_id=pad_id, eos_token_id=eos_id, bos_token_id=None, **common, **spec["text"]),
+        vision_config=dict(num_channels=3, **common, **spec["vision"]),
     )
     torch.manual_seed(seed)
     # SiglipTextConfig defaults to CLIP's bos/eos ids (49406/49407); SigLIP's eos is "</s>" = 1,
@@ -175,7 +175,7 @@ def make_random_checkpoint(shape: str, out: Path, seed: int = 0) -> Path:
     config.text_config.bos_token_id = None
     config.text_config.eos_token_id = eos_id
     model = SiglipModel(config).eval()
-    size = s["vision"]["image_size"]
+    size = spec["vision"]["image_size"]
     # SigLIP 2's fixed-resolution processors resize bilinearly (transformers' conversion script
     # sets resample=2 for them); SigLIP's use the default, bicubic.
     resample = {"resample": 2} if gemma else {}
@@ -201,7 +201,7 @@ def calibrate(model: Any, tokenizer: Any, image_processor: Any, lo: float = -3.0
     ids = tokenizer(CALIBRATION_TEXTS, padding="max_length", max_length=64, truncation=True, return_tensors="pt")["input_ids"]
     img = torch.nn.functional.normalize(model.vision_model(pixel_values=pixels).pooler_output, dim=-1)
     txt = torch.nn.functional.normalize(model.text_model(input_ids=ids).pooler_output, dim=-1)
-    cos = img @ txt.T
-    cmin, cmax = float(cos.min()), float(cos.max())
-    mult = (hi - lo) / max(cmax - cmin, 1e-6)
-    return float(np.log(mult)), float(lo - mult * cmin)
+    cosines = img @ txt.T
+    cos_min, cos_max = float(cosines.min()), float(cosines.max())
+    multiplier = (hi - lo) / max(cos_max - cos_min, 1e-6)
+    return float(np.log(multiplier)), float(lo - multiplier * cos_min)

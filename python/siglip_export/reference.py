@@ -14,21 +14,22 @@ Texts: the checkpoint's transformers tokenizer (slow `SiglipTokenizer` for SigLI
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from safetensors.torch import save_file
 
-from .export import load_tokenizer, resolve_checkpoint
+from .checkpoint import load_tokenizer, resolve_checkpoint
 from .tokenizer import reference_ids
 
 
-def _image_processor(ckpt: Path, size: int | None) -> Any:
+def _image_processor(checkpoint_dir: Path, size: int | None) -> Any:
     from transformers import SiglipImageProcessorPil
 
     kwargs = {"size": {"height": size, "width": size}} if size else {}
-    return SiglipImageProcessorPil.from_pretrained(str(ckpt), **kwargs)
+    return SiglipImageProcessorPil.from_pretrained(str(checkpoint_dir), **kwargs)
 
 
 CONVENTIONS = ("processor", "pipeline")
@@ -42,26 +43,27 @@ def open_image(path: Path | str, convention: str) -> Any:
 
     if convention not in CONVENTIONS:
         raise ValueError(f"unknown convention {convention!r}; choose from {CONVENTIONS}")
-    p = Path(path)
-    if p.suffix == ".rgba":
-        w, h = (int(v) for v in p.stem.rsplit("_", 1)[1].split("x"))
-        frame = np.frombuffer(p.read_bytes(), dtype=np.uint8).reshape(h, w, 4)
+    file = Path(path)
+    if file.suffix == ".rgba":
+        width, height = (int(v) for v in file.stem.rsplit("_", 1)[1].split("x"))
+        frame = np.frombuffer(file.read_bytes(), dtype=np.uint8).reshape(height, width, 4)
         return frame if convention == "processor" else load_image(Image.fromarray(frame, "RGBA"))
-    return Image.open(p) if convention == "processor" else load_image(str(p))
+    return Image.open(file) if convention == "processor" else load_image(str(file))
 
 
-def pixel_values(ckpt: Path, images: Sequence[Path], size: int | None = None, convention: str = "processor") -> torch.Tensor:
-    ip = _image_processor(ckpt, size)
-    return ip([open_image(p, convention) for p in images], return_tensors="pt")["pixel_values"].float()
+def pixel_values(checkpoint_dir: Path, images: Sequence[Path], size: int | None = None,
+                 convention: str = "processor") -> torch.Tensor:
+    processor = _image_processor(checkpoint_dir, size)
+    return processor([open_image(path, convention) for path in images], return_tensors="pt")["pixel_values"].float()
 
 
-def input_ids(ckpt: Path, texts: Sequence[str]) -> torch.Tensor:
-    return torch.tensor(reference_ids(load_tokenizer(ckpt), texts), dtype=torch.int64)
+def input_ids(checkpoint_dir: Path, texts: Sequence[str]) -> torch.Tensor:
+    return torch.tensor(reference_ids(load_tokenizer(checkpoint_dir), texts), dtype=torch.int64)
 
 
 def read_texts(path: Path) -> list[str]:
     texts = json.loads(path.read_text())
-    if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
+    if not isinstance(texts, list) or not all(isinstance(text, str) for text in texts):
         raise ValueError(f"{path}: expected a JSON list of strings")
     return texts
 
@@ -72,10 +74,10 @@ def read_corpus(path: Path) -> tuple[list[str], list[str]]:
     entries = json.loads(path.read_text())
     if not isinstance(entries, list):
         raise ValueError(f"{path}: expected a JSON list")
-    entries = [{"text": e} if isinstance(e, str) else e for e in entries]
-    if not all(isinstance(e, dict) and isinstance(e.get("text"), str) for e in entries):
+    entries = [{"text": entry} if isinstance(entry, str) else entry for entry in entries]
+    if not all(isinstance(entry, dict) and isinstance(entry.get("text"), str) for entry in entries):
         raise ValueError(f"{path}: expected strings or {{\"class\", \"text\"}} objects")
-    return [e["text"] for e in entries], [str(e.get("class", "")) for e in entries]
+    return [entry["text"] for entry in entries], [str(entry.get("class", "")) for entry in entries]
 
 
 def _sidecar(out: Path, **fields: Any) -> None:
@@ -91,35 +93,36 @@ def reference(checkpoint: str, images: Sequence[Path], texts: Sequence[str], out
               convention: str = "processor") -> None:
     from transformers import SiglipModel
 
-    ck = resolve_checkpoint(checkpoint, revision)
-    model = SiglipModel.from_pretrained(str(ck.path), dtype=torch.float32).eval()
-    px, ids = pixel_values(ck.path, images, convention=convention), input_ids(ck.path, texts)
-    o = model(input_ids=ids, pixel_values=px)  # no attention mask, as SigLIP is used
+    ckpt = resolve_checkpoint(checkpoint, revision)
+    model = SiglipModel.from_pretrained(str(ckpt.path), dtype=torch.float32).eval()
+    pixels, ids = pixel_values(ckpt.path, images, convention=convention), input_ids(ckpt.path, texts)
+    outputs = model(input_ids=ids, pixel_values=pixels)  # no attention mask, as SigLIP is used
     tensors = {
-        "pixel_values": px.contiguous(),
+        "pixel_values": pixels.contiguous(),
         "input_ids": ids.contiguous(),
-        "image_embeds": o.image_embeds.float().contiguous(),
-        "text_embeds": o.text_embeds.float().contiguous(),
-        "logits": o.logits_per_image.float().contiguous(),
-        "probs": torch.sigmoid(o.logits_per_image).float().contiguous(),
+        "image_embeds": outputs.image_embeds.float().contiguous(),
+        "text_embeds": outputs.text_embeds.float().contiguous(),
+        "logits": outputs.logits_per_image.float().contiguous(),
+        "probs": torch.sigmoid(outputs.logits_per_image).float().contiguous(),
     }
     out.parent.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(out))
-    _sidecar(out, images=[str(Path(p).resolve()) for p in images], texts=list(texts), checkpoint=ck.source,
+    _sidecar(out, images=[str(Path(path).resolve()) for path in images], texts=list(texts), checkpoint=ckpt.source,
              convention=convention)
 
 
 def reference_tokens(checkpoint: str, texts: Sequence[str], out: Path, classes: Sequence[str] | None = None,
                      revision: str | None = None) -> None:
-    ck = resolve_checkpoint(checkpoint, revision)
+    ckpt = resolve_checkpoint(checkpoint, revision)
     out.parent.mkdir(parents=True, exist_ok=True)
-    save_file({"input_ids": input_ids(ck.path, texts).contiguous()}, str(out))
-    _sidecar(out, texts=list(texts), classes=list(classes or []), checkpoint=ck.source)
+    save_file({"input_ids": input_ids(ckpt.path, texts).contiguous()}, str(out))
+    _sidecar(out, texts=list(texts), classes=list(classes or []), checkpoint=ckpt.source)
 
 
 def reference_pixels(checkpoint: str, images: Sequence[Path], out: Path, size: int | None = None, revision: str | None = None,
                      convention: str = "processor") -> None:
-    ck = resolve_checkpoint(checkpoint, revision)
+    ckpt = resolve_checkpoint(checkpoint, revision)
     out.parent.mkdir(parents=True, exist_ok=True)
-    save_file({"pixel_values": pixel_values(ck.path, images, size, convention).contiguous()}, str(out))
-    _sidecar(out, images=[str(Path(p).resolve()) for p in images], checkpoint=ck.source, size=size, convention=convention)
+    save_file({"pixel_values": pixel_values(ckpt.path, images, size, convention).contiguous()}, str(out))
+    _sidecar(out, images=[str(Path(path).resolve()) for path in images], checkpoint=ckpt.source, size=size,
+             convention=convention)

@@ -61,14 +61,14 @@ def python_str_tables() -> dict[str, Any]:
     for cp in range(sys.maxunicode + 1):
         if 0xD800 <= cp <= 0xDFFF:  # surrogates never occur in UTF-8 text
             continue
-        c = chr(cp)
-        low = c.lower()
-        if low != c:
-            lower.append([cp, low])
-        if c.isspace():
+        char = chr(cp)
+        lowered = char.lower()
+        if lowered != char:
+            lower.append([cp, lowered])
+        if char.isspace():
             whitespace.append(cp)
-        alone = (c + _SIGMA).lower().endswith(_FINAL_SIGMA)
-        after_cased = ("A" + c + _SIGMA).lower().endswith(_FINAL_SIGMA)
+        alone = (char + _SIGMA).lower().endswith(_FINAL_SIGMA)
+        after_cased = ("A" + char + _SIGMA).lower().endswith(_FINAL_SIGMA)
         if alone:
             cased.append(cp)
         elif after_cased:
@@ -87,17 +87,17 @@ def spec(hf_tokenizer: Any) -> dict[str, Any]:
     """The Python half of a slow `SiglipTokenizer`, as `slow_tokenizer.json` holds it."""
     added = [
         {
-            "id": int(i),
-            "content": str(t.content),
-            "lstrip": bool(t.lstrip),
-            "rstrip": bool(t.rstrip),
-            "single_word": bool(t.single_word),
-            "special": bool(t.special),
+            "id": int(token_id),
+            "content": str(token.content),
+            "lstrip": bool(token.lstrip),
+            "rstrip": bool(token.rstrip),
+            "single_word": bool(token.single_word),
+            "special": bool(token.special),
         }
-        for i, t in sorted(hf_tokenizer._added_tokens_decoder.items())
+        for token_id, token in sorted(hf_tokenizer._added_tokens_decoder.items())
     ]
     encoder = {str(k): int(v) for k, v in hf_tokenizer._added_tokens_encoder.items()}
-    if {a["content"]: a["id"] for a in added} != encoder:
+    if {token["content"]: token["id"] for token in added} != encoder:
         raise ValueError("the tokenizer's added-token encoder and decoder disagree")
     return {
         "version": SPEC_VERSION,

@@ -41,38 +41,38 @@ _SPACES = [" ", "  ", "\t", "\n", "\r\n", "\u00a0", "\u3000", "\u2003", "\u200b"
 
 
 def _caption(rng: random.Random) -> str:
-    t = rng.choice(_TEMPLATES)
-    n, n2, a = rng.choice(_NOUNS), rng.choice(_NOUNS), rng.choice(_ADJ)
-    k = rng.choice(["two", "three", "7", "12", "1000", "many", "some"])
-    return t.format(n=n, n2=n2, a=a, k=k, N=n.upper(), A=a.capitalize())
+    template = rng.choice(_TEMPLATES)
+    noun, noun2, adjective = rng.choice(_NOUNS), rng.choice(_NOUNS), rng.choice(_ADJ)
+    count = rng.choice(["two", "three", "7", "12", "1000", "many", "some"])
+    return template.format(n=noun, n2=noun2, a=adjective, k=count, N=noun.upper(), A=adjective.capitalize())
 
 
-def _mutate(rng: random.Random, s: str) -> str:
+def _mutate(rng: random.Random, text: str) -> str:
     """Apply one random perturbation that stresses a normalisation rule."""
     op = rng.randrange(12)
     if op == 0:
-        return s.upper()
+        return text.upper()
     if op == 1:
-        return "".join(c.upper() if rng.random() < 0.5 else c for c in s)
+        return "".join(char.upper() if rng.random() < 0.5 else char for char in text)
     if op == 2:
-        return unicodedata.normalize("NFD", s)
+        return unicodedata.normalize("NFD", text)
     if op == 3:
-        return rng.choice(_SPACES) + s + rng.choice(_SPACES)
+        return rng.choice(_SPACES) + text + rng.choice(_SPACES)
     if op == 4:
-        return s.replace(" ", rng.choice(_SPACES))
+        return text.replace(" ", rng.choice(_SPACES))
     if op == 5:
-        return s + " " + rng.choice(_EMOJI)
+        return text + " " + rng.choice(_EMOJI)
     if op == 6:
-        return "".join(c + (rng.choice(_PUNCT) if rng.random() < 0.2 else "") for c in s)
+        return "".join(char + (rng.choice(_PUNCT) if rng.random() < 0.2 else "") for char in text)
     if op == 7:
-        return s.replace(" ", "▁") if rng.random() < 0.5 else "▁" + s
+        return text.replace(" ", "▁") if rng.random() < 0.5 else "▁" + text
     if op == 8:
-        return s + rng.choice(_UNI_PUNCT)
+        return text + rng.choice(_UNI_PUNCT)
     if op == 9:
-        return rng.choice(_MULTI) + " " + s
+        return rng.choice(_MULTI) + " " + text
     if op == 10:
-        return f"https://example.com/{s.replace(' ', '_')}?q={rng.randrange(10**6)}"
-    return s
+        return f"https://example.com/{text.replace(' ', '_')}?q={rng.randrange(10**6)}"
+    return text
 
 
 def training_corpus(seed: int = 0, n: int = 6000) -> list[str]:
@@ -80,10 +80,10 @@ def training_corpus(seed: int = 0, n: int = 6000) -> list[str]:
     rng = random.Random(seed)
     out = [_caption(rng) for _ in range(n)]
     # Real SigLIP text is lowercased and punctuation-free before sentencepiece: train mostly on that.
-    out += [c.lower() for c in out]
+    out += [caption.lower() for caption in out]
     out += [" ".join(str(rng.randrange(10 ** rng.randrange(1, 6))) for _ in range(4)) for _ in range(500)]
-    syll = ["ka", "lo", "mi", "ne", "ru", "sta", "pho", "to", "gra", "ph", "ing", "tion", "er", "ly"]
-    out += [" ".join("".join(rng.choice(syll) for _ in range(rng.randrange(1, 4))) for _ in range(6)) for _ in range(2000)]
+    syllables = ["ka", "lo", "mi", "ne", "ru", "sta", "pho", "to", "gra", "ph", "ing", "tion", "er", "ly"]
+    out += [" ".join("".join(rng.choice(syllables) for _ in range(rng.randrange(1, 4))) for _ in range(6)) for _ in range(2000)]
     out += _MULTI * 20
     out += [" ".join(rng.choice(_EMOJI) for _ in range(3)) for _ in range(50)]
     return out
@@ -107,21 +107,22 @@ def parity_corpus(seed: int = 1234, n_random: int = 1000) -> list[str]:
         "😀" * 70, "a, " * 70, "\n".join(["line"] * 40), "▁" * 20 + "x",
     ]
     out = list(fixed)
-    for m in _MULTI:
-        out += [m, m.upper(), unicodedata.normalize("NFD", m), " " + m + " ", m + "!"]
-    for e in _EMOJI:
-        out += [e, f"a photo of {e}", f"{e}{e} {e}"]
-    for c in _UNI_PUNCT + list(_PUNCT):
-        out += [f"x{c}y", f"{c} start", f"end {c}"]
-    for s in _SPACES:
-        out += [f"a{s}b", f"{s}a{s}", f"{s}"]
-    for k in range(30):
-        out.append(f"a photo of {k} cats")
+    for multilingual in _MULTI:
+        out += [multilingual, multilingual.upper(), unicodedata.normalize("NFD", multilingual), " " + multilingual + " ",
+                multilingual + "!"]
+    for emoji in _EMOJI:
+        out += [emoji, f"a photo of {emoji}", f"{emoji}{emoji} {emoji}"]
+    for mark in _UNI_PUNCT + list(_PUNCT):
+        out += [f"x{mark}y", f"{mark} start", f"end {mark}"]
+    for space in _SPACES:
+        out += [f"a{space}b", f"{space}a{space}", f"{space}"]
+    for count in range(30):
+        out.append(f"a photo of {count} cats")
     while len(out) < len(fixed) + 300 + n_random:
-        s = _caption(rng)
+        text = _caption(rng)
         for _ in range(rng.randrange(1, 4)):
-            s = _mutate(rng, s)
-        out.append(s)
+            text = _mutate(rng, text)
+        out.append(text)
     # Long strings (> 64 tokens) exercise truncation keeping EOS.
     for _ in range(40):
         out.append(" ".join(_mutate(rng, _caption(rng)) for _ in range(rng.randrange(6, 15))))
@@ -164,9 +165,9 @@ _CONTROL = [chr(c) for c in range(0x00, 0x20)] + ["\x7f"] + [chr(c) for c in ran
 _PY_SPACES = [" ", "\t", "\n", "\x0b", "\x0c", "\r", "\x1c", "\x1d", "\x1e", "\x1f", "\x85", "\xa0", "\u1680", "\u2000", "\u2005", "\u200a", "\u2028", "\u2029", "\u202f", "\u205f", "\u3000"]
 
 
-def _insert(rng: random.Random, s: str, piece: str) -> str:
-    i = rng.randrange(len(s) + 1)
-    return s[:i] + piece + s[i:]
+def _insert(rng: random.Random, text: str, piece: str) -> str:
+    at = rng.randrange(len(text) + 1)
+    return text[:at] + piece + text[at:]
 
 
 def _from_ranges(rng: random.Random, ranges: list[tuple[int, int]], n: int) -> str:
@@ -179,8 +180,8 @@ def _combining_marks(rng: random.Random) -> str:
         marks = rng.sample(_COMBINING, rng.randrange(1, 5))
         word = rng.choice(_BASES) + "".join(marks)
         if rng.random() < 0.3:  # a precomposed letter, decomposed, marks shuffled
-            d = list(unicodedata.normalize("NFD", rng.choice("áàâäãåéèêëíìîïóòôöõúùûüýÿñçǘǜṏḉẫệỗ")))
-            word = d[0] + "".join(rng.sample(d[1:] + marks, len(d) - 1 + len(marks)))
+            letter = list(unicodedata.normalize("NFD", rng.choice("áàâäãåéèêëíìîïóòôöõúùûüýÿñçǘǜṏḉẫệỗ")))
+            word = letter[0] + "".join(rng.sample(letter[1:] + marks, len(letter) - 1 + len(marks)))
         words.append(word + rng.choice(["", "x", "n", "ng"]))
     return rng.choice(["", "a photo of ", "the "]) + " ".join(words)
 
@@ -198,22 +199,22 @@ def _casing(rng: random.Random) -> str:
 
 
 def _special_literals(rng: random.Random) -> str:
-    s = _caption(rng)
+    text = _caption(rng)
     for _ in range(rng.randrange(1, 4)):
         pad = lambda: "".join(rng.choice(_PY_SPACES + ["", "", "▁"]) for _ in range(rng.randrange(0, 3)))  # noqa: E731
-        s = _insert(rng, s, pad() + rng.choice(_SPECIALS) + pad())
+        text = _insert(rng, text, pad() + rng.choice(_SPECIALS) + pad())
     if rng.random() < 0.2:
-        s = rng.choice(_SPECIALS) + s
+        text = rng.choice(_SPECIALS) + text
     if rng.random() < 0.2:
-        s = s + rng.choice(_SPECIALS)
-    return s
+        text = text + rng.choice(_SPECIALS)
+    return text
 
 
 def _zero_width_bidi(rng: random.Random) -> str:
-    s = _caption(rng) if rng.random() < 0.6 else rng.choice(_RTL) + " " + _caption(rng)
+    text = _caption(rng) if rng.random() < 0.6 else rng.choice(_RTL) + " " + _caption(rng)
     for _ in range(rng.randrange(1, 6)):
-        s = _insert(rng, s, rng.choice(_INVISIBLE))
-    return s
+        text = _insert(rng, text, rng.choice(_INVISIBLE))
+    return text
 
 
 def _emoji(rng: random.Random) -> str:
@@ -235,12 +236,12 @@ def _emoji(rng: random.Random) -> str:
 
 
 def _cjk(rng: random.Random) -> str:
-    s = _from_ranges(rng, _CJK_RANGES, rng.randrange(1, 30))
+    text = _from_ranges(rng, _CJK_RANGES, rng.randrange(1, 30))
     if rng.random() < 0.3:
-        s = _insert(rng, s, rng.choice(["\u3099", "\u309a", "\uff9e", "\uff9f"]))
+        text = _insert(rng, text, rng.choice(["\u3099", "\u309a", "\uff9e", "\uff9f"]))
     if rng.random() < 0.3:
-        s = _insert(rng, s, " " + _caption(rng) + " ")
-    return s
+        text = _insert(rng, text, " " + _caption(rng) + " ")
+    return text
 
 
 def _thai(rng: random.Random) -> str:
@@ -250,10 +251,10 @@ def _thai(rng: random.Random) -> str:
 
 
 def _control(rng: random.Random) -> str:
-    s = _caption(rng)
+    text = _caption(rng)
     for _ in range(rng.randrange(1, 6)):
-        s = _insert(rng, s, rng.choice(_CONTROL))
-    return s
+        text = _insert(rng, text, rng.choice(_CONTROL))
+    return text
 
 
 def _overlong(rng: random.Random) -> str:
@@ -282,8 +283,8 @@ def _random_unicode(rng: random.Random) -> str:
 
 def _punct_space(rng: random.Random) -> str:
     pool = list(_PUNCT) + _UNI_PUNCT + _PY_SPACES + ["▁", "▁▁", "﹏", "＿", "‿"]
-    s = "".join(rng.choice(pool + list("abc")) for _ in range(rng.randrange(1, 30)))
-    return _insert(rng, s, _caption(rng)) if rng.random() < 0.4 else s
+    text = "".join(rng.choice(pool + list("abc")) for _ in range(rng.randrange(1, 30)))
+    return _insert(rng, text, _caption(rng)) if rng.random() < 0.4 else text
 
 
 ADVERSARIAL_CLASSES = {
@@ -315,18 +316,18 @@ def added_token_corpus(tokens: list[str], seed: int = 5, n: int = 600) -> list[d
     pieces = tokens + ["</s>", "<unk>"]
     out = []
     for _ in range(n):
-        s = _caption(rng) if rng.random() < 0.8 else ""
+        text = _caption(rng) if rng.random() < 0.8 else ""
         for _ in range(rng.randrange(1, 4)):
             around = lambda: rng.choice(["", "", " ", "  ", "\t", "x", "▁", "\u3000"])  # noqa: E731
-            s = _insert(rng, s, around() + rng.choice(pieces) + around())
-        out.append({"class": "added_tokens", "text": s})
+            text = _insert(rng, text, around() + rng.choice(pieces) + around())
+        out.append({"class": "added_tokens", "text": text})
     return out
 
 
 def tokenizer_corpus() -> list[dict[str, str]]:
     """Everything `make parity` tokenises: the captions (templated photo captions, mutated, plus
     hand-picked edge cases) and the adversarial classes."""
-    return [{"class": "captions", "text": t} for t in parity_corpus()] + adversarial_corpus()
+    return [{"class": "captions", "text": text} for text in parity_corpus()] + adversarial_corpus()
 
 
 def builtin_sample() -> list[str]:
@@ -336,4 +337,4 @@ def builtin_sample() -> list[str]:
 
 def tokenizer_check_texts() -> list[str]:
     """The texts of a model directory's tokenizer_check.json: captions and every adversarial class."""
-    return builtin_sample() + [e["text"] for e in adversarial_corpus(seed=99, per_class=40)]
+    return builtin_sample() + [entry["text"] for entry in adversarial_corpus(seed=99, per_class=40)]

@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import json
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from . import slow_tokenizer
 
@@ -41,36 +42,36 @@ def build_from_fast(hf_tokenizer: Any, *, max_length: int = MAX_LENGTH) -> Any:
     e.g. Lowercase for Siglip2Tokenizer, and the eos/bos template), fix truncation and padding."""
     from tokenizers import Tokenizer
 
-    tok = Tokenizer.from_str(hf_tokenizer.backend_tokenizer.to_str())
-    tok.no_padding()
-    tok.no_truncation()
-    tok.enable_truncation(max_length=max_length)
+    fast = Tokenizer.from_str(hf_tokenizer.backend_tokenizer.to_str())
+    fast.no_padding()
+    fast.no_truncation()
+    fast.enable_truncation(max_length=max_length)
     pad_id = hf_tokenizer.pad_token_id
     if pad_id is None:
         raise ValueError("tokenizer has no pad token")
-    tok.enable_padding(
+    fast.enable_padding(
         direction=hf_tokenizer.padding_side, pad_id=pad_id, pad_token=str(hf_tokenizer.pad_token), length=max_length
     )
-    return tok
+    return fast
 
 
-def normalizer_lowercases(tok: Any) -> bool:
-    return '"Lowercase"' in json.dumps(json.loads(tok.to_str()).get("normalizer"))
+def normalizer_lowercases(fast: Any) -> bool:
+    return '"Lowercase"' in json.dumps(json.loads(fast.to_str()).get("normalizer"))
 
 
 def reference_ids(hf_tokenizer: Any, texts: Sequence[str], max_length: int = MAX_LENGTH) -> list[list[int]]:
     """transformers' own ids: padding to max_length, truncation (never pad-to-longest: SigLIP pools the last token)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "sequence already has </s>" for literal </s> inputs
-        out = hf_tokenizer(list(texts), padding="max_length", max_length=max_length, truncation=True)
-    return [list(map(int, ids)) for ids in out["input_ids"]]
+        encoded = hf_tokenizer(list(texts), padding="max_length", max_length=max_length, truncation=True)
+    return [list(map(int, ids)) for ids in encoded["input_ids"]]
 
 
-def mismatches(tok: Any, hf_tokenizer: Any, texts: Sequence[str]) -> list[str]:
+def mismatches(fast: Any, hf_tokenizer: Any, texts: Sequence[str]) -> list[str]:
     """Texts whose ids from a `tokenizers` Tokenizer differ from transformers'."""
-    ours = [e.ids for e in tok.encode_batch(list(texts))]
-    ref = reference_ids(hf_tokenizer, texts, max_length=tok.truncation["max_length"] if tok.truncation else MAX_LENGTH)
-    return [t for t, a, b in zip(texts, ours, ref) if a != b]
+    ours = [encoding.ids for encoding in fast.encode_batch(list(texts))]
+    theirs = reference_ids(hf_tokenizer, texts, max_length=fast.truncation["max_length"] if fast.truncation else MAX_LENGTH)
+    return [text for text, our_ids, their_ids in zip(texts, ours, theirs, strict=True) if our_ids != their_ids]
 
 
 def write(hf_tokenizer: Any, out: Path, check_texts: Sequence[str]) -> tuple[TextSettings, dict[str, str]]:
@@ -86,8 +87,8 @@ def write(hf_tokenizer: Any, out: Path, check_texts: Sequence[str]) -> tuple[Tex
         if settings.pad_id != settings.eos_id:
             raise ValueError(f"pad id {settings.pad_id} differs from eos id {settings.eos_id}; SigLIP pads with EOS")
     elif getattr(hf_tokenizer, "backend_tokenizer", None) is not None:
-        tok = build_from_fast(hf_tokenizer)
-        tok.save(str(out / JSON_FILE))
+        fast = build_from_fast(hf_tokenizer)
+        fast.save(str(out / JSON_FILE))
         from tokenizers import Tokenizer
 
         # The file on disk is what the server reads: check it after the round trip.
@@ -95,7 +96,8 @@ def write(hf_tokenizer: Any, out: Path, check_texts: Sequence[str]) -> tuple[Tex
         if bad:
             raise ValueError(f"tokenizer.json differs from transformers on {len(bad)}/{len(check_texts)} texts, e.g. {bad[:3]!r}")
         files = {"tokenizer": JSON_FILE}
-        settings = TextSettings(MAX_LENGTH, tok.padding["pad_id"], int(hf_tokenizer.eos_token_id), normalizer_lowercases(tok), "gemma")
+        settings = TextSettings(MAX_LENGTH, fast.padding["pad_id"], int(hf_tokenizer.eos_token_id), normalizer_lowercases(fast),
+                                "gemma")
     else:
         raise ValueError(f"unsupported tokenizer class {type(hf_tokenizer).__name__}")
     check = {"texts": list(check_texts), "input_ids": reference_ids(hf_tokenizer, check_texts)}

@@ -31,7 +31,7 @@ def test_config_replacement(stubs, siglip, photo, labels):
     assert second.config_generation == first.config_generation + 1
     assert len(first.scores) == len(labels)
     (top,) = second.scores
-    assert top.label == max((s for s in first.scores if s.index < 2), key=lambda s: s.probability).label
+    assert top.label == max((score for score in first.scores if score.index < 2), key=lambda score: score.probability).label
 
 
 def test_latest_only_accounts_for_every_frame(stubs, siglip, photo, labels):
@@ -40,10 +40,10 @@ def test_latest_only_accounts_for_every_frame(stubs, siglip, photo, labels):
     sent = 40
     requests = [config(pb2, labels, pb2.DELIVERY_MODE_LATEST_ONLY)] + [frame(pb2, i, image) for i in range(sent)]
     responses = list(siglip.Stream(iter(requests), timeout=60))
-    ids = [r.frame_id for r in responses]
+    ids = [response.frame_id for response in responses]
     assert ids == sorted(ids) and len(set(ids)) == len(ids)
     assert ids[-1] == sent - 1, "the newest frame is never dropped"
-    assert len(responses) + sum(r.skipped_frames for r in responses) == sent
+    assert len(responses) + sum(response.skipped_frames for response in responses) == sent
 
 
 def test_raw_frames_match_encoded(stubs, siglip, assets, labels):
@@ -55,14 +55,14 @@ def test_raw_frames_match_encoded(stubs, siglip, assets, labels):
     pb2, _ = stubs
     encoded = (assets / "images" / "coffee_rgb8.png").read_bytes()
     rgb = np.asarray(Image.open(io.BytesIO(encoded)).convert("RGB"))
-    h, w = rgb.shape[:2]
-    opaque = np.dstack([rgb, np.full((h, w), 255, np.uint8)])
-    translucent = np.dstack([rgb, np.full((h, w), 7, np.uint8)])
+    height, width = rgb.shape[:2]
+    opaque = np.dstack([rgb, np.full((height, width), 255, np.uint8)])
+    translucent = np.dstack([rgb, np.full((height, width), 7, np.uint8)])
     buf = io.BytesIO()
     Image.fromarray(convert_to_rgb(translucent, return_numpy=True)).save(buf, format="PNG")
 
     def raw(data: np.ndarray, fmt: int) -> object:
-        return pb2.Image(raw=pb2.RawFrame(width=w, height=h, format=fmt, data=data.tobytes()))
+        return pb2.Image(raw=pb2.RawFrame(width=width, height=height, format=fmt, data=data.tobytes()))
 
     images = [
         pb2.Image(encoded=encoded),
@@ -71,9 +71,9 @@ def test_raw_frames_match_encoded(stubs, siglip, assets, labels):
         pb2.Image(encoded=buf.getvalue()),
         raw(translucent, pb2.PIXEL_FORMAT_RGBA8),
     ]
-    requests = [config(pb2, labels, pb2.DELIVERY_MODE_EVERY_FRAME)] + [frame(pb2, i, im) for i, im in enumerate(images)]
+    requests = [config(pb2, labels, pb2.DELIVERY_MODE_EVERY_FRAME)] + [frame(pb2, i, image) for i, image in enumerate(images)]
     photo, from_rgb, from_rgba, white, from_translucent = siglip.Stream(iter(requests), timeout=30)
-    assert [s.label for s in white.scores] != [s.label for s in photo.scores], "compositing changed nothing"
+    assert [score.label for score in white.scores] != [score.label for score in photo.scores], "compositing changed nothing"
     for expected, raw_result in ((photo, from_rgb), (photo, from_rgba), (white, from_translucent)):
         assert not raw_result.HasField("error"), raw_result.error
         for want, got in zip(expected.scores, raw_result.scores, strict=True):

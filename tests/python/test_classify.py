@@ -19,7 +19,7 @@ def chunks(data: bytes, size: int) -> list[bytes]:
 
 
 def by_label(scores) -> dict[str, tuple[float, float]]:
-    return {s.label: (s.probability, s.logit) for s in scores}
+    return {score.label: (score.probability, score.logit) for score in scores}
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +33,7 @@ def classify_unary(siglip, pb2, data, labels):
 
 def classify_upload(siglip, pb2, data, labels):
     header = pb2.UploadHeader(texts=labels, total_bytes=len(data))
-    requests = [pb2.UploadRequest(header=header)] + [pb2.UploadRequest(chunk=c) for c in chunks(data, UPLOAD_CHUNK)]
+    requests = [pb2.UploadRequest(header=header)] + [pb2.UploadRequest(chunk=chunk) for chunk in chunks(data, UPLOAD_CHUNK)]
     return siglip.Upload(iter(requests), timeout=30).scores
 
 
@@ -41,11 +41,13 @@ def stream_frames(pb2, photos: list[bytes]):
     """Each photo twice: whole, then split into chunks."""
     frame_id = 0
     for data in photos:
-        yield pb2.StreamRequest(frame=pb2.Frame(frame_id=frame_id, timestamp_us=1000 * frame_id, image=pb2.Image(encoded=data)))
+        yield pb2.StreamRequest(frame=pb2.Frame(frame_id=frame_id, timestamp_us=1000 * frame_id,
+                                                image=pb2.Image(encoded=data)))
         frame_id += 1
         parts = chunks(data, FRAME_CHUNK)
         for i, part in enumerate(parts):
-            yield pb2.StreamRequest(frame=pb2.Frame(frame_id=frame_id, timestamp_us=1000 * frame_id, chunk=part, last=i == len(parts) - 1))
+            yield pb2.StreamRequest(frame=pb2.Frame(frame_id=frame_id, timestamp_us=1000 * frame_id, chunk=part,
+                                                    last=i == len(parts) - 1))
         frame_id += 1
 
 
@@ -56,26 +58,26 @@ def results(stubs, siglip, photos, labels) -> dict[str, list]:
     config = pb2.StreamRequest(config=pb2.StreamConfig(texts=labels, mode=pb2.DELIVERY_MODE_EVERY_FRAME))
     requests = [config, *stream_frames(pb2, list(photos.values()))]
     responses = list(siglip.Stream(iter(requests), timeout=60))
-    assert [r.frame_id for r in responses] == list(range(2 * len(PHOTOS)))
-    assert [r.timestamp_us for r in responses] == [1000 * r.frame_id for r in responses]
-    assert not any(r.HasField("error") for r in responses), [r.error for r in responses]
+    assert [response.frame_id for response in responses] == list(range(2 * len(PHOTOS)))
+    assert [response.timestamp_us for response in responses] == [1000 * response.frame_id for response in responses]
+    assert not any(response.HasField("error") for response in responses), [response.error for response in responses]
     return {
         "Classify": [classify_unary(siglip, pb2, data, labels) for data in photos.values()],
         "Upload": [classify_upload(siglip, pb2, data, labels) for data in photos.values()],
-        "Stream": [r.scores for r in responses[0::2]],
-        "Stream (chunked frames)": [r.scores for r in responses[1::2]],
+        "Stream": [response.scores for response in responses[0::2]],
+        "Stream (chunked frames)": [response.scores for response in responses[1::2]],
     }
 
 
 def test_scores_are_complete_and_ordered(results, labels):
     for rpc, per_photo in results.items():
         for scores in per_photo:
-            assert sorted(s.index for s in scores) == list(range(len(labels))), rpc
-            assert all(labels[s.index] == s.label for s in scores), rpc
-            probabilities = [s.probability for s in scores]
+            assert sorted(score.index for score in scores) == list(range(len(labels))), rpc
+            assert all(labels[score.index] == score.label for score in scores), rpc
+            probabilities = [score.probability for score in scores]
             assert probabilities == sorted(probabilities, reverse=True), rpc
-            for s in scores:
-                assert s.probability == pytest.approx(1 / (1 + math.exp(-s.logit)), abs=PROB_TOL), rpc
+            for score in scores:
+                assert score.probability == pytest.approx(1 / (1 + math.exp(-score.logit)), abs=PROB_TOL), rpc
 
 
 @pytest.mark.parametrize("rpc", ["Upload", "Stream", "Stream (chunked frames)"])
@@ -89,10 +91,10 @@ def test_rpcs_agree_with_classify(results, rpc):
 def test_matches_embeddings(stubs, siglip, photos, labels, manifest, results):
     """probability = sigmoid(exp(logit_scale) * <image, text> + logit_bias) from EmbedImage/EmbedText."""
     pb2, _ = stubs
-    images = siglip.EmbedImage(pb2.EmbedImageRequest(images=[pb2.Image(encoded=d) for d in photos.values()]), timeout=30)
+    images = siglip.EmbedImage(pb2.EmbedImageRequest(images=[pb2.Image(encoded=data) for data in photos.values()]), timeout=30)
     texts = siglip.EmbedText(pb2.EmbedTextRequest(texts=labels), timeout=30)
-    image_emb = np.array([e.values for e in images.embeddings], dtype=np.float64)
-    text_emb = np.array([e.values for e in texts.embeddings], dtype=np.float64)
+    image_emb = np.array([embedding.values for embedding in images.embeddings], dtype=np.float64)
+    text_emb = np.array([embedding.values for embedding in texts.embeddings], dtype=np.float64)
     assert image_emb.shape == (len(PHOTOS), manifest["embedding_dim"])
     assert text_emb.shape == (len(labels), manifest["embedding_dim"])
     np.testing.assert_allclose(np.linalg.norm(image_emb, axis=1), 1, atol=1e-5)
@@ -101,9 +103,9 @@ def test_matches_embeddings(stubs, siglip, photos, labels, manifest, results):
     logits = math.exp(manifest["logit_scale"]) * image_emb @ text_emb.T + manifest["logit_bias"]
     probabilities = 1 / (1 + np.exp(-logits))
     for row, (photo, scores) in enumerate(zip(PHOTOS, results["Classify"], strict=True)):
-        for s in scores:
-            assert s.probability == pytest.approx(probabilities[row, s.index], abs=PROB_TOL), (photo, s.label)
-            assert s.logit == pytest.approx(logits[row, s.index], abs=1e-4), (photo, s.label)
+        for score in scores:
+            assert score.probability == pytest.approx(probabilities[row, score.index], abs=PROB_TOL), (photo, score.label)
+            assert score.logit == pytest.approx(logits[row, score.index], abs=1e-4), (photo, score.label)
 
 
 def parse_cli(output: str) -> dict[str, dict[str, float]]:
@@ -119,10 +121,10 @@ def parse_cli(output: str) -> dict[str, dict[str, float]]:
 
 def test_matches_core_runtime_cli(server_bin, model_dir, assets, labels, results):
     cmd = [str(server_bin), "classify", "--model-dir", str(model_dir), "--dtype", "float32",
-           *(str(assets / "images" / p) for p in PHOTOS), "--labels", *labels]
+           *(str(assets / "images" / photo) for photo in PHOTOS), "--labels", *labels]
     cli = parse_cli(subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=120).stdout)
     assert set(cli) == set(PHOTOS)
     for photo, scores in zip(PHOTOS, results["Classify"], strict=True):
         assert set(cli[photo]) == set(labels), photo
-        for s in scores:
-            assert s.logit == pytest.approx(cli[photo][s.label], abs=CLI_LOGIT_TOL), (photo, s.label)
+        for score in scores:
+            assert score.logit == pytest.approx(cli[photo][score.label], abs=CLI_LOGIT_TOL), (photo, score.label)

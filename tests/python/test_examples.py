@@ -25,7 +25,8 @@ def video(tmp_path_factory) -> tuple[str, int]:
 @pytest.mark.parametrize("encoding", [[], ["--raw"]], ids=["jpeg", "raw"])
 def test_stream_video_every_frame(server, video, encoding):
     path, frames = video
-    cmd = [sys.executable, EXAMPLES / "stream_video.py", "--addr", server, "--video", path, "--mode", "every", "--fps", "0", *encoding]
+    cmd = [sys.executable, EXAMPLES / "stream_video.py", "--addr", server, "--video", path, "--mode", "every", "--fps", "0",
+           *encoding]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     lines = [line for line in done.stdout.splitlines() if line.startswith("frame ")]

@@ -44,9 +44,9 @@ PRESENT = ["siglip_model_info{", "siglip_build_info{", "process_resident_memory_
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def scrape(addr: str) -> str:
@@ -59,7 +59,7 @@ def wait_for_series(addr: str, series: list[str], timeout_s: float = 30) -> set[
     deadline = time.monotonic() + timeout_s
     while True:
         lines = set(scrape(addr).splitlines())
-        missing = [s for s in series if s not in lines]
+        missing = [line for line in series if line not in lines]
         if not missing:
             return lines
         seen = sorted(line for line in lines if line.startswith("siglip_") and not line.endswith(" 0"))
@@ -154,7 +154,7 @@ def test_real_prometheus_sees_traffic(metered, stubs, assets, labels, tmp_path):
         seen: dict[str, float | None] = {}
         while time.monotonic() < deadline:
             seen = {expr: query(expr) for expr in expectations}
-            if all(v is not None and v >= want for (expr, want), v in zip(expectations.items(), seen.values())):
+            if all(value is not None and value >= want for want, value in zip(expectations.values(), seen.values(), strict=True)):
                 break
             time.sleep(0.5)
         for expr, want in expectations.items():

@@ -7,9 +7,9 @@ import grpc
 import pytest
 from google.protobuf.descriptor_pool import DescriptorPool
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from PIL import Image
 from grpc_reflection.v1alpha import reflection_pb2
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
+from PIL import Image
 
 SERVICE = "siglip.v1.Siglip"
 MIB = 1 << 20
@@ -37,13 +37,13 @@ def test_reflection_lists_services(channel, version):
         response_deserializer=reflection_pb2.ServerReflectionResponse.FromString,
     )
     (response,) = info(iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=5)
-    services = {s.name for s in response.list_services_response.service}
+    services = {service.name for service in response.list_services_response.service}
     assert {SERVICE, "grpc.health.v1.Health"} <= services
 
 
 def test_reflection_describes_siglip(channel):
     pool = DescriptorPool(ProtoReflectionDescriptorDatabase(channel))
-    assert {m.name for m in pool.FindServiceByName(SERVICE).methods} == METHODS
+    assert {method.name for method in pool.FindServiceByName(SERVICE).methods} == METHODS
 
 
 def test_model_info(stubs, siglip, manifest):
@@ -99,13 +99,13 @@ def test_bad_frame_does_not_end_stream(stubs, siglip, bad, assets, labels):
     good = (assets / "images" / "chelsea_progressive.jpg").read_bytes()
     frames = [good, *bad.values(), good]
     requests = [pb2.StreamRequest(config=pb2.StreamConfig(texts=labels, mode=pb2.DELIVERY_MODE_EVERY_FRAME))]
-    requests += [pb2.StreamRequest(frame=pb2.Frame(frame_id=i, image=pb2.Image(encoded=d))) for i, d in enumerate(frames)]
+    requests += [pb2.StreamRequest(frame=pb2.Frame(frame_id=i, image=pb2.Image(encoded=data))) for i, data in enumerate(frames)]
     responses = list(siglip.Stream(iter(requests), timeout=60))
-    assert [r.frame_id for r in responses] == list(range(len(frames)))
-    assert [r.HasField("error") for r in responses] == [False] + [True] * len(bad) + [False]
-    for name, r in zip(bad, responses[1:-1], strict=True):
-        assert r.error.code == expected_code(name).value[0] and r.error.message, name
-        assert not r.scores, name
+    assert [response.frame_id for response in responses] == list(range(len(frames)))
+    assert [response.HasField("error") for response in responses] == [False] + [True] * len(bad) + [False]
+    for name, response in zip(bad, responses[1:-1], strict=True):
+        assert response.error.code == expected_code(name).value[0] and response.error.message, name
+        assert not response.scores, name
     assert responses[0].scores == responses[-1].scores
 
 

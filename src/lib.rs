@@ -25,3 +25,4 @@ pub mod infer;
 pub mod metrics;
 pub mod model;
 pub mod parity;
+pub mod server;

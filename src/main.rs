@@ -165,7 +165,7 @@ fn serve(args: ServeArgs) -> ! {
             std::process::exit(1);
         }
     };
-    let result = runtime.block_on(siglip_serve::grpc::serve(args));
+    let result = runtime.block_on(siglip_serve::server::run(args));
     // `serve` has drained what it will wait for. Dropping the runtime would wait for every
     // blocking task, a model still loading and warming up (minutes) included: abandon them.
     runtime.shutdown_background();

@@ -13,41 +13,28 @@
 //! at shutdown, after the frames already read are answered.
 
 use std::{
-    sync::{Arc, Mutex},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
-use ::metrics::{counter, gauge, histogram};
-
-use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit};
+use ::metrics::{counter, gauge};
+use tokio::sync::{mpsc, OwnedSemaphorePermit};
 use tokio_stream::{wrappers::ReceiverStream, Stream, StreamExt};
 use tonic::{Status, Streaming};
 
-use super::{convert, pb, service, service::State, status::remap_message_too_large};
-use crate::error::Error;
-use crate::infer::{ImageInput, Infer, Labels};
+use super::{
+    chunks::Reassembly,
+    convert,
+    delivery::{ActiveLabels, Output, ReadyFrame, Sink},
+    observe::{client_gone, record, record_ok},
+    pb,
+    state::State,
+    status::remap_message_too_large,
+};
+use crate::infer::{ImageInput, Infer};
 use crate::metrics;
-use crate::model::image::ImageError;
-use crate::model::scores::ScoreFilter;
 
-type Output = Result<pb::StreamResponse, Status>;
-
-/// The label set frames are classified against.
-struct ActiveLabels {
-    labels: Labels,
-    filter: ScoreFilter,
-    generation: u32,
-}
-
-/// A whole frame, ready to classify (or already known to be bad).
-struct ReadyFrame {
-    /// When the frame was complete, for the staleness of its result.
-    received: Instant,
-    id: u64,
-    timestamp_us: i64,
-    image: Result<ImageInput, Error>,
-    labels: Arc<ActiveLabels>,
-}
+const PROTOCOL: &str = "Stream";
 
 /// Starts the stream's tasks; the returned stream yields its responses. Everything the stream
 /// holds is freed when the client goes away (the output channel closes and the tasks end).
@@ -69,11 +56,11 @@ pub fn run(
         // it free; but not before the status has room: a client that does not read keeps it.
         match result {
             Ok(()) => {
-                service::record_ok("Stream", started);
+                record_ok("Stream", started);
                 drop(permit);
             }
             Err(status) => {
-                service::record("Stream", &status, started);
+                record("Stream", &status, started);
                 let room = out.reserve().await;
                 drop(permit);
                 if let Ok(room) = room {
@@ -136,7 +123,7 @@ async fn drive(
             _ = shutdown.wait_for(|down| *down) => break Some(Status::unavailable(
                 "server is shutting down: reconnect to continue on another replica",
             )),
-            _ = out.closed() => break Some(service::client_gone()),
+            _ = out.closed() => break Some(client_gone()),
         };
         match msg {
             Err(status) => break Some(status),
@@ -156,7 +143,7 @@ async fn drive(
             {
                 Ok(Some(ready)) => {
                     if !sink.submit(ready).await {
-                        break Some(service::client_gone());
+                        break Some(client_gone());
                     }
                 }
                 Ok(None) => {}
@@ -209,7 +196,7 @@ async fn configure(
     })
 }
 
-/// Reassembles frames sent in chunks.
+/// Turns frames (whole, or in chunks) into [`ReadyFrame`]s, one chunked frame at a time.
 struct Assembler {
     max_bytes: usize,
     partial: Option<Partial>,
@@ -218,8 +205,7 @@ struct Assembler {
 struct Partial {
     id: u64,
     timestamp_us: i64,
-    bytes: Vec<u8>,
-    too_large: bool,
+    image: Reassembly,
 }
 
 impl Assembler {
@@ -234,7 +220,7 @@ impl Assembler {
     fn incomplete(&self) -> Option<Status> {
         self.partial.as_ref().map(|p| {
             Status::invalid_argument(format!(
-                "Stream protocol: the stream ended before frame {} was complete (send its last chunk with last=true)",
+                "{PROTOCOL} protocol: the stream ended before frame {} was complete (send its last chunk with last=true)",
                 p.id
             ))
         })
@@ -258,15 +244,14 @@ impl Assembler {
         if frame.image.is_some() {
             if !frame.chunk.is_empty() {
                 return Err(Status::invalid_argument(format!(
-                    "Stream protocol: frame {} carries both image and chunk; send one or the other",
+                    "{PROTOCOL} protocol: frame {} carries both image and chunk; send one or the other",
                     frame.frame_id
                 )));
             }
-            if self.partial.is_some() {
+            if let Some(partial) = &self.partial {
                 return Err(Status::invalid_argument(format!(
-                    "Stream protocol: frame {} is whole but frame {} is still incomplete (send it with last=true first)",
-                    frame.frame_id,
-                    self.partial.as_ref().map_or(0, |p| p.id)
+                    "{PROTOCOL} protocol: frame {} is whole but frame {} is still incomplete (send it with last=true first)",
+                    frame.frame_id, partial.id
                 )));
             }
             let image = convert::image(frame.image);
@@ -274,192 +259,36 @@ impl Assembler {
         }
         if self.partial.is_none() && frame.chunk.is_empty() && !frame.last {
             return Err(Status::invalid_argument(format!(
-                "Stream protocol: frame {} has neither an image nor a chunk",
+                "{PROTOCOL} protocol: frame {} has neither an image nor a chunk",
                 frame.frame_id
             )));
         }
+        let max_bytes = self.max_bytes;
         let partial = self.partial.get_or_insert_with(|| Partial {
             id: frame.frame_id,
             timestamp_us: frame.timestamp_us,
-            bytes: Vec::new(),
-            too_large: false,
+            image: Reassembly::open(max_bytes),
         });
         if partial.id != frame.frame_id {
             return Err(Status::invalid_argument(format!(
-                "Stream protocol: a chunk of frame {} arrived before frame {} was complete (last=true)",
+                "{PROTOCOL} protocol: a chunk of frame {} arrived before frame {} was complete (last=true)",
                 frame.frame_id, partial.id
             )));
         }
-        if partial.bytes.len() + frame.chunk.len() > self.max_bytes {
-            // Keep reading the frame's chunks, but not their bytes; the frame gets an error.
-            partial.too_large = true;
-            partial.bytes = Vec::new();
-        }
-        if !partial.too_large {
-            partial.bytes.extend_from_slice(&frame.chunk);
-        }
+        // A frame over the byte limit is read to its end and answered with an in-band error.
+        partial
+            .image
+            .push(&frame.chunk)
+            .map_err(|e| Status::from(e.into_error(PROTOCOL)))?;
         if !frame.last {
             return Ok(None);
         }
         let done = self.partial.take().expect("partial frame present");
-        let image = if done.too_large {
-            Err(Error::Image(ImageError::TooLarge {
-                bytes: self.max_bytes + 1,
-                max: self.max_bytes,
-            }))
-        } else {
-            Ok(ImageInput::Encoded(done.bytes))
-        };
+        let image = done
+            .image
+            .finish()
+            .map(ImageInput::Encoded)
+            .map_err(|e| e.into_error(PROTOCOL));
         Ok(Some(ready(done.id, done.timestamp_us, image)))
-    }
-}
-
-async fn classify_frame(infer: &Infer, frame: ReadyFrame, skipped: u64) -> pb::StreamResponse {
-    let received = frame.received;
-    let mut response = pb::StreamResponse {
-        frame_id: frame.id,
-        timestamp_us: frame.timestamp_us,
-        skipped_frames: skipped,
-        config_generation: frame.labels.generation,
-        ..Default::default()
-    };
-    let result = match frame.image {
-        Ok(image) => {
-            infer
-                .classify_with(image, &frame.labels.labels, frame.labels.filter, None)
-                .await
-        }
-        Err(e) => Err(e),
-    };
-    match result {
-        Ok(c) => {
-            counter!(metrics::FRAMES_CLASSIFIED).increment(1);
-            response.scores = convert::scores(c.scores);
-            response.timings = Some(convert::timings(c.timings));
-        }
-        Err(e) => {
-            counter!(metrics::FRAMES_DROPPED, "reason" => "error").increment(1);
-            let status = Status::from(e);
-            response.error = Some(pb::FrameError {
-                code: status.code() as i32,
-                message: status.message().to_string(),
-            });
-        }
-    }
-    histogram!(metrics::STALENESS).record(received.elapsed());
-    response
-}
-
-/// Where complete frames go, by delivery mode.
-enum Sink {
-    Ordered {
-        pending: mpsc::Sender<tokio::task::JoinHandle<pb::StreamResponse>>,
-        writer: tokio::task::JoinHandle<()>,
-        infer: Arc<Infer>,
-    },
-    Latest {
-        slot: Arc<LatestSlot>,
-        worker: tokio::task::JoinHandle<()>,
-    },
-}
-
-/// The newest frame not yet classified, and how many were replaced since the last result.
-#[derive(Default)]
-struct LatestSlot {
-    state: Mutex<SlotState>,
-    ready: Notify,
-}
-
-#[derive(Default)]
-struct SlotState {
-    frame: Option<ReadyFrame>,
-    skipped: u64,
-    closed: bool,
-}
-
-impl Sink {
-    fn ordered(infer: Arc<Infer>, out: mpsc::Sender<Output>, depth: usize) -> Self {
-        // The bounded queue of in-flight frames is the backpressure: when it is full, `submit`
-        // waits, so the server stops reading the client's frames.
-        let (pending, mut rx) = mpsc::channel::<tokio::task::JoinHandle<pb::StreamResponse>>(depth);
-        let writer = tokio::spawn(async move {
-            while let Some(task) = rx.recv().await {
-                let Ok(response) = task.await else { continue };
-                if out.send(Ok(response)).await.is_err() {
-                    break;
-                }
-            }
-        });
-        Sink::Ordered {
-            pending,
-            writer,
-            infer,
-        }
-    }
-
-    fn latest(infer: Arc<Infer>, out: mpsc::Sender<Output>) -> Self {
-        let slot = Arc::new(LatestSlot::default());
-        let worker_slot = Arc::clone(&slot);
-        let worker = tokio::spawn(async move {
-            loop {
-                let next = {
-                    let mut state = worker_slot.state.lock().expect("slot lock");
-                    match state.frame.take() {
-                        Some(frame) => Some((frame, std::mem::take(&mut state.skipped))),
-                        None if state.closed => break,
-                        None => None,
-                    }
-                };
-                match next {
-                    Some((frame, skipped)) => {
-                        let response = classify_frame(&infer, frame, skipped).await;
-                        if out.send(Ok(response)).await.is_err() {
-                            break;
-                        }
-                    }
-                    None => worker_slot.ready.notified().await,
-                }
-            }
-        });
-        Sink::Latest { slot, worker }
-    }
-
-    /// False when the client has gone.
-    async fn submit(&self, frame: ReadyFrame) -> bool {
-        match self {
-            Sink::Ordered { pending, infer, .. } => {
-                let infer = Arc::clone(infer);
-                let task = tokio::spawn(async move { classify_frame(&infer, frame, 0).await });
-                pending.send(task).await.is_ok()
-            }
-            Sink::Latest { slot, worker } => {
-                {
-                    let mut state = slot.state.lock().expect("slot lock");
-                    if state.frame.replace(frame).is_some() {
-                        state.skipped += 1;
-                        counter!(metrics::FRAMES_DROPPED, "reason" => "superseded").increment(1);
-                    }
-                }
-                slot.ready.notify_one();
-                !worker.is_finished()
-            }
-        }
-    }
-
-    /// Waits until every frame already accepted is answered.
-    async fn finish(self) {
-        match self {
-            Sink::Ordered {
-                pending, writer, ..
-            } => {
-                drop(pending);
-                let _ = writer.await;
-            }
-            Sink::Latest { slot, worker } => {
-                slot.state.lock().expect("slot lock").closed = true;
-                slot.ready.notify_one();
-                let _ = worker.await;
-            }
-        }
     }
 }

@@ -1,0 +1,99 @@
+//! Every call counted, timed and logged the same way (`siglip_grpc_requests_total{method,code}`,
+//! `siglip_grpc_request_duration_seconds`, a line per call), whichever way it ends.
+
+use std::{future::Future, time::Instant};
+
+use ::metrics::{counter, gauge, histogram};
+use tonic::{Code, Status};
+
+use crate::metrics;
+
+/// Counts, times and logs one call, and tracks it as in flight. A call dropped before it
+/// finishes (the client went away) is counted as CANCELLED.
+pub(super) async fn observed<T>(
+    method: &'static str,
+    call: impl Future<Output = Result<T, Status>>,
+) -> Result<T, Status> {
+    struct InFlight {
+        method: &'static str,
+        started: Instant,
+        finished: bool,
+    }
+    impl Drop for InFlight {
+        fn drop(&mut self) {
+            gauge!(metrics::INFLIGHT).decrement(1.0);
+            if !self.finished {
+                record(self.method, &client_gone(), self.started);
+            }
+        }
+    }
+    gauge!(metrics::INFLIGHT).increment(1.0);
+    let mut in_flight = InFlight {
+        method,
+        started: Instant::now(),
+        finished: false,
+    };
+    let result = call.await;
+    in_flight.finished = true;
+    match &result {
+        Ok(_) => record_ok(method, in_flight.started),
+        Err(status) => record(method, status, in_flight.started),
+    }
+    result
+}
+
+/// How a call whose client went away ends: counted as CANCELLED; nobody receives it.
+pub(super) fn client_gone() -> Status {
+    Status::cancelled("the client went away")
+}
+
+pub(super) fn record_ok(method: &'static str, started: Instant) {
+    counter!(metrics::GRPC_REQUESTS, "method" => method, "code" => code_name(Code::Ok))
+        .increment(1);
+    histogram!(metrics::GRPC_DURATION, "method" => method).record(started.elapsed());
+    tracing::debug!(
+        method,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "request handled"
+    );
+}
+
+pub(super) fn record(method: &'static str, status: &Status, started: Instant) {
+    counter!(metrics::GRPC_REQUESTS, "method" => method, "code" => code_name(status.code()))
+        .increment(1);
+    histogram!(metrics::GRPC_DURATION, "method" => method).record(started.elapsed());
+    if status.code() == Code::Cancelled {
+        // Clients hang up all the time (a closed video stream): not a server problem.
+        tracing::debug!(method, "client went away");
+    } else {
+        tracing::warn!(
+            method,
+            code = code_name(status.code()),
+            message = status.message(),
+            "request failed"
+        );
+    }
+}
+
+/// The canonical upper-case name of a status code, as gRPC tooling prints it.
+fn code_name(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "CANCELLED",
+        Code::Unknown => "UNKNOWN",
+        Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        Code::NotFound => "NOT_FOUND",
+        Code::AlreadyExists => "ALREADY_EXISTS",
+        Code::PermissionDenied => "PERMISSION_DENIED",
+        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        Code::FailedPrecondition => "FAILED_PRECONDITION",
+        Code::Aborted => "ABORTED",
+        Code::OutOfRange => "OUT_OF_RANGE",
+        Code::Unimplemented => "UNIMPLEMENTED",
+        Code::Internal => "INTERNAL",
+        Code::Unavailable => "UNAVAILABLE",
+        Code::DataLoss => "DATA_LOSS",
+        Code::Unauthenticated => "UNAUTHENTICATED",
+    }
+}

@@ -1,0 +1,159 @@
+//! `siglip-serve serve`: the composition root. It builds the pieces — the metrics endpoint, the
+//! gRPC transport, the model, the inference queue in front of it and the core over both — and
+//! runs the server's life: listen at once (NOT_SERVING), load and warm the model in the
+//! background, serve, and on SIGTERM/SIGINT drain, stop and unload.
+
+use std::{sync::Arc, thread::JoinHandle, time::Duration};
+
+use ::metrics::gauge;
+use anyhow::Context;
+use tokio::net::TcpListener;
+
+use crate::batch::Batcher;
+use crate::config::ServeArgs;
+use crate::grpc::{RunningOn, Transport};
+use crate::infer::Infer;
+use crate::metrics;
+use crate::model::{device::device_name, Model};
+
+/// Runs the server until SIGTERM/SIGINT, then drains and returns.
+pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
+    args.limits.check()?;
+    let metrics_handle = metrics::install()?;
+    let metrics_listener = metrics::bind(args.metrics_addr).await?;
+    let metrics_addr = metrics_listener.local_addr()?;
+    tokio::spawn(async move {
+        if let Err(e) = metrics::serve(metrics_listener, metrics_handle).await {
+            tracing::error!("{e:#}");
+        }
+    });
+    let listener = TcpListener::bind(args.grpc_addr)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.grpc_addr))?;
+    let addr = listener.local_addr()?;
+    let mut transport = Transport::start(listener, args.limits.transport()).await?;
+    // Listen for signals before anyone can know the port: a SIGTERM sent as soon as the line
+    // below appears must start a clean shutdown, not kill the process (the default action).
+    let shutdown = shutdown_signal().context("cannot listen for SIGTERM and SIGINT")?;
+    tokio::pin!(shutdown);
+    // Tests and tools read these lines to find ephemeral ports.
+    println!("siglip-serve: metrics listening on {metrics_addr}");
+    println!("siglip-serve: gRPC listening on {addr}");
+    tracing::info!(%addr, "gRPC listening; loading the model (health: NOT_SERVING)");
+
+    let load = tokio::task::spawn_blocking({
+        let args = args.clone();
+        move || load(&args)
+    });
+    let mut worker = None;
+    tokio::select! {
+        loaded = load => {
+            let (infer, on, thread) = loaded.context("model loading panicked")??;
+            worker = Some(thread);
+            let m = infer.manifest();
+            metrics::set_model_info(&m.model_id, &m.architecture, &on.device, on.dtype.name(), m.source.random_weights);
+            if let Some(index) = on.device.strip_prefix("cuda:").and_then(|n| n.parse().ok()) {
+                metrics::watch_cuda_memory(index);
+            }
+            transport.serving(infer, on).await;
+            gauge!(metrics::READY).set(1.0);
+            tracing::info!("model ready (health: SERVING)");
+            (&mut shutdown).await;
+        }
+        _ = &mut shutdown => {}
+    }
+
+    tracing::info!(
+        grace_s = args.shutdown_grace_seconds,
+        "shutting down: NOT_SERVING, draining"
+    );
+    gauge!(metrics::READY).set(0.0);
+    // Consumes the transport, and with it the last handles to the core and its queue.
+    transport
+        .drain(Duration::from_secs(args.shutdown_grace_seconds))
+        .await?;
+    if let Some(worker) = worker {
+        unload(worker).await;
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Loads and warms the model, then starts the inference worker in front of it (blocking).
+fn load(args: &ServeArgs) -> anyhow::Result<(Arc<Infer>, RunningOn, JoinHandle<()>)> {
+    let model = Model::load(&args.model.load_options(args.batch.max_batch_size.max(1)))
+        .context("loading the model")?;
+    if let Some(max) = model
+        .max_batch()
+        .filter(|&max| args.batch.max_batch_size > max)
+    {
+        anyhow::bail!(
+            "--max-batch-size {} is more than the compiled vision tower accepts ({max}): lower it, \
+             or compile again with `siglip-export compile --max-batch {}`",
+            args.batch.max_batch_size,
+            args.batch.max_batch_size
+        );
+    }
+    let host = model.host_side();
+    let on = RunningOn {
+        device: device_name(model.device()),
+        dtype: model.dtype(),
+        backend: model.backend(),
+    };
+    let manifest = &host.manifest;
+    tracing::info!(
+        model = %manifest.model_id,
+        random_weights = manifest.source.random_weights,
+        max_image_bytes = args.limits.max_image_bytes,
+        max_image_pixels = args.limits.max_image_pixels,
+        max_texts = args.limits.max_texts,
+        max_streams = args.limits.max_streams,
+        architecture = %manifest.architecture,
+        image_size = manifest.image.size,
+        device = %on.device,
+        dtype = %on.dtype,
+        backend = on.backend,
+        max_batch_size = args.batch.max_batch_size,
+        max_queue = args.batch.max_queue,
+        "model loaded and warmed up"
+    );
+    if manifest.source.random_weights {
+        tracing::warn!(
+            model = %manifest.model_id,
+            "RANDOM WEIGHTS: this model was not trained; its probabilities are meaningless"
+        );
+    }
+    let batching = args.batching(model.runs_asynchronously());
+    let (batcher, worker) = Batcher::start(model, batching);
+    let infer = Infer::new(batcher, host, args.core());
+    Ok((Arc::new(infer), on, worker))
+}
+
+/// Waits (briefly) for the inference thread to drop the model. It does so once the last handle
+/// to its queue is gone (a stream finishing its last frame may still hold one), and dropping
+/// an AOTInductor package's loader deletes the copy it unpacked under /tmp: `main` leaves
+/// with `_exit`, which runs no destructors, so this is the only place that happens.
+async fn unload(worker: JoinHandle<()>) {
+    const WAIT: Duration = Duration::from_secs(3);
+    let joined = tokio::task::spawn_blocking(move || worker.join());
+    if tokio::time::timeout(WAIT, joined).await.is_err() {
+        tracing::warn!(
+            "the model was still in use {WAIT:?} after draining; exiting without unloading it \
+             (a compiled package's unpacked copy under /tmp stays behind)"
+        );
+    }
+}
+
+/// Resolves at the first SIGTERM or SIGINT. The handlers are installed by this call, not when
+/// the future is first polled, so no signal between the two is lost.
+fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = interrupt.recv() => {}
+        }
+    })
+}

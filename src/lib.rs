@@ -9,20 +9,19 @@
 //!   preprocessing that reproduce transformers exactly, tokenisation, and the libtorch runtime.
 //! - [`infer`]: the core every API calls — validation, preprocessing pool, scores.
 //! - [`batch`]: the bounded inference queue and the worker thread that owns the model.
-//! - [`grpc`]: the gRPC server, a thin layer over [`infer`].
-//! - [`bench`]: a load generator for a running server, and the model alone, for comparison.
+//! - [`grpc`]: the gRPC transport, a thin layer over [`infer`].
+//! - [`server`]: the composition root of `serve`: builds the pieces above and runs the lifecycle.
 //! - [`metrics`]: Prometheus metrics, all names in one place.
-//! - [`parity`]: checks all of the above against reference values computed by transformers.
 //! - [`config`]: command-line flags (each also an environment variable).
 //! - [`error`]: the one error type.
+//! - [`tools`]: beside the server — a load generator, and the parity check against transformers.
 
 pub mod batch;
-pub mod bench;
 pub mod config;
 pub mod error;
 pub mod grpc;
 pub mod infer;
 pub mod metrics;
 pub mod model;
-pub mod parity;
 pub mod server;
+pub mod tools;

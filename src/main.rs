@@ -4,7 +4,6 @@ use std::{io::IsTerminal, path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand};
 use siglip_serve::{
-    bench::BenchArgs,
     config::{ModelArgs, ServeArgs},
     error::{Error, Result},
     model::{
@@ -13,7 +12,10 @@ use siglip_serve::{
         scores::{rank, ScoreFilter},
         Model,
     },
-    parity,
+    tools::{
+        bench::{self, BenchArgs},
+        parity,
+    },
 };
 
 #[derive(Parser)]
@@ -202,7 +204,7 @@ fn init_logging(json: bool) {
 fn bench(args: BenchArgs) -> ExitCode {
     let result = tokio::runtime::Runtime::new()
         .map_err(anyhow::Error::from)
-        .and_then(|rt| rt.block_on(siglip_serve::bench::run(args)));
+        .and_then(|rt| rt.block_on(bench::run(args)));
     match result {
         Ok(_) => ExitCode::SUCCESS,
         Err(e) => {

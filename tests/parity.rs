@@ -5,7 +5,7 @@ mod common;
 
 use siglip_serve::{
     model::{device::DeviceChoice, image::Convention},
-    parity,
+    tools::parity,
 };
 
 #[test]

@@ -247,3 +247,70 @@ impl ServeArgs {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::{CommandFactory, Parser};
+
+    use super::ServeArgs;
+
+    #[derive(Parser)]
+    struct Serve {
+        #[command(flatten)]
+        args: ServeArgs,
+    }
+
+    /// The README's flag table as (flag, env, default), the default as clap gives it: "32 MiB"
+    /// is 33554432, "50 000 000" is 50000000, "0 (all cores)" is 0; "—" (none) and "off" (a
+    /// switch) have none.
+    fn readme_flags() -> Vec<(String, String, Option<String>)> {
+        let readme = include_str!("../README.md");
+        let table = readme
+            .split("| flag | env | default | meaning |")
+            .nth(1)
+            .expect("README has a flag table");
+        let cell = |c: &str| c.trim().trim_matches('`').to_string();
+        table
+            .lines()
+            .skip(2)
+            .take_while(|line| line.starts_with('|'))
+            .map(|line| {
+                let cells: Vec<&str> = line.split('|').collect();
+                let default = cell(cells[3]);
+                let default = default.split(" (").next().unwrap_or_default().trim();
+                let default = match default {
+                    "—" | "off" => None,
+                    d => Some(match d.strip_suffix(" MiB") {
+                        Some(mib) => (mib.parse::<usize>().expect("MiB") << 20).to_string(),
+                        None => d.replace(' ', ""),
+                    }),
+                };
+                (cell(cells[1]), cell(cells[2]), default)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_readme_flag_table_is_the_flags() {
+        let command = Serve::command();
+        let mut flags: Vec<(String, String, Option<String>)> = command
+            .get_arguments()
+            .filter_map(|arg| {
+                Some((
+                    format!("--{}", arg.get_long()?),
+                    arg.get_env()?.to_string_lossy().into_owned(),
+                    arg.get_default_values()
+                        .first()
+                        .map(|v| v.to_string_lossy().into_owned()),
+                ))
+            })
+            .collect();
+        let mut readme = readme_flags();
+        flags.sort();
+        readme.sort();
+        assert_eq!(
+            readme, flags,
+            "README.md's flag table (left) against ServeArgs (right)"
+        );
+    }
+}

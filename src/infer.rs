@@ -417,13 +417,7 @@ impl Infer {
         timings.preprocess = preprocess;
         timings.total = started.elapsed();
         Ok(Classification {
-            scores: rank(
-                self.head,
-                embedding.row(0),
-                &labels.texts,
-                &labels.embeddings,
-                filter,
-            ),
+            scores: self.rank(embedding.row(0), labels, filter),
             timings,
         })
     }
@@ -442,13 +436,7 @@ impl Infer {
             tokio::try_join!(self.labels(texts, deadline), self.preprocess(image))?;
         let (embedding, image_timings) = self.embed_pixels(vec![pixels], deadline).await?;
         Ok(Classification {
-            scores: rank(
-                self.head,
-                embedding.row(0),
-                &labels.texts,
-                &labels.embeddings,
-                filter,
-            ),
+            scores: self.rank(embedding.row(0), &labels, filter),
             timings: Timings {
                 queue: text_timings.queue + image_timings.queue,
                 preprocess,
@@ -457,6 +445,10 @@ impl Infer {
                 batch_size: image_timings.batch_size,
             },
         })
+    }
+
+    fn rank(&self, image: &[f32], labels: &Labels, filter: ScoreFilter) -> Vec<Score> {
+        rank(self.head, image, &labels.texts, &labels.embeddings, filter)
     }
 
     /// Embeds many images; each is decoded in parallel on the CPU pool.

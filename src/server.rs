@@ -89,7 +89,7 @@ fn load(args: &ServeArgs) -> anyhow::Result<(Arc<Infer>, RunningOn, JoinHandle<(
     {
         anyhow::bail!(
             "--max-batch-size {} is more than the compiled vision tower accepts ({max}): lower it, \
-             or compile again with `siglip-export compile --max-batch {}`",
+             or compile again with `python -m siglip_export compile --max-batch {}`",
             args.batch.max_batch_size,
             args.batch.max_batch_size
         );

@@ -1,18 +1,11 @@
 //! The inference queue: every caller gets exactly its own rows, dead callers never block or
 //! receive, deadlines drop work, a full queue refuses at once, a failed pass fails only its own
-//! callers — with the worker overlapping batches (as on a GPU) and without; the images admitted
-//! at once are bounded.
+//! callers — with the worker overlapping batches (as on a GPU) and without.
 
-mod common;
-
-use std::{
-    sync::Arc,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use siglip_serve::batch::{BatchConfig, Batcher};
 use siglip_serve::error::Error;
-use siglip_serve::infer::{ImageInput, Infer};
 use siglip_serve::model::{
     image::{decode, Convention, ImageLimits},
     pixels_per_image,
@@ -20,9 +13,7 @@ use siglip_serve::model::{
     Model,
 };
 
-fn model() -> Model {
-    common::cpu_model("SIGLIP_TEST_MODEL_DIR")
-}
+use crate::{common, config, model, stop};
 
 /// Preprocessed pixels of every test photo, and their embeddings computed one at a time.
 fn photos(model: &Model) -> Vec<(Vec<f32>, Embeddings)> {
@@ -57,15 +48,6 @@ fn assert_close(a: &[f32], b: &[f32]) {
         .map(|(x, y)| (x - y).abs())
         .fold(0.0, f32::max);
     assert!(max < 1e-5, "rows differ by {max}");
-}
-
-fn config(max_batch_size: usize, delay_ms: u64, queue: usize) -> BatchConfig {
-    BatchConfig {
-        max_batch_size,
-        max_batch_delay: Duration::from_millis(delay_ms),
-        queue_capacity: queue,
-        pipelined: false,
-    }
 }
 
 /// `config` for the worker as it runs on the CPU, and as on a GPU, where the next batch is
@@ -209,36 +191,6 @@ async fn dropped_callers(config: BatchConfig) {
     stop(batcher, worker).await;
 }
 
-/// Starts embedding `images` and returns once they are admitted (counted as pending).
-async fn admitted(
-    infer: &Arc<Infer>,
-    images: Vec<ImageInput>,
-) -> tokio::task::JoinHandle<Result<usize, Error>> {
-    let n = images.len();
-    let call = tokio::spawn({
-        let infer = Arc::clone(infer);
-        async move {
-            let (embeddings, _) = infer.embed_images(images, None).await?;
-            Ok(embeddings.rows().count())
-        }
-    });
-    common::wait_until("the images being admitted", async || {
-        infer.pending_images() == n
-    })
-    .await;
-    call
-}
-
-/// Ends a test's inference thread: drops `queue` (the last handle to its queue: a `Batcher`,
-/// or the `Infer` that owns it) and waits for the thread to exit, so that no libtorch work is
-/// still running when the test binary exits (libtorch's static destructors under a running
-/// thread crash the process now and then).
-async fn stop(queue: impl Sized, worker: std::thread::JoinHandle<()>) {
-    drop(queue);
-    common::wait_until("the inference thread ending", async || worker.is_finished()).await;
-    worker.join().expect("the inference thread ended cleanly");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_pass_answers_its_callers_and_the_worker_goes_on() {
     // The compiled tiny tower takes at most 8 images per pass: a pass of 9 fails in the model.
@@ -355,102 +307,4 @@ async fn batches_respect_size_and_delay() {
         "concurrent callers were never batched: {sizes:?}"
     );
     stop(batcher, worker).await;
-}
-
-/// An `Infer` (the core behind the API) over the tiny model, with a text cache of `capacity` and
-/// the limit flags `limit_flags`, and its inference thread.
-fn core(capacity: usize, limit_flags: &[&str]) -> (Infer, std::thread::JoinHandle<()>) {
-    use clap::Parser;
-    #[derive(Parser)]
-    struct Flags {
-        #[command(flatten)]
-        limits: siglip_serve::config::LimitArgs,
-    }
-    let model = model();
-    let host = model.host_side();
-    let (batcher, worker) = Batcher::start(model, config(8, 1, 64));
-    let limits =
-        Flags::parse_from(std::iter::once("test").chain(limit_flags.iter().copied())).limits;
-    let core = siglip_serve::infer::Config {
-        limits: limits.core(),
-        convention: Convention::Processor,
-        preprocess_threads: 1,
-        text_cache_size: capacity,
-    };
-    let infer = Infer::new(batcher, host, core);
-    (infer, worker)
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pending_images_are_bounded_and_given_back() {
-    let (infer, worker) = core(16, &["--max-pending-images", "3"]);
-    let infer = Arc::new(infer);
-    let photo = common::asset("coffee_2000x1500.jpg");
-    let images = |n: usize| vec![ImageInput::Encoded(photo.clone()); n];
-    let refused = |result: Result<_, Error>| match result {
-        Err(Error::ResourceExhausted(m)) => assert!(m.contains("--max-pending-images"), "{m}"),
-        Err(e) => panic!("expected RESOURCE_EXHAUSTED, got {e}"),
-        Ok(_) => panic!("expected RESOURCE_EXHAUSTED, got embeddings"),
-    };
-    refused(infer.embed_images(images(4), None).await);
-    assert_eq!(infer.pending_images(), 0);
-
-    // Two large photos being decoded (one decoder thread) leave room for one more, not two.
-    let first = admitted(&infer, images(2)).await;
-    refused(infer.embed_images(images(2), None).await);
-    first.await.unwrap().expect("the first request is served");
-    assert_eq!(infer.pending_images(), 0);
-
-    // A caller that goes away gives its images back.
-    let gone = admitted(&infer, images(3)).await;
-    gone.abort();
-    let _ = gone.await;
-    assert_eq!(infer.pending_images(), 0);
-    let (embeddings, _) = infer.embed_images(images(3), None).await.expect("served");
-    assert_eq!(embeddings.rows().count(), 3);
-    stop(infer, worker).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn text_cache_hits_misses_and_bound() {
-    let (infer, worker) = core(3, &[]);
-    let texts = |t: &[&str]| t.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-    let (first, _) = infer
-        .labels(texts(&["a cat", "a dog"]), None)
-        .await
-        .unwrap();
-    let stats = infer.text_cache_stats();
-    assert_eq!((stats.hits, stats.misses, stats.entries), (0, 2, 2));
-
-    // "A CAT!" tokenises like "a cat" (lowercased, punctuation removed): the same entry.
-    let (again, _) = infer
-        .labels(texts(&["a dog", "A CAT!", "a cat"]), None)
-        .await
-        .unwrap();
-    let stats = infer.text_cache_stats();
-    assert_eq!((stats.hits, stats.misses, stats.entries), (3, 2, 2));
-    assert_eq!(again.embeddings.row(0), first.embeddings.row(1));
-    assert_eq!(again.embeddings.row(1), first.embeddings.row(0));
-    assert_eq!(again.embeddings.row(2), first.embeddings.row(0));
-
-    // Duplicates in one request are embedded once; the cache never exceeds its capacity.
-    infer
-        .labels(texts(&["a bird", "a bird", "a car", "a boat"]), None)
-        .await
-        .unwrap();
-    let stats = infer.text_cache_stats();
-    assert_eq!(
-        stats.misses,
-        2 + 4,
-        "each text is looked up once per occurrence"
-    );
-    assert_eq!(stats.entries, 3);
-    stop(infer, worker).await;
-
-    let (off, worker) = core(0, &[]);
-    off.labels(texts(&["a cat"]), None).await.unwrap();
-    off.labels(texts(&["a cat"]), None).await.unwrap();
-    let stats = off.text_cache_stats();
-    assert_eq!((stats.hits, stats.entries), (0, 0));
-    stop(off, worker).await;
 }

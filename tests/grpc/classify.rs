@@ -1,0 +1,196 @@
+//! Classify: its answers agree with the core runtime, its options filter them, raw frames score
+//! like the encoded image, and the image convention decides what transparent and EXIF-rotated
+//! images look like.
+
+use siglip_serve::grpc::pb;
+use siglip_serve::model::{
+    image::{decode, from_raw, Convention, ImageLimits, RawFormat},
+    scores::sigmoid,
+};
+
+use crate::common::{asset, server::Server};
+use crate::{
+    assert_close, by_index, classify_request, expected, expected_with, labels, model_info,
+    probabilities, raw_request, LABELS,
+};
+
+#[tokio::test]
+async fn classify_gives_the_core_runtimes_probabilities() {
+    let server = Server::ready(&[]).await;
+    let mut client = server.client().await;
+    let image = asset("chelsea_progressive.jpg");
+    let response = client
+        .classify(classify_request(image.clone(), labels()))
+        .await
+        .expect("classify")
+        .into_inner();
+    assert_close(
+        &by_index(&response.scores, LABELS.len()),
+        &expected(&image, &labels()),
+    );
+}
+
+#[tokio::test]
+async fn scores_come_most_probable_first_with_their_label_and_logit() {
+    let server = Server::ready(&[]).await;
+    let mut client = server.client().await;
+    let response = client
+        .classify(classify_request(asset("chelsea_progressive.jpg"), labels()))
+        .await
+        .expect("classify")
+        .into_inner();
+    assert!(response
+        .scores
+        .windows(2)
+        .all(|w| w[0].probability >= w[1].probability));
+    for s in &response.scores {
+        assert_eq!(s.label, LABELS[s.index as usize]);
+        assert!((sigmoid(s.logit) - s.probability).abs() < 1e-6);
+    }
+}
+
+#[tokio::test]
+async fn classify_reports_its_timings() {
+    let server = Server::ready(&[]).await;
+    let mut client = server.client().await;
+    let response = client
+        .classify(classify_request(asset("chelsea_progressive.jpg"), labels()))
+        .await
+        .expect("classify")
+        .into_inner();
+    let t = response.timings.expect("timings");
+    assert!(t.total_us >= t.inference_us && t.inference_us > 0);
+}
+
+#[tokio::test]
+async fn top_k_keeps_the_k_most_probable_labels() {
+    let server = Server::ready(&[]).await;
+    let mut client = server.client().await;
+    let image = asset("chelsea_progressive.jpg");
+    let all = client
+        .classify(classify_request(image.clone(), labels()))
+        .await
+        .expect("classify")
+        .into_inner();
+    let top = client
+        .classify(pb::ClassifyRequest {
+            options: Some(pb::ClassifyOptions {
+                threshold: 0.0,
+                top_k: 2,
+            }),
+            ..classify_request(image, labels())
+        })
+        .await
+        .expect("top_k")
+        .into_inner();
+    assert_eq!(top.scores.len(), 2);
+    assert_eq!(top.scores[0].index, all.scores[0].index);
+}
+
+#[tokio::test]
+async fn a_threshold_keeps_only_the_labels_at_or_above_it() {
+    let server = Server::ready(&[]).await;
+    let mut client = server.client().await;
+    let image = asset("chelsea_progressive.jpg");
+    let want = expected(&image, &labels());
+    let cut = want.iter().copied().fold(0.0, f32::max) - 1e-4;
+    let filtered = client
+        .classify(pb::ClassifyRequest {
+            options: Some(pb::ClassifyOptions {
+                threshold: cut,
+                top_k: 0,
+            }),
+            ..classify_request(image, labels())
+        })
+        .await
+        .expect("threshold")
+        .into_inner();
+    assert!(!filtered.scores.is_empty() && filtered.scores.iter().all(|s| s.probability >= cut));
+}
+
+#[tokio::test]
+async fn raw_rgb8_and_rgba8_frames_score_like_the_encoded_image() {
+    let server = Server::ready(&[]).await;
+    let mut client = server.client().await;
+    let png = asset("coffee_rgb8.png");
+    let rgb = decode(&png, &ImageLimits::default(), Convention::Processor).expect("decode");
+    let want = expected(&png, &labels());
+    let raw = |format, data| raw_request(rgb.width(), rgb.height(), format, data);
+    let rgb8 = client
+        .classify(raw(pb::PixelFormat::Rgb8, rgb.to_vec()))
+        .await
+        .expect("rgb8")
+        .into_inner();
+    assert_close(&by_index(&rgb8.scores, LABELS.len()), &want);
+    let rgba: Vec<u8> = rgb.pixels().flat_map(|p| [p[0], p[1], p[2], 255]).collect();
+    let rgba8 = client
+        .classify(raw(pb::PixelFormat::Rgba8, rgba))
+        .await
+        .expect("rgba8")
+        .into_inner();
+    assert_close(&by_index(&rgba8.scores, LABELS.len()), &want);
+}
+
+/// The photo the convention tests use: transparent, so that the conventions take it to RGB
+/// differently.
+const CONVENTION_PHOTO: &str = "astronaut_rgba.png";
+
+/// Without this, the two tests below could not tell the conventions apart.
+#[test]
+fn the_conventions_disagree_on_the_test_photo() {
+    let photo = asset(CONVENTION_PHOTO);
+    let processor = expected_with(&photo, &labels(), Convention::Processor);
+    let pipeline = expected_with(&photo, &labels(), Convention::Pipeline);
+    let apart = processor
+        .iter()
+        .zip(&pipeline)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f32::max);
+    assert!(
+        apart > 1e-3,
+        "the conventions agree on this photo ({apart})"
+    );
+}
+
+#[tokio::test]
+async fn by_default_the_processor_convention_is_applied_and_reported() {
+    convention_is_applied_and_reported(&[], Convention::Processor).await;
+}
+
+#[tokio::test]
+async fn the_pipeline_convention_is_applied_and_reported_when_chosen() {
+    convention_is_applied_and_reported(&["--image-convention", "pipeline"], Convention::Pipeline)
+        .await;
+}
+
+/// A server started with `flags` reports `convention` in GetModelInfo and applies it to encoded
+/// images and raw RGBA frames alike.
+async fn convention_is_applied_and_reported(flags: &[&str], convention: Convention) {
+    let photo = asset(CONVENTION_PHOTO);
+    let rgba = image::load_from_memory(&photo).expect("png").into_rgba8();
+    let (width, height) = rgba.dimensions();
+    let frame = rgba.into_raw();
+    let raw = raw_request(width, height, pb::PixelFormat::Rgba8, frame.clone());
+    let raw_expected = |convention| {
+        let limits = ImageLimits::default();
+        let rgb = from_raw(width, height, RawFormat::Rgba8, &frame, &limits, convention);
+        probabilities(rgb.expect("frame"), &labels())
+    };
+    let want = expected_with(&photo, &labels(), convention);
+
+    let server = Server::ready(flags).await;
+    let mut client = server.client().await;
+    let info = model_info(&mut client).await;
+    assert_eq!(info.image_convention, convention.name());
+    let got = client
+        .classify(classify_request(photo.clone(), labels()))
+        .await
+        .expect("classify")
+        .into_inner();
+    assert_close(&by_index(&got.scores, LABELS.len()), &want);
+    let got = client.classify(raw).await.expect("raw").into_inner();
+    assert_close(
+        &by_index(&got.scores, LABELS.len()),
+        &raw_expected(convention),
+    );
+}

@@ -1,0 +1,279 @@
+//! Bad input gets a status that says what is wrong, and the server serves on; a deadline ends a
+//! call; a full queue refuses at once.
+
+use std::time::Duration;
+
+use siglip_serve::grpc::pb;
+use siglip_serve::model::image::{decode, Convention, ImageLimits};
+use tonic::{Code, Request};
+
+use crate::common::{self, asset, server::Server};
+use crate::{assert_status, big_png, classify_request, encoded, labels, raw_request};
+
+/// 1000×20: within the pixel limit of the bad-input test, over its side limit.
+fn wide_png() -> Vec<u8> {
+    let img = image::RgbImage::from_pixel(1000, 20, image::Rgb([200, 100, 50]));
+    let mut out = std::io::Cursor::new(Vec::new());
+    img.write_to(&mut out, image::ImageFormat::Png)
+        .expect("encode png");
+    out.into_inner()
+}
+
+#[tokio::test]
+async fn every_bad_classify_request_gets_its_status_and_the_server_serves_on() {
+    let server = Server::ready(&[
+        "--max-texts",
+        "8",
+        "--max-image-pixels",
+        "1000000",
+        "--max-image-side",
+        "600",
+        "--max-text-bytes",
+        "100",
+    ])
+    .await;
+    let mut client = server.client().await;
+    let good = asset("chelsea_progressive.jpg");
+    let bad_dir = common::generated("SIGLIP_TEST_ASSETS").join("bad");
+    let cases: Vec<(&str, pb::ClassifyRequest, Code, &str)> = vec![
+        (
+            "no image",
+            pb::ClassifyRequest {
+                image: None,
+                texts: labels(),
+                options: None,
+            },
+            Code::InvalidArgument,
+            "no image",
+        ),
+        (
+            "no texts",
+            classify_request(good.clone(), vec![]),
+            Code::InvalidArgument,
+            "no texts",
+        ),
+        (
+            "too many texts",
+            classify_request(good.clone(), vec!["x".into(); 9]),
+            Code::InvalidArgument,
+            "--max-texts",
+        ),
+        (
+            "text too long",
+            classify_request(good.clone(), vec!["x".repeat(101)]),
+            Code::InvalidArgument,
+            "--max-text-bytes",
+        ),
+        (
+            "bad threshold",
+            pb::ClassifyRequest {
+                options: Some(pb::ClassifyOptions {
+                    threshold: 2.0,
+                    top_k: 0,
+                }),
+                ..classify_request(good.clone(), labels())
+            },
+            Code::InvalidArgument,
+            "threshold",
+        ),
+        (
+            "empty image",
+            classify_request(vec![], labels()),
+            Code::InvalidArgument,
+            "empty",
+        ),
+        (
+            "corrupt",
+            classify_request(
+                std::fs::read(bad_dir.join("corrupt.jpg")).unwrap(),
+                labels(),
+            ),
+            Code::InvalidArgument,
+            "not an image",
+        ),
+        (
+            "truncated",
+            classify_request(
+                std::fs::read(bad_dir.join("truncated.jpg")).unwrap(),
+                labels(),
+            ),
+            Code::InvalidArgument,
+            "truncated",
+        ),
+        (
+            "not an image",
+            classify_request(std::fs::read(bad_dir.join("text.jpg")).unwrap(), labels()),
+            Code::InvalidArgument,
+            "not an image",
+        ),
+        (
+            "unsupported",
+            classify_request(
+                std::fs::read(bad_dir.join("unsupported.pdf")).unwrap(),
+                labels(),
+            ),
+            Code::InvalidArgument,
+            "JPEG, PNG",
+        ),
+        (
+            "huge header",
+            classify_request(
+                std::fs::read(bad_dir.join("huge_dimensions.png")).unwrap(),
+                labels(),
+            ),
+            Code::ResourceExhausted,
+            "--max-image-pixels",
+        ),
+        (
+            "over side limit",
+            classify_request(wide_png(), labels()),
+            Code::ResourceExhausted,
+            "--max-image-side",
+        ),
+        (
+            "over pixel limit",
+            classify_request(asset("coffee_2000x1500.jpg"), labels()),
+            Code::ResourceExhausted,
+            "--max-image-pixels",
+        ),
+        (
+            "message over limit",
+            classify_request(big_png(1300), labels()),
+            Code::ResourceExhausted,
+            "Upload",
+        ),
+    ];
+    for (name, request, code, needle) in cases {
+        let status = client.classify(request).await.expect_err(name);
+        assert_status(name, &status, code, needle);
+    }
+    // The server keeps serving everyone else.
+    client
+        .classify(classify_request(good, labels()))
+        .await
+        .expect("still serving");
+}
+
+/// The pixels of a test photo, as a raw RGB8 frame: (width, height, bytes).
+fn coffee_rgb8() -> (u32, u32, Vec<u8>) {
+    let png = asset("coffee_rgb8.png");
+    let rgb = decode(&png, &ImageLimits::default(), Convention::Processor).expect("decode");
+    (rgb.width(), rgb.height(), rgb.to_vec())
+}
+
+#[tokio::test]
+async fn a_raw_frame_with_too_few_bytes_for_its_size_is_invalid() {
+    let server = Server::ready(&[]).await;
+    let mut client = server.client().await;
+    let (width, height, _) = coffee_rgb8();
+    let short = client
+        .classify(raw_request(
+            width,
+            height,
+            pb::PixelFormat::Rgb8,
+            vec![0; 10],
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(short.code(), Code::InvalidArgument, "{short:?}");
+    assert!(short.message().contains("bytes"), "{}", short.message());
+}
+
+#[tokio::test]
+async fn a_raw_frame_without_a_pixel_format_is_invalid() {
+    let server = Server::ready(&[]).await;
+    let mut client = server.client().await;
+    let (width, height, data) = coffee_rgb8();
+    let unspecified = client
+        .classify(raw_request(
+            width,
+            height,
+            pb::PixelFormat::Unspecified,
+            data,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(unspecified.code(), Code::InvalidArgument);
+}
+
+#[tokio::test]
+async fn more_images_than_max_images_are_refused() {
+    let server = Server::ready(&[]).await;
+    let mut client = server.client().await;
+    let too_many = client
+        .embed_image(pb::EmbedImageRequest {
+            images: vec![encoded(asset("pixel_1x1.png")).unwrap(); 65],
+        })
+        .await
+        .expect_err("over --max-images");
+    assert_status(
+        "over --max-images",
+        &too_many,
+        Code::InvalidArgument,
+        "--max-images",
+    );
+}
+
+#[tokio::test]
+async fn a_bad_image_among_several_is_named_by_its_index() {
+    let server = Server::ready(&[]).await;
+    let mut client = server.client().await;
+    let bad = client
+        .embed_image(pb::EmbedImageRequest {
+            images: vec![
+                encoded(asset("rocket.bmp")).unwrap(),
+                encoded(b"junk".to_vec()).unwrap(),
+            ],
+        })
+        .await
+        .expect_err("bad second image");
+    assert_eq!(bad.code(), Code::InvalidArgument);
+    assert!(bad.message().starts_with("image 1"), "{}", bad.message());
+}
+
+#[tokio::test]
+async fn a_deadline_ends_the_call_and_the_server_carries_on() {
+    let server = Server::ready(&[]).await;
+    let mut client = server.client().await;
+    // Clients enforce their own deadline too: tonic reports it as CANCELLED "Timeout expired"
+    // (grpcio and grpc-go as DEADLINE_EXCEEDED). That the server drops the work is checked in
+    // tests/inference/batcher.rs; here, that a deadline ends the call and the server carries on.
+    let mut request = Request::new(classify_request(asset("coffee_2000x1500.jpg"), labels()));
+    request.set_timeout(Duration::from_millis(1));
+    let status = client.classify(request).await.expect_err("deadline");
+    assert!(
+        status.code() == Code::DeadlineExceeded || status.message() == "Timeout expired",
+        "{status:?}"
+    );
+    client
+        .classify(classify_request(asset("rocket.bmp"), labels()))
+        .await
+        .expect("the server carries on");
+}
+
+#[tokio::test]
+async fn a_full_queue_refuses_callers_at_once_and_answers_the_rest() {
+    let server = Server::ready(&["--max-queue", "1"]).await;
+    let client = server.client().await;
+    // Many callers at once against a queue of one: some are refused at once, none hang, and
+    // everything accepted is answered. Distinct texts: cached ones would never reach the queue.
+    let calls = (0..24).map(|i| {
+        let mut client = client.clone();
+        tokio::spawn(async move {
+            client
+                .embed_text(pb::EmbedTextRequest {
+                    texts: (0..64).map(|j| format!("photo {i} of {j} cats")).collect(),
+                })
+                .await
+                .map(|_| ())
+        })
+    });
+    let results = futures_util::future::join_all(calls).await;
+    let refused = results
+        .iter()
+        .filter(|r| matches!(r, Ok(Err(s)) if s.code() == Code::ResourceExhausted && s.message().contains("--max-queue")))
+        .count();
+    let ok = results.iter().filter(|r| matches!(r, Ok(Ok(())))).count();
+    assert!(refused > 0, "no call was refused");
+    assert_eq!(refused + ok, results.len(), "{results:?}");
+}

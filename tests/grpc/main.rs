@@ -1,0 +1,219 @@
+//! The gRPC API end to end: a real server process with the tiny random-weight model, called by
+//! a tonic client. Expected probabilities come from the core runtime on the same inputs.
+//!
+//! One test binary (each links libtorch), a module per RPC or concern:
+//! - `classify`: Classify's answers, options, raw frames and image conventions;
+//! - `upload`: Upload, for images over the message limit, and its protocol;
+//! - `stream`: Stream's delivery modes, protocol, stream limit and lifetime;
+//! - `embed`: EmbedImage, EmbedText and GetModelInfo;
+//! - `errors`: bad input and the status it gets, deadlines, a full queue;
+//! - `lifecycle`: health, reflection, shutdown, flags from the environment.
+//!
+//! The helpers they share are here.
+
+#[path = "../common/mod.rs"]
+mod common;
+
+mod classify;
+mod embed;
+mod errors;
+mod lifecycle;
+mod stream;
+mod upload;
+
+use siglip_serve::grpc::pb::{self, siglip_client::SiglipClient, stream_request::Msg};
+use siglip_serve::model::{
+    image::{decode, Convention, ImageLimits},
+    scores::sigmoid,
+};
+use tokio_stream::StreamExt;
+use tonic::{transport::Channel, Code};
+
+const LABELS: [&str; 4] = [
+    "a photo of a cat",
+    "an astronaut",
+    "a cup of coffee",
+    "a rocket",
+];
+
+fn labels() -> Vec<String> {
+    LABELS.iter().map(|s| s.to_string()).collect()
+}
+
+fn encoded(bytes: Vec<u8>) -> Option<pb::Image> {
+    Some(pb::Image {
+        source: Some(pb::image::Source::Encoded(bytes)),
+    })
+}
+
+/// A Classify request for a raw frame of `width`×`height` pixels in `format`, with [`LABELS`].
+fn raw_request(
+    width: u32,
+    height: u32,
+    format: pb::PixelFormat,
+    data: Vec<u8>,
+) -> pb::ClassifyRequest {
+    pb::ClassifyRequest {
+        image: Some(pb::Image {
+            source: Some(pb::image::Source::Raw(pb::RawFrame {
+                width,
+                height,
+                format: format as i32,
+                data,
+            })),
+        }),
+        texts: labels(),
+        options: None,
+    }
+}
+
+/// Probabilities by label index, straight from the core runtime.
+fn expected(image: &[u8], texts: &[String]) -> Vec<f32> {
+    expected_with(image, texts, Convention::Processor)
+}
+
+/// [`expected`] for an image taken to RGB by `convention`.
+fn expected_with(image: &[u8], texts: &[String], convention: Convention) -> Vec<f32> {
+    probabilities(
+        decode(image, &ImageLimits::default(), convention).expect("decode"),
+        texts,
+    )
+}
+
+fn probabilities(rgb: image::RgbImage, texts: &[String]) -> Vec<f32> {
+    let model = common::cpu_model("SIGLIP_TEST_MODEL_DIR");
+    let img = model.embed_images(&[rgb]).expect("image");
+    let txt = model.embed_texts(texts).expect("texts");
+    txt.rows()
+        .map(|t| sigmoid(model.head().logit(img.row(0), t)))
+        .collect()
+}
+
+async fn model_info(client: &mut SiglipClient<Channel>) -> pb::ModelInfo {
+    client
+        .get_model_info(pb::GetModelInfoRequest {})
+        .await
+        .expect("model info")
+        .into_inner()
+}
+
+fn by_index(scores: &[pb::LabelScore], n: usize) -> Vec<f32> {
+    let mut out = vec![f32::NAN; n];
+    for s in scores {
+        out[s.index as usize] = s.probability;
+    }
+    out
+}
+
+fn assert_close(got: &[f32], want: &[f32]) {
+    assert_eq!(got.len(), want.len());
+    for (g, w) in got.iter().zip(want) {
+        assert!((g - w).abs() < 1e-5, "got {got:?}, want {want:?}");
+    }
+}
+
+/// The status has the code and a message that mentions `needle`; `case` names the check.
+fn assert_status(case: &str, status: &tonic::Status, code: Code, needle: &str) {
+    assert_eq!(status.code(), code, "{case}: {status:?}");
+    assert!(
+        status.message().contains(needle),
+        "{case}: {:?} lacks {needle:?}",
+        status.message()
+    );
+}
+
+fn classify_request(image: Vec<u8>, texts: Vec<String>) -> pb::ClassifyRequest {
+    pb::ClassifyRequest {
+        image: encoded(image),
+        texts,
+        options: None,
+    }
+}
+
+/// A PNG of noise: incompressible, so a modest image is bigger than gRPC's 4 MiB message default.
+fn big_png(side: u32) -> Vec<u8> {
+    let mut state = 0x2545_f491_4f6c_dd1d_u64;
+    let img = image::RgbImage::from_fn(side, side, |_, _| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        let b = state.to_le_bytes();
+        image::Rgb([b[0], b[1], b[2]])
+    });
+    let mut out = std::io::Cursor::new(Vec::new());
+    img.write_to(&mut out, image::ImageFormat::Png)
+        .expect("encode png");
+    out.into_inner()
+}
+
+fn config(texts: &[&str], mode: pb::DeliveryMode) -> pb::StreamRequest {
+    pb::StreamRequest {
+        msg: Some(Msg::Config(pb::StreamConfig {
+            texts: texts.iter().map(|s| s.to_string()).collect(),
+            options: None,
+            mode: mode as i32,
+        })),
+    }
+}
+
+fn frame(id: u64, image: Vec<u8>) -> pb::StreamRequest {
+    pb::StreamRequest {
+        msg: Some(Msg::Frame(pb::Frame {
+            frame_id: id,
+            timestamp_us: id as i64 * 33_000,
+            image: encoded(image),
+            chunk: vec![],
+            last: false,
+        })),
+    }
+}
+
+fn frame_chunk(id: u64, bytes: &[u8], last: bool) -> pb::StreamRequest {
+    pb::StreamRequest {
+        msg: Some(Msg::Frame(pb::Frame {
+            frame_id: id,
+            timestamp_us: 0,
+            image: None,
+            chunk: bytes.to_vec(),
+            last,
+        })),
+    }
+}
+
+/// A stream that has been answered once (frame 1, `image`) and whose input stays open while
+/// the returned sender lives.
+async fn open_stream(
+    client: &mut SiglipClient<Channel>,
+    image: Vec<u8>,
+) -> (
+    tokio::sync::mpsc::Sender<pb::StreamRequest>,
+    tonic::Streaming<pb::StreamResponse>,
+) {
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tx.send(config(&LABELS, pb::DeliveryMode::EveryFrame))
+        .await
+        .unwrap();
+    tx.send(frame(1, image)).await.unwrap();
+    let mut out = client
+        .stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .expect("stream")
+        .into_inner();
+    assert_eq!(out.next().await.unwrap().expect("result").frame_id, 1);
+    (tx, out)
+}
+
+/// Sends every message, half-closes, and collects every result (none may be an error).
+async fn stream_all(
+    client: &mut SiglipClient<Channel>,
+    messages: Vec<pb::StreamRequest>,
+) -> Vec<pb::StreamResponse> {
+    client
+        .stream(tokio_stream::iter(messages))
+        .await
+        .expect("stream")
+        .into_inner()
+        .map(|r| r.expect("result"))
+        .collect()
+        .await
+}

@@ -1,0 +1,38 @@
+//! Inference below the API, without a server: the queue that batches callers' rows for the
+//! model (`batcher`) and the core that decodes, caches and bounds what it admits (`infer`).
+//!
+//! One test binary (each links libtorch); the helpers both modules use are here.
+
+#[path = "../common/mod.rs"]
+mod common;
+
+mod batcher;
+mod infer;
+
+use std::time::Duration;
+
+use siglip_serve::batch::BatchConfig;
+use siglip_serve::model::Model;
+
+fn model() -> Model {
+    common::cpu_model("SIGLIP_TEST_MODEL_DIR")
+}
+
+fn config(max_batch_size: usize, delay_ms: u64, queue: usize) -> BatchConfig {
+    BatchConfig {
+        max_batch_size,
+        max_batch_delay: Duration::from_millis(delay_ms),
+        queue_capacity: queue,
+        pipelined: false,
+    }
+}
+
+/// Ends a test's inference thread: drops `queue` (the last handle to its queue: a `Batcher`,
+/// or the `Infer` that owns it) and waits for the thread to exit, so that no libtorch work is
+/// still running when the test binary exits (libtorch's static destructors under a running
+/// thread crash the process now and then).
+async fn stop(queue: impl Sized, worker: std::thread::JoinHandle<()>) {
+    drop(queue);
+    common::wait_until("the inference thread ending", async || worker.is_finished()).await;
+    worker.join().expect("the inference thread ended cleanly");
+}

@@ -256,3 +256,23 @@ fn device_kind(device: Device) -> &'static str {
         _ => "cpu",
     }
 }
+
+/// Whether a libtorch error says that memory ran out: the batch may fit in smaller parts (the
+/// inference worker retries it in halves). libtorch reports this only in the error's text, so
+/// this is the one place that reads it: CUDA's caching allocator ("CUDA out of memory. Tried to
+/// allocate …"; ROCm builds say "HIP out of memory"), the CUDA runtime ("CUDA error: out of
+/// memory"), cuBLAS failing to allocate its workspace ("CUBLAS_STATUS_ALLOC_FAILED") and the CPU
+/// allocator ("DefaultCPUAllocator: not enough memory").
+pub fn is_out_of_memory(e: &Error) -> bool {
+    let Error::Inference(message) = e else {
+        return false;
+    };
+    let message = message.to_lowercase();
+    [
+        "out of memory",
+        "cublas_status_alloc_failed",
+        "not enough memory",
+    ]
+    .iter()
+    .any(|needle| message.contains(needle))
+}

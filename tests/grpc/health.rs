@@ -23,6 +23,9 @@ use crate::{
 /// The tiny model's size: raw frames this size reach the tower unresized.
 const SIDE: u32 = 224;
 
+/// The failures these tests cause are logged as errors, tracebacks and all: not in the test output.
+const QUIET: &[(&str, &str)] = &[("RUST_LOG", "off")];
+
 fn faulty_model() -> std::path::PathBuf {
     common::generated("SIGLIP_TEST_FAULTY_MODEL_DIR")
 }
@@ -80,7 +83,7 @@ async fn consecutive_failures_turn_health_not_serving_and_a_success_turns_it_bac
             "--exit-after-failures",
             "0",
         ],
-        &[],
+        QUIET,
     )
     .await;
     let mut faulty = server.client().await;
@@ -210,7 +213,7 @@ async fn an_out_of_memory_batch_is_answered_in_halves_and_only_the_bad_image_fai
     let server = Server::ready_model(
         &faulty_model(),
         &["--max-batch-size", "4", "--max-batch-delay-ms", "5000"],
-        &[],
+        QUIET,
     )
     .await;
     let photo = asset("chelsea_progressive.jpg");

@@ -10,6 +10,11 @@
 //! device, it collects the next batch and copies its pixels into host memory (over 100 MB for 64
 //! so400m images), then answers the first batch and queues the second. The GPU no longer waits
 //! for the host between batches.
+//!
+//! A pass that runs out of memory is run again in halves, down to single rows, so that only the
+//! rows that fail even alone get the error. The worker counts batches in which nothing succeeded,
+//! one after the other, and publishes the count (see `health`): a device that keeps failing must
+//! not look healthy.
 
 use std::{
     panic::{self, AssertUnwindSafe},
@@ -23,11 +28,13 @@ use std::{
 };
 
 use ::metrics::{counter, gauge, histogram};
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 
 use crate::error::{Error, Result};
 use crate::metrics;
-use crate::model::{scores::Embeddings, tokenizer::TokenIds, Model, Pending, Staged};
+use crate::model::{
+    runtime::is_out_of_memory, scores::Embeddings, tokenizer::TokenIds, Model, Pending, Staged,
+};
 
 #[derive(Debug, Clone, Copy)]
 pub struct BatchConfig {
@@ -101,6 +108,7 @@ pub struct Batcher {
     tx: SyncSender<Job>,
     depth: Arc<AtomicUsize>,
     capacity: usize,
+    failures: watch::Receiver<u32>,
 }
 
 impl Batcher {
@@ -109,11 +117,13 @@ impl Batcher {
     pub fn start(model: Model, config: BatchConfig) -> (Self, thread::JoinHandle<()>) {
         let (tx, rx) = mpsc::sync_channel(config.queue_capacity);
         let depth = Arc::new(AtomicUsize::new(0));
+        let (failures_tx, failures) = watch::channel(0);
         let worker = Worker {
             model,
             config,
             rx,
             depth: Arc::clone(&depth),
+            failures: failures_tx,
         };
         let handle = thread::Builder::new()
             .name("siglip-infer".into())
@@ -123,8 +133,15 @@ impl Batcher {
             tx,
             depth,
             capacity: config.queue_capacity,
+            failures,
         };
         (batcher, handle)
+    }
+
+    /// Batches that failed one after the other, up to now (0 after any success): what health
+    /// follows (`health::follow`).
+    pub fn consecutive_failures(&self) -> watch::Receiver<u32> {
+        self.failures.clone()
     }
 
     /// Jobs waiting for the worker.
@@ -187,6 +204,8 @@ struct Worker {
     config: BatchConfig,
     rx: mpsc::Receiver<Job>,
     depth: Arc<AtomicUsize>,
+    /// Consecutive batches in which no pass succeeded.
+    failures: watch::Sender<u32>,
 }
 
 /// What the queue gave the worker.
@@ -201,15 +220,22 @@ enum Next {
 /// A batch's images copied into host memory, in passes of at most `max_batch_size`.
 struct StagedBatch {
     jobs: Vec<Job>,
-    passes: Result<Vec<Staged>>,
+    passes: Vec<Result<Staged>>,
 }
 
 /// A batch whose vision passes are queued on the device.
 struct InFlight {
     jobs: Vec<Job>,
     /// Each pass, and when it was submitted.
-    passes: Result<Vec<(Pending, Instant)>>,
+    passes: Vec<Result<(Pending, Instant)>>,
     started: Instant,
+}
+
+/// Consecutive rows of a batch that share one outcome: a pass, or part of one that was run again
+/// after running out of memory.
+struct Run {
+    rows: usize,
+    result: Result<Embeddings>,
 }
 
 impl Worker {
@@ -232,6 +258,7 @@ impl Worker {
                 counter!(metrics::WORKER_PANICS).increment(1);
                 tracing::error!("the inference worker panicked; its current batches failed");
                 in_flight = None;
+                self.record(false);
             }
         }
         if let Some(running) = in_flight {
@@ -299,13 +326,7 @@ impl Worker {
     /// Copies the batch's images into host memory for the device (one caller may send more rows
     /// than a pass holds: passes of at most `max_batch_size`).
     fn stage(&self, jobs: Vec<Job>) -> StagedBatch {
-        let rows: Vec<&[f32]> = jobs
-            .iter()
-            .flat_map(|job| match &job.work {
-                Work::Images(rows) => rows.iter().map(Vec::as_slice).collect(),
-                Work::Texts(_) => Vec::new(),
-            })
-            .collect();
+        let rows = image_rows(&jobs);
         let passes = rows
             .chunks(self.config.max_batch_size.max(1))
             .map(|pass| {
@@ -319,12 +340,11 @@ impl Worker {
 
     fn submit(&self, staged: StagedBatch) -> InFlight {
         let started = Instant::now();
-        let passes = staged.passes.and_then(|passes| {
-            passes
-                .into_iter()
-                .map(|pass| Ok((self.model.submit(pass)?, Instant::now())))
-                .collect()
-        });
+        let passes = staged
+            .passes
+            .into_iter()
+            .map(|pass| Ok((self.model.submit(pass?)?, Instant::now())))
+            .collect();
         InFlight {
             jobs: staged.jobs,
             passes,
@@ -332,11 +352,19 @@ impl Worker {
         }
     }
 
-    /// Waits for a batch's passes and answers its callers.
+    /// Waits for a batch's passes and answers its callers. A pass that ran out of memory is run
+    /// again in halves.
     fn finish(&self, running: InFlight) {
-        let result = running.passes.and_then(|passes| {
-            let mut previous_done = running.started;
-            concatenate(passes.into_iter().map(|(pass, submitted)| {
+        let rows = image_rows(&running.jobs);
+        let mut previous_done = running.started;
+        let mut runs = Vec::new();
+        let embed = |rows: &[&[f32]]| self.model.embed_rows(rows);
+        for (pass, rows) in running
+            .passes
+            .into_iter()
+            .zip(rows.chunks(self.config.max_batch_size.max(1)))
+        {
+            let result = pass.and_then(|(pass, submitted)| {
                 let embeddings = self.model.finish(pass);
                 // A pass queued behind another starts when that one is done.
                 let done = Instant::now();
@@ -344,9 +372,10 @@ impl Worker {
                     .record(done.duration_since(submitted.max(previous_done)));
                 previous_done = done;
                 embeddings
-            }))
-        });
-        self.answer(running.jobs, (result, running.started.elapsed()));
+            });
+            runs.extend(self.settle("vision", rows, result, &embed));
+        }
+        self.answer(running.jobs, runs, running.started.elapsed());
     }
 
     fn run_texts(&self, jobs: Vec<Job>) {
@@ -358,68 +387,165 @@ impl Worker {
             })
             .collect();
         let started = Instant::now();
-        let result = concatenate(ids.chunks(self.config.max_batch_size.max(1)).map(|pass| {
+        let embed = |ids: &[TokenIds]| self.model.embed_token_ids(ids);
+        let mut runs = Vec::new();
+        for pass in ids.chunks(self.config.max_batch_size.max(1)) {
             let t = Instant::now();
-            let embeddings = self.model.embed_token_ids(pass);
+            let result = embed(pass);
             histogram!(metrics::INFERENCE, "tower" => "text").record(t.elapsed());
             counter!(metrics::TEXTS).increment(pass.len() as u64);
-            embeddings
-        }));
-        self.answer(jobs, (result, started.elapsed()));
+            runs.extend(self.settle("text", pass, result, &embed));
+        }
+        self.answer(jobs, runs, started.elapsed());
     }
 
-    /// Hands each job its own rows, in queue order.
-    fn answer(&self, jobs: Vec<Job>, (result, inference): (Result<Embeddings>, Duration)) {
+    /// The outcome of a pass over `rows` that gave `result`. Out of memory, it is run again in
+    /// two halves (each of which may split again), so that a batch too large for the device
+    /// still gets answered, and a row that fails even alone fails only its own caller. Any other
+    /// error is final: a device-side assert or a lost device does not get better with smaller
+    /// batches.
+    fn settle<T>(
+        &self,
+        tower: &'static str,
+        rows: &[T],
+        result: Result<Embeddings>,
+        embed: &impl Fn(&[T]) -> Result<Embeddings>,
+    ) -> Vec<Run> {
+        match result {
+            Err(e) if is_out_of_memory(&e) && rows.len() > 1 => {
+                counter!(metrics::INFERENCE_FAILURES, "tower" => tower, "reason" => "out_of_memory")
+                    .increment(1);
+                tracing::warn!(
+                    tower,
+                    rows = rows.len(),
+                    error = %e,
+                    "a forward pass ran out of memory; running it again in halves"
+                );
+                let (first, second) = rows.split_at(rows.len() / 2);
+                let mut runs = self.settle(tower, first, embed(first), embed);
+                runs.extend(self.settle(tower, second, embed(second), embed));
+                runs
+            }
+            result => {
+                if let Err(e) = &result {
+                    let reason = if is_out_of_memory(e) {
+                        "out_of_memory"
+                    } else {
+                        "error"
+                    };
+                    counter!(metrics::INFERENCE_FAILURES, "tower" => tower, "reason" => reason)
+                        .increment(1);
+                    tracing::error!(tower, rows = rows.len(), error = %e, "inference failed");
+                }
+                vec![Run {
+                    rows: rows.len(),
+                    result,
+                }]
+            }
+        }
+    }
+
+    /// Counts a batch in the run of consecutive failures: one where nothing succeeded extends
+    /// it, any success ends it (the device works; the rows that failed may be the inputs' fault).
+    fn record(&self, succeeded: bool) {
+        self.failures.send_if_modified(|count| {
+            let before = *count;
+            *count = if succeeded {
+                0
+            } else {
+                count.saturating_add(1)
+            };
+            gauge!(metrics::CONSECUTIVE_FAILURES).set(*count as f64);
+            *count != before
+        });
+    }
+
+    /// Hands each job its own rows, in queue order: a job gets an error if any of its rows
+    /// failed.
+    fn answer(&self, jobs: Vec<Job>, runs: Vec<Run>, inference: Duration) {
+        self.record(runs.iter().any(|run| run.result.is_ok()));
         let total: usize = jobs.iter().map(Job::rows).sum();
         let batch_size = total.min(self.config.max_batch_size.max(1));
-        let queued = |job: &Job| {
+        let mut rows = RowCursor::new(&runs);
+        for job in jobs {
             let queue = job.enqueued.elapsed().saturating_sub(inference);
             histogram!(metrics::QUEUE_WAIT).record(queue);
-            queue
-        };
-        let embeddings = match result {
-            Ok(e) => e,
-            Err(e) => {
-                tracing::error!(error = %e, "inference failed");
-                let message = match e {
-                    Error::Inference(m) => m,
-                    other => other.to_string(),
-                };
-                for job in jobs {
-                    queued(&job);
-                    let _ = job.reply.send(Err(Error::Inference(message.clone())));
-                }
-                return;
-            }
-        };
-        let dim = embeddings.dim;
-        let mut offset = 0;
-        for job in jobs {
-            let rows = job.rows();
-            let data = embeddings.data[offset * dim..(offset + rows) * dim].to_vec();
-            offset += rows;
-            let queue = queued(&job);
-            let _ = job.reply.send(Ok(Reply {
-                embeddings: Embeddings::new(dim, data),
+            let reply = rows.take(job.rows()).map(|embeddings| Reply {
+                embeddings,
                 queue,
                 inference,
                 batch_size,
-            }));
+            });
+            let _ = job.reply.send(reply);
         }
     }
 }
 
-/// The passes' rows, in order; the first error stops (later passes are not run).
-fn concatenate(passes: impl Iterator<Item = Result<Embeddings>>) -> Result<Embeddings> {
-    let mut all: Option<Embeddings> = None;
-    for pass in passes {
-        let e = pass?;
-        match &mut all {
-            Some(acc) => acc.data.extend_from_slice(&e.data),
-            None => all = Some(e),
+/// The image rows of `jobs`, in order.
+fn image_rows(jobs: &[Job]) -> Vec<&[f32]> {
+    jobs.iter()
+        .flat_map(|job| match &job.work {
+            Work::Images(rows) => rows.iter().map(Vec::as_slice).collect(),
+            Work::Texts(_) => Vec::new(),
+        })
+        .collect()
+}
+
+/// Walks a batch's runs, one caller's rows at a time.
+struct RowCursor<'a> {
+    runs: &'a [Run],
+    run: usize,
+    /// Rows of `runs[run]` already handed out.
+    offset: usize,
+}
+
+impl<'a> RowCursor<'a> {
+    fn new(runs: &'a [Run]) -> Self {
+        Self {
+            runs,
+            run: 0,
+            offset: 0,
         }
     }
-    all.ok_or_else(|| Error::Inference("empty batch".into()))
+
+    /// The next `n` rows' embeddings, or the error of the first run among them that failed.
+    fn take(&mut self, mut n: usize) -> Result<Embeddings> {
+        let mut data = Vec::new();
+        let mut dim = 0;
+        let mut error = None;
+        while n > 0 {
+            let Some(run) = self.runs.get(self.run) else {
+                return Err(Error::Inference(
+                    "the batch's passes returned fewer rows than it holds".into(),
+                ));
+            };
+            let take = (run.rows - self.offset).min(n);
+            match &run.result {
+                Ok(e) => {
+                    dim = e.dim;
+                    data.extend_from_slice(
+                        &e.data[self.offset * e.dim..(self.offset + take) * e.dim],
+                    );
+                }
+                Err(e) => {
+                    error.get_or_insert_with(|| match e {
+                        Error::Inference(m) => m.clone(),
+                        other => other.to_string(),
+                    });
+                }
+            }
+            self.offset += take;
+            n -= take;
+            if self.offset == run.rows {
+                self.run += 1;
+                self.offset = 0;
+            }
+        }
+        match error {
+            Some(message) => Err(Error::Inference(message)),
+            None => Ok(Embeddings::new(dim, data)),
+        }
+    }
 }
 
 /// Moves the queue-depth counter and its gauge together. The gauge moves by the same delta

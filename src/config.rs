@@ -7,6 +7,7 @@ use clap::Args;
 
 use crate::batch::BatchConfig;
 use crate::grpc;
+use crate::health::HealthPolicy;
 use crate::infer::{self, Limits};
 use crate::model::{
     device::{BackendChoice, DTypeChoice, DeviceChoice},
@@ -195,6 +196,43 @@ pub struct BatchArgs {
     pub preprocess_threads: usize,
 }
 
+/// How health follows the device: a device that keeps failing must not look healthy.
+#[derive(Debug, Clone, Args)]
+pub struct HealthArgs {
+    /// Consecutive failed inference batches (the forward pass failed, not the input) after which
+    /// health says NOT_SERVING; calls are still accepted, and the next batch that succeeds makes
+    /// it SERVING again (0: never).
+    #[arg(long, env = "SIGLIP_UNHEALTHY_AFTER_FAILURES", default_value_t = 3)]
+    pub unhealthy_after_failures: u32,
+
+    /// Consecutive failed inference batches after which the process exits with status 1, so
+    /// that Kubernetes replaces it (0: never).
+    #[arg(long, env = "SIGLIP_EXIT_AFTER_FAILURES", default_value_t = 20)]
+    pub exit_after_failures: u32,
+}
+
+impl HealthArgs {
+    pub fn policy(&self) -> HealthPolicy {
+        HealthPolicy {
+            unhealthy_after: self.unhealthy_after_failures,
+            exit_after: self.exit_after_failures,
+        }
+    }
+
+    /// Refuses an exit before the server has ever said NOT_SERVING.
+    pub fn check(&self) -> anyhow::Result<()> {
+        let (unhealthy, exit) = (self.unhealthy_after_failures, self.exit_after_failures);
+        if unhealthy > 0 && exit > 0 && exit < unhealthy {
+            anyhow::bail!(
+                "--exit-after-failures {exit} is less than --unhealthy-after-failures {unhealthy}: \
+                 the process would exit before its health said NOT_SERVING; raise it, or set 0 \
+                 (never exit)"
+            );
+        }
+        Ok(())
+    }
+}
+
 /// `siglip-serve serve`.
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
@@ -206,6 +244,9 @@ pub struct ServeArgs {
 
     #[command(flatten)]
     pub batch: BatchArgs,
+
+    #[command(flatten)]
+    pub health: HealthArgs,
 
     /// Address of the gRPC server.
     #[arg(long, env = "SIGLIP_GRPC_ADDR", default_value = "0.0.0.0:50051")]

@@ -10,6 +10,7 @@
 //! - [`infer`]: the core every API calls — validation, preprocessing pool, scores.
 //! - [`batch`]: the bounded inference queue and the worker thread that owns the model.
 //! - [`grpc`]: the gRPC transport, a thin layer over [`infer`].
+//! - [`health`]: what health reports, from the inference worker's consecutive failures.
 //! - [`server`]: the composition root of `serve`: builds the pieces above and runs the lifecycle.
 //! - [`metrics`]: Prometheus metrics, all names in one place.
 //! - [`config`]: command-line flags (each also an environment variable).
@@ -20,6 +21,7 @@ pub mod batch;
 pub mod config;
 pub mod error;
 pub mod grpc;
+pub mod health;
 pub mod infer;
 pub mod metrics;
 pub mod model;

@@ -36,6 +36,8 @@ pub const STALENESS: &str = "siglip_stream_result_staleness_seconds";
 pub const BYTES_RECEIVED: &str = "siglip_received_bytes_total";
 pub const REQUESTS_DROPPED: &str = "siglip_requests_dropped_total";
 pub const WORKER_PANICS: &str = "siglip_inference_worker_panics_total";
+pub const INFERENCE_FAILURES: &str = "siglip_inference_failures_total";
+pub const CONSECUTIVE_FAILURES: &str = "siglip_inference_consecutive_failures";
 pub const MODEL_INFO: &str = "siglip_model_info";
 pub const BUILD_INFO: &str = "siglip_build_info";
 pub const READY: &str = "siglip_ready";
@@ -55,6 +57,9 @@ pub const FRAME_DROP_REASONS: [&str; 2] = ["superseded", "error"];
 /// Why queued work was never run.
 pub const REQUEST_DROP_REASONS: [&str; 2] = ["deadline", "cancelled"];
 pub const TOWERS: [&str; 2] = ["vision", "text"];
+/// Why a forward pass failed: out of memory (retried in halves while it has more than one row),
+/// or any other libtorch error.
+pub const FAILURE_REASONS: [&str; 2] = ["out_of_memory", "error"];
 
 /// Inference latencies from a millisecond (tiny models, GPU) to a minute (large batches on CPU).
 const LATENCY_BUCKETS: [f64; 16] = [
@@ -145,6 +150,14 @@ fn describe() {
         WORKER_PANICS,
         "Panics caught in the inference worker (its batches failed; it went on)"
     );
+    describe_counter!(
+        INFERENCE_FAILURES,
+        "Forward passes that failed, by tower and reason (out_of_memory passes are run again in halves)"
+    );
+    describe_gauge!(
+        CONSECUTIVE_FAILURES,
+        "Inference batches that failed one after the other, up to now (0 after any success)"
+    );
     describe_gauge!(MODEL_INFO, "The model being served (labels); always 1");
     describe_gauge!(BUILD_INFO, "This server's version (label); always 1");
     describe_gauge!(
@@ -161,6 +174,9 @@ fn register_zeros() {
     }
     for tower in TOWERS {
         let _ = histogram!(INFERENCE, "tower" => tower);
+        for reason in FAILURE_REASONS {
+            counter!(INFERENCE_FAILURES, "tower" => tower, "reason" => reason).absolute(0);
+        }
     }
     for reason in FRAME_DROP_REASONS {
         counter!(FRAMES_DROPPED, "reason" => reason).absolute(0);
@@ -187,6 +203,7 @@ fn register_zeros() {
         CACHE_ENTRIES,
         ACTIVE_STREAMS,
         READY,
+        CONSECUTIVE_FAILURES,
     ] {
         gauge!(name).set(0.0);
     }

@@ -1,17 +1,20 @@
 //! `siglip-serve serve`: the composition root. It builds the pieces — the metrics endpoint, the
 //! gRPC transport, the model, the inference queue in front of it and the core over both — and
 //! runs the server's life: listen at once (NOT_SERVING), load and warm the model in the
-//! background, serve, and on SIGTERM/SIGINT drain, stop and unload.
+//! background, serve (health following the device), and on SIGTERM/SIGINT drain, stop and
+//! unload — or, when inference keeps failing past `--exit-after-failures`, drain, stop and exit
+//! non-zero.
 
 use std::{sync::Arc, thread::JoinHandle, time::Duration};
 
 use ::metrics::gauge;
 use anyhow::Context;
-use tokio::net::TcpListener;
+use tokio::{net::TcpListener, sync::watch};
 
 use crate::batch::Batcher;
 use crate::config::ServeArgs;
 use crate::grpc::{RunningOn, Transport};
+use crate::health;
 use crate::infer::Infer;
 use crate::metrics;
 use crate::model::{device::device_name, Model};
@@ -19,6 +22,7 @@ use crate::model::{device::device_name, Model};
 /// Runs the server until SIGTERM/SIGINT, then drains and returns.
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     args.limits.check()?;
+    args.health.check()?;
     let metrics_handle = metrics::install()?;
     let metrics_listener = metrics::bind(args.metrics_addr).await?;
     let metrics_addr = metrics_listener.local_addr()?;
@@ -46,9 +50,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         move || load(&args)
     });
     let mut worker = None;
+    let mut failed = None;
     tokio::select! {
         loaded = load => {
-            let (infer, on, thread) = loaded.context("model loading panicked")??;
+            let (infer, on, thread, failures) = loaded.context("model loading panicked")??;
             worker = Some(thread);
             let m = infer.manifest();
             metrics::set_model_info(&m.model_id, &m.architecture, &on.device, on.dtype.name(), m.source.random_weights);
@@ -58,13 +63,25 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             transport.serving(infer, on).await;
             gauge!(metrics::READY).set(1.0);
             tracing::info!("model ready (health: SERVING)");
-            (&mut shutdown).await;
+            let device = health::follow(failures, args.health.policy(), async |serving| {
+                transport.set_serving(serving).await
+            });
+            // Following ends here, before the drain: it must not turn a draining server SERVING.
+            tokio::select! {
+                exit = device => failed = Some(exit),
+                _ = &mut shutdown => {}
+            }
         }
         _ = &mut shutdown => {}
     }
 
     tracing::info!(
         grace_s = args.shutdown_grace_seconds,
+        cause = if failed.is_some() {
+            "inference keeps failing"
+        } else {
+            "signal"
+        },
         "shutting down: NOT_SERVING, draining"
     );
     gauge!(metrics::READY).set(0.0);
@@ -75,12 +92,22 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(worker) = worker {
         unload(worker).await;
     }
-    tracing::info!("stopped");
-    Ok(())
+    match failed {
+        // `main` logs it and exits with status 1.
+        Some(e) => Err(e),
+        None => {
+            tracing::info!("stopped");
+            Ok(())
+        }
+    }
 }
 
+/// What [`load`] starts: the core, where it runs, the inference thread and its count of
+/// consecutive failures.
+type Loaded = (Arc<Infer>, RunningOn, JoinHandle<()>, watch::Receiver<u32>);
+
 /// Loads and warms the model, then starts the inference worker in front of it (blocking).
-fn load(args: &ServeArgs) -> anyhow::Result<(Arc<Infer>, RunningOn, JoinHandle<()>)> {
+fn load(args: &ServeArgs) -> anyhow::Result<Loaded> {
     let model = Model::load(&args.model.load_options(args.batch.max_batch_size.max(1)))
         .context("loading the model")?;
     if let Some(max) = model
@@ -125,8 +152,9 @@ fn load(args: &ServeArgs) -> anyhow::Result<(Arc<Infer>, RunningOn, JoinHandle<(
     }
     let batching = args.batching(model.runs_asynchronously());
     let (batcher, worker) = Batcher::start(model, batching);
+    let failures = batcher.consecutive_failures();
     let infer = Infer::new(batcher, host, args.core());
-    Ok((Arc::new(infer), on, worker))
+    Ok((Arc::new(infer), on, worker, failures))
 }
 
 /// Waits (briefly) for the inference thread to drop the model. It does so once the last handle

@@ -1,4 +1,4 @@
-"""CLI: python -m siglip_export {export,random,compile,reference,reference-tokens,reference-pixels}."""
+"""CLI: python -m siglip_export {export,random,compile,faulty,reference,reference-tokens,reference-pixels}."""
 
 from __future__ import annotations
 
@@ -51,6 +51,10 @@ def main(argv: list[str] | None = None) -> int:
                          help="largest batch the package accepts (the server's --max-batch-size)")
     command.add_argument("--max-autotune", action="store_true",
                          help="let Inductor time alternative matmul kernels (much longer compile)")
+
+    command = commands.add_parser("faulty", help="copy of a model whose vision tower raises for chosen inputs (tests)")
+    command.add_argument("--model-dir", type=Path, required=True, help="directory written by export/random (float32)")
+    command.add_argument("--out", type=Path, required=True, help="model directory to write (replaced)")
 
     command = commands.add_parser("reference", help="transformers' own embeddings/logits for parity tests")
     command.add_argument("--checkpoint", required=True)
@@ -109,6 +113,12 @@ def _run(args: argparse.Namespace) -> int:
         result = compile_vision(args.model_dir, device=args.device, dtype=args.dtype, max_batch=args.max_batch,
                                 max_autotune=args.max_autotune)
         print(json.dumps(result, indent=2))
+        return 0
+
+    if args.cmd == "faulty":
+        from .faulty import make_faulty
+
+        print(json.dumps(make_faulty(args.model_dir, args.out), indent=2))
         return 0
 
     from . import reference as ref

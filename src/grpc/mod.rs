@@ -104,6 +104,20 @@ impl Transport {
         }
     }
 
+    /// Health follows the device once serving (`health::follow`): NOT_SERVING while inference
+    /// keeps failing, SERVING again after a success. Calls are accepted either way.
+    pub async fn set_serving(&self, serving: bool) {
+        // The API before the whole server ("") when turning SERVING (as in `serving`), after it
+        // when turning NOT_SERVING: whoever sees "" SERVING finds the API SERVING too.
+        let (status, names) = match serving {
+            true => (ServingStatus::Serving, [SERVICE_NAME, ""]),
+            false => (ServingStatus::NotServing, ["", SERVICE_NAME]),
+        };
+        for name in names {
+            self.health.set_service_status(name, status).await;
+        }
+    }
+
     /// Health says NOT_SERVING, new calls are refused, open streams are asked to end, and
     /// calls in flight get up to `grace` to finish. Returns once the server has stopped, or
     /// `grace` has passed.

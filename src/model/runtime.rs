@@ -256,3 +256,54 @@ fn device_kind(device: Device) -> &'static str {
         _ => "cpu",
     }
 }
+
+/// Whether a libtorch error says that memory ran out: the batch may fit in smaller parts (the
+/// inference worker retries it in halves). libtorch reports this only in the error's text, so
+/// this is the one place that reads it: CUDA's caching allocator ("CUDA out of memory. Tried to
+/// allocate …"; ROCm builds say "HIP out of memory"), the CUDA runtime ("CUDA error: out of
+/// memory"), cuBLAS failing to allocate its workspace ("CUBLAS_STATUS_ALLOC_FAILED") and the CPU
+/// allocator ("DefaultCPUAllocator: not enough memory").
+pub fn is_out_of_memory(e: &Error) -> bool {
+    let Error::Inference(message) = e else {
+        return false;
+    };
+    let message = message.to_lowercase();
+    [
+        "out of memory",
+        "cublas_status_alloc_failed",
+        "not enough memory",
+    ]
+    .iter()
+    .any(|needle| message.contains(needle))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_out_of_memory;
+    use crate::error::Error;
+
+    #[test]
+    fn out_of_memory_is_read_from_libtorchs_messages_and_nothing_else() {
+        let inference = |m: &str| Error::Inference(m.into());
+        for oom in [
+            "CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0; 79.10 GiB total capacity)",
+            "CUDA error: out of memory\nCUDA kernel errors might be asynchronously reported",
+            "HIP out of memory. Tried to allocate 20.00 MiB",
+            "CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`",
+            "DefaultCPUAllocator: not enough memory: you tried to allocate 1073741824 bytes.",
+        ] {
+            assert!(is_out_of_memory(&inference(oom)), "{oom}");
+        }
+        for other in [
+            "CUDA error: device-side assert triggered",
+            "CUDA error: an illegal memory access was encountered",
+            "CUDA error: unspecified launch failure",
+        ] {
+            assert!(!is_out_of_memory(&inference(other)), "{other}");
+        }
+        // A caller's input that mentions memory is not the device running out of it.
+        assert!(!is_out_of_memory(&Error::InvalidArgument(
+            "out of memory".into()
+        )));
+    }
+}

@@ -8,6 +8,7 @@
 //! - `embed`: EmbedImage, EmbedText and GetModelInfo;
 //! - `errors`: bad input and the status it gets, deadlines, a full queue;
 //! - `lifecycle`: health, reflection, shutdown, flags from the environment.
+//! - `health`: health follows the device (the faulty test model), out-of-memory retries.
 //!
 //! The helpers they share are here.
 
@@ -17,6 +18,7 @@ mod common;
 mod classify;
 mod embed;
 mod errors;
+mod health;
 mod lifecycle;
 mod stream;
 mod upload;

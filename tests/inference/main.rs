@@ -1,5 +1,6 @@
 //! Inference below the API, without a server: the queue that batches callers' rows for the
-//! model (`batcher`) and the core that decodes, caches and bounds what it admits (`infer`).
+//! model (`batcher`), what it does when libtorch fails (`faults`) and the core that decodes,
+//! caches and bounds what it admits (`infer`).
 //!
 //! One test binary (each links libtorch); the helpers both modules use are here.
 
@@ -7,6 +8,7 @@
 mod common;
 
 mod batcher;
+mod faults;
 mod infer;
 
 use std::time::Duration;

@@ -42,3 +42,10 @@ def test_export_reads_the_resampling_filter_and_refuses_unserved_ones(tmp_path: 
     (tmp_path / "preprocessor_config.json").write_text(json.dumps({**config, "resample": 1}))
     with pytest.raises(ExportError, match="resample 'lanczos' is not supported"):
         image_settings(tmp_path)
+
+
+def test_faulty_needs_a_model_directory(tmp_path: Path):
+    out = subprocess.run([sys.executable, "-m", "siglip_export", "faulty", "--model-dir", str(tmp_path),
+                          "--out", str(tmp_path / "faulty")], capture_output=True, text=True, timeout=120)
+    assert_clear_error(out, "has no manifest.json")
+    assert not (tmp_path / "faulty").exists()

@@ -94,6 +94,12 @@ pub struct LimitArgs {
     #[arg(long, env = "SIGLIP_MAX_IMAGE_SIDE", default_value_t = ImageLimits::DEFAULT.max_side)]
     pub max_image_side: u32,
 
+    /// Most scans in a JPEG, counted from its markers before decoding; more is refused with
+    /// INVALID_ARGUMENT. Encoders write 1 (baseline) or about 10 (progressive); each scan costs
+    /// a pass over every block, so thousands of empty scans in a small file cost seconds.
+    #[arg(long, env = "SIGLIP_MAX_JPEG_SCANS", default_value_t = ImageLimits::DEFAULT.max_jpeg_scans)]
+    pub max_jpeg_scans: usize,
+
     /// Most texts (labels) in one request or stream configuration.
     #[arg(long, env = "SIGLIP_MAX_TEXTS", default_value_t = Limits::DEFAULT.max_texts)]
     pub max_texts: usize,
@@ -139,6 +145,7 @@ impl LimitArgs {
                 max_bytes: self.max_image_bytes,
                 max_pixels: self.max_image_pixels,
                 max_side: self.max_image_side,
+                max_jpeg_scans: self.max_jpeg_scans,
             },
             max_texts: self.max_texts,
             max_text_bytes: self.max_text_bytes,

@@ -14,6 +14,9 @@ pub struct ImageLimits {
     pub max_pixels: u64,
     /// Longest width or height.
     pub max_side: u32,
+    /// Most scans in a JPEG: each scan of a progressive JPEG costs a pass over every block, so
+    /// a small file of thousands of empty scans costs seconds to decode.
+    pub max_jpeg_scans: usize,
 }
 
 impl ImageLimits {
@@ -23,6 +26,7 @@ impl ImageLimits {
         max_bytes: 32 << 20,
         max_pixels: 50_000_000,
         max_side: 20_000,
+        max_jpeg_scans: 100,
     };
 }
 

@@ -14,6 +14,7 @@
 mod decode;
 mod error;
 mod jpeg;
+mod jpeg_markers;
 mod limits;
 mod normalize;
 mod orientation;

@@ -239,3 +239,30 @@ fn preprocess_layout_and_values() {
     let resized = preprocess(&photo_like(37, 500), &Preprocess::siglip(16));
     assert_eq!(resized.len(), 3 * 16 * 16);
 }
+
+/// A progressive JPEG as an encoder writes it: about 10 scans.
+fn progressive_jpeg(img: &RgbImage) -> Vec<u8> {
+    let mut c = mozjpeg::Compress::new(mozjpeg::ColorSpace::JCS_RGB);
+    c.set_size(img.width() as usize, img.height() as usize);
+    c.set_progressive_mode();
+    let mut c = c.start_compress(Vec::new()).unwrap();
+    c.write_scanlines(img.as_raw()).unwrap();
+    c.finish().unwrap()
+}
+
+#[test]
+fn jpeg_scans_over_the_limit_are_refused_before_decoding() {
+    let bytes = progressive_jpeg(&photo_like(40, 30));
+    let scans = jpeg_markers::walk(&bytes, usize::MAX).scans;
+    assert!(scans > 2, "{scans} scans");
+    let at = |max_jpeg_scans| ImageLimits {
+        max_jpeg_scans,
+        ..ImageLimits::default()
+    };
+    let err = decode(&bytes, &at(scans - 1), Convention::Processor).unwrap_err();
+    assert!(matches!(err, ImageError::TooManyScans { .. }), "{err}");
+    assert!(err.to_string().contains("--max-jpeg-scans"), "{err}");
+    assert!(!crate::error::Error::from(err).is_limit());
+    let img = decode(&bytes, &at(scans), Convention::Processor).unwrap();
+    assert_eq!(img.dimensions(), (40, 30));
+}

@@ -135,6 +135,18 @@ pub struct LimitArgs {
     /// 1.8 MB at 384 px). At least --max-images.
     #[arg(long, env = "SIGLIP_MAX_PENDING_IMAGES", default_value_t = Limits::DEFAULT.max_pending_images)]
     pub max_pending_images: usize,
+
+    /// Pixels (width × height, from the header) of the images being decoded at once, over all
+    /// requests; an image waits in line, within its deadline, until it fits. Bounds the memory
+    /// of decoding. At least --max-image-pixels.
+    #[arg(long, env = "SIGLIP_MAX_DECODING_PIXELS", default_value_t = Limits::DEFAULT.max_decoding_pixels)]
+    pub max_decoding_pixels: u64,
+
+    /// Texts accepted and not yet embedded (tokenising or queued for the text tower), over all
+    /// requests and streams; a request that would pass it is refused with RESOURCE_EXHAUSTED.
+    /// At least --max-texts.
+    #[arg(long, env = "SIGLIP_MAX_PENDING_TEXTS", default_value_t = Limits::DEFAULT.max_pending_texts)]
+    pub max_pending_texts: usize,
 }
 
 impl LimitArgs {
@@ -151,6 +163,8 @@ impl LimitArgs {
             max_text_bytes: self.max_text_bytes,
             max_images: self.max_images,
             max_pending_images: self.max_pending_images,
+            max_decoding_pixels: self.max_decoding_pixels,
+            max_pending_texts: self.max_pending_texts,
         }
     }
 
@@ -172,6 +186,29 @@ impl LimitArgs {
                  could never be accepted; raise it or lower --max-images",
                 self.max_pending_images,
                 self.max_images
+            );
+        }
+        if self.max_decoding_pixels < self.max_image_pixels {
+            anyhow::bail!(
+                "--max-decoding-pixels {} is less than --max-image-pixels {}: the largest image \
+                 accepted could never be decoded; raise it or lower --max-image-pixels",
+                self.max_decoding_pixels,
+                self.max_image_pixels
+            );
+        }
+        if self.max_decoding_pixels > u64::from(u32::MAX) {
+            anyhow::bail!(
+                "--max-decoding-pixels {} is over {}, the most it can count",
+                self.max_decoding_pixels,
+                u32::MAX
+            );
+        }
+        if self.max_pending_texts < self.max_texts {
+            anyhow::bail!(
+                "--max-pending-texts {} is less than --max-texts {}: a full label set could \
+                 never be accepted; raise it or lower --max-texts",
+                self.max_pending_texts,
+                self.max_texts
             );
         }
         Ok(())

@@ -44,6 +44,13 @@ pub(super) fn decode(
     }
 }
 
+/// Width and height from the frame header, without decoding.
+pub(super) fn declared_size(bytes: &[u8]) -> Result<(u32, u32), ImageError> {
+    jpeg_markers::walk(bytes, 0).frame.ok_or_else(|| {
+        ImageError::Corrupt("JPEG has no frame header before its first scan".to_owned())
+    })
+}
+
 fn decode_inner(
     bytes: &[u8],
     limits: &ImageLimits,

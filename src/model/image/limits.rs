@@ -81,9 +81,18 @@ impl ImageLimits {
     /// A memory bound for the `image` crate's decoders and their working buffers. Width and
     /// height are left to `check_dimensions`, which runs right after the header is read and
     /// gives the more useful message.
-    pub(super) fn to_image_limits(&self) -> image::Limits {
+    ///
+    /// The PNG decoder spends its bound on metadata alone (the pixels go to a buffer reserved
+    /// by `decode`): text chunks, EXIF, and an ICC profile that it inflates and silently drops
+    /// when it is over the bound. No honest image carries more metadata than its own encoded
+    /// size, so that is the bound: a compressed ICC profile of hundreds of megabytes (a bomb)
+    /// then costs at most `max_bytes` of memory.
+    pub(super) fn to_image_limits(&self, format: image::ImageFormat) -> image::Limits {
         let mut limits = image::Limits::no_limits();
-        limits.max_alloc = Some(self.max_decoded_bytes());
+        limits.max_alloc = Some(match format {
+            image::ImageFormat::Png => self.max_bytes as u64,
+            _ => self.max_decoded_bytes(),
+        });
         limits
     }
 

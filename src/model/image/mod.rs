@@ -127,6 +127,13 @@ pub fn decode(
     decode::decode(bytes, limits, convention)
 }
 
+/// An encoded image's width × height from its header alone (microseconds: no pixel is decoded,
+/// nothing is inflated), checked against the limits: what decoding it will cost.
+pub fn declared_pixels(bytes: &[u8], limits: &ImageLimits) -> Result<u64, ImageError> {
+    let (width, height) = decode::declared_size(bytes, limits)?;
+    Ok(u64::from(width) * u64::from(height))
+}
+
 /// Wraps a raw, tightly packed frame (e.g. from a video decoder). RGBA is composited onto
 /// white under the processor convention (as `convert_to_rgb` does for an array) and loses its
 /// alpha under the pipeline convention.

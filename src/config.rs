@@ -142,9 +142,9 @@ pub struct LimitArgs {
     #[arg(long, env = "SIGLIP_MAX_DECODING_PIXELS", default_value_t = Limits::DEFAULT.max_decoding_pixels)]
     pub max_decoding_pixels: u64,
 
-    /// Texts accepted and not yet embedded (tokenising or queued for the text tower), over all
-    /// requests and streams; a request that would pass it is refused with RESOURCE_EXHAUSTED.
-    /// At least --max-texts.
+    /// Texts not in the text cache, queued for the text tower or in a pass, over all requests
+    /// and streams; a request that would pass it is refused with RESOURCE_EXHAUSTED (labels
+    /// found in the cache never are). At least --max-texts.
     #[arg(long, env = "SIGLIP_MAX_PENDING_TEXTS", default_value_t = Limits::DEFAULT.max_pending_texts)]
     pub max_pending_texts: usize,
 }

@@ -54,7 +54,7 @@ pub struct Limits {
     /// Header-declared pixels of the images being decoded at once: bounds the memory of
     /// decoding (at least `image.max_pixels`, at most `u32::MAX`).
     pub max_decoding_pixels: u64,
-    /// Texts accepted and not yet embedded (tokenising, or queued for the text tower), over all
+    /// Texts not in the cache, accepted and not yet embedded by the text tower, over all
     /// callers: bounds text work the way `max_pending_images` bounds image work.
     pub max_pending_texts: usize,
 }
@@ -273,7 +273,7 @@ impl Infer {
         self.limits.max_pending_images - self.pending_images.available_permits()
     }
 
-    /// Texts accepted and not yet embedded.
+    /// Texts (not in the cache) queued for the text tower or in a pass.
     pub fn pending_texts(&self) -> usize {
         self.limits.max_pending_texts - self.pending_texts.available_permits()
     }
@@ -335,7 +335,6 @@ impl Infer {
         deadline: Option<Instant>,
     ) -> Result<(Labels, Timings)> {
         self.check_texts(&texts)?;
-        let _admitted = self.admit_texts(texts.len())?;
         // Up to --max-texts × --max-text-bytes of text: CPU work, kept off the async threads and
         // in line with decoding for the same permits, so that text and images share the cores
         // the pool is sized to instead of oversubscribing them.
@@ -364,6 +363,9 @@ impl Infer {
         }
         let mut timings = Timings::default();
         if !missing.is_empty() {
+            // Only text-tower work is admitted: labels found in the cache cost a tokenisation
+            // (in line for the CPU permits) and are never refused.
+            let _admitted = self.admit_texts(missing.len())?;
             let reply = self.batcher.embed_texts(missing.clone(), deadline).await?;
             timings.queue = reply.queue;
             timings.inference = reply.inference;

@@ -106,7 +106,7 @@ fn describe() {
     );
     describe_gauge!(
         PENDING_TEXTS,
-        "Texts accepted and not yet embedded (tokenising or queued for the text tower)"
+        "Texts not in the cache, queued for the text tower or in a pass"
     );
     describe_gauge!(
         DECODING_PIXELS,

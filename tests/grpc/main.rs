@@ -7,13 +7,15 @@
 //! - `stream`: Stream's delivery modes, protocol, stream limit and lifetime;
 //! - `embed`: EmbedImage, EmbedText and GetModelInfo;
 //! - `errors`: bad input and the status it gets, deadlines, a full queue;
-//! - `lifecycle`: health, reflection, shutdown, flags from the environment.
+//! - `lifecycle`: health, reflection, shutdown, flags from the environment;
+//! - `abuse_decode`: hostile JPEGs and floods of unique labels, against a well-behaved caller.
 //!
 //! The helpers they share are here.
 
 #[path = "../common/mod.rs"]
 mod common;
 
+mod abuse_decode;
 mod classify;
 mod embed;
 mod errors;

@@ -20,8 +20,11 @@ pub struct ImageLimits {
 }
 
 impl ImageLimits {
-    /// 32 MiB, 50 megapixels, 20 000 pixels a side: room for any camera photo, while the
-    /// decoded RGB buffer stays under 150 MB. The `--max-image-*` flags default to these.
+    /// 32 MiB, 50 megapixels, 20 000 pixels a side, 100 JPEG scans: room for any camera
+    /// photo. Decoding one 50-megapixel image peaks at 3.2 (baseline JPEG, 8-bit PNG, BMP, raw)
+    /// to 11 (16-bit RGBA PNG) bytes a pixel, 160 to 550 MB (`tests/decode.rs`,
+    /// `decode_memory_peak`); `--max-decoding-pixels` bounds how many decode at once. The
+    /// `--max-image-*` and `--max-jpeg-scans` flags default to these.
     pub const DEFAULT: Self = Self {
         max_bytes: 32 << 20,
         max_pixels: 50_000_000,

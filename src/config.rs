@@ -95,6 +95,12 @@ pub struct LimitArgs {
     #[arg(long, env = "SIGLIP_MAX_IMAGE_SIDE", default_value_t = ImageLimits::DEFAULT.max_side)]
     pub max_image_side: u32,
 
+    /// Most scans in a JPEG, counted from its markers before decoding; more is refused with
+    /// INVALID_ARGUMENT. Encoders write 1 (baseline) or about 10 (progressive); each scan costs
+    /// a pass over every block, so thousands of empty scans in a small file cost seconds.
+    #[arg(long, env = "SIGLIP_MAX_JPEG_SCANS", default_value_t = ImageLimits::DEFAULT.max_jpeg_scans)]
+    pub max_jpeg_scans: usize,
+
     /// Most texts (labels) in one request or stream configuration.
     #[arg(long, env = "SIGLIP_MAX_TEXTS", default_value_t = Limits::DEFAULT.max_texts)]
     pub max_texts: usize,
@@ -130,6 +136,18 @@ pub struct LimitArgs {
     /// 1.8 MB at 384 px). At least --max-images.
     #[arg(long, env = "SIGLIP_MAX_PENDING_IMAGES", default_value_t = Limits::DEFAULT.max_pending_images)]
     pub max_pending_images: usize,
+
+    /// Pixels (width × height, from the header) of the images being decoded at once, over all
+    /// requests; an image waits in line, within its deadline, until it fits. Bounds the memory
+    /// of decoding. At least --max-image-pixels.
+    #[arg(long, env = "SIGLIP_MAX_DECODING_PIXELS", default_value_t = Limits::DEFAULT.max_decoding_pixels)]
+    pub max_decoding_pixels: u64,
+
+    /// Texts not in the text cache, queued for the text tower or in a pass, over all requests
+    /// and streams; a request that would pass it is refused with RESOURCE_EXHAUSTED (labels
+    /// found in the cache never are). At least --max-texts.
+    #[arg(long, env = "SIGLIP_MAX_PENDING_TEXTS", default_value_t = Limits::DEFAULT.max_pending_texts)]
+    pub max_pending_texts: usize,
 }
 
 impl LimitArgs {
@@ -140,11 +158,14 @@ impl LimitArgs {
                 max_bytes: self.max_image_bytes,
                 max_pixels: self.max_image_pixels,
                 max_side: self.max_image_side,
+                max_jpeg_scans: self.max_jpeg_scans,
             },
             max_texts: self.max_texts,
             max_text_bytes: self.max_text_bytes,
             max_images: self.max_images,
             max_pending_images: self.max_pending_images,
+            max_decoding_pixels: self.max_decoding_pixels,
+            max_pending_texts: self.max_pending_texts,
         }
     }
 
@@ -166,6 +187,29 @@ impl LimitArgs {
                  could never be accepted; raise it or lower --max-images",
                 self.max_pending_images,
                 self.max_images
+            );
+        }
+        if self.max_decoding_pixels < self.max_image_pixels {
+            anyhow::bail!(
+                "--max-decoding-pixels {} is less than --max-image-pixels {}: the largest image \
+                 accepted could never be decoded; raise it or lower --max-image-pixels",
+                self.max_decoding_pixels,
+                self.max_image_pixels
+            );
+        }
+        if self.max_decoding_pixels > u64::from(u32::MAX) {
+            anyhow::bail!(
+                "--max-decoding-pixels {} is over {}, the most it can count",
+                self.max_decoding_pixels,
+                u32::MAX
+            );
+        }
+        if self.max_pending_texts < self.max_texts {
+            anyhow::bail!(
+                "--max-pending-texts {} is less than --max-texts {}: a full label set could \
+                 never be accepted; raise it or lower --max-texts",
+                self.max_pending_texts,
+                self.max_texts
             );
         }
         Ok(())

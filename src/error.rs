@@ -64,7 +64,7 @@ impl Error {
                 ImageError::TooLarge { .. }
                     | ImageError::TooManyPixels { .. }
                     | ImageError::SideTooLong { .. }
-                    | ImageError::MemoryLimit(_)
+                    | ImageError::OutOfMemory(_)
             ),
             _ => false,
         }

@@ -51,6 +51,12 @@ pub struct Limits {
     /// Images accepted and not yet answered, over all callers: bounds the memory of
     /// preprocessed images.
     pub max_pending_images: usize,
+    /// Header-declared pixels of the images being decoded at once: bounds the memory of
+    /// decoding (at least `image.max_pixels`, at most `u32::MAX`).
+    pub max_decoding_pixels: u64,
+    /// Texts not in the cache, accepted and not yet embedded by the text tower, over all
+    /// callers: bounds text work the way `max_pending_images` bounds image work.
+    pub max_pending_texts: usize,
 }
 
 impl Limits {
@@ -60,6 +66,8 @@ impl Limits {
         max_text_bytes: 2048,
         max_images: 64,
         max_pending_images: 512,
+        max_decoding_pixels: 100_000_000,
+        max_pending_texts: 1024,
     };
 }
 
@@ -113,24 +121,42 @@ pub struct Infer {
     manifest: Manifest,
     limits: Limits,
     convention: Convention,
-    /// CPU-bound decoding runs on tokio's blocking pool, at most this many at once.
+    /// CPU-bound work (decoding, resizing, tokenising) runs on tokio's blocking pool, at most
+    /// this many at once, in arrival order.
     cpu_permits: Arc<Semaphore>,
     /// One permit per image accepted and not yet answered (`--max-pending-images`): preprocessed
     /// images are large (1.8 MB at 384 px), so this, not the queue's job count, bounds memory.
     pending_images: Arc<Semaphore>,
+    /// One permit per header-declared pixel being decoded (`--max-decoding-pixels`).
+    decoding_pixels: Arc<Semaphore>,
+    /// One permit per text accepted and not yet embedded (`--max-pending-texts`).
+    pending_texts: Arc<Semaphore>,
     text_cache: TextCache,
 }
 
-/// Images admitted under `--max-pending-images`, released when dropped (answered, failed or
-/// cancelled).
-struct Admitted {
+/// A share of one of the core's budgets, shown on its gauge while held and released when
+/// dropped (answered, failed or cancelled).
+struct Held {
     _permit: OwnedSemaphorePermit,
-    images: usize,
+    gauge: &'static str,
+    amount: u32,
 }
 
-impl Drop for Admitted {
+impl Held {
+    fn new(permit: OwnedSemaphorePermit, gauge: &'static str) -> Self {
+        let amount = permit.num_permits() as u32;
+        gauge!(gauge).increment(f64::from(amount));
+        Self {
+            _permit: permit,
+            gauge,
+            amount,
+        }
+    }
+}
+
+impl Drop for Held {
     fn drop(&mut self) {
-        gauge!(metrics::PENDING_IMAGES).decrement(self.images as f64);
+        gauge!(self.gauge).decrement(f64::from(self.amount));
     }
 }
 
@@ -216,6 +242,8 @@ impl Infer {
             head: host.head,
             manifest: host.manifest,
             pending_images: Arc::new(Semaphore::new(config.limits.max_pending_images)),
+            decoding_pixels: Arc::new(Semaphore::new(config.limits.max_decoding_pixels as usize)),
+            pending_texts: Arc::new(Semaphore::new(config.limits.max_pending_texts)),
             limits: config.limits,
             convention: config.convention,
             cpu_permits: Arc::new(Semaphore::new(threads)),
@@ -245,9 +273,14 @@ impl Infer {
         self.limits.max_pending_images - self.pending_images.available_permits()
     }
 
+    /// Texts (not in the cache) queued for the text tower or in a pass.
+    pub fn pending_texts(&self) -> usize {
+        self.limits.max_pending_texts - self.pending_texts.available_permits()
+    }
+
     /// Admits `images` more images, or refuses them at once when that would pass
     /// `--max-pending-images` (the caller retries, as for a full queue).
-    fn admit(&self, images: usize) -> Result<Admitted> {
+    fn admit(&self, images: usize) -> Result<Held> {
         let permit = Arc::clone(&self.pending_images)
             .try_acquire_many_owned(images as u32)
             // Never closed: no permits is the only way to fail.
@@ -259,11 +292,39 @@ impl Infer {
                     self.limits.max_pending_images
                 ))
             })?;
-        gauge!(metrics::PENDING_IMAGES).increment(images as f64);
-        Ok(Admitted {
-            _permit: permit,
-            images,
-        })
+        Ok(Held::new(permit, metrics::PENDING_IMAGES))
+    }
+
+    /// Admits `texts` more texts, or refuses them at once when that would pass
+    /// `--max-pending-texts`: a flood of unique labels must not queue text-tower work without
+    /// bound in front of everyone else's images.
+    fn admit_texts(&self, texts: usize) -> Result<Held> {
+        let permit = Arc::clone(&self.pending_texts)
+            .try_acquire_many_owned(texts as u32)
+            .map_err(|_| {
+                Error::ResourceExhausted(format!(
+                    "server overloaded: {} of {} pending texts in use, {texts} more do not fit \
+                     (--max-pending-texts); retry with backoff",
+                    self.pending_texts(),
+                    self.limits.max_pending_texts
+                ))
+            })?;
+        Ok(Held::new(permit, metrics::PENDING_TEXTS))
+    }
+
+    /// Takes an image's header-declared pixels from `--max-decoding-pixels`, waiting in line
+    /// (FIFO: a large image is not overtaken forever by small ones) until decodes in progress
+    /// leave room. The wait ends with the caller's deadline, and how many wait is bounded by
+    /// `--max-pending-images`; refusing at once instead would refuse a large image whenever
+    /// another large one is being decoded, though it only has to wait its turn.
+    async fn start_decoding(&self, pixels: u64) -> Result<Held> {
+        // At most max_image_pixels <= max_decoding_pixels <= u32::MAX (LimitArgs::check).
+        let pixels = pixels.clamp(1, self.limits.max_decoding_pixels) as u32;
+        let permit = Arc::clone(&self.decoding_pixels)
+            .acquire_many_owned(pixels)
+            .await
+            .map_err(|_| Error::Unavailable("server is shutting down".into()))?;
+        Ok(Held::new(permit, metrics::DECODING_PIXELS))
     }
 
     /// Checks a label list against the limits and embeds it: cached texts are reused, the
@@ -274,10 +335,17 @@ impl Infer {
         deadline: Option<Instant>,
     ) -> Result<(Labels, Timings)> {
         self.check_texts(&texts)?;
+        // Up to --max-texts × --max-text-bytes of text: CPU work, kept off the async threads and
+        // in line with decoding for the same permits, so that text and images share the cores
+        // the pool is sized to instead of oversubscribing them.
+        let permit = Arc::clone(&self.cpu_permits)
+            .acquire_owned()
+            .await
+            .map_err(|_| Error::Unavailable("server is shutting down".into()))?;
         let tokenizing = Instant::now();
-        // Up to --max-texts × --max-text-bytes of text: CPU work, kept off the async threads.
         let tokenizer = Arc::clone(&self.tokenizer);
         let (texts, ids) = tokio::task::spawn_blocking(move || {
+            let _permit = permit;
             let ids = tokenizer.encode(&texts);
             (texts, ids)
         })
@@ -295,6 +363,9 @@ impl Infer {
         }
         let mut timings = Timings::default();
         if !missing.is_empty() {
+            // Only text-tower work is admitted: labels found in the cache cost a tokenisation
+            // (in line for the CPU permits) and are never refused.
+            let _admitted = self.admit_texts(missing.len())?;
             let reply = self.batcher.embed_texts(missing.clone(), deadline).await?;
             timings.queue = reply.queue;
             timings.inference = reply.inference;
@@ -351,7 +422,19 @@ impl Infer {
 
     /// Decodes and preprocesses one image on the CPU pool: CHW floats ready for the model.
     pub async fn preprocess(&self, input: ImageInput) -> Result<(Vec<f32>, Duration)> {
-        // The permit moves into the blocking task: a caller that goes away (cancelled, past its
+        let bytes = match &input {
+            ImageInput::Encoded(b) => b.len(),
+            ImageInput::Raw { data, .. } => data.len(),
+        };
+        counter!(metrics::BYTES_RECEIVED).increment(bytes as u64);
+        // The header is read here, before the image waits for anything: an image over the
+        // limits is refused at once, and the others are charged by their size.
+        let pixels = match &input {
+            ImageInput::Encoded(b) => image::declared_pixels(b, &self.limits.image)?,
+            ImageInput::Raw { width, height, .. } => u64::from(*width) * u64::from(*height),
+        };
+        let decoding = self.start_decoding(pixels).await?;
+        // The permits move into the blocking task: a caller that goes away (cancelled, past its
         // deadline, or failed on another image) must not free a slot while its decode still runs.
         let permit = Arc::clone(&self.cpu_permits)
             .acquire_owned()
@@ -360,14 +443,9 @@ impl Infer {
         let limits = self.limits.image.clone();
         let convention = self.convention;
         let prep = self.preprocess.clone();
-        let bytes = match &input {
-            ImageInput::Encoded(b) => b.len(),
-            ImageInput::Raw { data, .. } => data.len(),
-        };
-        counter!(metrics::BYTES_RECEIVED).increment(bytes as u64);
         let started = Instant::now();
         let pixels = tokio::task::spawn_blocking(move || -> Result<Vec<f32>> {
-            let _permit = permit;
+            let _permits = (permit, decoding);
             let rgb = match input {
                 ImageInput::Encoded(bytes) => image::decode(&bytes, &limits, convention)?,
                 ImageInput::Raw {

@@ -19,6 +19,8 @@ pub const INFLIGHT: &str = "siglip_inflight_requests";
 pub const QUEUE_DEPTH: &str = "siglip_queue_depth";
 pub const QUEUE_WAIT: &str = "siglip_queue_wait_seconds";
 pub const PENDING_IMAGES: &str = "siglip_pending_images";
+pub const PENDING_TEXTS: &str = "siglip_pending_texts";
+pub const DECODING_PIXELS: &str = "siglip_decoding_pixels";
 pub const BATCH_SIZE: &str = "siglip_batch_size";
 pub const PREPROCESS: &str = "siglip_preprocess_duration_seconds";
 pub const TOKENIZE: &str = "siglip_tokenize_duration_seconds";
@@ -106,6 +108,14 @@ fn describe() {
     describe_gauge!(
         PENDING_IMAGES,
         "Images accepted and not yet answered (decoding, queued or in a forward pass)"
+    );
+    describe_gauge!(
+        PENDING_TEXTS,
+        "Texts not in the cache, queued for the text tower or in a pass"
+    );
+    describe_gauge!(
+        DECODING_PIXELS,
+        "Header-declared pixels of the images being decoded or waiting for a decode slot"
     );
     describe_histogram!(
         QUEUE_WAIT,
@@ -200,6 +210,8 @@ fn register_zeros() {
         INFLIGHT,
         QUEUE_DEPTH,
         PENDING_IMAGES,
+        PENDING_TEXTS,
+        DECODING_PIXELS,
         CACHE_ENTRIES,
         ACTIVE_STREAMS,
         READY,

@@ -9,12 +9,14 @@
 //! - `errors`: bad input and the status it gets, deadlines, a full queue;
 //! - `lifecycle`: health, reflection, shutdown, flags from the environment.
 //! - `health`: health follows the device (the faulty test model), out-of-memory retries.
+//! - `abuse_decode`: hostile JPEGs and floods of unique labels, against a well-behaved caller.
 //!
 //! The helpers they share are here.
 
 #[path = "../common/mod.rs"]
 mod common;
 
+mod abuse_decode;
 mod classify;
 mod embed;
 mod errors;

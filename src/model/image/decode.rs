@@ -2,6 +2,7 @@
 //! against the limits before any pixel buffer exists.
 
 use std::io::Cursor;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use image::metadata::Orientation;
 use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader, RgbImage};
@@ -23,9 +24,52 @@ pub(super) fn decode(
         | ImageFormat::Gif
         | ImageFormat::WebP
         | ImageFormat::Bmp
-        | ImageFormat::Tiff => decode_other(bytes, format, limits, convention),
+        | ImageFormat::Tiff => {
+            catch_decoder_panic(|| decode_other(bytes, format, limits, convention))
+        }
         other => Err(ImageError::UnsupportedFormat(format!("{other:?}"))),
     }
+}
+
+/// Width and height from the header, checked against the limits; see [`super::declared_pixels`].
+pub(super) fn declared_size(bytes: &[u8], limits: &ImageLimits) -> Result<(u32, u32), ImageError> {
+    limits.check_bytes(bytes.len())?;
+    let format = image::guess_format(bytes).map_err(|_| ImageError::NotAnImage)?;
+    let (width, height) = match format {
+        ImageFormat::Jpeg => jpeg::declared_size(bytes)?,
+        // The `image` crate reads a PNG's chunks up to the pixel data, inflating an ICC profile
+        // on the way; IHDR, the first chunk, is all that is needed.
+        ImageFormat::Png => match bytes.get(12..24) {
+            Some(ihdr) if &ihdr[..4] == b"IHDR" => (
+                u32::from_be_bytes([ihdr[4], ihdr[5], ihdr[6], ihdr[7]]),
+                u32::from_be_bytes([ihdr[8], ihdr[9], ihdr[10], ihdr[11]]),
+            ),
+            _ => return Err(ImageError::Corrupt("PNG does not start with IHDR".into())),
+        },
+        ImageFormat::Gif | ImageFormat::WebP | ImageFormat::Bmp | ImageFormat::Tiff => {
+            catch_decoder_panic(|| {
+                let mut reader = ImageReader::with_format(Cursor::new(bytes), format);
+                reader.limits(limits.to_image_limits(format));
+                reader.into_dimensions().map_err(from_image_error)
+            })?
+        }
+        other => return Err(ImageError::UnsupportedFormat(format!("{other:?}"))),
+    };
+    limits.check_dimensions(width, height)?;
+    Ok((width, height))
+}
+
+/// Runs a decoder of the `image` crate, turning a panic inside it (a bug that hostile input can
+/// reach) into a corrupt-image error: the image will never decode, and the server goes on.
+fn catch_decoder_panic<T>(decode: impl FnOnce() -> Result<T, ImageError>) -> Result<T, ImageError> {
+    catch_unwind(AssertUnwindSafe(decode)).unwrap_or_else(|payload| {
+        let msg = payload
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| payload.downcast_ref::<&str>().copied())
+            .unwrap_or("no message");
+        Err(ImageError::Corrupt(format!("decoder failed: {msg}")))
+    })
 }
 
 fn decode_other(
@@ -35,7 +79,7 @@ fn decode_other(
     convention: Convention,
 ) -> Result<RgbImage, ImageError> {
     let mut reader = ImageReader::with_format(Cursor::new(bytes), format);
-    reader.limits(limits.to_image_limits());
+    reader.limits(limits.to_image_limits(format));
     let mut decoder = reader.into_decoder().map_err(from_image_error)?;
     let (width, height) = decoder.dimensions();
     limits.check_dimensions(width, height)?;
@@ -89,5 +133,22 @@ fn from_image_error(e: image::ImageError) -> ImageError {
         E::Limits(l) => ImageError::MemoryLimit(l.to_string()),
         E::Unsupported(u) => ImageError::UnsupportedFormat(u.to_string()),
         other => ImageError::Corrupt(other.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// No input that panics the `image` crate's decoders is known here; the guard itself is
+    /// tested with a decoder that panics.
+    #[test]
+    fn a_panicking_decoder_is_a_corrupt_image() {
+        let err = catch_decoder_panic::<()>(|| panic!("index out of bounds")).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "image is corrupt: decoder failed: index out of bounds"
+        );
+        assert!(!crate::error::Error::from(err).is_limit());
     }
 }

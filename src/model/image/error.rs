@@ -26,8 +26,18 @@ pub enum ImageError {
     Corrupt(String),
     #[error("image is truncated: {0} (Pillow refuses it too)")]
     Truncated(String),
-    #[error("decoding the image would exceed the memory limit: {0}")]
+    /// The image's own metadata (an ICC profile, text chunks, a tag array) is larger than any
+    /// image within the limits needs: the image is hostile or broken, and retrying cannot help.
+    #[error("image is corrupt: its metadata exceeds the decoder's memory limit: {0}")]
     MemoryLimit(String),
+    /// The server could not allocate the decoded image's buffer: its problem, not the image's.
+    #[error("server out of memory decoding the image: {0}; retry with backoff")]
+    OutOfMemory(String),
+    #[error(
+        "JPEG has more than {max} scans (--max-jpeg-scans); encoders write about 10 (progressive) \
+         or 1 (baseline): re-encode the image"
+    )]
+    TooManyScans { max: usize },
     #[error("raw frame is invalid: {0}")]
     BadRawFrame(String),
 }

@@ -14,7 +14,7 @@ use image::metadata::Orientation;
 use image::RgbImage;
 use mozjpeg::{ColorSpace, Decompress, Marker};
 
-use super::{orientation, rgb, Convention, ImageError, ImageLimits};
+use super::{jpeg_markers, orientation, rgb, Convention, ImageError, ImageLimits};
 
 /// Decodes a JPEG to RGB8, upright under the pipeline convention.
 ///
@@ -26,6 +26,11 @@ pub(super) fn decode(
     limits: &ImageLimits,
     convention: Convention,
 ) -> Result<RgbImage, ImageError> {
+    if jpeg_markers::walk(bytes, limits.max_jpeg_scans).scans > limits.max_jpeg_scans {
+        return Err(ImageError::TooManyScans {
+            max: limits.max_jpeg_scans,
+        });
+    }
     let ran_out = Cell::new(false);
     let result = catch_unwind(AssertUnwindSafe(|| {
         decode_inner(bytes, limits, convention, &ran_out)
@@ -37,6 +42,13 @@ pub(super) fn decode(
         Ok(result) => result,
         Err(payload) => Err(ImageError::Corrupt(panic_message(&*payload))),
     }
+}
+
+/// Width and height from the frame header, without decoding.
+pub(super) fn declared_size(bytes: &[u8]) -> Result<(u32, u32), ImageError> {
+    jpeg_markers::walk(bytes, 0).frame.ok_or_else(|| {
+        ImageError::Corrupt("JPEG has no frame header before its first scan".to_owned())
+    })
 }
 
 fn decode_inner(
@@ -68,7 +80,7 @@ fn decode_inner(
     let pixels = (width as usize) * (height as usize);
     let mut out = Vec::new();
     out.try_reserve_exact(pixels * 3)
-        .map_err(|e| ImageError::MemoryLimit(e.to_string()))?;
+        .map_err(|e| ImageError::OutOfMemory(e.to_string()))?;
     match dec.color_space() {
         ColorSpace::JCS_CMYK | ColorSpace::JCS_YCCK => {
             let mut started = dec.to_colorspace(ColorSpace::JCS_CMYK).map_err(io_err)?;

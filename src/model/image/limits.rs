@@ -14,15 +14,22 @@ pub struct ImageLimits {
     pub max_pixels: u64,
     /// Longest width or height.
     pub max_side: u32,
+    /// Most scans in a JPEG: each scan of a progressive JPEG costs a pass over every block, so
+    /// a small file of thousands of empty scans costs seconds to decode.
+    pub max_jpeg_scans: usize,
 }
 
 impl ImageLimits {
-    /// 32 MiB, 50 megapixels, 20 000 pixels a side: room for any camera photo, while the
-    /// decoded RGB buffer stays under 150 MB. The `--max-image-*` flags default to these.
+    /// 32 MiB, 50 megapixels, 20 000 pixels a side, 100 JPEG scans: room for any camera
+    /// photo. Decoding one 50-megapixel image peaks at 3.2 (baseline JPEG, 8-bit PNG, BMP, raw)
+    /// to 11 (16-bit RGBA PNG) bytes a pixel, 160 to 550 MB (`tests/decode.rs`,
+    /// `decode_memory_peak`); `--max-decoding-pixels` bounds how many decode at once. The
+    /// `--max-image-*` and `--max-jpeg-scans` flags default to these.
     pub const DEFAULT: Self = Self {
         max_bytes: 32 << 20,
         max_pixels: 50_000_000,
         max_side: 20_000,
+        max_jpeg_scans: 100,
     };
 }
 
@@ -77,9 +84,18 @@ impl ImageLimits {
     /// A memory bound for the `image` crate's decoders and their working buffers. Width and
     /// height are left to `check_dimensions`, which runs right after the header is read and
     /// gives the more useful message.
-    pub(super) fn to_image_limits(&self) -> image::Limits {
+    ///
+    /// The PNG decoder spends its bound on metadata alone (the pixels go to a buffer reserved
+    /// by `decode`): text chunks, EXIF, and an ICC profile that it inflates and silently drops
+    /// when it is over the bound. No honest image carries more metadata than its own encoded
+    /// size, so that is the bound: a compressed ICC profile of hundreds of megabytes (a bomb)
+    /// then costs at most `max_bytes` of memory.
+    pub(super) fn to_image_limits(&self, format: image::ImageFormat) -> image::Limits {
         let mut limits = image::Limits::no_limits();
-        limits.max_alloc = Some(self.max_decoded_bytes());
+        limits.max_alloc = Some(match format {
+            image::ImageFormat::Png => self.max_bytes as u64,
+            _ => self.max_decoded_bytes(),
+        });
         limits
     }
 

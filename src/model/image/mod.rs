@@ -14,6 +14,7 @@
 mod decode;
 mod error;
 mod jpeg;
+mod jpeg_markers;
 mod limits;
 mod normalize;
 mod orientation;
@@ -124,6 +125,13 @@ pub fn decode(
     convention: Convention,
 ) -> Result<RgbImage, ImageError> {
     decode::decode(bytes, limits, convention)
+}
+
+/// An encoded image's width × height from its header alone (microseconds: no pixel is decoded,
+/// nothing is inflated), checked against the limits: what decoding it will cost.
+pub fn declared_pixels(bytes: &[u8], limits: &ImageLimits) -> Result<u64, ImageError> {
+    let (width, height) = decode::declared_size(bytes, limits)?;
+    Ok(u64::from(width) * u64::from(height))
 }
 
 /// Wraps a raw, tightly packed frame (e.g. from a video decoder). RGBA is composited onto

@@ -1,0 +1,186 @@
+//! Abuse of decoding and of text work: while hostile callers run, a well-behaved caller on its
+//! own connection is answered within a stated bound, the hostile calls get their documented
+//! status at once, server memory stays within a stated bound, and the server stays up.
+
+use std::sync::{
+    atomic::{AtomicBool, AtomicUsize, Ordering},
+    Arc,
+};
+use std::time::{Duration, Instant};
+
+use tokio::sync::Notify;
+use tonic::Code;
+
+use super::*;
+use crate::common::{asset, hostile::progressive_jpeg_of_empty_scans, server::Server};
+
+/// Resident memory of the server process, in bytes.
+fn rss(server: &Server) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", server.pid())).unwrap();
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    kb * 1024
+}
+
+/// The slowest of `calls` Classify calls of a well-behaved caller with cached labels.
+async fn slowest_of(client: &mut SiglipClient<Channel>, calls: usize) -> Duration {
+    let mut slowest = Duration::ZERO;
+    for _ in 0..calls {
+        let started = Instant::now();
+        client
+            .classify(classify_request(asset("astronaut_224.jpg"), labels()))
+            .await
+            .expect("the well-behaved caller is answered");
+        slowest = slowest.max(started.elapsed());
+    }
+    slowest
+}
+
+/// The bound on the well-behaved caller under attack: twice its idle latency, but at least
+/// 250 ms (the tiny model answers in a few ms, below this shared machine's scheduling noise).
+fn bound(idle: Duration) -> Duration {
+    (idle * 2).max(Duration::from_millis(250))
+}
+
+/// Memory the server may grow by while the attack runs.
+const RSS_GROWTH_BOUND: u64 = 150 << 20;
+
+/// The attack: 0.5 MB progressive JPEGs of 4000×4000 pixels and ~14,000 empty scans,
+/// ~10 s of decoding each, two at a time. Refused from their markers (INVALID_ARGUMENT),
+/// they cost the server nothing.
+#[tokio::test]
+async fn hostile_progressive_jpegs_are_refused_while_others_are_served() {
+    let server = Server::ready(&[]).await;
+    let hostile = progressive_jpeg_of_empty_scans(4000, 4000, 14_000);
+    assert!(
+        (300_000..1_000_000).contains(&hostile.len()),
+        "{}",
+        hostile.len()
+    );
+
+    let mut good = server.client().await;
+    slowest_of(&mut good, 1).await; // labels cached, model warm
+    let idle = slowest_of(&mut good, 3).await;
+    let rss_before = rss(&server);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let refused = Arc::new(AtomicUsize::new(0));
+    let attacking = Arc::new(Notify::new());
+    let mut attackers = Vec::new();
+    for _ in 0..2 {
+        let mut client = server.client().await;
+        let (hostile, stop, refused, attacking) = (
+            hostile.clone(),
+            Arc::clone(&stop),
+            Arc::clone(&refused),
+            Arc::clone(&attacking),
+        );
+        attackers.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let status = client
+                    .classify(classify_request(hostile.clone(), labels()))
+                    .await
+                    .expect_err("a hostile JPEG is refused");
+                assert_status(
+                    "hostile JPEG",
+                    &status,
+                    Code::InvalidArgument,
+                    "--max-jpeg-scans",
+                );
+                refused.fetch_add(1, Ordering::Relaxed);
+                attacking.notify_one();
+            }
+        }));
+    }
+    attacking.notified().await;
+    let attacked = slowest_of(&mut good, 5).await;
+    stop.store(true, Ordering::Relaxed);
+    for attacker in attackers {
+        attacker.await.expect("attacker");
+    }
+    assert!(
+        attacked <= bound(idle),
+        "well-behaved caller took {attacked:?} under attack, idle {idle:?}"
+    );
+    let growth = rss(&server).saturating_sub(rss_before);
+    assert!(growth < RSS_GROWTH_BOUND, "server grew by {growth} bytes");
+    assert!(refused.load(Ordering::Relaxed) >= 2);
+    assert_eq!(
+        server.health("").await,
+        tonic_health::pb::health_check_response::ServingStatus::Serving
+    );
+}
+
+/// A flood of unique, maximum-length labels from several callers: text work past
+/// `--max-pending-texts` is refused at once (RESOURCE_EXHAUSTED) rather than queued without
+/// bound, and an image with cached labels is still answered within the bound.
+#[tokio::test]
+async fn a_flood_of_unique_labels_is_refused_past_its_budget_while_images_are_served() {
+    let server = Server::ready(&["--max-texts", "32", "--max-pending-texts", "64"]).await;
+    let mut good = server.client().await;
+    slowest_of(&mut good, 1).await;
+    let idle = slowest_of(&mut good, 3).await;
+    let rss_before = rss(&server);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let (served, refused) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let flooding = Arc::new(Notify::new());
+    let flood = server.client().await;
+    let mut flooders = Vec::new();
+    for task in 0..6 {
+        let mut client = flood.clone();
+        let (stop, served, refused, flooding) = (
+            Arc::clone(&stop),
+            Arc::clone(&served),
+            Arc::clone(&refused),
+            Arc::clone(&flooding),
+        );
+        flooders.push(tokio::spawn(async move {
+            let mut round = 0;
+            while !stop.load(Ordering::Relaxed) {
+                round += 1;
+                let texts: Vec<String> = (0..32)
+                    .map(|i| {
+                        let head = format!("label {task} {round} {i} ");
+                        head.clone() + &"x".repeat(2048 - head.len())
+                    })
+                    .collect();
+                match client.embed_text(pb::EmbedTextRequest { texts }).await {
+                    Ok(_) => served.fetch_add(1, Ordering::Relaxed),
+                    Err(status) => {
+                        assert_status(
+                            "text flood",
+                            &status,
+                            Code::ResourceExhausted,
+                            "--max-pending-texts",
+                        );
+                        flooding.notify_one();
+                        refused.fetch_add(1, Ordering::Relaxed)
+                    }
+                };
+            }
+        }));
+    }
+    flooding.notified().await;
+    let flooded = slowest_of(&mut good, 5).await;
+    stop.store(true, Ordering::Relaxed);
+    for flooder in flooders {
+        flooder.await.expect("flooder");
+    }
+    assert!(
+        flooded <= bound(idle),
+        "well-behaved caller took {flooded:?} under the flood, idle {idle:?}"
+    );
+    assert!(refused.load(Ordering::Relaxed) >= 1);
+    assert!(
+        served.load(Ordering::Relaxed) >= 1,
+        "the flood is served up to its budget"
+    );
+    let growth = rss(&server).saturating_sub(rss_before);
+    assert!(growth < RSS_GROWTH_BOUND, "server grew by {growth} bytes");
+    assert_eq!(server.metric("siglip_pending_texts").await, 0.0);
+}

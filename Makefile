@@ -17,7 +17,7 @@ CARGO_ENV := PATH="$(abspath $(VENV))/bin:$$PATH" LIBTORCH_USE_PYTORCH=1 CARGO_T
 EXPORT := $(abspath $(VENV))/bin/siglip-export
 SUITE := $(BUILD)/parity/suite.json
 
-.PHONY: run test parity bench venv build lint clean system-deps
+.PHONY: run test parity bench soak venv build lint clean system-deps
 .DELETE_ON_ERROR:
 
 venv: $(VENV)/.installed
@@ -50,9 +50,10 @@ DTYPES_tiny := float32,bfloat16,float16
 DTYPES_tiny-siglip2 := float32
 DTYPES_base-224 := float32,bfloat16
 DTYPES_so400m-384 := float32,bfloat16
-# compile.py only concerns tiny-aoti (below): changing it need not re-export every model.
+# compile.py and faulty.py only concern tiny-aoti and tiny-faulty (below): changing them need not
+# re-export every model.
 $(BUILD)/models/%/manifest.json: $(VENV)/.installed \
-    $(filter-out python/siglip_export/compile.py,$(wildcard python/siglip_export/*.py))
+    $(filter-out $(addprefix python/siglip_export/,compile.py faulty.py),$(wildcard python/siglip_export/*.py))
 	$(EXPORT) random --shape $* --dtype $(or $(DTYPES_$*),float32) --out $(BUILD)/models/$*
 
 # The tiny model with its vision tower compiled by AOTInductor for the CPU (the `aoti` backend);
@@ -109,6 +110,13 @@ parity: build $(SUITE)
 bench: build $(BUILD)/assets/images.json $(BUILD)/models/base-224/manifest.json
 	BIN=$(BIN) PY=$(PY) MODEL=$(BUILD)/models/base-224 CHECKPOINT=$(BUILD)/models/base-224-checkpoint \
 	  ASSETS=$(BUILD)/assets OUT_DIR=$(BUILD)/bench bash bench/run.sh
+
+# Legitimate traffic of every kind with abuse mixed in (bench/soak.sh), SOAK_MINUTES long; last line:
+# soak: minutes=… requests=… errors_unexpected=… rss_start_mb=… rss_end_mb=… p99_ms=…
+SOAK_MINUTES ?= 10
+soak: build $(BUILD)/assets/images.json $(BUILD)/models/tiny/manifest.json
+	BIN=$(BIN) MODEL=$(BUILD)/models/tiny ASSETS=$(BUILD)/assets OUT_DIR=$(BUILD)/soak \
+	  SOAK_MINUTES=$(SOAK_MINUTES) bash bench/soak.sh
 
 # A real photo classified end to end. Offline this uses a RANDOM-weight model (it says so).
 # With network it exports google/siglip-so400m-patch14-384; offline it falls back to random

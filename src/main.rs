@@ -15,6 +15,7 @@ use siglip_serve::{
     tools::{
         bench::{self, BenchArgs},
         parity,
+        soak::{self, SoakArgs},
     },
 };
 
@@ -45,6 +46,9 @@ enum Command {
     Serve(Box<ServeArgs>),
     /// Load a running server over gRPC (and the model alone) and print throughput and latency.
     Bench(Box<BenchArgs>),
+    /// Legitimate traffic of every kind with abuse mixed in, against a running server, for
+    /// minutes; the last line sums it up (errors that should not have happened, memory, p99).
+    Soak(Box<SoakArgs>),
     /// Ask a server's gRPC health service; exit 0 when it is SERVING (for container health checks).
     Health {
         #[arg(long, default_value = "http://127.0.0.1:50051")]
@@ -68,6 +72,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve(args) => serve(*args),
         Command::Bench(args) => return bench(*args),
+        Command::Soak(args) => return run_soak(*args),
         Command::Health { addr, service } => return health(addr, service),
         Command::Classify {
             model,
@@ -207,6 +212,27 @@ fn bench(args: BenchArgs) -> ExitCode {
         .and_then(|rt| rt.block_on(bench::run(args)));
     match result {
         Ok(_) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Exits non-zero when an unexpected error happened, so that `make soak` fails.
+fn run_soak(args: SoakArgs) -> ExitCode {
+    let result = tokio::runtime::Runtime::new()
+        .map_err(anyhow::Error::from)
+        .and_then(|rt| rt.block_on(soak::run(args)));
+    match result {
+        Ok(report) => {
+            println!("{report}");
+            if report.errors_unexpected == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE

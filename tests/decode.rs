@@ -6,8 +6,8 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::hostile::progressive_jpeg_of_empty_scans;
 use siglip_serve::model::image::{decode, Convention, ImageLimits};
+use siglip_serve::tools::attacks::progressive_jpeg_of_empty_scans;
 
 fn limits_with_scans(max_jpeg_scans: usize) -> ImageLimits {
     ImageLimits {

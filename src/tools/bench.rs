@@ -141,7 +141,7 @@ pub struct VideoReport {
     pub age_ms_second_half: Percentiles,
 }
 
-fn percentiles(mut ms: Vec<f64>) -> Percentiles {
+pub(super) fn percentiles(mut ms: Vec<f64>) -> Percentiles {
     if ms.is_empty() {
         return Percentiles::default();
     }
@@ -272,7 +272,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Report> {
 }
 
 /// The server answers UNAVAILABLE while its model loads: wait (up to 10 minutes).
-async fn wait_until_ready(client: &SiglipClient<Channel>) -> anyhow::Result<pb::ModelInfo> {
+pub(super) async fn wait_until_ready(
+    client: &SiglipClient<Channel>,
+) -> anyhow::Result<pb::ModelInfo> {
     let until = Instant::now() + Duration::from_secs(600);
     loop {
         match client
@@ -557,10 +559,20 @@ fn model_only(args: &ModelArgs, batch: usize, duration: Duration) -> anyhow::Res
 
 /// Peak resident set size of a process (VmHWM), in MiB.
 fn peak_rss_mib(pid: u32) -> Option<f64> {
+    status_mib(pid, "VmHWM:")
+}
+
+/// Resident set size of a process now (VmRSS), in MiB.
+pub(super) fn resident_mib(pid: u32) -> Option<f64> {
+    status_mib(pid, "VmRSS:")
+}
+
+/// A memory figure of `/proc/<pid>/status` (given in kB there), in MiB.
+fn status_mib(pid: u32, field: &str) -> Option<f64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let kb: f64 = status
         .lines()
-        .find(|l| l.starts_with("VmHWM:"))?
+        .find(|l| l.starts_with(field))?
         .split_whitespace()
         .nth(1)?
         .parse()

@@ -1,6 +1,10 @@
 //! Tools that run beside the server, not in it: `siglip-serve bench` (a gRPC load generator and
-//! the model alone, for comparison) and `siglip-serve parity` (this crate's preprocessing,
-//! tokenizer and runtime against reference values computed by transformers).
+//! the model alone, for comparison), `siglip-serve soak` (legitimate traffic with abuse mixed
+//! in, for minutes), the hostile inputs it sends (`attacks`), and `siglip-serve parity` (this
+//! crate's preprocessing, tokenizer and runtime against reference values computed by
+//! transformers).
 
+pub mod attacks;
 pub mod bench;
 pub mod parity;
+pub mod soak;

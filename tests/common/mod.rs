@@ -55,5 +55,4 @@ pub fn cpu_model(var: &str) -> Model {
     Model::load(&cpu_options(var)).expect("model")
 }
 
-pub mod hostile;
 pub mod server;

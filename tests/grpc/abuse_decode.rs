@@ -12,7 +12,9 @@ use tokio::sync::Notify;
 use tonic::Code;
 
 use super::*;
-use crate::common::{asset, hostile::progressive_jpeg_of_empty_scans, server::Server};
+use siglip_serve::tools::attacks::progressive_jpeg_of_empty_scans;
+
+use crate::common::{asset, server::Server};
 
 /// Resident memory of the server process, in bytes.
 fn rss(server: &Server) -> u64 {

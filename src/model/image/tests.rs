@@ -4,6 +4,7 @@
 use image::{ImageEncoder, RgbImage};
 
 use super::*;
+use crate::tools::attacks::{crc32, icc_profile_bomb, png_with_chunk};
 
 fn photo_like(width: u32, height: u32) -> RgbImage {
     RgbImage::from_fn(width, height, |x, y| {
@@ -30,17 +31,6 @@ fn jpeg(img: &RgbImage) -> Vec<u8> {
     let mut c = c.start_compress(Vec::new()).unwrap();
     c.write_scanlines(img.as_raw()).unwrap();
     c.finish().unwrap()
-}
-
-fn crc32(data: &[u8]) -> u32 {
-    let mut crc = !0u32;
-    for &b in data {
-        crc ^= u32::from(b);
-        for _ in 0..8 {
-            crc = (crc >> 1) ^ (0xedb8_8320 & (crc & 1).wrapping_neg());
-        }
-    }
-    !crc
 }
 
 /// A valid PNG whose IHDR claims `width`×`height` (with a correct CRC) over 1×1 of data.
@@ -267,89 +257,12 @@ fn jpeg_scans_over_the_limit_are_refused_before_decoding() {
     assert_eq!(img.dimensions(), (40, 30));
 }
 
-/// Deflate's bit order: values least significant bit first, Huffman codes most significant
-/// bit first.
-#[derive(Default)]
-struct DeflateBits {
-    out: Vec<u8>,
-    acc: u8,
-    n: u32,
-}
-
-impl DeflateBits {
-    fn bit(&mut self, bit: u32) {
-        self.acc |= (bit as u8) << self.n;
-        self.n += 1;
-        if self.n == 8 {
-            self.out.push(self.acc);
-            (self.acc, self.n) = (0, 0);
-        }
-    }
-
-    fn value(&mut self, value: u32, bits: u32) {
-        (0..bits).for_each(|i| self.bit((value >> i) & 1));
-    }
-
-    fn code(&mut self, code: u32, bits: u32) {
-        (0..bits).rev().for_each(|i| self.bit((code >> i) & 1));
-    }
-
-    fn finish(mut self) -> Vec<u8> {
-        if self.n > 0 {
-            self.out.push(self.acc);
-        }
-        self.out
-    }
-}
-
-/// A zlib stream that inflates to `len` zero bytes: one literal, then copies of 258 bytes at
-/// distance 1 (13 bits each, fixed Huffman codes), so 64 MiB fit in about 420 KB.
-fn zlib_of_zeros(len: usize) -> Vec<u8> {
-    const LITERAL_ZERO: (u32, u32) = (0x30, 8);
-    let mut bits = DeflateBits::default();
-    bits.value(0b011, 3); // the final block, fixed Huffman codes
-    bits.code(LITERAL_ZERO.0, LITERAL_ZERO.1);
-    let mut done = 1;
-    while len - done >= 258 {
-        bits.code(0b1100_0101, 8); // length 258
-        bits.code(0, 5); // distance 1
-        done += 258;
-    }
-    for _ in done..len {
-        bits.code(LITERAL_ZERO.0, LITERAL_ZERO.1);
-    }
-    bits.code(0, 7); // end of block
-    let mut out = vec![0x78, 0x01];
-    out.extend(bits.finish());
-    let adler = (((len % 65521) as u32) << 16) | 1;
-    out.extend(adler.to_be_bytes());
-    out
-}
-
-/// `bytes` (a PNG) with a chunk inserted right after IHDR.
-fn with_chunk(bytes: &[u8], kind: &[u8; 4], body: &[u8]) -> Vec<u8> {
-    let mut chunk = (body.len() as u32).to_be_bytes().to_vec();
-    chunk.extend(kind);
-    chunk.extend(body);
-    let crc = crc32(&chunk[4..]);
-    chunk.extend(crc.to_be_bytes());
-    let mut out = bytes.to_vec();
-    out.splice(33..33, chunk);
-    out
-}
-
-fn iccp(profile_len: usize) -> Vec<u8> {
-    let mut body = b"bomb\0\0".to_vec();
-    body.extend(zlib_of_zeros(profile_len));
-    body
-}
-
 #[test]
 fn an_icc_profile_bomb_costs_at_most_the_byte_limit() {
     // 64 MiB of profile in about 420 KB: inflated up to --max-image-bytes (32 MiB), then
     // dropped by the PNG decoder; the image itself decodes.
     let img = photo_like(8, 8);
-    let bomb = with_chunk(&png(&img), b"iCCP", &iccp(64 << 20));
+    let bomb = png_with_chunk(&png(&img), b"iCCP", &icc_profile_bomb(64 << 20));
     assert!(bomb.len() < 600_000, "{} bytes", bomb.len());
     let started = std::time::Instant::now();
     let decoded = decode(&bomb, &ImageLimits::default(), Convention::Processor).unwrap();
@@ -366,8 +279,8 @@ fn metadata_over_the_decoders_limit_is_invalid_not_overload() {
     };
     let mut text = b"k\0".to_vec();
     text.extend([b'v'; 200_000]);
-    let bytes = with_chunk(&png(&photo_like(8, 8)), b"tEXt", &text);
-    let bytes = with_chunk(&bytes, b"iCCP", &iccp(900_000));
+    let bytes = png_with_chunk(&png(&photo_like(8, 8)), b"tEXt", &text);
+    let bytes = png_with_chunk(&bytes, b"iCCP", &icc_profile_bomb(900_000));
     let err = decode(&bytes, &limits, Convention::Processor).unwrap_err();
     assert!(matches!(err, ImageError::MemoryLimit(_)), "{err}");
     assert!(err.to_string().starts_with("image is corrupt"), "{err}");

@@ -19,6 +19,7 @@ mod embed;
 mod errors;
 mod lifecycle;
 mod stream;
+mod transport;
 mod upload;
 
 use siglip_serve::grpc::pb::{self, siglip_client::SiglipClient, stream_request::Msg};

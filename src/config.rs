@@ -148,6 +148,32 @@ pub struct LimitArgs {
     /// found in the cache never are). At least --max-texts.
     #[arg(long, env = "SIGLIP_MAX_PENDING_TEXTS", default_value_t = Limits::DEFAULT.max_pending_texts)]
     pub max_pending_texts: usize,
+
+    /// Bytes held by unfinished Uploads and chunked Stream frames, over all calls; a call whose
+    /// next chunk does not fit is refused at once with RESOURCE_EXHAUSTED (retry later). At
+    /// least --max-image-bytes.
+    #[arg(long, env = "SIGLIP_MAX_REASSEMBLY_BYTES", default_value_t = 256 << 20)]
+    pub max_reassembly_bytes: usize,
+
+    /// Seconds a Stream's config or an Upload's header may take to arrive after the call opens;
+    /// then DEADLINE_EXCEEDED.
+    #[arg(
+        long,
+        env = "SIGLIP_FIRST_MESSAGE_TIMEOUT_SECONDS",
+        default_value_t = 10
+    )]
+    pub first_message_timeout_seconds: u64,
+
+    /// Seconds a Stream or Upload may go without a message after its first, and a send to a
+    /// Stream client that does not read may wait; then DEADLINE_EXCEEDED. Long enough for a
+    /// paused live video.
+    #[arg(long, env = "SIGLIP_IDLE_TIMEOUT_SECONDS", default_value_t = 300)]
+    pub idle_timeout_seconds: u64,
+
+    /// The deadline, in seconds, of a unary call or Upload that carries none (no grpc-timeout);
+    /// then DEADLINE_EXCEEDED (0: none).
+    #[arg(long, env = "SIGLIP_REQUEST_TIMEOUT_SECONDS", default_value_t = 60)]
+    pub request_timeout_seconds: u64,
 }
 
 impl LimitArgs {
@@ -176,6 +202,11 @@ impl LimitArgs {
             max_streams: self.max_streams,
             max_stream_seconds: self.max_stream_seconds,
             stream_pipeline: self.stream_pipeline,
+            max_reassembly_bytes: self.max_reassembly_bytes,
+            first_message_timeout: Duration::from_secs(self.first_message_timeout_seconds),
+            idle_timeout: Duration::from_secs(self.idle_timeout_seconds),
+            request_timeout: (self.request_timeout_seconds > 0)
+                .then(|| Duration::from_secs(self.request_timeout_seconds)),
         }
     }
 
@@ -212,7 +243,117 @@ impl LimitArgs {
                 self.max_texts
             );
         }
+        if self.max_reassembly_bytes < self.max_image_bytes {
+            anyhow::bail!(
+                "--max-reassembly-bytes {} is less than --max-image-bytes {}: an image at the \
+                 limit could never be uploaded; raise it or lower --max-image-bytes",
+                self.max_reassembly_bytes,
+                self.max_image_bytes
+            );
+        }
+        if self.first_message_timeout_seconds == 0 || self.idle_timeout_seconds == 0 {
+            anyhow::bail!(
+                "--first-message-timeout-seconds and --idle-timeout-seconds must be at least 1: \
+                 no client could send in time"
+            );
+        }
         Ok(())
+    }
+}
+
+/// HTTP/2 and TCP, as a production gRPC server runs them (tonic's defaults leave every one of
+/// these off).
+#[derive(Debug, Clone, Args)]
+pub struct ConnectionArgs {
+    /// Concurrent calls (HTTP/2 streams) per connection; a client's further calls wait for one to
+    /// finish (0: no limit).
+    #[arg(
+        long,
+        env = "SIGLIP_HTTP2_MAX_CONCURRENT_STREAMS",
+        default_value_t = 256
+    )]
+    pub http2_max_concurrent_streams: u32,
+
+    /// Streams a client may reset before the server has accepted them, pending at once; more
+    /// closes the connection (HTTP/2 rapid reset, CVE-2023-44487).
+    #[arg(
+        long,
+        env = "SIGLIP_HTTP2_MAX_PENDING_ACCEPT_RESET_STREAMS",
+        default_value_t = 20
+    )]
+    pub http2_max_pending_accept_reset_streams: usize,
+
+    /// Streams the server may reset for a client's protocol errors on one connection; more
+    /// closes the connection.
+    #[arg(
+        long,
+        env = "SIGLIP_HTTP2_MAX_LOCAL_ERROR_RESET_STREAMS",
+        default_value_t = 1024
+    )]
+    pub http2_max_local_error_reset_streams: usize,
+
+    /// Seconds between HTTP/2 PINGs on a connection (0: none); a peer that does not answer within
+    /// --http2-keepalive-timeout-seconds is disconnected.
+    #[arg(
+        long,
+        env = "SIGLIP_HTTP2_KEEPALIVE_INTERVAL_SECONDS",
+        default_value_t = 60
+    )]
+    pub http2_keepalive_interval_seconds: u64,
+
+    /// Seconds a PING's answer may take.
+    #[arg(
+        long,
+        env = "SIGLIP_HTTP2_KEEPALIVE_TIMEOUT_SECONDS",
+        default_value_t = 20
+    )]
+    pub http2_keepalive_timeout_seconds: u64,
+
+    /// Seconds after which a connection is sent GOAWAY, so that clients reconnect and meshes
+    /// rebalance (0: never); calls in flight go on.
+    #[arg(
+        long,
+        env = "SIGLIP_MAX_CONNECTION_AGE_SECONDS",
+        default_value_t = 1800
+    )]
+    pub max_connection_age_seconds: u64,
+
+    /// Seconds a connection past its age may take to finish its calls before it is closed.
+    #[arg(
+        long,
+        env = "SIGLIP_MAX_CONNECTION_AGE_GRACE_SECONDS",
+        default_value_t = 60
+    )]
+    pub max_connection_age_grace_seconds: u64,
+
+    /// TCP_NODELAY on accepted connections (results and pings go out at once).
+    #[arg(long, env = "SIGLIP_TCP_NODELAY", default_value_t = true, action = clap::ArgAction::Set)]
+    pub tcp_nodelay: bool,
+
+    /// Seconds of silence before TCP keepalive probes (0: none).
+    #[arg(long, env = "SIGLIP_TCP_KEEPALIVE_SECONDS", default_value_t = 60)]
+    pub tcp_keepalive_seconds: u64,
+}
+
+impl ConnectionArgs {
+    pub fn transport(&self) -> grpc::Connection {
+        let seconds = |s: u64| (s > 0).then(|| Duration::from_secs(s));
+        grpc::Connection {
+            max_concurrent_streams: (self.http2_max_concurrent_streams > 0)
+                .then_some(self.http2_max_concurrent_streams),
+            max_pending_accept_reset_streams: self.http2_max_pending_accept_reset_streams,
+            max_local_error_reset_streams: self.http2_max_local_error_reset_streams,
+            keepalive: seconds(self.http2_keepalive_interval_seconds).map(|interval| {
+                (
+                    interval,
+                    Duration::from_secs(self.http2_keepalive_timeout_seconds),
+                )
+            }),
+            max_age: seconds(self.max_connection_age_seconds),
+            max_age_grace: Duration::from_secs(self.max_connection_age_grace_seconds),
+            tcp_nodelay: self.tcp_nodelay,
+            tcp_keepalive: seconds(self.tcp_keepalive_seconds),
+        }
     }
 }
 
@@ -291,6 +432,9 @@ pub struct ServeArgs {
 
     #[command(flatten)]
     pub health: HealthArgs,
+
+    #[command(flatten)]
+    pub connection: ConnectionArgs,
 
     /// Address of the gRPC server.
     #[arg(long, env = "SIGLIP_GRPC_ADDR", default_value = "0.0.0.0:50051")]

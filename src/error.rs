@@ -13,7 +13,8 @@ pub enum Error {
     /// The caller asked for something malformed (no texts, a bad option, ...).
     #[error("{0}")]
     InvalidArgument(String),
-    /// A configured limit or the server's capacity was exceeded.
+    /// The server's capacity is in use (a full queue, too many images pending or streams open,
+    /// the reassembly budget): the same request can succeed later.
     #[error("{0}")]
     ResourceExhausted(String),
     /// The caller's deadline passed before the work was done; the work was dropped.
@@ -66,6 +67,16 @@ impl Error {
                     | ImageError::SideTooLong { .. }
                     | ImageError::OutOfMemory(_)
             ),
+            _ => false,
+        }
+    }
+
+    /// True when the server is momentarily overloaded (the client should retry after a pause),
+    /// as opposed to a request that is over a size limit and would be refused again.
+    pub fn is_overload(&self) -> bool {
+        match self {
+            Error::Input { source, .. } => source.is_overload(),
+            Error::ResourceExhausted(_) => true,
             _ => false,
         }
     }

@@ -393,7 +393,8 @@ impl Infer {
         ))
     }
 
-    fn check_texts(&self, texts: &[String]) -> Result<()> {
+    /// Refuses a label list over the limits (--max-texts, --max-text-bytes) or empty.
+    pub fn check_texts(&self, texts: &[String]) -> Result<()> {
         if texts.is_empty() {
             return Err(Error::InvalidArgument(
                 "no texts given: send at least one label".into(),

@@ -36,6 +36,7 @@ pub const FRAMES_CLASSIFIED: &str = "siglip_stream_frames_classified_total";
 pub const FRAMES_DROPPED: &str = "siglip_stream_frames_dropped_total";
 pub const STALENESS: &str = "siglip_stream_result_staleness_seconds";
 pub const BYTES_RECEIVED: &str = "siglip_received_bytes_total";
+pub const REASSEMBLY_BYTES: &str = "siglip_reassembly_bytes";
 pub const REQUESTS_DROPPED: &str = "siglip_requests_dropped_total";
 pub const WORKER_PANICS: &str = "siglip_inference_worker_panics_total";
 pub const INFERENCE_FAILURES: &str = "siglip_inference_failures_total";
@@ -152,6 +153,11 @@ fn describe() {
         Unit::Bytes,
         "Image bytes received (encoded, raw or chunks)"
     );
+    describe_gauge!(
+        REASSEMBLY_BYTES,
+        Unit::Bytes,
+        "Bytes held by unfinished Uploads and chunked frames (--max-reassembly-bytes)"
+    );
     describe_counter!(
         REQUESTS_DROPPED,
         "Queued jobs dropped before inference, by reason"
@@ -214,6 +220,7 @@ fn register_zeros() {
         DECODING_PIXELS,
         CACHE_ENTRIES,
         ACTIVE_STREAMS,
+        REASSEMBLY_BYTES,
         READY,
         CONSECUTIVE_FAILURES,
     ] {

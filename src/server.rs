@@ -35,7 +35,12 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", args.grpc_addr))?;
     let addr = listener.local_addr()?;
-    let mut transport = Transport::start(listener, args.limits.transport()).await?;
+    let mut transport = Transport::start(
+        listener,
+        args.limits.transport(),
+        args.connection.transport(),
+    )
+    .await?;
     // Listen for signals before anyone can know the port: a SIGTERM sent as soon as the line
     // below appears must start a clean shutdown, not kill the process (the default action).
     let shutdown = shutdown_signal().context("cannot listen for SIGTERM and SIGINT")?;

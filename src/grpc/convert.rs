@@ -62,11 +62,17 @@ pub fn timings(t: Timings) -> pb::Timings {
     }
 }
 
+/// The call's deadline: the caller's from the `grpc-timeout` header, or `default`
+/// (`--request-timeout-seconds`) for a caller that sends none, so that no call waits forever.
+pub fn deadline(metadata: &MetadataMap, default: Option<Duration>) -> Option<Instant> {
+    callers_deadline(metadata).or_else(|| default.and_then(|d| Instant::now().checked_add(d)))
+}
+
 /// The caller's deadline from the `grpc-timeout` header (`<digits><unit>`, gRPC over HTTP/2).
 ///
 /// It is moved a little earlier than tonic's own timeout, which answers CANCELLED at the exact
 /// deadline: the core answers DEADLINE_EXCEEDED (and drops the work) first.
-pub fn deadline(metadata: &MetadataMap) -> Option<Instant> {
+fn callers_deadline(metadata: &MetadataMap) -> Option<Instant> {
     let raw = metadata.get("grpc-timeout")?.to_str().ok()?;
     let (digits, unit) = raw.split_at(raw.len().checked_sub(1)?);
     let n: u64 = digits.parse().ok()?;
@@ -92,7 +98,8 @@ pub async fn with_deadline<T, E: Into<Status>>(
         Some(at) => match tokio::time::timeout_at(at.into(), work).await {
             Ok(result) => result.map_err(Into::into),
             Err(_) => Err(Status::deadline_exceeded(
-                "deadline exceeded: the request did not finish in time and its work was dropped",
+                "deadline exceeded: the request did not finish in time (its own grpc-timeout, or \
+                 --request-timeout-seconds when it sets none) and its work was dropped",
             )),
         },
     }
@@ -106,7 +113,7 @@ mod tests {
         let mut metadata = MetadataMap::new();
         metadata.insert("grpc-timeout", raw.parse().unwrap());
         let before = Instant::now();
-        deadline(&metadata).map(|at| at.saturating_duration_since(before))
+        deadline(&metadata, None).map(|at| at.saturating_duration_since(before))
     }
 
     #[test]
@@ -129,7 +136,22 @@ mod tests {
         for bad in ["", "5", "5x", "S", "-5S", "1.5S"] {
             assert_eq!(timeout(bad), None, "{bad:?}");
         }
-        assert_eq!(deadline(&MetadataMap::new()), None);
+        assert_eq!(deadline(&MetadataMap::new(), None), None);
+    }
+
+    #[test]
+    fn a_call_without_a_deadline_gets_the_servers_default() {
+        let before = Instant::now();
+        let default = Some(Duration::from_secs(30));
+        let at = deadline(&MetadataMap::new(), default).expect("default deadline");
+        assert!(at >= before + Duration::from_secs(30));
+        let mut metadata = MetadataMap::new();
+        metadata.insert("grpc-timeout", "100m".parse().unwrap());
+        let at = deadline(&metadata, default).expect("caller's deadline");
+        assert!(
+            at < before + Duration::from_secs(1),
+            "the caller's own deadline wins"
+        );
     }
 
     #[tokio::test]

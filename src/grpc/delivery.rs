@@ -1,13 +1,14 @@
 //! How a stream's complete frames become results, by delivery mode: every frame in order
-//! through a bounded pipeline, or only the latest.
+//! through a bounded pipeline, or only the latest; and how results reach the client
+//! ([`Outbox`]), where every send has an end.
 
 use std::{
     sync::{Arc, Mutex},
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use ::metrics::{counter, histogram};
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::{mpsc, watch, Notify};
 use tonic::Status;
 
 use super::{convert, pb};
@@ -17,6 +18,90 @@ use crate::metrics;
 use crate::model::scores::ScoreFilter;
 
 pub(super) type Output = Result<pb::StreamResponse, Status>;
+
+/// The stream's results on their way to the client. A client that stops reading fills the
+/// channel (HTTP/2 flow control stops tonic from taking more); then a send waits at most
+/// `--idle-timeout-seconds`, and never past the stream's lifetime, before the stream is given up
+/// as stalled: a client that does not read cannot keep its stream, its slot or the server's
+/// work.
+#[derive(Clone)]
+pub(super) struct Outbox {
+    tx: mpsc::Sender<Output>,
+    idle: Duration,
+    ends_at: Option<tokio::time::Instant>,
+    /// Set once when a send gives up: why the stream ends.
+    stalled: Arc<watch::Sender<Option<Status>>>,
+}
+
+impl Outbox {
+    pub(super) fn new(
+        tx: mpsc::Sender<Output>,
+        idle: Duration,
+        ends_at: Option<tokio::time::Instant>,
+    ) -> Self {
+        Self {
+            tx,
+            idle,
+            ends_at,
+            stalled: Arc::new(watch::channel(None).0),
+        }
+    }
+
+    /// False when the result could not be delivered: the client went away, or stopped reading
+    /// (then [`Outbox::stalled`] says why).
+    pub(super) async fn send(&self, response: pb::StreamResponse) -> bool {
+        let idle_end = tokio::time::Instant::now() + self.idle;
+        let (until, why) = match self.ends_at {
+            Some(end) if end < idle_end => (
+                end,
+                "before the stream's lifetime ended (--max-stream-seconds)".to_string(),
+            ),
+            _ => (
+                idle_end,
+                format!("for {}s (--idle-timeout-seconds)", self.idle.as_secs_f64()),
+            ),
+        };
+        match tokio::time::timeout_at(until, self.tx.send(Ok(response))).await {
+            Ok(sent) => sent.is_ok(),
+            Err(_) => {
+                self.stalled.send_if_modified(|stalled| {
+                    stalled.get_or_insert_with(|| {
+                        Status::deadline_exceeded(format!(
+                            "the client did not read its results {why}: the stream was ended; \
+                             read results as they come"
+                        ))
+                    });
+                    true
+                });
+                false
+            }
+        }
+    }
+
+    /// Resolves once a send has given up, with the status the stream ends with.
+    pub(super) async fn stalled(&self) -> Status {
+        let mut stalled = self.stalled.subscribe();
+        let status = match stalled.wait_for(Option::is_some).await {
+            Ok(status) => status.clone(),
+            // The sender lives as long as `self`.
+            Err(_) => None,
+        };
+        match status {
+            Some(status) => status,
+            None => std::future::pending().await,
+        }
+    }
+
+    /// The status of a stall, if a send has given up.
+    pub(super) fn stall(&self) -> Option<Status> {
+        self.stalled.borrow().clone()
+    }
+
+    /// Resolves when the client has gone (tonic dropped the response stream).
+    pub(super) async fn closed(&self) {
+        self.tx.closed().await
+    }
+}
 
 /// The label set frames are classified against.
 pub(super) struct ActiveLabels {
@@ -101,14 +186,14 @@ struct SlotState {
 }
 
 impl Sink {
-    pub(super) fn ordered(infer: Arc<Infer>, out: mpsc::Sender<Output>, depth: usize) -> Self {
+    pub(super) fn ordered(infer: Arc<Infer>, out: Outbox, depth: usize) -> Self {
         // The bounded queue of in-flight frames is the backpressure: when it is full, `submit`
         // waits, so the server stops reading the client's frames.
         let (pending, mut rx) = mpsc::channel::<tokio::task::JoinHandle<pb::StreamResponse>>(depth);
         let writer = tokio::spawn(async move {
             while let Some(task) = rx.recv().await {
                 let Ok(response) = task.await else { continue };
-                if out.send(Ok(response)).await.is_err() {
+                if !out.send(response).await {
                     break;
                 }
             }
@@ -120,7 +205,7 @@ impl Sink {
         })
     }
 
-    pub(super) fn latest(infer: Arc<Infer>, out: mpsc::Sender<Output>) -> Self {
+    pub(super) fn latest(infer: Arc<Infer>, out: Outbox) -> Self {
         let slot = Arc::new(LatestSlot::default());
         let worker_slot = Arc::clone(&slot);
         let worker = tokio::spawn(async move {
@@ -136,7 +221,7 @@ impl Sink {
                 match next {
                     Some((frame, skipped)) => {
                         let response = classify_frame(&infer, frame, skipped).await;
-                        if out.send(Ok(response)).await.is_err() {
+                        if !out.send(response).await {
                             break;
                         }
                     }

@@ -5,26 +5,31 @@
 //! - `service`: the RPCs, each observed (`observe`) and converted (`convert`), Upload and Stream
 //!   with their protocols in `upload` and `stream` (+ `delivery`), chunked images put back
 //!   together in `chunks`;
+//! - `waits`: every wait on a client has an end;
+//! - `connection`: HTTP/2 and TCP settings; `early`: tonic's own answers, remapped and counted;
 //! - `state`: the lifecycle every handler shares; `status`: core errors → status codes.
 
 mod chunks;
+mod connection;
 mod convert;
 mod delivery;
+mod early;
 mod observe;
 mod service;
 mod state;
 mod status;
 mod stream;
 mod upload;
+mod waits;
 
 use std::{sync::Arc, time::Duration};
 
 use anyhow::Context;
 use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic_health::{server::HealthReporter, ServingStatus};
 
 use crate::infer::Infer;
+pub use connection::Connection;
 use state::State;
 pub use state::{Limits, RunningOn};
 
@@ -48,9 +53,13 @@ pub struct Transport {
 }
 
 impl Transport {
-    /// Serves on `listener` at once; health says NOT_SERVING, and the API UNAVAILABLE, until
-    /// [`Transport::serving`].
-    pub async fn start(listener: TcpListener, limits: Limits) -> anyhow::Result<Self> {
+    /// Serves on `listener` at once, its connections run by `connection`; health says
+    /// NOT_SERVING, and the API UNAVAILABLE, until [`Transport::serving`].
+    pub async fn start(
+        listener: TcpListener,
+        limits: Limits,
+        connection: Connection,
+    ) -> anyhow::Result<Self> {
         let (health, health_service) = tonic_health::server::health_reporter();
         for name in ["", SERVICE_NAME] {
             health
@@ -74,15 +83,16 @@ impl Transport {
                 .max_encoding_message_size(usize::MAX);
 
         let (stop, stopped) = oneshot::channel::<()>();
-        let server = tonic::transport::Server::builder()
-            .layer(tower::util::MapResponseLayer::new(move |r| {
-                status::remap_response(r, max_message)
-            }))
+        let server = connection
+            .builder()
+            .layer(early::EarlyAnswers {
+                max_message_bytes: max_message,
+            })
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
             .add_service(api)
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+            .serve_with_incoming_shutdown(connection.incoming(listener), async {
                 let _ = stopped.await;
             });
         Ok(Self {

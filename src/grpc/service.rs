@@ -13,6 +13,7 @@ use super::{
     state::State,
     stream, upload,
 };
+use crate::error::Error;
 use crate::infer::Timings;
 use crate::model::scores::Embeddings;
 
@@ -88,7 +89,7 @@ impl SiglipService {
         request: Request<pb::ClassifyRequest>,
     ) -> Result<Response<pb::ClassifyResponse>, Status> {
         let infer = self.state.infer()?;
-        let deadline = convert::deadline(request.metadata());
+        let deadline = convert::deadline(request.metadata(), self.state.limits.request_timeout);
         let req = request.into_inner();
         let image = convert::image(req.image)?;
         let filter = convert::filter(req.options)?;
@@ -107,10 +108,10 @@ impl SiglipService {
     ) -> Result<Response<ResponseStream>, Status> {
         let infer = self.state.infer()?;
         let permit = Arc::clone(&self.state.streams).try_acquire_owned().map_err(|_| {
-            Status::resource_exhausted(format!(
+            Status::from(Error::ResourceExhausted(format!(
                 "too many open streams (limit {}, --max-streams): retry later or on another replica",
                 self.state.limits.max_streams
-            ))
+            )))
         })?;
         let output = stream::run(infer, Arc::clone(&self.state), request.into_inner(), permit);
         Ok(Response::new(Box::pin(output)))
@@ -121,7 +122,7 @@ impl SiglipService {
         request: Request<pb::EmbedImageRequest>,
     ) -> Result<Response<pb::EmbedResponse>, Status> {
         let infer = self.state.infer()?;
-        let deadline = convert::deadline(request.metadata());
+        let deadline = convert::deadline(request.metadata(), self.state.limits.request_timeout);
         let images = request
             .into_inner()
             .images
@@ -139,7 +140,7 @@ impl SiglipService {
         request: Request<pb::EmbedTextRequest>,
     ) -> Result<Response<pb::EmbedResponse>, Status> {
         let infer = self.state.infer()?;
-        let deadline = convert::deadline(request.metadata());
+        let deadline = convert::deadline(request.metadata(), self.state.limits.request_timeout);
         let texts = request.into_inner().texts;
         let (embeddings, timings) =
             convert::with_deadline(deadline, infer.embed_texts(texts, deadline)).await?;

@@ -1,14 +1,18 @@
 //! What every handler shares: the transport's limits, the core once the model is ready, and the
 //! server's lifecycle (loading → serving → shutting down).
 
-use std::sync::{
-    atomic::{AtomicBool, Ordering},
-    Arc, OnceLock,
+use std::{
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, OnceLock,
+    },
+    time::Duration,
 };
 
 use tokio::sync::{watch, Semaphore};
 use tonic::Status;
 
+use super::{chunks::Budget, waits::Waits};
 use crate::infer::Infer;
 use crate::model::device::DType;
 
@@ -23,6 +27,14 @@ pub struct Limits {
     pub max_stream_seconds: u64,
     /// Frames of one every-frame stream in flight at once.
     pub stream_pipeline: usize,
+    /// Bytes held by unfinished Uploads and chunked frames, over all calls.
+    pub max_reassembly_bytes: usize,
+    /// Longest wait for a Stream's config or an Upload's header.
+    pub first_message_timeout: Duration,
+    /// Longest wait for each later message, and for a send to a Stream client to make progress.
+    pub idle_timeout: Duration,
+    /// The deadline of a unary call or Upload that carries none (`grpc-timeout`).
+    pub request_timeout: Option<Duration>,
 }
 
 /// Where and how the model runs, as GetModelInfo reports it.
@@ -41,6 +53,8 @@ pub(super) struct State {
     shutdown: watch::Sender<bool>,
     pub(super) limits: Limits,
     pub(super) streams: Arc<Semaphore>,
+    /// Bytes of unfinished images, over all calls (`--max-reassembly-bytes`).
+    pub(super) reassembly: Arc<Budget>,
 }
 
 /// Set once, when the model is loaded and warm.
@@ -56,7 +70,15 @@ impl State {
             shutting_down: AtomicBool::new(false),
             shutdown: watch::channel(false).0,
             streams: Arc::new(Semaphore::new(limits.max_streams)),
+            reassembly: Budget::new(limits.max_reassembly_bytes),
             limits,
+        }
+    }
+
+    pub(super) fn waits(&self) -> Waits {
+        Waits {
+            first_message: self.limits.first_message_timeout,
+            idle: self.limits.idle_timeout,
         }
     }
 

@@ -10,7 +10,10 @@
 //!
 //! A bad frame gets an in-band error on its result; a protocol violation ends the stream with
 //! INVALID_ARGUMENT. The stream ends with UNAVAILABLE ("reconnect") at its maximum lifetime or
-//! at shutdown, after the frames already read are answered.
+//! at shutdown, after the frames already read are answered. Every wait has an end: the config
+//! must come within `--first-message-timeout-seconds`, each later message within
+//! `--idle-timeout-seconds`, and a client that stops reading its results loses the stream
+//! (`delivery::Outbox`); each ends it with DEADLINE_EXCEEDED.
 
 use std::{
     sync::Arc,
@@ -18,68 +21,81 @@ use std::{
 };
 
 use ::metrics::{counter, gauge};
-use tokio::sync::{mpsc, OwnedSemaphorePermit};
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit};
 use tokio_stream::{wrappers::ReceiverStream, Stream, StreamExt};
 use tonic::{Status, Streaming};
 
 use super::{
-    chunks::Reassembly,
+    chunks::{Budget, Reassembly},
     convert,
-    delivery::{ActiveLabels, Output, ReadyFrame, Sink},
+    delivery::{ActiveLabels, Outbox, Output, ReadyFrame, Sink},
     observe::{client_gone, record, record_ok},
     pb,
     state::State,
-    status::remap_message_too_large,
+    status::remap_incoming,
 };
 use crate::infer::{ImageInput, Infer};
 use crate::metrics;
 
 const PROTOCOL: &str = "Stream";
 
-/// Starts the stream's tasks; the returned stream yields its responses. Everything the stream
-/// holds is freed when the client goes away (the output channel closes and the tasks end).
+/// Starts the stream's tasks; the returned stream yields its responses, then the status it
+/// ended with. Everything the stream holds is freed when it ends or the client goes away.
 pub fn run(
     infer: Arc<Infer>,
     state: Arc<State>,
     input: Streaming<pb::StreamRequest>,
     permit: OwnedSemaphorePermit,
 ) -> impl Stream<Item = Output> {
-    let pipeline = state.limits.stream_pipeline.max(1);
-    let (out, rx) = mpsc::channel(pipeline);
+    let limits = &state.limits;
+    let pipeline = limits.stream_pipeline.max(1);
+    let (tx, rx) = mpsc::channel(pipeline);
+    let lifetime =
+        (limits.max_stream_seconds > 0).then(|| Duration::from_secs(limits.max_stream_seconds));
+    let ends_at = lifetime.map(|d| tokio::time::Instant::now() + d);
+    let out = Outbox::new(tx, limits.idle_timeout, ends_at);
+    // The final status comes after the results, but needs no room among them: a client that
+    // does not read must not keep the stream's task (and slot) waiting to tell it so.
+    let (last, last_rx) = oneshot::channel::<Status>();
     tokio::spawn(async move {
         let started = Instant::now();
         gauge!(metrics::ACTIVE_STREAMS).increment(1.0);
-        let result = drive(infer, &state, input, out.clone()).await;
+        let result = drive(infer, &state, input, out.clone(), ends_at).await;
         gauge!(metrics::ACTIVE_STREAMS).decrement(1.0);
-        // The slot is freed before the client can hear that the stream is over (its status,
-        // or the end when `out` drops), so that a client that reconnects on that news finds
-        // it free; but not before the status has room: a client that does not read keeps it.
-        match result {
-            Ok(()) => {
-                record_ok("Stream", started);
-                drop(permit);
-            }
-            Err(status) => {
-                record("Stream", &status, started);
-                let room = out.reserve().await;
-                drop(permit);
-                if let Ok(room) = room {
-                    room.send(Err(status));
-                }
-            }
+        match &result {
+            Ok(()) => record_ok("Stream", started),
+            Err(status) => record("Stream", status, started),
         }
+        // The slot is freed before the client can hear that the stream is over (the end of the
+        // response needs both `last` and `out` gone), so that a client that reconnects on that
+        // news finds it free.
+        drop(permit);
+        if let Err(status) = result {
+            let _ = last.send(status);
+        }
+        drop(out);
     });
-    ReceiverStream::new(rx)
+    let last = futures_util::StreamExt::filter_map(futures_util::stream::once(last_rx), |r| {
+        std::future::ready(r.ok().map(Err))
+    });
+    futures_util::StreamExt::chain(ReceiverStream::new(rx), last)
 }
 
 async fn drive(
     infer: Arc<Infer>,
     state: &State,
     mut input: Streaming<pb::StreamRequest>,
-    out: mpsc::Sender<Output>,
+    out: Outbox,
+    ends_at: Option<tokio::time::Instant>,
 ) -> Result<(), Status> {
     let limits = &state.limits;
-    let first = match next_message(&mut input, limits.max_message_bytes).await? {
+    let waits = state.waits();
+    let mut shutdown = state.shutdown_signal();
+    let first = tokio::select! {
+        first = waits.first(PROTOCOL, next_message(&mut input, limits.max_message_bytes)) => first?,
+        _ = shutdown.wait_for(|down| *down) => return Err(shutting_down()),
+    };
+    let first = match first {
         Some(pb::stream_request::Msg::Config(c)) => c,
         Some(pb::stream_request::Msg::Frame(_)) => {
             return Err(Status::invalid_argument(
@@ -107,22 +123,20 @@ async fn drive(
             limits.stream_pipeline.max(1),
         ),
     };
-    let lifetime =
-        (limits.max_stream_seconds > 0).then(|| Duration::from_secs(limits.max_stream_seconds));
-    let ends_at = lifetime.map(|d| tokio::time::Instant::now() + d);
-    let mut shutdown = state.shutdown_signal();
-    let mut assembler = Assembler::new(infer.limits().image.max_bytes);
+    let mut assembler = Assembler::new(
+        infer.limits().image.max_bytes,
+        Arc::clone(&state.reassembly),
+    );
 
     let ending = loop {
         let msg = tokio::select! {
-            msg = next_message(&mut input, limits.max_message_bytes) => msg,
+            msg = waits.next(PROTOCOL, next_message(&mut input, limits.max_message_bytes)) => msg,
             _ = sleep_until(ends_at) => break Some(Status::unavailable(format!(
                 "stream reached its maximum lifetime of {}s (--max-stream-seconds): reconnect to continue",
                 limits.max_stream_seconds
             ))),
-            _ = shutdown.wait_for(|down| *down) => break Some(Status::unavailable(
-                "server is shutting down: reconnect to continue on another replica",
-            )),
+            _ = shutdown.wait_for(|down| *down) => break Some(shutting_down()),
+            stalled = out.stalled() => break Some(stalled),
             _ = out.closed() => break Some(client_gone()),
         };
         match msg {
@@ -143,7 +157,7 @@ async fn drive(
             {
                 Ok(Some(ready)) => {
                     if !sink.submit(ready).await {
-                        break Some(client_gone());
+                        break Some(out.stall().unwrap_or_else(client_gone));
                     }
                 }
                 Ok(None) => {}
@@ -151,12 +165,16 @@ async fn drive(
             },
         }
     };
-    // Answer what was read before ending, then close with the reason.
+    // Answer what was read before ending (sends still have an end), then close with the reason.
     sink.finish().await;
     match ending {
         Some(status) => Err(status),
         None => Ok(()),
     }
+}
+
+fn shutting_down() -> Status {
+    Status::unavailable("server is shutting down: reconnect to continue on another replica")
 }
 
 async fn sleep_until(at: Option<tokio::time::Instant>) {
@@ -172,7 +190,7 @@ async fn next_message(
 ) -> Result<Option<pb::stream_request::Msg>, Status> {
     match input.next().await {
         None => Ok(None),
-        Some(Err(status)) => Err(remap_message_too_large(status, max_message_bytes)),
+        Some(Err(status)) => Err(remap_incoming(status, max_message_bytes)),
         Some(Ok(req)) => req
             .msg
             .map(Some)
@@ -199,6 +217,7 @@ async fn configure(
 /// Turns frames (whole, or in chunks) into [`ReadyFrame`]s, one chunked frame at a time.
 struct Assembler {
     max_bytes: usize,
+    budget: Arc<Budget>,
     partial: Option<Partial>,
 }
 
@@ -209,9 +228,10 @@ struct Partial {
 }
 
 impl Assembler {
-    fn new(max_bytes: usize) -> Self {
+    fn new(max_bytes: usize, budget: Arc<Budget>) -> Self {
         Self {
             max_bytes,
+            budget,
             partial: None,
         }
     }
@@ -263,11 +283,11 @@ impl Assembler {
                 frame.frame_id
             )));
         }
-        let max_bytes = self.max_bytes;
+        let (max_bytes, budget) = (self.max_bytes, &self.budget);
         let partial = self.partial.get_or_insert_with(|| Partial {
             id: frame.frame_id,
             timestamp_us: frame.timestamp_us,
-            image: Reassembly::open(max_bytes),
+            image: Reassembly::open(max_bytes, Arc::clone(budget)),
         });
         if partial.id != frame.frame_id {
             return Err(Status::invalid_argument(format!(

@@ -1,5 +1,9 @@
 //! The `Upload` call: an image over the message limit, sent as a header (labels, options, total
 //! size) and then chunks adding up to exactly that size, classified like `Classify`.
+//!
+//! The header is checked in full (labels, options, size) before any chunk is taken, and the
+//! chunks are held under the server's reassembly budget; the call has a deadline (the caller's,
+//! or `--request-timeout-seconds`) and each message must arrive in time (`waits`).
 
 use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
@@ -9,9 +13,10 @@ use super::{
     convert, pb,
     pb::upload_request::Msg,
     state::State,
-    status::remap_message_too_large,
+    status::remap_incoming,
 };
-use crate::infer::ImageInput;
+use crate::infer::{ImageInput, Infer};
+use crate::model::scores::ScoreFilter;
 
 const PROTOCOL: &str = "Upload";
 
@@ -20,19 +25,12 @@ pub(super) async fn classify(
     request: Request<Streaming<pb::UploadRequest>>,
 ) -> Result<Response<pb::ClassifyResponse>, Status> {
     let infer = state.infer()?;
-    let deadline = convert::deadline(request.metadata());
-    let max_message_bytes = state.limits.max_message_bytes;
+    let deadline = convert::deadline(request.metadata(), state.limits.request_timeout);
     let mut messages = request.into_inner();
     let work = async {
-        let (header, bytes) = receive(
-            &mut messages,
-            infer.limits().image.max_bytes,
-            max_message_bytes,
-        )
-        .await?;
-        let filter = convert::filter(header.options)?;
+        let (texts, filter, bytes) = receive(state, &infer, &mut messages).await?;
         infer
-            .classify(ImageInput::Encoded(bytes), header.texts, filter, deadline)
+            .classify(ImageInput::Encoded(bytes), texts, filter, deadline)
             .await
             .map_err(Status::from)
     };
@@ -43,24 +41,29 @@ pub(super) async fn classify(
     }))
 }
 
-/// Reads the header, then the chunks.
+/// Reads and checks the header, then the chunks.
 async fn receive(
+    state: &State,
+    infer: &Infer,
     messages: &mut Streaming<pb::UploadRequest>,
-    max_image_bytes: usize,
-    max_message_bytes: usize,
-) -> Result<(pb::UploadHeader, Vec<u8>), Status> {
+) -> Result<(Vec<String>, ScoreFilter, Vec<u8>), Status> {
     let violation = |what: &str| Status::invalid_argument(format!("{PROTOCOL} protocol: {what}"));
+    let max_message_bytes = state.limits.max_message_bytes;
     let next = |m: Option<Result<pb::UploadRequest, Status>>| -> Result<Option<Msg>, Status> {
         match m {
             None => Ok(None),
-            Some(Err(status)) => Err(remap_message_too_large(status, max_message_bytes)),
+            Some(Err(status)) => Err(remap_incoming(status, max_message_bytes)),
             Some(Ok(req)) => req.msg.map(Some).ok_or_else(|| {
                 Status::invalid_argument("empty UploadRequest: set header or chunk")
             }),
         }
     };
     let chunk_error = |e: ChunkError| Status::from(e.into_error(PROTOCOL));
-    let header = match next(messages.next().await)? {
+    let waits = state.waits();
+    let mut header = match waits
+        .first(PROTOCOL, async { next(messages.next().await) })
+        .await?
+    {
         Some(Msg::Header(h)) => h,
         Some(Msg::Chunk(_)) => {
             return Err(violation(
@@ -69,14 +72,25 @@ async fn receive(
         }
         None => return Err(violation("the stream ended before the header")),
     };
-    let mut image =
-        Reassembly::declared(header.total_bytes, max_image_bytes).map_err(chunk_error)?;
-    while let Some(msg) = next(messages.next().await)? {
+    // Everything the header says is checked before a byte of the image is taken: a request that
+    // will be refused must not first occupy the reassembly budget.
+    infer.check_texts(&header.texts)?;
+    let filter = convert::filter(header.options.take())?;
+    let mut image = Reassembly::declared(
+        header.total_bytes,
+        infer.limits().image.max_bytes,
+        std::sync::Arc::clone(&state.reassembly),
+    )
+    .map_err(chunk_error)?;
+    while let Some(msg) = waits
+        .next(PROTOCOL, async { next(messages.next().await) })
+        .await?
+    {
         match msg {
             Msg::Chunk(chunk) => image.push(&chunk).map_err(chunk_error)?,
             Msg::Header(_) => return Err(violation("a second header arrived after chunks")),
         }
     }
     let bytes = image.finish().map_err(chunk_error)?;
-    Ok((header, bytes))
+    Ok((header.texts, filter, bytes))
 }

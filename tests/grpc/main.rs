@@ -23,6 +23,7 @@ mod errors;
 mod health;
 mod lifecycle;
 mod stream;
+mod transport;
 mod upload;
 
 use siglip_serve::grpc::pb::{self, siglip_client::SiglipClient, stream_request::Msg};

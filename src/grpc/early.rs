@@ -1,0 +1,86 @@
+//! Answers tonic gives before a handler runs — a unary request over the message limit, or one
+//! that is not valid protobuf — rewritten to this API's codes (`status::remap_response`) and
+//! counted in the request metrics under the call's method, as a handler would have counted them.
+
+use std::{
+    future::Future,
+    pin::Pin,
+    task::{Context, Poll},
+    time::Instant,
+};
+
+use tower::{Layer, Service};
+
+use super::{observe::record, status::remap_response};
+use crate::metrics;
+
+#[derive(Debug, Clone, Copy)]
+pub(super) struct EarlyAnswers {
+    pub(super) max_message_bytes: usize,
+}
+
+impl<S> Layer<S> for EarlyAnswers {
+    type Service = Remapped<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Remapped {
+            inner,
+            max_message_bytes: self.max_message_bytes,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub(super) struct Remapped<S> {
+    inner: S,
+    max_message_bytes: usize,
+}
+
+impl<S, B, RB> Service<http::Request<B>> for Remapped<S>
+where
+    S: Service<http::Request<B>, Response = http::Response<RB>>,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let method = method(request.uri().path());
+        let limit = self.max_message_bytes;
+        let started = Instant::now();
+        let response = self.inner.call(request);
+        Box::pin(async move {
+            let mut response = response.await?;
+            if let Some(status) = remap_response(&mut response, limit) {
+                if let Some(method) = method {
+                    record(method, &status, started);
+                }
+            }
+            Ok(response)
+        })
+    }
+}
+
+/// The `method` label of a `siglip.v1.Siglip` call's path; other services are not counted.
+fn method(path: &str) -> Option<&'static str> {
+    let name = path.strip_prefix("/siglip.v1.Siglip/")?;
+    metrics::METHODS.into_iter().find(|m| *m == name)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn only_the_apis_methods_are_named() {
+        assert_eq!(
+            super::method("/siglip.v1.Siglip/Classify"),
+            Some("Classify")
+        );
+        assert_eq!(super::method("/siglip.v1.Siglip/Nope"), None);
+        assert_eq!(super::method("/grpc.health.v1.Health/Check"), None);
+    }
+}

@@ -1,0 +1,363 @@
+//! Hostile and broken clients at the transport: each test builds its attack, and while it runs a
+//! well-behaved caller on its own connection is served, the server's memory stays within a
+//! stated bound and the process stays up.
+
+use std::time::{Duration, Instant};
+
+use siglip_serve::grpc::pb::{self, siglip_client::SiglipClient, upload_request};
+use tokio_stream::StreamExt;
+use tonic::{transport::Channel, Code};
+use tonic_types::StatusExt;
+
+use crate::common::{asset, server::Server};
+use crate::{assert_status, classify_request, config, labels, LABELS};
+
+/// The server's resident memory, in bytes.
+fn rss(server: &Server) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", server.pid())).expect("status");
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .expect("VmRSS");
+    let kb: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+    kb * 1024
+}
+
+/// A well-behaved Classify on its own connection; returns how long it took.
+async fn served(server: &Server) -> Duration {
+    let mut client = server.client().await;
+    let started = Instant::now();
+    client
+        .classify(classify_request(asset("rocket.bmp"), labels()))
+        .await
+        .expect("a well-behaved caller is served");
+    started.elapsed()
+}
+
+fn assert_retry_hint(case: &str, status: &tonic::Status) {
+    let hint = status
+        .get_details_retry_info()
+        .unwrap_or_else(|| panic!("{case}: no RetryInfo in {status:?}"));
+    assert!(hint.retry_delay.is_some(), "{case}: {hint:?}");
+}
+
+/// The idle streams of the issue: 64 streams that open and send nothing held every slot for a
+/// minute. Here the slots are few and the first message must come within a second.
+#[tokio::test]
+async fn streams_that_send_nothing_lose_their_slots_to_the_first_message_timeout() {
+    let server =
+        Server::ready(&["--max-streams", "4", "--first-message-timeout-seconds", "1"]).await;
+    let idle = Duration::from_millis(served(&server).await.as_millis() as u64 + 1);
+    let attacker = server.client().await;
+    let mut silent = Vec::new();
+    for _ in 0..4 {
+        let (tx, rx) = tokio::sync::mpsc::channel::<pb::StreamRequest>(1);
+        let response = attacker
+            .clone()
+            .stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+            .expect("stream opens");
+        silent.push((tx, response.into_inner()));
+    }
+    // Every slot is held: a fifth stream is refused at once, with a hint to retry.
+    let mut honest = server.client().await;
+    let refused = loop {
+        let opened = honest
+            .stream(tokio_stream::iter(vec![config(
+                &LABELS,
+                pb::DeliveryMode::EveryFrame,
+            )]))
+            .await;
+        match opened.map(|r| r.into_inner()) {
+            Err(status) => break status,
+            Ok(mut out) => match out.next().await {
+                Some(Err(status)) => break status,
+                // Before the silent streams are counted, the fifth may have found a slot.
+                _ => tokio::time::sleep(Duration::from_millis(20)).await,
+            },
+        }
+    };
+    assert_status(
+        "fifth stream",
+        &refused,
+        Code::ResourceExhausted,
+        "--max-streams",
+    );
+    assert_retry_hint("fifth stream", &refused);
+    let during = served(&server).await;
+    assert!(
+        during < idle * 2 + Duration::from_millis(200),
+        "served in {during:?} during the attack, {idle:?} idle"
+    );
+    // Each silent stream is ended by the server after the first-message timeout.
+    let started = Instant::now();
+    for (_tx, mut out) in silent {
+        let status = out.next().await.expect("an end").expect_err("timed out");
+        assert_status(
+            "silent stream",
+            &status,
+            Code::DeadlineExceeded,
+            "--first-message-timeout-seconds",
+        );
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    // And their slots are free again.
+    let (_tx, _out) = crate::open_stream(&mut honest, asset("rocket.bmp")).await;
+}
+
+/// The non-reading client of the issue kept its stream 45 s into a 20 s lifetime. Here the
+/// client's flow-control window is small and each result is large (256 labels of 2 KB), so the
+/// server's sends block after a few frames; the stream must still end at its 2 s lifetime and
+/// free its slot.
+#[tokio::test]
+async fn a_client_that_does_not_read_loses_its_stream_and_slot_at_the_lifetime() {
+    let server = Server::ready(&["--max-streams", "1", "--max-stream-seconds", "2"]).await;
+    let small_window = Channel::from_shared(server.url())
+        .unwrap()
+        .initial_stream_window_size(65_535)
+        .initial_connection_window_size(65_535)
+        .connect()
+        .await
+        .expect("connect");
+    let long_labels: Vec<String> = (0..256)
+        .map(|i| format!("{i} {}", "x".repeat(2000)))
+        .collect();
+    let mut messages = vec![pb::StreamRequest {
+        msg: Some(pb::stream_request::Msg::Config(pb::StreamConfig {
+            texts: long_labels,
+            options: None,
+            mode: pb::DeliveryMode::EveryFrame as i32,
+        })),
+    }];
+    let tiny = asset("rocket.bmp");
+    messages.extend((0..64).map(|id| crate::frame(id, tiny.clone())));
+    let (tx, rx) = tokio::sync::mpsc::channel(messages.len());
+    for m in messages {
+        tx.send(m).await.unwrap();
+    }
+    let opened = Instant::now();
+    let unread = SiglipClient::new(small_window)
+        .max_encoding_message_size(64 << 20)
+        .stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .expect("stream opens");
+    // Never read; the slot must come free soon after the lifetime.
+    let mut honest = server.client().await;
+    let until = opened + Duration::from_secs(6);
+    loop {
+        let attempt = honest
+            .stream(tokio_stream::iter(vec![
+                config(&LABELS, pb::DeliveryMode::EveryFrame),
+                crate::frame(1, tiny.clone()),
+            ]))
+            .await
+            .map(|r| r.into_inner());
+        let outcome = match attempt {
+            Ok(mut out) => out.next().await.expect("an item"),
+            Err(status) => Err(status),
+        };
+        match outcome {
+            Ok(result) => {
+                assert_eq!(result.frame_id, 1);
+                break;
+            }
+            Err(status) => {
+                assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+                assert!(
+                    Instant::now() < until,
+                    "the non-reading stream still held its slot {:?} after opening (lifetime 2 s)",
+                    opened.elapsed()
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+    assert!(
+        opened.elapsed() >= Duration::from_millis(1500),
+        "{:?}",
+        opened.elapsed()
+    );
+    drop((unread, tx));
+    served(&server).await;
+}
+
+fn upload_header(texts: Vec<String>, total: usize) -> pb::UploadRequest {
+    pb::UploadRequest {
+        msg: Some(upload_request::Msg::Header(pb::UploadHeader {
+            texts,
+            options: None,
+            total_bytes: total as u64,
+        })),
+    }
+}
+
+fn upload_chunk(bytes: Vec<u8>) -> pb::UploadRequest {
+    pb::UploadRequest {
+        msg: Some(upload_request::Msg::Chunk(bytes)),
+    }
+}
+
+/// The stalled uploads of the issue: 40 Uploads that each sent 32 MiB less a byte and stalled
+/// grew the server by 1.6 GB. Here 20 Uploads of 8 MiB less a byte (160 MiB) meet a 32 MiB
+/// reassembly budget: the server holds at most the budget, refuses the rest at once with a retry
+/// hint, ends the stalled ones at the idle timeout and gives the bytes back.
+#[tokio::test]
+async fn stalled_uploads_are_held_to_the_reassembly_budget() {
+    const IMAGE: usize = 8 << 20;
+    const BUDGET: usize = 32 << 20;
+    let server = Server::ready(&[
+        "--max-image-bytes",
+        &IMAGE.to_string(),
+        "--max-reassembly-bytes",
+        &BUDGET.to_string(),
+        "--idle-timeout-seconds",
+        "2",
+    ])
+    .await;
+    let idle = served(&server).await;
+    let rss_before = rss(&server);
+    // A header over the limits is refused before any chunk is sent (the call stays open).
+    let (bad_tx, bad_rx) = tokio::sync::mpsc::channel(1);
+    bad_tx
+        .send(upload_header(vec!["x".into(); 300], IMAGE - 1))
+        .await
+        .unwrap();
+    let refused = server
+        .client()
+        .await
+        .upload(tokio_stream::wrappers::ReceiverStream::new(bad_rx))
+        .await
+        .expect_err("too many texts");
+    assert_status(
+        "header over --max-texts",
+        &refused,
+        Code::InvalidArgument,
+        "--max-texts",
+    );
+
+    let attacker = server.client().await;
+    let mut stalled = Vec::new();
+    for _ in 0..20 {
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        let mut client = attacker.clone();
+        let call = tokio::spawn(async move {
+            client
+                .upload(tokio_stream::wrappers::ReceiverStream::new(rx))
+                .await
+        });
+        tx.send(upload_header(labels(), IMAGE)).await.unwrap();
+        for _ in 0..7 {
+            if tx.send(upload_chunk(vec![7; 1 << 20])).await.is_err() {
+                break;
+            }
+        }
+        let _ = tx.send(upload_chunk(vec![7; (1 << 20) - 1])).await;
+        stalled.push((tx, call));
+    }
+    crate::common::wait_until("the budget to fill", async || {
+        server.metric("siglip_reassembly_bytes").await >= (BUDGET - IMAGE) as f64
+    })
+    .await;
+    let held = server.metric("siglip_reassembly_bytes").await;
+    assert!(
+        held <= BUDGET as f64,
+        "{held} bytes held over a {BUDGET} budget"
+    );
+    let grown = rss(&server).saturating_sub(rss_before);
+    // The budget, plus the transport's own buffers (HTTP/2 windows, a message being decoded).
+    assert!(
+        grown < (BUDGET + (48 << 20)) as u64,
+        "the server grew by {} MiB holding {} MiB of uploads",
+        grown >> 20,
+        (held as u64) >> 20
+    );
+    let during = served(&server).await;
+    assert!(
+        during < idle * 2 + Duration::from_millis(200),
+        "{during:?} vs {idle:?}"
+    );
+    // Each call is refused at once for the budget (with a hint) or ended at the idle timeout.
+    let (mut over_budget, mut timed_out) = (0, 0);
+    for (tx, call) in stalled {
+        let status = call.await.unwrap().expect_err("no upload completes");
+        match status.code() {
+            Code::ResourceExhausted => {
+                assert!(
+                    status.message().contains("--max-reassembly-bytes"),
+                    "{status:?}"
+                );
+                assert_retry_hint("over the budget", &status);
+                over_budget += 1;
+            }
+            Code::DeadlineExceeded => {
+                assert!(
+                    status.message().contains("--idle-timeout-seconds"),
+                    "{status:?}"
+                );
+                timed_out += 1;
+            }
+            _ => panic!("{status:?}"),
+        }
+        drop(tx);
+    }
+    assert!(
+        over_budget >= 16 && timed_out >= 1,
+        "{over_budget} refused, {timed_out} timed out"
+    );
+    assert_eq!(
+        server.metric("siglip_reassembly_bytes").await,
+        0.0,
+        "bytes given back"
+    );
+    // With the budget free, an Upload goes through.
+    let image = asset("rocket.bmp");
+    server
+        .client()
+        .await
+        .upload(tokio_stream::iter(vec![
+            upload_header(labels(), image.len()),
+            upload_chunk(image),
+        ]))
+        .await
+        .expect("an upload after the attack");
+}
+
+/// A ClassifyRequest whose labels are bytes: a client that puts anything in them.
+#[derive(Clone, PartialEq, prost::Message)]
+struct LooseClassify {
+    #[prost(message, optional, tag = "1")]
+    image: Option<pb::Image>,
+    #[prost(bytes = "vec", repeated, tag = "2")]
+    texts: Vec<Vec<u8>>,
+}
+
+/// A label that is not UTF-8 makes a message tonic cannot decode (it would answer INTERNAL,
+/// before any handler runs): the client gets INVALID_ARGUMENT, and the call is counted.
+#[tokio::test]
+async fn an_undecodable_message_is_invalid_and_counted() {
+    let server = Server::ready(&[]).await;
+    let mut grpc = tonic::client::Grpc::new(server.channel().await);
+    grpc.ready().await.expect("ready");
+    let request = LooseClassify {
+        image: crate::encoded(asset("rocket.bmp")),
+        texts: vec![b"a cat".to_vec(), vec![0xff, 0xfe, b'x']],
+    };
+    let status = grpc
+        .unary(
+            tonic::Request::new(request),
+            http::uri::PathAndQuery::from_static("/siglip.v1.Siglip/Classify"),
+            tonic_prost::ProstCodec::<LooseClassify, pb::ClassifyResponse>::default(),
+        )
+        .await
+        .expect_err("not UTF-8");
+    assert_status("label not UTF-8", &status, Code::InvalidArgument, "UTF-8");
+    let counted = server
+        .metric(r#"siglip_grpc_requests_total{method="Classify",code="INVALID_ARGUMENT"}"#)
+        .await;
+    assert_eq!(counted, 1.0);
+    served(&server).await;
+}

@@ -11,9 +11,9 @@ use tonic::{transport::Channel, Code, Status};
 
 use crate::grpc::pb::{self, siglip_client::SiglipClient};
 
-/// How the server ends a call that waits too long for a message: the first-message and idle
-/// timeouts answer CANCELLED, as gRPC's own servers do when a deadline they set passes.
-pub const IDLE_CODES: &[Code] = &[Code::Cancelled, Code::DeadlineExceeded];
+/// How the server ends a call that waits too long for a message (`--first-message-timeout-seconds`,
+/// `--idle-timeout-seconds`): DEADLINE_EXCEEDED, the code of a call whose time ran out.
+pub const IDLE_CODES: &[Code] = &[Code::DeadlineExceeded];
 
 /// A grayscale progressive JPEG of `width`×`height` whose data is one DC scan and then `ac_scans`
 /// scans of coefficients 1..63 made only of end-of-band runs: a few dozen bytes a scan, yet

@@ -62,14 +62,22 @@ pub struct Report {
     pub minutes: f64,
     pub requests: u64,
     pub errors_unexpected: u64,
-    pub attacks: u64,
+    /// Attacks made, by kind.
+    pub attacks: Vec<(String, u64)>,
     pub rss_start_mb: f64,
     pub rss_end_mb: f64,
     pub p99_ms: f64,
 }
 
 impl std::fmt::Display for Report {
+    /// Two lines: the attacks made, then the summary (last, as `make soak` promises).
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let attacks: Vec<String> = self
+            .attacks
+            .iter()
+            .map(|(a, n)| format!("{a}={n}"))
+            .collect();
+        writeln!(f, "attacks: {}", attacks.join(" "))?;
         write!(
             f,
             "soak: minutes={:.1} requests={} errors_unexpected={} rss_start_mb={:.1} rss_end_mb={:.1} p99_ms={:.1}",
@@ -89,7 +97,8 @@ struct Soak {
     labels: Vec<String>,
     ends_at: Instant,
     requests: AtomicU64,
-    attacks: AtomicU64,
+    /// Rounds of each attack, in the order of [`Attack::ALL`].
+    attacks: [AtomicU64; Attack::ALL.len()],
     unexpected: AtomicU64,
     latencies_ms: Mutex<Vec<f64>>,
     /// Unique label counter for EmbedText.
@@ -152,7 +161,7 @@ pub async fn run(args: SoakArgs) -> anyhow::Result<Report> {
         labels,
         ends_at: Instant::now() + duration,
         requests: AtomicU64::new(0),
-        attacks: AtomicU64::new(0),
+        attacks: Default::default(),
         unexpected: AtomicU64::new(0),
         latencies_ms: Mutex::new(Vec::new()),
         fresh: AtomicU64::new(0),
@@ -182,7 +191,11 @@ pub async fn run(args: SoakArgs) -> anyhow::Result<Report> {
         minutes: args.minutes,
         requests: soak.requests.load(Ordering::Relaxed),
         errors_unexpected: soak.unexpected.load(Ordering::Relaxed),
-        attacks: soak.attacks.load(Ordering::Relaxed),
+        attacks: Attack::ALL
+            .iter()
+            .zip(&soak.attacks)
+            .map(|(a, n)| (format!("{a:?}"), n.load(Ordering::Relaxed)))
+            .collect(),
         rss_start_mb,
         rss_end_mb,
         p99_ms: percentiles(latencies).p99,
@@ -442,7 +455,7 @@ async fn abuse(soak: Arc<Soak>, channel: Channel, attack: Attack) {
             Attack::DeafStream => attacks::deaf_stream(&mut client, soak.image(0)).await,
             Attack::StalledUpload => attacks::stalled_upload(&mut client).await,
         };
-        soak.attacks.fetch_add(1, Ordering::Relaxed);
+        soak.attacks[attack as usize].fetch_add(1, Ordering::Relaxed);
         let as_expected = match (attack.contained(), &outcome) {
             (Contained::Refused(codes), Err(status)) => codes.contains(&status.code()),
             (Contained::Answered | Contained::Unobserved, Ok(())) => true,

@@ -153,3 +153,70 @@ impl Connected for Aged {
         self.stream.connect_info()
     }
 }
+
+/// The TCP options, read back from a socket that [`Connection::incoming`] accepted: no client
+/// can see the server's socket options, so they are checked here, in process.
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    use std::os::fd::AsRawFd;
+
+    use super::*;
+
+    fn option(stream: &TcpStream, level: libc::c_int, name: libc::c_int) -> libc::c_int {
+        let mut value: libc::c_int = 0;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: `value` and `len` are valid for writes, and `len` is `value`'s size.
+        let rc = unsafe {
+            libc::getsockopt(
+                stream.as_raw_fd(),
+                level,
+                name,
+                (&mut value as *mut libc::c_int).cast(),
+                &mut len,
+            )
+        };
+        assert_eq!(rc, 0, "getsockopt: {}", io::Error::last_os_error());
+        value
+    }
+
+    /// (TCP_NODELAY, SO_KEEPALIVE, TCP_KEEPIDLE in seconds) of a connection `connection` accepted.
+    async fn options(nodelay: bool, keepalive: Option<Duration>) -> (i32, i32, i32) {
+        let connection = Connection {
+            max_concurrent_streams: None,
+            max_pending_accept_reset_streams: 20,
+            max_local_error_reset_streams: 1024,
+            keepalive: None,
+            max_age: None,
+            max_age_grace: Duration::ZERO,
+            tcp_nodelay: nodelay,
+            tcp_keepalive: keepalive,
+        };
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("address");
+        let mut incoming = std::pin::pin!(connection.incoming(listener));
+        let _client = TcpStream::connect(addr).await.expect("connect");
+        let accepted = incoming
+            .next()
+            .await
+            .expect("a connection")
+            .expect("accept");
+        let s = &accepted.stream;
+        (
+            option(s, libc::IPPROTO_TCP, libc::TCP_NODELAY),
+            option(s, libc::SOL_SOCKET, libc::SO_KEEPALIVE),
+            option(s, libc::IPPROTO_TCP, libc::TCP_KEEPIDLE),
+        )
+    }
+
+    #[tokio::test]
+    async fn accepted_connections_get_the_tcp_options() {
+        let (nodelay, keepalive, idle) = options(true, Some(Duration::from_secs(37))).await;
+        assert_eq!((nodelay, keepalive, idle), (1, 1, 37));
+    }
+
+    #[tokio::test]
+    async fn tcp_options_stay_off_when_switched_off() {
+        let (nodelay, keepalive, _) = options(false, None).await;
+        assert_eq!((nodelay, keepalive), (0, 0));
+    }
+}

@@ -9,6 +9,8 @@
 //! - `errors`: bad input and the status it gets, deadlines, a full queue;
 //! - `lifecycle`: health, reflection, shutdown, flags from the environment.
 //! - `health`: health follows the device (the faulty test model), out-of-memory retries.
+//! - `transport`: hostile clients at the transport (idle streams, non-readers, stalled uploads);
+//! - `connection`: the HTTP/2 settings seen on the wire (streams, resets, keepalive, age);
 //! - `abuse_decode`: hostile JPEGs and floods of unique labels, against a well-behaved caller.
 //!
 //! The helpers they share are here.
@@ -18,6 +20,7 @@ mod common;
 
 mod abuse_decode;
 mod classify;
+mod connection;
 mod embed;
 mod errors;
 mod health;

@@ -13,7 +13,7 @@ use crate::common::{asset, server::Server};
 use crate::{assert_status, classify_request, config, labels, LABELS};
 
 /// The server's resident memory, in bytes.
-fn rss(server: &Server) -> u64 {
+pub(crate) fn rss(server: &Server) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{}/status", server.pid())).expect("status");
     let line = status
         .lines()
@@ -24,7 +24,7 @@ fn rss(server: &Server) -> u64 {
 }
 
 /// A well-behaved Classify on its own connection; returns how long it took.
-async fn served(server: &Server) -> Duration {
+pub(crate) async fn served(server: &Server) -> Duration {
     let mut client = server.client().await;
     let started = Instant::now();
     client

@@ -66,11 +66,13 @@ pub struct Report {
     pub attacks: Vec<(String, u64)>,
     pub rss_start_mb: f64,
     pub rss_end_mb: f64,
+    /// The server's resident memory from the start figure on, every tenth of the run.
+    pub rss_mb: Vec<f64>,
     pub p99_ms: f64,
 }
 
 impl std::fmt::Display for Report {
-    /// Two lines: the attacks made, then the summary (last, as `make soak` promises).
+    /// The attacks made, the server's memory over the run, then the summary (last, as `make soak` promises).
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let attacks: Vec<String> = self
             .attacks
@@ -78,6 +80,8 @@ impl std::fmt::Display for Report {
             .map(|(a, n)| format!("{a}={n}"))
             .collect();
         writeln!(f, "attacks: {}", attacks.join(" "))?;
+        let rss: Vec<String> = self.rss_mb.iter().map(|mb| format!("{mb:.0}")).collect();
+        writeln!(f, "server rss_mb over the run: {}", rss.join(" "))?;
         write!(
             f,
             "soak: minutes={:.1} requests={} errors_unexpected={} rss_start_mb={:.1} rss_end_mb={:.1} p99_ms={:.1}",
@@ -182,6 +186,13 @@ pub async fn run(args: SoakArgs) -> anyhow::Result<Report> {
     tokio::time::sleep(settled).await;
     let rss = || args.server_pid.and_then(resident_mib).unwrap_or(0.0);
     let rss_start_mb = rss();
+    // Ten samples from the start figure to the end, to tell a plateau from steady growth.
+    let mut rss_mb = vec![rss_start_mb];
+    let step = (duration - settled) / 10;
+    while soak.running() {
+        tokio::time::sleep(step.min(soak.ends_at.saturating_duration_since(Instant::now()))).await;
+        rss_mb.push(rss());
+    }
     for task in tasks {
         task.await.context("a soak task failed")?;
     }
@@ -198,6 +209,7 @@ pub async fn run(args: SoakArgs) -> anyhow::Result<Report> {
             .collect(),
         rss_start_mb,
         rss_end_mb,
+        rss_mb,
         p99_ms: percentiles(latencies).p99,
     })
 }

@@ -107,6 +107,8 @@ siglip_text_cache_entries siglip_active_streams siglip_stream_frames_received_to
 siglip_stream_frames_classified_total siglip_stream_frames_dropped_total
 siglip_stream_result_staleness_seconds siglip_received_bytes_total siglip_inflight_requests
 siglip_requests_dropped_total siglip_inference_worker_panics_total siglip_model_info siglip_build_info siglip_ready
+siglip_pending_texts siglip_decoding_pixels siglip_reassembly_bytes siglip_inference_failures_total
+siglip_inference_consecutive_failures siglip_cuda_memory_used_bytes
 process_resident_memory_bytes process_cpu_seconds_total""".split()
 HISTOGRAMS = {"siglip_grpc_request_duration_seconds", "siglip_queue_wait_seconds", "siglip_batch_size",
               "siglip_preprocess_duration_seconds", "siglip_tokenize_duration_seconds",

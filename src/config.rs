@@ -143,9 +143,10 @@ pub struct LimitArgs {
     #[arg(long, env = "SIGLIP_MAX_DECODING_PIXELS", default_value_t = Limits::DEFAULT.max_decoding_pixels)]
     pub max_decoding_pixels: u64,
 
-    /// Texts not in the text cache, queued for the text tower or in a pass, over all requests
-    /// and streams; a request that would pass it is refused with RESOURCE_EXHAUSTED (labels
-    /// found in the cache never are). At least --max-texts.
+    /// Texts of label sets not seen before, being tokenised, queued for the text tower or in a
+    /// pass, over all requests and streams; a request that would pass it is refused with
+    /// RESOURCE_EXHAUSTED (a label set seen before, as written, comes from the cache and never
+    /// is). At least --max-texts.
     #[arg(long, env = "SIGLIP_MAX_PENDING_TEXTS", default_value_t = Limits::DEFAULT.max_pending_texts)]
     pub max_pending_texts: usize,
 
@@ -376,7 +377,8 @@ pub struct BatchArgs {
     #[arg(long, env = "SIGLIP_TEXT_CACHE_SIZE", default_value_t = 4096)]
     pub text_cache_size: usize,
 
-    /// Threads decoding and resizing images (0: one per core).
+    /// Threads decoding and resizing images (0: one per core); tokenising gets half as many (at
+    /// least one) of its own.
     #[arg(long, env = "SIGLIP_PREPROCESS_THREADS", default_value_t = 0)]
     pub preprocess_threads: usize,
 }

@@ -121,9 +121,12 @@ pub struct Infer {
     manifest: Manifest,
     limits: Limits,
     convention: Convention,
-    /// CPU-bound work (decoding, resizing, tokenising) runs on tokio's blocking pool, at most
-    /// this many at once, in arrival order.
+    /// Decoding and resizing run on tokio's blocking pool, at most this many at once
+    /// (`--preprocess-threads`), in arrival order.
     cpu_permits: Arc<Semaphore>,
+    /// Tokenising runs there too, in its own lane of half as many (at least one): images never
+    /// wait in line behind a flood of new labels, and text never takes more than half the pool.
+    text_permits: Arc<Semaphore>,
     /// One permit per image accepted and not yet answered (`--max-pending-images`): preprocessed
     /// images are large (1.8 MB at 384 px), so this, not the queue's job count, bounds memory.
     pending_images: Arc<Semaphore>,
@@ -165,6 +168,10 @@ impl Drop for Held {
 struct TextCache {
     /// `None` when the cache is off.
     entries: Option<Mutex<Lru>>,
+    /// The same embeddings by the label as written: a label set seen before is answered without
+    /// tokenising, so it never waits behind other callers' tokenisation (a flood of new labels
+    /// must not slow down the label sets everyone reuses).
+    by_text: Option<Mutex<LruCache<String, Arc<[f32]>>>>,
     hits: AtomicU64,
     misses: AtomicU64,
 }
@@ -184,6 +191,7 @@ impl TextCache {
     fn new(capacity: usize) -> Self {
         Self {
             entries: NonZeroUsize::new(capacity).map(|c| Mutex::new(LruCache::new(c))),
+            by_text: NonZeroUsize::new(capacity).map(|c| Mutex::new(LruCache::new(c))),
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
         }
@@ -197,14 +205,30 @@ impl TextCache {
             .expect("cache lock")
             .get(ids)
             .cloned();
-        let (counter, name) = if found.is_some() {
+        self.count(found.is_some(), 1);
+        found
+    }
+
+    /// Every text's embedding by the text as written, or `None` unless all are cached (then
+    /// nothing is counted: the texts go through the tokenizer and [`TextCache::get`]).
+    fn get_written(&self, texts: &[String]) -> Option<Vec<Arc<[f32]>>> {
+        let mut by_text = self.by_text.as_ref()?.lock().expect("cache lock");
+        let found: Option<Vec<_>> = texts.iter().map(|t| by_text.get(t).cloned()).collect();
+        drop(by_text);
+        if found.is_some() {
+            self.count(true, texts.len());
+        }
+        found
+    }
+
+    fn count(&self, hit: bool, texts: usize) {
+        let (counter, name) = if hit {
             (&self.hits, metrics::CACHE_HITS)
         } else {
             (&self.misses, metrics::CACHE_MISSES)
         };
-        counter!(name).increment(1);
-        counter.fetch_add(1, Ordering::Relaxed);
-        found
+        counter!(name).increment(texts as u64);
+        counter.fetch_add(texts as u64, Ordering::Relaxed);
     }
 
     fn put(&self, ids: Vec<i64>, embedding: Arc<[f32]>) {
@@ -212,6 +236,15 @@ impl TextCache {
             let mut entries = entries.lock().expect("cache lock");
             entries.put(ids, embedding);
             gauge!(metrics::CACHE_ENTRIES).set(entries.len() as f64);
+        }
+    }
+
+    fn put_written(&self, texts: &[String], embeddings: &[Arc<[f32]>]) {
+        if let Some(by_text) = &self.by_text {
+            let mut by_text = by_text.lock().expect("cache lock");
+            for (text, embedding) in texts.iter().zip(embeddings) {
+                by_text.put(text.clone(), Arc::clone(embedding));
+            }
         }
     }
 
@@ -247,6 +280,7 @@ impl Infer {
             limits: config.limits,
             convention: config.convention,
             cpu_permits: Arc::new(Semaphore::new(threads)),
+            text_permits: Arc::new(Semaphore::new(threads.div_ceil(2))),
             text_cache: TextCache::new(config.text_cache_size),
         }
     }
@@ -273,7 +307,8 @@ impl Infer {
         self.limits.max_pending_images - self.pending_images.available_permits()
     }
 
-    /// Texts (not in the cache) queued for the text tower or in a pass.
+    /// Texts of label sets not cached as written, being tokenised, queued for the text tower or
+    /// in a pass.
     pub fn pending_texts(&self) -> usize {
         self.limits.max_pending_texts - self.pending_texts.available_permits()
     }
@@ -327,18 +362,25 @@ impl Infer {
         Ok(Held::new(permit, metrics::DECODING_PIXELS))
     }
 
-    /// Checks a label list against the limits and embeds it: cached texts are reused, the
-    /// others go through the text tower in one job (each distinct text once).
+    /// Checks a label list against the limits and embeds it: a label set seen before (as
+    /// written) comes from the cache at once; otherwise its texts are admitted
+    /// (`--max-pending-texts`), tokenised on the CPU pool, and those not cached by token ids go
+    /// through the text tower in one job (each distinct text once).
     pub async fn labels(
         &self,
         texts: Vec<String>,
         deadline: Option<Instant>,
     ) -> Result<(Labels, Timings)> {
         self.check_texts(&texts)?;
-        // Up to --max-texts × --max-text-bytes of text: CPU work, kept off the async threads and
-        // in line with decoding for the same permits, so that text and images share the cores
-        // the pool is sized to instead of oversubscribing them.
-        let permit = Arc::clone(&self.cpu_permits)
+        if let Some(rows) = self.text_cache.get_written(&texts) {
+            return Ok((self.label_set(texts, rows), Timings::default()));
+        }
+        // Admitted before tokenising: a flood of new labels is refused before it costs CPU or
+        // queues in front of others' decoding.
+        let _admitted = self.admit_texts(texts.len())?;
+        // Up to --max-texts × --max-text-bytes of text: CPU work, kept off the async threads, in
+        // the text lane of the pool.
+        let permit = Arc::clone(&self.text_permits)
             .acquire_owned()
             .await
             .map_err(|_| Error::Unavailable("server is shutting down".into()))?;
@@ -363,9 +405,6 @@ impl Infer {
         }
         let mut timings = Timings::default();
         if !missing.is_empty() {
-            // Only text-tower work is admitted: labels found in the cache cost a tokenisation
-            // (in line for the CPU permits) and are never refused.
-            let _admitted = self.admit_texts(missing.len())?;
             let reply = self.batcher.embed_texts(missing.clone(), deadline).await?;
             timings.queue = reply.queue;
             timings.inference = reply.inference;
@@ -379,18 +418,20 @@ impl Infer {
                 self.text_cache.put(t.ids, embedding);
             }
         }
-        let dim = self.manifest.embedding_dim;
-        let data = rows
+        let rows: Vec<Arc<[f32]>> = rows
             .into_iter()
-            .flat_map(|r| r.expect("every row filled").to_vec())
+            .map(|r| r.expect("every row filled"))
             .collect();
-        Ok((
-            Labels {
-                texts,
-                embeddings: Embeddings::new(dim, data),
-            },
-            timings,
-        ))
+        self.text_cache.put_written(&texts, &rows);
+        Ok((self.label_set(texts, rows), timings))
+    }
+
+    fn label_set(&self, texts: Vec<String>, rows: Vec<Arc<[f32]>>) -> Labels {
+        let data = rows.iter().flat_map(|r| r.iter().copied()).collect();
+        Labels {
+            texts,
+            embeddings: Embeddings::new(self.manifest.embedding_dim, data),
+        }
     }
 
     /// Refuses a label list over the limits (--max-texts, --max-text-bytes) or empty.

@@ -105,6 +105,11 @@ fn describe() {
         "gRPC call handling time, by method"
     );
     describe_gauge!(INFLIGHT, "gRPC calls being handled");
+    describe_gauge!(
+        CUDA_MEMORY_USED,
+        Unit::Bytes,
+        "GPU memory in use, by device (CUDA only)"
+    );
     describe_gauge!(QUEUE_DEPTH, "Jobs waiting for the inference worker");
     describe_gauge!(
         PENDING_IMAGES,
@@ -112,7 +117,7 @@ fn describe() {
     );
     describe_gauge!(
         PENDING_TEXTS,
-        "Texts not in the cache, queued for the text tower or in a pass"
+        "Texts of label sets not cached, being tokenised, queued for the text tower or in a pass"
     );
     describe_gauge!(
         DECODING_PIXELS,

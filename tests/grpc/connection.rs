@@ -434,7 +434,8 @@ async fn a_peer_that_does_not_answer_pings_is_disconnected() {
 /// connection gets a GOAWAY (tonic 0.14 sends none at the age when a grace is set: the server
 /// sets the age alone and cuts connections at age + grace itself). An idle connection then
 /// closes at once; a call opened before the GOAWAY is still served after it; a call still open
-/// at age + grace is cut. A tonic Channel carries on across all this by reconnecting.
+/// at age + grace is cut. A tonic Channel carries on across all this by reconnecting (a call
+/// that races a GOAWAY may fail once: tonic has no transparent retry).
 #[tokio::test]
 async fn old_connections_get_a_goaway_and_are_closed_after_the_grace() {
     let server = Server::ready(&[
@@ -491,22 +492,36 @@ async fn old_connections_get_a_goaway_and_are_closed_after_the_grace() {
         raw.until("GOAWAY", |f| f.kind == GOAWAY).await;
         raw.closed().await
     };
+    // tonic's client has no transparent retry (gRPC's retry of a call that never reached the
+    // server): a call it sends on a connection at the moment the GOAWAY arrives fails with
+    // "connection closed". That may happen once per GOAWAY (every second here), and the next
+    // call must succeed on a new connection.
     let channel = async {
         let mut client = server.client().await;
         let started = Instant::now();
-        let mut calls = 0;
+        let (mut calls, mut raced, mut last_failed) = (0, 0, false);
         while started.elapsed() < Duration::from_millis(3500) {
-            client
-                .get_model_info(pb::GetModelInfoRequest {})
-                .await
-                .unwrap_or_else(|s| panic!("call {calls} at {:?}: {s:?}", started.elapsed()));
-            calls += 1;
+            match client.get_model_info(pb::GetModelInfoRequest {}).await {
+                Ok(_) => {
+                    calls += 1;
+                    last_failed = false;
+                }
+                Err(s) if !last_failed && s.message().contains("connection closed") => {
+                    raced += 1;
+                    last_failed = true;
+                }
+                Err(s) => panic!("call {calls} at {:?}: {s:?}", started.elapsed()),
+            }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        calls
+        (calls, raced)
     };
-    let ((goaway, idle_closed), (goaway2, answered, closed2), cut_at, calls) =
+    let ((goaway, idle_closed), (goaway2, answered, closed2), cut_at, (calls, raced)) =
         tokio::join!(idle, served_after_goaway, cut, channel);
+    assert!(
+        raced <= 4,
+        "{raced} calls raced a GOAWAY in 3.5 s (age 1 s)"
+    );
     for at in [goaway, goaway2] {
         assert!(
             window(at, 900, 1500),

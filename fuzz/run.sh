@@ -14,6 +14,7 @@ runs=0
 crashes=0
 for target in "${targets[@]}"; do
   corpus="$OUT_DIR/corpus/$target" artifacts="$OUT_DIR/artifacts/$target"
+  rm -rf "$artifacts"  # only this run's crashes are reported
   mkdir -p "$corpus" "$artifacts"
   log="$OUT_DIR/$target.log"
   # -rss_limit_mb: the targets' limits are 1 Mpx and 1 MiB, so 2 GB is a blow-up, not a big

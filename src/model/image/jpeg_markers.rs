@@ -47,7 +47,14 @@ pub(super) fn walk(bytes: &[u8], stop_after: usize) -> Layout {
         else {
             break;
         };
-        if len < 2 || at + len > bytes.len() {
+        if len < 2 {
+            // libjpeg reads a length under 2 as an empty segment and reads on (for an APPn or
+            // COM; any other such segment fails the decode): so does the walk, or the frame and
+            // scans after it would go unseen (found by `fuzz/`, target `decode`).
+            at += 2;
+            continue;
+        }
+        if at + len > bytes.len() {
             break;
         }
         let segment = &bytes[at + 2..at + len];
@@ -198,6 +205,14 @@ mod tests {
         assert_eq!(walk(&stray, 100).scans, 101);
         let layout = walk(&stray, usize::MAX);
         assert_eq!((layout.frame, layout.scans), (Some((640, 480)), 1000));
+    }
+
+    #[test]
+    fn a_length_under_two_is_an_empty_segment_as_in_libjpeg() {
+        let mut bytes = jpeg_with_scans(200, &[0x00]);
+        bytes.splice(2..2, [0xFF, 0xE0, 0x00, 0x01, 0x2B, 0x10]);
+        assert_eq!(walk(&bytes, 100).scans, 101);
+        assert_eq!(walk(&bytes, 0).frame, Some((640, 480)));
     }
 
     #[test]

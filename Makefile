@@ -17,7 +17,7 @@ CARGO_ENV := PATH="$(abspath $(VENV))/bin:$$PATH" LIBTORCH_USE_PYTORCH=1 CARGO_T
 EXPORT := $(abspath $(VENV))/bin/siglip-export
 SUITE := $(BUILD)/parity/suite.json
 
-.PHONY: run test parity bench soak venv build lint clean system-deps
+.PHONY: run test parity bench soak fuzz venv build lint clean system-deps
 .DELETE_ON_ERROR:
 
 venv: $(VENV)/.installed
@@ -39,7 +39,7 @@ build: venv
 
 # ruff's settings are in python/pyproject.toml; --config applies them to the folders outside python/.
 lint: venv
-	$(PY) -m ruff check --config python/pyproject.toml python bench examples gpu tests/python
+	$(PY) -m ruff check --config python/pyproject.toml python bench examples gpu tests/python fuzz
 	cargo fmt --check
 	$(CARGO_ENV) cargo clippy --release --locked --all-targets -- -D warnings
 	PY=$(PY) bash deploy/check.sh
@@ -117,6 +117,23 @@ SOAK_MINUTES ?= 10
 soak: build $(BUILD)/assets/images.json $(BUILD)/models/tiny/manifest.json
 	BIN=$(BIN) MODEL=$(BUILD)/models/tiny ASSETS=$(BUILD)/assets OUT_DIR=$(BUILD)/soak \
 	  SOAK_MINUTES=$(SOAK_MINUTES) bash bench/soak.sh
+
+# cargo-fuzz targets (fuzz/: image decoding, chunk reassembly, request validation), each run for
+# FUZZ_SECONDS on a scratch corpus in $(BUILD)/fuzz seeded from fuzz/seeds; a crash fails and
+# names its input. Needs the nightly toolchain and cargo-fuzz (CI installs both). No sanitizer:
+# the C decoders are not instrumented; panics, aborts, hangs and memory blow-ups are what counts.
+# Last line: fuzz: targets=… seconds_each=… runs=… crashes=…
+FUZZ_SECONDS ?= 60
+FUZZ_TOOLCHAIN ?= nightly
+FUZZ_TARGET_DIR ?= fuzz/target
+fuzz: venv
+	@cargo +$(FUZZ_TOOLCHAIN) fuzz --version > /dev/null 2>&1 || \
+	  { echo "make fuzz needs cargo-fuzz on the $(FUZZ_TOOLCHAIN) toolchain: rustup toolchain install $(FUZZ_TOOLCHAIN) && cargo install cargo-fuzz --locked"; exit 1; }
+	PATH="$(abspath $(VENV))/bin:$$PATH" LIBTORCH_USE_PYTORCH=1 \
+	  cargo +$(FUZZ_TOOLCHAIN) fuzz build --sanitizer none -O -a --target-dir $(abspath $(FUZZ_TARGET_DIR))
+	FUZZ_BIN=$(abspath $(FUZZ_TARGET_DIR))/x86_64-unknown-linux-gnu/release OUT_DIR=$(abspath $(BUILD)/fuzz) \
+	  TORCH_LIB="$$($(PY) -c 'import os, torch; print(os.path.join(os.path.dirname(torch.__file__), "lib"))')" \
+	  FUZZ_SECONDS=$(FUZZ_SECONDS) bash fuzz/run.sh
 
 # A real photo classified end to end. Offline this uses a RANDOM-weight model (it says so).
 # With network it exports google/siglip-so400m-patch14-384; offline it falls back to random

@@ -37,6 +37,37 @@ pub enum ImageInput {
     },
 }
 
+impl ImageInput {
+    /// Width × height, from an encoded image's header alone and checked against the limits (a
+    /// raw frame's are checked when it is prepared): what decoding it will cost.
+    pub fn declared_pixels(&self, limits: &ImageLimits) -> Result<u64> {
+        Ok(match self {
+            ImageInput::Encoded(b) => image::declared_pixels(b, limits)?,
+            ImageInput::Raw { width, height, .. } => u64::from(*width) * u64::from(*height),
+        })
+    }
+
+    /// Decoded (within the limits) and preprocessed: CHW floats ready for the model. CPU work,
+    /// for a blocking thread.
+    pub fn prepare(
+        self,
+        limits: &ImageLimits,
+        convention: Convention,
+        prep: &Preprocess,
+    ) -> Result<Vec<f32>> {
+        let rgb = match self {
+            ImageInput::Encoded(bytes) => image::decode(&bytes, limits, convention)?,
+            ImageInput::Raw {
+                width,
+                height,
+                format,
+                data,
+            } => image::from_raw(width, height, format, &data, limits, convention)?,
+        };
+        Ok(image::preprocess(&rgb, prep))
+    }
+}
+
 /// What one caller may ask of the core. The command line's `--max-*` flags fill it
 /// (`config::LimitArgs`); their defaults are these.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -69,6 +100,35 @@ impl Limits {
         max_decoding_pixels: 100_000_000,
         max_pending_texts: 1024,
     };
+
+    /// Refuses a label list over the limits (--max-texts, --max-text-bytes) or empty: a check of
+    /// the request alone, before any work (and apart from `Infer`, so that the fuzz target runs it).
+    pub fn check_texts(&self, texts: &[String]) -> Result<()> {
+        if texts.is_empty() {
+            return Err(Error::InvalidArgument(
+                "no texts given: send at least one label".into(),
+            ));
+        }
+        if texts.len() > self.max_texts {
+            return Err(Error::InvalidArgument(format!(
+                "{} texts exceed the limit of {} per request (--max-texts)",
+                texts.len(),
+                self.max_texts
+            )));
+        }
+        if let Some((i, t)) = texts
+            .iter()
+            .enumerate()
+            .find(|(_, t)| t.len() > self.max_text_bytes)
+        {
+            return Err(Error::InvalidArgument(format!(
+                "text {i} is {} bytes long, over the limit of {} bytes (--max-text-bytes)",
+                t.len(),
+                self.max_text_bytes
+            )));
+        }
+        Ok(())
+    }
 }
 
 impl Default for Limits {
@@ -436,30 +496,7 @@ impl Infer {
 
     /// Refuses a label list over the limits (--max-texts, --max-text-bytes) or empty.
     pub fn check_texts(&self, texts: &[String]) -> Result<()> {
-        if texts.is_empty() {
-            return Err(Error::InvalidArgument(
-                "no texts given: send at least one label".into(),
-            ));
-        }
-        if texts.len() > self.limits.max_texts {
-            return Err(Error::InvalidArgument(format!(
-                "{} texts exceed the limit of {} per request (--max-texts)",
-                texts.len(),
-                self.limits.max_texts
-            )));
-        }
-        if let Some((i, t)) = texts
-            .iter()
-            .enumerate()
-            .find(|(_, t)| t.len() > self.limits.max_text_bytes)
-        {
-            return Err(Error::InvalidArgument(format!(
-                "text {i} is {} bytes long, over the limit of {} bytes (--max-text-bytes)",
-                t.len(),
-                self.limits.max_text_bytes
-            )));
-        }
-        Ok(())
+        self.limits.check_texts(texts)
     }
 
     /// Decodes and preprocesses one image on the CPU pool: CHW floats ready for the model.
@@ -471,10 +508,7 @@ impl Infer {
         counter!(metrics::BYTES_RECEIVED).increment(bytes as u64);
         // The header is read here, before the image waits for anything: an image over the
         // limits is refused at once, and the others are charged by their size.
-        let pixels = match &input {
-            ImageInput::Encoded(b) => image::declared_pixels(b, &self.limits.image)?,
-            ImageInput::Raw { width, height, .. } => u64::from(*width) * u64::from(*height),
-        };
+        let pixels = input.declared_pixels(&self.limits.image)?;
         let decoding = self.start_decoding(pixels).await?;
         // The permits move into the blocking task: a caller that goes away (cancelled, past its
         // deadline, or failed on another image) must not free a slot while its decode still runs.
@@ -488,16 +522,7 @@ impl Infer {
         let started = Instant::now();
         let pixels = tokio::task::spawn_blocking(move || -> Result<Vec<f32>> {
             let _permits = (permit, decoding);
-            let rgb = match input {
-                ImageInput::Encoded(bytes) => image::decode(&bytes, &limits, convention)?,
-                ImageInput::Raw {
-                    width,
-                    height,
-                    format,
-                    data,
-                } => image::from_raw(width, height, format, &data, &limits, convention)?,
-            };
-            Ok(image::preprocess(&rgb, &prep))
+            input.prepare(&limits, convention, &prep)
         })
         .await
         .map_err(|e| Error::Inference(format!("preprocessing task failed: {e}")))??;

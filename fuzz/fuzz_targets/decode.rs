@@ -1,28 +1,19 @@
-//! Image decoding, every accepted format, both conventions: whatever the bytes, `decode` returns
-//! an image or an error, within the limits' memory and without aborting.
+//! Image decoding, every accepted format, both conventions: whatever the bytes, the header
+//! check and `decode` answer with an image or a client error, within the limits' memory and
+//! without aborting; a decoded image has the size its header declared (admission charges
+//! decoding by it) and preprocesses.
 //!
-//! The first byte picks the convention; the rest is the file. Limits are small (1 Mpx) so that
-//! each run is fast and an allocation past them shows as a crash (`-rss_limit_mb`).
+//! The first byte picks the convention; the rest is the file.
 #![no_main]
 
-use libfuzzer_sys::fuzz_target;
-use siglip_serve::model::image::{decode, Convention, ImageLimits};
+mod common;
 
-const LIMITS: ImageLimits = ImageLimits {
-    max_bytes: 1 << 20,
-    max_pixels: 1 << 20,
-    max_side: 4096,
-    ..ImageLimits::DEFAULT
-};
+use common::{assert_answered, IMAGE_LIMITS};
+use libfuzzer_sys::fuzz_target;
+use siglip_serve::model::image::{declared_pixels, decode, preprocess, Convention};
 
 fuzz_target!(
-    init: {
-        // libjpeg reports corrupt data by unwinding (caught inside `decode`), and a panicking
-        // third-party decoder is caught there too: those are answers, not crashes. libfuzzer-sys
-        // turns every panic into an abort, so put the default hook back; what still crashes is an
-        // abort, an allocation past the RSS limit, a timeout or a panic that escapes `decode`.
-        let _ = std::panic::take_hook();
-    },
+    init: common::keep_caught_panics(),
     |data: &[u8]| {
         let Some((&first, file)) = data.split_first() else {
             return;
@@ -32,8 +23,26 @@ fuzz_target!(
         } else {
             Convention::Pipeline
         };
-        if let Ok(img) = decode(file, &LIMITS, convention) {
-            assert!(u64::from(img.width()) * u64::from(img.height()) <= LIMITS.max_pixels);
+        let declared = declared_pixels(file, &IMAGE_LIMITS);
+        match decode(file, &IMAGE_LIMITS, convention) {
+            Ok(img) => {
+                let pixels = u64::from(img.width()) * u64::from(img.height());
+                assert!(pixels <= IMAGE_LIMITS.max_pixels);
+                match declared {
+                    Ok(declared) => assert_eq!(
+                        pixels, declared,
+                        "decoded {}x{}, but the header declared {declared} pixels",
+                        img.width(),
+                        img.height()
+                    ),
+                    Err(e) => panic!("decoded {}x{}, but the header check said: {e}", img.width(), img.height()),
+                }
+                preprocess(&img, &common::preprocess());
+            }
+            Err(e) => assert_answered(e.into()),
+        }
+        if let Err(e) = declared {
+            assert_answered(e.into());
         }
     }
 );

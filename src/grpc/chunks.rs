@@ -2,6 +2,9 @@
 //! in one place, which owns the byte limit (`--max-image-bytes`), the declared size, the
 //! server-wide budget of bytes held by unfinished images (`--max-reassembly-bytes`) and what
 //! goes wrong with any of them.
+//!
+//! Public for the fuzz target (`fuzz/fuzz_targets/reassembly.rs`), which drives it the way
+//! Upload and Stream do.
 
 use std::sync::{
     atomic::{AtomicUsize, Ordering},
@@ -18,13 +21,13 @@ use crate::model::image::ImageError;
 /// send most of a large image and then stall hold the server's memory for as long as they like
 /// (40 stalled 32 MiB Uploads grew it by 1.6 GB).
 #[derive(Debug)]
-pub(super) struct Budget {
+pub struct Budget {
     max: usize,
     held: AtomicUsize,
 }
 
 impl Budget {
-    pub(super) fn new(max: usize) -> Arc<Self> {
+    pub fn new(max: usize) -> Arc<Self> {
         Arc::new(Self {
             max,
             held: AtomicUsize::new(0),
@@ -45,6 +48,11 @@ impl Budget {
         Ok(())
     }
 
+    /// Bytes held now, by every unfinished image together.
+    pub fn held(&self) -> usize {
+        self.held.load(Ordering::Acquire)
+    }
+
     fn give_back(&self, bytes: usize) {
         self.held.fetch_sub(bytes, Ordering::AcqRel);
         gauge!(metrics::REASSEMBLY_BYTES).decrement(bytes as f64);
@@ -53,7 +61,7 @@ impl Budget {
 
 /// The bytes of one image so far. The memory it holds is charged to the [`Budget`] as it grows
 /// and given back when it is finished or dropped.
-pub(super) struct Reassembly {
+pub struct Reassembly {
     max_bytes: usize,
     /// The size the client announced (Upload's header); a chunked frame announces none.
     declared: Option<usize>,
@@ -74,7 +82,7 @@ impl Drop for Reassembly {
 
 /// Why chunks do not make an image.
 #[derive(Debug, PartialEq, Eq)]
-pub(super) enum ChunkError {
+pub enum ChunkError {
     /// The declared size is zero.
     NoSize,
     /// The image is over the byte limit (declared so, or found so).
@@ -90,7 +98,7 @@ pub(super) enum ChunkError {
 impl ChunkError {
     /// As the error of a `protocol` call ("Upload", "Stream"): a limit stays a limit, anything
     /// else is that protocol's violation.
-    pub(super) fn into_error(self, protocol: &str) -> Error {
+    pub fn into_error(self, protocol: &str) -> Error {
         let violation =
             |what: String| Error::InvalidArgument(format!("{protocol} protocol: {what}"));
         match self {
@@ -116,7 +124,7 @@ impl ChunkError {
 
 impl Reassembly {
     /// An image of unannounced size.
-    pub(super) fn open(max_bytes: usize, budget: Arc<Budget>) -> Self {
+    pub fn open(max_bytes: usize, budget: Arc<Budget>) -> Self {
         Self {
             max_bytes,
             declared: None,
@@ -129,11 +137,7 @@ impl Reassembly {
 
     /// An image whose size the client announced: refused at once when that is over the limit.
     /// Nothing is charged yet: the declared size is the client's word, not yet memory to commit.
-    pub(super) fn declared(
-        total: u64,
-        max_bytes: usize,
-        budget: Arc<Budget>,
-    ) -> Result<Self, ChunkError> {
+    pub fn declared(total: u64, max_bytes: usize, budget: Arc<Budget>) -> Result<Self, ChunkError> {
         let total = usize::try_from(total).unwrap_or(usize::MAX);
         if total == 0 {
             return Err(ChunkError::NoSize);
@@ -149,7 +153,7 @@ impl Reassembly {
         Ok(image)
     }
 
-    pub(super) fn push(&mut self, chunk: &[u8]) -> Result<(), ChunkError> {
+    pub fn push(&mut self, chunk: &[u8]) -> Result<(), ChunkError> {
         let len = self.bytes.len() + chunk.len();
         if let Some(declared) = self.declared.filter(|&d| len > d) {
             return Err(ChunkError::MoreThanDeclared { declared });
@@ -182,7 +186,7 @@ impl Reassembly {
 
     /// The whole image, once its last chunk is in; its bytes leave the budget (from here on
     /// they are one image being decoded, which admission counts).
-    pub(super) fn finish(mut self) -> Result<Vec<u8>, ChunkError> {
+    pub fn finish(mut self) -> Result<Vec<u8>, ChunkError> {
         if self.too_large {
             return Err(ChunkError::TooLarge {
                 bytes: self.max_bytes + 1,
@@ -257,7 +261,7 @@ mod tests {
     #[test]
     fn bytes_held_are_bounded_by_the_budget_and_given_back() {
         let budget = Budget::new(10);
-        let held = || budget.held.load(Ordering::Acquire);
+        let held = || budget.held();
         let mut first = Reassembly::declared(8, 100, Arc::clone(&budget)).unwrap();
         assert_eq!(
             held(),

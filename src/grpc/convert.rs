@@ -1,4 +1,7 @@
 //! Between protobuf messages and the core's types.
+//!
+//! Public for the fuzz target (`fuzz/fuzz_targets/request.rs`), which checks arbitrary messages
+//! the way the RPCs do before the model.
 
 use std::time::{Duration, Instant};
 

@@ -8,10 +8,12 @@
 //! - `waits`: every wait on a client has an end;
 //! - `connection`: HTTP/2 and TCP settings; `early`: tonic's own answers, remapped and counted;
 //! - `state`: the lifecycle every handler shares; `status`: core errors → status codes.
+//!
+//! `chunks` and `convert` are public for the fuzz targets (`fuzz/`).
 
-mod chunks;
+pub mod chunks;
 mod connection;
-mod convert;
+pub mod convert;
 mod delivery;
 mod early;
 mod observe;

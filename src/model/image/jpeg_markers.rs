@@ -47,7 +47,14 @@ pub(super) fn walk(bytes: &[u8], stop_after: usize) -> Layout {
         else {
             break;
         };
-        if len < 2 || at + len > bytes.len() {
+        if len < 2 {
+            // libjpeg reads a length under 2 as an empty segment and reads on (for an APPn or
+            // COM; any other such segment fails the decode): so does the walk, or the frame and
+            // scans after it would go unseen (found by `fuzz/`, target `decode`).
+            at += 2;
+            continue;
+        }
+        if at + len > bytes.len() {
             break;
         }
         let segment = &bytes[at + 2..at + len];
@@ -72,16 +79,22 @@ pub(super) fn walk(bytes: &[u8], stop_after: usize) -> Layout {
     layout
 }
 
-/// The marker at `at` (after any 0xFF fill) and the offset just past it; `None` at the end of
-/// the data or where no marker is (libjpeg skips such garbage with a warning; the walk stops).
+/// The next marker at or after `at` and the offset just past it; `None` at the end of the data.
+/// Bytes before it that are not a marker are skipped, as libjpeg's `next_marker` skips them (with
+/// a warning, and decodes on): a walk that stopped there would miss the frame, or let one stray
+/// byte hide every scan after it from `--max-jpeg-scans` (found by `fuzz/`, target `decode`).
 fn next_marker(bytes: &[u8], mut at: usize) -> Option<(u8, usize)> {
-    if *bytes.get(at)? != 0xFF {
-        return None;
-    }
-    while *bytes.get(at)? == 0xFF {
+    loop {
+        at += bytes.get(at..)?.iter().position(|&b| b == 0xFF)?;
+        while *bytes.get(at)? == 0xFF {
+            at += 1;
+        }
+        // FF 00 is not a marker: libjpeg discards it and looks further.
+        if bytes[at] != 0x00 {
+            return Some((bytes[at], at + 1));
+        }
         at += 1;
     }
-    Some((bytes[at], at + 1))
 }
 
 /// Where a scan's entropy-coded data starting at `at` ends: the 0xFF of the next marker (or the
@@ -173,6 +186,33 @@ mod tests {
                 scans: 0
             }
         );
+    }
+
+    #[test]
+    fn bytes_between_segments_are_skipped_as_libjpeg_skips_them() {
+        // A stray byte (and a stuffed FF 00) before every scan: libjpeg warns and decodes every
+        // scan, so the walk must count them all, or --max-jpeg-scans is bypassed.
+        let bytes = jpeg_with_scans(1000, &[0x00]);
+        let sos = [0xFF, SOS];
+        let mut stray = Vec::new();
+        for (i, w) in bytes.windows(2).enumerate() {
+            if w == sos {
+                stray.extend_from_slice(&[0x17, 0xFF, 0x00]);
+            }
+            stray.push(bytes[i]);
+        }
+        stray.push(*bytes.last().unwrap());
+        assert_eq!(walk(&stray, 100).scans, 101);
+        let layout = walk(&stray, usize::MAX);
+        assert_eq!((layout.frame, layout.scans), (Some((640, 480)), 1000));
+    }
+
+    #[test]
+    fn a_length_under_two_is_an_empty_segment_as_in_libjpeg() {
+        let mut bytes = jpeg_with_scans(200, &[0x00]);
+        bytes.splice(2..2, [0xFF, 0xE0, 0x00, 0x01, 0x2B, 0x10]);
+        assert_eq!(walk(&bytes, 100).scans, 101);
+        assert_eq!(walk(&bytes, 0).frame, Some((640, 480)));
     }
 
     #[test]

@@ -1,0 +1,113 @@
+//! Request validation from arbitrary protobuf bytes: the first byte picks the message
+//! (ClassifyRequest, UploadRequest, StreamRequest or EmbedImageRequest), the rest is decoded as
+//! tonic would (prost), then checked the way the RPCs check it before the model: the image
+//! (`convert::image`, its header, then decoded and preprocessed), the options
+//! (`convert::filter`), the labels (`Limits::check_texts`), an Upload's declared size. Bytes that
+//! are not the message, and every refusal, must be a client error, never a crash or INTERNAL.
+#![no_main]
+
+mod common;
+
+use std::sync::Arc;
+
+use common::{assert_answered, IMAGE_LIMITS};
+use libfuzzer_sys::fuzz_target;
+use prost::Message;
+use siglip_serve::error::Error;
+use siglip_serve::grpc::chunks::{Budget, Reassembly};
+use siglip_serve::grpc::{convert, pb};
+use siglip_serve::infer::{ImageInput, Limits};
+use siglip_serve::model::image::Convention;
+
+const LIMITS: Limits = Limits {
+    image: IMAGE_LIMITS,
+    max_texts: 16,
+    max_text_bytes: 256,
+    max_images: 4,
+    ..Limits::DEFAULT
+};
+
+fuzz_target!(
+    init: common::keep_caught_panics(),
+    |data: &[u8]| {
+        let Some((&kind, message)) = data.split_first() else {
+            return;
+        };
+        // A message tonic cannot decode is answered INVALID_ARGUMENT (`grpc::status`); here it
+        // only has to fail cleanly.
+        let checked = match kind % 4 {
+            0 => pb::ClassifyRequest::decode(message).map(classify),
+            1 => pb::UploadRequest::decode(message).map(upload),
+            2 => pb::StreamRequest::decode(message).map(stream),
+            _ => pb::EmbedImageRequest::decode(message).map(embed_image),
+        };
+        if let Ok(Err(e)) = checked {
+            assert_answered(e);
+        }
+    }
+);
+
+fn classify(req: pb::ClassifyRequest) -> Result<(), Error> {
+    let image = convert::image(req.image)?;
+    convert::filter(req.options)?;
+    LIMITS.check_texts(&req.texts)?;
+    prepare(image, Convention::Processor)
+}
+
+fn upload(req: pb::UploadRequest) -> Result<(), Error> {
+    match req.msg {
+        Some(pb::upload_request::Msg::Header(header)) => {
+            LIMITS.check_texts(&header.texts)?;
+            convert::filter(header.options)?;
+            let budget = Budget::new(LIMITS.image.max_bytes);
+            Reassembly::declared(header.total_bytes, LIMITS.image.max_bytes, budget)
+                .map_err(|e| e.into_error("Upload"))?;
+        }
+        // A chunk alone is the reassembly target's.
+        Some(pb::upload_request::Msg::Chunk(_)) | None => {}
+    }
+    Ok(())
+}
+
+fn stream(req: pb::StreamRequest) -> Result<(), Error> {
+    match req.msg {
+        Some(pb::stream_request::Msg::Config(config)) => {
+            convert::filter(config.options)?;
+            LIMITS.check_texts(&config.texts)
+        }
+        Some(pb::stream_request::Msg::Frame(frame)) if frame.image.is_some() => {
+            prepare(convert::image(frame.image)?, Convention::Pipeline)
+        }
+        // One chunk that is the whole frame (`last`); longer sequences are the reassembly
+        // target's.
+        Some(pb::stream_request::Msg::Frame(frame)) if frame.last => {
+            let budget = Budget::new(LIMITS.image.max_bytes);
+            let mut image = Reassembly::open(LIMITS.image.max_bytes, Arc::clone(&budget));
+            let bytes = image
+                .push(&frame.chunk)
+                .and_then(|()| image.finish())
+                .map_err(|e| e.into_error("Stream"))?;
+            prepare(ImageInput::Encoded(bytes), Convention::Pipeline)
+        }
+        Some(pb::stream_request::Msg::Frame(_)) | None => Ok(()),
+    }
+}
+
+fn embed_image(req: pb::EmbedImageRequest) -> Result<(), Error> {
+    // The count is checked before any image (`Infer::embed_images`).
+    if req.images.is_empty() || req.images.len() > LIMITS.max_images {
+        return Ok(());
+    }
+    for (i, img) in req.images.into_iter().enumerate() {
+        let image = convert::image(Some(img)).map_err(|e| e.about(format!("image {i}")))?;
+        prepare(image, Convention::Processor).map_err(|e| e.about(format!("image {i}")))?;
+    }
+    Ok(())
+}
+
+/// As `Infer::preprocess` does: the header first (admission charges by it), then the pixels.
+fn prepare(image: ImageInput, convention: Convention) -> Result<(), Error> {
+    image.declared_pixels(&LIMITS.image)?;
+    image.prepare(&LIMITS.image, convention, &common::preprocess())?;
+    Ok(())
+}

@@ -10,6 +10,8 @@
 #   for report.py, e.g. MFU inputs).
 set -euo pipefail
 : "${BIN:?}" "${PY:?}" "${MODEL:?}" "${CHECKPOINT:?}"
+# shellcheck source=bench/listening.sh
+. "$(dirname "$0")/listening.sh"
 device=${DEVICE:-cpu}
 threads=${THREADS:-0}
 seconds=${PHASE_SECONDS:-20}
@@ -47,12 +49,7 @@ run_variant() {
   "$BIN" serve --model-dir "$MODEL" --device "$device" --dtype "$dtype" --threads "$threads" $flags \
     --max-batch-size "${MAX_BATCH:-8}" --grpc-addr 127.0.0.1:0 --metrics-addr 127.0.0.1:0 > "$log" 2>&1 &
   server_pid=$!
-  for _ in $(seq 600); do
-    addr=$(sed -n 's/^siglip-serve: gRPC listening on //p' "$log")
-    [ -n "$addr" ] && break
-    kill -0 "$server_pid" 2> /dev/null || break
-    sleep 0.1
-  done
+  addr=$(listening_addr "$log" "$server_pid")
   if [ -z "$addr" ]; then
     tail -20 "$log"
     echo "== $run: the server did not start ($log)"

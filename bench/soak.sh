@@ -7,6 +7,8 @@
 # (build/soak).
 set -euo pipefail
 : "${BIN:?}" "${MODEL:?}" "${ASSETS:?}"
+# shellcheck source=bench/listening.sh
+. "$(dirname "$0")/listening.sh"
 out=${OUT_DIR:-build/soak}
 mkdir -p "$out"
 log="$out/serve.log"
@@ -16,13 +18,7 @@ log="$out/serve.log"
   > "$log" 2>&1 &
 server_pid=$!
 trap 'kill "$server_pid" 2> /dev/null || true' EXIT
-addr=""
-for _ in $(seq 600); do
-  addr=$(sed -n 's/^siglip-serve: gRPC listening on //p' "$log")
-  [ -n "$addr" ] && break
-  kill -0 "$server_pid" 2> /dev/null || break
-  sleep 0.1
-done
+addr=$(listening_addr "$log" "$server_pid")
 [ -n "$addr" ] || { tail -20 "$log"; echo "soak: the server did not start ($log)"; exit 1; }
 photos=("$ASSETS/images/chelsea_progressive.jpg" "$ASSETS/images/astronaut_baseline.jpg"
         "$ASSETS/images/coffee_444.jpg" "$ASSETS/images/rocket_420.jpg")

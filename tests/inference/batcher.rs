@@ -13,7 +13,7 @@ use siglip_serve::model::{
     Model,
 };
 
-use crate::{common, config, model, stop};
+use crate::{assert_close, common, config, model, stop};
 
 /// Preprocessed pixels of every test photo, and their embeddings computed one at a time.
 fn photos(model: &Model) -> Vec<(Vec<f32>, Embeddings)> {
@@ -38,16 +38,6 @@ fn photos(model: &Model) -> Vec<(Vec<f32>, Embeddings)> {
         (pixels, alone)
     })
     .collect()
-}
-
-fn assert_close(a: &[f32], b: &[f32]) {
-    assert_eq!(a.len(), b.len());
-    let max = a
-        .iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max);
-    assert!(max < 1e-5, "rows differ by {max}");
 }
 
 /// `config` for the worker as it runs on the CPU, and as on a GPU, where the next batch is

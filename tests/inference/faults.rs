@@ -9,7 +9,7 @@ use siglip_serve::batch::{BatchConfig, Batcher, Reply};
 use siglip_serve::error::{Error, Result};
 use siglip_serve::model::{pixels_per_image, Model};
 
-use crate::{common, config, stop};
+use crate::{assert_close, common, config, stop};
 
 fn faulty_model() -> Model {
     common::cpu_model("SIGLIP_TEST_FAULTY_MODEL_DIR")
@@ -41,16 +41,6 @@ fn inputs(model: &Model) -> Inputs {
         black: vec![-1.0; n],
         red,
     }
-}
-
-fn assert_close(a: &[f32], b: &[f32]) {
-    assert_eq!(a.len(), b.len());
-    let max = a
-        .iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max);
-    assert!(max < 1e-5, "rows differ by {max}");
 }
 
 /// A batch of four callers of one image each, all in one pass: the batch closes when full, long

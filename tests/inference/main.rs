@@ -29,6 +29,17 @@ fn config(max_batch_size: usize, delay_ms: u64, queue: usize) -> BatchConfig {
     }
 }
 
+/// Embedding rows equal within float32 noise (batches of other sizes round differently).
+fn assert_close(a: &[f32], b: &[f32]) {
+    assert_eq!(a.len(), b.len());
+    let max = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max);
+    assert!(max < 1e-5, "rows differ by {max}");
+}
+
 /// Ends a test's inference thread: drops `queue` (the last handle to its queue: a `Batcher`,
 /// or the `Infer` that owns it) and waits for the thread to exit, so that no libtorch work is
 /// still running when the test binary exits (libtorch's static destructors under a running

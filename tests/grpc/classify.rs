@@ -2,11 +2,12 @@
 //! like the encoded image, and the image convention decides what transparent and EXIF-rotated
 //! images look like.
 
-use siglip_serve::grpc::pb;
+use siglip_serve::grpc::pb::{self, siglip_client::SiglipClient};
 use siglip_serve::model::{
     image::{decode, from_raw, Convention, ImageLimits, RawFormat},
     scores::sigmoid,
 };
+use tonic::transport::Channel;
 
 use crate::common::{asset, server::Server};
 use crate::{
@@ -14,16 +15,21 @@ use crate::{
     probabilities, raw_request, LABELS,
 };
 
+/// Classify with the test labels, which must succeed.
+async fn classify(client: &mut SiglipClient<Channel>, image: Vec<u8>) -> pb::ClassifyResponse {
+    client
+        .classify(classify_request(image, labels()))
+        .await
+        .expect("classify")
+        .into_inner()
+}
+
 #[tokio::test]
 async fn classify_gives_the_core_runtimes_probabilities() {
     let server = Server::ready(&[]).await;
     let mut client = server.client().await;
     let image = asset("chelsea_progressive.jpg");
-    let response = client
-        .classify(classify_request(image.clone(), labels()))
-        .await
-        .expect("classify")
-        .into_inner();
+    let response = classify(&mut client, image.clone()).await;
     assert_close(
         &by_index(&response.scores, LABELS.len()),
         &expected(&image, &labels()),
@@ -34,11 +40,7 @@ async fn classify_gives_the_core_runtimes_probabilities() {
 async fn scores_come_most_probable_first_with_their_label_and_logit() {
     let server = Server::ready(&[]).await;
     let mut client = server.client().await;
-    let response = client
-        .classify(classify_request(asset("chelsea_progressive.jpg"), labels()))
-        .await
-        .expect("classify")
-        .into_inner();
+    let response = classify(&mut client, asset("chelsea_progressive.jpg")).await;
     assert!(response
         .scores
         .windows(2)
@@ -53,11 +55,7 @@ async fn scores_come_most_probable_first_with_their_label_and_logit() {
 async fn classify_reports_its_timings() {
     let server = Server::ready(&[]).await;
     let mut client = server.client().await;
-    let response = client
-        .classify(classify_request(asset("chelsea_progressive.jpg"), labels()))
-        .await
-        .expect("classify")
-        .into_inner();
+    let response = classify(&mut client, asset("chelsea_progressive.jpg")).await;
     let t = response.timings.expect("timings");
     assert!(t.total_us >= t.inference_us && t.inference_us > 0);
 }
@@ -67,11 +65,7 @@ async fn top_k_keeps_the_k_most_probable_labels() {
     let server = Server::ready(&[]).await;
     let mut client = server.client().await;
     let image = asset("chelsea_progressive.jpg");
-    let all = client
-        .classify(classify_request(image.clone(), labels()))
-        .await
-        .expect("classify")
-        .into_inner();
+    let all = classify(&mut client, image.clone()).await;
     let top = client
         .classify(pb::ClassifyRequest {
             options: Some(pb::ClassifyOptions {
@@ -182,11 +176,7 @@ async fn convention_is_applied_and_reported(flags: &[&str], convention: Conventi
     let mut client = server.client().await;
     let info = model_info(&mut client).await;
     assert_eq!(info.image_convention, convention.name());
-    let got = client
-        .classify(classify_request(photo.clone(), labels()))
-        .await
-        .expect("classify")
-        .into_inner();
+    let got = classify(&mut client, photo.clone()).await;
     assert_close(&by_index(&got.scores, LABELS.len()), &want);
     let got = client.classify(raw).await.expect("raw").into_inner();
     assert_close(

@@ -125,20 +125,7 @@ impl Server {
 
     /// The value of an unlabelled gauge or counter on `/metrics`.
     pub async fn metric(&self, name: &str) -> f64 {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut conn = tokio::net::TcpStream::connect(&self.metrics_addr)
-            .await
-            .expect("connect to /metrics");
-        conn.write_all(b"GET /metrics HTTP/1.0\r\n\r\n")
-            .await
-            .expect("send");
-        let mut text = String::new();
-        conn.read_to_string(&mut text).await.expect("read /metrics");
-        let line = text
-            .lines()
-            .find(|l| l.split_whitespace().next() == Some(name))
-            .unwrap_or_else(|| panic!("{name} not on /metrics"));
-        line.split_whitespace().nth(1).unwrap().parse().expect(line)
+        metric_at(&self.metrics_addr, name).await
     }
 
     pub async fn wait_for(&self, status: ServingStatus) {
@@ -185,4 +172,23 @@ impl Drop for Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The value of an unlabelled gauge or counter on the `/metrics` endpoint at `addr`: a task
+/// that outlives a borrow of the [`Server`] samples it this way.
+pub async fn metric_at(addr: &str, name: &str) -> f64 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut conn = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("connect to /metrics");
+    conn.write_all(b"GET /metrics HTTP/1.0\r\n\r\n")
+        .await
+        .expect("send");
+    let mut text = String::new();
+    conn.read_to_string(&mut text).await.expect("read /metrics");
+    let line = text
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(name))
+        .unwrap_or_else(|| panic!("{name} not on /metrics"));
+    line.split_whitespace().nth(1).unwrap().parse().expect(line)
 }

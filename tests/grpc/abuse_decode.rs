@@ -14,7 +14,10 @@ use tonic::Code;
 use super::*;
 use siglip_serve::tools::attacks::progressive_jpeg_of_empty_scans;
 
-use crate::common::{asset, server::Server};
+use crate::common::{
+    asset,
+    server::{metric_at, Server},
+};
 
 /// Resident memory of the server process, in bytes.
 fn rss(server: &Server) -> u64 {
@@ -185,4 +188,110 @@ async fn a_flood_of_unique_labels_is_refused_past_its_budget_while_images_are_se
     let growth = rss(&server).saturating_sub(rss_before);
     assert!(growth < RSS_GROWTH_BOUND, "server grew by {growth} bytes");
     assert_eq!(server.metric("siglip_pending_texts").await, 0.0);
+}
+
+/// A smooth `side`×`side` JPEG: small to send, a full decode's work to receive.
+fn large_jpeg(side: u32) -> Vec<u8> {
+    let img = image::RgbImage::from_fn(side, side, |x, y| {
+        image::Rgb([(x % 256) as u8, (y % 256) as u8, ((x + y) % 256) as u8])
+    });
+    let mut out = std::io::Cursor::new(Vec::new());
+    img.write_to(&mut out, image::ImageFormat::Jpeg)
+        .expect("encode jpeg");
+    out.into_inner()
+}
+
+/// Large but legal images from several callers at once, with decode threads to spare: each is
+/// charged its header's pixels against `--max-decoding-pixels` before it decodes, so no more
+/// than the budget decodes at once (here one image; without the budget, four), and memory stays
+/// bounded by it. The rest wait their turn in line: a well-behaved caller waits behind at most
+/// one large decode per attacker, the bound stated below.
+#[tokio::test]
+async fn large_images_decode_within_the_pixel_budget_while_others_are_served() {
+    const ATTACKERS: u32 = 4;
+    const PIXELS: u64 = 3000 * 3000;
+    let budget = PIXELS.to_string();
+    let server = Server::ready(&[
+        "--preprocess-threads",
+        &ATTACKERS.to_string(),
+        "--max-image-pixels",
+        &budget,
+        "--max-decoding-pixels",
+        &budget,
+    ])
+    .await;
+    let large = large_jpeg(3000);
+
+    let mut good = server.client().await;
+    slowest_of(&mut good, 1).await;
+    let idle = slowest_of(&mut good, 3).await;
+    let started = Instant::now();
+    good.classify(classify_request(large.clone(), labels()))
+        .await
+        .expect("a large image alone");
+    let alone = started.elapsed();
+    let rss_before = rss(&server);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let served = Arc::new(AtomicUsize::new(0));
+    let attacking = Arc::new(Notify::new());
+    let mut attackers = Vec::new();
+    for _ in 0..ATTACKERS {
+        let mut client = server.client().await;
+        let (large, stop, served, attacking) = (
+            large.clone(),
+            Arc::clone(&stop),
+            Arc::clone(&served),
+            Arc::clone(&attacking),
+        );
+        attackers.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                client
+                    .classify(classify_request(large.clone(), labels()))
+                    .await
+                    .expect("a legal image is served, in its turn");
+                served.fetch_add(1, Ordering::Relaxed);
+                attacking.notify_one();
+            }
+        }));
+    }
+    // What decodes at once, seen by the gauge every few milliseconds while the attack runs.
+    let sampler = {
+        let (addr, stop) = (server.metrics_addr.clone(), Arc::clone(&stop));
+        tokio::spawn(async move {
+            let mut most = 0.0_f64;
+            while !stop.load(Ordering::Relaxed) {
+                most = most.max(metric_at(&addr, "siglip_decoding_pixels").await);
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            most
+        })
+    };
+    attacking.notified().await;
+    let attacked = slowest_of(&mut good, 5).await;
+    stop.store(true, Ordering::Relaxed);
+    for attacker in attackers {
+        attacker.await.expect("attacker");
+    }
+    let most_decoding = sampler.await.expect("sampler");
+    let growth = rss(&server).saturating_sub(rss_before);
+    eprintln!(
+        "pixel budget: idle {idle:?}, large image alone {alone:?}, well-behaved under attack \
+         {attacked:?}, at most {most_decoding} pixels decoding, rss growth {} MB",
+        growth >> 20
+    );
+
+    assert_eq!(
+        most_decoding, PIXELS as f64,
+        "pixels in decoding at most: one large image at a time"
+    );
+    let stated = bound(idle) + alone * ATTACKERS;
+    assert!(
+        attacked <= stated,
+        "well-behaved caller took {attacked:?} under attack (bound {stated:?}: idle {idle:?}, \
+         one large image alone {alone:?})"
+    );
+    assert!(growth < RSS_GROWTH_BOUND, "server grew by {growth} bytes");
+    assert!(served.load(Ordering::Relaxed) >= ATTACKERS as usize);
+    assert_eq!(server.metric("siglip_decoding_pixels").await, 0.0);
 }

@@ -1,7 +1,7 @@
 //! Bad input gets a status that says what is wrong, and the server serves on; a deadline ends a
 //! call; a full queue refuses at once.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use siglip_serve::grpc::pb;
 use siglip_serve::model::image::{decode, Convention, ImageLimits};
@@ -249,6 +249,56 @@ async fn a_deadline_ends_the_call_and_the_server_carries_on() {
         .classify(classify_request(asset("rocket.bmp"), labels()))
         .await
         .expect("the server carries on");
+}
+
+/// A call that carries no deadline gets the server's (`--request-timeout-seconds`), so it cannot
+/// wait forever; a caller's own deadline takes its place. The wait here is a batch that fills
+/// for 2.5 s (`--max-batch-delay-ms`), longer than the server's 1 s default and shorter than the
+/// well-behaved caller's own 20 s.
+#[tokio::test]
+async fn a_call_without_a_deadline_gets_the_servers_and_a_callers_own_wins() {
+    let server = Server::ready(&[
+        "--request-timeout-seconds",
+        "1",
+        "--max-batch-delay-ms",
+        "2500",
+        "--max-batch-size",
+        "8",
+    ])
+    .await;
+    let mut client = server.client().await;
+    let with_deadline = |timeout: Duration| {
+        let mut request = Request::new(classify_request(asset("rocket.bmp"), labels()));
+        request.set_timeout(timeout);
+        request
+    };
+
+    let started = Instant::now();
+    client
+        .classify(with_deadline(Duration::from_secs(20)))
+        .await
+        .expect("a caller's own deadline, longer than the server's, is kept");
+    assert!(
+        started.elapsed() >= Duration::from_millis(2500),
+        "the batch delay did not hold the call: {:?}",
+        started.elapsed()
+    );
+
+    let started = Instant::now();
+    let status = client
+        .classify(classify_request(asset("rocket.bmp"), labels()))
+        .await
+        .expect_err("a call without a deadline ends at the server's");
+    let took = started.elapsed();
+    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+    assert!(
+        (Duration::from_millis(900)..Duration::from_millis(2400)).contains(&took),
+        "ended after {took:?}, not at the server's 1 s"
+    );
+    assert_eq!(
+        server.health("").await,
+        tonic_health::pb::health_check_response::ServingStatus::Serving
+    );
 }
 
 #[tokio::test]

@@ -420,6 +420,75 @@ impl HealthArgs {
     }
 }
 
+/// Who may connect and call: TLS, mutual TLS, bearer tokens, reflection. The files are re-read
+/// as they change (see `grpc::Reloading`).
+#[derive(Debug, Clone, Args)]
+pub struct SecurityArgs {
+    /// PEM certificate chain for TLS on the gRPC port (with --tls-key); plaintext without.
+    #[arg(long, env = "SIGLIP_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "SIGLIP_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// PEM CA certificates: clients must present a certificate signed by one (mutual TLS).
+    #[arg(long, env = "SIGLIP_TLS_CLIENT_CA", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
+
+    /// Seconds a TLS handshake may take before the connection is closed.
+    #[arg(
+        long,
+        env = "SIGLIP_TLS_HANDSHAKE_TIMEOUT_SECONDS",
+        default_value_t = 10
+    )]
+    pub tls_handshake_timeout_seconds: u64,
+
+    /// Bearer tokens, one per line as `<token> [name]`: every call but health must carry one
+    /// (`authorization: Bearer <token>`).
+    #[arg(long, env = "SIGLIP_AUTH_TOKENS_FILE")]
+    pub auth_tokens_file: Option<PathBuf>,
+
+    /// Seconds between checks of the TLS and token files for changes; new material applies to
+    /// new connections and calls.
+    #[arg(long, env = "SIGLIP_WATCH_SECONDS", default_value_t = 2)]
+    pub watch_seconds: u64,
+
+    /// Serve gRPC server reflection (behind the tokens, when there are tokens).
+    #[arg(long, env = "SIGLIP_REFLECTION", default_value_t = true, action = clap::ArgAction::Set)]
+    pub reflection: bool,
+}
+
+impl SecurityArgs {
+    /// Loads the TLS material and tokens (an error here stops the start) and starts watching
+    /// their files.
+    pub fn load(&self) -> anyhow::Result<grpc::Security> {
+        let watch = Duration::from_secs(self.watch_seconds.max(1));
+        let tls = match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => Some(grpc::Tls::load(
+                &grpc::TlsFiles {
+                    cert: cert.clone(),
+                    key: key.clone(),
+                    client_ca: self.tls_client_ca.clone(),
+                },
+                watch,
+                Duration::from_secs(self.tls_handshake_timeout_seconds.max(1)),
+            )?),
+            _ => None,
+        };
+        let tokens = self
+            .auth_tokens_file
+            .clone()
+            .map(|path| grpc::Tokens::load(path, watch))
+            .transpose()?;
+        Ok(grpc::Security {
+            tls,
+            tokens,
+            reflection: self.reflection,
+        })
+    }
+}
+
 /// `siglip-serve serve`.
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
@@ -438,11 +507,15 @@ pub struct ServeArgs {
     #[command(flatten)]
     pub connection: ConnectionArgs,
 
+    #[command(flatten)]
+    pub security: SecurityArgs,
+
     /// Address of the gRPC server.
     #[arg(long, env = "SIGLIP_GRPC_ADDR", default_value = "0.0.0.0:50051")]
     pub grpc_addr: std::net::SocketAddr,
 
-    /// Address of the Prometheus metrics endpoint (`GET /metrics`).
+    /// Address of the Prometheus metrics endpoint (`GET /metrics`, plain HTTP, no token): every
+    /// interface by default, for in-cluster scraping; 127.0.0.1:9090 keeps it on the host.
     #[arg(long, env = "SIGLIP_METRICS_ADDR", default_value = "0.0.0.0:9090")]
     pub metrics_addr: std::net::SocketAddr,
 

@@ -14,6 +14,7 @@ use siglip_serve::{
     },
     tools::{
         bench::{self, BenchArgs},
+        client::ClientArgs,
         parity,
         soak::{self, SoakArgs},
     },
@@ -51,11 +52,18 @@ enum Command {
     Soak(Box<SoakArgs>),
     /// Ask a server's gRPC health service; exit 0 when it is SERVING (for container health checks).
     Health {
-        #[arg(long, default_value = "http://127.0.0.1:50051")]
+        /// The server (https:// for TLS, with --tls-ca).
+        #[arg(
+            long,
+            env = "SIGLIP_HEALTH_ADDR",
+            default_value = "http://127.0.0.1:50051"
+        )]
         addr: String,
         /// "" for the whole server, or "siglip.v1.Siglip".
         #[arg(long, default_value = "")]
         service: String,
+        #[command(flatten)]
+        client: ClientArgs,
     },
     /// Compare preprocessing, tokenizer and model against transformers' reference outputs.
     Parity {
@@ -73,7 +81,11 @@ fn main() -> ExitCode {
         Command::Serve(args) => serve(*args),
         Command::Bench(args) => return bench(*args),
         Command::Soak(args) => return run_soak(*args),
-        Command::Health { addr, service } => return health(addr, service),
+        Command::Health {
+            addr,
+            service,
+            client,
+        } => return health(&addr, service, &client),
         Command::Classify {
             model,
             images,
@@ -240,14 +252,12 @@ fn run_soak(args: SoakArgs) -> ExitCode {
     }
 }
 
-fn health(addr: String, service: String) -> ExitCode {
+fn health(addr: &str, service: String, client: &ClientArgs) -> ExitCode {
     use tonic_health::pb::{
         health_check_response::ServingStatus, health_client::HealthClient, HealthCheckRequest,
     };
     let check = async {
-        let channel = tonic::transport::Channel::from_shared(addr)?
-            .connect()
-            .await?;
+        let channel = client.connect(addr).await?;
         let response = HealthClient::new(channel)
             .check(HealthCheckRequest { service })
             .await?;

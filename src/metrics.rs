@@ -1,8 +1,9 @@
 //! Prometheus metrics: every name, unit and bucket layout in one place, registered at start-up
 //! (so each series exists, at zero, before the first request) and served on `--metrics-addr`.
 //!
-//! Labels are bounded: gRPC method and code, tower, drop reason — never a label text, a frame id
-//! or a peer address.
+//! Labels are bounded: gRPC method and code, tower, drop reason, and the caller's name (from the
+//! operator's token file or CA, capped) — never a label text, a frame id, a token or a peer
+//! address.
 
 use std::{net::SocketAddr, time::Duration};
 
@@ -45,6 +46,10 @@ pub const MODEL_INFO: &str = "siglip_model_info";
 pub const BUILD_INFO: &str = "siglip_build_info";
 pub const READY: &str = "siglip_ready";
 pub const CUDA_MEMORY_USED: &str = "siglip_cuda_memory_used_bytes";
+pub const AUTH_REFUSED: &str = "siglip_auth_refused_total";
+pub const CALLS_BY_CALLER: &str = "siglip_calls_by_caller_total";
+pub const TLS_HANDSHAKE_FAILURES: &str = "siglip_tls_handshake_failures_total";
+pub const RELOADS: &str = "siglip_reloads_total";
 
 /// The RPCs of `siglip.v1.Siglip`, as the `method` label.
 pub const METHODS: [&str; 6] = [
@@ -60,6 +65,14 @@ pub const FRAME_DROP_REASONS: [&str; 2] = ["superseded", "error"];
 /// Why queued work was never run.
 pub const REQUEST_DROP_REASONS: [&str; 2] = ["deadline", "cancelled"];
 pub const TOWERS: [&str; 2] = ["vision", "text"];
+/// Why a call was refused UNAUTHENTICATED: no bearer token, or one not in the token file.
+pub const AUTH_REFUSALS: [&str; 2] = ["missing", "invalid"];
+/// Why a TLS handshake did not complete: refused (bad or missing client certificate, no
+/// common protocol, not TLS at all), or not finished within the handshake timeout.
+pub const HANDSHAKE_FAILURES: [&str; 2] = ["refused", "timeout"];
+/// The files re-read as they change (`siglip_reloads_total{what,outcome}`).
+pub const RELOADED: [&str; 2] = ["tls", "tokens"];
+pub const RELOAD_OUTCOMES: [&str; 2] = ["applied", "rejected"];
 /// Why a forward pass failed: out of memory (retried in halves while it has more than one row),
 /// or any other libtorch error.
 pub const FAILURE_REASONS: [&str; 2] = ["out_of_memory", "error"];
@@ -111,6 +124,24 @@ fn describe() {
         "GPU memory in use, by device (CUDA only)"
     );
     describe_gauge!(QUEUE_DEPTH, "Jobs waiting for the inference worker");
+    describe_counter!(
+        AUTH_REFUSED,
+        "Calls refused UNAUTHENTICATED, by reason (missing or invalid bearer token)"
+    );
+    describe_counter!(
+        CALLS_BY_CALLER,
+        "Calls past authentication, by caller: the token's name, else the client certificate's \
+         common name, else \"anonymous\" (at most 64 callers, then \"other\")"
+    );
+    describe_counter!(
+        TLS_HANDSHAKE_FAILURES,
+        "TLS handshakes on the gRPC port that did not complete, by reason"
+    );
+    describe_counter!(
+        RELOADS,
+        "Changed TLS or token files, by what (tls, tokens) and outcome (applied, or rejected: \
+         the old material stays in use)"
+    );
     describe_gauge!(
         PENDING_IMAGES,
         "Images accepted and not yet answered (decoding, queued or in a forward pass)"
@@ -204,6 +235,17 @@ fn register_zeros() {
     }
     for reason in REQUEST_DROP_REASONS {
         counter!(REQUESTS_DROPPED, "reason" => reason).absolute(0);
+    }
+    for reason in AUTH_REFUSALS {
+        counter!(AUTH_REFUSED, "reason" => reason).absolute(0);
+    }
+    for reason in HANDSHAKE_FAILURES {
+        counter!(TLS_HANDSHAKE_FAILURES, "reason" => reason).absolute(0);
+    }
+    for what in RELOADED {
+        for outcome in RELOAD_OUTCOMES {
+            counter!(RELOADS, "what" => what, "outcome" => outcome).absolute(0);
+        }
     }
     for name in [
         IMAGES,

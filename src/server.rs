@@ -31,6 +31,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             tracing::error!("{e:#}");
         }
     });
+    // Before listening: TLS material or a token file that does not load stops the start.
+    let security = args.security.load()?;
+    let mode = security.mode();
     let listener = TcpListener::bind(args.grpc_addr)
         .await
         .with_context(|| format!("cannot listen on {}", args.grpc_addr))?;
@@ -39,6 +42,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         listener,
         args.limits.transport(),
         args.connection.transport(),
+        security,
     )
     .await?;
     // Listen for signals before anyone can know the port: a SIGTERM sent as soon as the line
@@ -48,7 +52,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     // Tests and tools read these lines to find ephemeral ports.
     println!("siglip-serve: metrics listening on {metrics_addr}");
     println!("siglip-serve: gRPC listening on {addr}");
-    tracing::info!(%addr, "gRPC listening; loading the model (health: NOT_SERVING)");
+    tracing::info!(%addr, %mode, "gRPC listening ({mode}); loading the model (health: NOT_SERVING)");
 
     let load = tokio::task::spawn_blocking({
         let args = args.clone();

@@ -90,6 +90,11 @@ impl Aged {
         }
     }
 
+    /// The client's address, for logs.
+    pub(super) fn remote(&self) -> Option<std::net::SocketAddr> {
+        self.stream.peer_addr().ok()
+    }
+
     /// An error once the connection is past its time. Polled by every read (the server always
     /// has one pending), so the timer's wake-up reaches the connection.
     fn expired(&mut self, cx: &mut Context<'_>) -> Option<io::Error> {

@@ -67,7 +67,7 @@ where
 }
 
 /// The `method` label of a `siglip.v1.Siglip` call's path; other services are not counted.
-fn method(path: &str) -> Option<&'static str> {
+pub(super) fn method(path: &str) -> Option<&'static str> {
     let name = path.strip_prefix("/siglip.v1.Siglip/")?;
     metrics::METHODS.into_iter().find(|m| *m == name)
 }

@@ -6,34 +6,71 @@
 //!   with their protocols in `upload` and `stream` (+ `delivery`), chunked images put back
 //!   together in `chunks`;
 //! - `waits`: every wait on a client has an end;
-//! - `connection`: HTTP/2 and TCP settings; `early`: tonic's own answers, remapped and counted;
+//! - `connection`: HTTP/2 and TCP settings; `tls`: TLS and mutual TLS on the accepted
+//!   connections; `auth`: bearer tokens and the caller's name, before any handler; `reload`: the
+//!   TLS and token files, re-read as they change;
+//! - `early`: tonic's own answers, remapped and counted;
 //! - `state`: the lifecycle every handler shares; `status`: core errors → status codes.
 //!
 //! `chunks` and `convert` are public for the fuzz targets (`fuzz/`).
 
+mod auth;
 pub mod chunks;
 mod connection;
 pub mod convert;
 mod delivery;
 mod early;
 mod observe;
+mod reload;
 mod service;
 mod state;
 mod status;
 mod stream;
+mod tls;
 mod upload;
 mod waits;
 
-use std::{sync::Arc, time::Duration};
+use std::{io, pin::Pin, sync::Arc, time::Duration};
 
 use anyhow::Context;
 use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
+use tokio_stream::{Stream, StreamExt};
 use tonic_health::{server::HealthReporter, ServingStatus};
 
 use crate::infer::Infer;
+pub use auth::Tokens;
 pub use connection::Connection;
+pub use reload::Reloading;
 use state::State;
 pub use state::{Limits, RunningOn};
+pub use tls::{ClientCertificate, PeerInfo, Tls, TlsFiles};
+
+/// Who may connect and call.
+pub struct Security {
+    /// TLS on the port (mutual when it has a client CA); plaintext when `None`, for meshes that
+    /// terminate TLS themselves.
+    pub tls: Option<Tls>,
+    /// Bearer tokens every call but health must carry; anyone may call when `None`.
+    pub tokens: Option<Arc<Reloading<Tokens>>>,
+    /// Server reflection (behind the tokens, when there are tokens).
+    pub reflection: bool,
+}
+
+impl Security {
+    /// The mode, in words, for the startup log line.
+    pub fn mode(&self) -> String {
+        let transport = self.tls.as_ref().map_or("plaintext", Tls::mode);
+        let tokens = match self.tokens {
+            Some(_) => "bearer tokens required",
+            None => "no tokens",
+        };
+        let reflection = match self.reflection {
+            true => "reflection on",
+            false => "reflection off",
+        };
+        format!("{transport}, {tokens}, {reflection}")
+    }
+}
 
 /// Generated from `proto/siglip/v1/siglip.proto`.
 pub mod pb {
@@ -55,12 +92,14 @@ pub struct Transport {
 }
 
 impl Transport {
-    /// Serves on `listener` at once, its connections run by `connection`; health says
-    /// NOT_SERVING, and the API UNAVAILABLE, until [`Transport::serving`].
+    /// Serves on `listener` at once, its connections run by `connection` and admitted by
+    /// `security`; health says NOT_SERVING, and the API UNAVAILABLE, until
+    /// [`Transport::serving`].
     pub async fn start(
         listener: TcpListener,
         limits: Limits,
         connection: Connection,
+        security: Security,
     ) -> anyhow::Result<Self> {
         let (health, health_service) = tonic_health::server::health_reporter();
         for name in ["", SERVICE_NAME] {
@@ -68,14 +107,18 @@ impl Transport {
                 .set_service_status(name, ServingStatus::NotServing)
                 .await;
         }
-        let reflection_v1 = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            .build_v1()?;
-        let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            .build_v1alpha()?;
+        let reflection = || {
+            tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        };
+        let (reflection_v1, reflection_v1alpha) = match security.reflection {
+            true => (
+                Some(reflection().build_v1()?),
+                Some(reflection().build_v1alpha()?),
+            ),
+            false => (None, None),
+        };
 
         let max_message = limits.max_message_bytes;
         let state = Arc::new(State::new(limits));
@@ -84,17 +127,24 @@ impl Transport {
                 .max_decoding_message_size(max_message)
                 .max_encoding_message_size(usize::MAX);
 
+        let accepted = connection.incoming(listener);
+        let incoming: Pin<Box<dyn Stream<Item = io::Result<tls::Peer>> + Send>> = match security.tls
+        {
+            Some(tls) => Box::pin(tls.handshakes(accepted)),
+            None => Box::pin(accepted.map(|a| a.map(tls::Peer::Plain))),
+        };
         let (stop, stopped) = oneshot::channel::<()>();
         let server = connection
             .builder()
             .layer(early::EarlyAnswers {
                 max_message_bytes: max_message,
             })
+            .layer(auth::Authorize::new(security.tokens))
             .add_service(health_service)
-            .add_service(reflection_v1)
-            .add_service(reflection_v1alpha)
+            .add_optional_service(reflection_v1)
+            .add_optional_service(reflection_v1alpha)
             .add_service(api)
-            .serve_with_incoming_shutdown(connection.incoming(listener), async {
+            .serve_with_incoming_shutdown(incoming, async {
                 let _ = stopped.await;
             });
         Ok(Self {

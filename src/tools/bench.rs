@@ -24,17 +24,19 @@ use anyhow::{bail, Context};
 use clap::Args;
 use serde::Serialize;
 use tokio::sync::Mutex;
-use tonic::transport::Channel;
 
+use super::client::{Client, ClientArgs};
 use crate::config::ModelArgs;
-use crate::grpc::pb::{self, siglip_client::SiglipClient};
+use crate::grpc::pb;
 use crate::model::{pixels_per_image, LoadOptions, Model};
 
 #[derive(Debug, Clone, Args)]
 pub struct BenchArgs {
-    /// Server address.
+    /// Server address (https:// for TLS).
     #[arg(long, default_value = "http://127.0.0.1:50051")]
     pub addr: String,
+    #[command(flatten)]
+    pub client: ClientArgs,
     /// Photos to send (cycled).
     #[arg(long, num_args = 1.., required = true)]
     pub images: Vec<PathBuf>,
@@ -195,11 +197,11 @@ impl Workload {
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<Report> {
     let workload = Arc::new(Workload::load(&args)?);
-    let channel = Channel::from_shared(args.addr.clone())?
-        .connect()
-        .await
-        .with_context(|| format!("connecting to {}", args.addr))?;
-    let client = SiglipClient::new(channel).max_decoding_message_size(64 << 20);
+    let channel = args.client.connect(&args.addr).await?;
+    let client = args
+        .client
+        .client(channel)?
+        .max_decoding_message_size(64 << 20);
     let info = wait_until_ready(&client).await?;
     let mut report = Report {
         device: info.device.clone(),
@@ -272,9 +274,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Report> {
 }
 
 /// The server answers UNAVAILABLE while its model loads: wait (up to 10 minutes).
-pub(super) async fn wait_until_ready(
-    client: &SiglipClient<Channel>,
-) -> anyhow::Result<pb::ModelInfo> {
+pub(super) async fn wait_until_ready(client: &Client) -> anyhow::Result<pb::ModelInfo> {
     let until = Instant::now() + Duration::from_secs(600);
     loop {
         match client
@@ -353,7 +353,7 @@ async fn gather(
 }
 
 async fn closed_loop(
-    client: &SiglipClient<Channel>,
+    client: &Client,
     workload: &Arc<Workload>,
     callers: usize,
     duration: Duration,
@@ -379,7 +379,7 @@ async fn closed_loop(
 }
 
 async fn open_loop(
-    client: &SiglipClient<Channel>,
+    client: &Client,
     workload: &Arc<Workload>,
     rate: f64,
     duration: Duration,
@@ -405,7 +405,7 @@ async fn open_loop(
 }
 
 async fn video(
-    client: &SiglipClient<Channel>,
+    client: &Client,
     workload: &Arc<Workload>,
     streams: usize,
     fps: f64,
@@ -454,7 +454,7 @@ struct StreamTally {
 }
 
 async fn one_stream(
-    client: &mut SiglipClient<Channel>,
+    client: &mut Client,
     workload: &Workload,
     seed: usize,
     fps: f64,

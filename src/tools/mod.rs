@@ -2,9 +2,11 @@
 //! the model alone, for comparison), `siglip-serve soak` (legitimate traffic with abuse mixed
 //! in, for minutes), the hostile inputs it sends (`attacks`), and `siglip-serve parity` (this
 //! crate's preprocessing, tokenizer and runtime against reference values computed by
-//! transformers).
+//! transformers); `client`: how `bench` and `siglip-serve health` reach a server over TLS or
+//! with a token.
 
 pub mod attacks;
 pub mod bench;
+pub mod client;
 pub mod parity;
 pub mod soak;

@@ -29,6 +29,7 @@ use tonic::{transport::Channel, Code, Status};
 
 use super::attacks;
 use super::bench::{percentiles, resident_mib, wait_until_ready};
+use super::client::Bearer;
 use crate::grpc::pb::{self, siglip_client::SiglipClient};
 
 #[derive(Debug, Clone, Args)]
@@ -157,7 +158,8 @@ pub async fn run(args: SoakArgs) -> anyhow::Result<Report> {
         labels.len() >= 2,
         "the labels file needs two labels or more"
     );
-    wait_until_ready(&client(connect(&args.addr).await?)).await?;
+    let channel = connect(&args.addr).await?;
+    wait_until_ready(&SiglipClient::with_interceptor(channel, Bearer::default())).await?;
 
     let duration = Duration::from_secs_f64(args.minutes * 60.0);
     let soak = Arc::new(Soak {

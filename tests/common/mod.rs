@@ -55,4 +55,5 @@ pub fn cpu_model(var: &str) -> Model {
     Model::load(&cpu_options(var)).expect("model")
 }
 
+pub mod pki;
 pub mod server;

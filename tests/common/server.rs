@@ -8,7 +8,7 @@ use std::{
 };
 
 use siglip_serve::grpc::pb::siglip_client::SiglipClient;
-use tonic::transport::Channel;
+use tonic::transport::{Channel, ClientTlsConfig};
 use tonic_health::pb::{
     health_check_response::ServingStatus, health_client::HealthClient, HealthCheckRequest,
 };
@@ -17,6 +17,8 @@ pub struct Server {
     child: Child,
     pub addr: String,
     pub metrics_addr: String,
+    /// How [`Server::channel`] reaches a server that runs TLS.
+    tls: Option<ClientTlsConfig>,
 }
 
 /// `siglip-serve serve` on `model` with `extra` flags: ephemeral loopback ports, one thread,
@@ -53,10 +55,20 @@ impl Server {
     /// [`Server::spawn`] with another model directory and environment variables set (flags can
     /// come from either).
     pub fn spawn_model(model: &Path, extra: &[&str], env: &[(&str, &str)]) -> Server {
+        Server::spawn_logging(model, extra, env, Stdio::inherit())
+    }
+
+    /// [`Server::spawn_model`] with its log (stderr) sent to `log`.
+    pub fn spawn_logging(
+        model: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+        log: impl Into<Stdio>,
+    ) -> Server {
         let mut child = serve_command(model, extra)
             .envs(env.iter().copied())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(log)
             .spawn()
             .expect("start siglip-serve");
         let stdout = child.stdout.take().expect("stdout");
@@ -79,7 +91,15 @@ impl Server {
             child,
             addr: addr.unwrap(),
             metrics_addr: metrics_addr.expect("the metrics address is printed first"),
+            tls: None,
         }
+    }
+
+    /// From now on, [`Server::channel`] (and with it every client and health check here)
+    /// connects over TLS with `tls`.
+    pub fn with_tls(mut self, tls: ClientTlsConfig) -> Server {
+        self.tls = Some(tls);
+        self
     }
 
     /// Starts the server and waits until its health service says SERVING.
@@ -95,15 +115,18 @@ impl Server {
     }
 
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        match self.tls {
+            Some(_) => format!("https://{}", self.addr),
+            None => format!("http://{}", self.addr),
+        }
     }
 
     pub async fn channel(&self) -> Channel {
-        Channel::from_shared(self.url())
-            .expect("url")
-            .connect()
-            .await
-            .expect("connect")
+        let mut endpoint = Channel::from_shared(self.url()).expect("url");
+        if let Some(tls) = &self.tls {
+            endpoint = endpoint.tls_config(tls.clone()).expect("TLS config");
+        }
+        endpoint.connect().await.expect("connect")
     }
 
     pub async fn client(&self) -> SiglipClient<Channel> {
@@ -174,9 +197,8 @@ impl Drop for Server {
     }
 }
 
-/// The value of an unlabelled gauge or counter on the `/metrics` endpoint at `addr`: a task
-/// that outlives a borrow of the [`Server`] samples it this way.
-pub async fn metric_at(addr: &str, name: &str) -> f64 {
+/// The `/metrics` page at `addr`.
+pub async fn metrics_text(addr: &str) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut conn = tokio::net::TcpStream::connect(addr)
         .await
@@ -186,6 +208,14 @@ pub async fn metric_at(addr: &str, name: &str) -> f64 {
         .expect("send");
     let mut text = String::new();
     conn.read_to_string(&mut text).await.expect("read /metrics");
+    text
+}
+
+/// The value of an unlabelled gauge or counter on the `/metrics` endpoint at `addr`: a task
+/// that outlives a borrow of the [`Server`] samples it this way. A series with labels is named
+/// as it is written there, e.g. `siglip_auth_refused_total{reason="missing"}`.
+pub async fn metric_at(addr: &str, name: &str) -> f64 {
+    let text = metrics_text(addr).await;
     let line = text
         .lines()
         .find(|l| l.split_whitespace().next() == Some(name))

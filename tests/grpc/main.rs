@@ -11,7 +11,10 @@
 //! - `health`: health follows the device (the faulty test model), out-of-memory retries.
 //! - `transport`: hostile clients at the transport (idle streams, non-readers, stalled uploads);
 //! - `connection`: the HTTP/2 settings seen on the wire (streams, resets, keepalive, age);
-//! - `abuse_decode`: hostile JPEGs and floods of unique labels, against a well-behaved caller.
+//! - `abuse_decode`: hostile JPEGs, large images and floods of unique labels, against a
+//!   well-behaved caller;
+//! - `tls`: TLS and mutual TLS handshakes, refusals, certificate rotation, health over TLS;
+//! - `auth`: bearer tokens, reflection switched off, token rotation, no secrets in the log.
 //!
 //! The helpers they share are here.
 
@@ -19,6 +22,7 @@
 mod common;
 
 mod abuse_decode;
+mod auth;
 mod classify;
 mod connection;
 mod embed;
@@ -26,6 +30,7 @@ mod errors;
 mod health;
 mod lifecycle;
 mod stream;
+mod tls;
 mod transport;
 mod upload;
 

@@ -57,6 +57,10 @@ run "yamllint deploy/ (deploy/.yamllint)" "$bin/yamllint" --strict -c deploy/.ya
 cp -r deploy "$tmp/deploy"
 variants=(
   "gpu-istio:gpu:istio"
+  "gpu-tls-mtls:gpu:tls,mtls"
+  # Must NOT render: app-level TLS under a mesh (both include linkerd-off, whose deletions fail
+  # the second time).
+  "refused-tls-istio:cpu:tls,istio"
 )
 for v in "${variants[@]}"; do
   IFS=: read -r name base comps <<< "$v"
@@ -67,7 +71,7 @@ for v in "${variants[@]}"; do
   } > "$tmp/deploy/overlays/$name/kustomization.yaml"
 done
 rendered=()
-for overlay in cpu gpu gpu-istio; do
+for overlay in cpu gpu gpu-istio gpu-tls-mtls; do
   out="$tmp/$overlay.yaml"
   if "$bin/kubectl" kustomize "$tmp/deploy/overlays/$overlay" > "$out" 2> "$tmp/err"; then
     pass "kustomize overlays/$overlay ($(grep -c '^kind:' "$out") resources)"
@@ -76,6 +80,13 @@ for overlay in cpu gpu gpu-istio; do
     fail "kustomize overlays/$overlay"; sed 's/^/     /' "$tmp/err"
   fi
 done
+if "$bin/kubectl" kustomize "$tmp/deploy/overlays/refused-tls-istio" > /dev/null 2> "$tmp/err"; then
+  fail "kustomize refuses components tls + istio together (it rendered them)"
+elif grep -q "linkerd-off" "$tmp/err"; then
+  pass "kustomize refuses components tls + istio together"
+else
+  fail "kustomize refuses components tls + istio together, but for another reason"; sed 's/^/     /' "$tmp/err"
+fi
 
 # 4. Schemas of the built-in kinds, strict (unknown fields are errors), against the newest
 #    Kubernetes kubernetes-validate knows and the oldest this targets (1.30: native sidecars for

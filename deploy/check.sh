@@ -57,7 +57,9 @@ run "yamllint deploy/ (deploy/.yamllint)" "$bin/yamllint" --strict -c deploy/.ya
 cp -r deploy "$tmp/deploy"
 variants=(
   "gpu-istio:gpu:istio"
+  "cpu-tls-tokens:cpu:tls,tokens"
   "gpu-tls-mtls:gpu:tls,mtls"
+  "cpu-istio-tokens:cpu:istio,tokens"
   # Must NOT render: app-level TLS under a mesh (both include linkerd-off, whose deletions fail
   # the second time).
   "refused-tls-istio:cpu:tls,istio"
@@ -71,7 +73,7 @@ for v in "${variants[@]}"; do
   } > "$tmp/deploy/overlays/$name/kustomization.yaml"
 done
 rendered=()
-for overlay in cpu gpu gpu-istio gpu-tls-mtls; do
+for overlay in cpu gpu gpu-istio cpu-tls-tokens gpu-tls-mtls cpu-istio-tokens; do
   out="$tmp/$overlay.yaml"
   if "$bin/kubectl" kustomize "$tmp/deploy/overlays/$overlay" > "$out" 2> "$tmp/err"; then
     pass "kustomize overlays/$overlay ($(grep -c '^kind:' "$out") resources)"

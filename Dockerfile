@@ -184,9 +184,12 @@ USER 10001:10001
 # Docker's own health check (Kubernetes ignores it and uses the probes in deploy/). It asks the
 # gRPC health service through `siglip-serve health` (exit 0 only for SERVING), which answers
 # SERVING only after the model is loaded and warmed up: the start period covers a large model's
-# load on CPU.
+# load on CPU. No --addr: the address comes from SIGLIP_HEALTH_ADDR (default
+# http://127.0.0.1:50051), so a container serving TLS (SIGLIP_TLS_CERT/KEY) sets
+# SIGLIP_HEALTH_ADDR=https://127.0.0.1:50051 and SIGLIP_CLIENT_TLS_CA / _SERVER_NAME (and, with
+# SIGLIP_TLS_CLIENT_CA, a client certificate in SIGLIP_CLIENT_TLS_CERT / _KEY) in its environment.
 HEALTHCHECK --interval=15s --timeout=5s --start-period=600s --retries=3 \
-  CMD ["siglip-serve", "health", "--addr", "http://127.0.0.1:50051"]
+  CMD ["siglip-serve", "health"]
 
 ENTRYPOINT ["siglip-serve"]
 CMD ["serve"]

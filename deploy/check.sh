@@ -6,9 +6,11 @@
 #   PY=/path/to/venv/bin/python deploy/check.sh
 #
 # What this does NOT do (nothing here can): build or run the image (no Docker engine), apply the
-# manifests to a cluster, or schema-validate the custom resources (ServiceMonitor, DestinationRule,
-# PeerAuthentication): kubernetes-validate only knows the built-in kinds, so for those this script
-# checks their shape and their references to the built-in resources instead.
+# manifests to a cluster, or schema-validate the custom resources (ServiceMonitor; Istio's
+# DestinationRule, PeerAuthentication, AuthorizationPolicy; Linkerd's Server, HTTPRoute,
+# AuthorizationPolicy, MeshTLSAuthentication, NetworkAuthentication; cert-manager's Certificate):
+# kubernetes-validate only knows the built-in kinds, so for those this script checks their shape
+# and their references to the built-in resources instead.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -48,21 +50,30 @@ run "hadolint Dockerfile" "$bin/hadolint" Dockerfile
 # 2. YAML style and syntax of every source file under deploy/
 run "yamllint deploy/ (deploy/.yamllint)" "$bin/yamllint" --strict -c deploy/.yamllint deploy/
 
-# 3. Render the overlays as `kubectl apply -k` would. Istio is a component added to an overlay by
-#    whoever uses it; render it on top of the GPU overlay in a scratch copy of deploy/ (kustomize
-#    refuses absolute paths, and nothing is written into the repository).
+# 3. Render the overlays as `kubectl apply -k` would. The components (Istio, app-level TLS, mutual
+#    TLS, tokens) are added to an overlay by whoever uses them; render each on top of an overlay in
+#    a scratch copy of deploy/ (kustomize refuses absolute paths, and nothing is written into the
+#    repository). NAME:OVERLAY:COMPONENTS
 cp -r deploy "$tmp/deploy"
-mkdir -p "$tmp/deploy/overlays/gpu-istio"
-cat > "$tmp/deploy/overlays/gpu-istio/kustomization.yaml" <<'EOF'
-apiVersion: kustomize.config.k8s.io/v1beta1
-kind: Kustomization
-resources:
-  - ../gpu
-components:
-  - ../../components/istio
-EOF
+variants=(
+  "gpu-istio:gpu:istio"
+  "cpu-tls-tokens:cpu:tls,tokens"
+  "gpu-tls-mtls:gpu:tls,mtls"
+  "cpu-istio-tokens:cpu:istio,tokens"
+  # Must NOT render: app-level TLS under a mesh (both include linkerd-off, whose deletions fail
+  # the second time).
+  "refused-tls-istio:cpu:tls,istio"
+)
+for v in "${variants[@]}"; do
+  IFS=: read -r name base comps <<< "$v"
+  mkdir -p "$tmp/deploy/overlays/$name"
+  {
+    printf 'apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources:\n  - ../%s\ncomponents:\n' "$base"
+    for c in ${comps//,/ }; do printf '  - ../../components/%s\n' "$c"; done
+  } > "$tmp/deploy/overlays/$name/kustomization.yaml"
+done
 rendered=()
-for overlay in cpu gpu gpu-istio; do
+for overlay in cpu gpu gpu-istio cpu-tls-tokens gpu-tls-mtls cpu-istio-tokens; do
   out="$tmp/$overlay.yaml"
   if "$bin/kubectl" kustomize "$tmp/deploy/overlays/$overlay" > "$out" 2> "$tmp/err"; then
     pass "kustomize overlays/$overlay ($(grep -c '^kind:' "$out") resources)"
@@ -71,6 +82,13 @@ for overlay in cpu gpu gpu-istio; do
     fail "kustomize overlays/$overlay"; sed 's/^/     /' "$tmp/err"
   fi
 done
+if "$bin/kubectl" kustomize "$tmp/deploy/overlays/refused-tls-istio" > /dev/null 2> "$tmp/err"; then
+  fail "kustomize refuses components tls + istio together (it rendered them)"
+elif grep -q "linkerd-off" "$tmp/err"; then
+  pass "kustomize refuses components tls + istio together"
+else
+  fail "kustomize refuses components tls + istio together, but for another reason"; sed 's/^/     /' "$tmp/err"
+fi
 
 # 4. Schemas of the built-in kinds, strict (unknown fields are errors), against the newest
 #    Kubernetes kubernetes-validate knows and the oldest this targets (1.30: native sidecars for
@@ -91,8 +109,11 @@ if [ ${#rendered[@]} -gt 0 ]; then
 fi
 
 # 5. Cross-checks the schemas cannot make: selectors and ports line up, the drain fits the grace
-#    period, probes are gRPC, every SIGLIP_* variable is one the server reads (src/config.rs), every
-#    metric used by the HPA, the adapter and the dashboard is one the server exports.
+#    period, probes are gRPC (exec `siglip-serve health` over TLS with components/tls), every
+#    SIGLIP_* variable is one the server reads (src/config.rs), every metric used by the HPA, the
+#    adapter and the dashboard is one the server exports; the NetworkPolicy, the Linkerd and Istio
+#    policies and the Certificate reference the pods, ports and Secrets they mean; Secret volumes
+#    are read-only directories; the Dockerfile's HEALTHCHECK takes its address from the env.
 if [ ${#rendered[@]} -gt 0 ]; then
   if out=$("$PY" - "${rendered[@]}" <<'EOF' 2>&1
 import json, pathlib, re, sys
@@ -123,8 +144,24 @@ if src_metrics.exists():
     for m in sorted(exported - set(METRICS)):
         print(f"note src/metrics.rs exports {m}, which this check (and the dashboard) does not know")
 known = set(METRICS) | {f"{h}_{s}" for h in HISTOGRAMS for s in ("bucket", "sum", "count")}
-# Variables the manifests may set before the server reads them (announced, not yet in config.rs).
-PENDING: set[str] = set()
+# Variables the manifests may set before the server reads them (announced, not yet in config.rs):
+# issue 13's transport security (server TLS, tokens; the health client's TLS settings). Remove
+# this set once src/ has them: they are then checked like every other variable.
+PENDING: set[str] = {
+    "SIGLIP_TLS_CERT", "SIGLIP_TLS_KEY", "SIGLIP_TLS_CLIENT_CA", "SIGLIP_TLS_HANDSHAKE_TIMEOUT_SECONDS",
+    "SIGLIP_WATCH_SECONDS", "SIGLIP_AUTH_TOKENS_FILE", "SIGLIP_REFLECTION", "SIGLIP_HEALTH_ADDR",
+    "SIGLIP_CLIENT_TLS_CA", "SIGLIP_CLIENT_TLS_CERT", "SIGLIP_CLIENT_TLS_KEY",
+    "SIGLIP_CLIENT_TLS_SERVER_NAME", "SIGLIP_CLIENT_TOKEN_FILE",
+}
+# Ports a NetworkPolicy may open besides the container's own: the mesh proxies' (added to the
+# pod at admission, so not in the rendered container ports).
+MESH_PROXY_PORTS = {4143: "Linkerd inbound proxy", 4191: "Linkerd proxy admin",
+                    15020: "Istio agent (merged metrics)", 15090: "Envoy stats"}
+# Environment variables that name a file: it must be in a mounted Secret (or ConfigMap) directory.
+FILE_VARS = ("SIGLIP_TLS_CERT", "SIGLIP_TLS_KEY", "SIGLIP_TLS_CLIENT_CA", "SIGLIP_CLIENT_TLS_CA",
+             "SIGLIP_CLIENT_TLS_CERT", "SIGLIP_CLIENT_TLS_KEY", "SIGLIP_AUTH_TOKENS_FILE",
+             "SIGLIP_CLIENT_TOKEN_FILE")
+HEALTH_TLS_ADDR = "https://127.0.0.1:50051"
 
 server_env = set(re.findall(r'env\s*=\s*"([A-Z0-9_]+)"', "".join(
     p.read_text() for p in pathlib.Path("src").rglob("*.rs"))))
@@ -137,12 +174,41 @@ def check_metrics(where, expr):
     for m in metric_names(expr) - known:
         errors.append(f"{where}: unknown metric {m}")
 
+def group(d):
+    return d["apiVersion"].rsplit("/", 1)[0] if "/" in d["apiVersion"] else ""
+
+def selects(selector, labels):
+    """A LabelSelector (matchLabels + matchExpressions) that is not empty and matches labels."""
+    selector = selector or {}
+    if not selector.get("matchLabels") and not selector.get("matchExpressions"):
+        return False
+    if not selector.get("matchLabels", {}).items() <= labels.items():
+        return False
+    for e in selector.get("matchExpressions", []):
+        k, op, vals = e["key"], e["operator"], e.get("values", [])
+        ok = {"In": k in labels and labels[k] in vals, "NotIn": labels.get(k) not in vals,
+              "Exists": k in labels, "DoesNotExist": k not in labels}[op]
+        if not ok:
+            return False
+    return True
+
+def health_addr(cmd, env):
+    """The address `siglip-serve health` asks: --addr, else SIGLIP_HEALTH_ADDR, else the default."""
+    for i, a in enumerate(cmd):
+        if a == "--addr" and i + 1 < len(cmd):
+            return cmd[i + 1]
+        if a.startswith("--addr="):
+            return a.split("=", 1)[1]
+    return env.get("SIGLIP_HEALTH_ADDR") or "http://127.0.0.1:50051"
+
 for path in sys.argv[1:]:
     name = pathlib.Path(path).stem
     docs = [d for d in yaml.safe_load_all(open(path)) if d]
-    by = {}
+    by, gk = {}, {}
     for d in docs:
         by.setdefault(d["kind"], []).append(d)
+        # Kind.group: Linkerd and Istio both have an AuthorizationPolicy.
+        gk.setdefault(f"{d['kind']}.{group(d)}", []).append(d)
         for key in ("apiVersion", "kind"):
             if not d.get(key):
                 errors.append(f"{name}: a document without {key}")
@@ -174,10 +240,26 @@ for path in sys.argv[1:]:
             notes.append(f"{var} is set but src/config.rs does not read it yet")
         else:
             errors.append(f"{name}: {var} is not a server flag's variable (src/config.rs)")
+    istio = "DestinationRule.networking.istio.io" in gk
+    tls = "Certificate.cert-manager.io" in gk
+    linkerd = not istio and not tls
+    if istio and tls:
+        errors.append(f"{name}: app-level TLS (components/tls) under Istio")
+    # Probes: the kubelet's native gRPC probes, except with TLS in the server, which they cannot
+    # speak: then the health client runs in the container, against the TLS port.
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
-        pr = ctr.get(probe)
-        if not pr or pr.get("grpc", {}).get("port") != 50051:
-            errors.append(f"{name}: {probe} must be a grpc probe on 50051")
+        pr = ctr.get(probe) or {}
+        handlers = [h for h in ("grpc", "exec", "httpGet", "tcpSocket") if h in pr]
+        if len(handlers) != 1:
+            errors.append(f"{name}: {probe} needs exactly one handler: {handlers}")
+        if tls:
+            cmd = pr.get("exec", {}).get("command", [])
+            if cmd[:2] != ["siglip-serve", "health"]:
+                errors.append(f"{name}: {probe} must run `siglip-serve health` (the kubelet's gRPC probes cannot speak TLS)")
+            elif health_addr(cmd, env) != HEALTH_TLS_ADDR:
+                errors.append(f"{name}: {probe} asks {health_addr(cmd, env)}, not {HEALTH_TLS_ADDR}")
+        elif pr.get("grpc", {}).get("port") != 50051:
+            errors.append(f"{name}: {probe} must be a grpc probe on 50051 (exec probes only with components/tls)")
     sp = ctr["startupProbe"]
     if sp["periodSeconds"] * sp["failureThreshold"] < 300:
         errors.append(f"{name}: startupProbe allows under 5 min for model load + warm-up")
@@ -200,12 +282,12 @@ for path in sys.argv[1:]:
     if vols[mounts["/models"]["name"]].get("persistentVolumeClaim", {}).get("claimName") != "siglip-models":
         errors.append(f"{name}: /models must come from the PVC siglip-models")
     ann = pod["metadata"].get("annotations", {})
-    istio = "DestinationRule" in by
-    if istio:
-        if ann.get("linkerd.io/inject") != "disabled":
-            errors.append(f"{name}: Istio and Linkerd both injected")
-    elif ann.get("linkerd.io/inject") != "enabled":
+    if linkerd and ann.get("linkerd.io/inject") != "enabled":
         errors.append(f"{name}: Linkerd injection not enabled")
+    if not linkerd and ann.get("linkerd.io/inject") != "disabled":
+        errors.append(f"{name}: Linkerd injected alongside {'Istio' if istio else 'app-level TLS'}")
+    if linkerd and "9090" not in ann.get("config.linkerd.io/skip-inbound-ports", ""):
+        errors.append(f"{name}: the metrics port must skip the Linkerd proxy (an unmeshed Prometheus scrapes it)")
     if "50051" in ann.get("config.linkerd.io/opaque-ports", ""):
         errors.append(f"{name}: an opaque gRPC port would disable per-request balancing")
     (pdb,), (hpa,) = by["PodDisruptionBudget"], by["HorizontalPodAutoscaler"]
@@ -226,7 +308,7 @@ for path in sys.argv[1:]:
     for ep in sm["spec"]["endpoints"]:
         if ep["port"] not in sports:
             errors.append(f"{name}: ServiceMonitor port {ep['port']} is not a Service port")
-    if name.endswith("gpu") or name == "gpu-istio":
+    if name.startswith("gpu"):
         res = ctr["resources"]
         if str(res["limits"].get("nvidia.com/gpu")) != "1" or env.get("SIGLIP_DEVICE") != "cuda":
             errors.append(f"{name}: GPU overlay needs nvidia.com/gpu: 1 and SIGLIP_DEVICE=cuda")
@@ -241,6 +323,184 @@ for path in sys.argv[1:]:
         for port in pa["spec"].get("portLevelMtls", {}):
             if int(port) not in cports.values():
                 errors.append(f"{name}: PeerAuthentication port {port} is no container port")
+        # Istio AuthorizationPolicy: the pods, their ports; gRPC only for mesh identities.
+        aps = [a for a in gk.get("AuthorizationPolicy.security.istio.io", []) if selects(a["spec"].get("selector"), labels)]
+        if not aps:
+            errors.append(f"{name}: no Istio AuthorizationPolicy selects the pods")
+        allowed = set()
+        for a in aps:
+            if a["spec"].get("action", "ALLOW") != "ALLOW":
+                continue
+            for r in a["spec"].get("rules", []):
+                ports = {int(p) for t in r.get("to", []) for p in t.get("operation", {}).get("ports", [])}
+                if not r.get("to") or not ports:
+                    errors.append(f"{name}: Istio AuthorizationPolicy {a['metadata']['name']}: a rule for every port")
+                for port in ports - set(cports.values()):
+                    errors.append(f"{name}: Istio AuthorizationPolicy port {port} is no container port")
+                allowed |= ports
+                sources = [f.get("source", {}) for f in r.get("from", [])]
+                if 50051 in ports and (not sources or any(
+                        not (src.get("principals") or src.get("namespaces")) or src.get("notPrincipals")
+                        for src in sources)):
+                    errors.append(f"{name}: Istio AuthorizationPolicy admits gRPC without a mesh identity")
+        for port in (50051, 9090):
+            if port not in allowed:
+                errors.append(f"{name}: no Istio AuthorizationPolicy rule allows port {port}")
+
+    # Secret volumes: read-only, and never through subPath (a subPath mount is a copy the kubelet
+    # never updates: a renewed certificate or a rotated token would never arrive).
+    vol_secret = {v["name"]: v["secret"]["secretName"] for v in pod["spec"]["volumes"] if "secret" in v}
+    for c in pod["spec"].get("initContainers", []) + pod["spec"]["containers"]:
+        for m in c.get("volumeMounts", []):
+            if m["name"] in vol_secret and (not m.get("readOnly") or m.get("subPath") or m.get("subPathExpr")):
+                errors.append(f"{name}: Secret volume {m['name']} in {c['name']} must be mounted readOnly, without subPath")
+    def secret_of(path):
+        """The Secret whose mounted directory holds path (None if not in one)."""
+        best = None
+        for m in ctr["volumeMounts"]:
+            if path.startswith(m["mountPath"].rstrip("/") + "/") and (best is None or len(m["mountPath"]) > len(best["mountPath"])):
+                best = m
+        return vol_secret.get(best["name"]) if best else None
+    for var in FILE_VARS:
+        if env.get(var) and secret_of(env[var]) is None:
+            errors.append(f"{name}: {var}={env[var]} is not in a mounted Secret directory")
+    if env.get("SIGLIP_AUTH_TOKENS_FILE") and secret_of(env["SIGLIP_AUTH_TOKENS_FILE"]) != "siglip-serve-tokens":
+        errors.append(f"{name}: SIGLIP_AUTH_TOKENS_FILE must be in the Secret siglip-serve-tokens")
+
+    # TLS in the server (components/tls, components/mtls).
+    if bool(env.get("SIGLIP_TLS_CERT")) != bool(env.get("SIGLIP_TLS_KEY")):
+        errors.append(f"{name}: SIGLIP_TLS_CERT and SIGLIP_TLS_KEY go together")
+    if env.get("SIGLIP_TLS_CLIENT_CA") and not env.get("SIGLIP_TLS_CERT"):
+        errors.append(f"{name}: SIGLIP_TLS_CLIENT_CA (mutual TLS) needs SIGLIP_TLS_CERT")
+    if tls != bool(env.get("SIGLIP_TLS_CERT")):
+        errors.append(f"{name}: TLS in the server iff there is a Certificate (components/tls)")
+    if tls:
+        (cert,) = gk["Certificate.cert-manager.io"]
+        cs = cert["spec"]
+        usages = set(cs.get("usages", []))
+        for var, key in (("SIGLIP_TLS_CERT", "tls.crt"), ("SIGLIP_TLS_KEY", "tls.key")):
+            if secret_of(env[var]) != cs["secretName"] or not env[var].endswith("/" + key):
+                errors.append(f"{name}: {var} must be {key} of the Certificate's Secret {cs['secretName']}")
+        ref = cs.get("issuerRef", {})
+        if not ref.get("name") or ref.get("kind", "Issuer") not in ("Issuer", "ClusterIssuer"):
+            errors.append(f"{name}: Certificate needs an issuerRef (Issuer or ClusterIssuer)")
+        if "server auth" not in usages:
+            errors.append(f"{name}: Certificate usages lack server auth")
+        svc_dns = f"{svc['metadata']['name']}.{svc['metadata']['namespace']}.svc"
+        if svc_dns not in cs.get("dnsNames", []):
+            errors.append(f"{name}: Certificate dnsNames lack the Service's name {svc_dns}")
+        if not env.get("SIGLIP_CLIENT_TLS_CA"):
+            errors.append(f"{name}: the probe needs SIGLIP_CLIENT_TLS_CA to verify the server")
+        if env.get("SIGLIP_CLIENT_TLS_SERVER_NAME") not in cs.get("dnsNames", []):
+            errors.append(f"{name}: SIGLIP_CLIENT_TLS_SERVER_NAME={env.get('SIGLIP_CLIENT_TLS_SERVER_NAME')} is not in the Certificate's dnsNames")
+        if env.get("SIGLIP_TLS_CLIENT_CA"):
+            if not (env.get("SIGLIP_CLIENT_TLS_CERT") and env.get("SIGLIP_CLIENT_TLS_KEY")):
+                errors.append(f"{name}: with mutual TLS the probe must present a client certificate (SIGLIP_CLIENT_TLS_CERT/KEY)")
+            elif secret_of(env["SIGLIP_CLIENT_TLS_CERT"]) == cs["secretName"] and "client auth" not in usages:
+                errors.append(f"{name}: the probe presents the server's certificate, whose usages lack client auth")
+
+    # NetworkPolicy: selects the pods, opens the container ports (or a mesh proxy's), and every
+    # rule names its sources; the metrics port only to whole namespaces picked by name.
+    nps = [n for n in gk.get("NetworkPolicy.networking.k8s.io", [])]
+    if not nps:
+        errors.append(f"{name}: no NetworkPolicy")
+    opened = set()
+    for n in nps:
+        nn = n["metadata"]["name"]
+        if not selects(n["spec"].get("podSelector"), labels):
+            errors.append(f"{name}: NetworkPolicy {nn} does not select the pods")
+        if "Ingress" not in n["spec"].get("policyTypes", []):
+            errors.append(f"{name}: NetworkPolicy {nn} lacks policyTypes: [Ingress]")
+        for r in n["spec"].get("ingress", []):
+            peers = r.get("from", [])
+            if not peers or any(not p or (p.get("namespaceSelector") == {} and not p.get("podSelector")) for p in peers):
+                errors.append(f"{name}: NetworkPolicy {nn}: a rule open to every source")
+            if not r.get("ports"):
+                errors.append(f"{name}: NetworkPolicy {nn}: a rule for every port")
+            ports = set()
+            for p in r.get("ports", []):
+                port = p["port"]
+                if isinstance(port, str) and port in cports:
+                    ports.add(cports[port])
+                elif port in cports.values():
+                    ports.add(port)
+                elif port not in MESH_PROXY_PORTS:
+                    errors.append(f"{name}: NetworkPolicy {nn} port {port} is neither a container port nor a mesh proxy's")
+            if 9090 in ports and any(not p.get("namespaceSelector", {}).get("matchExpressions") and not p.get("namespaceSelector", {}).get("matchLabels") for p in peers):
+                errors.append(f"{name}: NetworkPolicy {nn}: metrics must be open to named namespaces only")
+            opened |= ports
+    for port in (50051, 9090):
+        if nps and port not in opened:
+            errors.append(f"{name}: no NetworkPolicy rule admits port {port}: it would be closed")
+
+    # Linkerd policy: only with Linkerd; Servers on the pods' ports, routes and policies that
+    # reference what exists; gRPC for mesh identities, the health Check route for the kubelet.
+    lk = "policy.linkerd.io"
+    lk_docs = [d for d in docs if group(d) == lk]
+    if not linkerd and lk_docs:
+        errors.append(f"{name}: Linkerd policy without Linkerd: {sorted(d['kind'] + '/' + d['metadata']['name'] for d in lk_docs)}")
+    if linkerd:
+        def named(kind):
+            return {d["metadata"]["name"]: d for d in gk.get(f"{kind}.{lk}", [])}
+        servers, routes = named("Server"), named("HTTPRoute")
+        mtls_authn, net_authn = named("MeshTLSAuthentication"), named("NetworkAuthentication")
+        port_of = {}
+        for sn, sv in servers.items():
+            port = sv["spec"]["port"]
+            port_of[sn] = cports.get(port) if isinstance(port, str) else (port if port in cports.values() else None)
+            if port_of[sn] is None:
+                errors.append(f"{name}: Linkerd Server {sn} port {port} is no container port")
+            if not selects(sv["spec"].get("podSelector"), labels):
+                errors.append(f"{name}: Linkerd Server {sn} does not select the pods")
+            if sv["spec"].get("accessPolicy", "deny") != "deny":
+                errors.append(f"{name}: Linkerd Server {sn} must deny what is not authorized")
+        grpc_servers = [sn for sn in servers if port_of[sn] == 50051]
+        if len(grpc_servers) != 1:
+            errors.append(f"{name}: exactly one Linkerd Server on the gRPC port: {grpc_servers}")
+        for rn, rt in routes.items():
+            for pr in rt["spec"].get("parentRefs", []):
+                if pr.get("kind") != "Server" or pr.get("group") != lk or pr["name"] not in servers:
+                    errors.append(f"{name}: Linkerd HTTPRoute {rn} parent {pr.get('kind')}/{pr['name']} is not a Server here")
+        policies_on = {}
+        for ap in gk.get(f"AuthorizationPolicy.{lk}", []):
+            an, t = ap["metadata"]["name"], ap["spec"]["targetRef"]
+            target = {"Server": servers, "HTTPRoute": routes}.get(t["kind"])
+            if t.get("group") != lk or target is None or t["name"] not in target:
+                errors.append(f"{name}: Linkerd AuthorizationPolicy {an} targets no Server or HTTPRoute here: {t}")
+                continue
+            kinds = set()
+            for a in ap["spec"].get("requiredAuthenticationRefs", []):
+                known_ref = {"MeshTLSAuthentication": mtls_authn, "NetworkAuthentication": net_authn}.get(a["kind"])
+                if a["kind"] != "ServiceAccount" and (known_ref is None or a["name"] not in known_ref):
+                    errors.append(f"{name}: Linkerd AuthorizationPolicy {an} requires an unknown {a['kind']}/{a['name']}")
+                kinds.add(a["kind"])
+            policies_on.setdefault((t["kind"], t["name"]), []).append(kinds)
+        for sn in grpc_servers:
+            sv = servers[sn]
+            own = [r for r in routes.values() if any(p["name"] == sn for p in r["spec"].get("parentRefs", []))]
+            if sv["spec"].get("proxyProtocol") != "HTTP/2" and own:
+                errors.append(f"{name}: Linkerd Server {sn} must be HTTP/2: with gRPC its HTTPRoutes are ignored")
+            if not any(k & {"MeshTLSAuthentication", "ServiceAccount"} and "NetworkAuthentication" not in k
+                       for k in policies_on.get(("Server", sn), [])):
+                errors.append(f"{name}: Linkerd Server {sn} needs an AuthorizationPolicy for mesh identities")
+            if any(k == {"NetworkAuthentication"} for k in policies_on.get(("Server", sn), [])):
+                errors.append(f"{name}: Linkerd Server {sn} is open to unmeshed callers by network")
+            def matches(r):
+                return [m for rule in r["spec"].get("rules", []) for m in rule.get("matches", [])]
+            health = [r for r in own if any(m.get("path") == {"type": "Exact", "value": "/grpc.health.v1.Health/Check"} for m in matches(r))]
+            catch_all = [r for r in own if any(m.get("path", {}).get("value") == "/" and m["path"].get("type", "PathPrefix") == "PathPrefix"
+                                               and not m.get("method") and not m.get("headers") for m in matches(r))]
+            if own and not catch_all:
+                errors.append(f"{name}: Linkerd Server {sn} has routes but no catch-all one: other calls would get 404")
+            if not health or not any("NetworkAuthentication" in k for r in health
+                                     for k in policies_on.get(("HTTPRoute", r["metadata"]["name"]), [])):
+                errors.append(f"{name}: the kubelet's gRPC probes need a Linkerd route for /grpc.health.v1.Health/Check authorized by network")
+            for r in catch_all:
+                if any(k == {"NetworkAuthentication"} for k in policies_on.get(("HTTPRoute", r["metadata"]["name"]), [])):
+                    errors.append(f"{name}: Linkerd route {r['metadata']['name']} opens all of gRPC to unmeshed callers")
+        for sn in servers:
+            if port_of[sn] == 9090 and policies_on.get(("Server", sn)):
+                errors.append(f"{name}: the metrics port skips the proxy: nothing may be authorized through it")
 
 rules = yaml.safe_load(open("deploy/base/prometheus-adapter-rules.yaml"))["rules"]
 exposed = set()
@@ -269,6 +529,13 @@ base = {re.sub(r"_(bucket|sum|count)$", "", m) if re.sub(r"_(bucket|sum|count)$"
 for m in sorted(set(METRICS) - base):
     errors.append(f"grafana-dashboard.json: no panel shows {m}")
 
+# The image's HEALTHCHECK: `siglip-serve health` without --addr, so that SIGLIP_HEALTH_ADDR and
+# SIGLIP_CLIENT_TLS_* from the container's environment apply (a TLS container sets them).
+hc = [l for l in open("Dockerfile").read().replace("\\\n", " ").splitlines() if l.startswith("HEALTHCHECK")]
+hc_cmd = json.loads(hc[0].split(" CMD ", 1)[1]) if len(hc) == 1 and " CMD " in hc[0] else None
+if hc_cmd != ["siglip-serve", "health"]:
+    errors.append(f'Dockerfile: HEALTHCHECK must be CMD ["siglip-serve", "health"] (address from the env): {hc_cmd}')
+
 for n in sorted(set(notes)):
     print("note " + n)
 for e in errors:
@@ -276,7 +543,8 @@ for e in errors:
 sys.exit(1 if errors else 0)
 EOF
   ); then
-    pass "cross-checks: selectors, ports, probes, drain timing, env vs src/config.rs, metrics vs src/metrics.rs"
+    pass "cross-checks: selectors, ports, probes, drain timing, env vs src/config.rs, metrics vs src/metrics.rs," \
+      "NetworkPolicy, mesh policies, TLS wiring, Secret mounts, HEALTHCHECK"
     printf '%s\n' "$out" | grep '^note ' || true
   else
     fail "cross-checks"; printf '%s\n' "$out" | sed 's/^/     /'

@@ -130,6 +130,7 @@ siglip_stream_result_staleness_seconds siglip_received_bytes_total siglip_inflig
 siglip_requests_dropped_total siglip_inference_worker_panics_total siglip_model_info siglip_build_info siglip_ready
 siglip_pending_texts siglip_decoding_pixels siglip_reassembly_bytes siglip_inference_failures_total
 siglip_inference_consecutive_failures siglip_cuda_memory_used_bytes
+siglip_auth_refused_total siglip_calls_by_caller_total siglip_tls_handshake_failures_total siglip_reloads_total
 process_resident_memory_bytes process_cpu_seconds_total""".split()
 HISTOGRAMS = {"siglip_grpc_request_duration_seconds", "siglip_queue_wait_seconds", "siglip_batch_size",
               "siglip_preprocess_duration_seconds", "siglip_tokenize_duration_seconds",
@@ -144,15 +145,8 @@ if src_metrics.exists():
     for m in sorted(exported - set(METRICS)):
         print(f"note src/metrics.rs exports {m}, which this check (and the dashboard) does not know")
 known = set(METRICS) | {f"{h}_{s}" for h in HISTOGRAMS for s in ("bucket", "sum", "count")}
-# Variables the manifests may set before the server reads them (announced, not yet in config.rs):
-# issue 13's transport security (server TLS, tokens; the health client's TLS settings). Remove
-# this set once src/ has them: they are then checked like every other variable.
-PENDING: set[str] = {
-    "SIGLIP_TLS_CERT", "SIGLIP_TLS_KEY", "SIGLIP_TLS_CLIENT_CA", "SIGLIP_TLS_HANDSHAKE_TIMEOUT_SECONDS",
-    "SIGLIP_WATCH_SECONDS", "SIGLIP_AUTH_TOKENS_FILE", "SIGLIP_REFLECTION", "SIGLIP_HEALTH_ADDR",
-    "SIGLIP_CLIENT_TLS_CA", "SIGLIP_CLIENT_TLS_CERT", "SIGLIP_CLIENT_TLS_KEY",
-    "SIGLIP_CLIENT_TLS_SERVER_NAME", "SIGLIP_CLIENT_TOKEN_FILE",
-}
+# Variables the manifests may set before the server reads them (announced, not yet in config.rs).
+PENDING: set[str] = set()
 # Ports a NetworkPolicy may open besides the container's own: the mesh proxies' (added to the
 # pod at admission, so not in the rendered container ports).
 MESH_PROXY_PORTS = {4143: "Linkerd inbound proxy", 4191: "Linkerd proxy admin",

@@ -131,6 +131,7 @@ siglip_requests_dropped_total siglip_inference_worker_panics_total siglip_model_
 siglip_pending_texts siglip_decoding_pixels siglip_reassembly_bytes siglip_inference_failures_total
 siglip_inference_consecutive_failures siglip_cuda_memory_used_bytes
 siglip_auth_refused_total siglip_calls_by_caller_total siglip_tls_handshake_failures_total siglip_reloads_total
+siglip_tls_handshakes_in_progress
 process_resident_memory_bytes process_cpu_seconds_total""".split()
 HISTOGRAMS = {"siglip_grpc_request_duration_seconds", "siglip_queue_wait_seconds", "siglip_batch_size",
               "siglip_preprocess_duration_seconds", "siglip_tokenize_duration_seconds",

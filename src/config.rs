@@ -437,12 +437,14 @@ pub struct SecurityArgs {
     pub tls_client_ca: Option<PathBuf>,
 
     /// Seconds a TLS handshake may take before the connection is closed.
-    #[arg(
-        long,
-        env = "SIGLIP_TLS_HANDSHAKE_TIMEOUT_SECONDS",
-        default_value_t = 10
-    )]
+    #[arg(long, env = "SIGLIP_TLS_HANDSHAKE_TIMEOUT_SECONDS", default_value_t = 10,
+          value_parser = clap::value_parser!(u64).range(1..))]
     pub tls_handshake_timeout_seconds: u64,
+
+    /// TLS handshakes in progress at once; further connections wait, unaccepted, until one ends.
+    #[arg(long, env = "SIGLIP_MAX_TLS_HANDSHAKES", default_value_t = 1024,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_tls_handshakes: u64,
 
     /// Bearer tokens, one per line as `<token> [name]`: every call but health must carry one
     /// (`authorization: Bearer <token>`).
@@ -451,7 +453,8 @@ pub struct SecurityArgs {
 
     /// Seconds between checks of the TLS and token files for changes; new material applies to
     /// new connections and calls.
-    #[arg(long, env = "SIGLIP_WATCH_SECONDS", default_value_t = 2)]
+    #[arg(long, env = "SIGLIP_WATCH_SECONDS", default_value_t = 2,
+          value_parser = clap::value_parser!(u64).range(1..))]
     pub watch_seconds: u64,
 
     /// Serve gRPC server reflection (behind the tokens, when there are tokens).
@@ -463,7 +466,7 @@ impl SecurityArgs {
     /// Loads the TLS material and tokens (an error here stops the start) and starts watching
     /// their files.
     pub fn load(&self) -> anyhow::Result<grpc::Security> {
-        let watch = Duration::from_secs(self.watch_seconds.max(1));
+        let watch = Duration::from_secs(self.watch_seconds);
         let tls = match (&self.tls_cert, &self.tls_key) {
             (Some(cert), Some(key)) => Some(grpc::Tls::load(
                 &grpc::TlsFiles {
@@ -472,7 +475,10 @@ impl SecurityArgs {
                     client_ca: self.tls_client_ca.clone(),
                 },
                 watch,
-                Duration::from_secs(self.tls_handshake_timeout_seconds.max(1)),
+                grpc::Handshakes {
+                    timeout: Duration::from_secs(self.tls_handshake_timeout_seconds),
+                    max_in_progress: self.max_tls_handshakes as usize,
+                },
             )?),
             _ => None,
         };

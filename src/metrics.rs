@@ -49,6 +49,7 @@ pub const CUDA_MEMORY_USED: &str = "siglip_cuda_memory_used_bytes";
 pub const AUTH_REFUSED: &str = "siglip_auth_refused_total";
 pub const CALLS_BY_CALLER: &str = "siglip_calls_by_caller_total";
 pub const TLS_HANDSHAKE_FAILURES: &str = "siglip_tls_handshake_failures_total";
+pub const TLS_HANDSHAKES: &str = "siglip_tls_handshakes_in_progress";
 pub const RELOADS: &str = "siglip_reloads_total";
 
 /// The RPCs of `siglip.v1.Siglip`, as the `method` label.
@@ -67,12 +68,15 @@ pub const REQUEST_DROP_REASONS: [&str; 2] = ["deadline", "cancelled"];
 pub const TOWERS: [&str; 2] = ["vision", "text"];
 /// Why a call was refused UNAUTHENTICATED: no bearer token, or one not in the token file.
 pub const AUTH_REFUSALS: [&str; 2] = ["missing", "invalid"];
-/// Why a TLS handshake did not complete: refused (bad or missing client certificate, no
-/// common protocol, not TLS at all), or not finished within the handshake timeout.
-pub const HANDSHAKE_FAILURES: [&str; 2] = ["refused", "timeout"];
+/// Why a TLS handshake did not complete: the client closed the connection before it (a TCP
+/// health check, a port scan), refused (bad or missing client certificate, no common
+/// protocol, not TLS at all), or not finished within the handshake timeout.
+pub const HANDSHAKE_FAILURES: [&str; 3] = ["closed", "refused", "timeout"];
 /// The files re-read as they change (`siglip_reloads_total{what,outcome}`).
 pub const RELOADED: [&str; 2] = ["tls", "tokens"];
-pub const RELOAD_OUTCOMES: [&str; 2] = ["applied", "rejected"];
+/// Applied; rejected (it does not load: the old material stays); unreadable (a file is gone or
+/// cannot be read: the old material stays).
+pub const RELOAD_OUTCOMES: [&str; 3] = ["applied", "rejected", "unreadable"];
 /// Why a forward pass failed: out of memory (retried in halves while it has more than one row),
 /// or any other libtorch error.
 pub const FAILURE_REASONS: [&str; 2] = ["out_of_memory", "error"];
@@ -137,10 +141,14 @@ fn describe() {
         TLS_HANDSHAKE_FAILURES,
         "TLS handshakes on the gRPC port that did not complete, by reason"
     );
+    describe_gauge!(
+        TLS_HANDSHAKES,
+        "TLS handshakes in progress on the gRPC port (--max-tls-handshakes)"
+    );
     describe_counter!(
         RELOADS,
-        "Changed TLS or token files, by what (tls, tokens) and outcome (applied, or rejected: \
-         the old material stays in use)"
+        "Changed TLS or token files, by what (tls, tokens) and outcome (applied; rejected or \
+         unreadable: the old material stays in use)"
     );
     describe_gauge!(
         PENDING_IMAGES,
@@ -268,6 +276,7 @@ fn register_zeros() {
         CACHE_ENTRIES,
         ACTIVE_STREAMS,
         REASSEMBLY_BYTES,
+        TLS_HANDSHAKES,
         READY,
         CONSECUTIVE_FAILURES,
     ] {

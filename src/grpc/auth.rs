@@ -3,7 +3,7 @@
 //!
 //! The token file holds one token per line, `<token> [name]`; `#` starts a comment. Clients send
 //! `authorization: Bearer <token>`. A missing or unknown token gets UNAUTHENTICATED with a
-//! message that never repeats what was sent. `grpc.health.v1` stays open: probes carry no token.
+//! message that never repeats what was sent. Health's Check stays open: probes carry no token.
 //! Tokens are compared as SHA-256 digests in constant time, against every token, so neither the
 //! time taken nor the digest compared says how much of a guess was right.
 //!
@@ -16,7 +16,7 @@ use std::{
     pin::Pin,
     sync::{Arc, Mutex},
     task::{Context, Poll},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use metrics::counter;
@@ -25,7 +25,7 @@ use subtle::ConstantTimeEq;
 use tonic::Status;
 use tower::{Layer, Service};
 
-use super::{early::method, observe::record, reload::Reloading, tls::PeerInfo};
+use super::{early::method, observe::record_refused, reload::Reloading, tls::PeerInfo};
 use crate::metrics as names;
 
 /// Shortest token accepted: a short token can be guessed.
@@ -60,7 +60,12 @@ impl Tokens {
     pub fn parse(text: &str) -> anyhow::Result<Self> {
         let mut tokens = Vec::new();
         for (n, line) in text.lines().enumerate() {
-            let line = line.split('#').next().unwrap_or_default().trim();
+            // `#` starts a comment at the start of a line or after a space; inside a token it is
+            // part of the token.
+            let line = match line.trim_start().strip_prefix('#') {
+                Some(_) => "",
+                None => line.split(" #").next().unwrap_or_default().trim(),
+            };
             let mut words = line.split_whitespace();
             let Some(token) = words.next() else { continue };
             let name = words.next().unwrap_or("unnamed");
@@ -151,7 +156,9 @@ where
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
         let path = request.uri().path();
-        if path.starts_with("/grpc.health.v1.Health/") {
+        // Check only: probes use it; Watch holds a stream open, and clients that watch health
+        // send their token with it like with any other call.
+        if path == "/grpc.health.v1.Health/Check" {
             return Box::pin(self.inner.call(request));
         }
         let peer = request.extensions().get::<PeerInfo>();
@@ -203,7 +210,7 @@ fn refuse<E: Send + 'static>(
     });
     counter!(names::AUTH_REFUSED, "reason" => reason).increment(1);
     if let Some(method) = method(path) {
-        record(method, &status, Instant::now());
+        record_refused(method, &status);
     }
     tracing::debug!(path, reason, remote = ?peer.and_then(|p| p.remote), "call refused: UNAUTHENTICATED");
     Box::pin(std::future::ready(Ok(status.into_http())))
@@ -241,6 +248,12 @@ mod tests {
         assert_eq!(tokens.name_of(B.as_bytes()).as_deref(), Some("unnamed"));
         assert_eq!(tokens.name_of(&A.as_bytes()[1..]), None);
         assert_eq!(tokens.name_of(b""), None);
+        let hashed = "cccccccc#cccccccccccccccc";
+        let tokens = Tokens::parse(&format!("{hashed} with-a-hash # comment")).unwrap();
+        assert_eq!(
+            tokens.name_of(hashed.as_bytes()).as_deref(),
+            Some("with-a-hash")
+        );
     }
 
     #[test]

@@ -17,7 +17,7 @@ use tokio::{
     time::Sleep,
 };
 use tokio_stream::{Stream, StreamExt};
-use tonic::transport::server::{Connected, TcpConnectInfo, TcpIncoming};
+use tonic::transport::server::TcpIncoming;
 
 /// Connection settings; `None` leaves a feature off.
 #[derive(Debug, Clone)]
@@ -148,14 +148,6 @@ impl AsyncWrite for Aged {
 
     fn is_write_vectored(&self) -> bool {
         self.stream.is_write_vectored()
-    }
-}
-
-impl Connected for Aged {
-    type ConnectInfo = TcpConnectInfo;
-
-    fn connect_info(&self) -> Self::ConnectInfo {
-        self.stream.connect_info()
     }
 }
 

@@ -43,7 +43,7 @@ pub use connection::Connection;
 pub use reload::Reloading;
 use state::State;
 pub use state::{Limits, RunningOn};
-pub use tls::{ClientCertificate, PeerInfo, Tls, TlsFiles};
+pub use tls::{Handshakes, Tls, TlsFiles};
 
 /// Who may connect and call.
 pub struct Security {

@@ -75,6 +75,14 @@ pub(super) fn record(method: &'static str, status: &Status, started: Instant) {
     }
 }
 
+/// A call refused before it reached a handler (no token): counted under its method and code,
+/// but neither timed (it took no work) nor logged above debug (anyone can send such calls, as
+/// fast as they like).
+pub(super) fn record_refused(method: &'static str, status: &Status) {
+    counter!(metrics::GRPC_REQUESTS, "method" => method, "code" => code_name(status.code()))
+        .increment(1);
+}
+
 /// The canonical upper-case name of a status code, as gRPC tooling prints it.
 fn code_name(code: Code) -> &'static str {
     match code {

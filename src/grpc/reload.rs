@@ -73,8 +73,11 @@ async fn poll<T, F>(
 ) where
     F: Fn(&[Vec<u8>]) -> anyhow::Result<T>,
 {
-    // A file that cannot be read is reported once, not at every poll, until it changes.
+    // A problem is reported once, not at every poll, until the files change.
     let mut unreadable = None;
+    // Content that failed to load once: refused only if it is still there at the next poll, so
+    // a renewal written file by file (certificate, then key) is not reported half-way.
+    let mut failed_once = None;
     loop {
         tokio::time::sleep(every).await;
         let Some(this) = this.upgrade() else { return };
@@ -83,6 +86,8 @@ async fn poll<T, F>(
             Err(e) => {
                 let problem = format!("{e:#}");
                 if unreadable.as_ref() != Some(&problem) {
+                    counter!(names::RELOADS, "what" => label, "outcome" => "unreadable")
+                        .increment(1);
                     tracing::warn!(
                         "the {what} cannot be re-read ({problem}); still using the previous one"
                     );
@@ -96,19 +101,21 @@ async fn poll<T, F>(
         if now == seen {
             continue;
         }
-        seen = now;
         match load(&contents) {
             Ok(value) => {
                 *this.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(value);
                 counter!(names::RELOADS, "what" => label, "outcome" => "applied").increment(1);
                 tracing::info!("the {what} changed on disk: new connections and calls use it");
+                (seen, failed_once) = (now, None);
             }
+            Err(_) if failed_once != Some(now) => failed_once = Some(now),
             Err(e) => {
                 counter!(names::RELOADS, "what" => label, "outcome" => "rejected").increment(1);
                 tracing::warn!(
                     "the {what} changed on disk but cannot be used ({e:#}); still using the \
                      previous one"
                 );
+                (seen, failed_once) = (now, None);
             }
         }
     }

@@ -5,7 +5,8 @@
 //! in use at that moment ([`Reloading`]), so a renewed certificate, key or CA reaches new
 //! connections within `--watch-seconds` while connections already open keep theirs.
 //! Handshakes run on tasks of their own, each bounded by `--tls-handshake-timeout-seconds`, so a
-//! client that connects and says nothing holds up no one else's connection.
+//! client that connects and says nothing holds up no one else's connection; at most
+//! `--max-tls-handshakes` run at once, and further connections wait in the kernel's backlog.
 
 use std::{
     io,
@@ -18,8 +19,11 @@ use std::{
 };
 
 use anyhow::Context as _;
-use metrics::counter;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use metrics::{counter, gauge};
+use tokio::{
+    io::{AsyncRead, AsyncWrite, ReadBuf},
+    sync::Semaphore,
+};
 use tokio_rustls::{
     rustls::{
         self,
@@ -47,22 +51,27 @@ pub struct TlsFiles {
     pub client_ca: Option<PathBuf>,
 }
 
-/// The gRPC port's TLS: the material in use, reloaded as its files change, and how long a
-/// handshake may take.
+/// How handshakes are bounded.
+#[derive(Debug, Clone, Copy)]
+pub struct Handshakes {
+    /// Longest a handshake may take.
+    pub timeout: Duration,
+    /// Handshakes in progress at once.
+    pub max_in_progress: usize,
+}
+
+/// The gRPC port's TLS: the material in use, reloaded as its files change, and how handshakes
+/// are bounded.
 #[derive(Clone)]
 pub struct Tls {
     config: Arc<Reloading<ServerConfig>>,
-    handshake_timeout: Duration,
+    handshakes: Handshakes,
     mutual: bool,
 }
 
 impl Tls {
     /// Loads the material (an error stops the start) and re-reads it every `watch`.
-    pub fn load(
-        files: &TlsFiles,
-        watch: Duration,
-        handshake_timeout: Duration,
-    ) -> anyhow::Result<Self> {
+    pub fn load(files: &TlsFiles, watch: Duration, handshakes: Handshakes) -> anyhow::Result<Self> {
         let mut paths = vec![files.cert.clone(), files.key.clone()];
         paths.extend(files.client_ca.clone());
         let config = Reloading::watch(
@@ -74,7 +83,7 @@ impl Tls {
         )?;
         Ok(Self {
             config,
-            handshake_timeout,
+            handshakes,
             mutual: files.client_ca.is_some(),
         })
     }
@@ -94,9 +103,15 @@ impl Tls {
         S: Stream<Item = io::Result<Aged>> + Send + 'static,
     {
         let (tx, rx) = tokio::sync::mpsc::channel(64);
+        let in_progress = Arc::new(Semaphore::new(self.handshakes.max_in_progress.max(1)));
         tokio::spawn(async move {
             let mut accepted = std::pin::pin!(accepted);
             loop {
+                // A slot before the next connection is taken from the listener: past the limit,
+                // connections wait in the kernel's backlog, costing the server nothing.
+                let Ok(slot) = Arc::clone(&in_progress).acquire_owned().await else {
+                    return;
+                };
                 let next = tokio::select! {
                     // The server stopped taking connections (shutdown): stop accepting them.
                     _ = tx.closed() => return,
@@ -111,14 +126,22 @@ impl Tls {
                     None => return,
                 };
                 let (tx, acceptor) = (tx.clone(), TlsAcceptor::from(self.config.current()));
-                let timeout = self.handshake_timeout;
+                let timeout = self.handshakes.timeout;
                 tokio::spawn(async move {
+                    gauge!(names::TLS_HANDSHAKES).increment(1.0);
                     let remote = stream.remote();
-                    let reason = match tokio::time::timeout(timeout, acceptor.accept(stream)).await
-                    {
+                    let outcome = tokio::time::timeout(timeout, acceptor.accept(stream)).await;
+                    gauge!(names::TLS_HANDSHAKES).decrement(1.0);
+                    drop(slot);
+                    let reason = match outcome {
                         Ok(Ok(tls)) => {
                             let _ = tx.send(Ok(Peer::Tls(Box::new(tls)))).await;
                             return;
+                        }
+                        // Load balancers' TCP checks and port scans: connect, then close.
+                        Ok(Err(e)) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                            tracing::debug!(?remote, "connection closed before its TLS handshake");
+                            "closed"
                         }
                         Ok(Err(e)) => {
                             tracing::debug!(?remote, error = %e, "TLS handshake refused");

@@ -34,8 +34,8 @@ pub struct ClientArgs {
     #[arg(long, env = "SIGLIP_CLIENT_TLS_SERVER_NAME")]
     pub tls_server_name: Option<String>,
 
-    /// A file whose first line is the bearer token to send (a file, not a flag: command lines
-    /// are visible to every user of the machine).
+    /// A file whose first word is the bearer token to send (a file, not a flag: command lines
+    /// are visible to every user of the machine; a line of the server's token file will do).
     #[arg(long, env = "SIGLIP_CLIENT_TOKEN_FILE")]
     pub token_file: Option<PathBuf>,
 }
@@ -110,7 +110,7 @@ impl ClientArgs {
         };
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("reading the token file {}", path.display()))?;
-        let token = text.lines().next().unwrap_or_default().trim();
+        let token = text.split_whitespace().next().unwrap_or_default();
         anyhow::ensure!(
             !token.is_empty(),
             "the token file {} is empty",

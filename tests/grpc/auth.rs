@@ -9,12 +9,12 @@ use std::{
 
 use tonic::{metadata::MetadataValue, Code, Request};
 
-use super::tls::Scratch;
 use super::*;
 use crate::common::{
     asset, generated,
     pki::{self, Ca},
     server::{metric_at, metrics_text, Server},
+    Scratch,
 };
 
 const ALICE: &str = "alice-0123456789abcdef0123456789";
@@ -106,6 +106,13 @@ async fn tokens_are_required_health_stays_open_and_the_file_rotates() {
         reflection_status(&server).await.unwrap_err().code(),
         Code::Unauthenticated
     );
+    // Watch holds a stream open: it needs a token, like any call but Check.
+    let watch = tonic_health::pb::health_client::HealthClient::new(server.channel().await)
+        .watch(tonic_health::pb::HealthCheckRequest {
+            service: String::new(),
+        })
+        .await;
+    assert_eq!(watch.err().map(|s| s.code()), Some(Code::Unauthenticated));
     let page = metrics_text(&server.metrics_addr).await;
     for caller in ["alice", "bob"] {
         assert!(
@@ -304,10 +311,11 @@ async fn no_token_key_or_certificate_reaches_the_log() {
     server.exits_cleanly(Duration::from_secs(30)).await;
 
     let text = std::fs::read_to_string(&log_path).unwrap();
-    assert!(
-        text.contains("TLS handshake refused") || text.contains("caller"),
-        "a debug log: {text}"
-    );
+    // The debug log ran: a call line naming the caller and the certificate's subject, and the
+    // refused handshake.
+    assert!(text.contains("caller=alice"), "no call line: {text}");
+    assert!(text.contains("CN=camera-7"), "no subject: {text}");
+    assert!(text.contains("TLS handshake refused"), "no refusal: {text}");
     let ca_pem = ca.pem();
     let secrets = [ALICE, WRONG, "short-secret"]
         .into_iter()

@@ -17,37 +17,10 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 use super::*;
 use crate::common::{
     asset,
-    pki::{self, Ca, Leaf},
+    pki::{Ca, Leaf},
     server::{metrics_text, Server},
+    Scratch,
 };
-
-/// A scratch folder for one test's files, removed at the end.
-pub(crate) struct Scratch(pub PathBuf);
-
-impl Scratch {
-    pub(crate) fn new(test: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("siglip-{test}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        Self(dir)
-    }
-
-    pub(crate) fn path(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-
-    pub(crate) fn write(&self, name: &str, text: &str) -> String {
-        let path = self.path(name);
-        pki::write(&path, text);
-        path.to_str().unwrap().to_string()
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// The tonic client's TLS: trusts `ca`, presents `identity` if any.
 fn client_tls(ca: &Ca, identity: Option<&Leaf>) -> ClientTlsConfig {
@@ -210,6 +183,13 @@ async fn mutual_tls_refuses_no_certificate_another_cas_and_an_expired_one() {
     classify_over(&server, client_tls(&ca, Some(&good)))
         .await
         .expect("a client with a certificate from the CA is served");
+    // The same client completes a bare handshake in both versions: the refusals below are the
+    // certificates', not the versions'.
+    for versions in [TLS13, TLS12] {
+        handshake(&server, &ca, Some(&good), versions)
+            .await
+            .expect("the good certificate");
+    }
     for (case, identity) in [
         ("no certificate", None),
         (
@@ -432,4 +412,99 @@ async fn the_health_command_works_over_mutual_tls() {
     assert_eq!(run(&[], &env), (true, "SERVING".to_string()));
     // Without its certificate the probe is refused at the handshake, and says so by failing.
     assert!(!run(&["--addr", &addr, "--tls-ca", &ca_file], &[]).0);
+}
+
+/// Clients that connect and say nothing (slowloris at the handshake) and clients that connect
+/// and close (TCP health checks): at most `--max-tls-handshakes` handshakes run at once, the
+/// silent ones end at the handshake timeout, and a well-behaved client is served meanwhile,
+/// waiting at most for the silent connections ahead of it to time out, a cap's worth at a time.
+#[tokio::test]
+async fn silent_connections_are_capped_and_timed_out_while_a_client_is_served() {
+    const CAP: usize = 8;
+    const SILENT: usize = 32;
+    let scratch = Scratch::new("handshakes");
+    let ca = Ca::new("test CA");
+    let leaf = ca.server(1);
+    let (cert, key) = (
+        scratch.write("tls.crt", &leaf.cert),
+        scratch.write("tls.key", &leaf.key),
+    );
+    let server = Server::spawn(&[
+        "--tls-cert",
+        &cert,
+        "--tls-key",
+        &key,
+        "--max-tls-handshakes",
+        &CAP.to_string(),
+        "--tls-handshake-timeout-seconds",
+        "1",
+    ])
+    .with_tls(client_tls(&ca, None));
+    server
+        .wait_for(tonic_health::pb::health_check_response::ServingStatus::Serving)
+        .await;
+    let started = Instant::now();
+    classify_over(&server, client_tls(&ca, None)).await.unwrap();
+    let idle = started.elapsed();
+
+    for _ in 0..4 {
+        drop(tokio::net::TcpStream::connect(&server.addr).await.unwrap());
+    }
+    let mut silent = Vec::new();
+    for _ in 0..SILENT {
+        silent.push(tokio::net::TcpStream::connect(&server.addr).await.unwrap());
+    }
+    let sampler = {
+        let addr = server.metrics_addr.clone();
+        tokio::spawn(async move {
+            let mut most = 0.0_f64;
+            let until = Instant::now() + Duration::from_secs(3);
+            while Instant::now() < until {
+                most = most.max(
+                    crate::common::server::metric_at(&addr, "siglip_tls_handshakes_in_progress")
+                        .await,
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            most
+        })
+    };
+    let started = Instant::now();
+    classify_over(&server, client_tls(&ca, None))
+        .await
+        .expect("a well-behaved client is served");
+    let attacked = started.elapsed();
+    let rounds = SILENT.div_ceil(CAP) as u32 + 1;
+    let bound = idle * 2 + Duration::from_secs(1) * rounds + Duration::from_secs(1);
+    assert!(
+        attacked <= bound,
+        "served after {attacked:?}, bound {bound:?}"
+    );
+    let most = sampler.await.unwrap();
+    assert!(most <= CAP as f64, "{most} handshakes at once, cap {CAP}");
+    assert!(most >= 1.0, "no handshake was seen in progress");
+
+    let timed_out = "siglip_tls_handshake_failures_total{reason=\"timeout\"}";
+    let until = Instant::now() + Duration::from_secs(20);
+    while metric_value(&server, timed_out).await < SILENT as f64 {
+        assert!(
+            Instant::now() < until,
+            "the silent connections were not all timed out"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        metric_value(
+            &server,
+            "siglip_tls_handshake_failures_total{reason=\"closed\"}"
+        )
+        .await,
+        4.0
+    );
+    assert_eq!(
+        metric_value(&server, "siglip_tls_handshakes_in_progress").await,
+        0.0
+    );
+    drop(silent);
+    classify_over(&server, client_tls(&ca, None)).await.unwrap();
 }

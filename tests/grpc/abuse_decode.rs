@@ -195,10 +195,7 @@ fn large_jpeg(side: u32) -> Vec<u8> {
     let img = image::RgbImage::from_fn(side, side, |x, y| {
         image::Rgb([(x % 256) as u8, (y % 256) as u8, ((x + y) % 256) as u8])
     });
-    let mut out = std::io::Cursor::new(Vec::new());
-    img.write_to(&mut out, image::ImageFormat::Jpeg)
-        .expect("encode jpeg");
-    out.into_inner()
+    encode(&img, image::ImageFormat::Jpeg)
 }
 
 /// Large but legal images from several callers at once, with decode threads to spare: each is

@@ -9,6 +9,7 @@ use std::{
 
 use tonic::{metadata::MetadataValue, Code, Request};
 
+use super::tls::client_tls;
 use super::*;
 use crate::common::{
     asset, generated,
@@ -252,15 +253,7 @@ async fn no_token_key_or_certificate_reaches_the_log() {
         &[("RUST_LOG", "debug")],
         Stdio::from(log),
     )
-    .with_tls(
-        tonic::transport::ClientTlsConfig::new()
-            .ca_certificate(tonic::transport::Certificate::from_pem(ca.pem()))
-            .identity(tonic::transport::Identity::from_pem(
-                &client.cert,
-                &client.key,
-            ))
-            .domain_name("localhost"),
-    );
+    .with_tls(client_tls(&ca, Some(&client)));
     server
         .wait_for(tonic_health::pb::health_check_response::ServingStatus::Serving)
         .await;
@@ -271,15 +264,7 @@ async fn no_token_key_or_certificate_reaches_the_log() {
     classify_with(&server, None).await.expect_err("no token");
     let stranger_channel = tonic::transport::Channel::from_shared(server.url())
         .unwrap()
-        .tls_config(
-            tonic::transport::ClientTlsConfig::new()
-                .ca_certificate(tonic::transport::Certificate::from_pem(ca.pem()))
-                .identity(tonic::transport::Identity::from_pem(
-                    &strange_client.cert,
-                    &strange_client.key,
-                ))
-                .domain_name("localhost"),
-        )
+        .tls_config(client_tls(&ca, Some(&strange_client)))
         .unwrap()
         .connect()
         .await;

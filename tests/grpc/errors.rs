@@ -8,15 +8,12 @@ use siglip_serve::model::image::{decode, Convention, ImageLimits};
 use tonic::{Code, Request};
 
 use crate::common::{self, asset, server::Server};
-use crate::{assert_status, big_png, classify_request, encoded, labels, raw_request};
+use crate::{assert_status, big_png, classify_request, encode, encoded, labels, raw_request};
 
 /// 1000×20: within the pixel limit of the bad-input test, over its side limit.
 fn wide_png() -> Vec<u8> {
     let img = image::RgbImage::from_pixel(1000, 20, image::Rgb([200, 100, 50]));
-    let mut out = std::io::Cursor::new(Vec::new());
-    img.write_to(&mut out, image::ImageFormat::Png)
-        .expect("encode png");
-    out.into_inner()
+    encode(&img, image::ImageFormat::Png)
 }
 
 #[tokio::test]

@@ -153,9 +153,13 @@ fn big_png(side: u32) -> Vec<u8> {
         let b = state.to_le_bytes();
         image::Rgb([b[0], b[1], b[2]])
     });
+    encode(&img, image::ImageFormat::Png)
+}
+
+/// `img` in `format`, as a client would send it.
+fn encode(img: &image::RgbImage, format: image::ImageFormat) -> Vec<u8> {
     let mut out = std::io::Cursor::new(Vec::new());
-    img.write_to(&mut out, image::ImageFormat::Png)
-        .expect("encode png");
+    img.write_to(&mut out, format).expect("encode");
     out.into_inner()
 }
 

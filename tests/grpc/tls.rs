@@ -23,7 +23,7 @@ use crate::common::{
 };
 
 /// The tonic client's TLS: trusts `ca`, presents `identity` if any.
-fn client_tls(ca: &Ca, identity: Option<&Leaf>) -> ClientTlsConfig {
+pub(crate) fn client_tls(ca: &Ca, identity: Option<&Leaf>) -> ClientTlsConfig {
     let tls = ClientTlsConfig::new()
         .ca_certificate(Certificate::from_pem(ca.pem()))
         .domain_name("localhost");

@@ -95,18 +95,17 @@ def _wait_for_serving(channel: grpc.Channel, stderr: Path) -> None:
     pytest.fail(f"server never reported SERVING:\n{stderr.read_text()}", pytrace=False)
 
 
-@pytest.fixture(scope="session")
-def server(server_bin: Path, model_dir: Path, tmp_path_factory) -> str:
-    """Address (host:port) of a ready server; at the end it must stop cleanly on SIGTERM."""
-    logs = tmp_path_factory.mktemp("server")
+def run_server(server_bin: Path, model_dir: Path, logs: Path, flags=(), open_channel=grpc.insecure_channel):
+    """Yields the address (host:port) of a ready server started with `flags`, whose health is asked
+    over `open_channel(addr)`; at the end it must stop cleanly on SIGTERM."""
     stdout, stderr = logs / "stdout.log", logs / "stderr.log"
     # float32: the tests compare RPCs and the CLI with each other at 1e-5.
     cmd = [str(server_bin), "serve", "--model-dir", str(model_dir), "--grpc-addr", "127.0.0.1:0", "--dtype", "float32",
-           "--metrics-addr", "127.0.0.1:0"]
+           "--metrics-addr", "127.0.0.1:0", *map(str, flags)]
     with stdout.open("wb") as out, stderr.open("wb") as err:
         proc = subprocess.Popen(cmd, stdout=out, stderr=err)
     addr = f"127.0.0.1:{_wait_for_port(proc, stdout, stderr)}"
-    with grpc.insecure_channel(addr) as channel:
+    with open_channel(addr) as channel:
         _wait_for_serving(channel, stderr)
     yield addr
     proc.send_signal(signal.SIGTERM)
@@ -116,6 +115,12 @@ def server(server_bin: Path, model_dir: Path, tmp_path_factory) -> str:
         proc.kill()
         pytest.fail("server did not stop within 30 s of SIGTERM", pytrace=False)
     assert code == 0, f"server exited with {code} after SIGTERM:\n{stderr.read_text()}"
+
+
+@pytest.fixture(scope="session")
+def server(server_bin: Path, model_dir: Path, tmp_path_factory) -> str:
+    """Address (host:port) of a ready server; at the end it must stop cleanly on SIGTERM."""
+    yield from run_server(server_bin, model_dir, tmp_path_factory.mktemp("server"))
 
 
 @pytest.fixture(scope="session")

@@ -10,13 +10,12 @@ The certificates are made here with the openssl CLI (EC P-256 keys: quick to gen
 """
 
 import secrets
-import signal
 import subprocess
 from pathlib import Path
 
 import grpc
 import pytest
-from conftest import _wait_for_port, _wait_for_serving
+from conftest import run_server
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 TIMEOUT_S = 5
@@ -102,30 +101,12 @@ def credentials(pki, ca: str = "ca", client: str | None = None) -> grpc.ChannelC
     return grpc.ssl_channel_credentials(root_certificates=pki[ca][0].read_bytes(), private_key=key, certificate_chain=chain)
 
 
-def start_server(server_bin: Path, model_dir: Path, folder: Path, tls_flags: list, creds: grpc.ChannelCredentials):
-    """Yields the address of a ready server, then expects it to stop cleanly on SIGTERM (as conftest's `server`)."""
-    stdout, stderr = folder / "stdout.log", folder / "stderr.log"
-    cmd = [str(server_bin), "serve", "--model-dir", str(model_dir), "--grpc-addr", "127.0.0.1:0", "--dtype", "float32",
-           "--metrics-addr", "127.0.0.1:0", *map(str, tls_flags)]
-    with stdout.open("wb") as out, stderr.open("wb") as err:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=err)
-    addr = f"127.0.0.1:{_wait_for_port(proc, stdout, stderr)}"
-    with grpc.secure_channel(addr, creds) as channel:
-        _wait_for_serving(channel, stderr)
-    yield addr
-    proc.send_signal(signal.SIGTERM)
-    try:
-        code = proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        pytest.fail("server did not stop within 30 s of SIGTERM", pytrace=False)
-    assert code == 0, f"server exited with {code} after SIGTERM:\n{stderr.read_text()}"
-
-
 @pytest.fixture(scope="module")
 def tls_server(server_bin, model_dir, pki, tmp_path_factory):
     flags = ["--tls-cert", pki["server"][0], "--tls-key", pki["server"][1]]
-    yield from start_server(server_bin, model_dir, tmp_path_factory.mktemp("tls"), flags, credentials(pki))
+    creds = credentials(pki)
+    yield from run_server(server_bin, model_dir, tmp_path_factory.mktemp("tls"), flags,
+                          lambda addr: grpc.secure_channel(addr, creds))
 
 
 @pytest.fixture(scope="module")
@@ -135,7 +116,8 @@ def mtls_server(server_bin, model_dir, pki, token, tmp_path_factory):
     tokens.write_text(f"# the python tests\n{token} python\n")
     flags = ["--tls-cert", pki["server"][0], "--tls-key", pki["server"][1], "--tls-client-ca", pki["ca"][0],
              "--auth-tokens-file", tokens]
-    yield from start_server(server_bin, model_dir, folder, flags, credentials(pki, client="client"))
+    creds = credentials(pki, client="client")
+    yield from run_server(server_bin, model_dir, folder, flags, lambda addr: grpc.secure_channel(addr, creds))
 
 
 @pytest.fixture(scope="module")

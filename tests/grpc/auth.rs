@@ -14,7 +14,7 @@ use super::*;
 use crate::common::{
     asset, generated,
     pki::{self, Ca},
-    server::{metric_at, metrics_text, Server},
+    server::{metrics_text, Server},
     Scratch,
 };
 
@@ -80,11 +80,9 @@ async fn tokens_are_required_health_stays_open_and_the_file_rotates() {
             !status.message().contains(WRONG),
             "{case}: the token is echoed"
         );
-        let refused = metric_at(
-            &server.metrics_addr,
-            &format!("siglip_auth_refused_total{{reason=\"{reason}\"}}"),
-        )
-        .await;
+        let refused = server
+            .metric(&format!("siglip_auth_refused_total{{reason=\"{reason}\"}}"))
+            .await;
         assert_eq!(refused, 1.0, "{case}");
     }
     // Streams too: the call is refused before its first message is read.
@@ -155,11 +153,9 @@ async fn tokens_are_required_health_stays_open_and_the_file_rotates() {
         .await
         .expect("the last good token file stays in use");
     assert_eq!(
-        metric_at(
-            &server.metrics_addr,
-            "siglip_reloads_total{what=\"tokens\",outcome=\"rejected\"}"
-        )
-        .await,
+        server
+            .metric("siglip_reloads_total{what=\"tokens\",outcome=\"rejected\"}")
+            .await,
         1.0
     );
 }

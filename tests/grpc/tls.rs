@@ -159,18 +159,12 @@ async fn tls_serves_clients_that_trust_it_and_refuses_plaintext_and_strangers() 
     .classify(classify_request(asset("rocket.bmp"), labels()))
     .await;
     assert!(plaintext.is_err(), "a plaintext call was answered");
-    let refused = metric_value(
-        &server,
-        "siglip_tls_handshake_failures_total{reason=\"refused\"}",
-    )
-    .await;
+    let refused = server
+        .metric("siglip_tls_handshake_failures_total{reason=\"refused\"}")
+        .await;
     assert!(refused >= 1.0, "refused handshakes counted: {refused}");
     // The server serves on.
     classify_over(&server, client_tls(&ca, None)).await.unwrap();
-}
-
-async fn metric_value(server: &Server, series: &str) -> f64 {
-    crate::common::server::metric_at(&server.metrics_addr, series).await
 }
 
 #[tokio::test]
@@ -354,11 +348,9 @@ async fn certificates_rotate_without_a_restart_and_open_streams_carry_on() {
             .unwrap(),
         vec![2]
     );
-    let rejected = metric_value(
-        &server,
-        "siglip_reloads_total{what=\"tls\",outcome=\"rejected\"}",
-    )
-    .await;
+    let rejected = server
+        .metric("siglip_reloads_total{what=\"tls\",outcome=\"rejected\"}")
+        .await;
     assert_eq!(rejected, 1.0);
     input.send(frame(3, asset("rocket.bmp"))).await.unwrap();
     assert_eq!(output.next().await.unwrap().unwrap().frame_id, 3);
@@ -486,7 +478,7 @@ async fn silent_connections_are_capped_and_timed_out_while_a_client_is_served() 
 
     let timed_out = "siglip_tls_handshake_failures_total{reason=\"timeout\"}";
     let until = Instant::now() + Duration::from_secs(20);
-    while metric_value(&server, timed_out).await < SILENT as f64 {
+    while server.metric(timed_out).await < SILENT as f64 {
         assert!(
             Instant::now() < until,
             "the silent connections were not all timed out"
@@ -494,15 +486,13 @@ async fn silent_connections_are_capped_and_timed_out_while_a_client_is_served() 
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(
-        metric_value(
-            &server,
-            "siglip_tls_handshake_failures_total{reason=\"closed\"}"
-        )
-        .await,
+        server
+            .metric("siglip_tls_handshake_failures_total{reason=\"closed\"}")
+            .await,
         4.0
     );
     assert_eq!(
-        metric_value(&server, "siglip_tls_handshakes_in_progress").await,
+        server.metric("siglip_tls_handshakes_in_progress").await,
         0.0
     );
     drop(silent);

@@ -50,6 +50,7 @@ pub fn scores(scores: Vec<Score>) -> Vec<pb::LabelScore> {
             probability: s.probability,
             logit: s.logit,
             index: s.index as u32,
+            smoothed_probability: None,
         })
         .collect()
 }

@@ -276,6 +276,7 @@ pub async fn deaf_stream(client: &mut SiglipClient<Channel>, image: Vec<u8>) -> 
                 texts: vec!["a photo".into()],
                 options: None,
                 mode: pb::DeliveryMode::EveryFrame as i32,
+                ..Default::default()
             })),
         };
         if tx.send(config).await.is_err() {

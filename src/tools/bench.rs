@@ -467,6 +467,7 @@ async fn one_stream(
             texts: workload.labels.clone(),
             options: None,
             mode: pb::DeliveryMode::LatestOnly as i32,
+            ..Default::default()
         })),
     })
     .await?;

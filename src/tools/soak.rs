@@ -358,6 +358,7 @@ async fn stream(
             texts: soak.label_set(i),
             options: None,
             mode: mode as i32,
+            ..Default::default()
         })),
     };
     let mut messages = vec![config(i)];

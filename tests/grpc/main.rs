@@ -169,6 +169,7 @@ fn config(texts: &[&str], mode: pb::DeliveryMode) -> pb::StreamRequest {
             texts: texts.iter().map(|s| s.to_string()).collect(),
             options: None,
             mode: mode as i32,
+            ..Default::default()
         })),
     }
 }
@@ -179,8 +180,7 @@ fn frame(id: u64, image: Vec<u8>) -> pb::StreamRequest {
             frame_id: id,
             timestamp_us: id as i64 * 33_000,
             image: encoded(image),
-            chunk: vec![],
-            last: false,
+            ..Default::default()
         })),
     }
 }
@@ -193,6 +193,7 @@ fn frame_chunk(id: u64, bytes: &[u8], last: bool) -> pb::StreamRequest {
             image: None,
             chunk: bytes.to_vec(),
             last,
+            ..Default::default()
         })),
     }
 }

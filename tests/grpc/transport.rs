@@ -131,6 +131,7 @@ async fn a_client_that_does_not_read_loses_its_stream_and_slot_at_the_lifetime()
             texts: long_labels,
             options: None,
             mode: pb::DeliveryMode::EveryFrame as i32,
+            ..Default::default()
         })),
     }];
     let tiny = asset("rocket.bmp");

@@ -20,6 +20,10 @@ pub enum Error {
     /// The caller's deadline passed before the work was done; the work was dropped.
     #[error("deadline exceeded: {0}")]
     DeadlineExceeded(String),
+    /// A stream frame waited longer than its stream's `max_age_ms` before inference: it is
+    /// dropped and counted, never answered late (so this never reaches a client as a status).
+    #[error("stale: {0}")]
+    Stale(String),
     /// Not ready yet, or shutting down: try again elsewhere or later.
     #[error("{0}")]
     Unavailable(String),

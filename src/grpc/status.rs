@@ -34,7 +34,7 @@ fn code(e: &Error) -> Code {
         Error::Input { source, .. } => code(source),
         Error::Image(_) | Error::InvalidArgument(_) => Code::InvalidArgument,
         Error::ResourceExhausted(_) => Code::ResourceExhausted,
-        Error::DeadlineExceeded(_) => Code::DeadlineExceeded,
+        Error::DeadlineExceeded(_) | Error::Stale(_) => Code::DeadlineExceeded,
         Error::Unavailable(_) => Code::Unavailable,
         Error::Model(_) | Error::Inference(_) => Code::Internal,
     }
@@ -131,6 +131,7 @@ mod tests {
                 Error::DeadlineExceeded("late".into()),
                 Code::DeadlineExceeded,
             ),
+            (Error::Stale("waited 90 ms".into()), Code::DeadlineExceeded),
             (Error::Unavailable("loading".into()), Code::Unavailable),
             (Error::Inference("CUDA error".into()), Code::Internal),
             (Error::Model("bad manifest".into()), Code::Internal),

@@ -97,6 +97,7 @@ test: system-deps build $(SUITE) $(BUILD)/models/tiny-faulty/manifest.json
 	  SIGLIP_TEST_MODEL_DIR=$(abspath $(BUILD)/models/tiny) \
 	  SIGLIP_TEST_AOTI_MODEL_DIR=$(abspath $(BUILD)/models/tiny-aoti) \
 	  SIGLIP_TEST_FAULTY_MODEL_DIR=$(abspath $(BUILD)/models/tiny-faulty) \
+	  SIGLIP_TEST_SLOW_MODEL_DIR=$(abspath $(BUILD)/models/base-224) \
 	  $(CARGO_ENV) cargo test --release --locked
 	SIGLIP_TEST_ASSETS=$(abspath $(BUILD)/assets) SIGLIP_TEST_MODEL_DIR=$(abspath $(BUILD)/models/tiny) \
 	  SIGLIP_SERVE_BIN=$(abspath $(BIN)) $(PY) -m pytest tests/python -q

@@ -547,18 +547,26 @@ impl Infer {
         Ok((reply.embeddings, timings))
     }
 
-    /// One image against an already embedded label set.
-    pub async fn classify_with(
+    /// A stream frame against its label set. A frame that goes stale (`stale_at`, from the
+    /// stream's `max_age_ms`) before its pixels are ready is refused with [`Error::Stale`]
+    /// rather than queued for a result nobody wants any more.
+    pub async fn classify_frame(
         &self,
         image: ImageInput,
         labels: &Labels,
         filter: ScoreFilter,
-        deadline: Option<Instant>,
+        stale_at: Option<Instant>,
     ) -> Result<Classification> {
         let started = Instant::now();
         let _admitted = self.admit(1)?;
         let (pixels, preprocess) = self.preprocess(image).await?;
-        let (embedding, mut timings) = self.embed_pixels(vec![pixels], deadline).await?;
+        if let Some(at) = stale_at.filter(|at| Instant::now() >= *at) {
+            return Err(Error::Stale(format!(
+                "the frame was ready {} ms after it went stale",
+                at.elapsed().as_millis()
+            )));
+        }
+        let (embedding, mut timings) = self.embed_pixels(vec![pixels], None).await?;
         timings.preprocess = preprocess;
         timings.total = started.elapsed();
         Ok(Classification {

@@ -62,7 +62,7 @@ pub const METHODS: [&str; 6] = [
     "GetModelInfo",
 ];
 /// Why a frame got no result of its own.
-pub const FRAME_DROP_REASONS: [&str; 2] = ["superseded", "error"];
+pub const FRAME_DROP_REASONS: [&str; 4] = ["superseded", "rate", "stale", "error"];
 /// Why queued work was never run.
 pub const REQUEST_DROP_REASONS: [&str; 2] = ["deadline", "cancelled"];
 pub const TOWERS: [&str; 2] = ["vision", "text"];
@@ -185,7 +185,7 @@ fn describe() {
     describe_counter!(FRAMES_CLASSIFIED, "Frames answered with scores");
     describe_counter!(
         FRAMES_DROPPED,
-        "Frames without scores: superseded (latest-only) or error"
+        "Stream frames that got no result of their own: superseded (latest-only), rate (over max_fps), stale (over max_age_ms) or error"
     );
     describe_histogram!(
         STALENESS,

@@ -12,6 +12,7 @@ use crate::error::{Error, Result};
 use crate::infer::{ImageInput, Timings};
 use crate::model::image::RawFormat;
 use crate::model::scores::{Score, ScoreFilter};
+use crate::video::drops::DropCounts;
 
 pub fn image(image: Option<pb::Image>) -> Result<ImageInput> {
     let source = image.and_then(|i| i.source).ok_or_else(|| {
@@ -53,6 +54,15 @@ pub fn scores(scores: Vec<Score>) -> Vec<pb::LabelScore> {
             smoothed_probability: None,
         })
         .collect()
+}
+
+pub fn drops(d: DropCounts) -> pb::DropCounts {
+    pb::DropCounts {
+        superseded: d.superseded,
+        rate: d.rate,
+        stale: d.stale,
+        error: d.error,
+    }
 }
 
 pub fn timings(t: Timings) -> pb::Timings {

@@ -1,9 +1,9 @@
-//! How a stream's complete frames become results, by delivery mode: every frame in order
-//! through a bounded pipeline, or only the latest; and how results reach the client
-//! ([`Outbox`]), where every send has an end.
+//! How a stream's complete frames become outcomes, by delivery mode: every frame in order
+//! through a bounded pipeline, or only the latest; the outcomes go to the stream's `Reporter`,
+//! and its messages reach the client through the [`Outbox`], where every send has an end.
 
 use std::{
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, PoisonError},
     time::{Duration, Instant},
 };
 
@@ -11,11 +11,14 @@ use ::metrics::{counter, histogram};
 use tokio::sync::{mpsc, watch, Notify};
 use tonic::Status;
 
-use super::{convert, pb};
+use super::{
+    pb,
+    report::{FrameMeta, Outcome, Reporter},
+};
 use crate::error::Error;
-use crate::infer::{ImageInput, Infer, Labels};
+use crate::infer::{ImageInput, Infer};
 use crate::metrics;
-use crate::model::scores::ScoreFilter;
+use crate::video::drops::{DropCounts, DropReason};
 
 pub(super) type Output = Result<pb::StreamResponse, Status>;
 
@@ -103,57 +106,62 @@ impl Outbox {
     }
 }
 
-/// The label set frames are classified against.
-pub(super) struct ActiveLabels {
-    pub(super) labels: Labels,
-    pub(super) filter: ScoreFilter,
-    pub(super) generation: u32,
-}
-
 /// A whole frame, ready to classify (or already known to be bad).
 pub(super) struct ReadyFrame {
-    /// When the frame was complete, for the staleness of its result.
+    /// When the frame was complete: its age (`max_age_ms`) and staleness run from here.
     pub(super) received: Instant,
-    pub(super) id: u64,
-    pub(super) timestamp_us: i64,
+    pub(super) meta: FrameMeta,
     pub(super) image: Result<ImageInput, Error>,
-    pub(super) labels: Arc<ActiveLabels>,
 }
 
-async fn classify_frame(infer: &Infer, frame: ReadyFrame, skipped: u64) -> pb::StreamResponse {
-    let received = frame.received;
-    let mut response = pb::StreamResponse {
-        frame_id: frame.id,
-        timestamp_us: frame.timestamp_us,
-        skipped_frames: skipped,
-        config_generation: frame.labels.generation,
-        ..Default::default()
-    };
-    let result = match frame.image {
+async fn classify_frame(infer: &Infer, frame: ReadyFrame) -> Outcome {
+    let ReadyFrame {
+        received,
+        meta,
+        image,
+    } = frame;
+    let config = Arc::clone(&meta.config);
+    let stale_at = config.settings.policy.max_age.map(|age| received + age);
+    if stale_at.is_some_and(|at| Instant::now() >= at) {
+        DropReason::Stale.record();
+        return Outcome::Dropped {
+            meta,
+            reason: DropReason::Stale,
+        };
+    }
+    let result = match image {
         Ok(image) => {
             infer
-                .classify_with(image, &frame.labels.labels, frame.labels.filter, None)
+                .classify_frame(image, &config.labels, config.settings.filter, stale_at)
                 .await
         }
         Err(e) => Err(e),
     };
+    if let Err(Error::Stale(_)) = result {
+        DropReason::Stale.record();
+        return Outcome::Dropped {
+            meta,
+            reason: DropReason::Stale,
+        };
+    }
+    histogram!(metrics::STALENESS).record(received.elapsed());
     match result {
         Ok(c) => {
             counter!(metrics::FRAMES_CLASSIFIED).increment(1);
-            response.scores = convert::scores(c.scores);
-            response.timings = Some(convert::timings(c.timings));
+            Outcome::Scored {
+                meta,
+                scores: c.scores,
+                timings: c.timings,
+            }
         }
         Err(e) => {
-            counter!(metrics::FRAMES_DROPPED, "reason" => "error").increment(1);
-            let status = Status::from(e);
-            response.error = Some(pb::FrameError {
-                code: status.code() as i32,
-                message: status.message().to_string(),
-            });
+            DropReason::Error.record();
+            Outcome::Failed {
+                meta,
+                error: Status::from(e),
+            }
         }
     }
-    histogram!(metrics::STALENESS).record(received.elapsed());
-    response
 }
 
 /// Where complete frames go, by delivery mode.
@@ -161,7 +169,7 @@ pub(super) struct Sink(Mode);
 
 enum Mode {
     Ordered {
-        pending: mpsc::Sender<tokio::task::JoinHandle<pb::StreamResponse>>,
+        pending: mpsc::Sender<Pending>,
         writer: tokio::task::JoinHandle<()>,
         infer: Arc<Infer>,
     },
@@ -171,7 +179,14 @@ enum Mode {
     },
 }
 
-/// The newest frame not yet classified, and how many were replaced since the last result.
+/// A frame's place in the every-frame pipeline: being classified, or already settled (a frame
+/// skipped for its rate keeps its place, so that results and drop counts stay in frame order).
+enum Pending {
+    Task(tokio::task::JoinHandle<Outcome>),
+    Settled(Outcome),
+}
+
+/// The newest frame not yet classified, and the frames dropped since the last result.
 #[derive(Default)]
 struct LatestSlot {
     state: Mutex<SlotState>,
@@ -181,22 +196,36 @@ struct LatestSlot {
 #[derive(Default)]
 struct SlotState {
     frame: Option<ReadyFrame>,
-    skipped: u64,
+    drops: DropCounts,
     closed: bool,
+}
+
+impl LatestSlot {
+    fn lock(&self) -> std::sync::MutexGuard<'_, SlotState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
 }
 
 impl Sink {
     pub(super) fn ordered(infer: Arc<Infer>, out: Outbox, depth: usize) -> Self {
         // The bounded queue of in-flight frames is the backpressure: when it is full, `submit`
         // waits, so the server stops reading the client's frames.
-        let (pending, mut rx) = mpsc::channel::<tokio::task::JoinHandle<pb::StreamResponse>>(depth);
+        let (pending, mut rx) = mpsc::channel::<Pending>(depth);
         let writer = tokio::spawn(async move {
-            while let Some(task) = rx.recv().await {
-                let Ok(response) = task.await else { continue };
-                if !out.send(response).await {
-                    break;
+            let mut reporter = Reporter::new(out);
+            while let Some(next) = rx.recv().await {
+                let outcome = match next {
+                    Pending::Task(task) => match task.await {
+                        Ok(outcome) => outcome,
+                        Err(_) => continue,
+                    },
+                    Pending::Settled(outcome) => outcome,
+                };
+                if !reporter.take(outcome).await {
+                    return;
                 }
             }
+            reporter.finish().await;
         });
         Sink(Mode::Ordered {
             pending,
@@ -209,25 +238,28 @@ impl Sink {
         let slot = Arc::new(LatestSlot::default());
         let worker_slot = Arc::clone(&slot);
         let worker = tokio::spawn(async move {
+            let mut reporter = Reporter::new(out);
             loop {
                 let next = {
-                    let mut state = worker_slot.state.lock().expect("slot lock");
+                    let mut state = worker_slot.lock();
+                    reporter.dropped(state.drops.take());
                     match state.frame.take() {
-                        Some(frame) => Some((frame, std::mem::take(&mut state.skipped))),
+                        Some(frame) => Some(frame),
                         None if state.closed => break,
                         None => None,
                     }
                 };
                 match next {
-                    Some((frame, skipped)) => {
-                        let response = classify_frame(&infer, frame, skipped).await;
-                        if !out.send(response).await {
-                            break;
+                    Some(frame) => {
+                        let outcome = classify_frame(&infer, frame).await;
+                        if !reporter.take(outcome).await {
+                            return;
                         }
                     }
                     None => worker_slot.ready.notified().await,
                 }
             }
+            reporter.finish().await;
         });
         Sink(Mode::Latest { slot, worker })
     }
@@ -237,15 +269,15 @@ impl Sink {
         match &self.0 {
             Mode::Ordered { pending, infer, .. } => {
                 let infer = Arc::clone(infer);
-                let task = tokio::spawn(async move { classify_frame(&infer, frame, 0).await });
-                pending.send(task).await.is_ok()
+                let task = tokio::spawn(async move { classify_frame(&infer, frame).await });
+                pending.send(Pending::Task(task)).await.is_ok()
             }
             Mode::Latest { slot, worker } => {
                 {
-                    let mut state = slot.state.lock().expect("slot lock");
+                    let mut state = slot.lock();
                     if state.frame.replace(frame).is_some() {
-                        state.skipped += 1;
-                        counter!(metrics::FRAMES_DROPPED, "reason" => "superseded").increment(1);
+                        state.drops.add(DropReason::Superseded);
+                        DropReason::Superseded.record();
                     }
                 }
                 slot.ready.notify_one();
@@ -254,7 +286,23 @@ impl Sink {
         }
     }
 
-    /// Waits until every frame already accepted is answered.
+    /// A frame that will not be classified (already counted in the metrics where it was
+    /// dropped). False when the client has gone.
+    pub(super) async fn skip(&self, meta: FrameMeta, reason: DropReason) -> bool {
+        match &self.0 {
+            Mode::Ordered { pending, .. } => pending
+                .send(Pending::Settled(Outcome::Dropped { meta, reason }))
+                .await
+                .is_ok(),
+            Mode::Latest { slot, worker } => {
+                slot.lock().drops.add(reason);
+                !worker.is_finished()
+            }
+        }
+    }
+
+    /// Waits until every frame already accepted is answered, and the drops since the last
+    /// answer are reported.
     pub(super) async fn finish(self) {
         match self.0 {
             Mode::Ordered {
@@ -264,7 +312,7 @@ impl Sink {
                 let _ = writer.await;
             }
             Mode::Latest { slot, worker } => {
-                slot.state.lock().expect("slot lock").closed = true;
+                slot.lock().closed = true;
                 slot.ready.notify_one();
                 let _ = worker.await;
             }

@@ -28,14 +28,17 @@ use tonic::{Status, Streaming};
 use super::{
     chunks::{Budget, Reassembly},
     convert,
-    delivery::{ActiveLabels, Outbox, Output, ReadyFrame, Sink},
+    delivery::{Outbox, Output, ReadyFrame, Sink},
     observe::{client_gone, record, record_ok},
     pb,
+    report::FrameMeta,
     state::State,
     status::remap_incoming,
+    stream_config::{self, Settings},
 };
-use crate::infer::{ImageInput, Infer};
+use crate::infer::{ImageInput, Infer, Labels};
 use crate::metrics;
+use crate::video::{drops::DropReason, rate::RateGate};
 
 const PROTOCOL: &str = "Stream";
 
@@ -114,7 +117,7 @@ async fn drive(
             )))
         }
     };
-    let mut labels = Arc::new(configure(&infer, first, 0).await?);
+    let mut active = Arc::new(configure(&infer, first, 0).await?);
     let sink = match mode {
         pb::DeliveryMode::LatestOnly => Sink::latest(Arc::clone(&infer), out.clone()),
         _ => Sink::ordered(
@@ -126,6 +129,7 @@ async fn drive(
     let mut assembler = Assembler::new(
         infer.limits().image.max_bytes,
         Arc::clone(&state.reassembly),
+        &active,
     );
 
     let ending = loop {
@@ -148,21 +152,25 @@ async fn drive(
                         "Stream protocol: the delivery mode cannot change mid-stream; open a new stream",
                     ));
                 }
-                match configure(&infer, config, labels.generation + 1).await {
-                    Ok(next) => labels = Arc::new(next),
+                match configure(&infer, config, active.generation + 1).await {
+                    Ok(next) => {
+                        active = Arc::new(next);
+                        assembler.reconfigure(&active);
+                    }
                     Err(status) => break Some(status),
                 }
             }
-            Ok(Some(pb::stream_request::Msg::Frame(frame))) => match assembler.push(frame, &labels)
-            {
-                Ok(Some(ready)) => {
-                    if !sink.submit(ready).await {
-                        break Some(out.stall().unwrap_or_else(client_gone));
-                    }
+            Ok(Some(pb::stream_request::Msg::Frame(frame))) => {
+                let delivered = match assembler.push(frame, &active) {
+                    Ok(Some(Arrival::Ready(ready))) => sink.submit(ready).await,
+                    Ok(Some(Arrival::Skipped(meta))) => sink.skip(meta, DropReason::Rate).await,
+                    Ok(None) => true,
+                    Err(status) => break Some(status),
+                };
+                if !delivered {
+                    break Some(out.stall().unwrap_or_else(client_gone));
                 }
-                Ok(None) => {}
-                Err(status) => break Some(status),
-            },
+            }
         }
     };
     // Answer what was read before ending (sends still have an end), then close with the reason.
@@ -198,42 +206,66 @@ async fn next_message(
     }
 }
 
-/// Embeds a configuration's labels; a bad label set ends the stream (it is the client's setup,
-/// not one frame, that is wrong).
+/// What frames are classified against: the config they arrived under, checked and embedded.
+pub(super) struct ActiveConfig {
+    pub(super) labels: Labels,
+    pub(super) settings: Settings,
+    /// Counts the configs of the stream, from 0.
+    pub(super) generation: u32,
+}
+
+/// Checks a configuration and embeds its labels; a bad config ends the stream (it is the
+/// client's setup, not one frame, that is wrong).
 async fn configure(
     infer: &Infer,
     config: pb::StreamConfig,
     generation: u32,
-) -> Result<ActiveLabels, Status> {
-    let filter = convert::filter(config.options)?;
+) -> Result<ActiveConfig, Status> {
+    let settings = stream_config::settings(&config)?;
     let (labels, _) = infer.labels(config.texts, None).await?;
-    Ok(ActiveLabels {
+    Ok(ActiveConfig {
         labels,
-        filter,
+        settings,
         generation,
     })
 }
 
-/// Turns frames (whole, or in chunks) into [`ReadyFrame`]s, one chunked frame at a time.
+/// A frame complete on the wire: to classify, or skipped for its rate.
+enum Arrival {
+    Ready(ReadyFrame),
+    Skipped(FrameMeta),
+}
+
+/// Turns frames (whole, or in chunks) into [`Arrival`]s, one chunked frame at a time. The
+/// rate limit is applied here, at a frame's first message: a frame over the rate is never
+/// decoded, and the chunks of one are read and let go, never held.
 struct Assembler {
     max_bytes: usize,
     budget: Arc<Budget>,
+    rate: RateGate,
     partial: Option<Partial>,
 }
 
 struct Partial {
     id: u64,
     timestamp_us: i64,
-    image: Reassembly,
+    /// `None` for a frame skipped for its rate.
+    image: Option<Reassembly>,
 }
 
 impl Assembler {
-    fn new(max_bytes: usize, budget: Arc<Budget>) -> Self {
+    fn new(max_bytes: usize, budget: Arc<Budget>, config: &ActiveConfig) -> Self {
         Self {
             max_bytes,
             budget,
+            rate: RateGate::new(config.settings.policy.max_fps),
             partial: None,
         }
+    }
+
+    /// A new config starts its own rate count.
+    fn reconfigure(&mut self, config: &ActiveConfig) {
+        self.rate = RateGate::new(config.settings.policy.max_fps);
     }
 
     /// The protocol error for a stream that ends in the middle of a chunked frame.
@@ -249,16 +281,25 @@ impl Assembler {
     fn push(
         &mut self,
         frame: pb::Frame,
-        labels: &Arc<ActiveLabels>,
-    ) -> Result<Option<ReadyFrame>, Status> {
-        let ready = |id, timestamp_us, image| {
+        config: &Arc<ActiveConfig>,
+    ) -> Result<Option<Arrival>, Status> {
+        let arrival = |id, timestamp_us, image: Option<Result<ImageInput, _>>| {
             counter!(metrics::FRAMES_RECEIVED).increment(1);
-            ReadyFrame {
-                received: Instant::now(),
+            let meta = FrameMeta {
                 id,
                 timestamp_us,
-                image,
-                labels: Arc::clone(labels),
+                config: Arc::clone(config),
+            };
+            match image {
+                Some(image) => Arrival::Ready(ReadyFrame {
+                    received: Instant::now(),
+                    meta,
+                    image,
+                }),
+                None => {
+                    DropReason::Rate.record();
+                    Arrival::Skipped(meta)
+                }
             }
         };
         if frame.image.is_some() {
@@ -274,8 +315,11 @@ impl Assembler {
                     frame.frame_id, partial.id
                 )));
             }
-            let image = convert::image(frame.image);
-            return Ok(Some(ready(frame.frame_id, frame.timestamp_us, image)));
+            let image = self
+                .rate
+                .admit(frame.timestamp_us)
+                .then(|| convert::image(frame.image));
+            return Ok(Some(arrival(frame.frame_id, frame.timestamp_us, image)));
         }
         if self.partial.is_none() && frame.chunk.is_empty() && !frame.last {
             return Err(Status::invalid_argument(format!(
@@ -283,11 +327,13 @@ impl Assembler {
                 frame.frame_id
             )));
         }
-        let (max_bytes, budget) = (self.max_bytes, &self.budget);
+        let (max_bytes, budget, rate) = (self.max_bytes, &self.budget, &mut self.rate);
         let partial = self.partial.get_or_insert_with(|| Partial {
             id: frame.frame_id,
             timestamp_us: frame.timestamp_us,
-            image: Reassembly::open(max_bytes, Arc::clone(budget)),
+            image: rate
+                .admit(frame.timestamp_us)
+                .then(|| Reassembly::open(max_bytes, Arc::clone(budget))),
         });
         if partial.id != frame.frame_id {
             return Err(Status::invalid_argument(format!(
@@ -296,19 +342,21 @@ impl Assembler {
             )));
         }
         // A frame over the byte limit is read to its end and answered with an in-band error.
-        partial
-            .image
-            .push(&frame.chunk)
-            .map_err(|e| Status::from(e.into_error(PROTOCOL)))?;
+        if let Some(image) = &mut partial.image {
+            image
+                .push(&frame.chunk)
+                .map_err(|e| Status::from(e.into_error(PROTOCOL)))?;
+        }
         if !frame.last {
             return Ok(None);
         }
         let done = self.partial.take().expect("partial frame present");
-        let image = done
-            .image
-            .finish()
-            .map(ImageInput::Encoded)
-            .map_err(|e| e.into_error(PROTOCOL));
-        Ok(Some(ready(done.id, done.timestamp_us, image)))
+        let image = done.image.map(|image| {
+            image
+                .finish()
+                .map(ImageInput::Encoded)
+                .map_err(|e| e.into_error(PROTOCOL))
+        });
+        Ok(Some(arrival(done.id, done.timestamp_us, image)))
     }
 }

@@ -5,6 +5,7 @@
 //! - `classify`: Classify's answers, options, raw frames and image conventions;
 //! - `upload`: Upload, for images over the message limit, and its protocol;
 //! - `stream`: Stream's delivery modes, protocol, stream limit and lifetime;
+//! - `policy`: Stream frame policy (max_fps, max_age_ms) and drop counts by reason;
 //! - `embed`: EmbedImage, EmbedText and GetModelInfo;
 //! - `errors`: bad input and the status it gets, deadlines, a full queue;
 //! - `lifecycle`: health, reflection, shutdown, flags from the environment.
@@ -29,6 +30,7 @@ mod embed;
 mod errors;
 mod health;
 mod lifecycle;
+mod policy;
 mod stream;
 mod tls;
 mod transport;

@@ -23,6 +23,8 @@ FROM_START = [
     'siglip_grpc_requests_total{method="Classify",code="OK"} 0',
     'siglip_grpc_requests_total{method="Stream",code="OK"} 0',
     'siglip_stream_frames_dropped_total{reason="superseded"} 0',
+    'siglip_stream_frames_dropped_total{reason="rate"} 0',
+    'siglip_stream_frames_dropped_total{reason="stale"} 0',
     'siglip_requests_dropped_total{reason="deadline"} 0',
     "siglip_images_processed_total 0",
     "siglip_texts_processed_total 0",

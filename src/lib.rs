@@ -15,6 +15,7 @@
 //! - [`metrics`]: Prometheus metrics, all names in one place.
 //! - [`config`]: command-line flags (each also an environment variable).
 //! - [`error`]: the one error type.
+//! - [`video`]: what a stream watches — smoothing, enter/leave events, heartbeats (no transport).
 //! - [`tools`]: beside the server — a load generator, and the parity check against transformers.
 
 pub mod batch;
@@ -27,3 +28,4 @@ pub mod metrics;
 pub mod model;
 pub mod server;
 pub mod tools;
+pub mod video;

@@ -15,7 +15,7 @@
 //! - [`metrics`]: Prometheus metrics, all names in one place.
 //! - [`config`]: command-line flags (each also an environment variable).
 //! - [`error`]: the one error type.
-//! - [`video`]: what a stream watches: frame policy, drop counts, smoothing and events.
+//! - [`video`]: what a stream watches: frame policy, drop counts, smoothing, events, heartbeats.
 //! - [`tools`]: beside the server — a load generator, and the parity check against transformers.
 
 pub mod batch;

@@ -1,9 +1,20 @@
 //! What a stream watches: which frames are worth classifying, and what the stream makes of the
 //! results over time. Plain logic, no gRPC and no runtime: `grpc::stream` and `grpc::report`
-//! drive it.
+//! drive it, one frame at a time, in frame order.
+//!
+//! - [`rate`]: `max_fps`, judged by the client's timestamps.
+//! - [`drops`]: why a frame got no message of its own, counted by reason.
+//! - [`smoothing`]: an EMA or a running median per label.
+//! - [`hysteresis`]: enter/leave thresholds and the run of frames that fires an event.
+//! - [`tracker`]: that state per (area, label) across a stream's configurations.
+//! - [`heartbeat`]: when an events-only stream owes the client a sign of life.
 
 pub mod drops;
+pub mod heartbeat;
+pub mod hysteresis;
 pub mod rate;
+pub mod smoothing;
+pub mod tracker;
 
 use std::time::Duration;
 

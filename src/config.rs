@@ -113,6 +113,12 @@ pub struct LimitArgs {
     #[arg(long, env = "SIGLIP_MAX_IMAGES", default_value_t = Limits::DEFAULT.max_images)]
     pub max_images: usize,
 
+    /// Most regions of one stream frame (from its config or the frame), each classified on its
+    /// own and counted as one pending image; more is refused with INVALID_ARGUMENT. At most
+    /// --max-pending-images.
+    #[arg(long, env = "SIGLIP_MAX_REGIONS", default_value_t = Limits::DEFAULT.max_regions)]
+    pub max_regions: usize,
+
     /// Largest gRPC message accepted, in bytes (bigger images go through Upload in chunks).
     #[arg(long, env = "SIGLIP_MAX_MESSAGE_BYTES", default_value_t = 4 << 20)]
     pub max_message_bytes: usize,
@@ -190,6 +196,7 @@ impl LimitArgs {
             max_texts: self.max_texts,
             max_text_bytes: self.max_text_bytes,
             max_images: self.max_images,
+            max_regions: self.max_regions,
             max_pending_images: self.max_pending_images,
             max_decoding_pixels: self.max_decoding_pixels,
             max_pending_texts: self.max_pending_texts,
@@ -219,6 +226,14 @@ impl LimitArgs {
                  could never be accepted; raise it or lower --max-images",
                 self.max_pending_images,
                 self.max_images
+            );
+        }
+        if self.max_regions == 0 || self.max_regions > self.max_pending_images {
+            anyhow::bail!(
+                "--max-regions {} must be between 1 and --max-pending-images {}: a frame's \
+                 regions are admitted together, so more could never be accepted",
+                self.max_regions,
+                self.max_pending_images
             );
         }
         if self.max_decoding_pixels < self.max_image_pixels {

@@ -18,7 +18,7 @@ use crate::batch::Batcher;
 use crate::error::{Error, Result};
 use crate::metrics;
 use crate::model::{
-    image::{self, Convention, ImageLimits, Preprocess, RawFormat},
+    image::{self, Convention, ImageLimits, Preprocess, RawFormat, Region, RgbImage},
     manifest::Manifest,
     scores::{rank, Embeddings, LogitHead, Score, ScoreFilter},
     tokenizer::{TextTokenizer, TokenIds},
@@ -47,6 +47,27 @@ impl ImageInput {
         })
     }
 
+    /// Bytes as received: what the bytes metric counts.
+    fn received_bytes(&self) -> usize {
+        match self {
+            ImageInput::Encoded(b) => b.len(),
+            ImageInput::Raw { data, .. } => data.len(),
+        }
+    }
+
+    /// Decoded (within the limits) to RGB8 by `convention`.
+    fn decode(self, limits: &ImageLimits, convention: Convention) -> Result<RgbImage> {
+        Ok(match self {
+            ImageInput::Encoded(bytes) => image::decode(&bytes, limits, convention)?,
+            ImageInput::Raw {
+                width,
+                height,
+                format,
+                data,
+            } => image::from_raw(width, height, format, &data, limits, convention)?,
+        })
+    }
+
     /// Decoded (within the limits) and preprocessed: CHW floats ready for the model. CPU work,
     /// for a blocking thread.
     pub fn prepare(
@@ -55,16 +76,26 @@ impl ImageInput {
         convention: Convention,
         prep: &Preprocess,
     ) -> Result<Vec<f32>> {
-        let rgb = match self {
-            ImageInput::Encoded(bytes) => image::decode(&bytes, limits, convention)?,
-            ImageInput::Raw {
-                width,
-                height,
-                format,
-                data,
-            } => image::from_raw(width, height, format, &data, limits, convention)?,
-        };
-        Ok(image::preprocess(&rgb, prep))
+        Ok(image::preprocess(&self.decode(limits, convention)?, prep))
+    }
+
+    /// Decoded once, then each region cropped out and preprocessed on its own: one row of CHW
+    /// floats per region, in order, equal to the reference's `crop` of the same image. A region
+    /// reaching outside the decoded frame (whose size only decoding tells, EXIF orientation
+    /// included) is refused. CPU work, for a blocking thread.
+    pub fn prepare_regions(
+        self,
+        limits: &ImageLimits,
+        convention: Convention,
+        prep: &Preprocess,
+        regions: &[Region],
+    ) -> Result<Vec<Vec<f32>>> {
+        let rgb = self.decode(limits, convention)?;
+        image::check_within(rgb.width(), rgb.height(), regions).map_err(Error::InvalidArgument)?;
+        Ok(regions
+            .iter()
+            .map(|&r| image::preprocess(&image::crop(&rgb, r), prep))
+            .collect())
     }
 }
 
@@ -79,6 +110,8 @@ pub struct Limits {
     pub max_text_bytes: usize,
     /// Images in one EmbedImage request.
     pub max_images: usize,
+    /// Regions of one stream frame, each classified on its own (`--max-regions`).
+    pub max_regions: usize,
     /// Images accepted and not yet answered, over all callers: bounds the memory of
     /// preprocessed images.
     pub max_pending_images: usize,
@@ -96,6 +129,7 @@ impl Limits {
         max_texts: 256,
         max_text_bytes: 2048,
         max_images: 64,
+        max_regions: 16,
         max_pending_images: 512,
         max_decoding_pixels: 100_000_000,
         max_pending_texts: 1024,
@@ -501,11 +535,35 @@ impl Infer {
 
     /// Decodes and preprocesses one image on the CPU pool: CHW floats ready for the model.
     pub async fn preprocess(&self, input: ImageInput) -> Result<(Vec<f32>, Duration)> {
-        let bytes = match &input {
-            ImageInput::Encoded(b) => b.len(),
-            ImageInput::Raw { data, .. } => data.len(),
-        };
-        counter!(metrics::BYTES_RECEIVED).increment(bytes as u64);
+        self.on_cpu_pool(input, |input, limits, convention, prep| {
+            input.prepare(limits, convention, prep)
+        })
+        .await
+    }
+
+    /// Decodes one frame on the CPU pool and preprocesses each of its regions
+    /// ([`ImageInput::prepare_regions`]): one row per region, in order. The caller admits the
+    /// rows (one pending image each).
+    pub async fn preprocess_regions(
+        &self,
+        input: ImageInput,
+        regions: Vec<Region>,
+    ) -> Result<(Vec<Vec<f32>>, Duration)> {
+        image::check_shape(&regions, self.limits.max_regions).map_err(Error::InvalidArgument)?;
+        self.on_cpu_pool(input, move |input, limits, convention, prep| {
+            input.prepare_regions(limits, convention, prep, &regions)
+        })
+        .await
+    }
+
+    /// Runs `work` on one image on the blocking pool, once the image's header-declared pixels
+    /// fit in `--max-decoding-pixels` and a CPU permit is free; records the time it took.
+    async fn on_cpu_pool<T, F>(&self, input: ImageInput, work: F) -> Result<(T, Duration)>
+    where
+        T: Send + 'static,
+        F: FnOnce(ImageInput, &ImageLimits, Convention, &Preprocess) -> Result<T> + Send + 'static,
+    {
+        counter!(metrics::BYTES_RECEIVED).increment(input.received_bytes() as u64);
         // The header is read here, before the image waits for anything: an image over the
         // limits is refused at once, and the others are charged by their size.
         let pixels = input.declared_pixels(&self.limits.image)?;
@@ -520,15 +578,15 @@ impl Infer {
         let convention = self.convention;
         let prep = self.preprocess.clone();
         let started = Instant::now();
-        let pixels = tokio::task::spawn_blocking(move || -> Result<Vec<f32>> {
+        let prepared = tokio::task::spawn_blocking(move || -> Result<T> {
             let _permits = (permit, decoding);
-            input.prepare(&limits, convention, &prep)
+            work(input, &limits, convention, &prep)
         })
         .await
         .map_err(|e| Error::Inference(format!("preprocessing task failed: {e}")))??;
         let elapsed = started.elapsed();
         histogram!(metrics::PREPROCESS).record(elapsed);
-        Ok((pixels, elapsed))
+        Ok((prepared, elapsed))
     }
 
     /// Embeds preprocessed images (from [`Infer::preprocess`]).

@@ -11,6 +11,7 @@
 //! buffer is allocated; every failure is an [`ImageError`] whose message says what to fix.
 //! [`decode`] is synchronous and CPU-bound: run it on a blocking pool.
 
+mod crop;
 mod decode;
 mod error;
 mod jpeg;
@@ -22,6 +23,7 @@ mod resize;
 mod rgb;
 mod transparency;
 
+pub use crop::{check_shape, check_within, crop, Region};
 pub use error::ImageError;
 pub use image::RgbImage;
 pub use limits::ImageLimits;

@@ -20,7 +20,7 @@ use crate::metrics;
 use crate::model::{
     image::{self, Convention, ImageLimits, Preprocess, RawFormat, Region, RgbImage},
     manifest::Manifest,
-    scores::{rank, Embeddings, LogitHead, Score, ScoreFilter},
+    scores::{rank, score_all, Embeddings, LogitHead, Score, ScoreFilter},
     tokenizer::{TextTokenizer, TokenIds},
     HostSide,
 };
@@ -198,6 +198,14 @@ pub struct Timings {
     pub total: Duration,
     /// Images in the vision forward pass that served the request.
     pub batch_size: usize,
+}
+
+/// A stream frame's scores: per area (the whole frame, or each region), every label in label
+/// order.
+#[derive(Debug)]
+pub struct FrameScores {
+    pub areas: Vec<Vec<Score>>,
+    pub timings: Timings,
 }
 
 #[derive(Debug, Clone)]
@@ -542,14 +550,13 @@ impl Infer {
     }
 
     /// Decodes one frame on the CPU pool and preprocesses each of its regions
-    /// ([`ImageInput::prepare_regions`]): one row per region, in order. The caller admits the
-    /// rows (one pending image each).
+    /// ([`ImageInput::prepare_regions`]): one row per region, in order. The caller checks the
+    /// regions' shape (`image::check_shape`) and admits the rows (one pending image each).
     pub async fn preprocess_regions(
         &self,
         input: ImageInput,
         regions: Vec<Region>,
     ) -> Result<(Vec<Vec<f32>>, Duration)> {
-        image::check_shape(&regions, self.limits.max_regions).map_err(Error::InvalidArgument)?;
         self.on_cpu_pool(input, move |input, limits, convention, prep| {
             input.prepare_regions(limits, convention, prep, &regions)
         })
@@ -605,30 +612,41 @@ impl Infer {
         Ok((reply.embeddings, timings))
     }
 
-    /// A stream frame against its label set. A frame that goes stale (`stale_at`, from the
-    /// stream's `max_age_ms`) before its pixels are ready is refused with [`Error::Stale`]
-    /// rather than queued for a result nobody wants any more.
+    /// A stream frame against its label set: every label, in label order (the stream selects
+    /// and orders them after smoothing). A frame that goes stale (`stale_at`, from the stream's
+    /// `max_age_ms`) before its pixels are ready is refused with [`Error::Stale`] rather than
+    /// queued for a result nobody wants any more.
+    /// With `regions`, each region is cropped out of the decoded frame and scored on its own.
     pub async fn classify_frame(
         &self,
         image: ImageInput,
+        regions: &[Region],
         labels: &Labels,
-        filter: ScoreFilter,
         stale_at: Option<Instant>,
-    ) -> Result<Classification> {
+    ) -> Result<FrameScores> {
         let started = Instant::now();
-        let _admitted = self.admit(1)?;
-        let (pixels, preprocess) = self.preprocess(image).await?;
+        image::check_shape(regions, self.limits.max_regions).map_err(Error::InvalidArgument)?;
+        let _admitted = self.admit(regions.len().max(1))?;
+        let (pixels, preprocess) = if regions.is_empty() {
+            let (pixels, preprocess) = self.preprocess(image).await?;
+            (vec![pixels], preprocess)
+        } else {
+            self.preprocess_regions(image, regions.to_vec()).await?
+        };
         if let Some(at) = stale_at.filter(|at| Instant::now() >= *at) {
             return Err(Error::Stale(format!(
                 "the frame was ready {} ms after it went stale",
                 at.elapsed().as_millis()
             )));
         }
-        let (embedding, mut timings) = self.embed_pixels(vec![pixels], None).await?;
+        let (embeddings, mut timings) = self.embed_pixels(pixels, None).await?;
         timings.preprocess = preprocess;
         timings.total = started.elapsed();
-        Ok(Classification {
-            scores: self.rank(embedding.row(0), labels, filter),
+        Ok(FrameScores {
+            areas: embeddings
+                .rows()
+                .map(|row| score_all(self.head, row, &labels.texts, &labels.embeddings))
+                .collect(),
             timings,
         })
     }

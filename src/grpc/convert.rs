@@ -10,7 +10,7 @@ use tonic::{metadata::MetadataMap, Status};
 use super::pb;
 use crate::error::{Error, Result};
 use crate::infer::{ImageInput, Timings};
-use crate::model::image::RawFormat;
+use crate::model::image::{RawFormat, Region};
 use crate::model::scores::{Score, ScoreFilter};
 use crate::video::drops::DropCounts;
 
@@ -44,16 +44,17 @@ pub fn filter(options: Option<pb::ClassifyOptions>) -> Result<ScoreFilter> {
 }
 
 pub fn scores(scores: Vec<Score>) -> Vec<pb::LabelScore> {
-    scores
-        .into_iter()
-        .map(|s| pb::LabelScore {
-            label: s.label,
-            probability: s.probability,
-            logit: s.logit,
-            index: s.index as u32,
-            smoothed_probability: None,
-        })
-        .collect()
+    scores.into_iter().map(score).collect()
+}
+
+pub fn score(s: Score) -> pb::LabelScore {
+    pb::LabelScore {
+        label: s.label,
+        probability: s.probability,
+        logit: s.logit,
+        index: s.index as u32,
+        smoothed_probability: None,
+    }
 }
 
 pub fn drops(d: DropCounts) -> pb::DropCounts {
@@ -62,6 +63,15 @@ pub fn drops(d: DropCounts) -> pb::DropCounts {
         rate: d.rate,
         stale: d.stale,
         error: d.error,
+    }
+}
+
+pub fn region(r: Region) -> pb::Region {
+    pb::Region {
+        x: r.x,
+        y: r.y,
+        width: r.width,
+        height: r.height,
     }
 }
 

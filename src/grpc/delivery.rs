@@ -12,12 +12,13 @@ use tokio::sync::{mpsc, watch, Notify};
 use tonic::Status;
 
 use super::{
-    pb,
-    report::{FrameMeta, Outcome, Reporter},
+    convert, pb,
+    report::{AreaScores, FrameMeta, Outcome, Reporter},
 };
 use crate::error::Error;
 use crate::infer::{ImageInput, Infer};
 use crate::metrics;
+use crate::model::image::Region;
 use crate::video::drops::{DropCounts, DropReason};
 
 pub(super) type Output = Result<pb::StreamResponse, Status>;
@@ -111,6 +112,8 @@ pub(super) struct ReadyFrame {
     /// When the frame was complete: its age (`max_age_ms`) and staleness run from here.
     pub(super) received: Instant,
     pub(super) meta: FrameMeta,
+    /// The frame's own regions, replacing the config's for this frame.
+    pub(super) regions: Option<Vec<Region>>,
     pub(super) image: Result<ImageInput, Error>,
 }
 
@@ -118,6 +121,7 @@ async fn classify_frame(infer: &Infer, frame: ReadyFrame) -> Outcome {
     let ReadyFrame {
         received,
         meta,
+        regions,
         image,
     } = frame;
     let config = Arc::clone(&meta.config);
@@ -129,10 +133,11 @@ async fn classify_frame(infer: &Infer, frame: ReadyFrame) -> Outcome {
             reason: DropReason::Stale,
         };
     }
+    let regions = regions.as_deref().unwrap_or(&config.settings.regions);
     let result = match image {
         Ok(image) => {
             infer
-                .classify_frame(image, &config.labels, config.settings.filter, stale_at)
+                .classify_frame(image, regions, &config.labels, stale_at)
                 .await
         }
         Err(e) => Err(e),
@@ -146,21 +151,37 @@ async fn classify_frame(infer: &Infer, frame: ReadyFrame) -> Outcome {
     }
     histogram!(metrics::STALENESS).record(received.elapsed());
     match result {
-        Ok(c) => {
+        Ok(scores) => {
             counter!(metrics::FRAMES_CLASSIFIED).increment(1);
+            let areas = if regions.is_empty() {
+                scores
+                    .areas
+                    .into_iter()
+                    .map(|scores| AreaScores {
+                        region: None,
+                        scores,
+                    })
+                    .collect()
+            } else {
+                (0..)
+                    .zip(regions)
+                    .zip(scores.areas)
+                    .map(|((index, r), scores)| AreaScores {
+                        region: Some((index, convert::region(*r))),
+                        scores,
+                    })
+                    .collect()
+            };
             Outcome::Scored {
                 meta,
-                scores: c.scores,
-                timings: c.timings,
+                areas,
+                timings: scores.timings,
             }
         }
-        Err(e) => {
-            DropReason::Error.record();
-            Outcome::Failed {
-                meta,
-                error: Status::from(e),
-            }
-        }
+        Err(e) => Outcome::Failed {
+            meta,
+            error: Status::from(e),
+        },
     }
 }
 

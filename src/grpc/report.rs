@@ -1,6 +1,9 @@
-//! From a stream's frame outcomes to the messages its client gets, in frame order: one message
-//! per frame taken up, with the frames dropped since the previous message counted by reason.
-//! Both delivery modes end here (`delivery`), so they report alike.
+//! From a stream's frame outcomes to the messages its client gets, in frame order. Both
+//! delivery modes end here (`delivery`), so they report alike:
+//! - the frames dropped since the previous message, counted by reason;
+//! - smoothing and enter/leave events over the frames classified (`video::tracker`);
+//! - in events-only mode, only the messages worth sending: events, and heartbeats by the
+//!   client's clock (`video::heartbeat`).
 
 use std::sync::Arc;
 
@@ -8,8 +11,13 @@ use tonic::Status;
 
 use super::{convert, delivery::Outbox, pb, stream::ActiveConfig};
 use crate::infer::Timings;
-use crate::model::scores::Score;
-use crate::video::drops::{DropCounts, DropReason};
+use crate::model::scores::{select, Score, ScoreFilter};
+use crate::video::{
+    drops::{DropCounts, DropReason},
+    heartbeat::Heartbeat,
+    hysteresis::EventKind,
+    tracker::Tracker,
+};
 
 /// Which frame an outcome is about, and the config it arrived under.
 pub(super) struct FrameMeta {
@@ -18,17 +26,36 @@ pub(super) struct FrameMeta {
     pub(super) config: Arc<ActiveConfig>,
 }
 
+/// One classified area of a frame: the whole frame, or one of its regions.
+pub(super) struct AreaScores {
+    /// The region's index in the frame's list, and the region; `None` for the whole frame.
+    pub(super) region: Option<(u32, pb::Region)>,
+    /// Every label, in label order.
+    pub(super) scores: Vec<Score>,
+}
+
 /// What became of one frame.
 pub(super) enum Outcome {
     Scored {
         meta: FrameMeta,
-        scores: Vec<Score>,
+        areas: Vec<AreaScores>,
         timings: Timings,
     },
-    /// Could not be classified: answered with an in-band error, the stream goes on.
+    /// Could not be classified: answered with an in-band error (in events-only mode, counted
+    /// as a drop instead); the stream goes on.
     Failed { meta: FrameMeta, error: Status },
     /// Got no message of its own.
     Dropped { meta: FrameMeta, reason: DropReason },
+}
+
+impl Outcome {
+    fn meta(&self) -> &FrameMeta {
+        match self {
+            Outcome::Scored { meta, .. }
+            | Outcome::Failed { meta, .. }
+            | Outcome::Dropped { meta, .. } => meta,
+        }
+    }
 }
 
 /// Writes a stream's messages, in the order outcomes are handed to it.
@@ -36,6 +63,10 @@ pub(super) struct Reporter {
     out: Outbox,
     drops: DropCounts,
     classified: u64,
+    /// The config the tracker follows, and the smoothing and event state.
+    watching: Option<(Arc<ActiveConfig>, Tracker)>,
+    /// Events-only mode's clock (kept across configs that stay events-only).
+    heartbeat: Option<Heartbeat>,
     /// The last frame handed in, for the message that reports drops at the end.
     last: Option<FrameMeta>,
 }
@@ -46,6 +77,8 @@ impl Reporter {
             out,
             drops: DropCounts::default(),
             classified: 0,
+            watching: None,
+            heartbeat: None,
             last: None,
         }
     }
@@ -56,35 +89,52 @@ impl Reporter {
         self.drops.merge(drops);
     }
 
-    /// False when the message could not be delivered (the client went away or stopped reading).
+    /// False when a message could not be delivered (the client went away or stopped reading).
     pub(super) async fn take(&mut self, outcome: Outcome) -> bool {
-        let (meta, response) = match outcome {
+        self.follow(&outcome.meta().config);
+        let response = match outcome {
             Outcome::Dropped { meta, reason } => {
                 self.drops.add(reason);
+                // A frame the server took up and found stale is a sign of life.
+                let beat = reason == DropReason::Stale && self.heartbeat_due(&meta);
+                let response = beat.then(|| self.heartbeat(&meta));
                 self.last = Some(meta);
-                return true;
+                response
             }
-            Outcome::Scored {
-                meta,
-                scores,
-                timings,
-            } => {
-                self.classified += 1;
-                let mut response = self.message(&meta);
-                response.scores = convert::scores(scores);
-                response.timings = Some(convert::timings(timings));
-                (meta, response)
+            Outcome::Failed { meta, .. } if self.heartbeat.is_some() => {
+                DropReason::Error.record();
+                self.drops.add(DropReason::Error);
+                let response = self.heartbeat_due(&meta).then(|| self.heartbeat(&meta));
+                self.last = Some(meta);
+                response
             }
             Outcome::Failed { meta, error } => {
+                DropReason::Error.record();
                 let mut response = self.message(&meta);
                 response.error = Some(pb::FrameError {
                     code: error.code() as i32,
                     message: error.message().to_string(),
                 });
-                (meta, response)
+                self.last = Some(meta);
+                Some(response)
+            }
+            Outcome::Scored {
+                meta,
+                areas,
+                timings,
+            } => {
+                self.classified += 1;
+                let response = self.scored(&meta, areas, timings);
+                self.last = Some(meta);
+                response
             }
         };
-        self.last = Some(meta);
+        let Some(response) = response else {
+            return true;
+        };
+        if let Some(clock) = &mut self.heartbeat {
+            clock.sent(response.timestamp_us);
+        }
         self.out.send(response).await
     }
 
@@ -95,9 +145,102 @@ impl Reporter {
         if self.drops.total() == 0 {
             return;
         }
-        let mut response = self.message(&meta);
-        response.heartbeat = true;
+        let response = self.heartbeat(&meta);
         self.out.send(response).await;
+    }
+
+    /// Outcomes come in frame order, so the first one under a new config marks the switch: the
+    /// tracker keeps what the new config keeps (`Tracker::reconfigure`).
+    fn follow(&mut self, config: &Arc<ActiveConfig>) {
+        let watch = config.settings.watch.clone();
+        let texts = &config.labels.texts;
+        match &mut self.watching {
+            Some((current, _)) if current.generation == config.generation => return,
+            Some((current, tracker)) => {
+                let regions_changed = current.settings.regions != config.settings.regions;
+                tracker.reconfigure(watch, texts, regions_changed);
+                *current = Arc::clone(config);
+            }
+            None => self.watching = Some((Arc::clone(config), Tracker::new(watch, texts))),
+        }
+        self.heartbeat = match (config.settings.events_only, self.heartbeat.take()) {
+            (Some(_), Some(clock)) => Some(clock),
+            (Some(ms), None) => Some(Heartbeat::new(ms)),
+            (None, _) => None,
+        };
+    }
+
+    fn heartbeat_due(&self, meta: &FrameMeta) -> bool {
+        self.heartbeat
+            .as_ref()
+            .is_some_and(|clock| clock.due(meta.timestamp_us))
+    }
+
+    /// The message for a classified frame: its scores (per region, with regions), smoothed and
+    /// selected, and the events it completed; in events-only mode, only when an event fired or
+    /// a heartbeat is due.
+    fn scored(
+        &mut self,
+        meta: &FrameMeta,
+        areas: Vec<AreaScores>,
+        timings: Timings,
+    ) -> Option<pb::StreamResponse> {
+        let (config, tracker) = self.watching.as_mut().expect("follow() ran first");
+        let smoothing = config.settings.watch.smoothing.is_some();
+        let filter = config.settings.filter;
+        let mut scores = vec![];
+        let mut regions = vec![];
+        let mut events = vec![];
+        for area in areas {
+            let key = area.region.as_ref().map(|(index, _)| *index);
+            let probabilities: Vec<f32> = area.scores.iter().map(|s| s.probability).collect();
+            let observed = tracker.observe(key, &probabilities);
+            events.extend(
+                observed
+                    .events
+                    .iter()
+                    .map(|&(label, kind, value)| pb::LabelEvent {
+                        label: area.scores[label].label.clone(),
+                        index: label as u32,
+                        kind: match kind {
+                            EventKind::Enter => pb::EventKind::Enter,
+                            EventKind::Leave => pb::EventKind::Leave,
+                        } as i32,
+                        frame_id: meta.id,
+                        timestamp_us: meta.timestamp_us,
+                        probability: value,
+                        region: key,
+                    }),
+            );
+            let smoothed = smoothing.then_some(observed.values);
+            let selected = selection(area.scores, smoothed, filter);
+            match area.region {
+                None => scores = selected,
+                Some((index, region)) => regions.push(pb::RegionScores {
+                    index,
+                    region: Some(region),
+                    scores: selected,
+                }),
+            }
+        }
+        let quiet = events.is_empty();
+        if self.heartbeat.is_some() && quiet && !self.heartbeat_due(meta) {
+            return None;
+        }
+        let mut response = self.message(meta);
+        response.scores = scores;
+        response.regions = regions;
+        response.events = events;
+        response.timings = Some(convert::timings(timings));
+        response.heartbeat = self.heartbeat.is_some() && quiet;
+        Some(response)
+    }
+
+    /// A message that carries no scores: a heartbeat, or the report of drops at the end.
+    fn heartbeat(&mut self, meta: &FrameMeta) -> pb::StreamResponse {
+        let mut response = self.message(meta);
+        response.heartbeat = true;
+        response
     }
 
     /// A message about `meta`'s frame, carrying (and resetting) the counts since the last one.
@@ -113,4 +256,33 @@ impl Reporter {
             ..Default::default()
         }
     }
+}
+
+/// The scores a client gets: filtered and ordered by the smoothed value when the stream smooths
+/// (and carrying it), by the raw one otherwise, as Classify does.
+fn selection(
+    scores: Vec<Score>,
+    smoothed: Option<Vec<f32>>,
+    filter: ScoreFilter,
+) -> Vec<pb::LabelScore> {
+    let Some(smoothed) = smoothed else {
+        return convert::scores(select(scores, filter));
+    };
+    let mut paired: Vec<(Score, f32)> = scores
+        .into_iter()
+        .zip(smoothed)
+        .filter(|(_, v)| *v >= filter.threshold)
+        .collect();
+    paired.sort_by(|a, b| b.1.total_cmp(&a.1));
+    if filter.top_k > 0 {
+        paired.truncate(filter.top_k);
+    }
+    paired
+        .into_iter()
+        .map(|(score, v)| {
+            let mut out = convert::score(score);
+            out.smoothed_probability = Some(v);
+            out
+        })
+        .collect()
 }

@@ -38,6 +38,7 @@ use super::{
 };
 use crate::infer::{ImageInput, Infer, Labels};
 use crate::metrics;
+use crate::model::image::Region;
 use crate::video::{drops::DropReason, rate::RateGate};
 
 const PROTOCOL: &str = "Stream";
@@ -221,13 +222,19 @@ async fn configure(
     config: pb::StreamConfig,
     generation: u32,
 ) -> Result<ActiveConfig, Status> {
-    let settings = stream_config::settings(&config)?;
+    let settings = stream_config::settings(&config, infer.limits().max_regions)?;
     let (labels, _) = infer.labels(config.texts, None).await?;
     Ok(ActiveConfig {
         labels,
         settings,
         generation,
     })
+}
+
+/// A frame's own regions, when it lists any (they replace the config's for this frame; their
+/// shape is checked with the frame, so that a bad list costs only that frame).
+fn frame_regions(regions: &[pb::Region]) -> Option<Vec<Region>> {
+    (!regions.is_empty()).then(|| regions.iter().map(stream_config::region).collect())
 }
 
 /// A frame complete on the wire: to classify, or skipped for its rate.
@@ -249,6 +256,8 @@ struct Assembler {
 struct Partial {
     id: u64,
     timestamp_us: i64,
+    /// From the frame's first chunk.
+    regions: Option<Vec<Region>>,
     /// `None` for a frame skipped for its rate.
     image: Option<Reassembly>,
 }
@@ -283,7 +292,7 @@ impl Assembler {
         frame: pb::Frame,
         config: &Arc<ActiveConfig>,
     ) -> Result<Option<Arrival>, Status> {
-        let arrival = |id, timestamp_us, image: Option<Result<ImageInput, _>>| {
+        let arrival = |id, timestamp_us, regions, image: Option<Result<ImageInput, _>>| {
             counter!(metrics::FRAMES_RECEIVED).increment(1);
             let meta = FrameMeta {
                 id,
@@ -294,6 +303,7 @@ impl Assembler {
                 Some(image) => Arrival::Ready(ReadyFrame {
                     received: Instant::now(),
                     meta,
+                    regions,
                     image,
                 }),
                 None => {
@@ -319,7 +329,13 @@ impl Assembler {
                 .rate
                 .admit(frame.timestamp_us)
                 .then(|| convert::image(frame.image));
-            return Ok(Some(arrival(frame.frame_id, frame.timestamp_us, image)));
+            let regions = frame_regions(&frame.regions);
+            return Ok(Some(arrival(
+                frame.frame_id,
+                frame.timestamp_us,
+                regions,
+                image,
+            )));
         }
         if self.partial.is_none() && frame.chunk.is_empty() && !frame.last {
             return Err(Status::invalid_argument(format!(
@@ -331,6 +347,7 @@ impl Assembler {
         let partial = self.partial.get_or_insert_with(|| Partial {
             id: frame.frame_id,
             timestamp_us: frame.timestamp_us,
+            regions: frame_regions(&frame.regions),
             image: rate
                 .admit(frame.timestamp_us)
                 .then(|| Reassembly::open(max_bytes, Arc::clone(budget))),
@@ -357,6 +374,11 @@ impl Assembler {
                 .map(ImageInput::Encoded)
                 .map_err(|e| e.into_error(PROTOCOL))
         });
-        Ok(Some(arrival(done.id, done.timestamp_us, image)))
+        Ok(Some(arrival(
+            done.id,
+            done.timestamp_us,
+            done.regions,
+            image,
+        )))
     }
 }

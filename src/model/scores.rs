@@ -97,15 +97,14 @@ impl ScoreFilter {
     }
 }
 
-/// Every label scored against one image embedding, most probable first, then filtered.
-pub fn rank(
+/// Every label scored against one image embedding, in label order.
+pub fn score_all(
     head: LogitHead,
     image: &[f32],
     labels: &[String],
     texts: &Embeddings,
-    filter: ScoreFilter,
 ) -> Vec<Score> {
-    let mut scores: Vec<Score> = labels
+    labels
         .iter()
         .zip(texts.rows())
         .enumerate()
@@ -118,13 +117,28 @@ pub fn rank(
                 logit,
             }
         })
-        .filter(|s| s.probability >= filter.threshold)
-        .collect();
+        .collect()
+}
+
+/// The scores the filter keeps, most probable first.
+pub fn select(mut scores: Vec<Score>, filter: ScoreFilter) -> Vec<Score> {
+    scores.retain(|s| s.probability >= filter.threshold);
     scores.sort_by(|a, b| b.logit.total_cmp(&a.logit));
     if filter.top_k > 0 {
         scores.truncate(filter.top_k);
     }
     scores
+}
+
+/// Every label scored against one image embedding, most probable first, then filtered.
+pub fn rank(
+    head: LogitHead,
+    image: &[f32],
+    labels: &[String],
+    texts: &Embeddings,
+    filter: ScoreFilter,
+) -> Vec<Score> {
+    select(score_all(head, image, labels, texts), filter)
 }
 
 #[cfg(test)]

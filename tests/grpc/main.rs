@@ -6,6 +6,7 @@
 //! - `upload`: Upload, for images over the message limit, and its protocol;
 //! - `stream`: Stream's delivery modes, protocol, stream limit and lifetime;
 //! - `policy`: Stream frame policy (max_fps, max_age_ms) and drop counts by reason;
+//! - `watch`: smoothing, enter/leave events, events-only mode, against a reference;
 //! - `embed`: EmbedImage, EmbedText and GetModelInfo;
 //! - `errors`: bad input and the status it gets, deadlines, a full queue;
 //! - `lifecycle`: health, reflection, shutdown, flags from the environment.
@@ -35,6 +36,7 @@ mod stream;
 mod tls;
 mod transport;
 mod upload;
+mod watch;
 
 use siglip_serve::grpc::pb::{self, siglip_client::SiglipClient, stream_request::Msg};
 use siglip_serve::model::{

@@ -176,7 +176,7 @@ async fn bad_policy_values_end_the_stream_with_invalid_argument() {
                 policy,
             )]))
             .await
-            .and_then(|r| Ok(r.into_inner()))
+            .map(|r| r.into_inner())
             .expect("stream opens");
         let status = futures_util::StreamExt::collect::<Vec<_>>(status)
             .await

@@ -138,11 +138,13 @@ impl Reporter {
         self.out.send(response).await
     }
 
-    /// At the end of the stream: frames dropped since the last message are reported in one
-    /// more message (the last frame's id, `heartbeat` set), so that every frame is accounted for.
+    /// At the end of the stream: frames dropped since the last message (in events-only mode,
+    /// also frames classified) are reported in one more message (the last frame's id,
+    /// `heartbeat` set), so that every frame is accounted for.
     pub(super) async fn finish(mut self) {
         let Some(meta) = self.last.take() else { return };
-        if self.drops.total() == 0 {
+        let classified = self.heartbeat.is_some() && self.classified > 0;
+        if self.drops.total() == 0 && !classified {
             return;
         }
         let response = self.heartbeat(&meta);

@@ -6,6 +6,7 @@
 //! - `upload`: Upload, for images over the message limit, and its protocol;
 //! - `stream`: Stream's delivery modes, protocol, stream limit and lifetime;
 //! - `policy`: Stream frame policy (max_fps, max_age_ms) and drop counts by reason;
+//! - `regions`: regions of stream frames, per-region answers and every refusal;
 //! - `watch`: smoothing, enter/leave events, events-only mode, against a reference;
 //! - `embed`: EmbedImage, EmbedText and GetModelInfo;
 //! - `errors`: bad input and the status it gets, deadlines, a full queue;
@@ -32,6 +33,7 @@ mod errors;
 mod health;
 mod lifecycle;
 mod policy;
+mod regions;
 mod stream;
 mod tls;
 mod transport;

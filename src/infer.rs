@@ -14,7 +14,7 @@ use ::metrics::{counter, gauge, histogram};
 use lru::LruCache;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::batch::Batcher;
+use crate::batch::{Batcher, Tag};
 use crate::error::{Error, Result};
 use crate::metrics;
 use crate::model::{
@@ -538,6 +538,23 @@ impl Infer {
         deadline: Option<Instant>,
     ) -> Result<(Embeddings, Timings)> {
         let reply = self.batcher.embed_images(pixels, deadline).await?;
+        let timings = Timings {
+            queue: reply.queue,
+            inference: reply.inference,
+            batch_size: reply.batch_size,
+            ..Timings::default()
+        };
+        Ok((reply.embeddings, timings))
+    }
+
+    /// A video frame's preprocessed rows, queued as part of its stream's flow (`tag`); a frame
+    /// still waiting at `tag.stale_at` gets [`Error::Stale`].
+    pub async fn embed_frame(
+        &self,
+        pixels: Vec<Vec<f32>>,
+        tag: Tag,
+    ) -> Result<(Embeddings, Timings)> {
+        let reply = self.batcher.embed_frame(pixels, tag).await?;
         let timings = Timings {
             queue: reply.queue,
             inference: reply.inference,

@@ -339,10 +339,7 @@ mod tests {
             let queue = Arc::clone(&queue);
             thread::spawn(move || {
                 let none = HashSet::new();
-                (
-                    queue.pop(Wait::Block, &none),
-                    queue.pop(Wait::Block, &none),
-                )
+                (queue.pop(Wait::Block, &none), queue.pop(Wait::Block, &none))
             })
         };
         // Once the consumer has the job it is on its way into (or already in) a pop that blocks
@@ -363,8 +360,14 @@ mod tests {
         let queue = queue_of(&[1, 1]);
         queue.close();
         let none = HashSet::new();
-        assert!(matches!(queue.pop(Wait::Block, &none), Popped::Job(_, (0, 0))));
-        assert!(matches!(queue.pop(Wait::Block, &none), Popped::Job(_, (1, 0))));
+        assert!(matches!(
+            queue.pop(Wait::Block, &none),
+            Popped::Job(_, (0, 0))
+        ));
+        assert!(matches!(
+            queue.pop(Wait::Block, &none),
+            Popped::Job(_, (1, 0))
+        ));
         assert_eq!(queue.pop(Wait::Block, &none), Popped::Closed);
     }
 

@@ -30,18 +30,21 @@ def main() -> None:
     print()
     header = (f"{'variant':<29} {'device':<7} {'img/s':>8} {'p50 ms':>7} {'p99 ms':>7} {'½load p99':>9} "
               f"{'model img/s':>11} {'overhead':>8} {'vs python':>9} {'video res/s':>11} {'dropped':>8} "
-              f"{'age p95 1st→2nd ms':>18} {'RSS MiB':>8}" + (f" {'MFU':>6}" if mfu else ""))
+              f"{'age p95 1st→2nd ms':>18} {'fair worst':>10} {'RSS MiB':>8}" + (f" {'MFU':>6}" if mfu else ""))
     print(header)
     for r in runs:
         closed, half = r["closed_loop"], r["half_load"]
         model = r.get("model_only_img_s") or float("nan")
         video = r.get("video") or {}
         ages = f"{video.get('age_ms_first_half', {}).get('p95', 0):.0f} → {video.get('age_ms_second_half', {}).get('p95', 0):.0f}"
+        fair = r.get("fair")
+        # The stream furthest from its share of what all the fair-share streams got.
+        worst = f"{fair['max_deviation_pct']:.1f}%" if fair else "-"
         row = (f"{variant(r):<29} {r['device']:<7} {closed['img_s']:>8.2f} {closed['latency_ms']['p50']:>7.1f} "
                f"{closed['latency_ms']['p99']:>7.1f} {half['latency_ms']['p99']:>9.1f} {model:>11.2f} "
                f"{100 * (1 - closed['img_s'] / model):>7.1f}% {closed['img_s'] / py_img_s:>8.1f}x "
                f"{video.get('results_per_s', 0):>11.2f} {video.get('frames_dropped', 0):>8} {ages:>18} "
-               f"{r.get('server_peak_rss_mib') or 0:>8.0f}")
+               f"{worst:>10} {r.get('server_peak_rss_mib') or 0:>8.0f}")
         if mfu:
             row += f" {100 * a.gflops_per_image * 1e9 * closed['img_s'] / (a.peak_tflops * 1e12):>5.1f}%"
         print(row)
@@ -52,6 +55,11 @@ def main() -> None:
             parts = "  ".join(f"{part} {phase[part + '_ms']['p50']:.1f}/{phase[part + '_ms']['p99']:.1f}"
                               for part in ("queue", "preprocess", "inference"))
             print(f"{variant(r)} {name}: server p50/p99 ms {parts}; batch sizes {phase['batch_sizes']}")
+        if fair := r.get("fair"):
+            rates = ", ".join(f"{x:.2f}" for x in fair["results_per_s"])
+            print(f"{variant(r)} fair share, {fair['streams']} {fair['mode']} streams: results/s [{rates}] "
+                  f"capacity {fair['capacity']:.2f}  worst |r_i - C/N| {fair['max_deviation_pct']:.1f}% of C/N  "
+                  f"Jain {fair['jain']:.4f}")
 
     best = max(runs, key=lambda r: r["closed_loop"]["img_s"])
     server = best["closed_loop"]["img_s"]

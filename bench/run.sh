@@ -5,7 +5,8 @@
 # Used by `make bench` (CPU) and bench/gpu.sh. Settings come from the environment:
 #   BIN PY MODEL CHECKPOINT (required), DEVICE (cpu), DTYPES ("float32 bfloat16"), THREADS (0: all
 #   cores), PHASE_SECONDS (20), CONCURRENCY (8), MAX_BATCH (8), ASSETS (build/assets),
-#   OUT_DIR (build/bench), PYTHON_DTYPE (float32), VARIANTS ("auto": how to run the towers, one
+#   OUT_DIR (build/bench), PYTHON_DTYPE (float32), FAIR_STREAMS (4; 0 skips the fair-share phase),
+#   FAIR_MODE (latest or every), VARIANTS ("auto": how to run the towers, one
 #   server run each: auto, torchscript, torchscript-jit-off, aoti), REPORT_ARGS (extra arguments
 #   for report.py, e.g. MFU inputs).
 set -euo pipefail
@@ -58,6 +59,7 @@ run_variant() {
   # shellcheck disable=SC2086
   "$BIN" bench --addr "http://$addr" --images "${photos[@]}" --labels-file "$labels" --labels 10 \
     --concurrency "${CONCURRENCY:-8}" --seconds "$seconds" --server-pid "$server_pid" \
+    --fair-streams "${FAIR_STREAMS:-4}" --fair-mode "${FAIR_MODE:-latest}" \
     --model-dir "$MODEL" --device "$device" --dtype "$dtype" --threads "$threads" $flags \
     --json "$out/bench-$run.json" || status=$?
   kill -TERM "$server_pid" 2> /dev/null || true

@@ -14,7 +14,7 @@ use ::metrics::{counter, gauge, histogram};
 use lru::LruCache;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::batch::Batcher;
+use crate::batch::{Batcher, Reply, Tag};
 use crate::error::{Error, Result};
 use crate::metrics;
 use crate::model::{
@@ -602,27 +602,21 @@ impl Infer {
         pixels: Vec<Vec<f32>>,
         deadline: Option<Instant>,
     ) -> Result<(Embeddings, Timings)> {
-        let reply = self.batcher.embed_images(pixels, deadline).await?;
-        let timings = Timings {
-            queue: reply.queue,
-            inference: reply.inference,
-            batch_size: reply.batch_size,
-            ..Timings::default()
-        };
-        Ok((reply.embeddings, timings))
+        Ok(embedded(self.batcher.embed_images(pixels, deadline).await?))
     }
 
     /// A stream frame against its label set: every label, in label order (the stream selects
     /// and orders them after smoothing). A frame that goes stale (`stale_at`, from the stream's
     /// `max_age_ms`) before its pixels are ready is refused with [`Error::Stale`] rather than
-    /// queued for a result nobody wants any more.
-    /// With `regions`, each region is cropped out of the decoded frame and scored on its own.
+    /// queued for a result nobody wants any more; the batcher drops it too if it is still
+    /// waiting then (`tag`, which also names the stream's flow for fair sharing). With
+    /// `regions`, each region is cropped out of the decoded frame and scored on its own.
     pub async fn classify_frame(
         &self,
         image: ImageInput,
         regions: &[Region],
         labels: &Labels,
-        stale_at: Option<Instant>,
+        tag: Tag,
     ) -> Result<FrameScores> {
         let started = Instant::now();
         image::check_shape(regions, self.limits.max_regions).map_err(Error::InvalidArgument)?;
@@ -633,13 +627,13 @@ impl Infer {
         } else {
             self.preprocess_regions(image, regions.to_vec()).await?
         };
-        if let Some(at) = stale_at.filter(|at| Instant::now() >= *at) {
+        if let Some(at) = tag.stale_at.filter(|at| Instant::now() >= *at) {
             return Err(Error::Stale(format!(
                 "the frame was ready {} ms after it went stale",
                 at.elapsed().as_millis()
             )));
         }
-        let (embeddings, mut timings) = self.embed_pixels(pixels, None).await?;
+        let (embeddings, mut timings) = embedded(self.batcher.embed_frame(pixels, tag).await?);
         timings.preprocess = preprocess;
         timings.total = started.elapsed();
         Ok(FrameScores {
@@ -725,4 +719,15 @@ impl Infer {
         timings.total = started.elapsed();
         Ok((labels.embeddings, timings))
     }
+}
+
+/// A batcher reply as embeddings and the timings it knows.
+fn embedded(reply: Reply) -> (Embeddings, Timings) {
+    let timings = Timings {
+        queue: reply.queue,
+        inference: reply.inference,
+        batch_size: reply.batch_size,
+        ..Timings::default()
+    };
+    (reply.embeddings, timings)
 }

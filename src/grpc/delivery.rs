@@ -15,6 +15,7 @@ use super::{
     convert, pb,
     report::{AreaScores, FrameMeta, Outcome, Reporter},
 };
+use crate::batch::{Flow, Tag};
 use crate::error::Error;
 use crate::infer::{ImageInput, Infer};
 use crate::metrics;
@@ -117,7 +118,7 @@ pub(super) struct ReadyFrame {
     pub(super) image: Result<ImageInput, Error>,
 }
 
-async fn classify_frame(infer: &Infer, frame: ReadyFrame) -> Outcome {
+async fn classify_frame(infer: &Infer, frame: ReadyFrame, flow: Flow) -> Outcome {
     let ReadyFrame {
         received,
         meta,
@@ -137,7 +138,16 @@ async fn classify_frame(infer: &Infer, frame: ReadyFrame) -> Outcome {
     let result = match image {
         Ok(image) => {
             infer
-                .classify_frame(image, regions, &config.labels, stale_at)
+                .classify_frame(
+                    image,
+                    regions,
+                    &config.labels,
+                    Tag {
+                        flow,
+                        deadline: None,
+                        stale_at,
+                    },
+                )
                 .await
         }
         Err(e) => Err(e),
@@ -193,6 +203,7 @@ enum Mode {
         pending: mpsc::Sender<Pending>,
         writer: tokio::task::JoinHandle<()>,
         infer: Arc<Infer>,
+        flow: Flow,
     },
     Latest {
         slot: Arc<LatestSlot>,
@@ -228,7 +239,9 @@ impl LatestSlot {
 }
 
 impl Sink {
-    pub(super) fn ordered(infer: Arc<Infer>, out: Outbox, depth: usize) -> Self {
+    /// `flow`: the stream's share of the inference queue (every frame of a stream is one flow,
+    /// so that streams are served in turn).
+    pub(super) fn ordered(infer: Arc<Infer>, flow: Flow, out: Outbox, depth: usize) -> Self {
         // The bounded queue of in-flight frames is the backpressure: when it is full, `submit`
         // waits, so the server stops reading the client's frames.
         let (pending, mut rx) = mpsc::channel::<Pending>(depth);
@@ -252,10 +265,11 @@ impl Sink {
             pending,
             writer,
             infer,
+            flow,
         })
     }
 
-    pub(super) fn latest(infer: Arc<Infer>, out: Outbox) -> Self {
+    pub(super) fn latest(infer: Arc<Infer>, flow: Flow, out: Outbox) -> Self {
         let slot = Arc::new(LatestSlot::default());
         let worker_slot = Arc::clone(&slot);
         let worker = tokio::spawn(async move {
@@ -272,7 +286,7 @@ impl Sink {
                 };
                 match next {
                     Some(frame) => {
-                        let outcome = classify_frame(&infer, frame).await;
+                        let outcome = classify_frame(&infer, frame, flow).await;
                         if !reporter.take(outcome).await {
                             return;
                         }
@@ -288,9 +302,14 @@ impl Sink {
     /// False when the client has gone.
     pub(super) async fn submit(&self, frame: ReadyFrame) -> bool {
         match &self.0 {
-            Mode::Ordered { pending, infer, .. } => {
-                let infer = Arc::clone(infer);
-                let task = tokio::spawn(async move { classify_frame(&infer, frame).await });
+            Mode::Ordered {
+                pending,
+                infer,
+                flow,
+                ..
+            } => {
+                let (infer, flow) = (Arc::clone(infer), *flow);
+                let task = tokio::spawn(async move { classify_frame(&infer, frame, flow).await });
                 pending.send(Pending::Task(task)).await.is_ok()
             }
             Mode::Latest { slot, worker } => {

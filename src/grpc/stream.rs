@@ -36,6 +36,7 @@ use super::{
     status::remap_incoming,
     stream_config::{self, Settings},
 };
+use crate::batch::Flow;
 use crate::infer::{ImageInput, Infer, Labels};
 use crate::metrics;
 use crate::model::image::Region;
@@ -119,10 +120,12 @@ async fn drive(
         }
     };
     let mut active = Arc::new(configure(&infer, first, 0).await?);
+    let flow = Flow::new();
     let sink = match mode {
-        pb::DeliveryMode::LatestOnly => Sink::latest(Arc::clone(&infer), out.clone()),
+        pb::DeliveryMode::LatestOnly => Sink::latest(Arc::clone(&infer), flow, out.clone()),
         _ => Sink::ordered(
             Arc::clone(&infer),
+            flow,
             out.clone(),
             limits.stream_pipeline.max(1),
         ),

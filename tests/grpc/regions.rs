@@ -7,7 +7,9 @@ use siglip_serve::model::image::{decode, Convention, ImageLimits};
 use tonic::Code;
 
 use crate::common::{asset, server::Server};
-use crate::{assert_close, assert_status, by_index, encoded, labels, probabilities, stream_all, LABELS};
+use crate::{
+    assert_close, assert_status, by_index, encoded, labels, probabilities, stream_all, LABELS,
+};
 
 fn region(x: u32, y: u32, width: u32, height: u32) -> pb::Region {
     pb::Region {
@@ -94,8 +96,14 @@ async fn too_many_or_empty_regions_in_the_config_end_the_stream() {
     let server = Server::ready(&["--max-regions", "4"]).await;
     let mut client = server.client().await;
     for (regions, needle) in [
-        (vec![region(0, 0, 1, 1); 5], "5 regions exceed the limit of 4 per frame (--max-regions)"),
-        (vec![region(0, 0, 1, 1), region(0, 0, 0, 40)], "region 1 is empty (0x40)"),
+        (
+            vec![region(0, 0, 1, 1); 5],
+            "5 regions exceed the limit of 4 per frame (--max-regions)",
+        ),
+        (
+            vec![region(0, 0, 1, 1), region(0, 0, 0, 40)],
+            "region 1 is empty (0x40)",
+        ),
     ] {
         let outcome: Vec<_> = futures_util::StreamExt::collect(
             client
@@ -122,7 +130,10 @@ async fn bad_regions_on_a_frame_get_an_in_band_error_and_the_stream_goes_on() {
     let cat = asset("chelsea_progressive.jpg"); // 451x300
     let small = asset("astronaut_224.jpg");
     let messages = vec![
-        config_with(vec![region(300, 200, 151, 100)], pb::DeliveryMode::EveryFrame),
+        config_with(
+            vec![region(300, 200, 151, 100)],
+            pb::DeliveryMode::EveryFrame,
+        ),
         frame_with(0, &cat, vec![region(0, 0, 1, 1); 5]),
         frame_with(1, &cat, vec![region(0, 0, 5, 0)]),
         frame_with(2, &cat, vec![region(400, 0, 52, 10)]),
@@ -141,9 +152,15 @@ async fn bad_regions_on_a_frame_get_an_in_band_error_and_the_stream_goes_on() {
         "region 0 (x=300 y=200 151x100) reaches outside the 224x224 frame".to_string(),
     ];
     for (r, needle) in results.iter().zip(&needles) {
-        let error = r.error.as_ref().unwrap_or_else(|| panic!("{needle}: {r:?}"));
+        let error = r
+            .error
+            .as_ref()
+            .unwrap_or_else(|| panic!("{needle}: {r:?}"));
         assert_eq!(error.code, Code::InvalidArgument as i32, "{error:?}");
-        assert!(error.message.contains(needle.as_str()), "{error:?} lacks {needle}");
+        assert!(
+            error.message.contains(needle.as_str()),
+            "{error:?} lacks {needle}"
+        );
         assert_eq!(r.dropped.unwrap().error, 0, "answered in-band, not dropped");
     }
     let last = &results[5];

@@ -1,10 +1,11 @@
 //! The inference queue: every caller gets exactly its own rows, dead callers never block or
-//! receive, deadlines drop work, a full queue refuses at once, a failed pass fails only its own
-//! callers — with the worker overlapping batches (as on a GPU) and without.
+//! receive, deadlines and stale frames drop work, a full queue refuses at once, a failed pass
+//! fails only its own callers, a waiting flow is not left behind another's backlog — with the
+//! worker overlapping batches (as on a GPU) and without.
 
 use std::time::{Duration, Instant};
 
-use siglip_serve::batch::{BatchConfig, Batcher};
+use siglip_serve::batch::{BatchConfig, Batcher, Flow, Reply, Tag};
 use siglip_serve::error::Error;
 use siglip_serve::model::{
     image::{decode, Convention, ImageLimits},
@@ -297,4 +298,115 @@ async fn batches_respect_size_and_delay() {
         "concurrent callers were never batched: {sizes:?}"
     );
     stop(batcher, worker).await;
+}
+
+/// Starts `jobs` in order (each queued at its first poll), behind a 256-image job that keeps the
+/// worker busy meanwhile, and waits for all of them.
+async fn behind_a_long_job<F>(
+    batcher: &Batcher,
+    pixels: &[f32],
+    jobs: Vec<F>,
+) -> Vec<siglip_serve::error::Result<Reply>>
+where
+    F: std::future::Future<Output = siglip_serve::error::Result<Reply>>,
+{
+    let mut busy = Box::pin(batcher.embed_images(vec![pixels.to_vec(); 256], None));
+    assert!(futures_util::poll!(&mut busy).is_pending());
+    common::wait_until("the worker taking the long job", async || {
+        batcher.depth() == 0
+    })
+    .await;
+    let mut jobs: Vec<_> = jobs.into_iter().map(Box::pin).collect();
+    for job in &mut jobs {
+        assert!(
+            futures_util::poll!(job).is_pending(),
+            "answered while the worker is busy"
+        );
+    }
+    assert_eq!(
+        batcher.depth(),
+        jobs.len(),
+        "all queued behind the long job"
+    );
+    busy.await.expect("the long job is served");
+    futures_util::future::join_all(jobs).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiting_flow_joins_the_next_batch() {
+    // A1..A4 of one stream, then B1 of another, queued while the worker is busy; batches of 2.
+    // FIFO would run [A1 A2] [A3 A4] [B1]: B1 last, alone. Served in turn: [A1 B1] [A2 A3] [A4].
+    for config in both_modes(config(2, 0, 64)) {
+        let model = model();
+        let photos = photos(&model);
+        let (batcher, worker) = Batcher::start(model, config);
+        let (a, b) = (Flow::new(), Flow::new());
+        let frame = |flow: Flow, i: usize| {
+            let tag = Tag {
+                flow,
+                deadline: None,
+                stale_at: None,
+            };
+            batcher.embed_frame(vec![photos[i].0.clone()], tag)
+        };
+        let jobs = vec![
+            frame(a, 0),
+            frame(a, 1),
+            frame(a, 2),
+            frame(a, 3),
+            frame(b, 4),
+        ];
+        let replies: Vec<Reply> = behind_a_long_job(&batcher, &photos[0].0, jobs)
+            .await
+            .into_iter()
+            .map(|r| r.expect("served"))
+            .collect();
+        for (reply, (_, alone)) in replies.iter().zip(&photos) {
+            assert_close(&reply.embeddings.data, &alone.data);
+        }
+        // Jobs of one batch share its measured inference time, to the nanosecond; another batch
+        // measures its own.
+        let [a1, a2, a3, a4, b1] = &replies[..] else {
+            unreachable!()
+        };
+        let batch = |r: &Reply| (r.inference, r.batch_size);
+        assert_eq!(batch(b1), batch(a1), "B1 shares the first batch with A1");
+        assert_eq!(b1.batch_size, 2);
+        assert_ne!(batch(a2), batch(a1), "A2 waits for the next batch");
+        assert_eq!(batch(a2), batch(a3));
+        assert_eq!(a4.batch_size, 1);
+        stop(batcher, worker).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_frame_is_answered_stale_and_not_run() {
+    for config in both_modes(config(8, 0, 64)) {
+        let model = model();
+        let photos = photos(&model);
+        let (batcher, worker) = Batcher::start(model, config);
+        let tag = |stale_at| Tag {
+            flow: Flow::new(),
+            deadline: None,
+            stale_at,
+        };
+        // Stale by the time the worker takes it (it is queued stale: timing-free); the fresh
+        // frame queued after it must run alone.
+        let now = Instant::now();
+        let later = now + Duration::from_secs(3600);
+        let jobs = vec![
+            batcher.embed_frame(vec![photos[1].0.clone()], tag(Some(now))),
+            batcher.embed_frame(vec![photos[2].0.clone()], tag(Some(later))),
+        ];
+        let mut replies = behind_a_long_job(&batcher, &photos[0].0, jobs).await;
+        let fresh = replies.pop().unwrap().expect("a fresh frame is served");
+        match replies.pop().unwrap() {
+            Err(Error::Stale(message)) => assert!(message.contains("max_age_ms"), "{message}"),
+            other => panic!("expected Stale, got {:?}", other.map(|r| r.batch_size)),
+        }
+        assert_close(&fresh.embeddings.data, &photos[2].1.data);
+        assert_eq!(fresh.batch_size, 1, "the stale frame was run with it");
+        assert_eq!(batcher.depth(), 0);
+        stop(batcher, worker).await;
+    }
 }

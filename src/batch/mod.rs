@@ -4,7 +4,9 @@
 //! libtorch calls block, so they never run on the async runtime: callers enqueue a [`Job`] and
 //! await a oneshot reply. The worker takes the first waiting job, then keeps collecting until the
 //! batch holds `max_batch_size` rows or `max_batch_delay` has passed, drops jobs whose caller has
-//! gone or whose deadline has passed, and runs each tower once per batch.
+//! gone, whose deadline has passed or whose frame has gone stale, and runs each tower once per
+//! batch. The queue serves callers' [`Flow`]s in turn (`fair`): one video stream cannot fill a
+//! batch while another waits.
 //!
 //! On a GPU the worker overlaps batches (`pipelined`): while one batch's vision pass runs on the
 //! device, it collects the next batch and copies its pixels into host memory (over 100 MB for 64
@@ -16,11 +18,13 @@
 //! one after the other, and publishes the count (see `health`): a device that keeps failing must
 //! not look healthy.
 
+mod fair;
+
 use std::{
+    collections::HashSet,
     panic::{self, AssertUnwindSafe},
     sync::{
         atomic::{AtomicUsize, Ordering},
-        mpsc::{self, RecvTimeoutError, SyncSender, TryRecvError, TrySendError},
         Arc,
     },
     thread,
@@ -35,6 +39,9 @@ use crate::metrics;
 use crate::model::{
     runtime::is_out_of_memory, scores::Embeddings, tokenizer::TokenIds, Model, Pending, Staged,
 };
+use fair::{FairQueue, Popped, Refused, Wait};
+
+pub use fair::Flow;
 
 #[derive(Debug, Clone, Copy)]
 pub struct BatchConfig {
@@ -65,9 +72,32 @@ enum Work {
     Texts(Vec<TokenIds>),
 }
 
+/// What a job carries besides its work: whose it is, and when it is no longer worth running.
+#[derive(Debug, Clone, Copy)]
+pub struct Tag {
+    pub flow: Flow,
+    /// Past this, the caller is answered DEADLINE_EXCEEDED instead.
+    pub deadline: Option<Instant>,
+    /// Past this when the worker takes the job into a batch (inference would start), the job is
+    /// answered [`Error::Stale`] and not run: a video frame that is too old to be worth a result.
+    pub stale_at: Option<Instant>,
+}
+
+impl Tag {
+    /// A caller of its own (a unary request), with an optional deadline.
+    fn alone(deadline: Option<Instant>) -> Self {
+        Self {
+            flow: Flow::new(),
+            deadline,
+            stale_at: None,
+        }
+    }
+}
+
 struct Job {
     work: Work,
     deadline: Option<Instant>,
+    stale_at: Option<Instant>,
     enqueued: Instant,
     reply: oneshot::Sender<Result<Reply>>,
 }
@@ -80,7 +110,7 @@ impl Job {
         }
     }
 
-    /// A job nobody waits for any more is dropped; one past its deadline is answered so.
+    /// A job nobody waits for any more is dropped; one past its deadline or stale is answered so.
     fn still_wanted(self) -> Option<Self> {
         if self.reply.is_closed() {
             counter!(metrics::REQUESTS_DROPPED, "reason" => "cancelled").increment(1);
@@ -98,6 +128,18 @@ impl Job {
             ))));
             return None;
         }
+        let now = Instant::now();
+        if let Some(stale_at) = self.stale_at.filter(|&at| now >= at) {
+            // Not a dropped request: the stream counts its stale frames itself, by reason.
+            let waited = self.enqueued.elapsed();
+            histogram!(metrics::QUEUE_WAIT).record(waited);
+            let _ = self.reply.send(Err(Error::Stale(format!(
+                "the frame waited {} ms in the inference queue and was {} ms past its max_age_ms when inference would have started; it was dropped",
+                waited.as_millis(),
+                now.duration_since(stale_at).as_millis()
+            ))));
+            return None;
+        }
         Some(self)
     }
 }
@@ -105,23 +147,35 @@ impl Job {
 /// Handle to the queue; cheap to clone.
 #[derive(Clone)]
 pub struct Batcher {
-    tx: SyncSender<Job>,
+    producer: Arc<Producer>,
+    failures: watch::Receiver<u32>,
+}
+
+/// The callers' side of the queue, shared by every `Batcher` clone: when the last one goes, the
+/// queue closes and the worker ends once it has taken what is left.
+struct Producer {
+    queue: Arc<FairQueue<Job>>,
     depth: Arc<AtomicUsize>,
     capacity: usize,
-    failures: watch::Receiver<u32>,
+}
+
+impl Drop for Producer {
+    fn drop(&mut self) {
+        self.queue.close();
+    }
 }
 
 impl Batcher {
     /// Moves `model` onto a new inference thread and returns the queue in front of it. The thread
     /// ends when every `Batcher` clone is dropped.
     pub fn start(model: Model, config: BatchConfig) -> (Self, thread::JoinHandle<()>) {
-        let (tx, rx) = mpsc::sync_channel(config.queue_capacity);
+        let queue = Arc::new(FairQueue::new(config.queue_capacity));
         let depth = Arc::new(AtomicUsize::new(0));
         let (failures_tx, failures) = watch::channel(0);
         let worker = Worker {
             model,
             config,
-            rx,
+            queue: Arc::clone(&queue),
             depth: Arc::clone(&depth),
             failures: failures_tx,
         };
@@ -130,9 +184,11 @@ impl Batcher {
             .spawn(move || worker.run())
             .expect("spawning the inference thread");
         let batcher = Self {
-            tx,
-            depth,
-            capacity: config.queue_capacity,
+            producer: Arc::new(Producer {
+                queue,
+                depth,
+                capacity: config.queue_capacity,
+            }),
             failures,
         };
         (batcher, handle)
@@ -146,16 +202,18 @@ impl Batcher {
 
     /// Jobs waiting for the worker.
     pub fn depth(&self) -> usize {
-        self.depth.load(Ordering::Relaxed)
+        self.producer.depth.load(Ordering::Relaxed)
     }
 
-    /// Embeds preprocessed images (CHW rows, as `image::preprocess` writes them).
+    /// Embeds preprocessed images (CHW rows, as `image::preprocess` writes them), as a flow of
+    /// their own.
     pub async fn embed_images(
         &self,
         images: Vec<Vec<f32>>,
         deadline: Option<Instant>,
     ) -> Result<Reply> {
-        self.submit(Work::Images(images), deadline).await
+        self.submit(Work::Images(images), Tag::alone(deadline))
+            .await
     }
 
     pub async fn embed_texts(
@@ -163,29 +221,38 @@ impl Batcher {
         ids: Vec<TokenIds>,
         deadline: Option<Instant>,
     ) -> Result<Reply> {
-        self.submit(Work::Texts(ids), deadline).await
+        self.submit(Work::Texts(ids), Tag::alone(deadline)).await
     }
 
-    async fn submit(&self, work: Work, deadline: Option<Instant>) -> Result<Reply> {
+    /// Embeds a video frame's preprocessed rows as part of `tag.flow` (one flow per stream, so
+    /// that streams share the worker in turn). A frame still waiting at `tag.stale_at` gets
+    /// [`Error::Stale`].
+    pub async fn embed_frame(&self, images: Vec<Vec<f32>>, tag: Tag) -> Result<Reply> {
+        self.submit(Work::Images(images), tag).await
+    }
+
+    async fn submit(&self, work: Work, tag: Tag) -> Result<Reply> {
         let (reply, rx) = oneshot::channel();
         let job = Job {
             work,
-            deadline,
+            deadline: tag.deadline,
+            stale_at: tag.stale_at,
             enqueued: Instant::now(),
             reply,
         };
-        queue_depth(&self.depth, 1);
-        match self.tx.try_send(job) {
+        let producer = &self.producer;
+        queue_depth(&producer.depth, 1);
+        match producer.queue.push(tag.flow, job) {
             Ok(()) => {}
-            Err(TrySendError::Full(_)) => {
-                queue_depth(&self.depth, -1);
+            Err(Refused::Full) => {
+                queue_depth(&producer.depth, -1);
                 return Err(Error::ResourceExhausted(format!(
                     "server overloaded: the inference queue is full ({} jobs waiting, --max-queue); retry with backoff",
-                    self.capacity
+                    producer.capacity
                 )));
             }
-            Err(TrySendError::Disconnected(_)) => {
-                queue_depth(&self.depth, -1);
+            Err(Refused::Closed) => {
+                queue_depth(&producer.depth, -1);
                 return Err(Error::Unavailable(
                     "the inference worker has stopped".into(),
                 ));
@@ -202,7 +269,7 @@ impl Batcher {
 struct Worker {
     model: Model,
     config: BatchConfig,
-    rx: mpsc::Receiver<Job>,
+    queue: Arc<FairQueue<Job>>,
     depth: Arc<AtomicUsize>,
     /// Consecutive batches in which no pass succeeded.
     failures: watch::Sender<u32>,
@@ -213,8 +280,16 @@ enum Next {
     Batch(Vec<Job>),
     /// Nothing waiting (only when asked not to wait).
     Empty,
-    /// Every sender is gone.
+    /// Every `Batcher` is gone and the queue is empty.
     Closed,
+}
+
+/// However the worker ends (a panic outside a batch included), callers are not left waiting:
+/// new jobs are refused and the waiting ones are dropped, which answers them.
+impl Drop for Worker {
+    fn drop(&mut self) {
+        drop(self.queue.abandon());
+    }
 }
 
 /// A batch's images copied into host memory, in passes of at most `max_batch_size`.
@@ -296,26 +371,30 @@ impl Worker {
     }
 
     /// The first job (waiting for one if `wait`), then more until the batch is full or the delay
-    /// is over.
+    /// is over. The queue picks each job from a flow not yet in the batch when one is waiting.
     fn next_batch(&self, wait: bool) -> Next {
-        let first = if wait {
-            self.rx.recv().map_err(|_| TryRecvError::Disconnected)
-        } else {
-            self.rx.try_recv()
-        };
-        let first = match first {
-            Ok(job) => self.take(job),
-            Err(TryRecvError::Empty) => return Next::Empty,
-            Err(TryRecvError::Disconnected) => return Next::Closed,
+        let mut in_batch = HashSet::new();
+        let first = match self
+            .queue
+            .pop(if wait { Wait::Block } else { Wait::Now }, &in_batch)
+        {
+            Popped::Job(flow, job) => {
+                in_batch.insert(flow);
+                self.take(job)
+            }
+            Popped::Empty => return Next::Empty,
+            Popped::Closed => return Next::Closed,
         };
         let close_at = Instant::now() + self.config.max_batch_delay;
         let mut rows = first.rows();
         let mut batch = vec![first];
         while rows < self.config.max_batch_size {
-            let wait = close_at.saturating_duration_since(Instant::now());
-            let job = match self.rx.recv_timeout(wait) {
-                Ok(job) => self.take(job),
-                Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
+            let job = match self.queue.pop(Wait::Until(close_at), &in_batch) {
+                Popped::Job(flow, job) => {
+                    in_batch.insert(flow);
+                    self.take(job)
+                }
+                Popped::Empty | Popped::Closed => break,
             };
             rows += job.rows();
             batch.push(job);
@@ -558,5 +637,38 @@ fn queue_depth(depth: &AtomicUsize, delta: isize) {
     } else {
         depth.fetch_sub(delta.unsigned_abs(), Ordering::Relaxed);
         gauge!(metrics::QUEUE_DEPTH).decrement(delta.unsigned_abs() as f64);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(stale_at: Option<Instant>) -> (Job, oneshot::Receiver<Result<Reply>>) {
+        let (reply, rx) = oneshot::channel();
+        let job = Job {
+            work: Work::Images(vec![vec![0.0; 3]]),
+            deadline: None,
+            stale_at,
+            enqueued: Instant::now(),
+            reply,
+        };
+        (job, rx)
+    }
+
+    #[test]
+    fn a_stale_job_is_answered_stale_and_not_run() {
+        let (stale, mut rx) = job(Some(Instant::now()));
+        assert!(stale.still_wanted().is_none(), "a stale job is not run");
+        match rx.try_recv() {
+            Ok(Err(Error::Stale(message))) => {
+                assert!(message.contains("max_age_ms"), "{message}")
+            }
+            other => panic!("expected a stale answer, got {other:?}"),
+        }
+        let (fresh, _rx) = job(Some(Instant::now() + Duration::from_secs(3600)));
+        assert!(fresh.still_wanted().is_some(), "a fresh frame is run");
+        let (untagged, _rx) = job(None);
+        assert!(untagged.still_wanted().is_some());
     }
 }

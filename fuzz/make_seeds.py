@@ -76,6 +76,13 @@ def main() -> None:
         "stream_config": (2, pb2.StreamRequest(config=pb2.StreamConfig(texts=texts, mode=pb2.DELIVERY_MODE_LATEST_ONLY))),
         "stream_frame": (2, pb2.StreamRequest(frame=pb2.Frame(frame_id=7, timestamp_us=1, image=pb2.Image(encoded=jpg)))),
         "stream_chunk": (2, pb2.StreamRequest(frame=pb2.Frame(frame_id=8, chunk=IMAGES["lossy.webp"], last=True))),
+        "stream_watch": (2, pb2.StreamRequest(config=pb2.StreamConfig(
+            texts=texts, policy=pb2.FramePolicy(max_fps=12.5, max_age_ms=200), smoothing=pb2.Smoothing(median_k=4),
+            events=pb2.Events(enter_threshold=0.6, leave_threshold=0.4, min_frames=3, events_only=True, heartbeat_ms=1000),
+            regions=[pb2.Region(x=1, y=2, width=30, height=40)]))),
+        "stream_regions": (2, pb2.StreamRequest(frame=pb2.Frame(frame_id=9, timestamp_us=2, image=pb2.Image(encoded=jpg),
+                                                                regions=[pb2.Region(x=0, y=0, width=8, height=8),
+                                                                         pb2.Region(x=3, y=5, width=2, height=1)]))),
         "embed_image": (3, pb2.EmbedImageRequest(images=[pb2.Image(encoded=IMAGES["rgb.bmp"]), pb2.Image(raw=raw)])),
     }
     for name, (kind, message) in requests.items():

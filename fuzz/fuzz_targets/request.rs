@@ -2,7 +2,8 @@
 //! (ClassifyRequest, UploadRequest, StreamRequest or EmbedImageRequest), the rest is decoded as
 //! tonic would (prost), then checked the way the RPCs check it before the model: the image
 //! (`convert::image`, its header, then decoded and preprocessed), the options
-//! (`convert::filter`), the labels (`Limits::check_texts`), an Upload's declared size. Bytes that
+//! (`convert::filter`), a stream's config (`stream_config::settings`) and a frame's regions,
+//! the labels (`Limits::check_texts`), an Upload's declared size. Bytes that
 //! are not the message, and every refusal, must be a client error, never a crash or INTERNAL.
 #![no_main]
 
@@ -15,7 +16,7 @@ use libfuzzer_sys::fuzz_target;
 use prost::Message;
 use siglip_serve::error::Error;
 use siglip_serve::grpc::chunks::{Budget, Reassembly};
-use siglip_serve::grpc::{convert, pb};
+use siglip_serve::grpc::{convert, pb, stream_config};
 use siglip_serve::infer::{ImageInput, Limits};
 use siglip_serve::model::image::Convention;
 
@@ -72,11 +73,24 @@ fn upload(req: pb::UploadRequest) -> Result<(), Error> {
 fn stream(req: pb::StreamRequest) -> Result<(), Error> {
     match req.msg {
         Some(pb::stream_request::Msg::Config(config)) => {
-            convert::filter(config.options)?;
+            stream_config::settings(&config, LIMITS.max_regions)?;
             LIMITS.check_texts(&config.texts)
         }
         Some(pb::stream_request::Msg::Frame(frame)) if frame.image.is_some() => {
-            prepare(convert::image(frame.image)?, Convention::Pipeline)
+            let image = convert::image(frame.image)?;
+            if frame.regions.is_empty() {
+                return prepare(image, Convention::Pipeline);
+            }
+            // As `Infer::classify_frame` does: the shape first, then decoding and the crops.
+            let regions = stream_config::regions(&frame.regions, LIMITS.max_regions)?;
+            image.declared_pixels(&LIMITS.image)?;
+            image.prepare_regions(
+                &LIMITS.image,
+                Convention::Pipeline,
+                &common::preprocess(),
+                &regions,
+            )?;
+            Ok(())
         }
         // One chunk that is the whole frame (`last`); longer sequences are the reassembly
         // target's.

@@ -48,6 +48,21 @@ async fn an_every_frame_stream_answers_every_frame_in_order() {
     assert_eq!(ids, (0..9).collect::<Vec<_>>(), "every frame, in order");
 }
 
+/// A config that sets none of the watching fields gets plain results: no regions, events,
+/// smoothed values or heartbeats, one message per frame, nothing dropped.
+#[tokio::test]
+async fn a_plain_config_sees_none_of_the_watching_fields() {
+    let (results, _, _) = mixed_every_frame_stream().await;
+    for r in &results {
+        assert!(r.regions.is_empty() && r.events.is_empty() && !r.heartbeat, "{r:?}");
+        assert!(r.scores.iter().all(|s| s.smoothed_probability.is_none()));
+        assert_eq!(r.dropped, Some(pb::DropCounts::default()));
+        assert_eq!(r.skipped_frames, 0);
+        let classified = u64::from(r.error.is_none());
+        assert_eq!(r.classified_frames, classified, "frame {}", r.frame_id);
+    }
+}
+
 #[tokio::test]
 async fn each_frame_gets_its_images_probabilities_and_timestamp() {
     let (results, cat, rocket) = mixed_every_frame_stream().await;

@@ -1,4 +1,4 @@
-"""Stream semantics: label-set replacement, latest-only dropping, raw frames."""
+"""Stream semantics: label-set replacement, latest-only dropping, raw frames, frame policy, regions."""
 
 import io
 
@@ -79,3 +79,51 @@ def test_raw_frames_match_encoded(stubs, siglip, assets, labels):
         for want, got in zip(expected.scores, raw_result.scores, strict=True):
             assert got.label == want.label
             assert got.probability == pytest.approx(want.probability, abs=1e-5)
+
+
+def test_max_fps_and_drop_counts(stubs, siglip, photo, labels):
+    """29 frames 10 ms apart against max_fps 25: every fourth frame is answered, and each result
+    counts the three frames before it under `rate`."""
+    pb2, _ = stubs
+    image = pb2.Image(encoded=photo)
+    watch = pb2.StreamConfig(texts=labels, mode=pb2.DELIVERY_MODE_EVERY_FRAME, policy=pb2.FramePolicy(max_fps=25))
+    requests = [pb2.StreamRequest(config=watch)]
+    requests += [pb2.StreamRequest(frame=pb2.Frame(frame_id=k, timestamp_us=k * 10_000, image=image)) for k in range(29)]
+    responses = list(siglip.Stream(iter(requests), timeout=60))
+    assert [r.frame_id for r in responses] == list(range(0, 29, 4))
+    assert [r.dropped.rate for r in responses] == [0] + [3] * 7
+    assert all(r.skipped_frames == r.dropped.rate for r in responses)
+
+
+def test_a_frame_that_cannot_be_ready_in_time_is_dropped_as_stale(stubs, siglip, assets, labels):
+    pb2, _ = stubs
+    big = pb2.Image(encoded=(assets / "images" / "coffee_2000x1500.jpg").read_bytes())
+    watch = pb2.StreamConfig(texts=labels, mode=pb2.DELIVERY_MODE_EVERY_FRAME, policy=pb2.FramePolicy(max_age_ms=1))
+    requests = [pb2.StreamRequest(config=watch)]
+    requests += [pb2.StreamRequest(frame=pb2.Frame(frame_id=k, timestamp_us=k * 40_000, image=big)) for k in range(3)]
+    (last,) = siglip.Stream(iter(requests), timeout=60)
+    assert last.heartbeat and not last.scores
+    assert (last.frame_id, last.dropped.stale) == (2, 3)
+
+
+def test_a_region_matches_transformers_on_pillows_crop(stubs, siglip, photo, labels, manifest):
+    """The seed's path on `Image.open(f).crop(box)`, computed here by transformers."""
+    import torch
+    from transformers import AutoProcessor, SiglipModel
+
+    pb2, _ = stubs
+    box = pb2.Region(x=101, y=37, width=250, height=180)
+    checkpoint = manifest["source"]["checkpoint"]
+    processor = AutoProcessor.from_pretrained(checkpoint)
+    model = SiglipModel.from_pretrained(checkpoint).eval()
+    crop = Image.open(io.BytesIO(photo)).crop((box.x, box.y, box.x + box.width, box.y + box.height))
+    inputs = processor(text=labels, images=crop, padding="max_length", return_tensors="pt")
+    with torch.no_grad():
+        want = torch.sigmoid(model(**inputs).logits_per_image)[0].tolist()
+    watch = pb2.StreamConfig(texts=labels, mode=pb2.DELIVERY_MODE_EVERY_FRAME, regions=[box])
+    requests = [pb2.StreamRequest(config=watch), frame(pb2, 0, pb2.Image(encoded=photo))]
+    (result,) = siglip.Stream(iter(requests), timeout=30)
+    (region,) = result.regions
+    assert region.region == box and not result.scores
+    got = {score.index: score.probability for score in region.scores}
+    assert [got[i] for i in range(len(labels))] == pytest.approx(want, abs=1e-5)

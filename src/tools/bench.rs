@@ -244,7 +244,7 @@ impl FairReport {
             self.jain
         );
         println!(
-            "{:<13}   {:?} delivery, offered {} fps, counted over {:.0} s after {:.0} s of warm-up",
+            "{:<13}   {:?} delivery, offered {} fps, counted over {:.1} s after {:.1} s of warm-up",
             "",
             self.mode,
             list(&self.offered_fps),

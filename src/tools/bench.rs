@@ -10,7 +10,11 @@
 //! 3. *video*: `--streams` latest-only streams whose frames together arrive at
 //!    `--stream-overload` × phase 1's rate: results/s, frames dropped, and the age of each
 //!    result (first half against second half of the run: a growing lag would show);
-//! 4. *model only* (unless `--skip-model-only`): the vision tower in a loop, in-process, at the batch size
+//! 4. *fair share*: `--fair-streams` N streams at unequal rates, stream i offering
+//!    (1.25 + 0.75 i) / N of phase 1's images/s (each above its share, together over capacity):
+//!    each stream's results/s over `--seconds` after a warm-up of a quarter of that, how far the
+//!    furthest is from capacity / N, and Jain's index;
+//! 5. *model only* (unless `--skip-model-only`): the vision tower in a loop, in-process, at the batch size
 //!    the server used most, same dtype and threads — the ceiling the server is measured against.
 
 use std::{
@@ -21,7 +25,7 @@ use std::{
 };
 
 use anyhow::{bail, Context};
-use clap::Args;
+use clap::{Args, ValueEnum};
 use serde::Serialize;
 use tokio::sync::Mutex;
 
@@ -56,6 +60,13 @@ pub struct BenchArgs {
     /// Frames arrive at this multiple of the closed-loop images/s, over all streams.
     #[arg(long, default_value_t = 2.0)]
     pub stream_overload: f64,
+    /// Streams in the fair-share phase, at unequal rates each above its share of capacity
+    /// (0: skip the phase).
+    #[arg(long, default_value_t = 4)]
+    pub fair_streams: usize,
+    /// How the fair-share streams are delivered.
+    #[arg(long, value_enum, default_value_t = FairMode::Latest)]
+    pub fair_mode: FairMode,
     /// The server's process id, to report its peak resident memory.
     #[arg(long)]
     pub server_pid: Option<u32>,
@@ -75,6 +86,7 @@ pub struct Report {
     pub closed_loop: Phase,
     pub half_load: Phase,
     pub video: Option<VideoReport>,
+    pub fair: Option<FairReport>,
     pub model_only_img_s: Option<f64>,
     pub model_only_batch: Option<usize>,
     pub server_peak_rss_mib: Option<f64>,
@@ -141,6 +153,105 @@ pub struct VideoReport {
     pub frames_dropped: u64,
     pub age_ms_first_half: Percentiles,
     pub age_ms_second_half: Percentiles,
+}
+
+/// The delivery mode of the fair-share phase's streams.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FairMode {
+    /// Latest-only: a frame that waits while a newer one arrives is dropped.
+    Latest,
+    /// Every frame, in order, with backpressure.
+    Every,
+}
+
+impl FairMode {
+    fn delivery(self) -> pb::DeliveryMode {
+        match self {
+            Self::Latest => pb::DeliveryMode::LatestOnly,
+            Self::Every => pb::DeliveryMode::EveryFrame,
+        }
+    }
+}
+
+/// Streams that together offer more than the server can take: does each get its share?
+#[derive(Debug, Serialize)]
+pub struct FairReport {
+    pub streams: usize,
+    pub mode: FairMode,
+    pub offered_fps: Vec<f64>,
+    /// Each stream's results per second over the measured window (after the warm-up).
+    pub results_per_s: Vec<f64>,
+    /// Their sum, C: what the server delivered under this load.
+    pub capacity: f64,
+    /// The stream furthest from C / streams, in percent of C / streams.
+    pub max_deviation_pct: f64,
+    /// Jain's index of `results_per_s`: 1 when all are equal, 1 / streams when one takes all.
+    pub jain: f64,
+    pub warmup_s: f64,
+    pub window_s: f64,
+}
+
+impl FairReport {
+    fn new(
+        mode: FairMode,
+        offered_fps: Vec<f64>,
+        results_per_s: Vec<f64>,
+        warmup: Duration,
+        window: Duration,
+    ) -> Self {
+        let n = results_per_s.len() as f64;
+        let capacity: f64 = results_per_s.iter().sum();
+        let share = capacity / n;
+        let worst = results_per_s
+            .iter()
+            .map(|r| (r - share).abs())
+            .fold(0.0, f64::max);
+        let squares: f64 = results_per_s.iter().map(|r| r * r).sum();
+        Self {
+            streams: results_per_s.len(),
+            mode,
+            offered_fps,
+            // Nothing delivered is as unfair as it gets, not a division by zero.
+            max_deviation_pct: if share > 0.0 {
+                100.0 * worst / share
+            } else {
+                100.0
+            },
+            jain: if squares > 0.0 {
+                capacity * capacity / (n * squares)
+            } else {
+                0.0
+            },
+            results_per_s,
+            capacity,
+            warmup_s: warmup.as_secs_f64(),
+            window_s: window.as_secs_f64(),
+        }
+    }
+
+    fn print(&self) {
+        let list = |v: &[f64]| {
+            let items: Vec<String> = v.iter().map(|x| format!("{x:.2}")).collect();
+            format!("[{}]", items.join(", "))
+        };
+        println!(
+            "fair          {} streams  results/s {}  capacity {:.2}  worst |r_i - C/N| = {:.1}% of C/N  Jain {:.4}",
+            self.streams,
+            list(&self.results_per_s),
+            self.capacity,
+            self.max_deviation_pct,
+            self.jain
+        );
+        println!(
+            "{:<13}   {:?} delivery, offered {} fps, counted over {:.1} s after {:.1} s of warm-up",
+            "",
+            self.mode,
+            list(&self.offered_fps),
+            self.window_s,
+            self.warmup_s
+        );
+    }
 }
 
 pub(super) fn percentiles(mut ms: Vec<f64>) -> Percentiles {
@@ -244,6 +355,24 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Report> {
             video.age_ms_second_half.p95
         );
         report.video = Some(video);
+    }
+
+    if args.fair_streams > 0 {
+        let n = args.fair_streams;
+        let share = report.closed_loop.img_s / n as f64;
+        let offered = (0..n).map(|i| (1.25 + 0.75 * i as f64) * share).collect();
+        // The first seconds fill the queue and the streams' pipelines: not counted.
+        let fair = fair_share(
+            &client,
+            &workload,
+            args.fair_mode,
+            offered,
+            phase / 4,
+            phase,
+        )
+        .await?;
+        fair.print();
+        report.fair = Some(fair);
     }
 
     report.server_peak_rss_mib = args.server_pid.and_then(peak_rss_mib);
@@ -487,6 +616,7 @@ async fn one_stream(
                 sent_at.lock().expect("lock").insert(id, Instant::now());
                 let frame = pb::Frame {
                     frame_id: id,
+                    timestamp_us: started.elapsed().as_micros() as i64,
                     image: Some(pb::Image {
                         source: Some(pb::image::Source::Encoded(
                             frames[(seed + id as usize) % frames.len()].clone(),
@@ -523,6 +653,113 @@ async fn one_stream(
     }
     tally.sent = sender.await?;
     Ok(tally)
+}
+
+/// `offered.len()` streams, stream i sending frames at `offered[i]` fps: each stream's results/s
+/// between `warmup` and `warmup + window`.
+async fn fair_share(
+    client: &Client,
+    workload: &Arc<Workload>,
+    mode: FairMode,
+    offered: Vec<f64>,
+    warmup: Duration,
+    window: Duration,
+) -> anyhow::Result<FairReport> {
+    let started = Instant::now();
+    let tasks: Vec<_> = offered
+        .iter()
+        .enumerate()
+        .map(|(s, &fps)| {
+            let (client, workload) = (client.clone(), Arc::clone(workload));
+            tokio::spawn(async move {
+                fair_stream(
+                    client,
+                    &workload,
+                    s,
+                    fps,
+                    mode,
+                    started,
+                    (warmup, warmup + window),
+                )
+                .await
+            })
+        })
+        .collect();
+    let mut results_per_s = Vec::new();
+    for task in tasks {
+        results_per_s.push(task.await?? as f64 / window.as_secs_f64());
+    }
+    Ok(FairReport::new(
+        mode,
+        offered,
+        results_per_s,
+        warmup,
+        window,
+    ))
+}
+
+/// One stream of the fair-share phase: its results (frames answered without an error) that
+/// arrived between `count.0` and `count.1` after `started`. It stops sending at `count.1`.
+async fn fair_stream(
+    mut client: Client,
+    workload: &Workload,
+    seed: usize,
+    fps: f64,
+    mode: FairMode,
+    started: Instant,
+    count: (Duration, Duration),
+) -> anyhow::Result<u64> {
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tx.send(pb::StreamRequest {
+        msg: Some(pb::stream_request::Msg::Config(pb::StreamConfig {
+            texts: workload.labels.clone(),
+            options: None,
+            mode: mode.delivery() as i32,
+            ..Default::default()
+        })),
+    })
+    .await?;
+    let mut responses = client
+        .stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await?
+        .into_inner();
+    let frames: Vec<Vec<u8>> = workload.images.clone();
+    let sender = tokio::spawn(async move {
+        let mut ticker = tokio::time::interval(Duration::from_secs_f64(1.0 / fps.max(0.1)));
+        // Held back by backpressure (every-frame delivery), a stream goes on at its rate
+        // rather than sending a burst to catch up.
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut id = 0u64;
+        while started.elapsed() < count.1 {
+            ticker.tick().await;
+            let frame = pb::Frame {
+                frame_id: id,
+                timestamp_us: started.elapsed().as_micros() as i64,
+                image: Some(pb::Image {
+                    source: Some(pb::image::Source::Encoded(
+                        frames[(seed + id as usize) % frames.len()].clone(),
+                    )),
+                }),
+                ..Default::default()
+            };
+            let request = pb::StreamRequest {
+                msg: Some(pb::stream_request::Msg::Frame(frame)),
+            };
+            if tx.send(request).await.is_err() {
+                break;
+            }
+            id += 1;
+        }
+    });
+    let mut counted = 0;
+    while let Some(response) = responses.message().await? {
+        let at = started.elapsed();
+        if response.error.is_none() && (count.0..count.1).contains(&at) {
+            counted += 1;
+        }
+    }
+    sender.await?;
+    Ok(counted)
 }
 
 /// The vision tower alone, at `batch`, for `duration` (after warm-up): images/s. Passes are

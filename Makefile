@@ -102,7 +102,7 @@ test: system-deps build $(SUITE) $(BUILD)/models/tiny-faulty/manifest.json
 	SIGLIP_TEST_ASSETS=$(abspath $(BUILD)/assets) SIGLIP_TEST_MODEL_DIR=$(abspath $(BUILD)/models/tiny) \
 	  SIGLIP_SERVE_BIN=$(abspath $(BIN)) $(PY) -m pytest tests/python -q
 
-# Parity table; last line: parity: pixels_max=… pixels_mean=… token_mismatches=…/… logits_max=… probs_max=…
+# Parity table; last line: parity: pixels_max=… pixels_mean=… token_mismatches=…/… logits_max=… probs_max=… regions_pixels_max=… regions_probs_max=…
 parity: build $(SUITE)
 	$(BIN) parity --suite $(SUITE)
 

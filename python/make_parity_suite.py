@@ -28,6 +28,29 @@ E2E_IMAGES = (
     "chelsea_transparent.gif", "rocket_palette_transparency.png",
 )
 CONVENTIONS = ref.CONVENTIONS
+# Stream regions: each box of each file, cropped by Pillow (a numpy slice for the raw frame), must
+# give the server's crop of its own decode, for every mode a crop keeps (the mode, palette and
+# transparency go with it, and the conversion to RGB runs on the crop).
+REGION_CASES = (
+    "rocket_420.jpg", "chelsea_cmyk.jpg", "chelsea_exif_orientation6.jpg", "astronaut_rgba.png", "camera_la.png",
+    "rocket_palette_transparency.png", "coffee_rgb16.png", "chelsea_partial_transparent.gif",
+    "chelsea_lossless_alpha.webp", "coffee_premultiplied.tiff", "astronaut_rgba_512x512.rgba", "astronaut_strip_37x500.png",
+)
+REGION_MODEL = "tiny"
+
+
+def region_boxes(width: int, height: int, size: int) -> list[tuple[int, int, int, int]]:
+    """(x, y, width, height) boxes of a width x height image: inner (odd offsets and sizes, so
+    that no edge falls on a JPEG block boundary), the full frame, 1x1, a one-pixel-wide strip of
+    full height, exactly size x size (not resized, by either side) where the image is big enough,
+    and one touching the bottom-right corner."""
+    boxes = [(width // 3 + 1, height // 4 + 1, width // 2 - 1, height // 2 + 1), (0, 0, width, height),
+             (width // 2, height // 2, 1, 1), (width // 3, 0, 1, height)]
+    if width >= size and height >= size:
+        boxes.append(((width - size) // 2, (height - size) // 3, size, size))
+    corner = (width // 3 + 1, height // 3 + 1)
+    boxes.append((width - corner[0], height - corner[1], *corner))
+    return boxes
 # Models compared end to end and the tower dtypes each directory must hold, exported with e.g.
 #   python -m siglip_export random --shape tiny --dtype float32,bfloat16,float16 --out build/models/tiny
 MODEL_DTYPES = {
@@ -72,6 +95,28 @@ def added_tokens_check(build: Path, out: Path, texts: list[str], classes: list[s
     return {"name": "tiny+added", "reference": path.name, "model_dir": str(model_dir)}
 
 
+def regions_check(build: Path, out: Path) -> list[dict[str, str]]:
+    """REGION_CASES x region_boxes through transformers end to end, by both conventions (the
+    boxes are in pixels of the image as each convention opens it: EXIF-transposed under
+    "pipeline")."""
+    checkpoint = build / "models" / f"{REGION_MODEL}-checkpoint"
+    size = json.loads((build / "models" / REGION_MODEL / "manifest.json").read_text())["image"]["size"]
+    labels = ref.read_texts(build / "assets" / "labels.json")
+    checks = []
+    for convention in CONVENTIONS:
+        files, boxes = [], []
+        for name in REGION_CASES:
+            path = build / "assets" / "images" / name
+            for box in region_boxes(*ref.image_size(path, convention), size):
+                files.append(path)
+                boxes.append(box)
+        path = out / f"regions-{REGION_MODEL}-{convention}.safetensors"
+        ref.reference(str(checkpoint), files, labels, path, convention=convention, boxes=boxes)
+        checks.append({"name": REGION_MODEL, "convention": convention, "reference": path.name,
+                       "model_dir": str(build / "models" / REGION_MODEL)})
+    return checks
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--build", type=Path, required=True,
@@ -85,7 +130,7 @@ def main() -> int:
     images = json.loads((assets / "images.json").read_text())
     files = [str(assets / entry["file"]) for entry in images]
 
-    suite: dict[str, list] = {"pixels": [], "tokens": [], "models": []}
+    suite: dict[str, list] = {"pixels": [], "tokens": [], "models": [], "regions": []}
     # Bicubic (SigLIP's processor) and bilinear (SigLIP 2's) resizing of every test image, by
     # both conventions.
     for shape, prefix in (("tiny", "bicubic"), ("tiny-siglip2", "bilinear")):
@@ -123,6 +168,7 @@ def main() -> int:
             for dtype in dtypes if convention == "processor" else ("float32",):
                 suite["models"].append({"name": shape, "dtype": dtype, "convention": convention, "reference": path.name,
                                         "model_dir": str(model_dir)})
+    suite["regions"] = regions_check(build, out)
     for name, (original, dtype) in COMPILED.items():
         model_dir = build / "models" / name
         compiled = json.loads((model_dir / "manifest.json").read_text())["towers"][dtype].get("compiled_vision", {})

@@ -638,4 +638,26 @@ mod tests {
             "README.md's flag table (left) against ServeArgs (right)"
         );
     }
+
+    #[test]
+    fn max_regions_must_fit_in_the_pending_images() {
+        let parse = |args: &[&str]| {
+            Serve::try_parse_from([&["serve", "--model-dir", "m"], args].concat())
+                .expect("flags parse")
+                .args
+        };
+        assert_eq!(parse(&[]).limits.core().max_regions, 16);
+        parse(&[]).limits.check().expect("defaults are consistent");
+        for bad in [["--max-regions", "0"], ["--max-regions", "513"]] {
+            let err = parse(&bad).limits.check().unwrap_err().to_string();
+            assert!(
+                err.starts_with(&format!("--max-regions {} must be between 1", bad[1])),
+                "{err}"
+            );
+        }
+        let limits = parse(&["--max-regions", "512"]).limits;
+        limits
+            .check()
+            .expect("512 regions fit in 512 pending images");
+    }
 }

@@ -56,7 +56,7 @@ impl ImageInput {
     }
 
     /// Decoded (within the limits) to RGB8 by `convention`.
-    fn decode(self, limits: &ImageLimits, convention: Convention) -> Result<RgbImage> {
+    pub fn decode(self, limits: &ImageLimits, convention: Convention) -> Result<RgbImage> {
         Ok(match self {
             ImageInput::Encoded(bytes) => image::decode(&bytes, limits, convention)?,
             ImageInput::Raw {

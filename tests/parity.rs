@@ -114,6 +114,43 @@ fn matches_transformers() {
         }
     }
 
+    // Stream regions: every case file × every box, by both conventions, through the server's
+    // path (decode once, crop, preprocess), against transformers on Pillow's crop.
+    for convention in [Convention::Processor, Convention::Pipeline] {
+        let rows: Vec<_> = report
+            .regions
+            .iter()
+            .filter(|r| r.convention == convention)
+            .collect();
+        let mut files: Vec<&str> = rows.iter().map(|r| r.file.as_str()).collect();
+        files.dedup();
+        assert!(
+            rows.len() >= 60 && files.len() >= 12,
+            "too few {convention} region checks: {} rows over {} files",
+            rows.len(),
+            files.len()
+        );
+        let shaped = |w: u32, h: u32| {
+            rows.iter()
+                .any(|r| (r.region.width, r.region.height) == (w, h))
+        };
+        assert!(
+            shaped(1, 1) && shaped(224, 224),
+            "expected 1x1 and 224x224 regions"
+        );
+    }
+    for row in &report.regions {
+        assert!(
+            row.pixels_max == 0.0 && row.probs_max <= 1e-6,
+            "{} {} region {}: pixels off by {}, probabilities by {} (limits 0.0, 1e-6)",
+            row.convention,
+            row.file,
+            row.region,
+            row.pixels_max,
+            row.probs_max
+        );
+    }
+
     // bf16 and fp16 exports against the fp32 reference: close, not equal (README figures:
     // logits up to 1.0e-1, probabilities up to 2.1e-2).
     let reduced: Vec<_> = report

@@ -7,6 +7,9 @@ conventions the server offers (`--image-convention`):
 - "pipeline": `transformers.image_utils.load_image(path)` (EXIF transpose, then `convert("RGB")`),
   as the zero-shot pipeline does.
 Raw frames are files named `*_<W>x<H>.rgba` (tightly packed RGBA8).
+Regions (the server's stream regions): a box `(x, y, width, height)` per image, cut from the image
+as opened above: Pillow's `crop((x, y, x + width, y + height))`, or for a raw frame the numpy slice
+`a[y:y+h, x:x+w]`.
 Texts: the checkpoint's transformers tokenizer (slow `SiglipTokenizer` for SigLIP v1), padded to
 64, truncated.
 """
@@ -35,8 +38,12 @@ def _image_processor(checkpoint_dir: Path, size: int | None) -> Any:
 CONVENTIONS = ("processor", "pipeline")
 
 
-def open_image(path: Path | str, convention: str) -> Any:
-    """The image as the reference code hands it to the processor."""
+Box = tuple[int, int, int, int]
+
+
+def open_image(path: Path | str, convention: str, box: Box | None = None) -> Any:
+    """The image as the reference code hands it to the processor; with a box `(x, y, width,
+    height)`, only that region of it (which must lie inside: Pillow would pad it with zeros)."""
     import numpy as np
     from PIL import Image
     from transformers.image_utils import load_image
@@ -47,14 +54,37 @@ def open_image(path: Path | str, convention: str) -> Any:
     if file.suffix == ".rgba":
         width, height = (int(v) for v in file.stem.rsplit("_", 1)[1].split("x"))
         frame = np.frombuffer(file.read_bytes(), dtype=np.uint8).reshape(height, width, 4)
+        if box is not None:
+            x, y, w, h = _inside(box, width, height, file)
+            frame = frame[y:y + h, x:x + w]
         return frame if convention == "processor" else load_image(Image.fromarray(frame, "RGBA"))
-    return Image.open(file) if convention == "processor" else load_image(str(file))
+    image = Image.open(file) if convention == "processor" else load_image(str(file))
+    if box is None:
+        return image
+    x, y, w, h = _inside(box, *image.size, file)
+    return image.crop((x, y, x + w, y + h))
+
+
+def image_size(path: Path | str, convention: str) -> tuple[int, int]:
+    """Width and height of the image as `open_image` gives it (EXIF-transposed under "pipeline")."""
+    image = open_image(path, convention)
+    return (image.shape[1], image.shape[0]) if hasattr(image, "shape") else image.size
+
+
+def _inside(box: Box, width: int, height: int, file: Path) -> Box:
+    x, y, w, h = box
+    if w < 1 or h < 1 or x < 0 or y < 0 or x + w > width or y + h > height:
+        raise ValueError(f"{file}: box {box} is empty or reaches outside the {width}x{height} image")
+    return box
 
 
 def pixel_values(checkpoint_dir: Path, images: Sequence[Path], size: int | None = None,
-                 convention: str = "processor") -> torch.Tensor:
+                 convention: str = "processor", boxes: Sequence[Box] | None = None) -> torch.Tensor:
     processor = _image_processor(checkpoint_dir, size)
-    return processor([open_image(path, convention) for path in images], return_tensors="pt")["pixel_values"].float()
+    opened = [open_image(path, convention, box) for path, box in zip(images, boxes or [None] * len(images), strict=True)]
+    # Every input is height x width x channels: said outright, because transformers guesses the
+    # layout of a numpy array from its shape and takes a crop 1 or 3 pixels high for channels-first.
+    return processor(opened, return_tensors="pt", input_data_format="channels_last")["pixel_values"].float()
 
 
 def input_ids(checkpoint_dir: Path, texts: Sequence[str]) -> torch.Tensor:
@@ -90,12 +120,13 @@ def _sidecar(out: Path, **fields: Any) -> None:
 
 @torch.no_grad()
 def reference(checkpoint: str, images: Sequence[Path], texts: Sequence[str], out: Path, revision: str | None = None,
-              convention: str = "processor") -> None:
+              convention: str = "processor", boxes: Sequence[Box] | None = None) -> None:
+    """End to end; with `boxes` (one per image), each row is that region of its image."""
     from transformers import SiglipModel
 
     ckpt = resolve_checkpoint(checkpoint, revision)
     model = SiglipModel.from_pretrained(str(ckpt.path), dtype=torch.float32).eval()
-    pixels, ids = pixel_values(ckpt.path, images, convention=convention), input_ids(ckpt.path, texts)
+    pixels, ids = pixel_values(ckpt.path, images, convention=convention, boxes=boxes), input_ids(ckpt.path, texts)
     outputs = model(input_ids=ids, pixel_values=pixels)  # no attention mask, as SigLIP is used
     tensors = {
         "pixel_values": pixels.contiguous(),
@@ -107,8 +138,9 @@ def reference(checkpoint: str, images: Sequence[Path], texts: Sequence[str], out
     }
     out.parent.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(out))
+    regions = {"regions": [dict(zip(("x", "y", "width", "height"), box, strict=True)) for box in boxes]} if boxes else {}
     _sidecar(out, images=[str(Path(path).resolve()) for path in images], texts=list(texts), checkpoint=ckpt.source,
-             convention=convention)
+             convention=convention, **regions)
 
 
 def reference_tokens(checkpoint: str, texts: Sequence[str], out: Path, classes: Sequence[str] | None = None,

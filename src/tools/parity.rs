@@ -1,5 +1,6 @@
 //! Parity with the reference implementation: compares this crate's preprocessing, tokenizer and
-//! model runtime against what transformers computed for the same files and texts.
+//! model runtime against what transformers computed for the same files and texts, and a stream's
+//! regions against transformers on Pillow's crop of the same file.
 //!
 //! The reference files come from `python -m siglip_export reference*` (run, never typed in); a
 //! *suite* file lists them. `siglip-serve parity --suite FILE` prints the table, and
@@ -16,11 +17,12 @@ use serde::Deserialize;
 use tch::Tensor;
 
 use crate::error::{Error, Result};
+use crate::infer::ImageInput;
 use crate::model::{
     device::{device_name, DType, DTypeChoice, DeviceChoice},
-    image::{self, Convention, ImageLimits, RawFormat, RgbImage},
+    image::{Convention, ImageLimits, RawFormat, Region, RgbImage},
     manifest::Manifest,
-    scores::sigmoid,
+    scores::{sigmoid, Embeddings},
     tokenizer::TextTokenizer,
     LoadOptions, Model,
 };
@@ -35,6 +37,9 @@ pub struct Suite {
     pub tokens: Vec<Check>,
     /// Embeddings, logits and probabilities end to end, per exported dtype.
     pub models: Vec<ModelCheck>,
+    /// Regions of images end to end (fp32): the sidecar lists one region per image row.
+    #[serde(default)]
+    pub regions: Vec<Check>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -64,6 +69,9 @@ struct Sidecar {
     /// The class of each text (tokenizer corpora), parallel to `texts`.
     #[serde(default)]
     classes: Vec<String>,
+    /// The region of each image row (region checks), parallel to `images`.
+    #[serde(default)]
+    regions: Vec<Region>,
 }
 
 #[derive(Debug, Clone)]
@@ -105,11 +113,25 @@ pub struct ModelRow {
     pub ref_probs_range: (f32, f32),
 }
 
+/// One region of one file, through the server's path (decode once, crop, preprocess) and the
+/// fp32 model, against transformers on Pillow's crop.
+#[derive(Debug, Clone)]
+pub struct RegionRow {
+    pub name: String,
+    pub convention: Convention,
+    pub file: String,
+    /// The crop box.
+    pub region: Region,
+    pub pixels_max: f32,
+    pub probs_max: f32,
+}
+
 #[derive(Debug, Default)]
 pub struct Report {
     pub pixels: Vec<PixelRow>,
     pub tokens: Vec<TokenRow>,
     pub models: Vec<ModelRow>,
+    pub regions: Vec<RegionRow>,
 }
 
 /// Runs every check of the suite at `path` on `device`.
@@ -130,6 +152,9 @@ pub fn run(path: &Path, device: DeviceChoice) -> Result<Report> {
         report
             .models
             .push(check_model(base, &check.check, device, check.dtype)?);
+    }
+    for check in &suite.regions {
+        report.regions.extend(check_regions(base, check, device)?);
     }
     Ok(report)
 }
@@ -175,27 +200,42 @@ fn diff(a: &[f32], b: &[f32]) -> (f32, f64) {
 
 /// An image file as the server would receive it: encoded, or a raw RGBA8 frame named
 /// `*_<W>x<H>.rgba`.
-fn load_image(path: &Path, convention: Convention) -> Result<RgbImage> {
+fn image_input(path: &Path) -> Result<ImageInput> {
     let bytes = std::fs::read(path)
         .map_err(|e| Error::Model(format!("cannot read {}: {e}", path.display())))?;
-    let limits = ImageLimits::default();
-    let rgb = if path.extension().is_some_and(|e| e == "rgba") {
-        let (width, height) = path
-            .file_stem()
-            .and_then(|s| s.to_str()?.rsplit_once('_'))
-            .and_then(|(_, dims)| dims.split_once('x'))
-            .and_then(|(w, h)| Some((w.parse().ok()?, h.parse().ok()?)))
-            .ok_or_else(|| {
-                Error::Model(format!(
-                    "{}: expected a name ending in _WxH.rgba",
-                    path.display()
-                ))
-            })?;
-        image::from_raw(width, height, RawFormat::Rgba8, &bytes, &limits, convention)
-    } else {
-        image::decode(&bytes, &limits, convention)
-    };
-    rgb.map_err(|e| Error::Model(format!("{}: {e}", path.display())))
+    if path.extension().is_none_or(|e| e != "rgba") {
+        return Ok(ImageInput::Encoded(bytes));
+    }
+    let (width, height) = path
+        .file_stem()
+        .and_then(|s| s.to_str()?.rsplit_once('_'))
+        .and_then(|(_, dims)| dims.split_once('x'))
+        .and_then(|(w, h)| Some((w.parse().ok()?, h.parse().ok()?)))
+        .ok_or_else(|| {
+            Error::Model(format!(
+                "{}: expected a name ending in _WxH.rgba",
+                path.display()
+            ))
+        })?;
+    Ok(ImageInput::Raw {
+        width,
+        height,
+        format: RawFormat::Rgba8,
+        data: bytes,
+    })
+}
+
+fn load_image(path: &Path, convention: Convention) -> Result<RgbImage> {
+    image_input(path)?
+        .decode(&ImageLimits::default(), convention)
+        .map_err(|e| Error::Model(format!("{}: {e}", path.display())))
+}
+
+fn file_name(path: &Path) -> String {
+    path.file_name()
+        .unwrap_or_default()
+        .to_string_lossy()
+        .into_owned()
 }
 
 fn check_pixels(base: &Path, check: &Check) -> Result<Vec<PixelRow>> {
@@ -210,16 +250,12 @@ fn check_pixels(base: &Path, check: &Check) -> Result<Vec<PixelRow>> {
         .enumerate()
         .map(|(i, file)| {
             let rgb = load_image(&base.join(file), check.convention)?;
-            let ours = image::preprocess(&rgb, &prep);
+            let ours = crate::model::image::preprocess(&rgb, &prep);
             let (max_abs, mean_abs) = diff(&ours, &to_f32(&reference.get(i as i64))?);
             Ok(PixelRow {
                 name: check.name.clone(),
                 convention: check.convention,
-                file: file
-                    .file_name()
-                    .unwrap_or_default()
-                    .to_string_lossy()
-                    .into_owned(),
+                file: file_name(file),
                 size,
                 max_abs,
                 mean_abs,
@@ -274,23 +310,13 @@ fn check_tokens(base: &Path, check: &Check) -> Result<Vec<TokenRow>> {
 
 fn check_model(base: &Path, check: &Check, device: DeviceChoice, dtype: DType) -> Result<ModelRow> {
     let (tensors, sidecar) = read_reference(base, check)?;
-    let model = Model::load(&LoadOptions {
-        device,
-        dtype: DTypeChoice::Fixed(dtype),
-        warmup_rounds: 1,
-        ..LoadOptions::new(base.join(&check.model_dir))
-    })?;
+    let model = load_model(base, check, device, dtype)?;
     let images = sidecar
         .images
         .iter()
         .map(|file| load_image(&base.join(file), check.convention))
         .collect::<Result<Vec<_>>>()?;
-    // In passes no larger than a compiled tower accepts.
-    let pass = model.max_batch().unwrap_or(images.len()).max(1);
-    let mut image_embeds = model.embed_images(&images[..pass.min(images.len())])?;
-    for chunk in images.chunks(pass).skip(1) {
-        image_embeds.data.extend(model.embed_images(chunk)?.data);
-    }
+    let image_embeds = in_passes(&model, &images, |chunk| model.embed_images(chunk))?;
     let text_embeds = model.embed_texts(&sidecar.texts)?;
     let logits = model.head().logits(&image_embeds, &text_embeds);
     let probs: Vec<f32> = logits.iter().copied().map(sigmoid).collect();
@@ -322,6 +348,98 @@ fn check_model(base: &Path, check: &Check, device: DeviceChoice, dtype: DType) -
     })
 }
 
+fn load_model(base: &Path, check: &Check, device: DeviceChoice, dtype: DType) -> Result<Model> {
+    Model::load(&LoadOptions {
+        device,
+        dtype: DTypeChoice::Fixed(dtype),
+        warmup_rounds: 1,
+        ..LoadOptions::new(base.join(&check.model_dir))
+    })
+}
+
+/// Image embeddings in passes no larger than a compiled tower accepts.
+fn in_passes<T>(
+    model: &Model,
+    images: &[T],
+    embed: impl Fn(&[T]) -> Result<Embeddings>,
+) -> Result<Embeddings> {
+    let pass = model.max_batch().unwrap_or(images.len()).max(1);
+    let mut embeds = embed(&images[..pass.min(images.len())])?;
+    for chunk in images.chunks(pass).skip(1) {
+        embeds.data.extend(embed(chunk)?.data);
+    }
+    Ok(embeds)
+}
+
+/// Each file is decoded once with all its regions, through [`ImageInput::prepare_regions`] (what
+/// the server runs for a frame's regions); the rows are compared with the reference's pixel
+/// values, then embedded by the fp32 model and scored against the sidecar's texts.
+fn check_regions(base: &Path, check: &Check, device: DeviceChoice) -> Result<Vec<RegionRow>> {
+    let (tensors, sidecar) = read_reference(base, check)?;
+    if sidecar.regions.len() != sidecar.images.len() {
+        return Err(Error::Model(format!(
+            "{}: {} regions for {} images",
+            check.reference.display(),
+            sidecar.regions.len(),
+            sidecar.images.len()
+        )));
+    }
+    let reference = tensor(&tensors, "pixel_values")?;
+    let model = load_model(base, check, device, DType::Float32)?;
+    let prep = model
+        .manifest()
+        .image
+        .preprocess(reference.size()[2] as u32);
+    let mut rows: Vec<Vec<f32>> = Vec::with_capacity(sidecar.images.len());
+    // Consecutive rows of one file form one frame with several regions.
+    let mut start = 0;
+    while start < sidecar.images.len() {
+        let file = &sidecar.images[start];
+        let end = start
+            + sidecar.images[start..]
+                .iter()
+                .take_while(|f| *f == file)
+                .count();
+        let path = base.join(file);
+        rows.extend(
+            image_input(&path)?
+                .prepare_regions(
+                    &ImageLimits::default(),
+                    check.convention,
+                    &prep,
+                    &sidecar.regions[start..end],
+                )
+                .map_err(|e| Error::Model(format!("{}: {e}", path.display())))?,
+        );
+        start = end;
+    }
+    let refs: Vec<&[f32]> = rows.iter().map(Vec::as_slice).collect();
+    let image_embeds = in_passes(&model, &refs, |chunk| model.embed_rows(chunk))?;
+    let text_embeds = model.embed_texts(&sidecar.texts)?;
+    let probs: Vec<f32> = model
+        .head()
+        .logits(&image_embeds, &text_embeds)
+        .into_iter()
+        .map(sigmoid)
+        .collect();
+    let ref_probs = to_f32(tensor(&tensors, "probs")?)?;
+    let labels = sidecar.texts.len();
+    rows.iter()
+        .enumerate()
+        .map(|(i, ours)| {
+            let span = i * labels..(i + 1) * labels;
+            Ok(RegionRow {
+                name: check.name.clone(),
+                convention: check.convention,
+                file: file_name(&sidecar.images[i]),
+                region: sidecar.regions[i],
+                pixels_max: diff(ours, &to_f32(&reference.get(i as i64))?).0,
+                probs_max: diff(&probs[span.clone()], &ref_probs[span]).0,
+            })
+        })
+        .collect()
+}
+
 impl Report {
     pub fn pixels_max(&self) -> f32 {
         self.pixels.iter().map(|r| r.max_abs).fold(0.0, f32::max)
@@ -344,16 +462,31 @@ impl Report {
         self.models.iter().filter(|r| r.dtype == "float32")
     }
 
-    /// The one-line summary `make parity` ends with.
+    pub fn regions_pixels_max(&self) -> f32 {
+        self.regions
+            .iter()
+            .map(|r| r.pixels_max)
+            .fold(0.0, f32::max)
+    }
+
+    pub fn regions_probs_max(&self) -> f32 {
+        self.regions.iter().map(|r| r.probs_max).fold(0.0, f32::max)
+    }
+
+    /// The one-line summary `make parity` ends with (the region figures come last, so that the
+    /// fields before them keep their places).
     pub fn summary(&self) -> String {
         let (mismatches, total) = self.token_counts();
         let logits = self.fp32_models().map(|r| r.logits_max).fold(0.0, f32::max);
         let probs = self.fp32_models().map(|r| r.probs_max).fold(0.0, f32::max);
         format!(
             "parity: pixels_max={:.6} pixels_mean={:.3e} token_mismatches={mismatches}/{total} \
-             logits_max={logits:.3e} probs_max={probs:.3e}",
+             logits_max={logits:.3e} probs_max={probs:.3e} regions_pixels_max={:.6} \
+             regions_probs_max={:.3e}",
             self.pixels_max(),
-            self.pixels_mean()
+            self.pixels_mean(),
+            self.regions_pixels_max(),
+            self.regions_probs_max()
         )
     }
 
@@ -422,6 +555,27 @@ impl Report {
                 r.probs_max,
                 r.ref_probs_range.0,
                 r.ref_probs_range.1
+            );
+        }
+        let _ = writeln!(
+            s,
+            "\nregions vs transformers on Pillow's crop (numpy slice for raw frames), fp32"
+        );
+        let _ = writeln!(
+            s,
+            "  {:<6} {:<10} {:<34} {:<22} {:>10} {:>10}",
+            "model", "convention", "file", "box", "pixels", "probs"
+        );
+        for r in &self.regions {
+            let _ = writeln!(
+                s,
+                "  {:<6} {:<10} {:<34} {:<22} {:>10.6} {:>10.3e}",
+                r.name,
+                r.convention,
+                r.file,
+                r.region.to_string(),
+                r.pixels_max,
+                r.probs_max
             );
         }
         s

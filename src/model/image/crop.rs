@@ -11,7 +11,7 @@ use image::{imageops, RgbImage};
 
 /// A rectangle in pixels of the decoded frame (after EXIF orientation under the pipeline
 /// convention): Pillow's crop box is `(x, y, x + width, y + height)`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
 pub struct Region {
     pub x: u32,
     pub y: u32,

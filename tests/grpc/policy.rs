@@ -222,7 +222,7 @@ async fn frames_that_cannot_be_ready_in_time_are_dropped_as_stale() {
 }
 
 /// The model that takes a good part of a second per image (base-224 on a CPU).
-pub fn slow_model() -> PathBuf {
+fn slow_model() -> PathBuf {
     PathBuf::from(
         std::env::var("SIGLIP_TEST_SLOW_MODEL_DIR")
             .expect("SIGLIP_TEST_SLOW_MODEL_DIR: the base-224 export (make test sets it)"),

@@ -166,3 +166,101 @@ async fn bad_regions_on_a_frame_get_an_in_band_error_and_the_stream_goes_on() {
     let last = &results[5];
     assert!(last.error.is_none() && last.regions.len() == 1, "{last:?}");
 }
+
+/// The parity suite's region cases (every image kind; inner, full-frame, 1x1, strip, 224x224 and
+/// corner boxes), streamed one frame per file with its boxes as the frame's regions: every
+/// region's probabilities within 1e-6 of transformers on Pillow's crop, computed in this run
+/// (`make_parity_suite.py`).
+#[tokio::test]
+async fn every_region_case_of_the_parity_suite_matches_transformers_over_the_stream() {
+    #[derive(serde::Deserialize)]
+    struct Sidecar {
+        images: Vec<std::path::PathBuf>,
+        regions: Vec<siglip_serve::model::image::Region>,
+        texts: Vec<String>,
+    }
+    let suite = crate::common::generated("SIGLIP_PARITY_SUITE");
+    let dir = suite.parent().unwrap();
+    let sidecar: Sidecar = serde_json::from_slice(
+        &std::fs::read(dir.join("regions-tiny-processor.json")).expect("region sidecar"),
+    )
+    .expect("sidecar");
+    let tensors = tch::Tensor::read_safetensors(dir.join("regions-tiny-processor.safetensors"))
+        .expect("region reference");
+    let probs = &tensors.iter().find(|(name, _)| name == "probs").unwrap().1;
+    let want: Vec<Vec<f32>> = (0..sidecar.images.len() as i64)
+        .map(|i| Vec::<f32>::try_from(probs.get(i)).unwrap())
+        .collect();
+
+    let server = Server::ready(&[]).await;
+    let mut client = server.client().await;
+    let mut messages = vec![pb::StreamRequest {
+        msg: Some(Msg::Config(pb::StreamConfig {
+            texts: sidecar.texts.clone(),
+            mode: pb::DeliveryMode::EveryFrame as i32,
+            ..Default::default()
+        })),
+    }];
+    // Rows of one file are next to each other.
+    let mut files: Vec<(std::path::PathBuf, Vec<usize>)> = vec![];
+    for (row, path) in sidecar.images.iter().enumerate() {
+        match files.last_mut() {
+            Some((p, rows)) if p == path => rows.push(row),
+            _ => files.push((path.clone(), vec![row])),
+        }
+    }
+    for (id, (path, rows)) in files.iter().enumerate() {
+        let regions = rows
+            .iter()
+            .map(|&r| {
+                let b = sidecar.regions[r];
+                region(b.x, b.y, b.width, b.height)
+            })
+            .collect();
+        messages.push(pb::StreamRequest {
+            msg: Some(Msg::Frame(pb::Frame {
+                frame_id: id as u64,
+                image: Some(image_message(path)),
+                regions,
+                ..Default::default()
+            })),
+        });
+    }
+    let results = stream_all(&mut client, messages).await;
+    assert_eq!(results.len(), files.len());
+    let mut worst = 0f32;
+    for (r, (path, rows)) in results.iter().zip(&files) {
+        assert!(r.error.is_none(), "{}: {:?}", path.display(), r.error);
+        assert_eq!(r.regions.len(), rows.len());
+        for (area, &row) in r.regions.iter().zip(rows) {
+            let got = by_index(&area.scores, sidecar.texts.len());
+            for (g, w) in got.iter().zip(&want[row]) {
+                worst = worst.max((g - w).abs());
+            }
+        }
+    }
+    assert!(files.len() >= 12, "{} files", files.len());
+    assert!(worst <= 1e-6, "worst region probability difference {worst}");
+}
+
+/// An asset as the stream sends it: raw frames (`*_WxH.rgba`) as RGBA8 pixels, others encoded.
+fn image_message(path: &std::path::Path) -> pb::Image {
+    let bytes = std::fs::read(path).expect("asset");
+    let name = path.file_stem().unwrap().to_str().unwrap();
+    let source = match path.extension().and_then(|e| e.to_str()) {
+        Some("rgba") => {
+            let size = name.rsplit('_').next().unwrap();
+            let (w, h) = size.split_once('x').unwrap();
+            pb::image::Source::Raw(pb::RawFrame {
+                width: w.parse().unwrap(),
+                height: h.parse().unwrap(),
+                format: pb::PixelFormat::Rgba8 as i32,
+                data: bytes,
+            })
+        }
+        _ => pb::image::Source::Encoded(bytes),
+    };
+    pb::Image {
+        source: Some(source),
+    }
+}

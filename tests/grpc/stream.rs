@@ -54,7 +54,10 @@ async fn an_every_frame_stream_answers_every_frame_in_order() {
 async fn a_plain_config_sees_none_of_the_watching_fields() {
     let (results, _, _) = mixed_every_frame_stream().await;
     for r in &results {
-        assert!(r.regions.is_empty() && r.events.is_empty() && !r.heartbeat, "{r:?}");
+        assert!(
+            r.regions.is_empty() && r.events.is_empty() && !r.heartbeat,
+            "{r:?}"
+        );
         assert!(r.scores.iter().all(|s| s.smoothed_probability.is_none()));
         assert_eq!(r.dropped, Some(pb::DropCounts::default()));
         assert_eq!(r.skipped_frames, 0);

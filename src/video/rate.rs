@@ -3,50 +3,62 @@
 //! Client time, not arrival time: a replay sent faster than real time, or frames bunched by the
 //! network, are thinned exactly as the camera produced them, and the result is reproducible.
 
-/// A token bucket of one frame. Credit starts full; each frame adds the time since the previous
-/// frame times `max_fps` (capped at one frame), and a frame is taken when a whole frame of
-/// credit is there (less 1%, so that timestamps rounded to microseconds do not lose frames at
-/// exactly the rate).
+/// A schedule of due times `1/max_fps` apart. A frame at or after the due time (less 1% of the
+/// interval, so that timestamps rounded to microseconds lose nothing at exactly the rate) is
+/// taken, and the next frame is due one interval after the due time it met. Keeping the schedule
+/// (rather than counting from the frame) carries a frame's lateness over, so a 15 fps source
+/// under `max_fps` 10 keeps 10 frames a second (two of every three), not every other one. A
+/// frame a whole interval late (after a pause) restarts the schedule from itself: no burst, and
+/// two frames with one timestamp are never both taken.
 #[derive(Debug, Clone)]
 pub struct RateGate {
-    max_fps: f64,
-    credit: f64,
-    last_us: Option<i64>,
+    /// Microseconds between frames; 0 takes every frame.
+    interval_us: f64,
+    /// When the next frame is due, and the last frame taken.
+    schedule: Option<(f64, i64)>,
 }
 
-/// How much of a frame's credit may be missing for it to be taken anyway.
+/// The part of an interval a frame may come early by and still be taken.
 const SLACK: f64 = 0.01;
 
 impl RateGate {
     /// `max_fps` 0 takes every frame.
     pub fn new(max_fps: f32) -> Self {
         Self {
-            max_fps: f64::from(max_fps),
-            credit: 1.0,
-            last_us: None,
+            interval_us: if max_fps > 0.0 {
+                1e6 / f64::from(max_fps)
+            } else {
+                0.0
+            },
+            schedule: None,
         }
     }
 
     /// Whether the frame at `timestamp_us` is taken. A timestamp below the previous one (a new
-    /// clip, a seek) fills the credit again.
+    /// clip, a seek) starts the schedule afresh.
     pub fn admit(&mut self, timestamp_us: i64) -> bool {
-        if self.max_fps <= 0.0 {
+        if self.interval_us == 0.0 {
             return true;
         }
-        self.credit = match self.last_us {
-            Some(last) if timestamp_us >= last => {
-                let earned = (timestamp_us - last) as f64 * self.max_fps / 1e6;
-                (self.credit + earned).min(1.0)
+        let ts = timestamp_us as f64;
+        let due = match self.schedule {
+            Some((due, last)) if timestamp_us >= last => {
+                if timestamp_us == last || ts < due - SLACK * self.interval_us {
+                    return false;
+                }
+                // A frame late by less than an interval keeps the schedule (the lateness carries
+                // over); one later than that, after a pause, starts it from itself.
+                if ts - due < self.interval_us {
+                    due
+                } else {
+                    ts
+                }
             }
-            _ => 1.0,
+            // The first frame, or a timestamp that went backwards.
+            _ => ts,
         };
-        self.last_us = Some(timestamp_us);
-        if self.credit >= 1.0 - SLACK {
-            self.credit -= 1.0;
-            true
-        } else {
-            false
-        }
+        self.schedule = Some((due + self.interval_us, timestamp_us));
+        true
     }
 }
 
@@ -85,6 +97,13 @@ mod tests {
     }
 
     #[test]
+    fn a_15fps_source_at_10fps_keeps_two_frames_of_three() {
+        let mut gate = RateGate::new(10.0);
+        let kept = taken(&mut gate, (0..30).map(|k| k * 1_000_000 / 15));
+        assert_eq!(kept.len(), 20, "{kept:?}");
+    }
+
+    #[test]
     fn a_backwards_timestamp_starts_afresh() {
         let mut gate = RateGate::new(1.0);
         assert_eq!(
@@ -94,12 +113,11 @@ mod tests {
     }
 
     #[test]
-    fn credit_never_banks_more_than_one_frame() {
+    fn a_pause_earns_no_burst() {
         let mut gate = RateGate::new(10.0);
-        // After a long pause, a burst gets one frame, not ten.
-        assert_eq!(
-            taken(&mut gate, [0, 10_000_000, 10_000_001, 10_000_002]).len(),
-            2
-        );
+        // After a long pause, frames 1 µs apart: one is taken, then the schedule holds again.
+        let kept = taken(&mut gate, [0, 10_000_000, 10_000_001, 10_000_002, 10_000_003]);
+        assert_eq!(kept, vec![0, 10_000_000]);
+        assert_eq!(taken(&mut gate, [10_000_004, 10_050_000, 10_100_000]), vec![10_100_000]);
     }
 }

@@ -37,6 +37,28 @@ def test_stream_video_every_frame(server, video, encoding):
     assert all(re.search(r"(\d+\.\d% .+){3}skipped=0  latency=", line) for line in lines), lines
 
 
+def test_stream_video_watches_regions_with_events_only(server, video, stream_video):
+    """Every watch flag against the server on the pan (320x240, 15 fps, 30 frames). An enter threshold
+    below any probability makes every (region, label) ENTER on the first frame and never leave, so the
+    output is known exactly: those events, then heartbeats only (one per second of video), and the last
+    message counting the rest; max_fps 10 keeps two frames of every three."""
+    path, frames = video
+    cmd = [sys.executable, EXAMPLES / "stream_video.py", "--addr", server, "--video", path, "--mode", "every", "--fps", "0",
+           "--max-fps", "10", "--smooth", "ema:0.5", "--events", "0.0001:0.00005", "--events-only", "--heartbeat-ms", "1000",
+           "--region", "0,0,160,240", "--region", "160,0,160,240"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    enters = [line for line in lines if "  ENTER  " in line]
+    assert len(enters) == 2 * len(stream_video.LABELS), lines
+    assert all(line.startswith("frame 0 ") for line in enters), enters
+    assert not any("  LEAVE  " in line for line in lines), lines
+    results = [line for line in lines if re.match(r"frame +\d+  t=", line)]
+    beats = [line for line in results if "  heartbeat  " in line]
+    assert len(results) == len(beats) + 1 >= 3, "one message with the events, then heartbeats"
+    assert lines[-1] == f"{frames} frames sent, {len(results)} results, 10 skipped, {len(enters)} events", lines[-1]
+
+
 @pytest.fixture(scope="module")
 def stream_video():
     """examples/stream_video.py as a module (its main() only runs as a script)."""

@@ -116,8 +116,14 @@ mod tests {
     fn a_pause_earns_no_burst() {
         let mut gate = RateGate::new(10.0);
         // After a long pause, frames 1 µs apart: one is taken, then the schedule holds again.
-        let kept = taken(&mut gate, [0, 10_000_000, 10_000_001, 10_000_002, 10_000_003]);
+        let kept = taken(
+            &mut gate,
+            [0, 10_000_000, 10_000_001, 10_000_002, 10_000_003],
+        );
         assert_eq!(kept, vec![0, 10_000_000]);
-        assert_eq!(taken(&mut gate, [10_000_004, 10_050_000, 10_100_000]), vec![10_100_000]);
+        assert_eq!(
+            taken(&mut gate, [10_000_004, 10_050_000, 10_100_000]),
+            vec![10_100_000]
+        );
     }
 }

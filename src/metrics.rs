@@ -185,7 +185,7 @@ fn describe() {
     describe_counter!(FRAMES_CLASSIFIED, "Frames answered with scores");
     describe_counter!(
         FRAMES_DROPPED,
-        "Stream frames that got no result of their own: superseded (latest-only), rate (over max_fps), stale (over max_age_ms) or error"
+        "Stream frames without scores: superseded (latest-only), rate (over max_fps), stale (over max_age_ms), error (answered with an in-band error, or in events-only mode counted in dropped.error)"
     );
     describe_histogram!(
         STALENESS,

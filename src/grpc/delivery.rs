@@ -214,7 +214,7 @@ enum Mode {
 /// A frame's place in the every-frame pipeline: being classified, or already settled (a frame
 /// skipped for its rate keeps its place, so that results and drop counts stay in frame order).
 enum Pending {
-    Task(tokio::task::JoinHandle<Outcome>),
+    Task(tokio::task::JoinHandle<Outcome>, FrameMeta),
     Settled(Outcome),
 }
 
@@ -249,10 +249,11 @@ impl Sink {
             let mut reporter = Reporter::new(out);
             while let Some(next) = rx.recv().await {
                 let outcome = match next {
-                    Pending::Task(task) => match task.await {
-                        Ok(outcome) => outcome,
-                        Err(_) => continue,
-                    },
+                    // A task that panicked still answers for its frame.
+                    Pending::Task(task, meta) => task.await.unwrap_or_else(|e| Outcome::Failed {
+                        meta,
+                        error: Status::internal(format!("classifying the frame failed: {e}")),
+                    }),
                     Pending::Settled(outcome) => outcome,
                 };
                 if !reporter.take(outcome).await {
@@ -309,8 +310,9 @@ impl Sink {
                 ..
             } => {
                 let (infer, flow) = (Arc::clone(infer), *flow);
+                let meta = frame.meta.clone();
                 let task = tokio::spawn(async move { classify_frame(&infer, frame, flow).await });
-                pending.send(Pending::Task(task)).await.is_ok()
+                pending.send(Pending::Task(task, meta)).await.is_ok()
             }
             Mode::Latest { slot, worker } => {
                 {

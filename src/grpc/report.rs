@@ -20,6 +20,7 @@ use crate::video::{
 };
 
 /// Which frame an outcome is about, and the config it arrived under.
+#[derive(Clone)]
 pub(super) struct FrameMeta {
     pub(super) id: u64,
     pub(super) timestamp_us: i64,
@@ -166,7 +167,10 @@ impl Reporter {
             None => self.watching = Some((Arc::clone(config), Tracker::new(watch, texts))),
         }
         self.heartbeat = match (config.settings.events_only, self.heartbeat.take()) {
-            (Some(_), Some(clock)) => Some(clock),
+            (Some(ms), Some(mut clock)) => {
+                clock.retime(ms);
+                Some(clock)
+            }
             (Some(ms), None) => Some(Heartbeat::new(ms)),
             (None, _) => None,
         };

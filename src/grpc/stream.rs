@@ -1,12 +1,18 @@
-//! The bidirectional `Stream` call, for video: a configuration (label set) first, then frames.
+//! The bidirectional `Stream` call, for video: a configuration first (labels, delivery mode, and
+//! optionally frame policy, smoothing, events and regions: `stream_config`), then frames.
 //!
-//! The label set is embedded once and kept for the stream's life (a new `config` replaces it;
-//! frames already read keep the set they arrived under). Two delivery modes:
+//! The label set is embedded once per config, and a new config replaces the whole setup; frames
+//! already read keep the config they arrived under (a chunked frame: the one in force at its last
+//! chunk; its regions and its `max_fps` decision come from its first). `max_fps` is applied here,
+//! as frames arrive, before any decoding. Two delivery modes (`delivery`):
 //! - every frame: frames are classified in a bounded pipeline and answered in order; when the
 //!   pipeline is full the server stops reading, so the client feels backpressure;
 //! - latest only: one slot holds the newest unclassified frame; a frame that arrives while one
-//!   waits replaces it, and the next result reports how many were skipped — live video gets the
+//!   waits replaces it, and the next message counts it as superseded — live video gets the
 //!   freshest answer instead of a growing lag.
+//!
+//! What each frame's outcome becomes on the wire (drop counts, smoothing, events, events-only) is
+//! the stream's `report::Reporter`'s.
 //!
 //! A bad frame gets an in-band error on its result; a protocol violation ends the stream with
 //! INVALID_ARGUMENT. The stream ends with UNAVAILABLE ("reconnect") at its maximum lifetime or

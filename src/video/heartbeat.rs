@@ -35,6 +35,11 @@ impl Heartbeat {
         }
     }
 
+    /// A new config's interval (0: every 5000 ms), keeping the time of the last message.
+    pub fn retime(&mut self, ms: u32) {
+        self.every_us = Self::new(ms).every_us;
+    }
+
     /// A message went out for the frame at `ts`, heartbeat or event: the clock restarts there.
     pub fn sent(&mut self, ts: i64) {
         self.last = Some(ts);
@@ -97,5 +102,15 @@ mod tests {
         hb.sent(i64::MAX);
         assert!(!hb.due(i64::MAX));
         assert!(hb.due(i64::MIN));
+    }
+
+    #[test]
+    fn a_new_interval_keeps_the_last_message_time() {
+        let mut hb = Heartbeat::new(5000);
+        hb.sent(0);
+        assert!(!hb.due(1_000_000));
+        hb.retime(1000);
+        assert!(hb.due(1_000_000));
+        assert!(!hb.due(999_999));
     }
 }

@@ -16,6 +16,8 @@ pub struct RateGate {
     interval_us: f64,
     /// When the next frame is due, and the last frame taken.
     schedule: Option<(f64, i64)>,
+    /// The previous frame's timestamp, taken or not.
+    previous_us: Option<i64>,
 }
 
 /// The part of an interval a frame may come early by and still be taken.
@@ -31,19 +33,22 @@ impl RateGate {
                 0.0
             },
             schedule: None,
+            previous_us: None,
         }
     }
 
-    /// Whether the frame at `timestamp_us` is taken. A timestamp below the previous one (a new
-    /// clip, a seek) starts the schedule afresh.
+    /// Whether the frame at `timestamp_us` is taken. A timestamp below the previous frame's (a
+    /// new clip, a seek) starts the schedule afresh.
     pub fn admit(&mut self, timestamp_us: i64) -> bool {
         if self.interval_us == 0.0 {
             return true;
         }
+        let backwards = self.previous_us.is_some_and(|p| timestamp_us < p);
+        self.previous_us = Some(timestamp_us);
         let ts = timestamp_us as f64;
         let due = match self.schedule {
-            Some((due, last)) if timestamp_us >= last => {
-                if timestamp_us == last || ts < due - SLACK * self.interval_us {
+            Some((due, taken)) if !backwards => {
+                if timestamp_us == taken || ts < due - SLACK * self.interval_us {
                     return false;
                 }
                 // A frame late by less than an interval keeps the schedule (the lateness carries
@@ -109,6 +114,16 @@ mod tests {
         assert_eq!(
             taken(&mut gate, [1_000_000, 1_100_000, 0, 100_000]),
             vec![1_000_000, 0]
+        );
+    }
+
+    #[test]
+    fn backwards_is_judged_from_the_previous_frame_taken_or_not() {
+        // 1 fps: 1.0 s taken, 1.5 s skipped, then a seek back to 1.2 s starts afresh.
+        let mut gate = RateGate::new(1.0);
+        assert_eq!(
+            taken(&mut gate, [1_000_000, 1_500_000, 1_200_000, 1_300_000]),
+            vec![1_000_000, 1_200_000]
         );
     }
 

@@ -1,6 +1,9 @@
 """Stream semantics: label-set replacement, latest-only dropping, raw frames, frame policy, regions."""
 
 import io
+import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -106,24 +109,26 @@ def test_a_frame_that_cannot_be_ready_in_time_is_dropped_as_stale(stubs, siglip,
     assert (last.frame_id, last.dropped.stale) == (2, 3)
 
 
-def test_a_region_matches_transformers_on_pillows_crop(stubs, siglip, photo, labels, manifest):
-    """The seed's path on `Image.open(f).crop(box)`, computed here by transformers."""
-    import torch
-    from transformers import AutoProcessor, SiglipModel
+def test_a_region_matches_transformers_on_pillows_crop(stubs, siglip, assets, photo, labels, manifest, tmp_path):
+    """The seed's path on `Image.open(f).crop(box)`, computed in this run by transformers through the
+    committed reference tooling (`siglip_export.reference`), in a process of its own: torch and grpcio
+    in one process do not end cleanly."""
+    from safetensors.numpy import load_file
 
     pb2, _ = stubs
     box = pb2.Region(x=101, y=37, width=250, height=180)
-    checkpoint = manifest["source"]["checkpoint"]
-    processor = AutoProcessor.from_pretrained(checkpoint)
-    model = SiglipModel.from_pretrained(checkpoint).eval()
-    crop = Image.open(io.BytesIO(photo)).crop((box.x, box.y, box.x + box.width, box.y + box.height))
-    inputs = processor(text=labels, images=crop, padding="max_length", return_tensors="pt")
-    with torch.no_grad():
-        want = torch.sigmoid(model(**inputs).logits_per_image)[0].tolist()
+    out = tmp_path / "crop.safetensors"
+    code = ("import json, sys; from pathlib import Path; from siglip_export.reference import reference; "
+            "reference(sys.argv[1], [Path(sys.argv[2])], json.loads(sys.argv[3]), Path(sys.argv[4]), "
+            "boxes=[tuple(json.loads(sys.argv[5]))])")
+    args = [manifest["source"]["checkpoint"], str(assets / "images" / PHOTO), json.dumps(labels), str(out),
+            json.dumps([box.x, box.y, box.width, box.height])]
+    subprocess.run([sys.executable, "-c", code, *args], check=True, capture_output=True, timeout=300)
+    want = load_file(str(out))["probs"][0].tolist()
     watch = pb2.StreamConfig(texts=labels, mode=pb2.DELIVERY_MODE_EVERY_FRAME, regions=[box])
     requests = [pb2.StreamRequest(config=watch), frame(pb2, 0, pb2.Image(encoded=photo))]
     (result,) = siglip.Stream(iter(requests), timeout=30)
     (region,) = result.regions
     assert region.region == box and not result.scores
     got = {score.index: score.probability for score in region.scores}
-    assert [got[i] for i in range(len(labels))] == pytest.approx(want, abs=1e-5)
+    assert [got[i] for i in range(len(labels))] == pytest.approx(want, abs=1e-6)

@@ -535,3 +535,76 @@ async fn bad_watch_settings_end_the_stream_with_invalid_argument() {
         assert_status(needle, &status, Code::InvalidArgument, needle);
     }
 }
+
+/// Regions: each (region, label) has its own smoothing and hysteresis; the reference, run per
+/// region on that region's raw probabilities, predicts every event with its region.
+#[tokio::test]
+async fn events_are_kept_per_region_and_label() {
+    let server = Server::ready(&[]).await;
+    let mut client = server.client().await;
+    let photos = photos();
+    let sequence = pan(6);
+    // Both inside the smallest photo (224x224), overlapping.
+    let regions = vec![
+        pb::Region {
+            x: 0,
+            y: 0,
+            width: 112,
+            height: 112,
+        },
+        pb::Region {
+            x: 100,
+            y: 60,
+            width: 124,
+            height: 164,
+        },
+    ];
+    let per_region = |results: &[pb::StreamResponse], area: usize| -> Vec<Vec<f32>> {
+        results
+            .iter()
+            .map(|r| {
+                assert_eq!(r.regions.len(), 2, "{r:?}");
+                by_label(&r.regions[area].scores)
+            })
+            .collect()
+    };
+    let mut plain = vec![config(|c| c.regions = regions.clone())];
+    plain.extend(frames(&sequence, &photos));
+    let first = stream_all(&mut client, plain).await;
+    let smooth = |ps: &[f32]| reference::ema(0.4, ps);
+    let (_, enter, leave) = thresholds(&per_region(&first, 0), &smooth);
+
+    let mut watched = vec![config(|c| {
+        c.regions = regions.clone();
+        c.smoothing = Some(pb::Smoothing {
+            method: Some(pb::smoothing::Method::EmaAlpha(0.4)),
+        });
+        c.events = Some(pb::Events {
+            enter_threshold: enter,
+            leave_threshold: leave,
+            min_frames: 2,
+            ..Default::default()
+        });
+    })];
+    watched.extend(frames(&sequence, &photos));
+    let results = stream_all(&mut client, watched).await;
+    let mut want = vec![];
+    for area in 0..2 {
+        let rows = per_region(&results, area);
+        want.extend(predicted(
+            &rows,
+            &smooth,
+            (enter, leave, 2),
+            Some(area as u32),
+        ));
+        for (r, row) in results.iter().zip(&rows) {
+            for s in &r.regions[area].scores {
+                let v = s.smoothed_probability.expect("smoothed value");
+                assert!(v.is_finite() && row[s.index as usize] == s.probability);
+            }
+        }
+    }
+    let want = sorted(want);
+    assert!(want.iter().any(|e| e.region == Some(0)), "{want:?}");
+    assert_eq!(sorted(reported(&results)), want);
+}

@@ -92,22 +92,27 @@ system-deps:
 	  || { echo "$(PROMETHEUS_MISSING): apt-get failed"; exit 1; }
 
 # Every test: unit, parity with transformers, bad input, the gRPC API from Rust and from Python.
+# Every test binary runs even when one fails (tests/run.sh); last line:
+# test: rust_passed=… rust_failed=… python_passed=… python_failed=… failed=…
+# TEST_MODEL: the model most tests serve (tiny; build/models/base-224 runs the suite on a model
+# many times slower, as a check that no test leans on the tiny model's speed).
+TEST_MODEL ?= $(BUILD)/models/tiny
 test: system-deps build $(SUITE) $(BUILD)/models/tiny-faulty/manifest.json
 	SIGLIP_PARITY_SUITE=$(abspath $(SUITE)) SIGLIP_TEST_ASSETS=$(abspath $(BUILD)/assets) \
-	  SIGLIP_TEST_MODEL_DIR=$(abspath $(BUILD)/models/tiny) \
+	  SIGLIP_TEST_MODEL_DIR=$(abspath $(TEST_MODEL)) \
 	  SIGLIP_TEST_AOTI_MODEL_DIR=$(abspath $(BUILD)/models/tiny-aoti) \
 	  SIGLIP_TEST_FAULTY_MODEL_DIR=$(abspath $(BUILD)/models/tiny-faulty) \
 	  SIGLIP_TEST_SLOW_MODEL_DIR=$(abspath $(BUILD)/models/base-224) \
-	  $(CARGO_ENV) cargo test --release --locked
-	SIGLIP_TEST_ASSETS=$(abspath $(BUILD)/assets) SIGLIP_TEST_MODEL_DIR=$(abspath $(BUILD)/models/tiny) \
-	  SIGLIP_SERVE_BIN=$(abspath $(BIN)) $(PY) -m pytest tests/python -q
+	  SIGLIP_SERVE_BIN=$(abspath $(BIN)) PY=$(PY) LOGS=$(BUILD)/test \
+	  $(CARGO_ENV) bash tests/run.sh
 
 # Parity table; last line: parity: pixels_max=… pixels_mean=… token_mismatches=…/… logits_max=… probs_max=… regions_pixels_max=… regions_probs_max=…
 parity: build $(SUITE)
 	$(BIN) parity --suite $(SUITE)
 
 # Throughput on this machine: base-224, 10 labels, 8 callers, float32 and bfloat16, against the
-# model alone and the Python way; last line: bench: server_img_s=… model_only_img_s=… python_img_s=… vs_python=…x overhead=…%
+# model alone and the Python way, and the server's CPU per image by stage; last line:
+# bench: server_img_s=… model_only_img_s=… python_img_s=… vs_python=…x overhead=…% own_cpu_ms_per_img=… model_slowdown=…% client_cpu=…%
 bench: build $(BUILD)/assets/images.json $(BUILD)/models/base-224/manifest.json
 	BIN=$(BIN) PY=$(PY) MODEL=$(BUILD)/models/base-224 CHECKPOINT=$(BUILD)/models/base-224-checkpoint \
 	  ASSETS=$(BUILD)/assets OUT_DIR=$(BUILD)/bench bash bench/run.sh

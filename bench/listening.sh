@@ -12,3 +12,8 @@ listening_addr() {
   done
   echo "$addr"
 }
+
+# metrics_addr LOG: the metrics address the server logging to LOG printed (once it listens).
+metrics_addr() {
+  sed -n 's/^siglip-serve: metrics listening on //p' "$1"
+}

@@ -3,9 +3,15 @@
 Reads what bench/run.sh measured in one run (bench/python_way.py's JSON line and
 `siglip-serve bench --json` per dtype) and prints one row per dtype, then the summary line for
 the fastest dtype:
-    bench: server_img_s=… model_only_img_s=… python_img_s=… vs_python=…x overhead=…%
-overhead = 1 − server / model alone (same dtype, batch size and threads). With --gflops-per-image
-and --peak-tflops (bench/flops.py, bench/peak.py) it adds MFU = FLOPs/image × images/s ÷ peak.
+    bench: server_img_s=… model_only_img_s=… python_img_s=… vs_python=…x overhead=…% \
+           own_cpu_ms_per_img=… model_slowdown=…% client_cpu=…%
+(one line; wrapped here)
+overhead = 1 − server / model alone (same dtype, batch size and threads): on a machine the load
+generator shares, it mixes what the server costs with what the client takes from it. So beside it:
+the server's own CPU per image outside the model (own_cpu_ms_per_img, by stage in the lines above
+it), the model's pass in the server against the tower alone at the same batch (model_slowdown),
+and the load generator's share of the machine's CPU (client_cpu). With --gflops-per-image and
+--peak-tflops (bench/flops.py, bench/peak.py) it adds MFU = FLOPs/image × images/s ÷ peak.
 """
 
 import argparse
@@ -55,6 +61,15 @@ def main() -> None:
             parts = "  ".join(f"{part} {phase[part + '_ms']['p50']:.1f}/{phase[part + '_ms']['p99']:.1f}"
                               for part in ("queue", "preprocess", "inference"))
             print(f"{variant(r)} {name}: server p50/p99 ms {parts}; batch sizes {phase['batch_sizes']}")
+        if cpu := r.get("cpu"):
+            stages = ", ".join(f"{k} {v:.2f}" for k, v in cpu["own_by_stage_ms"].items()) or "no stage figures"
+            print(f"{variant(r)} closed loop CPU per image: server {ms(cpu['server_ms_per_image'])} ms = "
+                  f"model {ms(cpu['model_ms_per_image'])} + own {ms(cpu['own_ms_per_image'])} ({stages}); "
+                  f"of {cpu['cores']} cores: server {pct(cpu['server_share_pct'])}, "
+                  f"load generator {pct(cpu['client_share_pct'])}")
+        if r.get("model_in_server_ms"):
+            print(f"{variant(r)} a pass of {r['model_only_batch']}: {r['model_in_server_ms']:.1f} ms in the server, "
+                  f"{r['model_only_ms']:.1f} ms alone ({pct(slowdown(r), sign=True)})")
         if fair := r.get("fair"):
             rates = ", ".join(f"{x:.2f}" for x in fair["results_per_s"])
             print(f"{variant(r)} fair share, {fair['streams']} {fair['mode']} streams: results/s [{rates}] "
@@ -64,9 +79,25 @@ def main() -> None:
     best = max(runs, key=lambda r: r["closed_loop"]["img_s"])
     server = best["closed_loop"]["img_s"]
     model = best.get("model_only_img_s") or float("nan")
+    cpu = best.get("cpu") or {}
     print(f"bench: server_img_s={server:.2f} model_only_img_s={model:.2f} "
           f"python_img_s={py_img_s:.2f} vs_python={server / py_img_s:.2f}x "
-          f"overhead={100 * (1 - server / model):.1f}%")
+          f"overhead={100 * (1 - server / model):.1f}% own_cpu_ms_per_img={ms(cpu.get('own_ms_per_image'))} "
+          f"model_slowdown={pct(slowdown(best), sign=True)} client_cpu={pct(cpu.get('client_share_pct'))}")
+
+
+def ms(value) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def pct(value, sign: bool = False) -> str:
+    return "-" if value is None else (f"{value:+.1f}%" if sign else f"{value:.1f}%")
+
+
+def slowdown(run: dict):
+    """How much slower a pass ran in the server than the tower alone at the same batch, in percent."""
+    inside, alone = run.get("model_in_server_ms"), run.get("model_only_ms")
+    return 100 * (inside / alone - 1) if inside and alone else None
 
 
 def variant(run: dict) -> str:

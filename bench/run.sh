@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One benchmark run: for each dtype the server under load and the model alone, then the Python
 # way, then one table (bench/report.py) whose last line is
-#   bench: server_img_s=… model_only_img_s=… python_img_s=… vs_python=…x overhead=…%
+#   bench: server_img_s=… model_only_img_s=… python_img_s=… vs_python=…x overhead=…% own_cpu_ms_per_img=…
+#          model_slowdown=…% client_cpu=…%   (one line)
 # Used by `make bench` (CPU) and bench/gpu.sh. Settings come from the environment:
 #   BIN PY MODEL CHECKPOINT (required), DEVICE (cpu), DTYPES ("float32 bfloat16"), THREADS (0: all
 #   cores), PHASE_SECONDS (20), CONCURRENCY (8), MAX_BATCH (8), ASSETS (build/assets),
@@ -59,6 +60,7 @@ run_variant() {
   # shellcheck disable=SC2086
   "$BIN" bench --addr "http://$addr" --images "${photos[@]}" --labels-file "$labels" --labels 10 \
     --concurrency "${CONCURRENCY:-8}" --seconds "$seconds" --server-pid "$server_pid" \
+    --metrics-addr "$(metrics_addr "$log")" \
     --fair-streams "${FAIR_STREAMS:-4}" --fair-mode "${FAIR_MODE:-latest}" \
     --model-dir "$MODEL" --device "$device" --dtype "$dtype" --threads "$threads" $flags \
     --json "$out/bench-$run.json" || status=$?

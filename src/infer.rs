@@ -15,6 +15,7 @@ use lru::LruCache;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::batch::{Batcher, Reply, Tag};
+use crate::cpu_time;
 use crate::error::{Error, Result};
 use crate::metrics;
 use crate::model::{
@@ -76,7 +77,10 @@ impl ImageInput {
         convention: Convention,
         prep: &Preprocess,
     ) -> Result<Vec<f32>> {
-        Ok(image::preprocess(&self.decode(limits, convention)?, prep))
+        let rgb = cpu_time::charged("decode", || self.decode(limits, convention))?;
+        Ok(cpu_time::charged("preprocess", || {
+            image::preprocess(&rgb, prep)
+        }))
     }
 
     /// Decoded once, then each region cropped out and preprocessed on its own: one row of CHW
@@ -90,11 +94,15 @@ impl ImageInput {
         prep: &Preprocess,
         regions: &[Region],
     ) -> Result<Vec<Vec<f32>>> {
-        let rgb = self.decode(limits, convention)?;
+        let rgb = cpu_time::charged("decode", || self.decode(limits, convention))?;
         image::check_within(rgb.width(), rgb.height(), regions).map_err(Error::InvalidArgument)?;
         Ok(regions
             .iter()
-            .map(|&r| image::preprocess(&image::crop(&rgb, r), prep))
+            .map(|&r| {
+                cpu_time::charged("preprocess", || {
+                    image::preprocess(&image::crop(&rgb, r), prep)
+                })
+            })
             .collect())
     }
 }
@@ -490,7 +498,7 @@ impl Infer {
         let tokenizer = Arc::clone(&self.tokenizer);
         let (texts, ids) = tokio::task::spawn_blocking(move || {
             let _permit = permit;
-            let ids = tokenizer.encode(&texts);
+            let ids = cpu_time::charged("tokenize", || tokenizer.encode(&texts));
             (texts, ids)
         })
         .await

@@ -13,6 +13,7 @@
 //! - [`health`]: what health reports, from the inference worker's consecutive failures.
 //! - [`server`]: the composition root of `serve`: builds the pieces above and runs the lifecycle.
 //! - [`metrics`]: Prometheus metrics, all names in one place.
+//! - [`cpu_time`]: the CPU each of the server's own stages uses, from per-thread clocks.
 //! - [`config`]: command-line flags (each also an environment variable).
 //! - [`error`]: the one error type.
 //! - [`video`]: what a stream watches: frame policy, drop counts, smoothing, events, heartbeats.
@@ -20,6 +21,7 @@
 
 pub mod batch;
 pub mod config;
+pub mod cpu_time;
 pub mod error;
 pub mod grpc;
 pub mod health;

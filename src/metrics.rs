@@ -51,6 +51,7 @@ pub const CALLS_BY_CALLER: &str = "siglip_calls_by_caller_total";
 pub const TLS_HANDSHAKE_FAILURES: &str = "siglip_tls_handshake_failures_total";
 pub const TLS_HANDSHAKES: &str = "siglip_tls_handshakes_in_progress";
 pub const RELOADS: &str = "siglip_reloads_total";
+pub const CPU: &str = "siglip_cpu_seconds";
 
 /// The RPCs of `siglip.v1.Siglip`, as the `method` label.
 pub const METHODS: [&str; 6] = [
@@ -66,6 +67,10 @@ pub const FRAME_DROP_REASONS: [&str; 4] = ["superseded", "rate", "stale", "error
 /// Why queued work was never run.
 pub const REQUEST_DROP_REASONS: [&str; 2] = ["deadline", "cancelled"];
 pub const TOWERS: [&str; 2] = ["vision", "text"];
+/// The server's own CPU work, outside the model (`cpu_time`): decoding an image, resizing and
+/// normalising it (or one region of it), tokenising a label set, and the inference worker's
+/// share of a batch outside the forward passes (collecting jobs, copying rows in, answering).
+pub const CPU_STAGES: [&str; 4] = ["decode", "preprocess", "tokenize", "batch"];
 /// Why a call was refused UNAUTHENTICATED: no bearer token, or one not in the token file.
 pub const AUTH_REFUSALS: [&str; 2] = ["missing", "invalid"];
 /// Why a TLS handshake did not complete: the client closed the connection before it (a TCP
@@ -98,6 +103,7 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
         TOKENIZE,
         INFERENCE,
         STALENESS,
+        CPU,
     ] {
         builder = builder.set_buckets_for_metric(Matcher::Full(name.into()), &LATENCY_BUCKETS)?;
     }
@@ -175,6 +181,13 @@ fn describe() {
     );
     describe_histogram!(TOKENIZE, Unit::Seconds, "Tokenisation time per label set");
     describe_histogram!(INFERENCE, Unit::Seconds, "Forward pass time, by tower");
+    describe_histogram!(
+        CPU,
+        Unit::Seconds,
+        "CPU time of the server's own work outside the model, by stage (decode, preprocess: per \
+         image or region; tokenize: per label set; batch: the inference worker's per batch), from \
+         per-thread clocks"
+    );
     describe_counter!(IMAGES, "Images embedded by the vision tower");
     describe_counter!(TEXTS, "Texts embedded by the text tower");
     describe_counter!(CACHE_HITS, "Text embeddings found in the cache");
@@ -237,6 +250,9 @@ fn register_zeros() {
         for reason in FAILURE_REASONS {
             counter!(INFERENCE_FAILURES, "tower" => tower, "reason" => reason).absolute(0);
         }
+    }
+    for stage in CPU_STAGES {
+        let _ = histogram!(CPU, "stage" => stage);
     }
     for reason in FRAME_DROP_REASONS {
         counter!(FRAMES_DROPPED, "reason" => reason).absolute(0);

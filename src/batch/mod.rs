@@ -21,6 +21,7 @@
 mod fair;
 
 use std::{
+    cell::Cell,
     collections::HashSet,
     panic::{self, AssertUnwindSafe},
     sync::{
@@ -34,6 +35,7 @@ use std::{
 use ::metrics::{counter, gauge, histogram};
 use tokio::sync::{oneshot, watch};
 
+use crate::cpu_time;
 use crate::error::{Error, Result};
 use crate::metrics;
 use crate::model::{
@@ -178,6 +180,7 @@ impl Batcher {
             queue: Arc::clone(&queue),
             depth: Arc::clone(&depth),
             failures: failures_tx,
+            in_model: Cell::new(Duration::ZERO),
         };
         let handle = thread::Builder::new()
             .name("siglip-infer".into())
@@ -273,6 +276,9 @@ struct Worker {
     depth: Arc<AtomicUsize>,
     /// Consecutive batches in which no pass succeeded.
     failures: watch::Sender<u32>,
+    /// This thread's CPU time inside the model's calls so far: the rest of its CPU is the batch
+    /// stage's (`cpu_time`).
+    in_model: Cell<Duration>,
 }
 
 /// What the queue gave the worker.
@@ -317,6 +323,7 @@ impl Worker {
     fn run(self) {
         let mut in_flight: Option<InFlight> = None;
         loop {
+            let cpu = (cpu_time::thread_now(), self.in_model.get());
             // While a batch runs on the device, take only work that is already waiting: with
             // none, that batch's callers are answered first.
             let batch = match self.next_batch(in_flight.is_none()) {
@@ -335,6 +342,8 @@ impl Worker {
                 in_flight = None;
                 self.record(false);
             }
+            let spent = cpu_time::thread_now().saturating_sub(cpu.0);
+            cpu_time::record("batch", spent.saturating_sub(self.in_model.get() - cpu.1));
         }
         if let Some(running) = in_flight {
             self.finish(running);
@@ -363,6 +372,15 @@ impl Worker {
                 self.finish(running);
             }
         }
+    }
+
+    /// Runs a call into the model, adding this thread's CPU time in it to `in_model`.
+    fn in_model<T>(&self, call: impl FnOnce() -> T) -> T {
+        let start = cpu_time::thread_now();
+        let out = call();
+        let spent = cpu_time::thread_now().saturating_sub(start);
+        self.in_model.set(self.in_model.get() + spent);
+        out
     }
 
     fn take(&self, job: Job) -> Job {
@@ -422,7 +440,11 @@ impl Worker {
         let passes = staged
             .passes
             .into_iter()
-            .map(|pass| Ok((self.model.submit(pass?)?, Instant::now())))
+            .map(|pass| {
+                // Taken before the call: on the CPU, `submit` runs the whole pass.
+                let submitted = Instant::now();
+                Ok((self.in_model(|| self.model.submit(pass?))?, submitted))
+            })
             .collect();
         InFlight {
             jobs: staged.jobs,
@@ -437,14 +459,14 @@ impl Worker {
         let rows = image_rows(&running.jobs);
         let mut previous_done = running.started;
         let mut runs = Vec::new();
-        let embed = |rows: &[&[f32]]| self.model.embed_rows(rows);
+        let embed = |rows: &[&[f32]]| self.in_model(|| self.model.embed_rows(rows));
         for (pass, rows) in running
             .passes
             .into_iter()
             .zip(rows.chunks(self.config.max_batch_size.max(1)))
         {
             let result = pass.and_then(|(pass, submitted)| {
-                let embeddings = self.model.finish(pass);
+                let embeddings = self.in_model(|| self.model.finish(pass));
                 // A pass queued behind another starts when that one is done.
                 let done = Instant::now();
                 histogram!(metrics::INFERENCE, "tower" => "vision")
@@ -466,7 +488,7 @@ impl Worker {
             })
             .collect();
         let started = Instant::now();
-        let embed = |ids: &[TokenIds]| self.model.embed_token_ids(ids);
+        let embed = |ids: &[TokenIds]| self.in_model(|| self.model.embed_token_ids(ids));
         let mut runs = Vec::new();
         for pass in ids.chunks(self.config.max_batch_size.max(1)) {
             let t = Instant::now();

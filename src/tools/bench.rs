@@ -30,6 +30,7 @@ use serde::Serialize;
 use tokio::sync::Mutex;
 
 use super::client::{Client, ClientArgs};
+use super::cost::{CpuCost, Snapshot};
 use crate::config::ModelArgs;
 use crate::grpc::pb;
 use crate::model::{pixels_per_image, LoadOptions, Model};
@@ -67,9 +68,13 @@ pub struct BenchArgs {
     /// How the fair-share streams are delivered.
     #[arg(long, value_enum, default_value_t = FairMode::Latest)]
     pub fair_mode: FairMode,
-    /// The server's process id, to report its peak resident memory.
+    /// The server's process id (same machine), to report its peak resident memory and the CPU
+    /// it spends per image.
     #[arg(long)]
     pub server_pid: Option<u32>,
+    /// The server's metrics endpoint (host:port), for the CPU of its own stages per image.
+    #[arg(long)]
+    pub metrics_addr: Option<String>,
     /// Skip the model-alone phase (it loads the model in this process).
     #[arg(long)]
     pub skip_model_only: bool,
@@ -89,6 +94,12 @@ pub struct Report {
     pub fair: Option<FairReport>,
     pub model_only_img_s: Option<f64>,
     pub model_only_batch: Option<usize>,
+    /// The closed loop's CPU per image: the server's, the model's and the rest by stage.
+    pub cpu: Option<CpuCost>,
+    /// A forward pass at `model_only_batch` in the server during the closed loop (the mean of
+    /// its responses' inference times), and the tower alone at that batch, in ms.
+    pub model_in_server_ms: Option<f64>,
+    pub model_only_ms: Option<f64>,
     pub server_peak_rss_mib: Option<f64>,
     pub device: String,
     pub dtype: String,
@@ -111,6 +122,8 @@ pub struct Phase {
     pub inference_ms: Percentiles,
     /// Requests by the size of the forward pass that served them.
     pub batch_sizes: BTreeMap<u32, u64>,
+    /// Mean inference time of those requests, by the same batch size (ms).
+    pub inference_ms_by_batch: BTreeMap<u32, f64>,
     pub errors: u64,
 }
 
@@ -328,12 +341,19 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Report> {
         client.clone().classify(workload.request(i)).await?;
     }
 
+    let metrics_addr = args.metrics_addr.as_deref();
+    let before = Snapshot::take(args.server_pid, metrics_addr).await;
     report.closed_loop = closed_loop(&client, &workload, args.concurrency, phase)
         .await
         .into_phase(None);
+    let after = Snapshot::take(args.server_pid, metrics_addr).await;
     report
         .closed_loop
         .print(&format!("closed loop {}", args.concurrency));
+    let served = report.closed_loop.batch_sizes.values().sum();
+    let cost = CpuCost::between(&before, &after, served);
+    cost.print();
+    report.cpu = Some(cost);
 
     let rate = report.closed_loop.img_s / 2.0;
     report.half_load = open_loop(&client, &workload, rate, phase)
@@ -394,6 +414,20 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Report> {
         println!("model only    batch {batch:>3}  {img_s:>8.2} img/s");
         report.model_only_img_s = Some(img_s);
         report.model_only_batch = Some(batch);
+        let alone = batch as f64 / img_s * 1e3;
+        report.model_only_ms = Some(alone);
+        report.model_in_server_ms = report
+            .closed_loop
+            .inference_ms_by_batch
+            .get(&(batch as u32))
+            .copied();
+        if let Some(in_server) = report.model_in_server_ms {
+            println!(
+                "model         a pass of {batch}: {in_server:.1} ms in the server, {alone:.1} ms alone \
+                 ({:+.1}%)",
+                100.0 * (in_server / alone - 1.0)
+            );
+        }
     }
 
     if let Some(path) = &args.json {
@@ -429,6 +463,7 @@ struct Tally {
     preprocess_ms: Vec<f64>,
     inference_ms: Vec<f64>,
     batch_sizes: BTreeMap<u32, u64>,
+    inference_ms_by_batch: BTreeMap<u32, f64>,
     elapsed: Duration,
 }
 
@@ -448,6 +483,8 @@ impl Tally {
                 self.preprocess_ms.push(t.preprocess_us as f64 / 1e3);
                 self.inference_ms.push(t.inference_us as f64 / 1e3);
                 *self.batch_sizes.entry(t.batch_size).or_default() += 1;
+                *self.inference_ms_by_batch.entry(t.batch_size).or_default() +=
+                    t.inference_us as f64 / 1e3;
             }
             Err(_) => self.errors += 1,
         }
@@ -461,6 +498,11 @@ impl Tally {
             queue_ms: percentiles(self.queue_ms),
             preprocess_ms: percentiles(self.preprocess_ms),
             inference_ms: percentiles(self.inference_ms),
+            inference_ms_by_batch: self
+                .inference_ms_by_batch
+                .into_iter()
+                .map(|(size, sum)| (size, sum / self.batch_sizes[&size].max(1) as f64))
+                .collect(),
             batch_sizes: self.batch_sizes,
             errors: self.errors,
         }
@@ -778,21 +820,34 @@ fn model_only(args: &ModelArgs, batch: usize, duration: Duration) -> anyhow::Res
     let rows: Vec<&[f32]> = pixels
         .chunks_exact(pixels_per_image(model.preprocess()))
         .collect();
-    for _ in 0..3 {
-        model.embed_rows(&rows)?;
-    }
+    // Warm-up: the loop measured, for a tenth of the run and at least 5 passes. The optimising
+    // executor profiles and compiles for each new shape during the first passes, which can stall
+    // one of them for seconds; the server's own warm-up has paid that before it serves.
+    passes(&model, &rows, duration / 10, 5)?;
+    let (images, elapsed) = passes(&model, &rows, duration, 1)?;
+    Ok(images as f64 / elapsed.as_secs_f64())
+}
+
+/// Passes over `rows` for at least `duration` and `min` passes, each staged while the one before
+/// runs, as the server's worker does on a GPU: images done and the time they took.
+fn passes(
+    model: &Model,
+    rows: &[&[f32]],
+    duration: Duration,
+    min: usize,
+) -> anyhow::Result<(usize, Duration)> {
     let started = Instant::now();
     let mut images = 0;
-    let mut running = model.submit(model.stage_rows(&rows)?)?;
-    while started.elapsed() < duration || images == 0 {
-        let next = model.stage_rows(&rows)?;
+    let mut running = model.submit(model.stage_rows(rows)?)?;
+    while started.elapsed() < duration || images < min * rows.len() {
+        let next = model.stage_rows(rows)?;
         model.finish(running)?;
-        images += batch;
+        images += rows.len();
         running = model.submit(next)?;
     }
-    let elapsed = started.elapsed();
     model.finish(running)?;
-    Ok(images as f64 / elapsed.as_secs_f64())
+    images += rows.len();
+    Ok((images, started.elapsed()))
 }
 
 /// Peak resident set size of a process (VmHWM), in MiB.

@@ -40,6 +40,35 @@ pub async fn wait_until(what: &str, mut done: impl AsyncFnMut() -> bool) {
     }
 }
 
+/// The slowest of `calls` runs of `call`. A bound made from one sample inherits that sample's
+/// luck; the slowest of a few, taken on the same machine under the same load as the run it is
+/// compared with, already holds that machine's scheduling noise.
+pub async fn slowest_of(calls: usize, mut call: impl AsyncFnMut()) -> Duration {
+    let mut slowest = Duration::ZERO;
+    for _ in 0..calls {
+        let started = Instant::now();
+        call().await;
+        slowest = slowest.max(started.elapsed());
+    }
+    slowest
+}
+
+/// `photo` (an encoded image) tiled `k`×`k` and encoded as a JPEG: the same content, so about
+/// the same decoding cost per pixel, `k`² times the pixels. For tests that need an image whose
+/// decode takes at least a measured time, whatever the decoder's speed.
+pub fn tiled_jpeg(photo: &[u8], k: u32) -> Vec<u8> {
+    let tile = image::load_from_memory(photo).expect("decode").to_rgb8();
+    let (w, h) = tile.dimensions();
+    let mut out = image::RgbImage::new(w * k, h * k);
+    for (x, y, px) in out.enumerate_pixels_mut() {
+        *px = *tile.get_pixel(x % w, y % h);
+    }
+    let mut bytes = std::io::Cursor::new(Vec::new());
+    out.write_to(&mut bytes, image::ImageFormat::Jpeg)
+        .expect("encode");
+    bytes.into_inner()
+}
+
 /// Loading a model directory `make test` generated (named by the variable `var`): on the CPU, in
 /// float32, without warm-up.
 pub fn cpu_options(var: &str) -> LoadOptions {

@@ -7,7 +7,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use siglip_serve::grpc::pb::siglip_client::SiglipClient;
+use siglip_serve::grpc::pb::{self, siglip_client::SiglipClient};
 use tonic::transport::{Channel, ClientTlsConfig};
 use tonic_health::pb::{
     health_check_response::ServingStatus, health_client::HealthClient, HealthCheckRequest,
@@ -21,28 +21,119 @@ pub struct Server {
     tls: Option<ClientTlsConfig>,
 }
 
-/// `siglip-serve serve` on `model` with `extra` flags: ephemeral loopback ports, one thread,
-/// float32 (the tests compare with the runtime in float32 at 1e-5), errors only in the log.
+/// The `--threads` (libtorch intra-op threads) of the test servers: `SIGLIP_TEST_THREADS` when
+/// set, else 1. One thread keeps many servers of a parallel test run from fighting over every
+/// core; set it (0: one per core) to run the suite as a production server would.
+pub fn test_threads() -> String {
+    match std::env::var("SIGLIP_TEST_THREADS") {
+        Ok(threads) => {
+            threads.parse::<usize>().unwrap_or_else(|_| {
+                panic!("SIGLIP_TEST_THREADS={threads:?} is not a thread count")
+            });
+            threads
+        }
+        Err(_) => "1".to_string(),
+    }
+}
+
+/// `siglip-serve serve` on `model` with `extra` flags: ephemeral loopback ports, float32 (the
+/// tests compare with the runtime in float32 at 1e-5), errors only in the log, and, unless
+/// `extra` names them:
+/// - `--device cpu`: the tests' expected values and their premises about what is slow (the
+///   base-224 model, a large decode against one forward pass) are the CPU's; `auto` would pick a
+///   GPU wherever libtorch sees one and change them all at once;
+/// - `--threads` from [`test_threads`] (1 unless `SIGLIP_TEST_THREADS` says otherwise).
 pub fn serve_command(model: &Path, extra: &[&str]) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_siglip-serve"));
+    command.args([
+        "serve",
+        "--grpc-addr",
+        "127.0.0.1:0",
+        "--metrics-addr",
+        "127.0.0.1:0",
+        "--dtype",
+        "float32",
+    ]);
+    if !extra.contains(&"--device") {
+        command.args(["--device", "cpu"]);
+    }
+    if !extra.contains(&"--threads") {
+        command.args(["--threads", &test_threads()]);
+    }
     command
-        .args([
-            "serve",
-            "--grpc-addr",
-            "127.0.0.1:0",
-            "--metrics-addr",
-            "127.0.0.1:0",
-            "--threads",
-            "1",
-            "--dtype",
-            "float32",
-            "--model-dir",
-        ])
+        .arg("--model-dir")
         .arg(model)
         .args(extra)
         // Expected failures are logged at warn; keep the test output to real errors.
         .env("RUST_LOG", "error");
     command
+}
+
+/// The labels of [`well_behaved`]: those of the API tests (`LABELS` in `tests/grpc/main.rs`),
+/// so that a test's own calls with them and the latency helpers share the text cache.
+pub const WELL_BEHAVED_LABELS: [&str; 4] = [
+    "a photo of a cat",
+    "an astronaut",
+    "a cup of coffee",
+    "a rocket",
+];
+
+/// The call the latency helpers time: a Classify of a small photo against
+/// [`WELL_BEHAVED_LABELS`].
+pub fn well_behaved() -> pb::ClassifyRequest {
+    pb::ClassifyRequest {
+        image: Some(pb::Image {
+            source: Some(pb::image::Source::Encoded(super::asset(
+                "astronaut_224.jpg",
+            ))),
+        }),
+        texts: WELL_BEHAVED_LABELS.iter().map(|s| s.to_string()).collect(),
+        options: None,
+    }
+}
+
+/// How long one [`well_behaved`] call takes on `client`.
+pub async fn time_well_behaved(client: &mut SiglipClient<Channel>) -> Duration {
+    let request = well_behaved();
+    let started = Instant::now();
+    client
+        .classify(request)
+        .await
+        .expect("a well-behaved caller is served");
+    started.elapsed()
+}
+
+/// Samples a gauge every few milliseconds, in a task of its own, until stopped: the most it saw.
+pub struct Sampler {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    task: tokio::task::JoinHandle<f64>,
+}
+
+impl Sampler {
+    /// Starts sampling `name` (as [`metric_at`] names it) on the `/metrics` endpoint at `addr`.
+    pub fn start(addr: &str, name: &str) -> Sampler {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let task = tokio::spawn({
+            let (addr, name, stop) = (addr.to_string(), name.to_string(), stop.clone());
+            async move {
+                let mut most = f64::MIN;
+                loop {
+                    most = most.max(metric_at(&addr, &name).await);
+                    if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        return most;
+                    }
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }
+        });
+        Sampler { stop, task }
+    }
+
+    /// Stops sampling; the most the gauge was seen at.
+    pub async fn most(self) -> f64 {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.task.await.expect("sampler")
+    }
 }
 
 impl Server {
@@ -149,6 +240,52 @@ impl Server {
     /// The value of an unlabelled gauge or counter on `/metrics`.
     pub async fn metric(&self, name: &str) -> f64 {
         metric_at(&self.metrics_addr, name).await
+    }
+
+    /// A well-behaved caller's latency on this server now, with nothing else going on: one
+    /// [`well_behaved`] call first (it caches the labels and takes the first-call costs), then
+    /// the slowest of `calls` more on the same connection. Measured in the test's own run, it
+    /// scales a bound with this machine, its load and the model under test.
+    pub async fn idle_latency(&self, calls: usize) -> Duration {
+        let mut client = self.client().await;
+        time_well_behaved(&mut client).await;
+        super::slowest_of(calls, async || {
+            time_well_behaved(&mut client).await;
+        })
+        .await
+    }
+
+    /// One [`well_behaved`] call on a connection of its own (as a caller beside whatever else
+    /// connects); how long the call took, the connection not counted.
+    pub async fn served(&self) -> Duration {
+        time_well_behaved(&mut self.client().await).await
+    }
+
+    /// A round trip with no inference behind it: after one GetModelInfo to warm up, the slowest
+    /// of `calls` more.
+    pub async fn round_trip(&self, calls: usize) -> Duration {
+        let mut client = self.client().await;
+        let mut info = async || {
+            client
+                .get_model_info(pb::GetModelInfoRequest {})
+                .await
+                .expect("model info");
+        };
+        info().await;
+        super::slowest_of(calls, info).await
+    }
+
+    /// The server's resident memory, in bytes.
+    pub fn rss(&self) -> u64 {
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).expect("status");
+        let kb: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .expect("VmRSS");
+        kb * 1024
     }
 
     pub async fn wait_for(&self, status: ServingStatus) {

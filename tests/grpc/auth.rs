@@ -148,16 +148,18 @@ async fn tokens_are_required_health_stays_open_and_the_file_rotates() {
     }
     // A bad file (a token too short to be safe) is refused; the tokens in use stay.
     pki::write(scratch.path("tokens").as_path(), "short alice\n");
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Checked once the bad token file has been read and refused (the watcher's tick, then the
+    // parse): before that, the check below would pass without testing anything.
+    crate::common::wait_until("the bad token file rejected", async || {
+        server
+            .metric("siglip_reloads_total{what=\"tokens\",outcome=\"rejected\"}")
+            .await
+            == 1.0
+    })
+    .await;
     classify_with(&server, Some(ALICE_NEXT))
         .await
         .expect("the last good token file stays in use");
-    assert_eq!(
-        server
-            .metric("siglip_reloads_total{what=\"tokens\",outcome=\"rejected\"}")
-            .await,
-        1.0
-    );
 }
 
 #[tokio::test]

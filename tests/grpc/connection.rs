@@ -22,7 +22,7 @@ use tokio::{
 };
 
 use crate::common::{asset, server::Server};
-use crate::transport::{rss, served};
+use crate::transport::under_attack;
 use crate::{config, frame, LABELS};
 
 const DATA: u8 = 0;
@@ -324,19 +324,54 @@ async fn streams_past_the_limit_are_refused_and_a_client_that_persists_is_discon
     assert_eq!(refused, [5, 7, 9]);
     assert_eq!(goaway.error_code(), ENHANCE_YOUR_CALM, "{goaway:?}");
     raw.closed().await;
-    served(&server).await;
+    server.served().await;
+}
+
+/// `connections` raw connections at once, each writing `calls` complete GetModelInfo calls in
+/// one write and reading until every one is answered: the shape of the rapid-reset attack below
+/// (handshakes, a burst of frames each, the replies parsed), with nothing hostile in it.
+async fn benign_load(server: &Server, connections: usize, calls: u32) {
+    let one = async || {
+        let (mut raw, _) = Raw::connect(server, true).await;
+        let mut burst = Vec::new();
+        for i in 0..calls {
+            burst.extend(call(1 + 2 * i, "GetModelInfo", false));
+            burst.extend(messages(1 + 2 * i, &[Vec::new()]));
+        }
+        raw.send(&burst).await;
+        let mut answered = 0;
+        while answered < calls {
+            let f = raw
+                .next()
+                .await
+                .expect("a benign connection is kept until answered");
+            assert_ne!(f.kind, GOAWAY, "GOAWAY to a benign connection: {f:?}");
+            assert_ne!(f.kind, RST_STREAM, "a benign call was reset: {f:?}");
+            if f.kind == HEADERS && f.flags & END_STREAM != 0 {
+                answered += 1;
+            }
+        }
+    };
+    futures_util::future::join_all((0..connections).map(|_| one())).await;
 }
 
 /// CVE-2023-44487: streams opened and reset at once cost the server work but never count as
 /// concurrent. Past `--http2-max-pending-accept-reset-streams` of them pending at once, the
 /// connection gets GOAWAY ENHANCE_YOUR_CALM and is closed; a client under the limit keeps its
-/// connection; a well-behaved caller is served throughout, within 2× its idle latency + 200 ms,
-/// and the server grows by less than 64 MiB over 20 attacking connections.
-#[tokio::test]
+/// connection; the server grows by less than 64 MiB over 20 attacking connections; and a
+/// well-behaved caller is served throughout.
+///
+/// The attack costs both processes real work whatever the server does (20 handshakes, 4000
+/// frames written and parsed, by this test too), so the well-behaved caller's latency during
+/// it is held to [`under_attack`] of its latency during a benign load of the same shape,
+/// measured just before: the attack may cost what that traffic costs, not more.
+#[tokio::test(flavor = "multi_thread")]
 async fn rapid_resets_close_the_connection() {
+    const CONNECTIONS: usize = 20;
     let server = Server::ready(&["--http2-max-pending-accept-reset-streams", "10"]).await;
-    let idle = served(&server).await;
-    let rss_before = rss(&server);
+    let idle = server.idle_latency(3).await;
+    let ((), benign) = tokio::join!(benign_load(&server, CONNECTIONS, 10), server.served());
+    let rss_before = server.rss();
 
     // Under the limit: 5 open-and-reset streams, then a PING that is answered.
     let (mut polite, _) = Raw::connect(&server, true).await;
@@ -357,7 +392,7 @@ async fn rapid_resets_close_the_connection() {
 
     // Over it: 200 in one write, from 20 connections at once.
     let server = &server;
-    let attacks = (0..20).map(|_| async move {
+    let attacks = (0..CONNECTIONS).map(|_| async move {
         let (mut raw, _) = Raw::connect(server, true).await;
         let mut burst = Vec::new();
         for i in 0..200 {
@@ -370,34 +405,45 @@ async fn rapid_resets_close_the_connection() {
         assert_eq!(goaway.error_code(), ENHANCE_YOUR_CALM, "{goaway:?}");
         raw.closed().await
     });
-    let (closed, during) = tokio::join!(futures_util::future::join_all(attacks), served(server));
+    let (closed, during) = tokio::join!(futures_util::future::join_all(attacks), server.served());
     for after in closed {
         assert!(
             after < Duration::from_secs(5),
             "closed {after:?} after connect"
         );
     }
+    let bound = under_attack(benign.max(idle));
+    eprintln!("rapid resets: served in {during:?} during, {benign:?} benign, {idle:?} idle");
     assert!(
-        during < idle * 2 + Duration::from_millis(200),
-        "served in {during:?} during the attack, {idle:?} idle"
+        during <= bound,
+        "served in {during:?} during the attack, {benign:?} during a benign load like it, \
+         {idle:?} idle (bound {bound:?})"
     );
-    let grown = rss(server).saturating_sub(rss_before);
+    let grown = server.rss().saturating_sub(rss_before);
     assert!(grown < 64 << 20, "the server grew by {} MiB", grown >> 20);
-    served(server).await;
+    server.served().await;
 }
 
 /// `--http2-keepalive-interval-seconds 1 --http2-keepalive-timeout-seconds 1`: a peer that
 /// never answers PINGs (as one that vanished without closing) is disconnected within
-/// interval + timeout + 1 s of slack; one that answers keeps its connection.
+/// interval + timeout + slack; one that answers keeps its connection. The slack is for the
+/// server's timers firing late on a busy machine: a second, or ten of this server's round trips
+/// (measured first) where those are slower.
 #[tokio::test]
 async fn a_peer_that_does_not_answer_pings_is_disconnected() {
+    const INTERVAL: Duration = Duration::from_secs(1);
+    const TIMEOUT: Duration = Duration::from_secs(1);
     let server = Server::ready(&[
         "--http2-keepalive-interval-seconds",
-        "1",
+        &INTERVAL.as_secs().to_string(),
         "--http2-keepalive-timeout-seconds",
-        "1",
+        &TIMEOUT.as_secs().to_string(),
     ])
     .await;
+    let rtt = server.round_trip(3).await;
+    let slack = (rtt * 10).max(Duration::from_secs(1));
+    // Long enough for two PINGs, each up to the slack late.
+    let watched = INTERVAL * 2 + slack + Duration::from_millis(500);
     let silent = async {
         let (mut raw, _) = Raw::connect(&server, false).await;
         raw.until("a PING", |f| f.kind == PING && f.flags & ACK == 0)
@@ -408,7 +454,7 @@ async fn a_peer_that_does_not_answer_pings_is_disconnected() {
     let alive = async {
         let (mut raw, _) = Raw::connect(&server, true).await;
         let mut pings = 0;
-        while raw.opened.elapsed() < Duration::from_millis(3500) {
+        while raw.opened.elapsed() < watched {
             let next = tokio::time::timeout(Duration::from_millis(500), raw.next()).await;
             match next {
                 Ok(Some(f)) if f.kind == PING && f.flags & ACK == 0 => pings += 1,
@@ -420,38 +466,58 @@ async fn a_peer_that_does_not_answer_pings_is_disconnected() {
     };
     let ((pinged, closed), pings) = tokio::join!(silent, alive);
     assert!(
-        pinged < Duration::from_millis(2000),
-        "first PING {pinged:?} after connect (interval 1 s)"
+        pinged < INTERVAL + slack,
+        "first PING {pinged:?} after connect (interval {INTERVAL:?}, slack {slack:?})"
     );
     assert!(
-        closed >= Duration::from_millis(1500) && closed < Duration::from_secs(3),
-        "a silent peer was disconnected {closed:?} after connect (interval 1 s + timeout 1 s)"
+        closed >= INTERVAL + TIMEOUT / 2 && closed < INTERVAL + TIMEOUT + slack,
+        "a silent peer was disconnected {closed:?} after connect (interval {INTERVAL:?} + \
+         timeout {TIMEOUT:?}, slack {slack:?})"
     );
-    assert!(pings >= 2, "{pings} PINGs in 3.5 s (interval 1 s)");
+    assert!(
+        pings >= 2,
+        "{pings} PINGs in {watched:?} (interval {INTERVAL:?})"
+    );
 }
 
-/// `--max-connection-age-seconds 1 --max-connection-age-grace-seconds 1`: at 1 s every
+/// `--max-connection-age-seconds 1 --max-connection-age-grace-seconds G`: at 1 s every
 /// connection gets a GOAWAY (tonic 0.14 sends none at the age when a grace is set: the server
 /// sets the age alone and cuts connections at age + grace itself). An idle connection then
 /// closes at once; a call opened before the GOAWAY is still served after it; a call still open
 /// at age + grace is cut. A tonic Channel carries on across all this by reconnecting (a call
 /// that races a GOAWAY may fail once: tonic has no transparent retry).
-#[tokio::test]
+///
+/// The call served after the GOAWAY is sent when the GOAWAY arrives, which may be up to half a
+/// second late, and must be answered before the cut: the grace G is a second, or more where a
+/// call takes longer on this machine and model (measured first, on a server of its own, with
+/// its labels cached as they are here). The other windows are the timers' precision.
+#[tokio::test(flavor = "multi_thread")]
 async fn old_connections_get_a_goaway_and_are_closed_after_the_grace() {
+    const AGE: Duration = Duration::from_secs(1);
+    const LATE: Duration = Duration::from_millis(500);
+    let (idle, rtt) = {
+        let probe = Server::ready(&[]).await;
+        (probe.idle_latency(3).await, probe.round_trip(3).await)
+    };
+    // Whole seconds: room for three such calls after a GOAWAY that came LATE.
+    let grace = Duration::from_secs((LATE + idle * 3).as_secs_f64().ceil().max(1.0) as u64);
     let server = Server::ready(&[
         "--max-connection-age-seconds",
-        "1",
+        &AGE.as_secs().to_string(),
         "--max-connection-age-grace-seconds",
-        "1",
+        &grace.as_secs().to_string(),
         "--first-message-timeout-seconds",
         "30",
     ])
     .await;
-    let window = |at: Duration, from: u64, to: u64| {
-        at >= Duration::from_millis(from) && at < Duration::from_millis(to)
-    };
+    // The labels cached: the call after the GOAWAY runs the vision tower alone.
+    server.served().await;
+    let cut_at = AGE + grace;
+    let run = cut_at + Duration::from_millis(1500);
+    let window = |at: Duration, from: Duration, to: Duration| at >= from && at < to;
+    let ms = Duration::from_millis;
 
-    let idle = async {
+    let idle_conn = async {
         let (mut raw, _) = Raw::connect(&server, true).await;
         raw.until("GOAWAY", |f| f.kind == GOAWAY).await;
         let goaway = raw.opened.elapsed();
@@ -469,10 +535,12 @@ async fn old_connections_get_a_goaway_and_are_closed_after_the_grace() {
         raw.send(&messages(1, &request)).await;
         let mut body = Vec::new();
         loop {
-            let f = raw
-                .next()
-                .await
-                .expect("the call's answer before the close");
+            let f = raw.next().await.unwrap_or_else(|| {
+                panic!(
+                    "the connection closed before the call sent after the GOAWAY was answered \
+                     (grace {grace:?}; a call alone takes {idle:?})"
+                )
+            });
             assert!(f.kind != RST_STREAM || f.stream != 1, "call reset: {f:?}");
             if f.stream == 1 && f.kind == DATA {
                 body.extend(&f.payload);
@@ -500,7 +568,7 @@ async fn old_connections_get_a_goaway_and_are_closed_after_the_grace() {
         let mut client = server.client().await;
         let started = Instant::now();
         let (mut calls, mut raced, mut last_failed) = (0, 0, false);
-        while started.elapsed() < Duration::from_millis(3500) {
+        while started.elapsed() < run {
             match client.get_model_info(pb::GetModelInfoRequest {}).await {
                 Ok(_) => {
                     calls += 1;
@@ -516,33 +584,46 @@ async fn old_connections_get_a_goaway_and_are_closed_after_the_grace() {
         }
         (calls, raced)
     };
-    let ((goaway, idle_closed), (goaway2, answered, closed2), cut_at, (calls, raced)) =
-        tokio::join!(idle, served_after_goaway, cut, channel);
+    let ((goaway, idle_closed), (goaway2, answered, closed2), cut, (calls, raced)) =
+        tokio::join!(idle_conn, served_after_goaway, cut, channel);
+    eprintln!(
+        "connection age: grace {grace:?} (a call alone {idle:?}), answered {answered:?}, GOAWAY \
+         {goaway2:?}, {calls} calls, {raced} raced, round trip {rtt:?}"
+    );
+    // One GOAWAY per connection, and a connection lasts at least the age.
+    let goaways = (run.as_secs_f64() / AGE.as_secs_f64()).ceil() as usize;
     assert!(
-        raced <= 4,
-        "{raced} calls raced a GOAWAY in 3.5 s (age 1 s)"
+        raced <= goaways,
+        "{raced} calls raced a GOAWAY in {run:?} (age {AGE:?})"
     );
     for at in [goaway, goaway2] {
         assert!(
-            window(at, 900, 1500),
-            "GOAWAY {at:?} after connect (age 1 s)"
+            window(at, AGE - ms(100), AGE + LATE),
+            "GOAWAY {at:?} after connect (age {AGE:?})"
         );
     }
     assert!(
-        idle_closed < goaway + Duration::from_millis(500),
+        idle_closed < goaway + ms(500),
         "an idle connection closed {idle_closed:?} after connect, GOAWAY at {goaway:?}"
     );
     assert!(
-        answered < Duration::from_secs(2),
-        "answered at {answered:?}"
+        answered < goaway2 + grace,
+        "answered at {answered:?}, GOAWAY at {goaway2:?} (grace {grace:?}; a call alone takes \
+         {idle:?})"
     );
     assert!(
-        closed2 < Duration::from_millis(2500),
-        "closed at {closed2:?}"
+        closed2 < cut_at + ms(500),
+        "closed at {closed2:?} (age {AGE:?} + grace {grace:?})"
     );
     assert!(
-        window(cut_at, 1900, 2800),
-        "a call open past the grace was cut {cut_at:?} after connect (age 1 s + grace 1 s)"
+        window(cut, cut_at - ms(100), cut_at + ms(800)),
+        "a call open past the grace was cut {cut:?} after connect (age {AGE:?} + grace {grace:?})"
     );
-    assert!(calls > 20, "{calls} calls in 3.5 s");
+    // A call every 50 ms and a round trip, half of them at least: reconnecting after each
+    // GOAWAY and the sleep's own lateness cost the rest.
+    let expected = run.as_secs_f64() / (ms(50) + rtt).as_secs_f64() / 2.0;
+    assert!(
+        calls as f64 >= expected,
+        "{calls} calls in {run:?}, a round trip {rtt:?}: at least {expected:.0} expected"
+    );
 }

@@ -298,36 +298,102 @@ async fn a_call_without_a_deadline_gets_the_servers_and_a_callers_own_wins() {
     );
 }
 
-#[tokio::test]
+/// A queue of one: while the worker runs a long job, one caller queues behind it and the callers
+/// after it are refused at once (RESOURCE_EXHAUSTED, naming the flag); none hang, and what is
+/// accepted is answered.
+///
+/// The worker is made busy on purpose, for long enough whatever the machine: an EmbedImage of
+/// tiny images (each a full forward pass), as many as it takes for their passes to last 20 times
+/// a text call's round trip, both measured here. The text calls go out once the worker has taken
+/// the images, and the test checks that they reached the queue before the images were answered.
+#[tokio::test(flavor = "multi_thread")]
 async fn a_full_queue_refuses_callers_at_once_and_answers_the_rest() {
-    let server = Server::ready(&["--max-queue", "1"]).await;
-    let client = server.client().await;
-    // Many callers at once against a queue of one: some are refused at once, none hang, and
-    // everything accepted is answered. Distinct texts: cached ones would never reach the queue.
-    let calls = (0..24).map(|i| {
-        let mut client = client.clone();
-        tokio::spawn(async move {
-            client
-                .embed_text(pb::EmbedTextRequest {
-                    texts: (0..64).map(|j| format!("photo {i} of {j} cats")).collect(),
-                })
-                .await
-                .map(|_| ())
-        })
-    });
-    // 24 × 64 new texts also pass --max-pending-texts (1024): that refusal is overload too.
-    let results = futures_util::future::join_all(calls).await;
-    let refused_by = |flag: &str| {
-        results
-            .iter()
-            .filter(|r| matches!(r, Ok(Err(s)) if s.code() == Code::ResourceExhausted && s.message().contains(flag)))
-            .count()
+    const MOST_IMAGES: usize = 1024;
+    const CALLERS: usize = 3;
+    const TEXTS: usize = 64;
+    let most = MOST_IMAGES.to_string();
+    let server = Server::ready(&[
+        "--max-queue",
+        "1",
+        "--max-images",
+        &most,
+        "--max-pending-images",
+        &most,
+    ])
+    .await;
+    let mut client = server.client().await;
+    // Distinct texts: cached ones would never reach the queue.
+    let texts = |caller: usize| pb::EmbedTextRequest {
+        texts: (0..TEXTS)
+            .map(|j| format!("photo {caller} of {j} cats"))
+            .collect(),
     };
-    let (by_queue, by_texts) = (refused_by("--max-queue"), refused_by("--max-pending-texts"));
+    let images = |n: usize| pb::EmbedImageRequest {
+        images: vec![encoded(asset("pixel_1x1.png")).unwrap(); n],
+    };
+    // How long a text call takes to reach the queue: its round trip with its texts cached.
+    client.embed_text(texts(0)).await.expect("texts");
+    let reach = common::slowest_of(3, async || {
+        client.embed_text(texts(0)).await.expect("cached texts");
+    })
+    .await;
+    // How many images keep the worker busy for 20 of those (their passes' time, as the server
+    // reports it).
+    let mut n = 64;
+    loop {
+        let reply = client.embed_image(images(n)).await.expect("images");
+        let busy = Duration::from_micros(reply.into_inner().timings.expect("timings").inference_us);
+        if busy >= reach * 20 {
+            break;
+        }
+        assert!(
+            n < MOST_IMAGES,
+            "premise broken: {n} images keep the worker busy for only {busy:?}, less than 20 \
+             text calls' round trips ({reach:?} each)"
+        );
+        n *= 2;
+    }
+
+    eprintln!("full queue: {n} images keep the worker busy, a text call reaches it in {reach:?}");
+    let taken = server.metric("siglip_images_processed_total").await + n as f64;
+    let busy = tokio::spawn({
+        let mut client = client.clone();
+        async move { client.embed_image(images(n)).await.map(|_| ()) }
+    });
+    // Every image staged for a pass: the worker has the job, and runs its passes now.
+    common::wait_until("the worker taking the images", async || {
+        server.metric("siglip_images_processed_total").await >= taken
+    })
+    .await;
+    let looked_up = server.metric("siglip_text_cache_misses_total").await;
+    let calls: Vec<_> = (1..=CALLERS)
+        .map(|caller| {
+            let mut client = client.clone();
+            tokio::spawn(async move { client.embed_text(texts(caller)).await.map(|_| ()) })
+        })
+        .collect();
+    // A text call looks its texts up in the cache just before it queues them.
+    common::wait_until("the text calls reaching the queue", async || {
+        server.metric("siglip_text_cache_misses_total").await
+            >= looked_up + (CALLERS * TEXTS) as f64
+    })
+    .await;
+    assert!(
+        !busy.is_finished(),
+        "premise broken: the {n} images were answered before the text calls reached the queue"
+    );
+    let results = futures_util::future::join_all(calls).await;
+    busy.await
+        .unwrap()
+        .expect("the images are answered in their turn");
+    let by_queue = results
+        .iter()
+        .filter(|r| matches!(r, Ok(Err(s)) if s.code() == Code::ResourceExhausted && s.message().contains("--max-queue")))
+        .count();
     let ok = results.iter().filter(|r| matches!(r, Ok(Ok(())))).count();
     assert!(
         by_queue > 0,
         "no call was refused by the queue: {results:?}"
     );
-    assert_eq!(by_queue + by_texts + ok, results.len(), "{results:?}");
+    assert_eq!(by_queue + ok, results.len(), "{results:?}");
 }

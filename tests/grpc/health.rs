@@ -90,7 +90,10 @@ async fn consecutive_failures_turn_health_not_serving_and_a_success_turns_it_bac
     // A well-behaved caller on its own connection.
     let mut caller = server.client().await;
     well_behaved(&mut caller).await;
-    let idle = well_behaved(&mut caller).await;
+    let idle = common::slowest_of(3, async || {
+        well_behaved(&mut caller).await;
+    })
+    .await;
 
     // Two failures, then a success: the count starts again.
     for _ in 0..2 {
@@ -117,13 +120,15 @@ async fn consecutive_failures_turn_health_not_serving_and_a_success_turns_it_bac
     );
     assert_eq!(server.metric("siglip_ready").await, 0.0);
 
-    // NOT_SERVING still accepts work, without delay: 2× the idle latency, or 500 ms on this
-    // noisy machine; that success turns health back to SERVING.
+    // NOT_SERVING still accepts work, without delay: within twice the idle latency (the
+    // slowest of three, so it holds this machine's noise), plus as much again and at least
+    // 200 ms for a scheduler's lateness on a loaded machine; a server that held callers until it
+    // recovered would exceed that. That success turns health back to SERVING.
     let latency = well_behaved(&mut caller).await;
-    let bound = (2 * idle).max(Duration::from_millis(500));
+    let bound = 2 * idle + idle.max(Duration::from_millis(200));
     assert!(
         latency < bound,
-        "{latency:?} while NOT_SERVING, idle {idle:?}"
+        "{latency:?} while NOT_SERVING, idle {idle:?} (bound {bound:?})"
     );
     wait_for_both(&server, ServingStatus::Serving).await;
     assert_eq!(
@@ -217,6 +222,15 @@ async fn an_out_of_memory_batch_is_answered_in_halves_and_only_the_bad_image_fai
     )
     .await;
     let photo = asset("chelsea_progressive.jpg");
+    // The labels cached first: otherwise a caller's text job could reach the queue after another
+    // caller's image and share its batch, which would then close at one image. Four texts fill a
+    // batch, so this does not wait for the delay.
+    server
+        .client()
+        .await
+        .embed_text(pb::EmbedTextRequest { texts: labels() })
+        .await
+        .expect("the labels embedded");
     let mut calls = Vec::new();
     for i in 0..4 {
         // Each caller on its own connection.

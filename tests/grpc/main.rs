@@ -5,7 +5,7 @@
 //! - `classify`: Classify's answers, options, raw frames and image conventions;
 //! - `upload`: Upload, for images over the message limit, and its protocol;
 //! - `stream`: Stream's delivery modes, protocol, stream limit and lifetime;
-//! - `fair`: streams at unequal rates get equal shares;
+//! - `fair`: fair shares and fair waiting, judged against capacity measured in the same run;
 //! - `policy`: Stream frame policy (max_fps, max_age_ms) and drop counts by reason;
 //! - `regions`: regions of stream frames, per-region answers and every refusal;
 //! - `watch`: smoothing, enter/leave events, events-only mode, against a reference;

@@ -1,10 +1,10 @@
 //! Frame policy on a stream: `max_fps` judged by the client's timestamps, `max_age_ms` against a
 //! slow model, and every frame accounted for in `dropped`, by reason, in both delivery modes.
 
-use std::path::PathBuf;
+use std::{path::PathBuf, time::Duration};
 
-use siglip_serve::grpc::pb::{self, stream_request::Msg};
-use tonic::Code;
+use siglip_serve::grpc::pb::{self, siglip_client::SiglipClient, stream_request::Msg};
+use tonic::{transport::Channel, Code};
 
 use crate::common::{asset, server::Server};
 use crate::{assert_status, encoded, stream_all, LABELS};
@@ -192,18 +192,57 @@ async fn bad_policy_values_end_the_stream_with_invalid_argument() {
     }
 }
 
+/// The time this server takes to preprocess (decode and resize) `image` as a stream frame, with
+/// no policy: the smallest of two frames.
+async fn preprocess_time(client: &mut SiglipClient<Channel>, image: &[u8]) -> Duration {
+    let mut messages = vec![watching(
+        pb::DeliveryMode::EveryFrame,
+        pb::FramePolicy::default(),
+    )];
+    messages.extend((0..2).map(|k| frame_at(k, k as i64 * 40_000, image)));
+    let results = stream_all(client, messages).await;
+    let us = results
+        .iter()
+        .map(|r| r.timings.expect("timings").preprocess_us)
+        .min()
+        .expect("results");
+    Duration::from_micros(us)
+}
+
 /// A frame that takes longer to decode than `max_age_ms` allows is dropped as stale, never
 /// answered: only the last message, reporting the drops, comes back.
+///
+/// `max_age_ms` is 1, the least there is; the frame is a 3-megapixel photo, or the photo tiled
+/// until this server takes at least 4 ms to preprocess it (measured here), so that no frame can
+/// be ready in time whatever the decoder's speed.
 #[tokio::test]
 async fn frames_that_cannot_be_ready_in_time_are_dropped_as_stale() {
-    let server = Server::ready(&[]).await;
+    const MAX_AGE_MS: u32 = 1;
+    // Room for a tiled photo in one message.
+    let server = Server::ready(&["--max-message-bytes", &(32 << 20).to_string()]).await;
     let mut client = server.client().await;
-    let big = asset("coffee_2000x1500.jpg");
+    let photo = asset("coffee_2000x1500.jpg");
+    let mut big = photo.clone();
+    let mut tiles = 1;
+    loop {
+        let took = preprocess_time(&mut client, &big).await;
+        if took >= Duration::from_millis(4 * MAX_AGE_MS as u64) {
+            break;
+        }
+        // 2000×1500 tiled 4×4 is 48 megapixels, within the default 50.
+        assert!(
+            tiles < 4,
+            "premise broken: a {tiles}×{tiles} tiling of the photo is preprocessed in {took:?}, \
+             under 4 × max_age_ms"
+        );
+        tiles += 1;
+        big = crate::common::tiled_jpeg(&photo, tiles);
+    }
     let before = server.metric(STALE_DROPS).await;
     for mode in [pb::DeliveryMode::EveryFrame, pb::DeliveryMode::LatestOnly] {
         let policy = pb::FramePolicy {
             max_fps: 0.0,
-            max_age_ms: 1,
+            max_age_ms: MAX_AGE_MS,
         };
         let mut messages = vec![watching(mode, policy)];
         messages.extend((0..4).map(|k| frame_at(k, k as i64 * 40_000, &big)));
@@ -230,8 +269,14 @@ fn slow_model() -> PathBuf {
 }
 
 /// Frames sent back to back to a slow model, one image per pass: with a long `max_age_ms`
-/// nothing is stale; with one pass and a half, the first frame is answered, at least one later
-/// frame goes stale, and every frame is accounted for.
+/// nothing is stale; with one pass and a half more than a frame's own preprocessing, the first
+/// frame is answered, at least one later frame goes stale, and every frame is accounted for.
+///
+/// Both figures come from the patient run: the shortest pass, and the longest time a frame spent
+/// neither in the queue nor in inference (receiving, decoding, resizing). The patient run also
+/// shows whether frames wait behind the model long enough to go stale at that age: frames sent
+/// back to back only do when a pass takes longer than preprocessing a frame, as the base-224
+/// model does on a CPU.
 #[tokio::test]
 async fn max_age_drops_frames_that_wait_behind_a_slow_model() {
     let server = Server::ready_model(&slow_model(), &["--max-batch-size", "1"], &[]).await;
@@ -249,12 +294,29 @@ async fn max_age_drops_frames_that_wait_behind_a_slow_model() {
     let patient = stream_all(&mut client, stream(60_000)).await;
     assert_eq!(patient.len(), 8);
     assert!(patient.iter().all(|r| dropped(r).stale == 0));
-    let pass_us = patient
+    let timings: Vec<pb::Timings> = patient.iter().map(|r| r.timings.unwrap()).collect();
+    let pass_us = timings.iter().map(|t| t.inference_us).min().unwrap();
+    let overhead_us = timings
         .iter()
-        .map(|r| r.timings.unwrap().inference_us)
-        .min()
+        .map(|t| t.total_us.saturating_sub(t.inference_us + t.queue_us))
+        .max()
         .unwrap();
-    let max_age_ms = (pass_us * 3 / 2 / 1000).max(1) as u32;
+    let max_age_ms = ((overhead_us + pass_us * 3 / 2) / 1000).max(1) as u32;
+    // Time from arrival to inference, which is what max_age_ms is held against.
+    let waited_ms = timings
+        .iter()
+        .map(|t| t.total_us.saturating_sub(t.inference_us) / 1000)
+        .max()
+        .unwrap();
+    assert!(
+        waited_ms > max_age_ms as u64,
+        "premise broken: no frame waited longer than max_age_ms {max_age_ms} before inference \
+         even with nothing dropped (at most {waited_ms} ms; a pass takes {pass_us} µs), so none \
+         would go stale"
+    );
+    eprintln!(
+        "max_age: a pass {pass_us} µs, preprocessing {overhead_us} µs, max_age_ms {max_age_ms}"
+    );
     let hasty = stream_all(&mut client, stream(max_age_ms)).await;
     let scored = hasty.iter().filter(|r| !r.scores.is_empty()).count() as u64;
     let stale: u64 = hasty.iter().map(|r| dropped(r).stale).sum();

@@ -341,17 +341,21 @@ async fn certificates_rotate_without_a_restart_and_open_streams_carry_on() {
         ("tls.key", &second.key[..second.key.len() / 2]),
         ("ca.crt", &new_ca.pem()),
     ]);
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Checked once the broken TLS files have been read and refused (the watcher's tick, then the
+    // parse): before that, the checks below would pass without testing anything.
+    crate::common::wait_until("the broken TLS files rejected", async || {
+        server
+            .metric("siglip_reloads_total{what=\"tls\",outcome=\"rejected\"}")
+            .await
+            == 1.0
+    })
+    .await;
     assert_eq!(
         handshake(&server, &new_ca, Some(&new_client), TLS13)
             .await
             .unwrap(),
         vec![2]
     );
-    let rejected = server
-        .metric("siglip_reloads_total{what=\"tls\",outcome=\"rejected\"}")
-        .await;
-    assert_eq!(rejected, 1.0);
     input.send(frame(3, asset("rocket.bmp"))).await.unwrap();
     assert_eq!(output.next().await.unwrap().unwrap().frame_id, 3);
 }

@@ -41,6 +41,48 @@ fn photos(model: &Model) -> Vec<(Vec<f32>, Embeddings)> {
     .collect()
 }
 
+/// Images in a job that keeps the worker busy while a test queues callers behind it and checks
+/// how they were queued: as many as 250 ms of passes take on this machine and model (each
+/// image's share of a pass of 8, timed here), at least one pass and at most 1024 images (about
+/// 600 MB of pixels at 224 px). The test's own steps meanwhile are a few polls of 5 ms; the tests
+/// check that the job was still running when they were done.
+fn long_job(model: &Model, pixels: &[f32]) -> usize {
+    const BATCH: usize = 8;
+    let eight = pixels.repeat(BATCH);
+    model.embed_pixels(&eight, BATCH).expect("a pass of 8");
+    let pass = (0..2)
+        .map(|_| {
+            let started = Instant::now();
+            model.embed_pixels(&eight, BATCH).expect("a pass of 8");
+            started.elapsed()
+        })
+        .min()
+        .unwrap();
+    let per_image = pass / BATCH as u32;
+    let wanted = Duration::from_millis(250).as_secs_f64() / per_image.as_secs_f64().max(1e-9);
+    let images = (wanted.ceil() as usize).clamp(BATCH, 1024);
+    eprintln!("long job: {images} images, {per_image:?} each in a pass of {BATCH}");
+    images
+}
+
+/// Waits until `done` holds, polling every 5 ms; fails, saying the premise broke, if the long
+/// job `busy` is answered first (rather than wait 30 s for what can no longer happen).
+async fn while_busy<F: std::future::Future + Unpin>(
+    busy: &mut F,
+    what: &str,
+    mut done: impl FnMut() -> bool,
+) {
+    let until = Instant::now() + Duration::from_secs(30);
+    while !done() {
+        assert!(
+            futures_util::poll!(&mut *busy).is_pending(),
+            "premise broken: the long job was answered before {what}"
+        );
+        assert!(Instant::now() < until, "{what} did not happen within 30 s");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 /// `config` for the worker as it runs on the CPU, and as on a GPU, where the next batch is
 /// prepared while one is in flight (on the CPU the pass itself is synchronous, but the order of
 /// staging, answering and submitting is the same).
@@ -127,6 +169,7 @@ async fn dropped_callers(config: BatchConfig) {
     let tiny = model();
     let photos = photos(&tiny);
     let (pixels, alone) = photos[0].clone();
+    let long = long_job(&tiny, &pixels);
     let (batcher, worker) = Batcher::start(tiny, config);
 
     let past = Instant::now() - Duration::from_millis(1);
@@ -137,10 +180,10 @@ async fn dropped_callers(config: BatchConfig) {
         other => panic!("expected DeadlineExceeded, got {other:?}"),
     }
 
-    // Callers that give up while they wait: a long job (256 images) keeps the worker busy while
-    // six callers queue behind it and then go away. The next caller's pass must hold its row
-    // alone: had the six been run, they would share its batch.
-    let mut busy = Box::pin(batcher.embed_images(vec![pixels.clone(); 256], None));
+    // Callers that give up while they wait: a long job keeps the worker busy while six callers
+    // queue behind it and then go away. The next caller's pass must hold its row alone: had the
+    // six been run, they would share its batch.
+    let mut busy = Box::pin(batcher.embed_images(vec![pixels.clone(); long], None));
     // One poll queues the long job (the worker runs it whether or not it is polled again);
     // the six queue once the worker has taken it.
     assert!(futures_util::poll!(&mut busy).is_pending());
@@ -155,10 +198,15 @@ async fn dropped_callers(config: BatchConfig) {
             tokio::spawn(async move { batcher.embed_images(vec![pixels], None).await })
         })
         .collect();
-    common::wait_until("six callers queueing", async || batcher.depth() == 6).await;
+    while_busy(&mut busy, "six callers queued", || batcher.depth() == 6).await;
     for q in &quitters {
         q.abort();
     }
+    assert!(
+        futures_util::poll!(&mut busy).is_pending(),
+        "premise broken: the long job ({long} images) was answered before the six callers behind \
+         it went away"
+    );
     for q in quitters {
         assert!(q.await.unwrap_err().is_cancelled());
     }
@@ -300,17 +348,18 @@ async fn batches_respect_size_and_delay() {
     stop(batcher, worker).await;
 }
 
-/// Starts `jobs` in order (each queued at its first poll), behind a 256-image job that keeps the
-/// worker busy meanwhile, and waits for all of them.
+/// Starts `jobs` in order (each queued at its first poll), behind a job of `long` images that
+/// keeps the worker busy meanwhile ([`long_job`]), and waits for all of them.
 async fn behind_a_long_job<F>(
     batcher: &Batcher,
     pixels: &[f32],
+    long: usize,
     jobs: Vec<F>,
 ) -> Vec<siglip_serve::error::Result<Reply>>
 where
     F: std::future::Future<Output = siglip_serve::error::Result<Reply>>,
 {
-    let mut busy = Box::pin(batcher.embed_images(vec![pixels.to_vec(); 256], None));
+    let mut busy = Box::pin(batcher.embed_images(vec![pixels.to_vec(); long], None));
     assert!(futures_util::poll!(&mut busy).is_pending());
     common::wait_until("the worker taking the long job", async || {
         batcher.depth() == 0
@@ -323,11 +372,14 @@ where
             "answered while the worker is busy"
         );
     }
-    assert_eq!(
-        batcher.depth(),
-        jobs.len(),
-        "all queued behind the long job"
+    // Read before the long job is checked: if it is still running after, it was running then.
+    let depth = batcher.depth();
+    assert!(
+        futures_util::poll!(&mut busy).is_pending(),
+        "premise broken: the long job ({long} images) was answered before the jobs behind it \
+         were all queued"
     );
+    assert_eq!(depth, jobs.len(), "all queued behind the long job");
     busy.await.expect("the long job is served");
     futures_util::future::join_all(jobs).await
 }
@@ -339,6 +391,7 @@ async fn a_waiting_flow_joins_the_next_batch() {
     for config in both_modes(config(2, 0, 64)) {
         let model = model();
         let photos = photos(&model);
+        let long = long_job(&model, &photos[0].0);
         let (batcher, worker) = Batcher::start(model, config);
         let (a, b) = (Flow::new(), Flow::new());
         let frame = |flow: Flow, i: usize| {
@@ -356,7 +409,7 @@ async fn a_waiting_flow_joins_the_next_batch() {
             frame(a, 3),
             frame(b, 4),
         ];
-        let replies: Vec<Reply> = behind_a_long_job(&batcher, &photos[0].0, jobs)
+        let replies: Vec<Reply> = behind_a_long_job(&batcher, &photos[0].0, long, jobs)
             .await
             .into_iter()
             .map(|r| r.expect("served"))
@@ -384,6 +437,7 @@ async fn a_stale_frame_is_answered_stale_and_not_run() {
     for config in both_modes(config(8, 0, 64)) {
         let model = model();
         let photos = photos(&model);
+        let long = long_job(&model, &photos[0].0);
         let (batcher, worker) = Batcher::start(model, config);
         let tag = |stale_at| Tag {
             flow: Flow::new(),
@@ -398,7 +452,7 @@ async fn a_stale_frame_is_answered_stale_and_not_run() {
             batcher.embed_frame(vec![photos[1].0.clone()], tag(Some(now))),
             batcher.embed_frame(vec![photos[2].0.clone()], tag(Some(later))),
         ];
-        let mut replies = behind_a_long_job(&batcher, &photos[0].0, jobs).await;
+        let mut replies = behind_a_long_job(&batcher, &photos[0].0, long, jobs).await;
         let fresh = replies.pop().unwrap().expect("a fresh frame is served");
         match replies.pop().unwrap() {
             Err(Error::Stale(message)) => assert!(message.contains("max_age_ms"), "{message}"),

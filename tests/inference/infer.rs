@@ -1,18 +1,30 @@
 //! The core behind the API (`Infer`): the images it admits at once are bounded and given back,
 //! and texts are embedded once and then served from a bounded cache.
 
-use std::sync::Arc;
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
-use siglip_serve::batch::Batcher;
+use siglip_serve::batch::{BatchConfig, Batcher};
 use siglip_serve::error::Error;
 use siglip_serve::infer::{ImageInput, Infer};
-use siglip_serve::model::image::Convention;
+use siglip_serve::model::image::{Convention, ImageLimits};
 
 use crate::{common, config, model, stop};
 
 /// An `Infer` (the core behind the API) over the tiny model, with a text cache of `capacity` and
 /// the limit flags `limit_flags`, and its inference thread.
 fn core(capacity: usize, limit_flags: &[&str]) -> (Infer, std::thread::JoinHandle<()>) {
+    core_batching(config(8, 1, 64), capacity, limit_flags)
+}
+
+/// [`core`] with the batcher configured by `batching`.
+fn core_batching(
+    batching: BatchConfig,
+    capacity: usize,
+    limit_flags: &[&str],
+) -> (Infer, std::thread::JoinHandle<()>) {
     use clap::Parser;
     #[derive(Parser)]
     struct Flags {
@@ -21,7 +33,7 @@ fn core(capacity: usize, limit_flags: &[&str]) -> (Infer, std::thread::JoinHandl
     }
     let model = model();
     let host = model.host_side();
-    let (batcher, worker) = Batcher::start(model, config(8, 1, 64));
+    let (batcher, worker) = Batcher::start(model, batching);
     let limits =
         Flags::parse_from(std::iter::once("test").chain(limit_flags.iter().copied())).limits;
     let core = siglip_serve::infer::Config {
@@ -54,13 +66,49 @@ async fn admitted(
     call
 }
 
-/// Encoded copies of a large photo (tens of ms to decode), and a check that a result is a
-/// refusal over `--max-pending-images`.
+/// Encoded copies of a large photo (3 megapixels).
 fn large_photos() -> impl Fn(usize) -> Vec<ImageInput> {
-    let photo = common::asset("coffee_2000x1500.jpg");
-    move |n| vec![ImageInput::Encoded(photo.clone()); n]
+    copies(common::asset("coffee_2000x1500.jpg"))
 }
 
+fn copies(image: Vec<u8>) -> impl Fn(usize) -> Vec<ImageInput> {
+    move |n| vec![ImageInput::Encoded(image.clone()); n]
+}
+
+/// A JPEG that this machine takes at least `at_least` to decode (timed here, the faster of two
+/// decodes): the large photo, or the photo tiled until it does.
+fn slow_to_decode(at_least: Duration) -> (Vec<u8>, Duration) {
+    let photo = common::asset("coffee_2000x1500.jpg");
+    let decode_time = |bytes: &[u8]| {
+        (0..2)
+            .map(|_| {
+                let started = Instant::now();
+                ImageInput::Encoded(bytes.to_vec())
+                    .decode(&ImageLimits::default(), Convention::Processor)
+                    .expect("decode");
+                started.elapsed()
+            })
+            .min()
+            .unwrap()
+    };
+    let (mut image, mut tiles) = (photo.clone(), 1);
+    loop {
+        let took = decode_time(&image);
+        if took >= at_least {
+            eprintln!("the photo tiled {tiles}×{tiles} decodes in {took:?}");
+            return (image, took);
+        }
+        // 2000×1500 tiled 4×4 is 48 megapixels, within the default 50.
+        assert!(
+            tiles < 4,
+            "premise broken: the photo tiled {tiles}×{tiles} decodes in {took:?}, under {at_least:?}"
+        );
+        tiles += 1;
+        image = common::tiled_jpeg(&photo, tiles);
+    }
+}
+
+/// A check that a result is a refusal over `--max-pending-images`.
 fn refused<T>(result: Result<T, Error>) {
     match result {
         Err(Error::ResourceExhausted(m)) => assert!(m.contains("--max-pending-images"), "{m}"),
@@ -78,22 +126,41 @@ async fn more_images_than_the_pending_bound_are_refused_at_once() {
     stop(infer, worker).await;
 }
 
+/// Two images being decoded (one decoder thread) leave room for one more, not two. Each image
+/// takes at least 100 ms to decode here (a photo tiled as large as this machine needs, timed
+/// first), so the first request is still decoding for twenty of the 5 ms polls that see it
+/// admitted; the test checks that it still was when the second was refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn images_being_decoded_count_against_the_pending_bound() {
     let (infer, worker) = core(16, &["--max-pending-images", "3"]);
     let infer = Arc::new(infer);
-    let images = large_photos();
-    // Two large photos being decoded (one decoder thread) leave room for one more, not two.
+    let (image, decode) = slow_to_decode(Duration::from_millis(100));
+    let images = copies(image);
     let first = admitted(&infer, images(2)).await;
+    assert_eq!(
+        infer.pending_images(),
+        2,
+        "premise broken: the first request's images were done before the second came (each \
+         decodes in {decode:?})"
+    );
     refused(infer.embed_images(images(2), None).await);
+    assert!(
+        !first.is_finished(),
+        "premise broken: the first request was answered before the second was refused (each \
+         image decodes in {decode:?})"
+    );
     first.await.unwrap().expect("the first request is served");
     assert_eq!(infer.pending_images(), 0);
     stop(infer, worker).await;
 }
 
+/// A caller that goes away, while its images are decoded or wait for their batch, gives them
+/// back. They stay pending from admission until their batch runs, and the batch waits a second
+/// for others to join it: time enough, whatever the machine's speed, for the test to see them
+/// pending and the caller to go away.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_caller_that_goes_away_gives_its_pending_images_back() {
-    let (infer, worker) = core(16, &["--max-pending-images", "3"]);
+    let (infer, worker) = core_batching(config(8, 1000, 64), 16, &["--max-pending-images", "3"]);
     let infer = Arc::new(infer);
     let images = large_photos();
     let gone = admitted(&infer, images(3)).await;

@@ -1,7 +1,8 @@
 """Fixtures: a real siglip-serve process on an ephemeral port, and stubs generated from the proto.
 
 Environment (set by `make test`): SIGLIP_TEST_MODEL_DIR, SIGLIP_TEST_ASSETS; optional
-SIGLIP_SERVE_BIN (default target/release/siglip-serve).
+SIGLIP_SERVE_BIN (default target/release/siglip-serve) and SIGLIP_TEST_THREADS (the servers'
+`--threads`; unset, the server's default: one per core).
 """
 
 import json
@@ -95,13 +96,28 @@ def _wait_for_serving(channel: grpc.Channel, stderr: Path) -> None:
     pytest.fail(f"server never reported SERVING:\n{stderr.read_text()}", pytrace=False)
 
 
+def serve_command(server_bin: Path, model_dir: Path, flags=()) -> list[str]:
+    """`siglip-serve serve` on ephemeral loopback ports with `flags`: in float32 (the tests compare RPCs
+    and the CLI with each other at 1e-5) and, unless `flags` say otherwise, on the CPU (the tests'
+    premises about what is slow, a large decode against a forward pass, are the CPU's, and `auto`
+    would pick a GPU wherever there is one) with SIGLIP_TEST_THREADS libtorch threads when that is
+    set."""
+    flags = [str(flag) for flag in flags]
+    cmd = [str(server_bin), "serve", "--model-dir", str(model_dir), "--grpc-addr", "127.0.0.1:0",
+           "--metrics-addr", "127.0.0.1:0", "--dtype", "float32"]
+    if "--device" not in flags:
+        cmd += ["--device", "cpu"]
+    threads = os.environ.get("SIGLIP_TEST_THREADS")
+    if threads and "--threads" not in flags:
+        cmd += ["--threads", threads]
+    return cmd + flags
+
+
 def run_server(server_bin: Path, model_dir: Path, logs: Path, flags=(), open_channel=grpc.insecure_channel):
     """Yields the address (host:port) of a ready server started with `flags`, whose health is asked
     over `open_channel(addr)`; at the end it must stop cleanly on SIGTERM."""
     stdout, stderr = logs / "stdout.log", logs / "stderr.log"
-    # float32: the tests compare RPCs and the CLI with each other at 1e-5.
-    cmd = [str(server_bin), "serve", "--model-dir", str(model_dir), "--grpc-addr", "127.0.0.1:0", "--dtype", "float32",
-           "--metrics-addr", "127.0.0.1:0", *map(str, flags)]
+    cmd = serve_command(server_bin, model_dir, flags)
     with stdout.open("wb") as out, stderr.open("wb") as err:
         proc = subprocess.Popen(cmd, stdout=out, stderr=err)
     addr = f"127.0.0.1:{_wait_for_port(proc, stdout, stderr)}"

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from conftest import serve_command
 
 STARTUP_TIMEOUT_S = 120
 
@@ -69,14 +70,11 @@ def wait_for_series(addr: str, series: list[str], timeout_s: float = 30) -> set[
         time.sleep(0.05)
 
 
-@pytest.fixture(scope="module")
-def metered(server_bin: Path, model_dir: Path, tmp_path_factory):
-    """(grpc address, metrics address) of a fresh server that has served nothing yet."""
-    logs = tmp_path_factory.mktemp("metered")
+def start_metered(server_bin: Path, model_dir: Path, logs: Path, flags=()):
+    """Yields (grpc address, metrics address) of a fresh server started with `flags`, once it is ready;
+    at the end it must stop cleanly on SIGTERM."""
     stdout, stderr = logs / "stdout.log", logs / "stderr.log"
-    # A long batch delay keeps a call in the server long enough to cancel it.
-    cmd = [str(server_bin), "serve", "--model-dir", str(model_dir), "--dtype", "float32",
-           "--grpc-addr", "127.0.0.1:0", "--metrics-addr", "127.0.0.1:0", "--max-batch-delay-ms", "300"]
+    cmd = serve_command(server_bin, model_dir, flags)
     with stdout.open("wb") as out, stderr.open("wb") as err:
         proc = subprocess.Popen(cmd, stdout=out, stderr=err)
     deadline = time.monotonic() + STARTUP_TIMEOUT_S
@@ -94,6 +92,21 @@ def metered(server_bin: Path, model_dir: Path, tmp_path_factory):
     yield grpc_addr.group(1), metrics_addr.group(1)
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=30) == 0, stderr.read_text()
+
+
+@pytest.fixture(scope="module")
+def metered(server_bin: Path, model_dir: Path, tmp_path_factory):
+    """(grpc address, metrics address) of a fresh server that has served nothing yet."""
+    yield from start_metered(server_bin, model_dir, tmp_path_factory.mktemp("metered"))
+
+
+@pytest.fixture
+def holding(server_bin: Path, model_dir: Path, tmp_path_factory):
+    """(grpc address, metrics address) of a fresh server whose batches wait 30 s for others to join
+    them: a call stays in the server until it is cancelled, whatever the machine's speed (and a
+    cancelled call costs nothing of that wait)."""
+    yield from start_metered(server_bin, model_dir, tmp_path_factory.mktemp("holding"),
+                             ["--max-batch-delay-ms", 30_000])
 
 
 def test_metrics_pass_promtool_and_exist_from_start(metered):
@@ -193,8 +206,8 @@ def test_real_prometheus_sees_traffic(metered, stubs, assets, labels, tmp_path):
         log.close()
 
 
-def test_a_call_the_client_abandons_counts_as_cancelled(metered, stubs, assets, labels):
-    grpc_addr, metrics_addr = metered
+def test_a_call_the_client_abandons_counts_as_cancelled(holding, stubs, assets, labels):
+    grpc_addr, metrics_addr = holding
     pb2, pb2_grpc = stubs
     photo = (assets / "images" / "chelsea_progressive.jpg").read_bytes()
     with grpc.insecure_channel(grpc_addr) as channel:

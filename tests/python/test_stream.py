@@ -98,12 +98,54 @@ def test_max_fps_and_drop_counts(stubs, siglip, photo, labels):
     assert all(r.skipped_frames == r.dropped.rate for r in responses)
 
 
+CHUNK = 1 << 20
+
+
+def frame_messages(pb2, frame_id, data, timestamp_us):
+    """A frame of encoded `data`: one message, or chunks of 1 MiB where it is larger than that (past
+    the server's message limit)."""
+    if len(data) <= CHUNK:
+        return [pb2.StreamRequest(frame=pb2.Frame(frame_id=frame_id, timestamp_us=timestamp_us,
+                                                  image=pb2.Image(encoded=data)))]
+    parts = [data[i:i + CHUNK] for i in range(0, len(data), CHUNK)]
+    return [pb2.StreamRequest(frame=pb2.Frame(frame_id=frame_id, timestamp_us=timestamp_us, chunk=part,
+                                              last=i == len(parts) - 1))
+            for i, part in enumerate(parts)]
+
+
+def tiled_jpeg(data: bytes, tiles: int) -> bytes:
+    """`data` (an encoded photo) tiled `tiles`×`tiles`, as a JPEG: about the same decoding cost per pixel."""
+    photo = Image.open(io.BytesIO(data)).convert("RGB")
+    out = Image.new("RGB", (photo.width * tiles, photo.height * tiles))
+    for x in range(tiles):
+        for y in range(tiles):
+            out.paste(photo, (x * photo.width, y * photo.height))
+    buf = io.BytesIO()
+    out.save(buf, format="JPEG")
+    return buf.getvalue()
+
+
 def test_a_frame_that_cannot_be_ready_in_time_is_dropped_as_stale(stubs, siglip, assets, labels):
+    """max_age_ms is 1, the least there is; the frame is a 3-megapixel photo, or the photo tiled until
+    this server takes at least 4 ms to preprocess it (measured here), so that no frame can be ready in
+    time whatever the decoder's speed."""
     pb2, _ = stubs
-    big = pb2.Image(encoded=(assets / "images" / "coffee_2000x1500.jpg").read_bytes())
+    photo = (assets / "images" / "coffee_2000x1500.jpg").read_bytes()
+    big, tiles = photo, 1
+    while True:
+        plain = pb2.StreamConfig(texts=labels, mode=pb2.DELIVERY_MODE_EVERY_FRAME)
+        requests = [pb2.StreamRequest(config=plain)]
+        requests += [m for k in range(2) for m in frame_messages(pb2, k, big, k * 40_000)]
+        took_us = min(r.timings.preprocess_us for r in siglip.Stream(iter(requests), timeout=60))
+        if took_us >= 4_000:
+            break
+        # 2000×1500 tiled 4×4 is 48 megapixels, within the default 50.
+        assert tiles < 4, f"premise broken: the photo tiled {tiles}×{tiles} is preprocessed in {took_us} µs, under 4 ms"
+        tiles += 1
+        big = tiled_jpeg(photo, tiles)
     watch = pb2.StreamConfig(texts=labels, mode=pb2.DELIVERY_MODE_EVERY_FRAME, policy=pb2.FramePolicy(max_age_ms=1))
     requests = [pb2.StreamRequest(config=watch)]
-    requests += [pb2.StreamRequest(frame=pb2.Frame(frame_id=k, timestamp_us=k * 40_000, image=big)) for k in range(3)]
+    requests += [m for k in range(3) for m in frame_messages(pb2, k, big, k * 40_000)]
     (last,) = siglip.Stream(iter(requests), timeout=60)
     assert last.heartbeat and not last.scores
     assert (last.frame_id, last.dropped.stale) == (2, 3)

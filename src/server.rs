@@ -11,13 +11,13 @@ use ::metrics::gauge;
 use anyhow::Context;
 use tokio::{net::TcpListener, sync::watch};
 
-use crate::batch::Batcher;
+use crate::batch::{BatchConfig, Batcher};
 use crate::config::ServeArgs;
 use crate::grpc::{RunningOn, Transport};
 use crate::health;
 use crate::infer::Infer;
 use crate::metrics;
-use crate::model::{device::device_name, Model};
+use crate::model::{device::device_name, HostSide, Model};
 
 /// Runs the server until SIGTERM/SIGINT, then drains and returns.
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
@@ -115,10 +115,23 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
 /// consecutive failures.
 type Loaded = (Arc<Infer>, RunningOn, JoinHandle<()>, watch::Receiver<u32>);
 
-/// Loads and warms the model, then starts the inference worker in front of it (blocking).
+/// Starts the inference worker, which loads and warms the model, and builds the core in front of
+/// it (blocking).
 fn load(args: &ServeArgs) -> anyhow::Result<Loaded> {
-    let model = Model::load(&args.model.load_options(args.batch.max_batch_size.max(1)))
-        .context("loading the model")?;
+    let options = args.model.load_options(args.batch.max_batch_size.max(1));
+    let setup_args = args.clone();
+    let (batcher, (host, on), worker) = Batcher::load(
+        move || Model::load(&options),
+        move |model| setup(&setup_args, model),
+    )
+    .context("loading the model")?;
+    let failures = batcher.consecutive_failures();
+    let infer = Infer::new(batcher, host, args.core());
+    Ok((Arc::new(infer), on, worker, failures))
+}
+
+/// Checks a loaded model against the flags and logs it; its batching, host side and where it runs.
+fn setup(args: &ServeArgs, model: &Model) -> anyhow::Result<(BatchConfig, (HostSide, RunningOn))> {
     if let Some(max) = model
         .max_batch()
         .filter(|&max| args.batch.max_batch_size > max)
@@ -159,11 +172,7 @@ fn load(args: &ServeArgs) -> anyhow::Result<Loaded> {
             "RANDOM WEIGHTS: this model was not trained; its probabilities are meaningless"
         );
     }
-    let batching = args.batching(model.runs_asynchronously());
-    let (batcher, worker) = Batcher::start(model, batching);
-    let failures = batcher.consecutive_failures();
-    let infer = Infer::new(batcher, host, args.core());
-    Ok((Arc::new(infer), on, worker, failures))
+    Ok((args.batching(model.runs_asynchronously()), (host, on)))
 }
 
 /// Waits (briefly) for the inference thread to drop the model. It does so once the last handle

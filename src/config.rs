@@ -61,12 +61,8 @@ pub struct ModelArgs {
 }
 
 impl ModelArgs {
-    /// Applies the thread setting (process-wide in libtorch) and returns the load options, for a
-    /// caller whose largest batch is `largest_batch`.
+    /// The load options, for a caller whose largest batch is `largest_batch`.
     pub fn load_options(&self, largest_batch: usize) -> LoadOptions {
-        if self.threads > 0 {
-            tch::set_num_threads(self.threads as i32);
-        }
         LoadOptions {
             dir: self.model_dir.clone(),
             device: self.device,
@@ -75,6 +71,7 @@ impl ModelArgs {
             largest_batch,
             backend: self.backend,
             jit_optimize: self.jit_optimize,
+            threads: self.threads,
         }
     }
 }

@@ -13,6 +13,7 @@ use tokio::{net::TcpListener, sync::watch};
 
 use crate::batch::{BatchConfig, Batcher};
 use crate::config::ServeArgs;
+use crate::error::{Error, Result};
 use crate::grpc::{RunningOn, Transport};
 use crate::health;
 use crate::infer::Infer;
@@ -131,17 +132,16 @@ fn load(args: &ServeArgs) -> anyhow::Result<Loaded> {
 }
 
 /// Checks a loaded model against the flags and logs it; its batching, host side and where it runs.
-fn setup(args: &ServeArgs, model: &Model) -> anyhow::Result<(BatchConfig, (HostSide, RunningOn))> {
+fn setup(args: &ServeArgs, model: &Model) -> Result<(BatchConfig, (HostSide, RunningOn))> {
     if let Some(max) = model
         .max_batch()
         .filter(|&max| args.batch.max_batch_size > max)
     {
-        anyhow::bail!(
+        return Err(Error::Model(format!(
             "--max-batch-size {} is more than the compiled vision tower accepts ({max}): lower it, \
              or compile again with `python -m siglip_export compile --max-batch {}`",
-            args.batch.max_batch_size,
-            args.batch.max_batch_size
-        );
+            args.batch.max_batch_size, args.batch.max_batch_size
+        )));
     }
     let host = model.host_side();
     let on = RunningOn {

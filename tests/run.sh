@@ -17,12 +17,18 @@ rust_status=${PIPESTATUS[0]}
 "$PY" -m pytest tests/python -q -rfE 2>&1 | tee "$python_log"
 python_status=${PIPESTATUS[0]}
 
-# Rust: "Running <binary>" opens each binary's output; "test <name> ... FAILED" names a failure.
+# Rust: "Running <binary>" opens each binary's output; "test <name> ... FAILED" names a failure;
+# cargo's closing "error: N targets failed:" lists every binary that failed, so one that crashed
+# before printing a result (a signal, an abort) is named too.
 read -r rust_passed rust_failed rust_names < <(awk '
-  /^ *Running / { bin = ($2 == "unittests") ? $3 : $2; sub(/^(tests|src)\//, "", bin); sub(/(\/main)?\.rs$/, "", bin) }
+  function target(spec) { sub(/^--(test|bin) /, "", spec); sub(/^--/, "", spec); return spec }
+  /^ *Running / { bin = ($2 == "unittests") ? ($3 ~ /main\.rs$/ ? "bin" : "lib") : $2; sub(/^tests\//, "", bin); sub(/(\/main)?\.rs$/, "", bin) }
   /^ *Doc-tests / { bin = "doc" }
   /^test result: / { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
-  /^test .* \.\.\. FAILED$/ { names = names (names ? "," : "") bin ":" $2 }
+  /^test .* \.\.\. FAILED$/ { n = $0; sub(/^test /, "", n); sub(/ \.\.\. FAILED$/, "", n); names = names (names ? "," : "") bin ":" n; named[bin] = 1 }
+  /^error: [0-9]+ targets? failed:/ { listing = 1; next }
+  listing && /^ +`/ { t = $0; gsub(/^ +`|`$/, "", t); t = target(t); if (!named[t]) { names = names (names ? "," : "") t ":no-result"; f++ } ; next }
+  { listing = 0 }
   END { print p + 0, f + 0, (names ? names : "-") }' "$rust_log")
 # A build that fails runs no test at all: say so rather than "0 failed".
 if [ "$rust_status" != 0 ] && [ "$rust_failed" = 0 ]; then
@@ -32,7 +38,7 @@ fi
 
 # Python: -rfE lists "FAILED <test> - …" and "ERROR <test> - …"; the last line counts them.
 read -r python_passed python_failed python_names < <(awk '
-  /^(FAILED|ERROR) / { n = $2; sub(/^tests\/python\//, "", n); names = names (names ? "," : "") "python:" n }
+  /^(FAILED|ERROR) / { n = $0; sub(/^(FAILED|ERROR) (tests\/python\/)?/, "", n); sub(/ - .*$/, "", n); gsub(/ /, "_", n); names = names (names ? "," : "") "python:" n }
   / (passed|failed|error|errors)( |,|$)/ && / in [0-9.]+s/ {
     p = 0; f = 0
     for (i = 1; i <= NF; i++) { w = $(i+1); gsub(/,/, "", w); if (w == "passed") p = $i; if (w == "failed" || w == "error" || w == "errors") f += $i }

@@ -33,7 +33,6 @@ use std::{
 };
 
 use ::metrics::{counter, gauge, histogram};
-use anyhow::Context;
 use tokio::sync::{oneshot, watch};
 
 use crate::cpu_time;
@@ -45,6 +44,10 @@ use crate::model::{
 use fair::{FairQueue, Popped, Refused, Wait};
 
 pub use fair::Flow;
+
+/// The name of the inference thread. The intra-op threads libtorch starts from it inherit it, so
+/// the model's CPU can be read per thread name (`tools::cost`).
+pub const INFERENCE_THREAD: &str = "siglip-infer";
 
 #[derive(Debug, Clone, Copy)]
 pub struct BatchConfig {
@@ -169,15 +172,6 @@ impl Drop for Producer {
 }
 
 impl Batcher {
-    /// Moves `model` onto a new inference thread and returns the queue in front of it. The thread
-    /// ends when every `Batcher` clone is dropped. A model used on another thread before (its
-    /// warm-up) leaves a second pool of libtorch threads behind; [`Batcher::load`] does not.
-    pub fn start(model: Model, config: BatchConfig) -> (Self, thread::JoinHandle<()>) {
-        let (batcher, (), handle) = Self::load(move || Ok(model), move |_| Ok((config, ())))
-            .expect("a loaded model always starts");
-        (batcher, handle)
-    }
-
     /// Starts the inference thread and loads the model on it with `load` (which also warms it
     /// up), then waits until it has: the queue in front of it, what `setup` made of the model
     /// (its batching, and whatever the caller needs of it), and the thread. The thread ends
@@ -185,18 +179,17 @@ impl Batcher {
     ///
     /// Every libtorch call runs on this one thread, the first included: libgomp gives each
     /// thread that starts parallel work a pool of its own, and once its pools hold more threads
-    /// than there are cores it stops spinning between parallel regions; a model warmed up on
-    /// the loading thread then ran each forward pass about 40% slower on 2 cores.
+    /// than there are cores it stops spinning between parallel regions, so that a model warmed
+    /// up on another thread runs each forward pass markedly slower (a third on 2 cores).
     pub fn load<T: Send + 'static>(
         load: impl FnOnce() -> Result<Model> + Send + 'static,
-        setup: impl FnOnce(&Model) -> anyhow::Result<(BatchConfig, T)> + Send + 'static,
-    ) -> anyhow::Result<(Self, T, thread::JoinHandle<()>)> {
+        setup: impl FnOnce(&Model) -> Result<(BatchConfig, T)> + Send + 'static,
+    ) -> Result<(Self, T, thread::JoinHandle<()>)> {
         let (ready_tx, ready) = std::sync::mpsc::sync_channel(1);
         let handle = thread::Builder::new()
-            .name("siglip-infer".into())
+            .name(INFERENCE_THREAD.into())
             .spawn(move || {
                 let loaded = load()
-                    .map_err(anyhow::Error::from)
                     .and_then(|model| setup(&model).map(|(config, out)| (model, config, out)));
                 match loaded {
                     Ok((model, config, out)) => {
@@ -210,11 +203,18 @@ impl Batcher {
                     }
                 }
             })
-            .context("spawning the inference thread")?;
-        let (batcher, out) = ready
-            .recv()
-            .context("the inference thread ended while loading the model")??;
-        Ok((batcher, out, handle))
+            .map_err(|e| Error::Model(format!("cannot start the inference thread: {e}")))?;
+        match ready.recv() {
+            Ok(loaded) => {
+                let (batcher, out) = loaded?;
+                Ok((batcher, out, handle))
+            }
+            // The thread ended without a word: it panicked.
+            Err(_) => Err(Error::Model(format!(
+                "loading the model panicked: {}",
+                panic_message(handle.join())
+            ))),
+        }
     }
 
     fn worker(model: Model, config: BatchConfig) -> (Self, Worker) {
@@ -695,6 +695,18 @@ impl<'a> RowCursor<'a> {
 /// Moves the queue-depth counter and its gauge together. The gauge moves by the same delta
 /// rather than being set to the new count: callers and the worker update it from different
 /// threads, and a late `set` could leave it stale.
+/// What a thread that panicked said, from its `join`.
+fn panic_message(joined: thread::Result<()>) -> String {
+    match joined {
+        Ok(()) => "the thread ended without an answer".into(),
+        Err(payload) => payload
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "(no message)".into()),
+    }
+}
+
 fn queue_depth(depth: &AtomicUsize, delta: isize) {
     if delta >= 0 {
         depth.fetch_add(delta as usize, Ordering::Relaxed);

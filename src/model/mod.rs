@@ -37,6 +37,10 @@ pub struct LoadOptions {
     pub backend: BackendChoice,
     /// TorchScript's optimising (profiling, fusing) executor; see `--jit-optimize`.
     pub jit_optimize: bool,
+    /// libtorch's intra-op threads (0: its default, one per core). Set by [`Model::load`] on the
+    /// thread it runs on: OpenMP keeps the count per thread, so load the model on the thread that
+    /// will run it.
+    pub threads: usize,
 }
 
 impl LoadOptions {
@@ -56,6 +60,7 @@ impl LoadOptions {
             largest_batch: Self::DEFAULT_LARGEST_BATCH,
             backend: BackendChoice::Auto,
             jit_optimize: true,
+            threads: 0,
         }
     }
 }
@@ -82,6 +87,9 @@ pub struct Model {
 
 impl Model {
     pub fn load(opts: &LoadOptions) -> Result<Self> {
+        if opts.threads > 0 {
+            tch::set_num_threads(opts.threads as i32);
+        }
         let manifest = Manifest::load(&opts.dir)?;
         let device = opts.device.resolve()?;
         let dtype = opts.dtype.resolve(device, &manifest.dtypes());

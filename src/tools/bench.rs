@@ -409,12 +409,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Report> {
             .filter(|(size, _)| **size > 0)
             .max_by_key(|(_, count)| **count)
             .map_or(8, |(size, _)| *size as usize);
-        let img_s =
+        let (img_s, alone) =
             tokio::task::spawn_blocking(move || model_only(&model_args, batch, phase)).await??;
         println!("model only    batch {batch:>3}  {img_s:>8.2} img/s");
         report.model_only_img_s = Some(img_s);
         report.model_only_batch = Some(batch);
-        let alone = batch as f64 / img_s * 1e3;
         report.model_only_ms = Some(alone);
         report.model_in_server_ms = report
             .closed_loop
@@ -804,10 +803,11 @@ async fn fair_stream(
     Ok(counted)
 }
 
-/// The vision tower alone, at `batch`, for `duration` (after warm-up): images/s. Passes are
-/// overlapped as the server's worker does on a GPU (the next batch's pixels are copied while one
-/// runs), so this is the tower's own rate.
-fn model_only(args: &ModelArgs, batch: usize, duration: Duration) -> anyhow::Result<f64> {
+/// The vision tower alone, at `batch`, for `duration` (after warm-up): images/s, and ms per
+/// pass from submitting it to its embeddings (staging the pixels not counted, as the server's
+/// reported inference time does not count it). Passes are overlapped as the server's worker does
+/// on a GPU (the next batch's pixels are copied while one runs), so this is the tower's own rate.
+fn model_only(args: &ModelArgs, batch: usize, duration: Duration) -> anyhow::Result<(f64, f64)> {
     // Warmed up below, at this batch size only.
     let model = Model::load(&LoadOptions {
         warmup_rounds: 0,
@@ -824,30 +824,52 @@ fn model_only(args: &ModelArgs, batch: usize, duration: Duration) -> anyhow::Res
     // executor profiles and compiles for each new shape during the first passes, which can stall
     // one of them for seconds; the server's own warm-up has paid that before it serves.
     passes(&model, &rows, duration / 10, 5)?;
-    let (images, elapsed) = passes(&model, &rows, duration, 1)?;
-    Ok(images as f64 / elapsed.as_secs_f64())
+    let run = passes(&model, &rows, duration, 1)?;
+    Ok((
+        run.images as f64 / run.elapsed.as_secs_f64(),
+        run.in_model.as_secs_f64() * 1e3 / (run.images / batch) as f64,
+    ))
+}
+
+struct Passes {
+    images: usize,
+    elapsed: Duration,
+    /// Time in the model's submit and finish calls.
+    in_model: Duration,
 }
 
 /// Passes over `rows` for at least `duration` and `min` passes, each staged while the one before
-/// runs, as the server's worker does on a GPU: images done and the time they took.
+/// runs, as the server's worker does on a GPU.
 fn passes(
     model: &Model,
     rows: &[&[f32]],
     duration: Duration,
     min: usize,
-) -> anyhow::Result<(usize, Duration)> {
+) -> anyhow::Result<Passes> {
     let started = Instant::now();
+    let mut in_model = Duration::ZERO;
     let mut images = 0;
-    let mut running = model.submit(model.stage_rows(rows)?)?;
+    let first = model.stage_rows(rows)?;
+    let t = Instant::now();
+    let mut running = model.submit(first)?;
+    in_model += t.elapsed();
     while started.elapsed() < duration || images < min * rows.len() {
         let next = model.stage_rows(rows)?;
+        let t = Instant::now();
         model.finish(running)?;
-        images += rows.len();
         running = model.submit(next)?;
+        in_model += t.elapsed();
+        images += rows.len();
     }
+    let t = Instant::now();
     model.finish(running)?;
+    in_model += t.elapsed();
     images += rows.len();
-    Ok((images, started.elapsed()))
+    Ok(Passes {
+        images,
+        elapsed: started.elapsed(),
+        in_model,
+    })
 }
 
 /// Peak resident set size of a process (VmHWM), in MiB.

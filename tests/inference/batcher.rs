@@ -119,7 +119,7 @@ async fn own_rows(config: BatchConfig) {
     let per_image = pixels_per_image(model.preprocess());
     // A batch of 4 (with a long delay, concurrent callers are batched together), and one caller
     // with more rows than a batch is split over several forward passes.
-    let (batcher, worker) = Batcher::start(model, config);
+    let (batcher, worker) = crate::start(model, config);
 
     let mut calls = Vec::new();
     for round in 0..3 {
@@ -170,7 +170,7 @@ async fn dropped_callers(config: BatchConfig) {
     let photos = photos(&tiny);
     let (pixels, alone) = photos[0].clone();
     let long = long_job(&tiny, &pixels);
-    let (batcher, worker) = Batcher::start(tiny, config);
+    let (batcher, worker) = crate::start(tiny, config);
 
     let past = Instant::now() - Duration::from_millis(1);
     match batcher.embed_images(vec![pixels.clone()], Some(past)).await {
@@ -256,7 +256,7 @@ async fn fails_then_serves(
     for config in both_modes(config(16, 0, 64)) {
         let model = common::cpu_model(model_var);
         let photos = photos(&model);
-        let (batcher, worker) = Batcher::start(model, config);
+        let (batcher, worker) = crate::start(model, config);
         match batcher.embed_images(bad(&photos), None).await {
             Err(Error::Inference(message)) => assert!(message.contains(needle), "{message}"),
             other => panic!(
@@ -279,7 +279,7 @@ async fn fails_then_serves(
 async fn a_full_queue_refuses_at_once() {
     let model = model();
     let photos = photos(&model);
-    let (batcher, worker) = Batcher::start(model, config(1, 0, 1));
+    let (batcher, worker) = crate::start(model, config(1, 0, 1));
     let calls: Vec<_> = (0..12)
         .map(|i| {
             let batcher = batcher.clone();
@@ -316,7 +316,7 @@ async fn batches_respect_size_and_delay() {
     let model = model();
     let photos = photos(&model);
     // A lone caller is answered once the delay is over, in a batch of one.
-    let (batcher, worker) = Batcher::start(model, config(8, 30, 64));
+    let (batcher, worker) = crate::start(model, config(8, 30, 64));
     let alone = batcher
         .embed_images(vec![photos[0].0.clone()], None)
         .await
@@ -392,7 +392,7 @@ async fn a_waiting_flow_joins_the_next_batch() {
         let model = model();
         let photos = photos(&model);
         let long = long_job(&model, &photos[0].0);
-        let (batcher, worker) = Batcher::start(model, config);
+        let (batcher, worker) = crate::start(model, config);
         let (a, b) = (Flow::new(), Flow::new());
         let frame = |flow: Flow, i: usize| {
             let tag = Tag {
@@ -438,7 +438,7 @@ async fn a_stale_frame_is_answered_stale_and_not_run() {
         let model = model();
         let photos = photos(&model);
         let long = long_job(&model, &photos[0].0);
-        let (batcher, worker) = Batcher::start(model, config);
+        let (batcher, worker) = crate::start(model, config);
         let tag = |stale_at| Tag {
             flow: Flow::new(),
             deadline: None,
@@ -462,5 +462,39 @@ async fn a_stale_frame_is_answered_stale_and_not_run() {
         assert_eq!(fresh.batch_size, 1, "the stale frame was run with it");
         assert_eq!(batcher.depth(), 0);
         stop(batcher, worker).await;
+    }
+}
+
+/// A model that fails to load, panics while loading, or is refused by `setup` gives its caller
+/// the error (a panic with its message) instead of a queue.
+#[test]
+fn a_load_that_fails_or_panics_is_reported() {
+    type Load = Box<dyn FnOnce() -> siglip_serve::error::Result<Model> + Send>;
+    let refused = |e: Error| Err::<(BatchConfig, ()), _>(e);
+    let cases: [(&str, Load, bool); 3] = [
+        (
+            "no such model",
+            Box::new(|| Err(Error::Model("no such model".into()))),
+            false,
+        ),
+        (
+            "loading the model panicked: boom",
+            Box::new(|| panic!("boom")),
+            false,
+        ),
+        ("refused by setup", Box::new(|| Ok(model())), true),
+    ];
+    for (want, load, refuse) in cases {
+        let loaded = Batcher::load(load, move |_| {
+            if refuse {
+                refused(Error::Model("refused by setup".into()))
+            } else {
+                Ok((config(1, 0, 1), ()))
+            }
+        });
+        match loaded {
+            Ok(_) => panic!("{want}: a queue was returned"),
+            Err(e) => assert!(e.to_string().contains(want), "{want}: got {e}"),
+        }
     }
 }

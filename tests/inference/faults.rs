@@ -80,7 +80,7 @@ async fn an_out_of_memory_pass_is_run_in_halves_and_only_the_image_that_fails_al
             .chain([&inputs.black])
             .map(|p| model.embed_pixels(p, 1).expect("alone").data)
             .collect();
-        let (batcher, worker) = Batcher::start(model, one_batch_of_four(pipelined));
+        let (batcher, worker) = crate::start(model, one_batch_of_four(pipelined));
 
         // Too large with a black image: out of memory at 4, both halves of 2 pass. Everyone is
         // answered, in one batch of 4.
@@ -137,7 +137,7 @@ async fn a_fault_that_is_not_out_of_memory_fails_the_whole_batch_and_is_counted_
         let model = faulty_model();
         let inputs = inputs(&model);
         let ids = model.tokenize(&["a photo"]).unwrap();
-        let (batcher, worker) = Batcher::start(model, one_batch_of_four(pipelined));
+        let (batcher, worker) = crate::start(model, one_batch_of_four(pipelined));
         let failures = batcher.consecutive_failures();
 
         // A device-side assert is not retried: every caller of the batch gets it.
@@ -164,7 +164,7 @@ async fn a_fault_that_is_not_out_of_memory_fails_the_whole_batch_and_is_counted_
         // Alone (a batch of one, with no delay), each white image is another failed batch.
         drop(failures);
         stop(batcher, worker).await;
-        let (batcher, worker) = Batcher::start(
+        let (batcher, worker) = crate::start(
             faulty_model(),
             BatchConfig {
                 pipelined,

@@ -6,7 +6,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use siglip_serve::batch::{BatchConfig, Batcher};
+use siglip_serve::batch::BatchConfig;
 use siglip_serve::error::Error;
 use siglip_serve::infer::{ImageInput, Infer};
 use siglip_serve::model::image::{Convention, ImageLimits};
@@ -33,7 +33,7 @@ fn core_batching(
     }
     let model = model();
     let host = model.host_side();
-    let (batcher, worker) = Batcher::start(model, batching);
+    let (batcher, worker) = crate::start(model, batching);
     let limits =
         Flags::parse_from(std::iter::once("test").chain(limit_flags.iter().copied())).limits;
     let core = siglip_serve::infer::Config {

@@ -13,11 +13,20 @@ mod infer;
 
 use std::time::Duration;
 
-use siglip_serve::batch::BatchConfig;
+use siglip_serve::batch::{BatchConfig, Batcher};
 use siglip_serve::model::Model;
 
 fn model() -> Model {
     common::cpu_model("SIGLIP_TEST_MODEL_DIR")
+}
+
+/// The queue in front of `model`, moved onto an inference thread of its own. The tests load
+/// their models on the test thread, which the server does not (`Batcher::load`): that costs
+/// speed (a second pool of libtorch threads), never a result.
+fn start(model: Model, config: BatchConfig) -> (Batcher, std::thread::JoinHandle<()>) {
+    let (batcher, (), worker) =
+        Batcher::load(move || Ok(model), move |_| Ok((config, ()))).expect("the worker starts");
+    (batcher, worker)
 }
 
 fn config(max_batch_size: usize, delay_ms: u64, queue: usize) -> BatchConfig {

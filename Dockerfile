@@ -15,7 +15,7 @@
 #
 # How libtorch gets in: there is no separate libtorch download. The build stage installs the
 # torch==2.11.0 wheel into a venv and builds with LIBTORCH_USE_PYTORCH=1 (tch 0.24 links exactly
-# that libtorch; see README and build.rs). The binary's RUNPATH then points at the build venv's
+# that libtorch; see docs/development.md and build.rs). The binary's RUNPATH then points at the build venv's
 # torch/lib, which does not exist in the runtime image, so the runtime stage copies the shared
 # libraries and sets LD_LIBRARY_PATH (build.rs makes it a RUNPATH, which LD_LIBRARY_PATH overrides).
 #
@@ -44,7 +44,7 @@ SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 # python3-venv for the venv that provides libtorch. Unpinned: Debian stable replaces pinned
 # versions with security updates, which would break the build; the suite (bookworm) is the pin.
 # nasm is deliberately NOT installed: mozjpeg-sys would then build its SIMD JPEG decoder, which is
-# not the decoder the parity figures in the README were measured with (built without nasm).
+# not the decoder the parity figures (tests/PARITY.md) were measured with (built without nasm).
 # hadolint ignore=DL3008
 RUN apt-get update \
  && apt-get install -y --no-install-recommends python3-venv \
@@ -160,7 +160,7 @@ RUN groupadd --system --gid 10001 siglip \
 COPY --from=build /stage/libtorch /opt/libtorch
 COPY --from=build /stage/siglip-serve /usr/local/bin/siglip-serve
 
-# Every server flag is an environment variable (README); these are the container's defaults.
+# Every server flag is an environment variable (docs/flags.md); these are the container's defaults.
 # SIGLIP_METRICS_ADDR: Prometheus endpoint (the metrics listener).
 ENV LD_LIBRARY_PATH=/opt/libtorch/torch/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH} \
     SIGLIP_MODEL_DIR=/models \

@@ -11,8 +11,8 @@
 # GPU machine (capped at COMPILE_TIMEOUT, 240 s; near the cap the run passes 8 minutes) and the
 # servers' warm-up at every batch size have not been timed there. Stage on the CPU machine:
 #   make build && mkdir -p dist && strip -o dist/siglip-serve target/release/siglip-serve
-#   and the transformers 5.24 + regex wheels in .whl/ (README, "GPU")
-# then run `bash bench/gpu.sh` from the repository root there, carrying dist/ and .whl/ (README,
+#   and the transformers 5.24 + regex wheels in .whl/ (gpu/README.md)
+# then run `bash bench/gpu.sh` from the repository root there, carrying dist/ and .whl/ (gpu/README.md,
 # "GPU": under `timeout`, then copy /tmp/siglip-bench/out back).
 # Before spending GPU time, `DEVICE=cpu SHAPE=tiny bash bench/gpu.sh` runs the same script on the
 # CPU machine (with the venv's python3 first on PATH) as a check of the script itself.

@@ -110,7 +110,7 @@ fi
 
 # 5. Cross-checks the schemas cannot make: selectors and ports line up, the drain fits the grace
 #    period, probes are gRPC (exec `siglip-serve health` over TLS with components/tls), every
-#    SIGLIP_* variable is one the server reads (src/config.rs), every metric used by the HPA, the
+#    SIGLIP_* variable is one the server reads (src/config/), every metric used by the HPA, the
 #    adapter and the dashboard is one the server exports; the NetworkPolicy, the Linkerd and Istio
 #    policies and the Certificate reference the pods, ports and Secrets they mean; Secret volumes
 #    are read-only directories; the Dockerfile's HEALTHCHECK takes its address from the env.
@@ -131,11 +131,12 @@ siglip_requests_dropped_total siglip_inference_worker_panics_total siglip_model_
 siglip_pending_texts siglip_decoding_pixels siglip_reassembly_bytes siglip_inference_failures_total
 siglip_inference_consecutive_failures siglip_cuda_memory_used_bytes
 siglip_auth_refused_total siglip_calls_by_caller_total siglip_tls_handshake_failures_total siglip_reloads_total
-siglip_tls_handshakes_in_progress
+siglip_tls_handshakes_in_progress siglip_cpu_seconds
 process_resident_memory_bytes process_cpu_seconds_total""".split()
 HISTOGRAMS = {"siglip_grpc_request_duration_seconds", "siglip_queue_wait_seconds", "siglip_batch_size",
               "siglip_preprocess_duration_seconds", "siglip_tokenize_duration_seconds",
-              "siglip_inference_duration_seconds", "siglip_stream_result_staleness_seconds"}
+              "siglip_inference_duration_seconds", "siglip_stream_result_staleness_seconds",
+              "siglip_cpu_seconds"}
 # When the server's metric definitions are present, they are the truth: the list above must match.
 src_metrics = pathlib.Path("src/metrics.rs")
 if src_metrics.exists():
@@ -146,7 +147,7 @@ if src_metrics.exists():
     for m in sorted(exported - set(METRICS)):
         print(f"note src/metrics.rs exports {m}, which this check (and the dashboard) does not know")
 known = set(METRICS) | {f"{h}_{s}" for h in HISTOGRAMS for s in ("bucket", "sum", "count")}
-# Variables the manifests may set before the server reads them (announced, not yet in config.rs).
+# Variables the manifests may set before the server reads them (announced, not yet in src/config/).
 PENDING: set[str] = set()
 # Ports a NetworkPolicy may open besides the container's own: the mesh proxies' (added to the
 # pod at admission, so not in the rendered container ports).
@@ -232,9 +233,9 @@ for path in sys.argv[1:]:
         if var in server_env:
             continue
         if var in PENDING:
-            notes.append(f"{var} is set but src/config.rs does not read it yet")
+            notes.append(f"{var} is set but src/config/ does not read it yet")
         else:
-            errors.append(f"{name}: {var} is not a server flag's variable (src/config.rs)")
+            errors.append(f"{name}: {var} is not a server flag's variable (src/config/)")
     istio = "DestinationRule.networking.istio.io" in gk
     tls = "Certificate.cert-manager.io" in gk
     linkerd = not istio and not tls
@@ -538,7 +539,7 @@ for e in errors:
 sys.exit(1 if errors else 0)
 EOF
   ); then
-    pass "cross-checks: selectors, ports, probes, drain timing, env vs src/config.rs, metrics vs src/metrics.rs," \
+    pass "cross-checks: selectors, ports, probes, drain timing, env vs src/config/, metrics vs src/metrics.rs," \
       "NetworkPolicy, mesh policies, TLS wiring, Secret mounts, HEALTHCHECK"
     printf '%s\n' "$out" | grep '^note ' || true
   else

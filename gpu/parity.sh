@@ -5,7 +5,7 @@
 # The GPU machine has torch 2.11+cu130, transformers and scikit-image but no Rust and no network.
 # Build and stage here:
 #   make build && mkdir -p dist && strip -o dist/siglip-serve target/release/siglip-serve
-#   pip download (cp312 manylinux) transformers==5.24.0 regex into .whl/   (see README, "GPU")
+#   pip download (cp312 manylinux) transformers==5.24.0 regex into .whl/   (see gpu/README.md)
 # then run this script from the repository root there, carrying dist/ and .whl/.
 set -euo pipefail
 

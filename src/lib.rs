@@ -4,20 +4,23 @@
 //! images and video frames, answered with one **independent sigmoid probability per text label**,
 //! `sigmoid(exp(logit_scale) · cos(image, text) + logit_bias)`.
 //!
-//! Where things live:
+//! The layers, each knowing only those below it:
+//! - [`grpc`]: the gRPC server — [`grpc::transport`] runs connections and decides who may call
+//!   (knows nothing of SigLIP), [`grpc::api`] turns `siglip.v1` messages into calls on the core.
+//! - [`infer`]: the core every API calls — admission, decoding and preprocessing on a bounded
+//!   CPU pool, tokenisation and the text cache, SigLIP's scores. Knows nothing of gRPC.
+//! - [`batch`]: the fair inference queue and the thread that owns the model and runs it in
+//!   batches.
 //! - [`model`]: the model directory (written by the Python export tool), image decoding and
-//!   preprocessing that reproduce transformers exactly, tokenisation, and the libtorch runtime.
-//! - [`infer`]: the core every API calls — validation, preprocessing pool, scores.
-//! - [`batch`]: the bounded inference queue and the worker thread that owns the model.
-//! - [`grpc`]: the gRPC transport, a thin layer over [`infer`].
-//! - [`health`]: what health reports, from the inference worker's consecutive failures.
-//! - [`server`]: the composition root of `serve`: builds the pieces above and runs the lifecycle.
-//! - [`metrics`]: Prometheus metrics, all names in one place.
-//! - [`cpu_time`]: the CPU each of the server's own stages uses, from per-thread clocks.
-//! - [`config`]: command-line flags (each also an environment variable).
-//! - [`error`]: the one error type.
-//! - [`video`]: what a stream watches: frame policy, drop counts, smoothing, events, heartbeats.
-//! - [`tools`]: beside the server — a load generator, and the parity check against transformers.
+//!   preprocessing that reproduce transformers exactly, tokenisation, the libtorch runtime.
+//! - [`stream`]: what a stream watches — frame policy, drop counts, smoothing, events,
+//!   heartbeats. Plain logic that the Stream protocol drives.
+//!
+//! Beside them: [`server`] (the composition root of `serve` and its lifecycle), [`config`]
+//! (flags, each also an environment variable), [`health`], [`metrics`] (every name in one
+//! place), [`cpu_time`] (the CPU each of the server's own stages uses), [`error`] (the one
+//! error type), and [`tools`] (the command line's other subcommands: classify, health, bench,
+//! soak, parity).
 
 pub mod batch;
 pub mod config;
@@ -29,5 +32,5 @@ pub mod infer;
 pub mod metrics;
 pub mod model;
 pub mod server;
+pub mod stream;
 pub mod tools;
-pub mod video;

@@ -1,5 +1,5 @@
 //! `siglip-serve serve`: the composition root. It builds the pieces — the metrics endpoint, the
-//! gRPC transport, the model, the inference queue in front of it and the core over both — and
+//! gRPC server, the model, the inference queue in front of it and the core over both — and
 //! runs the server's life: listen at once (NOT_SERVING), load and warm the model in the
 //! background, serve (health following the device), and on SIGTERM/SIGINT drain, stop and
 //! unload — or, when inference keeps failing past `--exit-after-failures`, drain, stop and exit
@@ -14,7 +14,7 @@ use tokio::{net::TcpListener, sync::watch};
 use crate::batch::{BatchConfig, Batcher};
 use crate::config::ServeArgs;
 use crate::error::{Error, Result};
-use crate::grpc::{RunningOn, Transport};
+use crate::grpc::{api::RunningOn, transport::Security, GrpcServer};
 use crate::health;
 use crate::infer::Infer;
 use crate::metrics;
@@ -22,8 +22,7 @@ use crate::model::{device::device_name, HostSide, Model};
 
 /// Runs the server until SIGTERM/SIGINT, then drains and returns.
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
-    args.limits.check()?;
-    args.health.check()?;
+    args.check()?;
     let metrics_handle = metrics::install()?;
     let metrics_listener = metrics::bind(args.metrics_addr).await?;
     let metrics_addr = metrics_listener.local_addr()?;
@@ -33,16 +32,16 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         }
     });
     // Before listening: TLS material or a token file that does not load stops the start.
-    let security = args.security.load()?;
+    let security = Security::load(args.security.files())?;
     let mode = security.mode();
     let listener = TcpListener::bind(args.grpc_addr)
         .await
         .with_context(|| format!("cannot listen on {}", args.grpc_addr))?;
     let addr = listener.local_addr()?;
-    let mut transport = Transport::start(
+    let mut grpc = GrpcServer::start(
         listener,
-        args.limits.transport(),
-        args.connection.transport(),
+        args.limits.call_limits(),
+        args.connection.connection(),
         security,
     )
     .await?;
@@ -70,11 +69,11 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             if let Some(index) = on.device.strip_prefix("cuda:").and_then(|n| n.parse().ok()) {
                 metrics::watch_cuda_memory(index);
             }
-            transport.serving(infer, on).await;
+            grpc.serving(infer, on).await;
             gauge!(metrics::READY).set(1.0);
             tracing::info!("model ready (health: SERVING)");
             let device = health::follow(failures, args.health.policy(), async |serving| {
-                transport.set_serving(serving).await
+                grpc.set_serving(serving).await
             });
             // Following ends here, before the drain: it must not turn a draining server SERVING.
             tokio::select! {
@@ -95,9 +94,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         "shutting down: NOT_SERVING, draining"
     );
     gauge!(metrics::READY).set(0.0);
-    // Consumes the transport, and with it the last handles to the core and its queue.
-    transport
-        .drain(Duration::from_secs(args.shutdown_grace_seconds))
+    // Consumes the gRPC server, and with it the last handles to the core and its queue.
+    grpc.drain(Duration::from_secs(args.shutdown_grace_seconds))
         .await?;
     if let Some(worker) = worker {
         unload(worker).await;
@@ -127,7 +125,7 @@ fn load(args: &ServeArgs) -> anyhow::Result<Loaded> {
     )
     .context("loading the model")?;
     let failures = batcher.consecutive_failures();
-    let infer = Infer::new(batcher, host, args.core());
+    let infer = Infer::new(batcher, host, args.infer_config());
     Ok((Arc::new(infer), on, worker, failures))
 }
 

@@ -252,7 +252,7 @@ fn measure_one_decode(path: &str) {
 
 /// The memory peak of decoding each accepted format, each in a process of its own: prints a
 /// table and holds each to its bound per pixel. `SIGLIP_DECODE_MEMORY_MPX` sets the image size
-/// (default 8 megapixels, for CI; the README's figures are at 50).
+/// (default 8 megapixels, for CI; docs/flags.md, `--max-decoding-pixels`, has the figures at 50).
 #[test]
 fn decode_memory_peak() {
     // The same test, started by itself below with one image to measure.

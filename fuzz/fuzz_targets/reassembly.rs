@@ -14,7 +14,7 @@ use libfuzzer_sys::{
     arbitrary::{self, Arbitrary},
     fuzz_target,
 };
-use siglip_serve::grpc::chunks::{Budget, ChunkError, Reassembly};
+use siglip_serve::grpc::api::chunks::{Budget, ChunkError, Reassembly};
 
 #[derive(Arbitrary, Debug)]
 struct Input {

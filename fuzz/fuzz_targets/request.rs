@@ -15,8 +15,9 @@ use common::{assert_answered, IMAGE_LIMITS};
 use libfuzzer_sys::fuzz_target;
 use prost::Message;
 use siglip_serve::error::Error;
-use siglip_serve::grpc::chunks::{Budget, Reassembly};
-use siglip_serve::grpc::{convert, pb, stream_config};
+use siglip_serve::grpc::api::chunks::{Budget, Reassembly};
+use siglip_serve::grpc::api::{convert, stream::config as stream_config};
+use siglip_serve::grpc::pb;
 use siglip_serve::infer::{ImageInput, Limits};
 use siglip_serve::model::image::Convention;
 

@@ -5,10 +5,10 @@
 //! FIFO, and a ring holds the flows that have work waiting. The worker takes from the first flow
 //! in the ring that is not yet in the batch it is building, and puts that flow at the back of the
 //! ring if it still has work. So a fast stream cannot starve a slow one, and a batch takes a
-//! second job of a flow only when every flow with a job waiting is already in it. A FIFO cannot
-//! reorder, which is why this replaced the `sync_channel` the worker used to read.
+//! second job of a flow only when every flow with a job waiting is already in it: a caller that
+//! arrives behind other flows' backlogs waits one round of them, not for the backlogs to drain.
 //!
-//! The capacity counts jobs over all flows (`--max-queue` keeps its meaning), and a flow whose
+//! The capacity counts jobs over all flows (`--max-queue`), and a flow whose
 //! FIFO runs empty is removed, so memory stays bounded by the capacity whatever the number of
 //! flows seen.
 

@@ -1,78 +1,23 @@
-//! The gRPC transport: the `siglip.v1.Siglip` service, `grpc.health.v1` and server reflection on
-//! one listener. It serves whatever core it is handed ([`Transport::serving`]) and knows nothing
-//! of how that core was built (see `server`).
+//! The gRPC server: `siglip.v1.Siglip` ([`api`]), `grpc.health.v1` and server reflection on one
+//! listener whose connections [`transport`] runs. It serves whatever core it is handed
+//! ([`GrpcServer::serving`]) and knows nothing of how that core was built (see `server`).
 //!
-//! - `service`: the RPCs, each observed (`observe`) and converted (`convert`), Upload and Stream
-//!   with their protocols in `upload` and `stream` (+ `delivery`), chunked images put back
-//!   together in `chunks`;
-//! - `waits`: every wait on a client has an end;
-//! - `connection`: HTTP/2 and TCP settings; `tls`: TLS and mutual TLS on the accepted
-//!   connections; `auth`: bearer tokens and the caller's name, before any handler; `reload`: the
-//!   TLS and token files, re-read as they change;
-//! - `early`: tonic's own answers, remapped and counted;
-//! - `state`: the lifecycle every handler shares; `status`: core errors → status codes.
-//!
-//! `chunks` and `convert` are public for the fuzz targets (`fuzz/`).
+//! The two layers do not import each other; what both need of the calls (counting them by
+//! method and code) is `calls`.
 
-mod auth;
-pub mod chunks;
-mod connection;
-pub mod convert;
-mod delivery;
-mod early;
-mod observe;
-mod reload;
-mod report;
-mod service;
-mod state;
-mod status;
-mod stream;
-pub mod stream_config;
-mod tls;
-mod upload;
-mod waits;
+pub mod api;
+mod calls;
+pub mod transport;
 
-use std::{io, pin::Pin, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 
 use anyhow::Context;
 use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
-use tokio_stream::{Stream, StreamExt};
 use tonic_health::{server::HealthReporter, ServingStatus};
 
 use crate::infer::Infer;
-pub use auth::Tokens;
-pub use connection::Connection;
-pub use reload::Reloading;
-use state::State;
-pub use state::{Limits, RunningOn};
-pub use tls::{Handshakes, Tls, TlsFiles};
-
-/// Who may connect and call.
-pub struct Security {
-    /// TLS on the port (mutual when it has a client CA); plaintext when `None`, for meshes that
-    /// terminate TLS themselves.
-    pub tls: Option<Tls>,
-    /// Bearer tokens every call but health must carry; anyone may call when `None`.
-    pub tokens: Option<Arc<Reloading<Tokens>>>,
-    /// Server reflection (behind the tokens, when there are tokens).
-    pub reflection: bool,
-}
-
-impl Security {
-    /// The mode, in words, for the startup log line.
-    pub fn mode(&self) -> String {
-        let transport = self.tls.as_ref().map_or("plaintext", Tls::mode);
-        let tokens = match self.tokens {
-            Some(_) => "bearer tokens required",
-            None => "no tokens",
-        };
-        let reflection = match self.reflection {
-            true => "reflection on",
-            false => "reflection off",
-        };
-        format!("{transport}, {tokens}, {reflection}")
-    }
-}
+use api::{CallLimits, Lifecycle, MalformedCalls, RunningOn, SiglipService};
+use transport::{Authorize, Connection, Security};
 
 /// Generated from `proto/siglip/v1/siglip.proto`.
 pub mod pb {
@@ -86,20 +31,20 @@ pub mod pb {
 const SERVICE_NAME: &str = "siglip.v1.Siglip";
 
 /// The gRPC server, running on its own task.
-pub struct Transport {
-    state: Arc<State>,
+pub struct GrpcServer {
+    lifecycle: Arc<Lifecycle>,
     health: HealthReporter,
     server: JoinHandle<Result<(), tonic::transport::Error>>,
     stop: oneshot::Sender<()>,
 }
 
-impl Transport {
+impl GrpcServer {
     /// Serves on `listener` at once, its connections run by `connection` and admitted by
     /// `security`; health says NOT_SERVING, and the API UNAVAILABLE, until
-    /// [`Transport::serving`].
+    /// [`GrpcServer::serving`].
     pub async fn start(
         listener: TcpListener,
-        limits: Limits,
+        limits: CallLimits,
         connection: Connection,
         security: Security,
     ) -> anyhow::Result<Self> {
@@ -123,25 +68,19 @@ impl Transport {
         };
 
         let max_message = limits.max_message_bytes;
-        let state = Arc::new(State::new(limits));
-        let api =
-            pb::siglip_server::SiglipServer::new(service::SiglipService::new(Arc::clone(&state)))
-                .max_decoding_message_size(max_message)
-                .max_encoding_message_size(usize::MAX);
+        let lifecycle = Arc::new(Lifecycle::new(limits));
+        let api = pb::siglip_server::SiglipServer::new(SiglipService::new(Arc::clone(&lifecycle)))
+            .max_decoding_message_size(max_message)
+            .max_encoding_message_size(usize::MAX);
 
-        let accepted = connection.incoming(listener);
-        let incoming: Pin<Box<dyn Stream<Item = io::Result<tls::Peer>> + Send>> = match security.tls
-        {
-            Some(tls) => Box::pin(tls.handshakes(accepted)),
-            None => Box::pin(accepted.map(|a| a.map(tls::Peer::Plain))),
-        };
+        let incoming = transport::incoming(listener, &connection, security.tls);
         let (stop, stopped) = oneshot::channel::<()>();
         let server = connection
             .builder()
-            .layer(early::EarlyAnswers {
+            .layer(MalformedCalls {
                 max_message_bytes: max_message,
             })
-            .layer(auth::Authorize::new(security.tokens))
+            .layer(Authorize::new(security.tokens))
             .add_service(health_service)
             .add_optional_service(reflection_v1)
             .add_optional_service(reflection_v1alpha)
@@ -150,16 +89,16 @@ impl Transport {
                 let _ = stopped.await;
             });
         Ok(Self {
-            state,
+            lifecycle,
             health,
             server: tokio::spawn(server),
             stop,
         })
     }
 
-    /// Requests are served by `infer` from now on; health says SERVING.
+    /// Calls are served by `infer` from now on; health says SERVING.
     pub async fn serving(&mut self, infer: Arc<Infer>, on: RunningOn) {
-        self.state.set_ready(infer, on);
+        self.lifecycle.set_ready(infer, on);
         // The whole server ("") last: whoever sees it SERVING finds the API SERVING too.
         for name in [SERVICE_NAME, ""] {
             self.health
@@ -195,7 +134,7 @@ impl Transport {
             // server stops accepting calls just below.
             self.health.clear_service_status(name).await;
         }
-        self.state.begin_shutdown();
+        self.lifecycle.begin_shutdown();
         let _ = self.stop.send(());
         match tokio::time::timeout(grace, self.server).await {
             Ok(result) => result.context("server task")?.context("gRPC server")?,

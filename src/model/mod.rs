@@ -187,8 +187,8 @@ impl Model {
     /// Embeds preprocessed images, one CHW row each.
     pub fn embed_rows(&self, rows: &[&[f32]]) -> Result<Embeddings> {
         let staged = self.stage_rows(rows)?;
-        let pending = self.submit(staged)?;
-        self.finish(pending)
+        let submitted = self.submit(staged)?;
+        self.finish(submitted)
     }
 
     /// The three steps of [`Model::embed_rows`], for a caller that overlaps them across passes:
@@ -204,17 +204,17 @@ impl Model {
     }
 
     /// …queue the vision tower on them (returns before the GPU is done on CUDA)…
-    pub fn submit(&self, staged: Staged) -> Result<Pending> {
-        Ok(Pending {
+    pub fn submit(&self, staged: Staged) -> Result<Submitted> {
+        Ok(Submitted {
             images: self.towers.submit_images(staged.images)?,
             n: staged.n,
         })
     }
 
     /// …and wait for the embeddings.
-    pub fn finish(&self, pending: Pending) -> Result<Embeddings> {
-        let data = self.towers.finish_images(pending.images)?;
-        self.embeddings(data, pending.n)
+    pub fn finish(&self, submitted: Submitted) -> Result<Embeddings> {
+        let data = self.towers.finish_images(submitted.images)?;
+        self.embeddings(data, submitted.n)
     }
 
     /// Whether a submitted pass runs while the host goes on (CUDA), so that staging the next one
@@ -313,8 +313,8 @@ pub struct Staged {
 }
 
 /// Images whose vision pass is queued on the device ([`Model::submit`]).
-pub struct Pending {
-    images: runtime::PendingImages,
+pub struct Submitted {
+    images: runtime::SubmittedImages,
     n: usize,
 }
 

@@ -177,7 +177,7 @@ impl Towers {
 
     /// Sends staged pixels to the device and queues the vision tower on them. On CUDA this
     /// returns once the work is queued; on the CPU, once it is done.
-    pub fn submit_images(&self, staged: StagedImages) -> Result<PendingImages> {
+    pub fn submit_images(&self, staged: StagedImages) -> Result<SubmittedImages> {
         // The copy to the GPU does not block the host; the forward pass is queued behind it on
         // the same stream, and `finish_images` waits for the result.
         let input = match self.device {
@@ -192,19 +192,19 @@ impl Towers {
             Vision::TorchScript(module) => self.forward(module, &input)?,
             Vision::Compiled { package, .. } => package.run(&input)?,
         };
-        Ok(PendingImages {
+        Ok(SubmittedImages {
             out,
             buffer: staged.buffer,
         })
     }
 
     /// Waits for a submitted pass and returns its `n × dim` float32 embeddings.
-    pub fn finish_images(&self, pending: PendingImages) -> Result<Vec<f32>> {
-        let result = to_host(pending.out);
+    pub fn finish_images(&self, submitted: SubmittedImages) -> Result<Vec<f32>> {
+        let result = to_host(submitted.out);
         // The pass is complete (its result reached the host), so its pixels are free again. A
         // buffer dropped on an error path instead is safe too: libtorch's pinned-memory allocator
         // holds freed blocks until the copies that use them have finished.
-        if let Some(buffer) = pending.buffer {
+        if let Some(buffer) = submitted.buffer {
             self.pinned.lock().expect("pinned pool lock").push(buffer);
         }
         result
@@ -234,7 +234,7 @@ pub struct StagedImages {
 }
 
 /// A vision pass queued on the device.
-pub struct PendingImages {
+pub struct SubmittedImages {
     out: Tensor,
     buffer: Option<Tensor>,
 }

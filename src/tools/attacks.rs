@@ -17,7 +17,7 @@ pub const IDLE_CODES: &[Code] = &[Code::DeadlineExceeded];
 
 /// A grayscale progressive JPEG of `width`×`height` whose data is one DC scan and then `ac_scans`
 /// scans of coefficients 1..63 made only of end-of-band runs: a few dozen bytes a scan, yet
-/// libjpeg visits every block in each (the 0.5 MB, 4000×4000 file has ~14,000). Every
+/// libjpeg visits every block in each (a 0.5 MB, 4000×4000 file holds ~14,000). Every
 /// AC scan after the first repeats the band, which libjpeg only warns about.
 pub fn progressive_jpeg_of_empty_scans(width: u16, height: u16, ac_scans: usize) -> Vec<u8> {
     let blocks = usize::from(width.div_ceil(8)) * usize::from(height.div_ceil(8));

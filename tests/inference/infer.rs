@@ -37,7 +37,7 @@ fn core_batching(
     let limits =
         Flags::parse_from(std::iter::once("test").chain(limit_flags.iter().copied())).limits;
     let core = siglip_serve::infer::Config {
-        limits: limits.core(),
+        limits: limits.infer_limits(),
         convention: Convention::Processor,
         preprocess_threads: 1,
         text_cache_size: capacity,

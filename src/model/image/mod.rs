@@ -13,7 +13,6 @@
 
 mod crop;
 mod decode;
-mod error;
 mod jpeg;
 mod jpeg_markers;
 mod limits;
@@ -23,8 +22,8 @@ mod resize;
 mod rgb;
 mod transparency;
 
+pub use crate::error::ImageError;
 pub use crop::{check_shape, check_within, crop, Region};
-pub use error::ImageError;
 pub use image::RgbImage;
 pub use limits::ImageLimits;
 pub use resize::Filter;

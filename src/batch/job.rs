@@ -1,0 +1,136 @@
+//! A job in the queue: a caller's rows, whose they are, and when they are no longer worth running.
+
+use std::time::Instant;
+
+use ::metrics::{counter, histogram};
+use tokio::sync::oneshot;
+
+use super::{Flow, Reply};
+use crate::error::{Error, Result};
+use crate::metrics;
+use crate::model::tokenizer::TokenIds;
+
+/// A job's rows.
+pub(super) enum Work {
+    /// Preprocessed images, one CHW row each.
+    Images(Vec<Vec<f32>>),
+    Texts(Vec<TokenIds>),
+}
+
+/// What a job carries besides its work: whose it is, and when it is no longer worth running.
+#[derive(Debug, Clone, Copy)]
+pub struct Tag {
+    pub flow: Flow,
+    /// Past this, the caller is answered DEADLINE_EXCEEDED instead.
+    pub deadline: Option<Instant>,
+    /// Past this when the worker takes the job into a batch (inference would start), the job is
+    /// answered [`Error::Stale`] and not run: a video frame that is too old to be worth a result.
+    pub stale_at: Option<Instant>,
+}
+
+impl Tag {
+    /// A caller of its own (a unary request), with an optional deadline.
+    pub(super) fn alone(deadline: Option<Instant>) -> Self {
+        Self {
+            flow: Flow::new(),
+            deadline,
+            stale_at: None,
+        }
+    }
+}
+
+/// One caller's rows, waiting for the worker.
+pub(super) struct Job {
+    pub(super) work: Work,
+    pub(super) deadline: Option<Instant>,
+    pub(super) stale_at: Option<Instant>,
+    pub(super) enqueued: Instant,
+    pub(super) reply: oneshot::Sender<Result<Reply>>,
+}
+
+impl Job {
+    pub(super) fn rows(&self) -> usize {
+        match &self.work {
+            Work::Images(rows) => rows.len(),
+            Work::Texts(ids) => ids.len(),
+        }
+    }
+
+    /// A job nobody waits for any more is dropped; one past its deadline or stale is answered so.
+    pub(super) fn still_wanted(self) -> Option<Self> {
+        if self.reply.is_closed() {
+            counter!(metrics::REQUESTS_DROPPED, "reason" => "cancelled").increment(1);
+            histogram!(metrics::QUEUE_WAIT).record(self.enqueued.elapsed());
+            return None;
+        }
+        if self.deadline.is_some_and(|d| Instant::now() >= d) {
+            counter!(metrics::REQUESTS_DROPPED, "reason" => "deadline").increment(1);
+            let waited = self.enqueued.elapsed();
+            // The longest waits are these: leaving them out would hide the tail under overload.
+            histogram!(metrics::QUEUE_WAIT).record(waited);
+            let _ = self.reply.send(Err(Error::DeadlineExceeded(format!(
+                "the request waited {} ms in the queue; it was dropped before inference",
+                waited.as_millis()
+            ))));
+            return None;
+        }
+        let now = Instant::now();
+        if let Some(stale_at) = self.stale_at.filter(|&at| now >= at) {
+            // Not a dropped request: the stream counts its stale frames itself, by reason.
+            let waited = self.enqueued.elapsed();
+            histogram!(metrics::QUEUE_WAIT).record(waited);
+            let _ = self.reply.send(Err(Error::Stale(format!(
+                "the frame waited {} ms in the inference queue and was {} ms past its max_age_ms when inference would have started; it was dropped",
+                waited.as_millis(),
+                now.duration_since(stale_at).as_millis()
+            ))));
+            return None;
+        }
+        Some(self)
+    }
+}
+
+/// The image rows of `jobs`, in order.
+pub(super) fn image_rows(jobs: &[Job]) -> Vec<&[f32]> {
+    jobs.iter()
+        .flat_map(|job| match &job.work {
+            Work::Images(rows) => rows.iter().map(Vec::as_slice).collect(),
+            Work::Texts(_) => Vec::new(),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn job(stale_at: Option<Instant>) -> (Job, oneshot::Receiver<Result<Reply>>) {
+        let (reply, rx) = oneshot::channel();
+        let job = Job {
+            work: Work::Images(vec![vec![0.0; 3]]),
+            deadline: None,
+            stale_at,
+            enqueued: Instant::now(),
+            reply,
+        };
+        (job, rx)
+    }
+
+    #[test]
+    fn a_stale_job_is_answered_stale_and_not_run() {
+        let (stale, mut rx) = job(Some(Instant::now()));
+        assert!(stale.still_wanted().is_none(), "a stale job is not run");
+        match rx.try_recv() {
+            Ok(Err(Error::Stale(message))) => {
+                assert!(message.contains("max_age_ms"), "{message}")
+            }
+            other => panic!("expected a stale answer, got {other:?}"),
+        }
+        let (fresh, _rx) = job(Some(Instant::now() + Duration::from_secs(3600)));
+        assert!(fresh.still_wanted().is_some(), "a fresh frame is run");
+        let (untagged, _rx) = job(None);
+        assert!(untagged.still_wanted().is_some());
+    }
+}

@@ -1,0 +1,224 @@
+//! The bidirectional `Stream` call: a configuration first (labels, delivery mode, and
+//! optionally frame policy, smoothing, events and regions: [`config`]), then frames.
+//!
+//! - `assembler`: frames whole or in chunks; `max_fps` applied before any decoding;
+//! - `frame`: a frame, the config it arrived under, and what became of it;
+//! - `delivery`: every frame in a bounded pipeline, answered in order (a full pipeline stops
+//!   the reading, so the client feels backpressure), or latest only (one slot for the newest
+//!   frame; one that arrives while it waits supersedes it);
+//! - `report`: outcomes into messages, in frame order; `outbox`: every send has an end.
+//!
+//! The labels are embedded once per config, and a new config replaces the whole setup; frames
+//! already read keep the config they arrived under. A bad frame gets an in-band error; a protocol
+//! violation ends the stream with INVALID_ARGUMENT. The stream ends with UNAVAILABLE
+//! ("reconnect") at its maximum lifetime or at shutdown, after the frames already read are
+//! answered; a silent client or one that stops reading ends it with DEADLINE_EXCEEDED.
+
+mod assembler;
+pub mod config;
+mod delivery;
+mod frame;
+mod outbox;
+mod report;
+
+use std::{sync::Arc, time::Duration, time::Instant};
+
+use ::metrics::gauge;
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit};
+use tokio_stream::{wrappers::ReceiverStream, Stream, StreamExt};
+use tonic::{Status, Streaming};
+
+use super::{lifecycle::Lifecycle, pb, status::remap_incoming};
+use crate::grpc::calls::{client_gone, record, record_ok};
+use crate::infer::{Flow, Infer};
+use crate::metrics;
+use crate::stream::drops::DropReason;
+use assembler::{Arrival, Assembler};
+use delivery::Sink;
+use frame::ActiveConfig;
+use outbox::{Outbox, Output};
+
+/// The call's name in protocol errors.
+const PROTOCOL: &str = "Stream";
+
+/// Starts the stream's tasks; the returned stream yields its responses, then the status it
+/// ended with. Everything the stream holds is freed when it ends or the client goes away.
+pub(super) fn run(
+    infer: Arc<Infer>,
+    lifecycle: Arc<Lifecycle>,
+    input: Streaming<pb::StreamRequest>,
+    permit: OwnedSemaphorePermit,
+) -> impl Stream<Item = Output> {
+    let limits = &lifecycle.limits;
+    let pipeline = limits.stream_pipeline.max(1);
+    let (tx, rx) = mpsc::channel(pipeline);
+    let lifetime =
+        (limits.max_stream_seconds > 0).then(|| Duration::from_secs(limits.max_stream_seconds));
+    let ends_at = lifetime.map(|d| tokio::time::Instant::now() + d);
+    let out = Outbox::new(tx, limits.idle_timeout, ends_at);
+    // The final status comes after the results, but needs no room among them: a client that
+    // does not read must not keep the stream's task (and slot) waiting to tell it so.
+    let (last, last_rx) = oneshot::channel::<Status>();
+    tokio::spawn(async move {
+        let started = Instant::now();
+        gauge!(metrics::ACTIVE_STREAMS).increment(1.0);
+        let result = drive(infer, &lifecycle, input, out.clone(), ends_at).await;
+        gauge!(metrics::ACTIVE_STREAMS).decrement(1.0);
+        match &result {
+            Ok(()) => record_ok("Stream", started),
+            Err(status) => record("Stream", status, started),
+        }
+        // The slot is freed before the client can hear that the stream is over (the end of the
+        // response needs both `last` and `out` gone), so that a client that reconnects on that
+        // news finds it free.
+        drop(permit);
+        if let Err(status) = result {
+            let _ = last.send(status);
+        }
+        drop(out);
+    });
+    let last = futures_util::StreamExt::filter_map(futures_util::stream::once(last_rx), |r| {
+        std::future::ready(r.ok().map(Err))
+    });
+    futures_util::StreamExt::chain(ReceiverStream::new(rx), last)
+}
+
+async fn drive(
+    infer: Arc<Infer>,
+    lifecycle: &Lifecycle,
+    mut input: Streaming<pb::StreamRequest>,
+    out: Outbox,
+    ends_at: Option<tokio::time::Instant>,
+) -> Result<(), Status> {
+    let limits = &lifecycle.limits;
+    let timeouts = lifecycle.timeouts();
+    let mut shutdown = lifecycle.shutdown_signal();
+    let first = tokio::select! {
+        first = timeouts.first(PROTOCOL, next_message(&mut input, limits.max_message_bytes)) => first?,
+        _ = shutdown.wait_for(|down| *down) => return Err(shutting_down()),
+    };
+    let first = match first {
+        Some(pb::stream_request::Msg::Config(c)) => c,
+        Some(pb::stream_request::Msg::Frame(_)) => {
+            return Err(Status::invalid_argument(
+                "Stream protocol: the first message must be a StreamConfig (labels and mode), got a frame",
+            ))
+        }
+        None => return Ok(()),
+    };
+    let mode = match pb::DeliveryMode::try_from(first.mode) {
+        Ok(pb::DeliveryMode::LatestOnly) => pb::DeliveryMode::LatestOnly,
+        Ok(_) => pb::DeliveryMode::EveryFrame,
+        Err(_) => {
+            return Err(Status::invalid_argument(format!(
+                "unknown delivery mode {}",
+                first.mode
+            )))
+        }
+    };
+    let mut active = Arc::new(configure(&infer, first, 0).await?);
+    let flow = Flow::new();
+    let sink = match mode {
+        pb::DeliveryMode::LatestOnly => Sink::latest(Arc::clone(&infer), flow, out.clone()),
+        _ => Sink::ordered(
+            Arc::clone(&infer),
+            flow,
+            out.clone(),
+            limits.stream_pipeline.max(1),
+        ),
+    };
+    let mut assembler = Assembler::new(
+        infer.limits().image.max_bytes,
+        Arc::clone(&lifecycle.reassembly),
+        &active,
+    );
+
+    let ending = loop {
+        let msg = tokio::select! {
+            msg = timeouts.next(PROTOCOL, next_message(&mut input, limits.max_message_bytes)) => msg,
+            _ = sleep_until(ends_at) => break Some(Status::unavailable(format!(
+                "stream reached its maximum lifetime of {}s (--max-stream-seconds): reconnect to continue",
+                limits.max_stream_seconds
+            ))),
+            _ = shutdown.wait_for(|down| *down) => break Some(shutting_down()),
+            stalled = out.stalled() => break Some(stalled),
+            _ = out.closed() => break Some(client_gone()),
+        };
+        match msg {
+            Err(status) => break Some(status),
+            Ok(None) => break assembler.incomplete(),
+            Ok(Some(pb::stream_request::Msg::Config(config))) => {
+                if config.mode != 0 && config.mode != mode as i32 {
+                    break Some(Status::invalid_argument(
+                        "Stream protocol: the delivery mode cannot change mid-stream; open a new stream",
+                    ));
+                }
+                match configure(&infer, config, active.generation + 1).await {
+                    Ok(next) => {
+                        active = Arc::new(next);
+                        assembler.reconfigure(&active);
+                    }
+                    Err(status) => break Some(status),
+                }
+            }
+            Ok(Some(pb::stream_request::Msg::Frame(frame))) => {
+                let delivered = match assembler.push(frame, &active) {
+                    Ok(Some(Arrival::Ready(ready))) => sink.submit(ready).await,
+                    Ok(Some(Arrival::Skipped(meta))) => sink.skip(meta, DropReason::Rate).await,
+                    Ok(None) => true,
+                    Err(status) => break Some(status),
+                };
+                if !delivered {
+                    break Some(out.stall().unwrap_or_else(client_gone));
+                }
+            }
+        }
+    };
+    // Answer what was read before ending (sends still have an end), then close with the reason.
+    sink.finish().await;
+    match ending {
+        Some(status) => Err(status),
+        None => Ok(()),
+    }
+}
+
+fn shutting_down() -> Status {
+    Status::unavailable("server is shutting down: reconnect to continue on another replica")
+}
+
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn next_message(
+    input: &mut Streaming<pb::StreamRequest>,
+    max_message_bytes: usize,
+) -> Result<Option<pb::stream_request::Msg>, Status> {
+    match input.next().await {
+        None => Ok(None),
+        Some(Err(status)) => Err(remap_incoming(status, max_message_bytes)),
+        Some(Ok(req)) => req
+            .msg
+            .map(Some)
+            .ok_or_else(|| Status::invalid_argument("empty StreamRequest: set config or frame")),
+    }
+}
+
+/// Checks a configuration and embeds its labels; a bad config ends the stream (it is the
+/// client's setup, not one frame, that is wrong).
+async fn configure(
+    infer: &Infer,
+    config: pb::StreamConfig,
+    generation: u32,
+) -> Result<ActiveConfig, Status> {
+    let settings = config::settings(&config, infer.limits().max_regions)?;
+    let (labels, _) = infer.labels(config.texts, None).await?;
+    Ok(ActiveConfig {
+        labels,
+        settings,
+        generation,
+    })
+}

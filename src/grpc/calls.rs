@@ -1,0 +1,126 @@
+//! Every call counted, timed and logged the same way (`siglip_grpc_requests_total{method,code}`,
+//! `siglip_grpc_request_duration_seconds`, a line per call), whichever way it ends.
+
+use std::{future::Future, time::Instant};
+
+use ::metrics::{counter, gauge, histogram};
+use tonic::{Code, Status};
+
+use crate::metrics;
+
+/// Counts, times and logs one call, and tracks it as in flight. A call dropped before it
+/// finishes (the client went away) is counted as CANCELLED.
+pub(super) async fn observed<T>(
+    method: &'static str,
+    call: impl Future<Output = Result<T, Status>>,
+) -> Result<T, Status> {
+    struct InFlight {
+        method: &'static str,
+        started: Instant,
+        finished: bool,
+    }
+    impl Drop for InFlight {
+        fn drop(&mut self) {
+            gauge!(metrics::INFLIGHT).decrement(1.0);
+            if !self.finished {
+                record(self.method, &client_gone(), self.started);
+            }
+        }
+    }
+    gauge!(metrics::INFLIGHT).increment(1.0);
+    let mut in_flight = InFlight {
+        method,
+        started: Instant::now(),
+        finished: false,
+    };
+    let result = call.await;
+    in_flight.finished = true;
+    match &result {
+        Ok(_) => record_ok(method, in_flight.started),
+        Err(status) => record(method, status, in_flight.started),
+    }
+    result
+}
+
+/// How a call whose client went away ends: counted as CANCELLED; nobody receives it.
+pub(super) fn client_gone() -> Status {
+    Status::cancelled("the client went away")
+}
+
+pub(super) fn record_ok(method: &'static str, started: Instant) {
+    counter!(metrics::GRPC_REQUESTS, "method" => method, "code" => code_name(Code::Ok))
+        .increment(1);
+    histogram!(metrics::GRPC_DURATION, "method" => method).record(started.elapsed());
+    tracing::debug!(
+        method,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "request handled"
+    );
+}
+
+pub(super) fn record(method: &'static str, status: &Status, started: Instant) {
+    counter!(metrics::GRPC_REQUESTS, "method" => method, "code" => code_name(status.code()))
+        .increment(1);
+    histogram!(metrics::GRPC_DURATION, "method" => method).record(started.elapsed());
+    if status.code() == Code::Cancelled {
+        // Clients hang up all the time (a closed video stream): not a server problem.
+        tracing::debug!(method, "client went away");
+    } else {
+        tracing::warn!(
+            method,
+            code = code_name(status.code()),
+            message = status.message(),
+            "request failed"
+        );
+    }
+}
+
+/// A call refused before it reached a handler (no token): counted under its method and code,
+/// but neither timed (it took no work) nor logged above debug (anyone can send such calls, as
+/// fast as they like).
+pub(super) fn record_refused(method: &'static str, status: &Status) {
+    counter!(metrics::GRPC_REQUESTS, "method" => method, "code" => code_name(status.code()))
+        .increment(1);
+}
+
+/// The canonical upper-case name of a status code, as gRPC tooling prints it.
+fn code_name(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "CANCELLED",
+        Code::Unknown => "UNKNOWN",
+        Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        Code::NotFound => "NOT_FOUND",
+        Code::AlreadyExists => "ALREADY_EXISTS",
+        Code::PermissionDenied => "PERMISSION_DENIED",
+        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        Code::FailedPrecondition => "FAILED_PRECONDITION",
+        Code::Aborted => "ABORTED",
+        Code::OutOfRange => "OUT_OF_RANGE",
+        Code::Unimplemented => "UNIMPLEMENTED",
+        Code::Internal => "INTERNAL",
+        Code::Unavailable => "UNAVAILABLE",
+        Code::DataLoss => "DATA_LOSS",
+        Code::Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+/// The `method` label of a `siglip.v1.Siglip` call's path; other services are not counted.
+pub(super) fn method(path: &str) -> Option<&'static str> {
+    let name = path.strip_prefix("/siglip.v1.Siglip/")?;
+    metrics::METHODS.into_iter().find(|m| *m == name)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn only_the_apis_methods_are_named() {
+        assert_eq!(
+            super::method("/siglip.v1.Siglip/Classify"),
+            Some("Classify")
+        );
+        assert_eq!(super::method("/siglip.v1.Siglip/Nope"), None);
+        assert_eq!(super::method("/grpc.health.v1.Health/Check"), None);
+    }
+}

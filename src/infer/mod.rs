@@ -1,0 +1,360 @@
+//! The core every API calls: admission (`admission`), decoding and preprocessing on a bounded
+//! CPU pool (`input`, `pool`), tokenisation and the text-embedding cache (`text_cache`), the
+//! inference queue (`crate::batch`), and SigLIP's scores. Knows nothing of gRPC.
+
+mod admission;
+mod input;
+mod limits;
+mod pool;
+mod text_cache;
+mod types;
+
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use ::metrics::{counter, histogram};
+
+use crate::batch::{Batcher, Reply, Tag};
+use crate::cpu_time;
+use crate::error::{Error, Result};
+use crate::metrics;
+use crate::model::{
+    image::{self, Convention, ImageLimits, Preprocess, Region},
+    manifest::Manifest,
+    scores::{rank, score_all, Embeddings, LogitHead, Score, ScoreFilter},
+    tokenizer::{TextTokenizer, TokenIds},
+    HostSide,
+};
+use admission::Admission;
+pub use input::ImageInput;
+pub use limits::Limits;
+use pool::{CpuPool, Lane};
+pub use text_cache::CacheStats;
+use text_cache::TextCache;
+pub use types::{Classification, Config, FrameScores, Labels, Timings};
+
+/// Which caller a job belongs to: a stream's frames are one flow, so that streams are served
+/// in turn (`crate::batch`'s fair queue).
+pub use crate::batch::Flow;
+
+pub struct Infer {
+    batcher: Batcher,
+    tokenizer: Arc<TextTokenizer>,
+    preprocess: Preprocess,
+    head: LogitHead,
+    manifest: Manifest,
+    limits: Limits,
+    convention: Convention,
+    admission: Admission,
+    pool: CpuPool,
+    text_cache: TextCache,
+}
+
+impl Infer {
+    /// The core over a started batcher and the host side of the model it runs.
+    pub fn new(batcher: Batcher, host: HostSide, config: Config) -> Self {
+        Self {
+            batcher,
+            tokenizer: host.tokenizer,
+            preprocess: host.preprocess,
+            head: host.head,
+            manifest: host.manifest,
+            admission: Admission::new(&config.limits),
+            limits: config.limits,
+            convention: config.convention,
+            pool: CpuPool::new(config.preprocess_threads),
+            text_cache: TextCache::new(config.text_cache_size),
+        }
+    }
+
+    pub fn text_cache_stats(&self) -> CacheStats {
+        self.text_cache.stats()
+    }
+
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
+    /// How images become RGB (`--image-convention`).
+    pub fn convention(&self) -> Convention {
+        self.convention
+    }
+
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// Images accepted and not yet answered.
+    pub fn pending_images(&self) -> usize {
+        self.admission.pending_images()
+    }
+
+    /// Texts of label sets not cached as written, being tokenised, queued for the text tower or
+    /// in a pass.
+    pub fn pending_texts(&self) -> usize {
+        self.admission.pending_texts()
+    }
+
+    /// Checks a label list against the limits and embeds it: a label set seen before (as
+    /// written) comes from the cache at once; otherwise its texts are admitted
+    /// (`--max-pending-texts`), tokenised on the CPU pool, and those not cached by token ids go
+    /// through the text tower in one job (each distinct text once).
+    pub async fn labels(
+        &self,
+        texts: Vec<String>,
+        deadline: Option<Instant>,
+    ) -> Result<(Labels, Timings)> {
+        self.check_texts(&texts)?;
+        if let Some(rows) = self.text_cache.get_written(&texts) {
+            return Ok((self.label_set(texts, rows), Timings::default()));
+        }
+        // Admitted before tokenising: a flood of new labels is refused before it costs CPU or
+        // queues in front of others' decoding.
+        let _admitted = self.admission.texts(texts.len())?;
+        // Up to --max-texts × --max-text-bytes of text: in the text lane of the CPU pool.
+        let tokenizer = Arc::clone(&self.tokenizer);
+        let (texts, ids) = self
+            .pool
+            .run(Lane::Texts, (), move || {
+                let tokenizing = Instant::now();
+                let ids = cpu_time::charged("tokenize", || tokenizer.encode(&texts));
+                histogram!(metrics::TOKENIZE).record(tokenizing.elapsed());
+                Ok((texts, ids?))
+            })
+            .await?;
+        let mut rows: Vec<Option<Arc<[f32]>>> =
+            ids.iter().map(|t| self.text_cache.get(&t.ids)).collect();
+        let mut missing: Vec<TokenIds> = Vec::new();
+        for (t, row) in ids.iter().zip(&rows) {
+            if row.is_none() && !missing.iter().any(|m| m.ids == t.ids) {
+                missing.push(t.clone());
+            }
+        }
+        let mut timings = Timings::default();
+        if !missing.is_empty() {
+            let reply = self.batcher.embed_texts(missing.clone(), deadline).await?;
+            timings.queue = reply.queue;
+            timings.inference = reply.inference;
+            for (t, embedding) in missing.into_iter().zip(reply.embeddings.rows()) {
+                let embedding: Arc<[f32]> = embedding.into();
+                for (row, id) in rows.iter_mut().zip(&ids) {
+                    if row.is_none() && id.ids == t.ids {
+                        *row = Some(Arc::clone(&embedding));
+                    }
+                }
+                self.text_cache.put(t.ids, embedding);
+            }
+        }
+        let rows: Vec<Arc<[f32]>> = rows
+            .into_iter()
+            .map(|r| r.expect("every row filled"))
+            .collect();
+        self.text_cache.put_written(&texts, &rows);
+        Ok((self.label_set(texts, rows), timings))
+    }
+
+    fn label_set(&self, texts: Vec<String>, rows: Vec<Arc<[f32]>>) -> Labels {
+        let data = rows.iter().flat_map(|r| r.iter().copied()).collect();
+        Labels {
+            texts,
+            embeddings: Embeddings::new(self.manifest.embedding_dim, data),
+        }
+    }
+
+    /// Refuses a label list over the limits (--max-texts, --max-text-bytes) or empty.
+    pub fn check_texts(&self, texts: &[String]) -> Result<()> {
+        self.limits.check_texts(texts)
+    }
+
+    /// Decodes and preprocesses one image on the CPU pool: CHW floats ready for the model.
+    pub async fn preprocess(&self, input: ImageInput) -> Result<(Vec<f32>, Duration)> {
+        self.on_cpu_pool(input, |input, limits, convention, prep| {
+            input.prepare(limits, convention, prep)
+        })
+        .await
+    }
+
+    /// Decodes one frame on the CPU pool and preprocesses each of its regions
+    /// ([`ImageInput::prepare_regions`]): one row per region, in order. The caller checks the
+    /// regions' shape (`image::check_shape`) and admits the rows (one pending image each).
+    pub async fn preprocess_regions(
+        &self,
+        input: ImageInput,
+        regions: Vec<Region>,
+    ) -> Result<(Vec<Vec<f32>>, Duration)> {
+        self.on_cpu_pool(input, move |input, limits, convention, prep| {
+            input.prepare_regions(limits, convention, prep, &regions)
+        })
+        .await
+    }
+
+    /// Runs `work` on one image in the CPU pool, once the image's header-declared pixels fit in
+    /// `--max-decoding-pixels`; records the time it took.
+    async fn on_cpu_pool<T, F>(&self, input: ImageInput, work: F) -> Result<(T, Duration)>
+    where
+        T: Send + 'static,
+        F: FnOnce(ImageInput, &ImageLimits, Convention, &Preprocess) -> Result<T> + Send + 'static,
+    {
+        counter!(metrics::BYTES_RECEIVED).increment(input.received_bytes() as u64);
+        // The header is read here, before the image waits for anything: an image over the
+        // limits is refused at once, and the others are charged by their size.
+        let pixels = input.declared_pixels(&self.limits.image)?;
+        let decoding = self.admission.decoding(pixels).await?;
+        let limits = self.limits.image.clone();
+        let convention = self.convention;
+        let prep = self.preprocess.clone();
+        let (prepared, elapsed) = self
+            .pool
+            .run(Lane::Images, decoding, move || {
+                let started = Instant::now();
+                let prepared = work(input, &limits, convention, &prep)?;
+                Ok((prepared, started.elapsed()))
+            })
+            .await?;
+        histogram!(metrics::PREPROCESS).record(elapsed);
+        Ok((prepared, elapsed))
+    }
+
+    /// Embeds preprocessed images (from [`Infer::preprocess`]).
+    pub async fn embed_pixels(
+        &self,
+        pixels: Vec<Vec<f32>>,
+        deadline: Option<Instant>,
+    ) -> Result<(Embeddings, Timings)> {
+        Ok(embedded(self.batcher.embed_images(pixels, deadline).await?))
+    }
+
+    /// A stream frame against its label set: every label, in label order (the stream selects
+    /// and orders them after smoothing). A frame that goes stale (`stale_at`, from the stream's
+    /// `max_age_ms`) before its pixels are ready is refused with [`Error::Stale`] rather than
+    /// queued for a result nobody wants any more; the batcher drops it too if it is still
+    /// waiting then. The frame is queued as part of the stream's `flow`. With
+    /// `regions`, each region is cropped out of the decoded frame and scored on its own.
+    pub async fn classify_frame(
+        &self,
+        image: ImageInput,
+        regions: &[Region],
+        labels: &Labels,
+        flow: Flow,
+        stale_at: Option<Instant>,
+    ) -> Result<FrameScores> {
+        let started = Instant::now();
+        let tag = Tag {
+            flow,
+            deadline: None,
+            stale_at,
+        };
+        image::check_shape(regions, self.limits.max_regions).map_err(Error::InvalidArgument)?;
+        let _admitted = self.admission.images(regions.len().max(1))?;
+        let (pixels, preprocess) = if regions.is_empty() {
+            let (pixels, preprocess) = self.preprocess(image).await?;
+            (vec![pixels], preprocess)
+        } else {
+            self.preprocess_regions(image, regions.to_vec()).await?
+        };
+        if let Some(at) = tag.stale_at.filter(|at| Instant::now() >= *at) {
+            return Err(Error::Stale(format!(
+                "the frame was ready {} ms after it went stale",
+                at.elapsed().as_millis()
+            )));
+        }
+        let (embeddings, mut timings) = embedded(self.batcher.embed_frame(pixels, tag).await?);
+        timings.preprocess = preprocess;
+        timings.total = started.elapsed();
+        Ok(FrameScores {
+            areas: embeddings
+                .rows()
+                .map(|row| score_all(self.head, row, &labels.texts, &labels.embeddings))
+                .collect(),
+            timings,
+        })
+    }
+
+    /// One image against texts: preprocessing and the text tower run concurrently.
+    pub async fn classify(
+        &self,
+        image: ImageInput,
+        texts: Vec<String>,
+        filter: ScoreFilter,
+        deadline: Option<Instant>,
+    ) -> Result<Classification> {
+        let started = Instant::now();
+        let _admitted = self.admission.images(1)?;
+        let ((labels, text_timings), (pixels, preprocess)) =
+            tokio::try_join!(self.labels(texts, deadline), self.preprocess(image))?;
+        let (embedding, image_timings) = self.embed_pixels(vec![pixels], deadline).await?;
+        Ok(Classification {
+            scores: self.rank(embedding.row(0), &labels, filter),
+            timings: Timings {
+                queue: text_timings.queue + image_timings.queue,
+                preprocess,
+                inference: text_timings.inference + image_timings.inference,
+                total: started.elapsed(),
+                batch_size: image_timings.batch_size,
+            },
+        })
+    }
+
+    fn rank(&self, image: &[f32], labels: &Labels, filter: ScoreFilter) -> Vec<Score> {
+        rank(self.head, image, &labels.texts, &labels.embeddings, filter)
+    }
+
+    /// Embeds many images; each is decoded in parallel on the CPU pool.
+    pub async fn embed_images(
+        &self,
+        images: Vec<ImageInput>,
+        deadline: Option<Instant>,
+    ) -> Result<(Embeddings, Timings)> {
+        if images.is_empty() {
+            return Err(Error::InvalidArgument("no images given".into()));
+        }
+        if images.len() > self.limits.max_images {
+            return Err(Error::InvalidArgument(format!(
+                "{} images exceed the limit of {} per request (--max-images)",
+                images.len(),
+                self.limits.max_images
+            )));
+        }
+        let _admitted = self.admission.images(images.len())?;
+        let started = Instant::now();
+        let prepared = futures_util::future::try_join_all(images.into_iter().enumerate().map(
+            |(i, img)| async move {
+                self.preprocess(img)
+                    .await
+                    .map_err(|e| e.about(format!("image {i}")))
+            },
+        ))
+        .await?;
+        let preprocess = started.elapsed();
+        let (embeddings, mut timings) = self
+            .embed_pixels(prepared.into_iter().map(|(p, _)| p).collect(), deadline)
+            .await?;
+        timings.preprocess = preprocess;
+        timings.total = started.elapsed();
+        Ok((embeddings, timings))
+    }
+
+    pub async fn embed_texts(
+        &self,
+        texts: Vec<String>,
+        deadline: Option<Instant>,
+    ) -> Result<(Embeddings, Timings)> {
+        let started = Instant::now();
+        let (labels, mut timings) = self.labels(texts, deadline).await?;
+        timings.total = started.elapsed();
+        Ok((labels.embeddings, timings))
+    }
+}
+
+/// A batcher reply as embeddings and the timings it knows.
+fn embedded(reply: Reply) -> (Embeddings, Timings) {
+    let timings = Timings {
+        queue: reply.queue,
+        inference: reply.inference,
+        batch_size: reply.batch_size,
+        ..Timings::default()
+    };
+    (reply.embeddings, timings)
+}

@@ -98,18 +98,30 @@ impl Frames {
     }
 }
 
-/// One latest-only stream of a small photo, paced by `pace` until `window.1`, counting what
-/// happens inside `window` (from the stream's start).
-async fn latest_only(mut client: Client, pace: Pace, window: (Duration, Duration)) -> Seen {
-    let (tx, rx) = mpsc::channel(64);
-    tx.send(config(&LABELS, pb::DeliveryMode::LatestOnly))
-        .await
-        .unwrap();
-    let mut results = client
+/// Opens a stream with [`LABELS`] in `mode`: where to send its frames (`room` of them queued
+/// in the client), and its results.
+async fn open(
+    client: &mut Client,
+    mode: pb::DeliveryMode,
+    room: usize,
+) -> (
+    mpsc::Sender<pb::StreamRequest>,
+    tonic::Streaming<pb::StreamResponse>,
+) {
+    let (tx, rx) = mpsc::channel(room);
+    tx.send(config(&LABELS, mode)).await.unwrap();
+    let results = client
         .stream(ReceiverStream::new(rx))
         .await
         .expect("stream")
         .into_inner();
+    (tx, results)
+}
+
+/// One latest-only stream of a small photo, paced by `pace` until `window.1`, counting what
+/// happens inside `window` (from the stream's start).
+async fn latest_only(mut client: Client, pace: Pace, window: (Duration, Duration)) -> Seen {
+    let (tx, mut results) = open(&mut client, pb::DeliveryMode::LatestOnly, 64).await;
     let mut frames = Frames::new(window);
     let mut seen = Seen::default();
     // Flooding, the frames are sent from this loop, one per result; at a rate, by a task.
@@ -268,15 +280,7 @@ async fn streams_at_unequal_rates_get_equal_shares() {
 /// fast as the server reads them, and results are read as they come. Runs until aborted.
 async fn backlog(mut client: Client) {
     let photo = asset("astronaut_224.jpg");
-    let (tx, rx) = mpsc::channel(1);
-    tx.send(config(&LABELS, pb::DeliveryMode::EveryFrame))
-        .await
-        .unwrap();
-    let mut results = client
-        .stream(ReceiverStream::new(rx))
-        .await
-        .expect("stream")
-        .into_inner();
+    let (tx, mut results) = open(&mut client, pb::DeliveryMode::EveryFrame, 1).await;
     let started = Instant::now();
     tokio::spawn(async move {
         for id in 0.. {

@@ -4,17 +4,17 @@
 //! images and video frames, answered with one **independent sigmoid probability per text label**,
 //! `sigmoid(exp(logit_scale) · cos(image, text) + logit_bias)`.
 //!
-//! The layers, each knowing only those below it:
+//! The layers, from the outside in, each using only those after it (`tests/layers.rs` checks):
 //! - [`grpc`]: the gRPC server — [`grpc::transport`] runs connections and decides who may call
 //!   (knows nothing of SigLIP), [`grpc::api`] turns `siglip.v1` messages into calls on the core.
 //! - [`infer`]: the core every API calls — admission, decoding and preprocessing on a bounded
 //!   CPU pool, tokenisation and the text cache, SigLIP's scores. Knows nothing of gRPC.
 //! - [`batch`]: the fair inference queue and the thread that owns the model and runs it in
 //!   batches.
-//! - [`model`]: the model directory (written by the Python export tool), image decoding and
-//!   preprocessing that reproduce transformers exactly, tokenisation, the libtorch runtime.
 //! - [`stream`]: what a stream watches — frame policy, drop counts, smoothing, events,
 //!   heartbeats. Plain logic that the Stream protocol drives.
+//! - [`model`]: the model directory (written by the Python export tool), image decoding and
+//!   preprocessing that reproduce transformers exactly, tokenisation, the libtorch runtime.
 //!
 //! Beside them: [`server`] (the composition root of `serve` and its lifecycle), [`config`]
 //! (flags, each also an environment variable), [`health`], [`metrics`] (every name in one

@@ -14,11 +14,11 @@ use tokio::{net::TcpListener, sync::watch};
 use crate::batch::{BatchConfig, Batcher};
 use crate::config::ServeArgs;
 use crate::error::{Error, Result};
-use crate::grpc::{api::RunningOn, transport::Security, GrpcServer};
+use crate::grpc::{transport::Security, GrpcServer};
 use crate::health;
 use crate::infer::Infer;
 use crate::metrics;
-use crate::model::{device::device_name, HostSide, Model};
+use crate::model::{HostSide, Model, RunningOn};
 
 /// Runs the server until SIGTERM/SIGINT, then drains and returns.
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
@@ -142,11 +142,7 @@ fn setup(args: &ServeArgs, model: &Model) -> Result<(BatchConfig, (HostSide, Run
         )));
     }
     let host = model.host_side();
-    let on = RunningOn {
-        device: device_name(model.device()),
-        dtype: model.dtype(),
-        backend: model.backend(),
-    };
+    let on = model.running_on();
     let manifest = &host.manifest;
     tracing::info!(
         model = %manifest.model_id,

@@ -1,7 +1,8 @@
 //! The crate's layering, read from its source: which module may use which, and no cycles.
 //!
 //! Every `use` path and every inline `crate::`/`super::`/`self::` path in `src/` is resolved to
-//! the module it names. Two things are checked:
+//! the module it names (a type re-exported by a facade counts as the facade's: the API may name
+//! `infer::Flow`, which the core takes from its queue). Three things are checked:
 //! - the rules below (e.g. the core knows nothing of gRPC; the transport knows nothing of the
 //!   API; the API reaches the queue only through the core);
 //! - among the modules of any one parent, the uses form no cycle (a module's own children and
@@ -15,6 +16,11 @@ use std::{
     collections::{BTreeMap, BTreeSet},
     path::{Path, PathBuf},
 };
+
+/// The crates of the gRPC server, which the core and what lies below it must not use.
+const GRPC_CRATES: [&str; 5] = ["tonic", "http", "hyper", "h2", "tower"];
+/// The modules that must not use [`GRPC_CRATES`].
+const NO_GRPC: [&str; 5] = ["model", "stream", "batch", "infer", "config"];
 
 /// (module, modules it must not use): by path prefix, `a::b` covering `a::b::c`.
 const RULES: [(&str, &[&str]); 8] = [
@@ -36,7 +42,14 @@ const RULES: [(&str, &[&str]); 8] = [
     ("grpc", &["server", "config", "tools"]),
     (
         "grpc::transport",
-        &["grpc::api", "infer", "batch", "model", "stream"],
+        &[
+            "grpc::api",
+            "grpc::calls",
+            "infer",
+            "batch",
+            "model",
+            "stream",
+        ],
     ),
     ("grpc::api", &["grpc::transport", "batch"]),
     ("config", &["server", "tools"]),
@@ -99,7 +112,7 @@ fn code(text: &str) -> String {
                 i += 1;
             }
             i += 2;
-        } else if c == 'r' && (next == Some('#') || next == Some('"')) && !word_before(&chars, i) {
+        } else if c == 'r' && !word_before(&chars, i) && raw_string_at(&chars, i) {
             // A raw string: r"…" or r#"…"# (as many #s to close as to open).
             let hashes = chars[i + 1..].iter().take_while(|&&c| c == '#').count();
             let close: String = std::iter::once('"')
@@ -135,13 +148,63 @@ fn code(text: &str) -> String {
     out
 }
 
+/// Whether `r` at `i` opens a raw string (`r"`, `r#"`), not a raw identifier (`r#type`).
+fn raw_string_at(chars: &[char], i: usize) -> bool {
+    let hashes = chars[i + 1..].iter().take_while(|&&c| c == '#').count();
+    chars.get(i + 1 + hashes) == Some(&'"')
+}
+
+/// The source without its `mod tests { … }` blocks: unit tests may use what the code may not,
+/// and `super::` inside them names another module than in the file around them.
+fn without_test_modules(code: &str) -> String {
+    let mut out = String::with_capacity(code.len());
+    let mut rest = code;
+    while let Some(at) = rest.find("mod tests") {
+        out.push_str(&rest[..at]);
+        let after = &rest[at..];
+        let Some(open) = after.find('{') else {
+            rest = "";
+            break;
+        };
+        let mut depth = 0;
+        let mut end = after.len();
+        for (i, c) in after[open..].char_indices() {
+            match c {
+                '{' => depth += 1,
+                '}' => {
+                    depth -= 1;
+                    if depth == 0 {
+                        end = open + i + 1;
+                        break;
+                    }
+                }
+                _ => {}
+            }
+        }
+        rest = &after[end..];
+    }
+    out.push_str(rest);
+    out
+}
+
 fn word_before(chars: &[char], i: usize) -> bool {
     i > 0 && (chars[i - 1].is_ascii_alphanumeric() || chars[i - 1] == '_')
 }
 
-/// The paths of a `use` tree (`a::{b, c::{d, e}}`), each as its segments.
+/// The paths of a `use` tree (`a::{b, c::{d as e}}`), each as its segments; an alias is not a
+/// segment.
 fn use_paths(tree: &str) -> Vec<Vec<String>> {
-    let tree: String = tree.split_whitespace().collect();
+    let mut tree = tree.split_whitespace().collect::<Vec<_>>().join(" ");
+    for (spaced, tight) in [
+        (" ::", "::"),
+        (":: ", "::"),
+        (" {", "{"),
+        ("{ ", "{"),
+        (" }", "}"),
+    ] {
+        tree = tree.replace(spaced, tight);
+    }
+    tree = tree.replace(" ,", ",").replace(", ", ",");
     let mut out = Vec::new();
     expand(&[], &tree, &mut out);
     out
@@ -149,24 +212,20 @@ fn use_paths(tree: &str) -> Vec<Vec<String>> {
 
 fn expand(prefix: &[String], tree: &str, out: &mut Vec<Vec<String>>) {
     for item in split_top(tree) {
-        let item = item.split(" as ").next().unwrap_or(item);
+        let segments = |path: &str| -> Vec<String> {
+            path.split("::")
+                .filter(|s| !s.is_empty())
+                .map(str::to_string)
+                .collect()
+        };
         match item.find('{') {
             Some(open) => {
-                let head: Vec<String> = item[..open]
-                    .split("::")
-                    .filter(|s| !s.is_empty())
-                    .map(str::to_string)
-                    .collect();
                 let inner = &item[open + 1..item.rfind('}').expect("closing brace")];
-                expand(&[prefix, &head].concat(), inner, out);
+                expand(&[prefix, &segments(&item[..open])].concat(), inner, out);
             }
             None => {
-                let segs: Vec<String> = item
-                    .split("::")
-                    .filter(|s| !s.is_empty())
-                    .map(|s| s.split("as").next().unwrap_or(s).to_string())
-                    .collect();
-                out.push([prefix, &segs].concat());
+                let path = item.split(" as ").next().unwrap_or(item);
+                out.push([prefix, &segments(path)].concat());
             }
         }
     }
@@ -199,7 +258,10 @@ fn inline_paths(code: &str) -> Vec<Vec<String>> {
         while let Some(at) = code[from..].find(start) {
             let at = from + at;
             from = at + start.len();
-            if at > 0 && (bytes[at - 1].is_ascii_alphanumeric() || bytes[at - 1] == b'_') {
+            // Inside a longer path (`super::super::x` is one path, found at its start).
+            if at > 0
+                && (bytes[at - 1].is_ascii_alphanumeric() || matches!(bytes[at - 1], b'_' | b':'))
+            {
                 continue;
             }
             let end = code[at..]
@@ -272,7 +334,7 @@ fn uses() -> BTreeMap<Module, BTreeSet<Module>> {
         if module.last().is_some_and(|m| m == "tests") {
             continue;
         }
-        let code = code(&std::fs::read_to_string(path).expect("read"));
+        let code = without_test_modules(&code(&std::fs::read_to_string(path).expect("read")));
         let mut paths = inline_paths(&code);
         let mut rest = code.as_str();
         while let Some(at) = rest.find("use ") {
@@ -315,6 +377,34 @@ fn no_module_uses_what_its_layer_must_not() {
         }
     }
     assert!(broken.is_empty(), "layering broken:\n{}", broken.join("\n"));
+}
+
+#[test]
+fn the_core_uses_no_grpc_crate() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut broken = Vec::new();
+    for (module, path) in modules(&src) {
+        if !NO_GRPC.iter().any(|layer| starts_with(&module, layer))
+            || module.last().is_some_and(|m| m == "tests")
+        {
+            continue;
+        }
+        let code = without_test_modules(&code(&std::fs::read_to_string(&path).expect("read")));
+        for krate in GRPC_CRATES {
+            let used = code.match_indices(&format!("{krate}::")).any(|(at, _)| {
+                let before = code[..at].chars().last();
+                !before.is_some_and(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
+            });
+            if used {
+                broken.push(format!("{} uses {krate}", join(&module)));
+            }
+        }
+    }
+    assert!(
+        broken.is_empty(),
+        "the core uses gRPC crates:\n{}",
+        broken.join("\n")
+    );
 }
 
 #[test]
@@ -388,6 +478,20 @@ fn the_checks_see_a_broken_layer_and_a_cycle() {
             vec!["super", "b", "Z"],
             vec!["crate", "c"]
         ]
+    );
+    assert_eq!(
+        use_paths("super::assembler::{Arrival,\n Assembler}, crate::stream::config as checks"),
+        [
+            vec!["super", "assembler", "Arrival"],
+            vec!["super", "assembler", "Assembler"],
+            vec!["crate", "stream", "config"]
+        ]
+    );
+    let source = "pub r#type: u8; // crate::a\nlet s = \"crate::b\"; let x = crate::c::D;\n\
+                  #[cfg(test)] mod tests { use crate::e; }";
+    assert_eq!(
+        inline_paths(&without_test_modules(&code(source))),
+        [vec!["crate", "c", "D"]]
     );
     let edges: BTreeMap<String, BTreeSet<String>> = [
         ("a".to_string(), BTreeSet::from(["b".to_string()])),

@@ -2,7 +2,7 @@
 //! (ClassifyRequest, UploadRequest, StreamRequest or EmbedImageRequest), the rest is decoded as
 //! tonic would (prost), then checked the way the RPCs check it before the model: the image
 //! (`convert::image`, its header, then decoded and preprocessed), the options
-//! (`convert::filter`), a stream's config (`stream_config::settings`) and a frame's regions,
+//! (`convert::filter`), a stream's config (`settings::from_config`) and a frame's regions,
 //! the labels (`Limits::check_texts`), an Upload's declared size. Bytes that
 //! are not the message, and every refusal, must be a client error, never a crash or INTERNAL.
 #![no_main]
@@ -16,7 +16,7 @@ use libfuzzer_sys::fuzz_target;
 use prost::Message;
 use siglip_serve::error::Error;
 use siglip_serve::grpc::api::chunks::{Budget, Reassembly};
-use siglip_serve::grpc::api::{convert, stream::config as stream_config};
+use siglip_serve::grpc::api::{convert, stream::settings};
 use siglip_serve::grpc::pb;
 use siglip_serve::infer::{ImageInput, Limits};
 use siglip_serve::model::image::Convention;
@@ -74,7 +74,7 @@ fn upload(req: pb::UploadRequest) -> Result<(), Error> {
 fn stream(req: pb::StreamRequest) -> Result<(), Error> {
     match req.msg {
         Some(pb::stream_request::Msg::Config(config)) => {
-            stream_config::settings(&config, LIMITS.max_regions)?;
+            settings::from_config(&config, LIMITS.max_regions)?;
             LIMITS.check_texts(&config.texts)
         }
         Some(pb::stream_request::Msg::Frame(frame)) if frame.image.is_some() => {
@@ -83,7 +83,7 @@ fn stream(req: pb::StreamRequest) -> Result<(), Error> {
                 return prepare(image, Convention::Pipeline);
             }
             // As `Infer::classify_frame` does: the shape first, then decoding and the crops.
-            let regions = stream_config::regions(&frame.regions, LIMITS.max_regions)?;
+            let regions = settings::regions(&frame.regions, LIMITS.max_regions)?;
             image.declared_pixels(&LIMITS.image)?;
             image.prepare_regions(
                 &LIMITS.image,

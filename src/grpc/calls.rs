@@ -1,5 +1,6 @@
 //! Every call counted, timed and logged the same way (`siglip_grpc_requests_total{method,code}`,
-//! `siglip_grpc_request_duration_seconds`, a line per call), whichever way it ends.
+//! `siglip_grpc_request_duration_seconds`, a line per call), whichever way it ends: by the API's
+//! handlers, or refused before them (the server hands [`record_refused`] to the transport).
 
 use std::{future::Future, time::Instant};
 
@@ -75,12 +76,14 @@ pub(super) fn record(method: &'static str, status: &Status, started: Instant) {
     }
 }
 
-/// A call refused before it reached a handler (no token): counted under its method and code,
-/// but neither timed (it took no work) nor logged above debug (anyone can send such calls, as
-/// fast as they like).
-pub(super) fn record_refused(method: &'static str, status: &Status) {
-    counter!(metrics::GRPC_REQUESTS, "method" => method, "code" => code_name(status.code()))
-        .increment(1);
+/// A call to `path` refused before it reached a handler (no token): counted under its method
+/// and code (other services' calls are not counted), but neither timed (it took no work) nor
+/// logged above debug (anyone can send such calls, as fast as they like).
+pub(super) fn record_refused(path: &str, status: &Status) {
+    if let Some(method) = method(path) {
+        counter!(metrics::GRPC_REQUESTS, "method" => method, "code" => code_name(status.code()))
+            .increment(1);
+    }
 }
 
 /// The canonical upper-case name of a status code, as gRPC tooling prints it.

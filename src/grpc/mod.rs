@@ -16,7 +16,8 @@ use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
 use tonic_health::{server::HealthReporter, ServingStatus};
 
 use crate::infer::Infer;
-use api::{CallLimits, Lifecycle, MalformedCalls, RunningOn, SiglipService};
+use crate::model::RunningOn;
+use api::{CallLimits, Lifecycle, MalformedCalls, SiglipService};
 use transport::{Authorize, Connection, Security};
 
 /// Generated from `proto/siglip/v1/siglip.proto`.
@@ -80,7 +81,7 @@ impl GrpcServer {
             .layer(MalformedCalls {
                 max_message_bytes: max_message,
             })
-            .layer(Authorize::new(security.tokens))
+            .layer(Authorize::new(security.tokens, calls::record_refused))
             .add_service(health_service)
             .add_optional_service(reflection_v1)
             .add_optional_service(reflection_v1alpha)

@@ -119,9 +119,9 @@ impl Infer {
             .pool
             .run(Lane::Texts, (), move || {
                 let tokenizing = Instant::now();
-                let ids = cpu_time::charged("tokenize", || tokenizer.encode(&texts));
+                let ids = cpu_time::charged("tokenize", || tokenizer.encode(&texts))?;
                 histogram!(metrics::TOKENIZE).record(tokenizing.elapsed());
-                Ok((texts, ids?))
+                Ok((texts, ids))
             })
             .await?;
         let mut rows: Vec<Option<Arc<[f32]>>> =

@@ -57,6 +57,12 @@ impl CpuPool {
             work()
         })
         .await
-        .map_err(|e| Error::Inference(format!("a CPU task failed: {e}")))?
+        .map_err(|e| {
+            let task = match lane {
+                Lane::Images => "preprocessing",
+                Lane::Texts => "tokenisation",
+            };
+            Error::Inference(format!("{task} task failed: {e}"))
+        })?
     }
 }

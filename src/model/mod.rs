@@ -13,7 +13,7 @@ use std::{path::PathBuf, sync::Arc};
 
 use tch::Device;
 
-use self::device::{BackendChoice, DType, DTypeChoice, DeviceChoice};
+use self::device::{device_name, BackendChoice, DType, DTypeChoice, DeviceChoice};
 use self::image::Preprocess;
 use self::manifest::Manifest;
 use self::runtime::{RunOptions, Towers};
@@ -138,6 +138,15 @@ impl Model {
     /// `torchscript` or `aoti`: what runs the vision tower.
     pub fn backend(&self) -> &'static str {
         self.towers.backend()
+    }
+
+    /// Where and how this model runs, as GetModelInfo and the logs report it.
+    pub fn running_on(&self) -> RunningOn {
+        RunningOn {
+            device: device_name(self.device()),
+            dtype: self.dtype(),
+            backend: self.backend(),
+        }
     }
 
     /// The most images one vision pass accepts, where the backend has a limit.
@@ -304,6 +313,16 @@ fn warmup_sizes(cuda: bool, largest: usize, package_max: Option<usize>) -> Vec<u
     } else {
         (1..=top.min(2)).collect()
     }
+}
+
+/// Where and how a loaded model runs ([`Model::running_on`]).
+#[derive(Debug, Clone)]
+pub struct RunningOn {
+    /// `cpu`, `cuda:0`, …
+    pub device: String,
+    pub dtype: DType,
+    /// What runs the vision tower: `torchscript` or `aoti`.
+    pub backend: &'static str,
 }
 
 /// Images copied into host memory for the device, not yet sent ([`Model::stage_rows`]).

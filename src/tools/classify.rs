@@ -17,10 +17,10 @@ use crate::config::ModelArgs;
 use crate::error::{Error, Result};
 use crate::infer::{self, ImageInput, Infer, Limits};
 use crate::model::{
-    device::{device_name, DType},
+    image::RawFormat,
     scores::{Score, ScoreFilter},
     tokenizer::TextTokenizer,
-    HostSide, Model,
+    HostSide, Model, RunningOn,
 };
 
 #[derive(Debug, Clone, Args)]
@@ -33,12 +33,6 @@ pub struct ClassifyArgs {
     /// Text labels, e.g. "a photo of 2 cats".
     #[arg(long, num_args = 1.., required = true)]
     pub labels: Vec<String>,
-}
-
-/// Where the model runs, for the header line.
-struct RunningOn {
-    device: String,
-    dtype: DType,
 }
 
 /// Classifies each file in turn and prints its scores, most likely first; a file that fails is
@@ -153,16 +147,16 @@ fn load(
                 queue_capacity: 2,
                 pipelined: model.runs_asynchronously(),
             };
-            let on = RunningOn {
-                device: device_name(model.device()),
-                dtype: model.dtype(),
-            };
+            let on = model.running_on();
             Ok((batching, (model.host_side(), on)))
         },
     )?)
 }
 
-/// One file through the core: its scores, most likely first, and its width and height.
+/// One file through the core: its scores, most likely first, and its width and height. The
+/// file is decoded here, as the core would (its limits, its image convention), so that its size
+/// is known (under the pipeline convention EXIF orientation turns the image, so the header alone
+/// cannot tell), and handed to the core as the RGB frame it decoded to: decoded once.
 async fn classify(
     infer: &Infer,
     file: &Path,
@@ -170,20 +164,20 @@ async fn classify(
 ) -> Result<(Vec<Score>, (u32, u32))> {
     let bytes =
         std::fs::read(file).map_err(|e| Error::InvalidArgument(format!("cannot read: {e}")))?;
-    let classification = infer
-        .classify(
-            ImageInput::Encoded(bytes.clone()),
-            labels.to_vec(),
-            ScoreFilter::default(),
-            None,
-        )
-        .await?;
-    // The core does not say what size it decoded, and the header alone cannot: under the
-    // pipeline convention EXIF orientation turns the image. Decode it once more for the size.
     let (limits, convention) = (infer.limits().image.clone(), infer.convention());
     let rgb =
         tokio::task::spawn_blocking(move || ImageInput::Encoded(bytes).decode(&limits, convention))
             .await
-            .map_err(|e| Error::Inference(format!("decoding for the size failed: {e}")))??;
-    Ok((classification.scores, rgb.dimensions()))
+            .map_err(|e| Error::Inference(format!("decoding failed: {e}")))??;
+    let (width, height) = rgb.dimensions();
+    let frame = ImageInput::Raw {
+        width,
+        height,
+        format: RawFormat::Rgb8,
+        data: rgb.into_raw(),
+    };
+    let classification = infer
+        .classify(frame, labels.to_vec(), ScoreFilter::default(), None)
+        .await?;
+    Ok((classification.scores, (width, height)))
 }

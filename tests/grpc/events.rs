@@ -222,7 +222,7 @@ fn sorted(mut events: Vec<Event>) -> Vec<Event> {
 
 /// Streams the pan once unwatched (raw probabilities), then watched with `smoothing` and events
 /// chosen from the first run; checks the smoothed values and the events against the reference.
-async fn check_watch(
+async fn check_tracking(
     server: &Server,
     smoothing: Option<pb::smoothing::Method>,
     smooth: &dyn Fn(&[f32]) -> Vec<f32>,
@@ -285,7 +285,7 @@ async fn check_watch(
 async fn raw_values_with_hysteresis_give_the_reference_events() {
     let server = Server::ready(&[]).await;
     for min_frames in [0, 1, 3] {
-        check_watch(&server, None, &|ps| ps.to_vec(), min_frames).await;
+        check_tracking(&server, None, &|ps| ps.to_vec(), min_frames).await;
     }
 }
 
@@ -294,7 +294,7 @@ async fn an_ema_gives_the_reference_values_and_events() {
     let server = Server::ready(&[]).await;
     for min_frames in [1, 3] {
         let method = pb::smoothing::Method::EmaAlpha(0.4);
-        check_watch(
+        check_tracking(
             &server,
             Some(method),
             &|ps| reference::ema(0.4, ps),
@@ -310,7 +310,7 @@ async fn a_median_of_odd_and_even_windows_gives_the_reference_values_and_events(
     for k in [3u32, 4] {
         let method = pb::smoothing::Method::MedianK(k);
         let smooth = move |ps: &[f32]| reference::median(k as usize, ps);
-        check_watch(&server, Some(method), &smooth, 2).await;
+        check_tracking(&server, Some(method), &smooth, 2).await;
     }
 }
 

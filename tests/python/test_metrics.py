@@ -131,7 +131,7 @@ def documented_metric_names() -> set[str]:
     return set(re.findall(r"`(siglip_[a-z_]+)", table))
 
 
-def test_the_readme_metric_table_is_what_the_server_exports(metered):
+def test_the_documented_metric_table_is_what_the_server_exports(metered):
     _, metrics_addr = metered
     exported = set(re.findall(r"^# TYPE (siglip_[a-z_]+) ", scrape(metrics_addr), re.MULTILINE))
     documented = documented_metric_names()

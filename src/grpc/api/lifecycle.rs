@@ -11,17 +11,7 @@ use tonic::Status;
 
 use super::{chunks::Budget, timeouts::ClientTimeouts, CallLimits};
 use crate::infer::Infer;
-use crate::model::device::DType;
-
-/// Where and how the model runs, as GetModelInfo reports it.
-#[derive(Debug, Clone)]
-pub struct RunningOn {
-    /// `cpu`, `cuda:0`, …
-    pub device: String,
-    pub dtype: DType,
-    /// What runs the vision tower: `torchscript` or `aoti`.
-    pub backend: &'static str,
-}
+use crate::model::RunningOn;
 
 pub(in crate::grpc) struct Lifecycle {
     ready: OnceLock<Ready>,

@@ -9,7 +9,7 @@
 //! - `timeouts`: every wait on a client has an end; `lifecycle`: loading → serving → shutting
 //!   down, and what every handler shares.
 //!
-//! `chunks`, `convert` and `stream::config` are public for the fuzz targets (`fuzz/`).
+//! `chunks`, `convert` and `stream::settings` are public for the fuzz targets (`fuzz/`).
 
 pub mod chunks;
 pub mod convert;
@@ -24,7 +24,6 @@ mod upload;
 use std::time::Duration;
 
 pub(super) use lifecycle::Lifecycle;
-pub use lifecycle::RunningOn;
 pub(super) use malformed::MalformedCalls;
 pub(super) use service::SiglipService;
 

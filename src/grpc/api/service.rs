@@ -1,5 +1,5 @@
-//! The `siglip.v1.Siglip` service: each RPC observed (`observe`), converted (`convert`) and
-//! handed to the core; Upload and Stream keep their protocols in their own files.
+//! The `siglip.v1.Siglip` service: each RPC counted (`grpc::calls`), converted (`convert`) and
+//! handed to the core; Upload and Stream keep their protocols in their own modules.
 
 use std::{pin::Pin, sync::Arc, time::Instant};
 

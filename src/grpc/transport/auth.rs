@@ -26,7 +26,6 @@ use tonic::Status;
 use tower::{Layer, Service};
 
 use super::{reload::Reloading, tls::PeerInfo};
-use crate::grpc::calls::{method, record_refused};
 use crate::metrics as names;
 
 /// Shortest token accepted: a short token can be guessed.
@@ -41,13 +40,13 @@ pub struct Tokens {
 }
 
 impl Tokens {
-    /// Loads `--auth-tokens-file` (an error stops the start) and re-reads it every `watch`.
-    pub fn load(path: std::path::PathBuf, watch: Duration) -> anyhow::Result<Arc<Reloading<Self>>> {
-        Reloading::watch(
+    /// Loads `--auth-tokens-file` (an error stops the start) and re-reads it every `poll`.
+    pub fn load(path: std::path::PathBuf, poll: Duration) -> anyhow::Result<Arc<Reloading<Self>>> {
+        Reloading::start(
             "tokens",
             "token file (--auth-tokens-file)",
             vec![path],
-            watch,
+            poll,
             |c| {
                 Tokens::parse(
                     std::str::from_utf8(&c[0])
@@ -108,18 +107,24 @@ impl Tokens {
     }
 }
 
+/// What becomes of a call refused here, besides its answer: the server counts it as its API
+/// counts calls (the transport does not know the API's methods).
+pub(in crate::grpc) type Refused = fn(path: &str, status: &Status);
+
 /// The tower layer that checks every call (see the module's docs).
 #[derive(Clone)]
 pub(in crate::grpc) struct Authorize {
     tokens: Option<Arc<Reloading<Tokens>>>,
     callers: Arc<Callers>,
+    refused: Refused,
 }
 
 impl Authorize {
-    pub(in crate::grpc) fn new(tokens: Option<Arc<Reloading<Tokens>>>) -> Self {
+    pub(in crate::grpc) fn new(tokens: Option<Arc<Reloading<Tokens>>>, refused: Refused) -> Self {
         Self {
             tokens,
             callers: Arc::default(),
+            refused,
         }
     }
 }
@@ -168,10 +173,10 @@ where
             .map(|c| c.subject.as_str());
         let caller = match &self.check.tokens {
             Some(tokens) => match bearer(&request) {
-                None => return refuse(path, "missing", peer),
+                None => return refuse(path, "missing", peer, self.check.refused),
                 Some(token) => match tokens.current().name_of(token) {
                     Some(name) => name,
-                    None => return refuse(path, "invalid", peer),
+                    None => return refuse(path, "invalid", peer, self.check.refused),
                 },
             },
             None => peer
@@ -199,20 +204,19 @@ fn bearer<B>(request: &http::Request<B>) -> Option<&[u8]> {
         .filter(|t| !t.is_empty())
 }
 
-/// An UNAUTHENTICATED answer, counted as its method's and as a refusal.
+/// An UNAUTHENTICATED answer, counted as a refusal and handed to `refused`.
 fn refuse<E: Send + 'static>(
     path: &str,
     reason: &'static str,
     peer: Option<&PeerInfo>,
+    refused: Refused,
 ) -> Pin<Box<dyn Future<Output = Result<http::Response<tonic::body::Body>, E>> + Send>> {
     let status = Status::unauthenticated(match reason {
         "missing" => "this server needs a token: send `authorization: Bearer <token>`",
         _ => "the bearer token is not one this server accepts",
     });
     counter!(names::AUTH_REFUSED, "reason" => reason).increment(1);
-    if let Some(method) = method(path) {
-        record_refused(method, &status);
-    }
+    refused(path, &status);
     tracing::debug!(path, reason, remote = ?peer.and_then(|p| p.remote), "call refused: UNAUTHENTICATED");
     Box::pin(std::future::ready(Ok(status.into_http())))
 }

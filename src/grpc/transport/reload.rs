@@ -29,7 +29,7 @@ impl<T: Send + Sync + 'static> Reloading<T> {
     /// Loads `what` from `paths` now (an error here stops the server from starting), then
     /// re-reads them every `every` for as long as the returned value lives. `label` names it
     /// in `siglip_reloads_total{what}`.
-    pub fn watch<F>(
+    pub fn start<F>(
         label: &'static str,
         what: &'static str,
         paths: Vec<PathBuf>,
@@ -167,7 +167,7 @@ mod tests {
         let file = dir.join("value");
         write(&file, "one");
         // Loads text that does not say "bad".
-        let reloading = Reloading::watch(
+        let reloading = Reloading::start(
             "test",
             "test value",
             vec![file.clone()],
@@ -197,7 +197,7 @@ mod tests {
     fn a_file_that_does_not_load_at_first_stops_the_start() {
         let runtime = tokio::runtime::Runtime::new().unwrap();
         let _guard = runtime.enter();
-        let missing = Reloading::<String>::watch(
+        let missing = Reloading::<String>::start(
             "test",
             "test value",
             vec!["/nonexistent/siglip".into()],

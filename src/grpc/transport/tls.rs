@@ -70,15 +70,15 @@ pub struct Tls {
 }
 
 impl Tls {
-    /// Loads the material (an error stops the start) and re-reads it every `watch`.
-    pub fn load(files: &TlsFiles, watch: Duration, handshakes: Handshakes) -> anyhow::Result<Self> {
+    /// Loads the material (an error stops the start) and re-reads it every `poll`.
+    pub fn load(files: &TlsFiles, poll: Duration, handshakes: Handshakes) -> anyhow::Result<Self> {
         let mut paths = vec![files.cert.clone(), files.key.clone()];
         paths.extend(files.client_ca.clone());
-        let config = Reloading::watch(
+        let config = Reloading::start(
             "tls",
             "TLS certificate, key and client CA",
             paths,
-            watch,
+            poll,
             |c| server_config(&c[0], &c[1], c.get(2).map(Vec::as_slice)),
         )?;
         Ok(Self {

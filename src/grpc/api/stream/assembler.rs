@@ -10,8 +10,8 @@ use super::super::{
     chunks::{Budget, Reassembly},
     convert, pb,
 };
-use super::config;
 use super::frame::{ActiveConfig, FrameMeta, ReadyFrame};
+use super::settings;
 use super::PROTOCOL;
 use crate::infer::ImageInput;
 use crate::metrics;
@@ -21,7 +21,7 @@ use crate::stream::{drops::DropReason, rate::RateGate};
 /// A frame's own regions, when it lists any (they replace the config's for this frame; their
 /// shape is checked with the frame, so that a bad list costs only that frame).
 fn frame_regions(regions: &[pb::Region]) -> Option<Vec<Region>> {
-    (!regions.is_empty()).then(|| regions.iter().map(config::region).collect())
+    (!regions.is_empty()).then(|| regions.iter().map(settings::region).collect())
 }
 
 /// A frame complete on the wire: to classify, or skipped for its rate.

@@ -18,7 +18,7 @@ pub(super) struct Sink(Mode);
 
 enum Mode {
     Ordered {
-        pending: mpsc::Sender<Place>,
+        places: mpsc::Sender<Place>,
         writer: tokio::task::JoinHandle<()>,
         infer: Arc<Infer>,
         flow: Flow,
@@ -29,11 +29,11 @@ enum Mode {
     },
 }
 
-/// A frame's place in the every-frame pipeline: being classified, or already settled (a frame
+/// A frame's place in the every-frame pipeline: being classified, or already done (a frame
 /// skipped for its rate keeps its place, so that results and drop counts stay in frame order).
 enum Place {
     Task(tokio::task::JoinHandle<Outcome>, FrameMeta),
-    Settled(Outcome),
+    Done(Outcome),
 }
 
 /// The newest frame not yet classified, and the frames dropped since the last result.
@@ -62,7 +62,7 @@ impl Sink {
     pub(super) fn ordered(infer: Arc<Infer>, flow: Flow, out: Outbox, depth: usize) -> Self {
         // The bounded queue of in-flight frames is the backpressure: when it is full, `submit`
         // waits, so the server stops reading the client's frames.
-        let (pending, mut rx) = mpsc::channel::<Place>(depth);
+        let (places, mut rx) = mpsc::channel::<Place>(depth);
         let writer = tokio::spawn(async move {
             let mut reporter = Reporter::new(out);
             while let Some(next) = rx.recv().await {
@@ -72,7 +72,7 @@ impl Sink {
                         meta,
                         error: Status::internal(format!("classifying the frame failed: {e}")),
                     }),
-                    Place::Settled(outcome) => outcome,
+                    Place::Done(outcome) => outcome,
                 };
                 if !reporter.take(outcome).await {
                     return;
@@ -81,7 +81,7 @@ impl Sink {
             reporter.finish().await;
         });
         Sink(Mode::Ordered {
-            pending,
+            places,
             writer,
             infer,
             flow,
@@ -122,7 +122,7 @@ impl Sink {
     pub(super) async fn submit(&self, ready: ReadyFrame) -> bool {
         match &self.0 {
             Mode::Ordered {
-                pending,
+                places,
                 infer,
                 flow,
                 ..
@@ -130,7 +130,7 @@ impl Sink {
                 let (infer, flow) = (Arc::clone(infer), *flow);
                 let meta = ready.meta.clone();
                 let task = tokio::spawn(async move { frame::classify(&infer, ready, flow).await });
-                pending.send(Place::Task(task, meta)).await.is_ok()
+                places.send(Place::Task(task, meta)).await.is_ok()
             }
             Mode::Latest { slot, worker } => {
                 {
@@ -150,8 +150,8 @@ impl Sink {
     /// dropped). False when the client has gone.
     pub(super) async fn skip(&self, meta: FrameMeta, reason: DropReason) -> bool {
         match &self.0 {
-            Mode::Ordered { pending, .. } => pending
-                .send(Place::Settled(Outcome::Dropped { meta, reason }))
+            Mode::Ordered { places, .. } => places
+                .send(Place::Done(Outcome::Dropped { meta, reason }))
                 .await
                 .is_ok(),
             Mode::Latest { slot, worker } => {
@@ -165,10 +165,8 @@ impl Sink {
     /// answer are reported.
     pub(super) async fn finish(self) {
         match self.0 {
-            Mode::Ordered {
-                pending, writer, ..
-            } => {
-                drop(pending);
+            Mode::Ordered { places, writer, .. } => {
+                drop(places);
                 let _ = writer.await;
             }
             Mode::Latest { slot, worker } => {

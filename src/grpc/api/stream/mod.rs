@@ -1,5 +1,5 @@
 //! The bidirectional `Stream` call: a configuration first (labels, delivery mode, and
-//! optionally frame policy, smoothing, events and regions: [`config`]), then frames.
+//! optionally frame policy, smoothing, events and regions, checked by [`settings`]), then frames.
 //!
 //! - `assembler`: frames whole or in chunks; `max_fps` applied before any decoding;
 //! - `frame`: a frame, the config it arrived under, and what became of it;
@@ -15,11 +15,11 @@
 //! answered; a silent client or one that stops reading ends it with DEADLINE_EXCEEDED.
 
 mod assembler;
-pub mod config;
 mod delivery;
 mod frame;
 mod outbox;
 mod report;
+pub mod settings;
 
 use std::{sync::Arc, time::Duration, time::Instant};
 
@@ -214,11 +214,11 @@ async fn configure(
     config: pb::StreamConfig,
     generation: u32,
 ) -> Result<ActiveConfig, Status> {
-    let settings = config::settings(&config, infer.limits().max_regions)?;
+    let checked = settings::from_config(&config, infer.limits().max_regions)?;
     let (labels, _) = infer.labels(config.texts, None).await?;
     Ok(ActiveConfig {
         labels,
-        settings,
+        settings: checked,
         generation,
     })
 }

@@ -20,7 +20,7 @@ pub const MAX_MEDIAN_K: u32 = 255;
 pub const MAX_MIN_FRAMES: u32 = 10_000;
 
 /// `max_regions`: `--max-regions`.
-pub fn settings(config: &pb::StreamConfig, max_regions: usize) -> Result<Settings> {
+pub fn from_config(config: &pb::StreamConfig, max_regions: usize) -> Result<Settings> {
     let (events, events_only) = events(config.events)?;
     Ok(Settings {
         filter: convert::filter(config.options)?,
@@ -137,12 +137,12 @@ mod tests {
     use super::*;
 
     fn refused(config: pb::StreamConfig) -> String {
-        settings(&config, 16).expect_err("refused").to_string()
+        from_config(&config, 16).expect_err("refused").to_string()
     }
 
     #[test]
     fn a_config_without_new_fields_is_all_off() {
-        let s = settings(&pb::StreamConfig::default(), 16).unwrap();
+        let s = from_config(&pb::StreamConfig::default(), 16).unwrap();
         assert_eq!(s.policy, Policy::default());
         assert_eq!(
             s.tracking,
@@ -176,7 +176,7 @@ mod tests {
     }
 
     #[test]
-    fn watch_values_are_checked_and_normalised() {
+    fn smoothing_and_event_values_are_checked_and_normalised() {
         use pb::smoothing::Method;
         let smoothed = |m| smoothing(Some(pb::Smoothing { method: Some(m) }));
         assert_eq!(
@@ -240,7 +240,7 @@ mod tests {
             regions,
             ..Default::default()
         };
-        let ok = settings(&config(vec![region(10, 20)]), 16).unwrap();
+        let ok = from_config(&config(vec![region(10, 20)]), 16).unwrap();
         assert_eq!(ok.regions[0].height, 20);
         let message = refused(config(vec![region(1, 1); 17]));
         assert!(

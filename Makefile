@@ -20,18 +20,23 @@ SUITE := $(BUILD)/parity/suite.json
 .PHONY: run test parity bench soak fuzz venv build lint clean system-deps
 .DELETE_ON_ERROR:
 
-venv: $(VENV)/.installed
+# The stamp names this clone: the editable install points the venv at one clone's python/, so a
+# venv shared by clones (CI's cache) is pointed back at this one before this one uses it (each
+# install removes the other clones' stamps).
+INSTALLED := $(VENV)/.installed-$(shell printf %s '$(CURDIR)' | cksum | cut -d' ' -f1)
+venv: $(INSTALLED)
 REQUIREMENTS := python/requirements.txt python/requirements-client.txt deploy/requirements.txt
 # The pinned requirements, then the export tool as an editable package (python/pyproject.toml,
 # the `siglip-export` command): its dependencies are those requirements (--no-deps) and it builds
 # with their setuptools (--no-build-isolation), so that last step needs no network. (The warning
 # silenced is setuptools' notice that a siglip_export folder in the working directory would shadow
 # the package: the only one is the package itself.)
-$(VENV)/.installed: $(REQUIREMENTS) python/pyproject.toml
+$(INSTALLED): $(REQUIREMENTS) python/pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(addprefix -r ,$(REQUIREMENTS))
 	PYTHONWARNINGS="ignore:Editable installation" $(PY) -m pip install -q --no-deps --no-build-isolation -e python/
+	rm -f $(VENV)/.installed*
 	touch $@
 
 build: venv
@@ -52,7 +57,7 @@ DTYPES_base-224 := float32,bfloat16
 DTYPES_so400m-384 := float32,bfloat16
 # compile.py and faulty.py only concern tiny-aoti and tiny-faulty (below): changing them need not
 # re-export every model.
-$(BUILD)/models/%/manifest.json: $(VENV)/.installed \
+$(BUILD)/models/%/manifest.json: $(INSTALLED) \
     $(filter-out $(addprefix python/siglip_export/,compile.py faulty.py),$(wildcard python/siglip_export/*.py))
 	$(EXPORT) random --shape $* --dtype $(or $(DTYPES_$*),float32) --out $(BUILD)/models/$*
 
@@ -69,7 +74,7 @@ $(BUILD)/models/tiny-faulty/manifest.json: $(BUILD)/models/tiny/manifest.json py
 	$(EXPORT) faulty --model-dir $(BUILD)/models/tiny --out $(BUILD)/models/tiny-faulty > /dev/null
 
 # Also writes the text corpora, which come from the export package (texts.py, random_models.py).
-$(BUILD)/assets/images.json: $(VENV)/.installed python/make_test_assets.py \
+$(BUILD)/assets/images.json: $(INSTALLED) python/make_test_assets.py \
     python/siglip_export/texts.py python/siglip_export/random_models.py
 	$(PY) python/make_test_assets.py --out $(BUILD)/assets
 

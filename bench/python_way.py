@@ -2,7 +2,7 @@
 
 For every image this does what a user following the transformers docs would write:
 decode the file with ``transformers.image_utils.load_image``, run ``AutoProcessor``
-(``SiglipProcessor``: PIL image processor + the checkpoint's tokenizer, padded to
+(``SiglipProcessor``: image processor + the checkpoint's tokenizer, padded to
 ``max_length=64``) on (that image, the same K texts), call ``SiglipModel(**inputs)``
 and take ``torch.sigmoid(outputs.logits_per_image)``. The K text embeddings are
 recomputed for every image -- that redundant work is part of what is measured.
@@ -10,7 +10,11 @@ recomputed for every image -- that redundant work is part of what is measured.
 Images are processed one at a time, under ``torch.inference_mode()``. After two
 warm-up images the loop runs for at least ``--seconds`` seconds and at least three
 images; decode + preprocessing + model time all count. Prints one JSON line:
-{"img_s", "images", "seconds", "device", "dtype", "threads"}.
+{"img_s", "images", "seconds", "device", "dtype", "threads", "image_processor"}.
+
+The image processor is the PIL backend unless ``--backend`` says otherwise: the figures
+before torchvision joined the venv were measured with it, and ``AutoProcessor`` now picks
+the torchvision backend (``--backend auto``), as it does wherever torchvision is installed.
 """
 
 import argparse
@@ -36,6 +40,8 @@ def parse_args():
     ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     ap.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
     ap.add_argument("--seconds", type=float, default=20.0, help="minimum timed duration")
+    ap.add_argument("--backend", choices=["pil", "torchvision", "auto"], default="pil",
+                    help="the image processor backend (auto: what AutoProcessor picks)")
     return ap.parse_args()
 
 
@@ -58,7 +64,8 @@ def main():
         texts = args.labels
     dtype = DTYPES[args.dtype]
 
-    processor = AutoProcessor.from_pretrained(args.checkpoint)
+    backend = {} if args.backend == "auto" else {"backend": args.backend}
+    processor = AutoProcessor.from_pretrained(args.checkpoint, **backend)
     model = SiglipModel.from_pretrained(args.checkpoint).to(args.device, dtype).eval()
     paths = itertools.cycle(args.images)
 
@@ -75,7 +82,8 @@ def main():
                 break
 
     print(json.dumps({"img_s": n / elapsed, "images": n, "seconds": elapsed,
-                      "device": args.device, "dtype": args.dtype, "threads": args.threads}))
+                      "device": args.device, "dtype": args.dtype, "threads": args.threads,
+                      "image_processor": type(processor.image_processor).__name__}))
 
 
 if __name__ == "__main__":

@@ -28,6 +28,8 @@ E2E_IMAGES = (
     "chelsea_transparent.gif", "rocket_palette_transparency.png",
 )
 CONVENTIONS = ref.CONVENTIONS
+# Both backends of transformers' image processor, each through its explicit class (reference.py).
+PROCESSORS = ref.PROCESSORS
 # Stream regions: each box of each file, cropped by Pillow (a numpy slice for the raw frame), must
 # give the server's crop of its own decode, for every mode a crop keeps (the mode, palette and
 # transparency go with it, and the conversion to RGB runs on the crop).
@@ -37,6 +39,13 @@ REGION_CASES = (
     "chelsea_lossless_alpha.webp", "coffee_premultiplied.tiff", "astronaut_rgba_512x512.rgba", "astronaut_strip_37x500.png",
 )
 REGION_MODEL = "tiny"
+
+
+def paths() -> list[tuple[str, str, str]]:
+    """Every image path (convention x processor) with its file-name suffix: none for the PIL
+    backend (the names the suite had before the torchvision backend joined)."""
+    return [(convention, processor, f"{convention}" + ("" if processor == "pil" else f"-{processor}"))
+            for processor in PROCESSORS for convention in CONVENTIONS]
 
 
 def region_boxes(width: int, height: int, size: int) -> list[tuple[int, int, int, int]]:
@@ -96,23 +105,23 @@ def added_tokens_check(build: Path, out: Path, texts: list[str], classes: list[s
 
 
 def regions_check(build: Path, out: Path) -> list[dict[str, str]]:
-    """REGION_CASES x region_boxes through transformers end to end, by both conventions (the
+    """REGION_CASES x region_boxes through transformers end to end, by every image path (the
     boxes are in pixels of the image as each convention opens it: EXIF-transposed under
     "pipeline")."""
     checkpoint = build / "models" / f"{REGION_MODEL}-checkpoint"
     size = json.loads((build / "models" / REGION_MODEL / "manifest.json").read_text())["image"]["size"]
     labels = ref.read_texts(build / "assets" / "labels.json")
     checks = []
-    for convention in CONVENTIONS:
+    for convention, processor, suffix in paths():
         files, boxes = [], []
         for name in REGION_CASES:
             path = build / "assets" / "images" / name
             for box in region_boxes(*ref.image_size(path, convention), size):
                 files.append(path)
                 boxes.append(box)
-        path = out / f"regions-{REGION_MODEL}-{convention}.safetensors"
-        ref.reference(str(checkpoint), files, labels, path, convention=convention, boxes=boxes)
-        checks.append({"name": REGION_MODEL, "convention": convention, "reference": path.name,
+        path = out / f"regions-{REGION_MODEL}-{suffix}.safetensors"
+        ref.reference(str(checkpoint), files, labels, path, convention=convention, boxes=boxes, processor=processor)
+        checks.append({"name": REGION_MODEL, "convention": convention, "processor": processor, "reference": path.name,
                        "model_dir": str(build / "models" / REGION_MODEL)})
     return checks
 
@@ -132,14 +141,15 @@ def main() -> int:
 
     suite: dict[str, list] = {"pixels": [], "tokens": [], "models": [], "regions": []}
     # Bicubic (SigLIP's processor) and bilinear (SigLIP 2's) resizing of every test image, by
-    # both conventions.
+    # every image path.
     for shape, prefix in (("tiny", "bicubic"), ("tiny-siglip2", "bilinear")):
         for size in (224, 384):
-            for convention in CONVENTIONS:
-                path = out / f"{prefix}-{size}-{convention}.safetensors"
-                ref.reference_pixels(str(build / "models" / f"{shape}-checkpoint"), files, path, size, convention=convention)
-                suite["pixels"].append({"name": f"{prefix}-{size}", "convention": convention, "reference": path.name,
-                                        "model_dir": str(build / "models" / shape)})
+            for convention, processor, suffix in paths():
+                path = out / f"{prefix}-{size}-{suffix}.safetensors"
+                ref.reference_pixels(str(build / "models" / f"{shape}-checkpoint"), files, path, size, convention=convention,
+                                     processor=processor)
+                suite["pixels"].append({"name": f"{prefix}-{size}", "convention": convention, "processor": processor,
+                                        "reference": path.name, "model_dir": str(build / "models" / shape)})
 
     # SigLIP (slow SiglipTokenizer; tiny's vocabulary has byte fallback, base-224's has not) and
     # SigLIP 2 (Gemma tokenizer) text paths.
@@ -151,9 +161,9 @@ def main() -> int:
     suite["tokens"].append(added_tokens_check(build, out, texts, classes))
 
     e2e = [str(assets / "images" / name) for name in E2E_IMAGES]
-    # The reference is always fp32 transformers; each exported dtype is compared with it under the
-    # default (processor) convention, and float32 under the pipeline convention too. One model
-    # directory holds all of a model's dtypes (manifest "towers").
+    # The reference is always fp32 transformers; each exported dtype is compared with it by the
+    # default image path (processor convention, PIL backend), and float32 by every other path too.
+    # One model directory holds all of a model's dtypes (manifest "towers").
     for shape, dtypes in MODEL_DTYPES.items():
         model_dir = build / "models" / shape
         towers = json.loads((model_dir / "manifest.json").read_text())["towers"]
@@ -161,13 +171,14 @@ def main() -> int:
         if missing:
             raise SystemExit(f"{model_dir} lacks towers {missing} (has {sorted(towers)}); re-export with "
                              f"--dtype {','.join(dtypes)}")
-        for convention in CONVENTIONS:
-            path = out / f"model-{shape}-{convention}.safetensors"
+        for convention, processor, suffix in paths():
+            path = out / f"model-{shape}-{suffix}.safetensors"
             ref.reference(str(build / "models" / f"{shape}-checkpoint"), e2e, ref.read_texts(assets / "labels.json"), path,
-                          convention=convention)
-            for dtype in dtypes if convention == "processor" else ("float32",):
-                suite["models"].append({"name": shape, "dtype": dtype, "convention": convention, "reference": path.name,
-                                        "model_dir": str(model_dir)})
+                          convention=convention, processor=processor)
+            default = (convention, processor) == ("processor", "pil")
+            for dtype in dtypes if default else ("float32",):
+                suite["models"].append({"name": shape, "dtype": dtype, "convention": convention, "processor": processor,
+                                        "reference": path.name, "model_dir": str(model_dir)})
     suite["regions"] = regions_check(build, out)
     for name, (original, dtype) in COMPILED.items():
         model_dir = build / "models" / name

@@ -69,9 +69,11 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             if let Some(index) = on.device.strip_prefix("cuda:").and_then(|n| n.parse().ok()) {
                 metrics::watch_cuda_memory(index);
             }
+            // Which Python code the answers match, for whoever compares them with their own.
+            let (model, convention, processor) = (m.model_id.clone(), infer.convention(), infer.processor());
             grpc.serving(infer, on).await;
             gauge!(metrics::READY).set(1.0);
-            tracing::info!("model ready (health: SERVING)");
+            tracing::info!(%model, image_convention = %convention, image_processor = %processor, "model ready (health: SERVING)");
             let device = health::follow(failures, args.health.policy(), async |serving| {
                 grpc.set_serving(serving).await
             });

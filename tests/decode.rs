@@ -6,7 +6,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use siglip_serve::model::image::{decode, Convention, ImageLimits};
+use siglip_serve::model::image::{decode, Convention, ImageLimits, ImageProcessor};
 use siglip_serve::tools::attacks::progressive_jpeg_of_empty_scans;
 
 fn limits_with_scans(max_jpeg_scans: usize) -> ImageLimits {
@@ -226,6 +226,7 @@ fn measure_one_decode(path: &str) {
         rescale: 1.0 / 255.0,
         mean: [0.5; 3],
         std: [0.5; 3],
+        processor: ImageProcessor::Pil,
     };
     std::fs::write("/proc/self/clear_refs", "5").expect("reset the peak (clear_refs)");
     let before = status_kb("VmRSS:");
@@ -237,6 +238,7 @@ fn measure_one_decode(path: &str) {
             &bytes,
             &limits,
             Convention::Processor,
+            ImageProcessor::Pil,
         )
     } else {
         decode(&bytes, &limits, Convention::Processor)

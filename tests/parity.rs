@@ -4,9 +4,20 @@
 mod common;
 
 use siglip_serve::{
-    model::{device::DeviceChoice, image::Convention},
+    model::{
+        device::DeviceChoice,
+        image::{Convention, ImageProcessor},
+    },
     tools::parity,
 };
+
+/// Every image path the server offers: `--image-convention` × `--image-processor`.
+const PATHS: [(Convention, ImageProcessor); 4] = [
+    (Convention::Processor, ImageProcessor::Pil),
+    (Convention::Pipeline, ImageProcessor::Pil),
+    (Convention::Processor, ImageProcessor::Torchvision),
+    (Convention::Pipeline, ImageProcessor::Torchvision),
+];
 
 #[test]
 fn matches_transformers() {
@@ -14,25 +25,50 @@ fn matches_transformers() {
     let report = parity::run(&suite, DeviceChoice::Cpu).expect("parity suite runs");
     println!("{}\n{}", report.table(), report.summary());
 
-    // Every image kind, at 224 and 384, bicubic and bilinear, by both conventions.
-    for convention in [Convention::Processor, Convention::Pipeline] {
+    // Every image kind, at 224 and 384, bicubic and bilinear, by every image path: both
+    // conventions, each through both backends of the image processor.
+    for (convention, processor) in PATHS {
         let rows = report
             .pixels
             .iter()
-            .filter(|r| r.convention == convention)
+            .filter(|r| (r.convention, r.processor) == (convention, processor))
             .count();
-        assert!(rows >= 160, "too few {convention} pixel checks: {rows}");
+        assert!(
+            rows >= 160,
+            "too few {convention}/{processor} pixel checks: {rows}"
+        );
     }
     assert!(
         report.pixels.iter().any(|r| r.name.starts_with("bilinear")),
         "expected bilinear (SigLIP 2) pixel checks"
     );
-    // Pillow is pinned (13.0.0): the port must match it exactly, not within a rounding step.
+    // The two backends' references differ (else matching both would prove nothing about the
+    // second): by at least one 8-bit level (2/255 normalised) in some image.
+    let pixels = |name: &str| {
+        let path = suite.parent().unwrap().join(name);
+        let tensors = tch::Tensor::read_safetensors(&path).expect("pixel reference");
+        tensors
+            .into_iter()
+            .find(|(n, _)| n == "pixel_values")
+            .unwrap()
+            .1
+    };
+    let apart = (pixels("bicubic-224-processor.safetensors")
+        - pixels("bicubic-224-processor-torchvision.safetensors"))
+    .abs()
+    .max()
+    .double_value(&[]);
+    assert!(
+        apart >= 1.5 / 255.0,
+        "the pil and torchvision references agree to {apart}"
+    );
+    // Pillow (13.0.0) and torch (2.11.0) are pinned: the ports must match them exactly, not
+    // within a rounding step.
     for row in &report.pixels {
         assert_eq!(
             row.max_abs, 0.0,
-            "{} {} at {}: max abs diff {}",
-            row.name, row.file, row.size, row.max_abs
+            "{} {}/{} {} at {}: max abs diff {}",
+            row.name, row.convention, row.processor, row.file, row.size, row.max_abs
         );
     }
 
@@ -70,21 +106,16 @@ fn matches_transformers() {
     let fp32: Vec<_> = report.fp32_models().collect();
     let mut names: Vec<String> = fp32
         .iter()
-        .map(|r| format!("{} {}", r.name, r.convention))
+        .map(|r| format!("{} {}/{}", r.name, r.convention, r.processor))
         .collect();
     names.sort_unstable();
-    assert_eq!(
-        names,
-        [
-            "base-224 pipeline",
-            "base-224 processor",
-            "tiny pipeline",
-            "tiny processor",
-            "tiny-aoti processor",
-            "tiny-siglip2 pipeline",
-            "tiny-siglip2 processor"
-        ]
-    );
+    let mut expected: Vec<String> = ["base-224", "tiny", "tiny-siglip2"]
+        .iter()
+        .flat_map(|m| PATHS.map(|(c, p)| format!("{m} {c}/{p}")))
+        .chain(["tiny-aoti processor/pil".to_string()])
+        .collect();
+    expected.sort_unstable();
+    assert_eq!(names, expected);
     assert!(
         fp32.iter()
             .any(|r| r.name == "tiny-aoti" && r.backend == "aoti"),
@@ -94,9 +125,10 @@ fn matches_transformers() {
         let (lo, hi) = row.ref_probs_range;
         assert!(
             lo < 0.2 && hi > 0.8,
-            "{} {}: reference probabilities {lo}..{hi} do not spread over (0, 1)",
+            "{} {}/{}: reference probabilities {lo}..{hi} do not spread over (0, 1)",
             row.name,
-            row.convention
+            row.convention,
+            row.processor
         );
         let checks = [
             ("image embeddings", row.image_embeds_max, 1e-5),
@@ -107,26 +139,27 @@ fn matches_transformers() {
         for (what, diff, limit) in checks {
             assert!(
                 diff <= limit,
-                "{} {}: {what} off by {diff} (limit {limit})",
+                "{} {}/{}: {what} off by {diff} (limit {limit})",
                 row.name,
-                row.convention
+                row.convention,
+                row.processor
             );
         }
     }
 
-    // Stream regions: every case file × every box, by both conventions, through the server's
+    // Stream regions: every case file × every box, by every image path, through the server's
     // path (decode once, crop, preprocess), against transformers on Pillow's crop.
-    for convention in [Convention::Processor, Convention::Pipeline] {
+    for (convention, processor) in PATHS {
         let rows: Vec<_> = report
             .regions
             .iter()
-            .filter(|r| r.convention == convention)
+            .filter(|r| (r.convention, r.processor) == (convention, processor))
             .collect();
         let mut files: Vec<&str> = rows.iter().map(|r| r.file.as_str()).collect();
         files.dedup();
         assert!(
             rows.len() >= 60 && files.len() >= 12,
-            "too few {convention} region checks: {} rows over {} files",
+            "too few {convention}/{processor} region checks: {} rows over {} files",
             rows.len(),
             files.len()
         );
@@ -142,8 +175,9 @@ fn matches_transformers() {
     for row in &report.regions {
         assert!(
             row.pixels_max == 0.0 && row.probs_max <= 1e-6,
-            "{} {} region {}: pixels off by {}, probabilities by {} (limits 0.0, 1e-6)",
+            "{}/{} {} region {}: pixels off by {}, probabilities by {} (limits 0.0, 1e-6)",
             row.convention,
+            row.processor,
             row.file,
             row.region,
             row.pixels_max,

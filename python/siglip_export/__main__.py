@@ -64,6 +64,9 @@ def main(argv: list[str] | None = None) -> int:
     command.add_argument("--out", type=Path, required=True, help="OUT.safetensors (+ OUT.json sidecar)")
     command.add_argument("--convention", choices=["processor", "pipeline"], default="processor",
                          help="how images reach the processor: Image.open (processor) or load_image (pipeline)")
+    command.add_argument("--processor", choices=["pil", "torchvision"], default="pil",
+                         help="the image processor backend: SiglipImageProcessorPil (pil) or SiglipImageProcessor "
+                              "(torchvision, what AutoProcessor picks where torchvision is installed)")
 
     command = commands.add_parser("reference-tokens", help="transformers' input_ids only")
     command.add_argument("--checkpoint", required=True)
@@ -71,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     command.add_argument("--texts-file", type=Path, required=True, help='JSON list of strings or of {"class", "text"}')
     command.add_argument("--out", type=Path, required=True)
 
-    command = commands.add_parser("reference-pixels", help="transformers' (PIL backend) pixel_values only")
+    command = commands.add_parser("reference-pixels", help="transformers' pixel_values only")
     command.add_argument("--checkpoint", required=True)
     command.add_argument("--revision")
     command.add_argument("--images", type=Path, nargs="+", required=True)
@@ -79,6 +82,9 @@ def main(argv: list[str] | None = None) -> int:
     command.add_argument("--out", type=Path, required=True)
     command.add_argument("--convention", choices=["processor", "pipeline"], default="processor",
                          help="how images reach the processor: Image.open (processor) or load_image (pipeline)")
+    command.add_argument("--processor", choices=["pil", "torchvision"], default="pil",
+                         help="the image processor backend: SiglipImageProcessorPil (pil) or SiglipImageProcessor "
+                              "(torchvision, what AutoProcessor picks where torchvision is installed)")
 
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -124,12 +130,14 @@ def _run(args: argparse.Namespace) -> int:
     from . import reference as ref
 
     if args.cmd == "reference":
-        ref.reference(args.checkpoint, args.images, ref.read_texts(args.texts_file), args.out, args.revision, args.convention)
+        ref.reference(args.checkpoint, args.images, ref.read_texts(args.texts_file), args.out, args.revision, args.convention,
+                      processor=args.processor)
     elif args.cmd == "reference-tokens":
         texts, classes = ref.read_corpus(args.texts_file)
         ref.reference_tokens(args.checkpoint, texts, args.out, classes, revision=args.revision)
     else:
-        ref.reference_pixels(args.checkpoint, args.images, args.out, args.size, args.revision, args.convention)
+        ref.reference_pixels(args.checkpoint, args.images, args.out, args.size, args.revision, args.convention,
+                             processor=args.processor)
     print(f"wrote {args.out}")
     return 0
 

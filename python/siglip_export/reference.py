@@ -1,7 +1,11 @@
 """What transformers itself computes, saved for parity tests of the Rust server.
 
-Images go to `SiglipImageProcessorPil` (the PIL backend, not torchvision) by one of the two
-conventions the server offers (`--image-convention`):
+Images go to the image processor backend the server is told to reproduce (`--image-processor`),
+always by its explicit class, never through `AutoImageProcessor` (which picks the torchvision one
+whenever torchvision is importable, so installing it would silently change the references):
+- "pil": `SiglipImageProcessorPil`;
+- "torchvision": `SiglipImageProcessor` (needs torchvision).
+They get the image by one of the two conventions the server offers (`--image-convention`):
 - "processor": `Image.open(path)` as is (the processor's `convert_to_rgb` composites
   transparency onto white; EXIF orientation is not applied); a raw RGBA frame as a numpy array;
 - "pipeline": `transformers.image_utils.load_image(path)` (EXIF transpose, then `convert("RGB")`),
@@ -27,12 +31,25 @@ from safetensors.torch import save_file
 from .checkpoint import load_tokenizer, resolve_checkpoint
 from .tokenizer import reference_ids
 
+PROCESSORS = ("pil", "torchvision")
 
-def _image_processor(checkpoint_dir: Path, size: int | None) -> Any:
-    from transformers import SiglipImageProcessorPil
 
+def _image_processor(checkpoint_dir: Path, size: int | None, processor: str) -> Any:
+    import transformers
+
+    classes = {"pil": "SiglipImageProcessorPil", "torchvision": "SiglipImageProcessor"}
+    if processor not in classes:
+        raise ValueError(f"unknown image processor {processor!r}; choose from {PROCESSORS}")
+    cls = getattr(transformers, classes[processor])
     kwargs = {"size": {"height": size, "width": size}} if size else {}
-    return SiglipImageProcessorPil.from_pretrained(str(checkpoint_dir), **kwargs)
+    image_processor = cls.from_pretrained(str(checkpoint_dir), **kwargs)
+    # transformers falls back to another backend where torchvision is missing; a reference must
+    # come from the backend it is named after.
+    backend = getattr(image_processor, "backend", None)
+    if backend != processor:
+        raise RuntimeError(f"{classes[processor]} runs the {backend!r} backend, not {processor!r}: "
+                           f"is torchvision installed (python/requirements.txt)?")
+    return image_processor
 
 
 CONVENTIONS = ("processor", "pipeline")
@@ -79,12 +96,13 @@ def _inside(box: Box, width: int, height: int, file: Path) -> Box:
 
 
 def pixel_values(checkpoint_dir: Path, images: Sequence[Path], size: int | None = None,
-                 convention: str = "processor", boxes: Sequence[Box] | None = None) -> torch.Tensor:
-    processor = _image_processor(checkpoint_dir, size)
+                 convention: str = "processor", boxes: Sequence[Box] | None = None,
+                 processor: str = "pil") -> torch.Tensor:
+    image_processor = _image_processor(checkpoint_dir, size, processor)
     opened = [open_image(path, convention, box) for path, box in zip(images, boxes or [None] * len(images), strict=True)]
     # Every input is height x width x channels: said outright, because transformers guesses the
     # layout of a numpy array from its shape and takes a crop 1 or 3 pixels high for channels-first.
-    return processor(opened, return_tensors="pt", input_data_format="channels_last")["pixel_values"].float()
+    return image_processor(opened, return_tensors="pt", input_data_format="channels_last")["pixel_values"].float()
 
 
 def input_ids(checkpoint_dir: Path, texts: Sequence[str]) -> torch.Tensor:
@@ -120,13 +138,14 @@ def _sidecar(out: Path, **fields: Any) -> None:
 
 @torch.no_grad()
 def reference(checkpoint: str, images: Sequence[Path], texts: Sequence[str], out: Path, revision: str | None = None,
-              convention: str = "processor", boxes: Sequence[Box] | None = None) -> None:
+              convention: str = "processor", boxes: Sequence[Box] | None = None, processor: str = "pil") -> None:
     """End to end; with `boxes` (one per image), each row is that region of its image."""
     from transformers import SiglipModel
 
     ckpt = resolve_checkpoint(checkpoint, revision)
     model = SiglipModel.from_pretrained(str(ckpt.path), dtype=torch.float32).eval()
-    pixels, ids = pixel_values(ckpt.path, images, convention=convention, boxes=boxes), input_ids(ckpt.path, texts)
+    pixels = pixel_values(ckpt.path, images, convention=convention, boxes=boxes, processor=processor)
+    ids = input_ids(ckpt.path, texts)
     outputs = model(input_ids=ids, pixel_values=pixels)  # no attention mask, as SigLIP is used
     tensors = {
         "pixel_values": pixels.contiguous(),
@@ -140,7 +159,7 @@ def reference(checkpoint: str, images: Sequence[Path], texts: Sequence[str], out
     save_file(tensors, str(out))
     regions = {"regions": [dict(zip(("x", "y", "width", "height"), box, strict=True)) for box in boxes]} if boxes else {}
     _sidecar(out, images=[str(Path(path).resolve()) for path in images], texts=list(texts), checkpoint=ckpt.source,
-             convention=convention, **regions)
+             convention=convention, processor=processor, **regions)
 
 
 def reference_tokens(checkpoint: str, texts: Sequence[str], out: Path, classes: Sequence[str] | None = None,
@@ -152,9 +171,10 @@ def reference_tokens(checkpoint: str, texts: Sequence[str], out: Path, classes: 
 
 
 def reference_pixels(checkpoint: str, images: Sequence[Path], out: Path, size: int | None = None, revision: str | None = None,
-                     convention: str = "processor") -> None:
+                     convention: str = "processor", processor: str = "pil") -> None:
     ckpt = resolve_checkpoint(checkpoint, revision)
     out.parent.mkdir(parents=True, exist_ok=True)
-    save_file({"pixel_values": pixel_values(ckpt.path, images, size, convention).contiguous()}, str(out))
+    pixels = pixel_values(ckpt.path, images, size, convention, processor=processor)
+    save_file({"pixel_values": pixels.contiguous()}, str(out))
     _sidecar(out, images=[str(Path(path).resolve()) for path in images], checkpoint=ckpt.source, size=size,
-             convention=convention)
+             convention=convention, processor=processor)

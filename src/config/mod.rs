@@ -16,7 +16,7 @@ use crate::health::HealthPolicy;
 use crate::infer;
 use crate::model::{
     device::{BackendChoice, DTypeChoice, DeviceChoice},
-    image::Convention,
+    image::{Convention, ImageProcessor},
     LoadOptions,
 };
 pub use connection::ConnectionArgs;
@@ -66,6 +66,13 @@ pub struct ModelArgs {
     /// EXIF orientation applied, alpha dropped. Raw RGBA frames follow the same choice.
     #[arg(long, env = "SIGLIP_IMAGE_CONVENTION", default_value = "processor")]
     pub image_convention: Convention,
+
+    /// Which backend of transformers' SigLIP image processor the pixels reproduce. `pil`:
+    /// `SiglipImageProcessorPil` (Pillow's resampler). `torchvision`: `SiglipImageProcessor`,
+    /// what `AutoProcessor` returns wherever torchvision is installed (Colab); it differs from
+    /// `pil` by 1–2 levels in most pixels. Independent of `--image-convention`.
+    #[arg(long, env = "SIGLIP_IMAGE_PROCESSOR", default_value = "pil")]
+    pub image_processor: ImageProcessor,
 }
 
 impl ModelArgs {
@@ -80,6 +87,7 @@ impl ModelArgs {
             backend: self.backend,
             jit_optimize: self.jit_optimize,
             threads: self.threads,
+            image_processor: self.image_processor,
         }
     }
 }

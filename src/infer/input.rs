@@ -2,7 +2,9 @@
 
 use crate::cpu_time;
 use crate::error::{Error, Result};
-use crate::model::image::{self, Convention, ImageLimits, Preprocess, RawFormat, Region, RgbImage};
+use crate::model::image::{
+    self, Convention, ImageLimits, ImageProcessor, Preprocess, RawFormat, Region, RgbImage,
+};
 
 /// An image as a caller sends it.
 #[derive(Debug, Clone)]
@@ -34,8 +36,14 @@ impl ImageInput {
         }
     }
 
-    /// Decoded (within the limits) to RGB8 by `convention`.
-    pub fn decode(self, limits: &ImageLimits, convention: Convention) -> Result<RgbImage> {
+    /// Decoded (within the limits) to RGB8 by `convention` (a raw RGBA frame composited as
+    /// `processor` does).
+    pub fn decode(
+        self,
+        limits: &ImageLimits,
+        convention: Convention,
+        processor: ImageProcessor,
+    ) -> Result<RgbImage> {
         Ok(match self {
             ImageInput::Encoded(bytes) => image::decode(&bytes, limits, convention)?,
             ImageInput::Raw {
@@ -43,7 +51,7 @@ impl ImageInput {
                 height,
                 format,
                 data,
-            } => image::from_raw(width, height, format, &data, limits, convention)?,
+            } => image::from_raw(width, height, format, &data, limits, convention, processor)?,
         })
     }
 
@@ -55,7 +63,7 @@ impl ImageInput {
         convention: Convention,
         prep: &Preprocess,
     ) -> Result<Vec<f32>> {
-        let rgb = cpu_time::charged("decode", || self.decode(limits, convention))?;
+        let rgb = cpu_time::charged("decode", || self.decode(limits, convention, prep.processor))?;
         Ok(cpu_time::charged("preprocess", || {
             image::preprocess(&rgb, prep)
         }))
@@ -72,7 +80,7 @@ impl ImageInput {
         prep: &Preprocess,
         regions: &[Region],
     ) -> Result<Vec<Vec<f32>>> {
-        let rgb = cpu_time::charged("decode", || self.decode(limits, convention))?;
+        let rgb = cpu_time::charged("decode", || self.decode(limits, convention, prep.processor))?;
         image::check_within(rgb.width(), rgb.height(), regions).map_err(Error::InvalidArgument)?;
         Ok(regions
             .iter()

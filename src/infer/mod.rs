@@ -21,7 +21,7 @@ use crate::cpu_time;
 use crate::error::{Error, Result};
 use crate::metrics;
 use crate::model::{
-    image::{self, Convention, ImageLimits, Preprocess, Region},
+    image::{self, Convention, ImageLimits, ImageProcessor, Preprocess, Region},
     manifest::Manifest,
     scores::{rank, score_all, Embeddings, LogitHead, Score, ScoreFilter},
     tokenizer::{TextTokenizer, TokenIds},
@@ -80,6 +80,11 @@ impl Infer {
     /// How images become RGB (`--image-convention`).
     pub fn convention(&self) -> Convention {
         self.convention
+    }
+
+    /// Whose pixel arithmetic preprocessing follows (`--image-processor`).
+    pub fn processor(&self) -> ImageProcessor {
+        self.preprocess.processor
     }
 
     pub fn limits(&self) -> &Limits {

@@ -5,7 +5,7 @@ use std::{collections::BTreeMap, path::Path};
 use serde::Deserialize;
 
 use super::device::DType;
-use super::image::{Filter, Preprocess};
+use super::image::{Filter, ImageProcessor, Preprocess};
 use crate::error::{Error, Result};
 
 /// The only manifest layout this server reads; the export tool writes the same number.
@@ -48,14 +48,15 @@ pub struct ImageSpec {
 
 impl ImageSpec {
     /// The preprocessing these settings describe, at `size` (the model's own, or another for
-    /// parity checks).
-    pub fn preprocess(&self, size: u32) -> Preprocess {
+    /// parity checks), with `processor`'s arithmetic.
+    pub fn preprocess(&self, size: u32, processor: ImageProcessor) -> Preprocess {
         Preprocess {
             size,
             filter: self.resample,
             rescale: self.rescale_factor,
             mean: self.mean,
             std: self.std,
+            processor,
         }
     }
 }

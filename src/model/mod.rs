@@ -14,7 +14,7 @@ use std::{path::PathBuf, sync::Arc};
 use tch::Device;
 
 use self::device::{device_name, BackendChoice, DType, DTypeChoice, DeviceChoice};
-use self::image::Preprocess;
+use self::image::{ImageProcessor, Preprocess};
 use self::manifest::Manifest;
 use self::runtime::{RunOptions, Towers};
 use self::scores::{Embeddings, LogitHead};
@@ -41,6 +41,8 @@ pub struct LoadOptions {
     /// thread it runs on: OpenMP keeps the count per thread, so load the model on the thread that
     /// will run it.
     pub threads: usize,
+    /// Whose pixel arithmetic preprocessing follows (`--image-processor`).
+    pub image_processor: ImageProcessor,
 }
 
 impl LoadOptions {
@@ -61,6 +63,7 @@ impl LoadOptions {
             backend: BackendChoice::Auto,
             jit_optimize: true,
             threads: 0,
+            image_processor: ImageProcessor::Pil,
         }
     }
 }
@@ -110,7 +113,9 @@ impl Model {
                 largest_batch: opts.largest_batch,
             },
         )?;
-        let preprocess = manifest.image.preprocess(manifest.image.size);
+        let preprocess = manifest
+            .image
+            .preprocess(manifest.image.size, opts.image_processor);
         let head = LogitHead::new(manifest.logit_scale, manifest.logit_bias);
         let model = Self {
             manifest,

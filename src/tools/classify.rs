@@ -164,11 +164,13 @@ async fn classify(
 ) -> Result<(Vec<Score>, (u32, u32))> {
     let bytes =
         std::fs::read(file).map_err(|e| Error::InvalidArgument(format!("cannot read: {e}")))?;
-    let (limits, convention) = (infer.limits().image.clone(), infer.convention());
-    let rgb =
-        tokio::task::spawn_blocking(move || ImageInput::Encoded(bytes).decode(&limits, convention))
-            .await
-            .map_err(|e| Error::Inference(format!("decoding failed: {e}")))??;
+    let limits = infer.limits().image.clone();
+    let (convention, processor) = (infer.convention(), infer.processor());
+    let rgb = tokio::task::spawn_blocking(move || {
+        ImageInput::Encoded(bytes).decode(&limits, convention, processor)
+    })
+    .await
+    .map_err(|e| Error::Inference(format!("decoding failed: {e}")))??;
     let (width, height) = rgb.dimensions();
     let frame = ImageInput::Raw {
         width,

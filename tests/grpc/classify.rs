@@ -4,7 +4,7 @@
 
 use siglip_serve::grpc::pb::{self, siglip_client::SiglipClient};
 use siglip_serve::model::{
-    image::{decode, from_raw, Convention, ImageLimits, RawFormat},
+    image::{decode, from_raw, Convention, ImageLimits, ImageProcessor, RawFormat},
     scores::sigmoid,
 };
 use tonic::transport::Channel;
@@ -12,7 +12,7 @@ use tonic::transport::Channel;
 use crate::common::{asset, server::Server};
 use crate::{
     assert_close, by_index, classify_request, expected, expected_with, labels, model_info,
-    probabilities, raw_request, LABELS,
+    probabilities_by, raw_request, LABELS,
 };
 
 /// Classify with the test labels, which must succeed.
@@ -148,39 +148,64 @@ fn the_conventions_disagree_on_the_test_photo() {
 
 #[tokio::test]
 async fn by_default_the_processor_convention_is_applied_and_reported() {
-    convention_is_applied_and_reported(&[], Convention::Processor).await;
+    convention_is_applied_and_reported(&[], Convention::Processor, ImageProcessor::Pil).await;
 }
 
 #[tokio::test]
 async fn the_pipeline_convention_is_applied_and_reported_when_chosen() {
-    convention_is_applied_and_reported(&["--image-convention", "pipeline"], Convention::Pipeline)
-        .await;
+    convention_is_applied_and_reported(
+        &["--image-convention", "pipeline"],
+        Convention::Pipeline,
+        ImageProcessor::Pil,
+    )
+    .await;
 }
 
-/// A server started with `flags` reports `convention` in GetModelInfo and applies it to encoded
-/// images and raw RGBA frames alike.
-async fn convention_is_applied_and_reported(flags: &[&str], convention: Convention) {
+/// The processor backend is a choice of its own, beside the convention (the parity suite and
+/// `tests/grpc/regions.rs` hold it to transformers; this checks the flag reaches both paths).
+#[tokio::test]
+async fn the_torchvision_processor_is_applied_and_reported_when_chosen() {
+    convention_is_applied_and_reported(
+        &["--image-processor", "torchvision"],
+        Convention::Processor,
+        ImageProcessor::Torchvision,
+    )
+    .await;
+}
+
+/// A server started with `flags` reports `convention` and `processor` in GetModelInfo and
+/// applies them to encoded images and raw RGBA frames alike.
+async fn convention_is_applied_and_reported(
+    flags: &[&str],
+    convention: Convention,
+    processor: ImageProcessor,
+) {
     let photo = asset(CONVENTION_PHOTO);
     let rgba = image::load_from_memory(&photo).expect("png").into_rgba8();
     let (width, height) = rgba.dimensions();
     let frame = rgba.into_raw();
     let raw = raw_request(width, height, pb::PixelFormat::Rgba8, frame.clone());
-    let raw_expected = |convention| {
-        let limits = ImageLimits::default();
-        let rgb = from_raw(width, height, RawFormat::Rgba8, &frame, &limits, convention);
-        probabilities(rgb.expect("frame"), &labels())
-    };
-    let want = expected_with(&photo, &labels(), convention);
+    let limits = ImageLimits::default();
+    let raw_rgb = from_raw(
+        width,
+        height,
+        RawFormat::Rgba8,
+        &frame,
+        &limits,
+        convention,
+        processor,
+    );
+    let raw_expected = probabilities_by(raw_rgb.expect("frame"), &labels(), processor);
+    let rgb = decode(&photo, &limits, convention).expect("decode");
+    let want = probabilities_by(rgb, &labels(), processor);
 
     let server = Server::ready(flags).await;
     let mut client = server.client().await;
     let info = model_info(&mut client).await;
     assert_eq!(info.image_convention, convention.name());
+    assert_eq!(info.image_processor, processor.name());
     let got = classify(&mut client, photo.clone()).await;
     assert_close(&by_index(&got.scores, LABELS.len()), &want);
     let got = client.classify(raw).await.expect("raw").into_inner();
-    assert_close(
-        &by_index(&got.scores, LABELS.len()),
-        &raw_expected(convention),
-    );
+    assert_close(&by_index(&got.scores, LABELS.len()), &raw_expected);
 }

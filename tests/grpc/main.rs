@@ -44,7 +44,7 @@ mod upload;
 
 use siglip_serve::grpc::pb::{self, siglip_client::SiglipClient, stream_request::Msg};
 use siglip_serve::model::{
-    image::{decode, Convention, ImageLimits},
+    image::{decode, Convention, ImageLimits, ImageProcessor},
     scores::sigmoid,
 };
 use tokio_stream::StreamExt;
@@ -102,7 +102,16 @@ fn expected_with(image: &[u8], texts: &[String], convention: Convention) -> Vec<
 }
 
 fn probabilities(rgb: image::RgbImage, texts: &[String]) -> Vec<f32> {
-    let model = common::cpu_model("SIGLIP_TEST_MODEL_DIR");
+    probabilities_by(rgb, texts, ImageProcessor::Pil)
+}
+
+/// [`probabilities`] with `processor`'s preprocessing.
+fn probabilities_by(rgb: image::RgbImage, texts: &[String], processor: ImageProcessor) -> Vec<f32> {
+    let model = siglip_serve::model::Model::load(&siglip_serve::model::LoadOptions {
+        image_processor: processor,
+        ..common::cpu_options("SIGLIP_TEST_MODEL_DIR")
+    })
+    .expect("model");
     let img = model.embed_images(&[rgb]).expect("image");
     let txt = model.embed_texts(texts).expect("texts");
     txt.rows()

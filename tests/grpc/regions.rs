@@ -169,10 +169,27 @@ async fn bad_regions_on_a_frame_get_an_in_band_error_and_the_stream_goes_on() {
 
 /// The parity suite's region cases (every image kind; inner, full-frame, 1x1, strip, 224x224 and
 /// corner boxes), streamed one frame per file with its boxes as the frame's regions: every
-/// region's probabilities within 1e-6 of transformers on Pillow's crop, computed in this run
-/// (`make_parity_suite.py`).
+/// region's probabilities within 1e-6 of transformers (`SiglipImageProcessorPil`) on Pillow's
+/// crop, computed in this run (`make_parity_suite.py`).
 #[tokio::test]
 async fn every_region_case_of_the_parity_suite_matches_transformers_over_the_stream() {
+    regions_match_transformers("regions-tiny-processor", &[]).await;
+}
+
+/// The same cases against transformers' torchvision backend (`SiglipImageProcessor`), served with
+/// `--image-processor torchvision`: the full-frame boxes make it every suite image end to end.
+#[tokio::test]
+async fn every_region_case_matches_the_torchvision_processor_when_chosen() {
+    regions_match_transformers(
+        "regions-tiny-processor-torchvision",
+        &["--image-processor", "torchvision"],
+    )
+    .await;
+}
+
+/// Streams the cases of the region reference `stem` (`.json` sidecar, `.safetensors` values) to
+/// a server started with `flags` and holds every probability to 1e-6 of the reference.
+async fn regions_match_transformers(stem: &str, flags: &[&str]) {
     #[derive(serde::Deserialize)]
     struct Sidecar {
         images: Vec<std::path::PathBuf>,
@@ -182,17 +199,17 @@ async fn every_region_case_of_the_parity_suite_matches_transformers_over_the_str
     let suite = crate::common::generated("SIGLIP_PARITY_SUITE");
     let dir = suite.parent().unwrap();
     let sidecar: Sidecar = serde_json::from_slice(
-        &std::fs::read(dir.join("regions-tiny-processor.json")).expect("region sidecar"),
+        &std::fs::read(dir.join(format!("{stem}.json"))).expect("region sidecar"),
     )
     .expect("sidecar");
-    let tensors = tch::Tensor::read_safetensors(dir.join("regions-tiny-processor.safetensors"))
+    let tensors = tch::Tensor::read_safetensors(dir.join(format!("{stem}.safetensors")))
         .expect("region reference");
     let probs = &tensors.iter().find(|(name, _)| name == "probs").unwrap().1;
     let want: Vec<Vec<f32>> = (0..sidecar.images.len() as i64)
         .map(|i| Vec::<f32>::try_from(probs.get(i)).unwrap())
         .collect();
 
-    let server = Server::ready(&[]).await;
+    let server = Server::ready(flags).await;
     let mut client = server.client().await;
     let mut messages = vec![pb::StreamRequest {
         msg: Some(Msg::Config(pb::StreamConfig {
@@ -240,7 +257,10 @@ async fn every_region_case_of_the_parity_suite_matches_transformers_over_the_str
         }
     }
     assert!(files.len() >= 12, "{} files", files.len());
-    assert!(worst <= 1e-6, "worst region probability difference {worst}");
+    assert!(
+        worst <= 1e-6,
+        "{stem}: worst region probability difference {worst}"
+    );
 }
 
 /// An asset as the stream sends it: raw frames (`*_WxH.rgba`) as RGBA8 pixels, others encoded.

@@ -9,7 +9,7 @@ use std::{
 use siglip_serve::batch::BatchConfig;
 use siglip_serve::error::Error;
 use siglip_serve::infer::{ImageInput, Infer};
-use siglip_serve::model::image::{Convention, ImageLimits};
+use siglip_serve::model::image::{Convention, ImageLimits, ImageProcessor};
 
 use crate::{common, config, model, stop};
 
@@ -84,7 +84,11 @@ fn slow_to_decode(at_least: Duration) -> (Vec<u8>, Duration) {
             .map(|_| {
                 let started = Instant::now();
                 ImageInput::Encoded(bytes.to_vec())
-                    .decode(&ImageLimits::default(), Convention::Processor)
+                    .decode(
+                        &ImageLimits::default(),
+                        Convention::Processor,
+                        ImageProcessor::Pil,
+                    )
                     .expect("decode");
                 started.elapsed()
             })

@@ -163,6 +163,7 @@ impl SiglipService {
             dtype: ready.on.dtype.name().into(),
             backend: ready.on.backend.into(),
             image_convention: ready.infer.convention().name().into(),
+            image_processor: ready.infer.processor().name().into(),
             random_weights: m.source.random_weights,
             server_version: env!("CARGO_PKG_VERSION").into(),
             revision: m.source.revision.clone().unwrap_or_default(),

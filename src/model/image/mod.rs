@@ -1,11 +1,11 @@
 //! Image input for SigLIP: bytes or raw frames → RGB8 → `pixel_values`.
 //!
-//! The reference is transformers' `SiglipImageProcessorPil`: Pillow decodes, the image becomes
-//! RGB by one of two [`Convention`]s, then it is resized straight to `size × size` with Pillow's
-//! bicubic filter (bilinear for SigLIP 2), rescaled by 1/255 and normalised with mean 0.5,
-//! std 0.5. Every step reproduces its Pillow counterpart exactly (JPEG through libjpeg-turbo's
-//! decoder, compositing and the resampler ported from Pillow's C), so the server's embeddings
-//! equal those of the Python code.
+//! The reference is transformers' SigLIP image processor, either backend ([`ImageProcessor`]):
+//! Pillow decodes, the image becomes RGB by one of two [`Convention`]s, then it is resized
+//! straight to `size × size` with the backend's bicubic filter (bilinear for SigLIP 2) on 8-bit
+//! pixels, rescaled by 1/255 and normalised with mean 0.5, std 0.5. Every step reproduces its
+//! counterpart exactly (JPEG through libjpeg-turbo's decoder, compositing and both resamplers
+//! ported from their C/C++), so the server's embeddings equal those of the Python code.
 //!
 //! Untrusted input is bounded by [`ImageLimits`], checked from the header before any pixel
 //! buffer is allocated; every failure is an [`ImageError`] whose message says what to fix.
@@ -55,7 +55,7 @@ impl Convention {
 
 impl std::fmt::Display for Convention {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
+        f.pad(self.name())
     }
 }
 
@@ -73,19 +73,65 @@ impl std::str::FromStr for Convention {
     }
 }
 
-/// How an RGB8 image becomes model input: SigLIP's `preprocessor_config.json` values.
+/// Which backend of transformers' SigLIP image processor the pixels reproduce. They share the
+/// RGB conversion of an image file; they differ in the resampler (by 1–2 LSB on most photos),
+/// in how rescaling and normalising round, and in compositing a raw RGBA array.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ImageProcessor {
+    /// `SiglipImageProcessorPil`: what `AutoImageProcessor` returns where torchvision is not
+    /// installed. Pillow's resampler; numpy rescales in `f64`, then normalises in `f32`.
+    #[default]
+    Pil,
+    /// `SiglipImageProcessor`, the torchvision backend: what `AutoImageProcessor` (and so
+    /// `AutoProcessor` and the pipeline) returns wherever torchvision is importable, as in
+    /// Colab. torch's antialiased uint8 `interpolate`; rescale fused into the normalisation.
+    Torchvision,
+}
+
+impl ImageProcessor {
+    pub fn name(self) -> &'static str {
+        match self {
+            ImageProcessor::Pil => "pil",
+            ImageProcessor::Torchvision => "torchvision",
+        }
+    }
+}
+
+impl std::fmt::Display for ImageProcessor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.name())
+    }
+}
+
+impl std::str::FromStr for ImageProcessor {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "pil" => Ok(ImageProcessor::Pil),
+            "torchvision" => Ok(ImageProcessor::Torchvision),
+            other => Err(format!(
+                "unknown image processor {other:?}: choose pil or torchvision"
+            )),
+        }
+    }
+}
+
+/// How an RGB8 image becomes model input: SigLIP's `preprocessor_config.json` values, and the
+/// processor backend whose arithmetic to follow.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Preprocess {
     /// Side of the square the image is resized to.
     pub size: u32,
     /// The resampling filter (`resample`).
     pub filter: Filter,
-    /// Multiplier from 0..=255 to the model's range, applied in `f64` like the reference
-    /// (numpy multiplies in double precision; an `f32` 1/255 changes the last bit of about
-    /// half the values).
+    /// Multiplier from 0..=255 to the model's range, kept in `f64` as `preprocessor_config.json`
+    /// gives it: each backend rounds it its own way (see `normalize`).
     pub rescale: f64,
     pub mean: [f32; 3],
     pub std: [f32; 3],
+    pub processor: ImageProcessor,
 }
 
 impl Preprocess {
@@ -98,6 +144,7 @@ impl Preprocess {
             rescale: 1.0 / 255.0,
             mean: [0.5; 3],
             std: [0.5; 3],
+            processor: ImageProcessor::Pil,
         }
     }
 }
@@ -136,8 +183,8 @@ pub fn declared_pixels(bytes: &[u8], limits: &ImageLimits) -> Result<u64, ImageE
 }
 
 /// Wraps a raw, tightly packed frame (e.g. from a video decoder). RGBA is composited onto
-/// white under the processor convention (as `convert_to_rgb` does for an array) and loses its
-/// alpha under the pipeline convention.
+/// white under the processor convention (as `processor`'s `convert_to_rgb` does for an array)
+/// and loses its alpha under the pipeline convention.
 pub fn from_raw(
     width: u32,
     height: u32,
@@ -145,6 +192,7 @@ pub fn from_raw(
     data: &[u8],
     limits: &ImageLimits,
     convention: Convention,
+    processor: ImageProcessor,
 ) -> Result<RgbImage, ImageError> {
     limits
         .check_dimensions(width, height)
@@ -163,16 +211,17 @@ pub fn from_raw(
         RawFormat::Rgb8 => data.to_vec(),
         RawFormat::Rgba8 => {
             let mut rgb = Vec::with_capacity(expected / 4 * 3);
-            rgb::rgba_to_rgb(data, convention, &mut rgb);
+            rgb::rgba_to_rgb(data, convention, processor, &mut rgb);
             rgb
         }
     };
     Ok(RgbImage::from_raw(width, height, rgb).expect("length checked above"))
 }
 
-/// Writes the model input for `img` into `out` (CHW, `3·size·size` floats): Pillow-exact
-/// resize to `size × size` with the model's filter (skipped when the image already has that
-/// size, as Pillow does), then `(v·rescale − mean) / std`.
+/// Writes the model input for `img` into `out` (CHW, `3·size·size` floats): resize to
+/// `size × size` with the model's filter by `p.processor`'s resampler (skipped when the image
+/// already has that size, as both backends do), then `(v·rescale − mean) / std` rounded as
+/// that backend rounds.
 ///
 /// # Panics
 /// If `out` does not hold exactly `3·size·size` floats.
@@ -180,7 +229,7 @@ pub fn preprocess_into(img: &RgbImage, p: &Preprocess, out: &mut [f32]) {
     if img.dimensions() == (p.size, p.size) {
         normalize::write_chw(img, p, out);
     } else {
-        let resized = resize::resize(img, p.size, p.size, p.filter);
+        let resized = resize::resize(img, p.size, p.size, p.filter, p.processor);
         normalize::write_chw(&resized, p, out);
     }
 }

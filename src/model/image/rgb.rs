@@ -9,7 +9,7 @@
 
 use image::{DynamicImage, ImageBuffer, Pixel, RgbImage};
 
-use super::{Convention, ImageError};
+use super::{Convention, ImageError, ImageProcessor};
 
 /// Converts any decoded image to RGB8 by Pillow's rules.
 pub(super) fn to_rgb(img: DynamicImage) -> Result<RgbImage, ImageError> {
@@ -75,20 +75,34 @@ fn over_white(c: u8, a: u8) -> u8 {
     ((((tmp >> 8) + tmp) >> 8) >> PRECISION_BITS) as u8
 }
 
-/// Interleaved RGBA8 to RGB: under the processor convention composited onto white as
-/// `convert_to_rgb` does for a numpy array (in `float64`, `alpha·c + (1 − alpha)·255` rounded
-/// half to even), under the pipeline convention with the alpha dropped (`convert("RGB")` of
-/// `Image.fromarray`).
-pub(super) fn rgba_to_rgb(rgba: &[u8], convention: Convention, rgb: &mut Vec<u8>) {
-    match convention {
-        Convention::Processor => rgb.extend(rgba.chunks_exact(4).flat_map(|p| {
-            let alpha = f64::from(p[3]) / 255.0;
-            let over =
-                |c: u8| (alpha * f64::from(c) + (1.0 - alpha) * 255.0).round_ties_even() as u8;
-            [over(p[0]), over(p[1]), over(p[2])]
-        })),
-        Convention::Pipeline => rgb.extend(rgba.chunks_exact(4).flat_map(|p| [p[0], p[1], p[2]])),
-    }
+/// Interleaved RGBA8 to RGB. Under the pipeline convention the alpha is dropped
+/// (`convert("RGB")` of `Image.fromarray`). Under the processor convention it is composited
+/// onto white as `convert_to_rgb` does for an array, which the two backends write differently:
+/// - PIL backend, in `f64`: `alpha·c + (1 − alpha)·255` rounded half to even;
+/// - torchvision backend, in `f32` (`tvF.to_dtype` both ways): with `k = f32(1/255)`,
+///   `a = α·k`, `(c·k·a + (1 − a)) · f32(255.999)` truncated to `u8`.
+pub(super) fn rgba_to_rgb(
+    rgba: &[u8],
+    convention: Convention,
+    processor: ImageProcessor,
+    rgb: &mut Vec<u8>,
+) {
+    let over: fn(u8, u8) -> u8 = match (convention, processor) {
+        (Convention::Pipeline, _) => |c, _| c,
+        (Convention::Processor, ImageProcessor::Pil) => |c, a| {
+            let alpha = f64::from(a) / 255.0;
+            (alpha * f64::from(c) + (1.0 - alpha) * 255.0).round_ties_even() as u8
+        },
+        (Convention::Processor, ImageProcessor::Torchvision) => |c, a| {
+            const K: f32 = (1.0 / 255.0) as f32;
+            let a = f32::from(a) * K;
+            ((f32::from(c) * K * a + (1.0 - a)) * 255.999_f64 as f32) as u8
+        },
+    };
+    rgb.extend(
+        rgba.chunks_exact(4)
+            .flat_map(|p| [over(p[0], p[3]), over(p[1], p[3]), over(p[2], p[3])]),
+    );
 }
 
 /// A CMYK JPEG's samples to RGB as Pillow does: it reads every CMYK JPEG as Adobe-inverted

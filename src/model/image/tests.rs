@@ -82,12 +82,31 @@ fn conventions_treat_alpha_differently() {
     );
     let pipeline = decode(&rgba_png(), &limits, Convention::Pipeline).unwrap();
     assert_eq!(pipeline.as_raw(), &[10, 20, 30, 10, 20, 30, 10, 20, 30]);
-    // Raw RGBA frames: numpy's float compositing, rounded half to even.
-    let raw = [10, 20, 30, 255, 10, 20, 30, 128, 10, 20, 30, 0];
-    let frame = from_raw(3, 1, RawFormat::Rgba8, &raw, &limits, Convention::Processor).unwrap();
-    assert_eq!(frame.as_raw(), &[10, 20, 30, 132, 137, 142, 255, 255, 255]);
-    let frame = from_raw(3, 1, RawFormat::Rgba8, &raw, &limits, Convention::Pipeline).unwrap();
-    assert_eq!(frame.as_raw(), &[10, 20, 30, 10, 20, 30, 10, 20, 30]);
+    // Raw RGBA frames: numpy's float compositing, rounded half to even (PIL backend), or
+    // torch's in f32, truncated after scaling by 255.999 (torchvision backend).
+    let raw = [10, 20, 30, 255, 10, 20, 30, 128, 10, 20, 30, 0, 1, 1, 1, 52];
+    let frame = |convention, processor| {
+        from_raw(4, 1, RawFormat::Rgba8, &raw, &limits, convention, processor).unwrap()
+    };
+    let pil = frame(Convention::Processor, ImageProcessor::Pil);
+    assert_eq!(
+        pil.as_raw(),
+        &[10, 20, 30, 132, 137, 142, 255, 255, 255, 203, 203, 203]
+    );
+    // c = 1, α = 52: numpy's 52/255·1 + 203/255·255 = 203.2 rounds to 203; torch's
+    // (1/255·52/255 + 203/255)·255.999 = 204.000003 truncates to 204 (f32 gives 204.0 too).
+    let torchvision = frame(Convention::Processor, ImageProcessor::Torchvision);
+    assert_eq!(
+        torchvision.as_raw(),
+        &[10, 20, 30, 132, 137, 142, 255, 255, 255, 204, 204, 204]
+    );
+    for processor in [ImageProcessor::Pil, ImageProcessor::Torchvision] {
+        let pipeline = frame(Convention::Pipeline, processor);
+        assert_eq!(
+            pipeline.as_raw(),
+            &[10, 20, 30, 10, 20, 30, 10, 20, 30, 1, 1, 1]
+        );
+    }
 }
 
 #[test]
@@ -100,6 +119,14 @@ fn convention_names() {
         .parse::<Convention>()
         .unwrap_err()
         .contains("processor or pipeline"));
+    for p in [ImageProcessor::Pil, ImageProcessor::Torchvision] {
+        assert_eq!(p.name().parse::<ImageProcessor>(), Ok(p));
+    }
+    assert_eq!(ImageProcessor::default(), ImageProcessor::Pil);
+    assert!("tv"
+        .parse::<ImageProcessor>()
+        .unwrap_err()
+        .contains("pil or torchvision"));
 }
 
 #[test]
@@ -107,15 +134,18 @@ fn opaque_rgba_round_trips() {
     let img = photo_like(16, 16);
     let rgba: Vec<u8> = img.pixels().flat_map(|p| [p[0], p[1], p[2], 255]).collect();
     for convention in [Convention::Processor, Convention::Pipeline] {
-        let frame = from_raw(
-            16,
-            16,
-            RawFormat::Rgba8,
-            &rgba,
-            &ImageLimits::default(),
-            convention,
-        );
-        assert_eq!(frame.unwrap(), img);
+        for processor in [ImageProcessor::Pil, ImageProcessor::Torchvision] {
+            let frame = from_raw(
+                16,
+                16,
+                RawFormat::Rgba8,
+                &rgba,
+                &ImageLimits::default(),
+                convention,
+                processor,
+            );
+            assert_eq!(frame.unwrap(), img, "{convention} {processor}");
+        }
     }
 }
 
@@ -205,8 +235,17 @@ fn byte_limit() {
 fn raw_frames() {
     let limits = ImageLimits::default();
     let rgba = [1, 2, 3, 0, 4, 5, 6, 255];
-    let raw =
-        |w, h, format, data: &[u8]| from_raw(w, h, format, data, &limits, Convention::Pipeline);
+    let raw = |w, h, format, data: &[u8]| {
+        from_raw(
+            w,
+            h,
+            format,
+            data,
+            &limits,
+            Convention::Pipeline,
+            ImageProcessor::Pil,
+        )
+    };
     let img = raw(2, 1, RawFormat::Rgba8, &rgba).unwrap();
     assert_eq!(img.as_raw(), &[1, 2, 3, 4, 5, 6]);
     let rgb = raw(2, 1, RawFormat::Rgb8, &[1, 2, 3, 4, 5, 6]).unwrap();
@@ -388,4 +427,34 @@ fn a_jpeg_with_a_segment_length_of_one_is_read_as_libjpeg_reads_it() {
     )
     .unwrap();
     assert_eq!(img.dimensions(), (7, 5));
+}
+
+#[test]
+fn the_torchvision_backend_rescales_and_normalises_in_one_step() {
+    // Every 8-bit level, at the model's size (not resized).
+    let img = RgbImage::from_fn(16, 16, |x, y| {
+        let v = (y * 16 + x) as u8;
+        image::Rgb([v, 255 - v, v])
+    });
+    let torchvision = preprocess(
+        &img,
+        &Preprocess {
+            processor: ImageProcessor::Torchvision,
+            ..Preprocess::siglip(16)
+        },
+    );
+    // transformers fuses 1/255 into mean and std: 0.5 · 255 = 127.5 for both, in f32.
+    for (i, &v) in img.as_raw().iter().step_by(3).enumerate() {
+        assert_eq!(torchvision[i], (f32::from(v) - 127.5) / 127.5, "level {v}");
+    }
+    // The PIL backend rounds the rescaled value to f32 first: the last bit differs for some.
+    let pil = preprocess(&img, &Preprocess::siglip(16));
+    let differ = pil.iter().zip(&torchvision).filter(|(a, b)| a != b).count();
+    assert!(
+        differ > 0
+            && pil
+                .iter()
+                .zip(&torchvision)
+                .all(|(a, b)| (a - b).abs() < 1e-6)
+    );
 }

@@ -22,18 +22,19 @@ pub(super) fn pixels(base: &Path, check: &Check) -> Result<Vec<PixelRow>> {
     let reference = tensor(&tensors, "pixel_values")?;
     let size = reference.size()[2] as u32;
     let manifest = Manifest::load(&base.join(&check.model_dir))?;
-    let prep = manifest.image.preprocess(size);
+    let prep = manifest.image.preprocess(size, check.processor);
     sidecar
         .images
         .iter()
         .enumerate()
         .map(|(i, file)| {
-            let rgb = load_image(&base.join(file), check.convention)?;
+            let rgb = load_image(&base.join(file), check)?;
             let ours = crate::model::image::preprocess(&rgb, &prep);
             let (max_abs, mean_abs) = diff(&ours, &to_f32(&reference.get(i as i64))?);
             Ok(PixelRow {
                 name: check.name.clone(),
                 convention: check.convention,
+                processor: check.processor,
                 file: file_name(file),
                 size,
                 max_abs,
@@ -98,7 +99,7 @@ pub(super) fn model(
     let images = sidecar
         .images
         .iter()
-        .map(|file| load_image(&base.join(file), check.convention))
+        .map(|file| load_image(&base.join(file), check))
         .collect::<Result<Vec<_>>>()?;
     let image_embeds = in_passes(&model, &images, |chunk| model.embed_images(chunk))?;
     let text_embeds = model.embed_texts(&sidecar.texts)?;
@@ -113,6 +114,7 @@ pub(super) fn model(
     Ok(ModelRow {
         name: check.name.clone(),
         convention: check.convention,
+        processor: check.processor,
         device: device_name(model.device()),
         dtype: model.dtype().name().to_string(),
         backend: model.backend().to_string(),
@@ -137,6 +139,7 @@ fn load_model(base: &Path, check: &Check, device: DeviceChoice, dtype: DType) ->
         device,
         dtype: DTypeChoice::Fixed(dtype),
         warmup_rounds: 1,
+        image_processor: check.processor,
         ..LoadOptions::new(base.join(&check.model_dir))
     })
 }
@@ -175,7 +178,7 @@ pub(super) fn regions(base: &Path, check: &Check, device: DeviceChoice) -> Resul
     let prep = model
         .manifest()
         .image
-        .preprocess(reference.size()[2] as u32);
+        .preprocess(reference.size()[2] as u32, check.processor);
     let mut rows: Vec<Vec<f32>> = Vec::with_capacity(sidecar.images.len());
     // Consecutive rows of one file form one frame with several regions.
     let mut start = 0;
@@ -217,6 +220,7 @@ pub(super) fn regions(base: &Path, check: &Check, device: DeviceChoice) -> Resul
             Ok(RegionRow {
                 name: check.name.clone(),
                 convention: check.convention,
+                processor: check.processor,
                 file: file_name(&sidecar.images[i]),
                 region: sidecar.regions[i],
                 pixels_max: diff(ours, &to_f32(&reference.get(i as i64))?).0,

@@ -23,7 +23,7 @@ use crate::error::{Error, Result};
 use crate::infer::ImageInput;
 use crate::model::{
     device::{DType, DeviceChoice},
-    image::{Convention, ImageLimits, RawFormat, Region, RgbImage},
+    image::{Convention, ImageLimits, ImageProcessor, RawFormat, Region, RgbImage},
 };
 pub use report::{ModelRow, PixelRow, RegionRow, Report, TokenRow};
 
@@ -57,9 +57,12 @@ pub struct Check {
     pub name: String,
     pub reference: PathBuf,
     pub model_dir: PathBuf,
-    /// How the reference turned images into RGB (pixel and model checks).
+    /// How the reference turned images into RGB (pixel, model and region checks).
     #[serde(default)]
     pub convention: Convention,
+    /// Which backend of the image processor wrote the reference's pixels.
+    #[serde(default)]
+    pub processor: ImageProcessor,
 }
 
 #[derive(Debug, Deserialize)]
@@ -183,9 +186,9 @@ fn image_input(path: &Path) -> Result<ImageInput> {
     })
 }
 
-fn load_image(path: &Path, convention: Convention) -> Result<RgbImage> {
+fn load_image(path: &Path, check: &Check) -> Result<RgbImage> {
     image_input(path)?
-        .decode(&ImageLimits::default(), convention)
+        .decode(&ImageLimits::default(), check.convention, check.processor)
         .map_err(|e| Error::Model(format!("{}: {e}", path.display())))
 }
 

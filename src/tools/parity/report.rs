@@ -2,12 +2,13 @@
 
 use std::fmt::Write as _;
 
-use crate::model::image::{Convention, Region};
+use crate::model::image::{Convention, ImageProcessor, Region};
 
 #[derive(Debug, Clone)]
 pub struct PixelRow {
     pub name: String,
     pub convention: Convention,
+    pub processor: ImageProcessor,
     pub file: String,
     pub size: u32,
     pub max_abs: f32,
@@ -31,6 +32,7 @@ pub struct TokenRow {
 pub struct ModelRow {
     pub name: String,
     pub convention: Convention,
+    pub processor: ImageProcessor,
     pub device: String,
     pub dtype: String,
     /// What ran the vision tower (`torchscript`, `aoti`).
@@ -49,6 +51,7 @@ pub struct ModelRow {
 pub struct RegionRow {
     pub name: String,
     pub convention: Convention,
+    pub processor: ImageProcessor,
     pub file: String,
     /// The crop box.
     pub region: Region,
@@ -117,17 +120,20 @@ impl Report {
     /// The human-readable table, without the summary line.
     pub fn table(&self) -> String {
         let mut s = String::new();
-        let _ = writeln!(s, "pixel values vs SiglipImageProcessorPil");
         let _ = writeln!(
             s,
-            "  {:<14} {:<10} {:<40} {:>10} {:>10}",
-            "filter-size", "convention", "file", "max_abs", "mean_abs"
+            "pixel values vs SiglipImageProcessorPil (pil) and SiglipImageProcessor (torchvision)"
+        );
+        let _ = writeln!(
+            s,
+            "  {:<14} {:<10} {:<11} {:<40} {:>10} {:>10}",
+            "filter-size", "convention", "processor", "file", "max_abs", "mean_abs"
         );
         for r in &self.pixels {
             let _ = writeln!(
                 s,
-                "  {:<14} {:<10} {:<40} {:>10.6} {:>10.3e}",
-                r.name, r.convention, r.file, r.max_abs, r.mean_abs
+                "  {:<14} {:<10} {:<11} {:<40} {:>10.6} {:>10.3e}",
+                r.name, r.convention, r.processor, r.file, r.max_abs, r.mean_abs
             );
         }
         let _ = writeln!(
@@ -152,9 +158,10 @@ impl Report {
         let _ = writeln!(s, "\nend to end vs transformers SiglipModel (fp32, CPU)");
         let _ = writeln!(
             s,
-            "  {:<12} {:<10} {:<7} {:<9} {:<11} {:>10} {:>10} {:>10} {:>10} {:>14}",
+            "  {:<12} {:<10} {:<11} {:<7} {:<9} {:<11} {:>10} {:>10} {:>10} {:>10} {:>14}",
             "model",
             "convention",
+            "processor",
             "device",
             "dtype",
             "vision",
@@ -167,9 +174,10 @@ impl Report {
         for r in &self.models {
             let _ = writeln!(
                 s,
-                "  {:<12} {:<10} {:<7} {:<9} {:<11} {:>10.3e} {:>10.3e} {:>10.3e} {:>10.3e} {:>6.3}–{:<6.3}",
+                "  {:<12} {:<10} {:<11} {:<7} {:<9} {:<11} {:>10.3e} {:>10.3e} {:>10.3e} {:>10.3e} {:>6.3}–{:<6.3}",
                 r.name,
                 r.convention,
+                r.processor,
                 r.device,
                 r.dtype,
                 r.backend,
@@ -187,19 +195,81 @@ impl Report {
         );
         let _ = writeln!(
             s,
-            "  {:<6} {:<10} {:<34} {:<22} {:>10} {:>10}",
-            "model", "convention", "file", "box", "pixels", "probs"
+            "  {:<6} {:<10} {:<11} {:<34} {:<22} {:>10} {:>10}",
+            "model", "convention", "processor", "file", "box", "pixels", "probs"
         );
         for r in &self.regions {
             let _ = writeln!(
                 s,
-                "  {:<6} {:<10} {:<34} {:<22} {:>10.6} {:>10.3e}",
+                "  {:<6} {:<10} {:<11} {:<34} {:<22} {:>10.6} {:>10.3e}",
                 r.name,
                 r.convention,
+                r.processor,
                 r.file,
                 r.region.to_string(),
                 r.pixels_max,
                 r.probs_max
+            );
+        }
+        s.push_str(&self.paths_table());
+        s
+    }
+
+    /// One row per image path the suite checked (`--image-convention` × `--image-processor`):
+    /// the largest differences of its pixel, fp32 end-to-end and region rows.
+    fn paths_table(&self) -> String {
+        let mut paths: Vec<(Convention, ImageProcessor)> = Vec::new();
+        let rows = self.pixels.iter().map(|r| (r.convention, r.processor));
+        let rows = rows.chain(self.models.iter().map(|r| (r.convention, r.processor)));
+        for path in rows.chain(self.regions.iter().map(|r| (r.convention, r.processor))) {
+            if !paths.contains(&path) {
+                paths.push(path);
+            }
+        }
+        let mut s = String::new();
+        let _ = writeln!(s, "\nby image path: the largest difference of each kind");
+        let _ = writeln!(
+            s,
+            "  {:<10} {:<11} {:>6} {:>10} {:>6} {:>10} {:>7} {:>10} {:>10}",
+            "convention",
+            "processor",
+            "images",
+            "pixels",
+            "models",
+            "fp32 probs",
+            "regions",
+            "pixels",
+            "probs"
+        );
+        let max = |values: &mut dyn Iterator<Item = f32>| values.fold(0.0, f32::max);
+        for (convention, processor) in paths {
+            let on = |c: Convention, p: ImageProcessor| c == convention && p == processor;
+            let pixels: Vec<_> = self
+                .pixels
+                .iter()
+                .filter(|r| on(r.convention, r.processor))
+                .collect();
+            let models: Vec<_> = self
+                .fp32_models()
+                .filter(|r| on(r.convention, r.processor))
+                .collect();
+            let regions: Vec<_> = self
+                .regions
+                .iter()
+                .filter(|r| on(r.convention, r.processor))
+                .collect();
+            let _ = writeln!(
+                s,
+                "  {:<10} {:<11} {:>6} {:>10.6} {:>6} {:>10.3e} {:>7} {:>10.6} {:>10.3e}",
+                convention,
+                processor,
+                pixels.len(),
+                max(&mut pixels.iter().map(|r| r.max_abs)),
+                models.len(),
+                max(&mut models.iter().map(|r| r.probs_max)),
+                regions.len(),
+                max(&mut regions.iter().map(|r| r.pixels_max)),
+                max(&mut regions.iter().map(|r| r.probs_max)),
             );
         }
         s

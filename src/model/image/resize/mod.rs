@@ -1,28 +1,32 @@
-//! A port of Pillow 13's convolution resampler (`src/libImaging/Resample.c`, `ImagingResample`
-//! for 8-bit RGB with the default box), with its bicubic and bilinear filters: SigLIP's
-//! processors use bicubic, SigLIP 2's fixed-resolution ones bilinear.
+//! The two 8-bit resamplers transformers' SigLIP image processors use, ported so that every
+//! output pixel is the reference's: Pillow 13's (`SiglipImageProcessorPil`, [`pillow`]) and
+//! torch's antialiased uint8 `interpolate` (`SiglipImageProcessor`, the torchvision backend,
+//! [`torch`]). Both filters are here: bicubic for SigLIP, bilinear for SigLIP 2's
+//! fixed-resolution checkpoints.
 //!
 //! Hand-written rather than taken from a resizing crate because the reference pixels come out
 //! of exactly this code: generic resamplers (the `image` crate's CatmullRom,
 //! `fast_image_resize`) differ from Pillow by up to 17 LSB on edges, through a different
-//! support when shrinking, floating-point instead of 22-bit fixed-point weights, no rounding
-//! to 8 bits between the passes, or another pass order. This port matches Pillow bit for bit.
-//!
-//! What it reproduces:
-//! - the filters: Keys' cubic with a = −0.5 (support 2) and the triangle (support 1), widened
-//!   by the scale when shrinking (antialiasing), centres at `(i + 0.5)·scale`, window ends
-//!   rounded the way C truncates;
-//! - weights normalised in `f64`, then rounded to `i32` with 22 fractional bits;
-//! - each pass accumulates in `i32` from 0.5, shifts, and clips to `u8`;
-//! - the pass order: horizontal then vertical, except that Pillow 13 runs the vertical pass
-//!   first when the height shrinks and by more than twice as many pixels as the width does
-//!   (Pillow ≤ 12 always went horizontal first).
+//! support when shrinking, floating-point instead of fixed-point weights, no rounding to 8 bits
+//! between the passes, or another pass order. The two references share the shape of the work
+//! and differ in its numbers:
+//! - both: Keys' cubic with a = −0.5 (support 2) or the triangle (support 1), widened by the
+//!   scale when shrinking (antialiasing), centres at `(i + 0.5)·scale`, window ends rounded the
+//!   way C truncates, weights normalised in `f64` and rounded to fixed point away from zero;
+//!   each pass accumulates integers from one half, shifts, and clips to `u8`, so the second
+//!   pass reads 8-bit pixels;
+//! - Pillow: 22 fractional bits; the vertical pass first when the height shrinks by more than
+//!   twice as many pixels as the width (Pillow 13; Pillow ≤ 12 always went horizontal first);
+//! - torch: as many fractional bits as the largest weight leaves room for in an `i16` (at most
+//!   22), per pass; always horizontal first; the cubic's outer lobe written as torch writes it.
+
+mod pillow;
+mod torch;
 
 use image::RgbImage;
 use serde::Deserialize;
 
-/// Fractional bits of the fixed-point weights: 32 − 8 (result) − 2 (overflow headroom).
-const PRECISION_BITS: u32 = 32 - 8 - 2;
+use super::ImageProcessor;
 
 /// A resampling filter, by the name `preprocessor_config.json`'s `resample` has in the manifest.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
@@ -35,7 +39,7 @@ pub enum Filter {
 }
 
 impl Filter {
-    /// Pillow's `filter->support`.
+    /// Pillow's `filter->support`, torch's `interp_size / 2`.
     fn support(self) -> f64 {
         match self {
             Filter::Bilinear => 1.0,
@@ -44,7 +48,7 @@ impl Filter {
     }
 
     /// Pillow's `bilinear_filter` and `bicubic_filter`.
-    fn weight(self, x: f64) -> f64 {
+    fn pillow_weight(self, x: f64) -> f64 {
         let x = x.abs();
         match self {
             Filter::Bilinear if x < 1.0 => 1.0 - x,
@@ -64,64 +68,84 @@ impl Filter {
 }
 
 /// Fixed-point weights of one pass: output `i` reads `len[i]` input samples from `start[i]`
-/// with weights `k[i * ksize..][..len[i]]`.
+/// with weights `k[i * ksize..][..len[i]]`, which have `precision` fractional bits.
 struct Weights {
     start: Vec<usize>,
     len: Vec<usize>,
     ksize: usize,
     k: Vec<i32>,
+    precision: u32,
 }
 
-/// Pillow's `precompute_coeffs` followed by `normalize_coeffs_8bpc`.
-fn weights(in_size: u32, out_size: u32, filter: Filter) -> Weights {
-    // Pillow computes the scale from the float box (0, in_size).
-    let scale = f64::from(in_size as f32) / f64::from(out_size);
+/// The windows and normalised `f64` weights of one pass from `in_size` to `out_size` samples,
+/// as both references compute them (Pillow's `precompute_coeffs`, torch's
+/// `_compute_indices_weights_aa`), the filter evaluated by `weight`; then `fixed` turns each
+/// output's weights into integers and says how many fractional bits they have.
+fn weights(
+    in_size: u32,
+    out_size: u32,
+    filter: Filter,
+    weight: impl Fn(f64) -> f64,
+    fixed: impl FnOnce(&[Vec<f64>]) -> (Vec<Vec<i32>>, u32),
+) -> Weights {
+    let scale = f64::from(in_size) / f64::from(out_size);
     let filterscale = scale.max(1.0);
     let support = filter.support() * filterscale;
     let ksize = support.ceil() as usize * 2 + 1;
     let out = out_size as usize;
-    let mut w = Weights {
-        start: Vec::with_capacity(out),
-        len: Vec::with_capacity(out),
-        ksize,
-        k: vec![0; out * ksize],
-    };
-    let mut row = vec![0f64; ksize];
+    let mut start = Vec::with_capacity(out);
+    let mut len = Vec::with_capacity(out);
+    let mut rows = Vec::with_capacity(out);
     for i in 0..out {
         let center = (i as f64 + 0.5) * scale;
         let ss = 1.0 / filterscale;
         // C's `(int)` truncates toward zero; both ends are then clamped to the image.
         let xmin = ((center - support + 0.5) as i64).max(0) as usize;
         let xmax = ((center + support + 0.5) as i64).min(i64::from(in_size)) as usize;
-        let n = xmax - xmin;
-        let mut total = 0.0;
-        for (x, r) in row[..n].iter_mut().enumerate() {
-            *r = filter.weight(((x + xmin) as f64 - center + 0.5) * ss);
-            total += *r;
+        let mut row: Vec<f64> = (xmin..xmax)
+            .map(|x| weight((x as f64 - center + 0.5) * ss))
+            .collect();
+        let total: f64 = row.iter().sum();
+        if total != 0.0 {
+            for r in &mut row {
+                *r /= total;
+            }
         }
-        for (r, k) in row[..n].iter().zip(&mut w.k[i * ksize..]) {
-            let r = if total != 0.0 { r / total } else { *r };
-            let fixed = r * f64::from(1u32 << PRECISION_BITS);
-            *k = if r < 0.0 {
-                (fixed - 0.5) as i32
-            } else {
-                (fixed + 0.5) as i32
-            };
-        }
-        w.start.push(xmin);
-        w.len.push(n);
+        start.push(xmin);
+        len.push(row.len());
+        rows.push(row);
     }
-    w
+    let (fixed_rows, precision) = fixed(&rows);
+    let mut k = vec![0; out * ksize];
+    for (i, row) in fixed_rows.iter().enumerate() {
+        k[i * ksize..][..row.len()].copy_from_slice(row);
+    }
+    Weights {
+        start,
+        len,
+        ksize,
+        k,
+        precision,
+    }
 }
 
-/// Pillow's `clip8`: drops the fractional bits and saturates.
-#[inline]
-fn clip8(acc: i32) -> u8 {
-    (acc >> PRECISION_BITS).clamp(0, 255) as u8
+/// `w · 2^bits` rounded half away from zero, as both references round (C's truncating `(int)`
+/// of `w · 2^bits ± 0.5`).
+fn to_fixed(w: f64, bits: u32) -> i32 {
+    let fixed = w * f64::from(1u32 << bits);
+    if w < 0.0 {
+        (fixed - 0.5) as i32
+    } else {
+        (fixed + 0.5) as i32
+    }
 }
 
-/// The rounding offset every accumulator starts from.
-const HALF: i32 = 1 << (PRECISION_BITS - 1);
+/// Pillow's `clip8` (torch's shift and saturating packs): drops the fractional bits and
+/// saturates.
+#[inline(always)]
+fn clip8(acc: i32, precision: u32) -> u8 {
+    (acc >> precision).clamp(0, 255) as u8
+}
 
 /// Rows resized along x together (see `horizontal`).
 const ROW_BLOCK: usize = 8;
@@ -137,6 +161,7 @@ const ROW_BLOCK: usize = 8;
 fn horizontal(src: &[u8], src_w: usize, height: usize, w: &Weights) -> Vec<u8> {
     const LANE: usize = ROW_BLOCK * 3;
     let out_w = w.start.len();
+    let (half, bits) = (1 << (w.precision - 1), w.precision);
     let mut dst = vec![0u8; out_w * height * 3];
     // Column x holds pixel x of each row of the block (a short last block leaves lanes unused).
     let mut columns = vec![[0u8; LANE]; src_w];
@@ -151,7 +176,7 @@ fn horizontal(src: &[u8], src_w: usize, height: usize, w: &Weights) -> Vec<u8> {
         }
         for i in 0..out_w {
             let k = &w.k[i * w.ksize..][..w.len[i]];
-            let mut acc = [HALF; LANE];
+            let mut acc = [half; LANE];
             for (&k, column) in k.iter().zip(&columns[w.start[i]..]) {
                 for (a, &p) in acc.iter_mut().zip(column) {
                     *a += i32::from(p) * k;
@@ -161,7 +186,11 @@ fn horizontal(src: &[u8], src_w: usize, height: usize, w: &Weights) -> Vec<u8> {
                 .chunks_exact_mut(out_w * 3)
                 .zip(acc.chunks_exact(3))
             {
-                dst_row[i * 3..][..3].copy_from_slice(&[clip8(px[0]), clip8(px[1]), clip8(px[2])]);
+                dst_row[i * 3..][..3].copy_from_slice(&[
+                    clip8(px[0], bits),
+                    clip8(px[1], bits),
+                    clip8(px[2], bits),
+                ]);
             }
         }
     }
@@ -173,10 +202,11 @@ fn horizontal(src: &[u8], src_w: usize, height: usize, w: &Weights) -> Vec<u8> {
 fn vertical(src: &[u8], width: usize, w: &Weights) -> Vec<u8> {
     let stride = width * 3;
     let out_h = w.start.len();
+    let half = 1 << (w.precision - 1);
     let mut dst = vec![0u8; stride * out_h];
     let mut acc = vec![0i32; stride];
     for (i, dst_row) in dst.chunks_exact_mut(stride).enumerate() {
-        acc.fill(HALF);
+        acc.fill(half);
         let k = &w.k[i * w.ksize..][..w.len[i]];
         let rows = src[w.start[i] * stride..].chunks_exact(stride);
         for (&k, src_row) in k.iter().zip(rows) {
@@ -185,20 +215,28 @@ fn vertical(src: &[u8], width: usize, w: &Weights) -> Vec<u8> {
             }
         }
         for (d, &a) in dst_row.iter_mut().zip(&acc) {
-            *d = clip8(a);
+            *d = clip8(a, w.precision);
         }
     }
     dst
 }
 
-/// `img.resize((width, height), filter)` in Pillow 13, for RGB8.
-pub(super) fn resize(img: &RgbImage, width: u32, height: u32, filter: Filter) -> RgbImage {
+/// `img` resized to `width` × `height` by the resampler of `processor`: Pillow 13's
+/// `img.resize((width, height), filter)`, or torch's
+/// `interpolate(uint8, (height, width), mode, antialias=True)`, for RGB8.
+pub(super) fn resize(
+    img: &RgbImage,
+    width: u32,
+    height: u32,
+    filter: Filter,
+    processor: ImageProcessor,
+) -> RgbImage {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") {
         // SAFETY: the CPU has AVX2, checked just above.
-        return unsafe { resize_avx2(img, width, height, filter) };
+        return unsafe { resize_avx2(img, width, height, filter, processor) };
     }
-    resize_any_cpu(img, width, height, filter)
+    resize_any_cpu(img, width, height, filter, processor)
 }
 
 /// [`resize_any_cpu`] compiled for AVX2, whose 8-lane 32-bit multiply the passes' inner loops
@@ -206,32 +244,52 @@ pub(super) fn resize(img: &RgbImage, width: u32, height: u32, filter: Filter) ->
 /// integer operations, so the same pixels.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-unsafe fn resize_avx2(img: &RgbImage, width: u32, height: u32, filter: Filter) -> RgbImage {
-    resize_any_cpu(img, width, height, filter)
+unsafe fn resize_avx2(
+    img: &RgbImage,
+    width: u32,
+    height: u32,
+    filter: Filter,
+    processor: ImageProcessor,
+) -> RgbImage {
+    resize_any_cpu(img, width, height, filter, processor)
 }
 
 #[inline(always)]
-fn resize_any_cpu(img: &RgbImage, width: u32, height: u32, filter: Filter) -> RgbImage {
+fn resize_any_cpu(
+    img: &RgbImage,
+    width: u32,
+    height: u32,
+    filter: Filter,
+    processor: ImageProcessor,
+) -> RgbImage {
     let (in_w, in_h) = img.dimensions();
     let need_h = width != in_w;
     let need_v = height != in_h;
     let src = img.as_raw();
     let (w, h) = (width as usize, height as usize);
-    let vertical_first = height < in_h
-        && i64::from(in_h) - i64::from(height) > 2 * (i64::from(in_w) - i64::from(width));
-    let along_x = || weights(in_w, width, filter);
-    let along_y = || weights(in_h, height, filter);
+    let (along_x, along_y, vertical_first): (Weights, Weights, bool) = match processor {
+        ImageProcessor::Pil => (
+            pillow::weights(in_w, width, filter),
+            pillow::weights(in_h, height, filter),
+            pillow::vertical_first(in_w, in_h, width, height),
+        ),
+        ImageProcessor::Torchvision => (
+            torch::weights(in_w, width, filter),
+            torch::weights(in_h, height, filter),
+            false,
+        ),
+    };
     let pixels = match (need_h, need_v) {
         (false, false) => src.clone(),
-        (true, false) => horizontal(src, in_w as usize, h, &along_x()),
-        (false, true) => vertical(src, w, &along_y()),
+        (true, false) => horizontal(src, in_w as usize, h, &along_x),
+        (false, true) => vertical(src, w, &along_y),
         (true, true) if vertical_first => {
-            let tmp = vertical(src, in_w as usize, &along_y());
-            horizontal(&tmp, in_w as usize, h, &along_x())
+            let tmp = vertical(src, in_w as usize, &along_y);
+            horizontal(&tmp, in_w as usize, h, &along_x)
         }
         (true, true) => {
-            let tmp = horizontal(src, in_w as usize, in_h as usize, &along_x());
-            vertical(&tmp, w, &along_y())
+            let tmp = horizontal(src, in_w as usize, in_h as usize, &along_x);
+            vertical(&tmp, w, &along_y)
         }
     };
     RgbImage::from_raw(width, height, pixels).expect("resampler output has the requested size")
@@ -242,17 +300,25 @@ mod tests {
     use super::*;
 
     const FILTERS: [Filter; 2] = [Filter::Bilinear, Filter::Bicubic];
+    const PROCESSORS: [ImageProcessor; 2] = [ImageProcessor::Pil, ImageProcessor::Torchvision];
+
+    fn weights_of(processor: ImageProcessor, i: u32, o: u32, filter: Filter) -> Weights {
+        match processor {
+            ImageProcessor::Pil => pillow::weights(i, o, filter),
+            ImageProcessor::Torchvision => torch::weights(i, o, filter),
+        }
+    }
 
     #[test]
     fn weights_sum_to_one_in_fixed_point() {
-        for filter in FILTERS {
+        for (processor, filter) in PROCESSORS.into_iter().flat_map(|p| FILTERS.map(|f| (p, f))) {
             for (i, o) in [(512, 224), (37, 224), (4000, 384), (1, 224), (224, 1)] {
-                let w = weights(i, o, filter);
+                let w = weights_of(processor, i, o, filter);
                 for (j, &n) in w.len.iter().enumerate() {
                     let sum: i32 = w.k[j * w.ksize..][..n].iter().sum();
                     assert!(
-                        (sum - (1 << PRECISION_BITS)).abs() <= n as i32,
-                        "{filter:?} {i}->{o} #{j}"
+                        (sum - (1 << w.precision)).abs() <= n as i32,
+                        "{processor:?} {filter:?} {i}->{o} #{j}"
                     );
                 }
             }
@@ -262,14 +328,18 @@ mod tests {
     #[test]
     fn constant_image_stays_constant() {
         let img = RgbImage::from_pixel(37, 500, image::Rgb([10, 128, 250]));
-        for filter in FILTERS {
-            let out = resize(&img, 224, 224, filter);
-            assert!(out.pixels().all(|p| p.0 == [10, 128, 250]), "{filter:?}");
+        for (processor, filter) in PROCESSORS.into_iter().flat_map(|p| FILTERS.map(|f| (p, f))) {
+            let out = resize(&img, 224, 224, filter, processor);
+            assert!(
+                out.pixels().all(|p| p.0 == [10, 128, 250]),
+                "{processor:?} {filter:?}"
+            );
         }
     }
 
-    /// Pillow's horizontal pass as Pillow writes it (`ImagingResampleHorizontal_8bpc`): pixel
-    /// by pixel, channel by channel. The reference for the interleaved `horizontal`.
+    /// The horizontal pass as Pillow writes it (`ImagingResampleHorizontal_8bpc`; torch's
+    /// portable kernel is the same loop): pixel by pixel, channel by channel. The reference for
+    /// the interleaved `horizontal`.
     fn pillow_horizontal(src: &[u8], src_w: usize, w: &Weights) -> Vec<u8> {
         let out_w = w.start.len();
         let mut dst = Vec::new();
@@ -277,11 +347,11 @@ mod tests {
             for i in 0..out_w {
                 let k = &w.k[i * w.ksize..][..w.len[i]];
                 for c in 0..3 {
-                    let mut acc = HALF;
+                    let mut acc = 1 << (w.precision - 1);
                     for (t, &k) in k.iter().enumerate() {
                         acc += i32::from(row[(w.start[i] + t) * 3 + c]) * k;
                     }
-                    dst.push(clip8(acc));
+                    dst.push(clip8(acc, w.precision));
                 }
             }
         }
@@ -301,12 +371,13 @@ mod tests {
             let img = RgbImage::from_fn(w, h, |x, y| {
                 image::Rgb([(x * 7 + y * 3) as u8, (x ^ y) as u8, (x * y / 3 + 11) as u8])
             });
-            for filter in FILTERS {
-                let weights = weights(w, out_w, filter);
+            for (processor, filter) in PROCESSORS.into_iter().flat_map(|p| FILTERS.map(|f| (p, f)))
+            {
+                let weights = weights_of(processor, w, out_w, filter);
                 assert_eq!(
                     horizontal(img.as_raw(), w as usize, h as usize, &weights),
                     pillow_horizontal(img.as_raw(), w as usize, &weights),
-                    "{w}x{h} -> {out_w} {filter:?}"
+                    "{w}x{h} -> {out_w} {processor:?} {filter:?}"
                 );
             }
         }
@@ -346,11 +417,12 @@ mod tests {
             (2000, 1500, 224, 224),
         ] {
             let src = img(w, h);
-            for filter in FILTERS {
+            for (processor, filter) in PROCESSORS.into_iter().flat_map(|p| FILTERS.map(|f| (p, f)))
+            {
                 assert_eq!(
-                    resize(&src, out_w, out_h, filter),
-                    resize_any_cpu(&src, out_w, out_h, filter),
-                    "{w}x{h} -> {out_w}x{out_h} {filter:?}"
+                    resize(&src, out_w, out_h, filter, processor),
+                    resize_any_cpu(&src, out_w, out_h, filter, processor),
+                    "{w}x{h} -> {out_w}x{out_h} {processor:?} {filter:?}"
                 );
             }
         }
@@ -359,9 +431,9 @@ mod tests {
     #[test]
     fn bilinear_reads_two_neighbours_when_enlarging_and_bicubic_four() {
         // Enlarging, the filter is not widened: a window of 2 × support samples.
-        assert_eq!(weights(100, 224, Filter::Bilinear).ksize, 3);
-        assert_eq!(weights(100, 224, Filter::Bicubic).ksize, 5);
-        assert!(weights(100, 224, Filter::Bilinear)
+        assert_eq!(pillow::weights(100, 224, Filter::Bilinear).ksize, 3);
+        assert_eq!(pillow::weights(100, 224, Filter::Bicubic).ksize, 5);
+        assert!(pillow::weights(100, 224, Filter::Bilinear)
             .len
             .iter()
             .all(|&n| n <= 3));

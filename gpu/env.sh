@@ -1,7 +1,7 @@
 # Sourced by the GPU scripts (gpu/parity.sh, bench/gpu.sh), from the repository root on a GPU
 # machine: torch 2.11+cu130 is installed there, the binary was built on the CPU machine.
 # - carried wheels (.whl/): transformers >= 5.24, since 5.17 (preinstalled there) traces the text
-#   tower with a CPU-pinned attention mask;
+#   tower with a CPU-pinned attention mask; torchvision for the torchvision processor's references;
 # - PYTHONPATH: the export package (python/siglip_export) by path, as `make venv` cannot install it
 #   there (no venv, no network); `python3 -m siglip_export` then runs it as `siglip-export` does;
 # - LD_LIBRARY_PATH: the binary's RUNPATH names the CPU machine's venv; use this machine's torch.

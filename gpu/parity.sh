@@ -5,7 +5,7 @@
 # The GPU machine has torch 2.11+cu130, transformers and scikit-image but no Rust and no network.
 # Build and stage here:
 #   make build && mkdir -p dist && strip -o dist/siglip-serve target/release/siglip-serve
-#   pip download (cp312 manylinux) transformers==5.24.0 regex into .whl/   (see gpu/README.md)
+#   pip download (cp312 manylinux) transformers==5.24.0 regex torchvision==0.26.0 into .whl/   (gpu/README.md)
 # then run this script from the repository root there, carrying dist/ and .whl/.
 set -euo pipefail
 
@@ -35,7 +35,7 @@ try_step compile-tiny-aoti python3 -m siglip_export compile --model-dir "$work/m
 step parity-suite python3 python/make_parity_suite.py --build "$work" --out "$work/parity"
 
 echo "== parity on CUDA (binary built on the CPU machine)"
-"$bin" parity --suite "$work/parity/suite.json" --device cuda | awk '/^pixel/ || /input ids/ {show=1} /^  [^ ]/ && $4 == "0.000000" {next} show'
+"$bin" parity --suite "$work/parity/suite.json" --device cuda | awk '/^pixel/ || /input ids/ {show=1} /^  [^ ]/ && $5 == "0.000000" {next} show'
 echo "== the same binary classifying a photo on CUDA"
 "$bin" classify --model-dir "$work/models/base-224" --device cuda \
   --dtype bfloat16 "$work/assets/images/chelsea_progressive.jpg" --labels "a photo of a cat" "a rocket" 2>/dev/null

@@ -69,8 +69,9 @@ pub struct ModelArgs {
 
     /// Which backend of transformers' SigLIP image processor the pixels reproduce. `pil`:
     /// `SiglipImageProcessorPil` (Pillow's resampler). `torchvision`: `SiglipImageProcessor`,
-    /// what `AutoProcessor` returns wherever torchvision is installed (Colab); it differs from
-    /// `pil` by 1–2 levels in most pixels. Independent of `--image-convention`.
+    /// what `AutoImageProcessor` (and so `AutoProcessor`) picks wherever torchvision is
+    /// installed, as in Colab; its pixels differ from `pil`'s by a level or a few in most photos.
+    /// Independent of `--image-convention`.
     #[arg(long, env = "SIGLIP_IMAGE_PROCESSOR", default_value = "pil")]
     pub image_processor: ImageProcessor,
 }

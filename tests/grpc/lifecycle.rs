@@ -226,10 +226,18 @@ async fn flags_come_from_the_environment() {
     let env = [
         ("SIGLIP_MAX_TEXTS", "2"),
         ("SIGLIP_IMAGE_CONVENTION", "pipeline"),
+        ("SIGLIP_IMAGE_PROCESSOR", "torchvision"),
     ];
     let server = Server::ready_model(&model, &[], &env).await;
     let mut client = server.client().await;
-    assert_eq!(model_info(&mut client).await.image_convention, "pipeline");
+    let info = model_info(&mut client).await;
+    assert_eq!(
+        (
+            info.image_convention.as_str(),
+            info.image_processor.as_str()
+        ),
+        ("pipeline", "torchvision")
+    );
     let three = vec!["a".to_string(), "b".to_string(), "c".to_string()];
     let status = client
         .classify(classify_request(asset("rocket.bmp"), three))

@@ -3,9 +3,10 @@
 //! The reference is transformers' SigLIP image processor, either backend ([`ImageProcessor`]):
 //! Pillow decodes, the image becomes RGB by one of two [`Convention`]s, then it is resized
 //! straight to `size × size` with the backend's bicubic filter (bilinear for SigLIP 2) on 8-bit
-//! pixels, rescaled by 1/255 and normalised with mean 0.5, std 0.5. Every step reproduces its
-//! counterpart exactly (JPEG through libjpeg-turbo's decoder, compositing and both resamplers
-//! ported from their C/C++), so the server's embeddings equal those of the Python code.
+//! pixels, rescaled by 1/255 and normalised with mean 0.5, std 0.5 (one fused step in the
+//! torchvision backend). Every step reproduces its counterpart exactly (JPEG through
+//! libjpeg-turbo's decoder, compositing and both resamplers ported from their C/C++), so the
+//! server's embeddings equal those of the Python code on the paths `ImageProcessor` names.
 //!
 //! Untrusted input is bounded by [`ImageLimits`], checked from the header before any pixel
 //! buffer is allocated; every failure is an [`ImageError`] whose message says what to fix.
@@ -74,8 +75,9 @@ impl std::str::FromStr for Convention {
 }
 
 /// Which backend of transformers' SigLIP image processor the pixels reproduce. They share the
-/// RGB conversion of an image file; they differ in the resampler (by 1–2 LSB on most photos),
-/// in how rescaling and normalising round, and in compositing a raw RGBA array.
+/// RGB conversion of an image file; they differ in the resampler (a level or a few apart
+/// somewhere in most photos), in how rescaling and normalising round, and in compositing a raw
+/// RGBA array.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ImageProcessor {
@@ -84,8 +86,10 @@ pub enum ImageProcessor {
     #[default]
     Pil,
     /// `SiglipImageProcessor`, the torchvision backend: what `AutoImageProcessor` (and so
-    /// `AutoProcessor` and the pipeline) returns wherever torchvision is importable, as in
-    /// Colab. torch's antialiased uint8 `interpolate`; rescale fused into the normalisation.
+    /// `AutoProcessor` and the pipeline) picks wherever torchvision is importable, as in
+    /// Colab. torch's antialiased uint8 `interpolate`, as torchvision runs it on a CPU with
+    /// AVX2 (bilinear elsewhere, and any filter on a GPU, go through `float32`: not reproduced);
+    /// rescale fused into the normalisation.
     Torchvision,
 }
 

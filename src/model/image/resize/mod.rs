@@ -47,25 +47,21 @@ impl Filter {
         }
     }
 
-    /// Pillow's `bilinear_filter` and `bicubic_filter`.
-    fn pillow_weight(self, x: f64) -> f64 {
+    /// The filter at `x` (Pillow's `bilinear_filter` and `bicubic_filter`, torch's `aa_filter`s),
+    /// which both references write alike except the cubic's outer lobe, `1 ≤ |x| < 2`: `outer`.
+    fn weight(self, x: f64, outer: fn(f64) -> f64) -> f64 {
         let x = x.abs();
         match self {
             Filter::Bilinear if x < 1.0 => 1.0 - x,
-            Filter::Bilinear => 0.0,
-            Filter::Bicubic => {
-                const A: f64 = -0.5;
-                if x < 1.0 {
-                    ((A + 2.0) * x - (A + 3.0)) * x * x + 1.0
-                } else if x < 2.0 {
-                    (((x - 5.0) * x + 8.0) * x - 4.0) * A
-                } else {
-                    0.0
-                }
-            }
+            Filter::Bicubic if x < 1.0 => ((A + 2.0) * x - (A + 3.0)) * x * x + 1.0,
+            Filter::Bicubic if x < 2.0 => outer(x),
+            Filter::Bilinear | Filter::Bicubic => 0.0,
         }
     }
 }
+
+/// Keys' cubic parameter, in both references.
+const A: f64 = -0.5;
 
 /// Fixed-point weights of one pass: output `i` reads `len[i]` input samples from `start[i]`
 /// with weights `k[i * ksize..][..len[i]]`, which have `precision` fractional bits.
@@ -77,17 +73,19 @@ struct Weights {
     precision: u32,
 }
 
-/// The windows and normalised `f64` weights of one pass from `in_size` to `out_size` samples,
-/// as both references compute them (Pillow's `precompute_coeffs`, torch's
-/// `_compute_indices_weights_aa`), the filter evaluated by `weight`; then `fixed` turns each
-/// output's weights into integers and says how many fractional bits they have.
+/// The fixed-point weights of one pass from `in_size` to `out_size` samples: windows and
+/// normalised `f64` weights as both references compute them (Pillow's `precompute_coeffs`,
+/// torch's `_compute_indices_weights_aa`), the cubic's outer lobe by `outer`, then rounded with
+/// the fractional bits `precision` gives for the largest weight.
 fn weights(
     in_size: u32,
     out_size: u32,
     filter: Filter,
-    weight: impl Fn(f64) -> f64,
-    fixed: impl FnOnce(&[Vec<f64>]) -> (Vec<Vec<i32>>, u32),
+    outer: fn(f64) -> f64,
+    precision: impl FnOnce(f64) -> u32,
 ) -> Weights {
+    // Pillow computes the scale from its float box (0, in_size), torch from the integer size:
+    // the same for any side under 2²⁴.
     let scale = f64::from(in_size) / f64::from(out_size);
     let filterscale = scale.max(1.0);
     let support = filter.support() * filterscale;
@@ -103,7 +101,7 @@ fn weights(
         let xmin = ((center - support + 0.5) as i64).max(0) as usize;
         let xmax = ((center + support + 0.5) as i64).min(i64::from(in_size)) as usize;
         let mut row: Vec<f64> = (xmin..xmax)
-            .map(|x| weight((x as f64 - center + 0.5) * ss))
+            .map(|x| filter.weight((x as f64 - center + 0.5) * ss, outer))
             .collect();
         let total: f64 = row.iter().sum();
         if total != 0.0 {
@@ -115,10 +113,13 @@ fn weights(
         len.push(row.len());
         rows.push(row);
     }
-    let (fixed_rows, precision) = fixed(&rows);
+    let largest = rows.iter().flatten().copied().fold(f64::MIN, f64::max);
+    let precision = precision(largest);
     let mut k = vec![0; out * ksize];
-    for (i, row) in fixed_rows.iter().enumerate() {
-        k[i * ksize..][..row.len()].copy_from_slice(row);
+    for (i, row) in rows.iter().enumerate() {
+        for (k, &w) in k[i * ksize..].iter_mut().zip(row) {
+            *k = to_fixed(w, precision);
+        }
     }
     Weights {
         start,

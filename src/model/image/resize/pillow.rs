@@ -1,24 +1,17 @@
 //! Pillow 13's weights (`precompute_coeffs`, `normalize_coeffs_8bpc`) and pass order.
 
-use super::{to_fixed, weights as windows, Filter, Weights};
+use super::{Filter, Weights, A};
 
 /// Fractional bits of the fixed-point weights: 32 − 8 (result) − 2 (overflow headroom).
-pub(super) const PRECISION_BITS: u32 = 32 - 8 - 2;
+const PRECISION_BITS: u32 = 32 - 8 - 2;
 
 pub(super) fn weights(in_size: u32, out_size: u32, filter: Filter) -> Weights {
-    windows(
-        in_size,
-        out_size,
-        filter,
-        |x| filter.pillow_weight(x),
-        |rows| {
-            let fixed = rows
-                .iter()
-                .map(|row| row.iter().map(|&w| to_fixed(w, PRECISION_BITS)).collect())
-                .collect();
-            (fixed, PRECISION_BITS)
-        },
-    )
+    super::weights(in_size, out_size, filter, outer_lobe, |_| PRECISION_BITS)
+}
+
+/// `bicubic_filter` for `1 ≤ x < 2`, as Pillow writes it.
+fn outer_lobe(x: f64) -> f64 {
+    (((x - 5.0) * x + 8.0) * x - 4.0) * A
 }
 
 /// Pillow 13 runs the vertical pass first when the height shrinks, and by more than twice as

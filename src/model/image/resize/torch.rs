@@ -4,43 +4,16 @@
 //! as `((a·x − 5a)·x + 8a)·x − 4a`, and as many fractional bits as the largest weight leaves
 //! room for in an `i16`, at most 22.
 
-use super::{to_fixed, weights as windows, Filter, Weights};
+use super::{Filter, Weights, A};
 
 pub(super) fn weights(in_size: u32, out_size: u32, filter: Filter) -> Weights {
-    windows(
-        in_size,
-        out_size,
-        filter,
-        |x| weight(filter, x),
-        |rows| {
-            let largest = rows.iter().flatten().copied().fold(f64::MIN, f64::max);
-            let precision = precision(largest);
-            let fixed = rows
-                .iter()
-                .map(|row| row.iter().map(|&w| to_fixed(w, precision)).collect())
-                .collect();
-            (fixed, precision)
-        },
-    )
+    super::weights(in_size, out_size, filter, outer_lobe, precision)
 }
 
-/// torch's `aa_filter` of each interpolation helper (bicubic with Keys' a = −0.5, as Pillow).
-fn weight(filter: Filter, x: f64) -> f64 {
-    let x = x.abs();
-    match filter {
-        Filter::Bilinear if x < 1.0 => 1.0 - x,
-        Filter::Bilinear => 0.0,
-        Filter::Bicubic => {
-            const A: f64 = -0.5;
-            if x < 1.0 {
-                ((A + 2.0) * x - (A + 3.0)) * x * x + 1.0
-            } else if x < 2.0 {
-                ((A * x - 5.0 * A) * x + 8.0 * A) * x - 4.0 * A
-            } else {
-                0.0
-            }
-        }
-    }
+/// The cubic's `1 ≤ x < 2` as torch writes it (`upsample_bicubic2d_aa`'s filter): the same
+/// polynomial as Pillow's, evaluated in another order, so rounded differently.
+fn outer_lobe(x: f64) -> f64 {
+    ((A * x - 5.0 * A) * x + 8.0 * A) * x - 4.0 * A
 }
 
 /// The fractional bits: the most, up to 22, for which the largest weight still rounds to less

@@ -2,7 +2,7 @@
 //! shows as a crash (`-rss_limit_mb`), and what an answer to bad input must be.
 
 use siglip_serve::error::Error;
-use siglip_serve::model::image::{Filter, ImageLimits, Preprocess};
+use siglip_serve::model::image::{Filter, ImageLimits, ImageProcessor, Preprocess};
 use tonic::{Code, Status};
 
 /// 1 MiB, 1 Mpx: the server's defaults are 32 MiB and 50 Mpx, the code paths the same.
@@ -13,14 +13,16 @@ pub const IMAGE_LIMITS: ImageLimits = ImageLimits {
     ..ImageLimits::DEFAULT
 };
 
-/// SigLIP's preprocessing at a small size: the resize runs on every decoded image, cheaply.
-pub fn preprocess() -> Preprocess {
+/// SigLIP's preprocessing at a small size, by `processor`'s resampler: the resize runs on every
+/// decoded image, cheaply.
+pub fn preprocess(processor: ImageProcessor) -> Preprocess {
     Preprocess {
         size: 16,
         filter: Filter::Bicubic,
         rescale: 1.0 / 255.0,
         mean: [0.5; 3],
         std: [0.5; 3],
+        processor,
     }
 }
 

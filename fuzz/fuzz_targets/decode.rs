@@ -1,16 +1,16 @@
 //! Image decoding, every accepted format, both conventions: whatever the bytes, the header
 //! check and `decode` answer with an image or a client error, within the limits' memory and
 //! without aborting; a decoded image has the size its header declared (admission charges
-//! decoding by it) and preprocesses.
+//! decoding by it) and preprocesses by either image processor's resampler.
 //!
-//! The first byte picks the convention; the rest is the file.
+//! The first byte picks the convention (bit 0) and the processor (bit 1); the rest is the file.
 #![no_main]
 
 mod common;
 
 use common::{assert_answered, IMAGE_LIMITS};
 use libfuzzer_sys::fuzz_target;
-use siglip_serve::model::image::{declared_pixels, decode, preprocess, Convention};
+use siglip_serve::model::image::{declared_pixels, decode, preprocess, Convention, ImageProcessor};
 
 fuzz_target!(
     init: common::keep_caught_panics(),
@@ -22,6 +22,11 @@ fuzz_target!(
             Convention::Processor
         } else {
             Convention::Pipeline
+        };
+        let processor = if first & 2 == 0 {
+            ImageProcessor::Pil
+        } else {
+            ImageProcessor::Torchvision
         };
         let declared = declared_pixels(file, &IMAGE_LIMITS);
         match decode(file, &IMAGE_LIMITS, convention) {
@@ -37,7 +42,7 @@ fuzz_target!(
                     ),
                     Err(e) => panic!("decoded {}x{}, but the header check said: {e}", img.width(), img.height()),
                 }
-                preprocess(&img, &common::preprocess());
+                preprocess(&img, &common::preprocess(processor));
             }
             Err(e) => assert_answered(e.into()),
         }

@@ -19,7 +19,7 @@ use siglip_serve::grpc::api::chunks::{Budget, Reassembly};
 use siglip_serve::grpc::api::{convert, stream::settings};
 use siglip_serve::grpc::pb;
 use siglip_serve::infer::{ImageInput, Limits};
-use siglip_serve::model::image::Convention;
+use siglip_serve::model::image::{Convention, ImageProcessor};
 
 const LIMITS: Limits = Limits {
     image: IMAGE_LIMITS,
@@ -53,7 +53,7 @@ fn classify(req: pb::ClassifyRequest) -> Result<(), Error> {
     let image = convert::image(req.image)?;
     convert::filter(req.options)?;
     LIMITS.check_texts(&req.texts)?;
-    prepare(image, Convention::Processor)
+    prepare(image, Convention::Processor, ImageProcessor::Pil)
 }
 
 fn upload(req: pb::UploadRequest) -> Result<(), Error> {
@@ -80,7 +80,7 @@ fn stream(req: pb::StreamRequest) -> Result<(), Error> {
         Some(pb::stream_request::Msg::Frame(frame)) if frame.image.is_some() => {
             let image = convert::image(frame.image)?;
             if frame.regions.is_empty() {
-                return prepare(image, Convention::Pipeline);
+                return prepare(image, Convention::Pipeline, ImageProcessor::Pil);
             }
             // As `Infer::classify_frame` does: the shape first, then decoding and the crops.
             let regions = settings::regions(&frame.regions, LIMITS.max_regions)?;
@@ -88,7 +88,7 @@ fn stream(req: pb::StreamRequest) -> Result<(), Error> {
             image.prepare_regions(
                 &LIMITS.image,
                 Convention::Pipeline,
-                &common::preprocess(),
+                &common::preprocess(ImageProcessor::Pil),
                 &regions,
             )?;
             Ok(())
@@ -102,7 +102,11 @@ fn stream(req: pb::StreamRequest) -> Result<(), Error> {
                 .push(&frame.chunk)
                 .and_then(|()| image.finish())
                 .map_err(|e| e.into_error("Stream"))?;
-            prepare(ImageInput::Encoded(bytes), Convention::Pipeline)
+            prepare(
+                ImageInput::Encoded(bytes),
+                Convention::Pipeline,
+                ImageProcessor::Pil,
+            )
         }
         Some(pb::stream_request::Msg::Frame(_)) | None => Ok(()),
     }
@@ -115,14 +119,21 @@ fn embed_image(req: pb::EmbedImageRequest) -> Result<(), Error> {
     }
     for (i, img) in req.images.into_iter().enumerate() {
         let image = convert::image(Some(img)).map_err(|e| e.about(format!("image {i}")))?;
-        prepare(image, Convention::Processor).map_err(|e| e.about(format!("image {i}")))?;
+        prepare(image, Convention::Processor, ImageProcessor::Torchvision)
+            .map_err(|e| e.about(format!("image {i}")))?;
     }
     Ok(())
 }
 
 /// As `Infer::preprocess` does: the header first (admission charges by it), then the pixels.
-fn prepare(image: ImageInput, convention: Convention) -> Result<(), Error> {
+/// Embedded images take the torchvision backend's path (its raw RGBA composite under the
+/// processor convention), the others the PIL backend's.
+fn prepare(
+    image: ImageInput,
+    convention: Convention,
+    processor: ImageProcessor,
+) -> Result<(), Error> {
     image.declared_pixels(&LIMITS.image)?;
-    image.prepare(&LIMITS.image, convention, &common::preprocess())?;
+    image.prepare(&LIMITS.image, convention, &common::preprocess(processor))?;
     Ok(())
 }

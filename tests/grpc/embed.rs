@@ -10,7 +10,9 @@ async fn model_info_describes_the_loaded_model() {
     let server = Server::ready(&[]).await;
     let mut client = server.client().await;
     let info = model_info(&mut client).await;
-    assert_eq!(info.model_id, "random/tiny");
+    let dir = crate::common::generated("SIGLIP_TEST_MODEL_DIR");
+    let manifest = siglip_serve::model::manifest::Manifest::load(&dir).expect("manifest");
+    assert_eq!(info.model_id, manifest.model_id);
     assert_eq!(info.image_convention, "processor");
     assert!(info.random_weights);
     assert_eq!(info.device, "cpu");

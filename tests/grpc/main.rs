@@ -107,9 +107,20 @@ fn probabilities(rgb: image::RgbImage, texts: &[String]) -> Vec<f32> {
 
 /// [`probabilities`] with `processor`'s preprocessing.
 fn probabilities_by(rgb: image::RgbImage, texts: &[String], processor: ImageProcessor) -> Vec<f32> {
+    probabilities_from("SIGLIP_TEST_MODEL_DIR", rgb, texts, processor)
+}
+
+/// [`probabilities_by`] from the model `make test` generated under the variable `var` (the one
+/// the server under test runs).
+fn probabilities_from(
+    var: &str,
+    rgb: image::RgbImage,
+    texts: &[String],
+    processor: ImageProcessor,
+) -> Vec<f32> {
     let model = siglip_serve::model::Model::load(&siglip_serve::model::LoadOptions {
         image_processor: processor,
-        ..common::cpu_options("SIGLIP_TEST_MODEL_DIR")
+        ..common::cpu_options(var)
     })
     .expect("model");
     let img = model.embed_images(&[rgb]).expect("image");

@@ -188,7 +188,8 @@ async fn every_region_case_matches_the_torchvision_processor_when_chosen() {
 }
 
 /// Streams the cases of the region reference `stem` (`.json` sidecar, `.safetensors` values) to
-/// a server started with `flags` and holds every probability to 1e-6 of the reference.
+/// a server of the suite's region model started with `flags`, and holds every probability to
+/// 1e-6 of the reference.
 async fn regions_match_transformers(stem: &str, flags: &[&str]) {
     #[derive(serde::Deserialize)]
     struct Sidecar {
@@ -196,8 +197,26 @@ async fn regions_match_transformers(stem: &str, flags: &[&str]) {
         regions: Vec<siglip_serve::model::image::Region>,
         texts: Vec<String>,
     }
+    #[derive(serde::Deserialize)]
+    struct Check {
+        reference: String,
+        model_dir: std::path::PathBuf,
+    }
+    #[derive(serde::Deserialize)]
+    struct Suite {
+        regions: Vec<Check>,
+    }
     let suite = crate::common::generated("SIGLIP_PARITY_SUITE");
     let dir = suite.parent().unwrap();
+    // The model the reference was computed with, whatever model the other tests serve.
+    let listed: Suite =
+        serde_json::from_slice(&std::fs::read(&suite).expect("suite")).expect("suite.json");
+    let model = listed
+        .regions
+        .into_iter()
+        .find(|check| check.reference == format!("{stem}.safetensors"))
+        .unwrap_or_else(|| panic!("{stem} is not in the suite's regions"))
+        .model_dir;
     let sidecar: Sidecar = serde_json::from_slice(
         &std::fs::read(dir.join(format!("{stem}.json"))).expect("region sidecar"),
     )
@@ -209,7 +228,7 @@ async fn regions_match_transformers(stem: &str, flags: &[&str]) {
         .map(|i| Vec::<f32>::try_from(probs.get(i)).unwrap())
         .collect();
 
-    let server = Server::ready(flags).await;
+    let server = Server::ready_model(&dir.join(model), flags, &[]).await;
     let mut client = server.client().await;
     let mut messages = vec![pb::StreamRequest {
         msg: Some(Msg::Config(pb::StreamConfig {

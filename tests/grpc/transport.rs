@@ -120,8 +120,8 @@ async fn streams_that_send_nothing_lose_their_slots_to_the_first_message_timeout
 
 /// The non-reading client of the issue kept its stream 45 s into a 20 s lifetime. Here the
 /// client's flow-control window is small and each result is large (256 labels of 2 KB), so the
-/// server's sends block after a few frames; the stream must still end at its 2 s lifetime and
-/// free its slot.
+/// server's sends block after a few frames (or, on a slow model, its labels are still being
+/// embedded); the stream must still end at its 2 s lifetime and free its slot.
 #[tokio::test]
 async fn a_client_that_does_not_read_loses_its_stream_and_slot_at_the_lifetime() {
     let server = Server::ready(&["--max-streams", "1", "--max-stream-seconds", "2"]).await;
@@ -175,6 +175,9 @@ async fn a_client_that_does_not_read_loses_its_stream_and_slot_at_the_lifetime()
                 assert_eq!(result.frame_id, 1);
                 break;
             }
+            // It had the slot and lived its own 2 s: on a slow model its labels can wait that
+            // long behind the text pass the other stream started.
+            Err(status) if status.message().contains("maximum lifetime") => break,
             Err(status) => {
                 assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
                 assert!(
@@ -193,6 +196,65 @@ async fn a_client_that_does_not_read_loses_its_stream_and_slot_at_the_lifetime()
     );
     drop((unread, tx));
     server.served().await;
+}
+
+/// A stream's lifetime holds while its first label set is still being embedded: on the slow
+/// model, a configuration of enough long labels keeps the text tower busy for seconds (its speed
+/// measured here first), and the stream still ends at its 1 s lifetime, not when the labels are
+/// done.
+#[tokio::test]
+async fn a_stream_ends_at_its_lifetime_while_its_labels_are_embedded() {
+    let slow = crate::common::generated("SIGLIP_TEST_SLOW_MODEL_DIR");
+    let flags = ["--max-stream-seconds", "1", "--max-texts", "1024"];
+    let server = Server::ready_model(&slow, &flags, &[]).await;
+    let mut client = server.client().await;
+    // Distinct texts, so that no label set comes from the text cache.
+    let long = |prefix: &str, n: usize| -> Vec<String> {
+        (0..n)
+            .map(|i| format!("{prefix} {i} {}", "a photo ".repeat(40)))
+            .collect()
+    };
+    let started = Instant::now();
+    client
+        .embed_text(pb::EmbedTextRequest {
+            texts: long("measure", 32),
+        })
+        .await
+        .expect("embed text");
+    let per_label = started.elapsed() / 32;
+    let lifetime = Duration::from_secs(1);
+    let n = (4 * lifetime.as_nanos() / per_label.as_nanos().max(1) + 1).clamp(32, 1024) as usize;
+    let embedding = per_label * n as u32;
+    assert!(
+        embedding >= 3 * lifetime,
+        "premise: {n} labels take {embedding:?}, not well over the lifetime"
+    );
+
+    let opened = Instant::now();
+    let config = pb::StreamRequest {
+        msg: Some(pb::stream_request::Msg::Config(pb::StreamConfig {
+            texts: long("stream", n),
+            mode: pb::DeliveryMode::EveryFrame as i32,
+            ..Default::default()
+        })),
+    };
+    let mut out = client
+        .stream(tokio_stream::iter(vec![config]))
+        .await
+        .expect("stream opens")
+        .into_inner();
+    let status = out
+        .next()
+        .await
+        .expect("an item")
+        .expect_err("the stream ends before its labels are embedded");
+    let ended = opened.elapsed();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert!(status.message().contains("maximum lifetime"), "{status:?}");
+    assert!(
+        ended < lifetime + (embedding - lifetime) / 2,
+        "ended after {ended:?}: the {n} labels take {embedding:?}, the lifetime is {lifetime:?}"
+    );
 }
 
 fn upload_header(texts: Vec<String>, total: usize) -> pb::UploadRequest {

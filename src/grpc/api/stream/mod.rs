@@ -21,14 +21,14 @@ mod outbox;
 mod report;
 pub mod settings;
 
-use std::{sync::Arc, time::Duration, time::Instant};
+use std::{future::Future, sync::Arc, time::Duration, time::Instant};
 
 use ::metrics::gauge;
-use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit};
+use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit};
 use tokio_stream::{wrappers::ReceiverStream, Stream, StreamExt};
 use tonic::{Status, Streaming};
 
-use super::{lifecycle::Lifecycle, pb, status::remap_incoming};
+use super::{lifecycle::Lifecycle, pb, status::remap_incoming, CallLimits};
 use crate::grpc::calls::{client_gone, record, record_ok};
 use crate::infer::{Flow, Infer};
 use crate::metrics;
@@ -116,7 +116,9 @@ async fn drive(
             )))
         }
     };
-    let mut active = Arc::new(configure(&infer, first, 0).await?);
+    let mut active = Arc::new(
+        before_the_end(configure(&infer, first, 0), ends_at, &mut shutdown, limits).await?,
+    );
     let flow = Flow::new();
     let sink = match mode {
         pb::DeliveryMode::LatestOnly => Sink::latest(Arc::clone(&infer), flow, out.clone()),
@@ -136,10 +138,7 @@ async fn drive(
     let ending = loop {
         let msg = tokio::select! {
             msg = timeouts.next(PROTOCOL, next_message(&mut input, limits.max_message_bytes)) => msg,
-            _ = sleep_until(ends_at) => break Some(Status::unavailable(format!(
-                "stream reached its maximum lifetime of {}s (--max-stream-seconds): reconnect to continue",
-                limits.max_stream_seconds
-            ))),
+            _ = sleep_until(ends_at) => break Some(lifetime_over(limits)),
             _ = shutdown.wait_for(|down| *down) => break Some(shutting_down()),
             stalled = out.stalled() => break Some(stalled),
             _ = out.closed() => break Some(client_gone()),
@@ -153,7 +152,8 @@ async fn drive(
                         "Stream protocol: the delivery mode cannot change mid-stream; open a new stream",
                     ));
                 }
-                match configure(&infer, config, active.generation + 1).await {
+                let next = configure(&infer, config, active.generation + 1);
+                match before_the_end(next, ends_at, &mut shutdown, limits).await {
                     Ok(next) => {
                         active = Arc::new(next);
                         assembler.reconfigure(&active);
@@ -180,6 +180,30 @@ async fn drive(
         Some(status) => Err(status),
         None => Ok(()),
     }
+}
+
+/// `work`, unless the stream's lifetime or the server's shutdown comes first. A label set is
+/// embedded for as long as the text tower takes (seconds for hundreds of labels on a CPU), and
+/// neither may wait for that: the stream and its slot end on time, and the labels' jobs still
+/// queued, whose caller is gone, are dropped unrun.
+async fn before_the_end<T>(
+    work: impl Future<Output = Result<T, Status>>,
+    ends_at: Option<tokio::time::Instant>,
+    shutdown: &mut watch::Receiver<bool>,
+    limits: &CallLimits,
+) -> Result<T, Status> {
+    tokio::select! {
+        done = work => done,
+        _ = sleep_until(ends_at) => Err(lifetime_over(limits)),
+        _ = shutdown.wait_for(|down| *down) => Err(shutting_down()),
+    }
+}
+
+fn lifetime_over(limits: &CallLimits) -> Status {
+    Status::unavailable(format!(
+        "stream reached its maximum lifetime of {}s (--max-stream-seconds): reconnect to continue",
+        limits.max_stream_seconds
+    ))
 }
 
 fn shutting_down() -> Status {

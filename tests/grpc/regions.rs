@@ -197,24 +197,15 @@ async fn regions_match_transformers(stem: &str, flags: &[&str]) {
         regions: Vec<siglip_serve::model::image::Region>,
         texts: Vec<String>,
     }
-    #[derive(serde::Deserialize)]
-    struct Check {
-        reference: String,
-        model_dir: std::path::PathBuf,
-    }
-    #[derive(serde::Deserialize)]
-    struct Suite {
-        regions: Vec<Check>,
-    }
     let suite = crate::common::generated("SIGLIP_PARITY_SUITE");
     let dir = suite.parent().unwrap();
     // The model the reference was computed with, whatever model the other tests serve.
-    let listed: Suite =
+    let listed: siglip_serve::tools::parity::Suite =
         serde_json::from_slice(&std::fs::read(&suite).expect("suite")).expect("suite.json");
     let model = listed
         .regions
         .into_iter()
-        .find(|check| check.reference == format!("{stem}.safetensors"))
+        .find(|check| check.reference == std::path::Path::new(&format!("{stem}.safetensors")))
         .unwrap_or_else(|| panic!("{stem} is not in the suite's regions"))
         .model_dir;
     let sidecar: Sidecar = serde_json::from_slice(

@@ -108,6 +108,7 @@ test: system-deps build $(SUITE) $(BUILD)/models/tiny-faulty/manifest.json
 	  SIGLIP_TEST_AOTI_MODEL_DIR=$(abspath $(BUILD)/models/tiny-aoti) \
 	  SIGLIP_TEST_FAULTY_MODEL_DIR=$(abspath $(BUILD)/models/tiny-faulty) \
 	  SIGLIP_TEST_SLOW_MODEL_DIR=$(abspath $(BUILD)/models/base-224) \
+	  SIGLIP_TEST_SIGLIP2_MODEL_DIR=$(abspath $(BUILD)/models/tiny-siglip2) \
 	  SIGLIP_SERVE_BIN=$(abspath $(BIN)) PY=$(PY) LOGS=$(BUILD)/test \
 	  $(CARGO_ENV) bash tests/run.sh
 
@@ -116,10 +117,12 @@ parity: build $(SUITE)
 	$(BIN) parity --suite $(SUITE)
 
 # Throughput on this machine: base-224, 10 labels, 8 callers, float32 and bfloat16, against the
-# model alone and the Python way, and the server's CPU per image by stage; last line:
+# model alone and the Python way, the server's CPU per image by stage, and base-224 beside tiny in
+# one server (each one's throughput, tiny's wait under base-224's flood); last line:
 # bench: server_img_s=… model_only_img_s=… python_img_s=… vs_python=…x overhead=…% own_cpu_ms_per_img=… model_slowdown=…% client_cpu=…%
-bench: build $(BUILD)/assets/images.json $(BUILD)/models/base-224/manifest.json
+bench: build $(BUILD)/assets/images.json $(BUILD)/models/base-224/manifest.json $(BUILD)/models/tiny/manifest.json
 	BIN=$(BIN) PY=$(PY) MODEL=$(BUILD)/models/base-224 CHECKPOINT=$(BUILD)/models/base-224-checkpoint \
+	  SECOND_MODEL=$(BUILD)/models/tiny \
 	  ASSETS=$(BUILD)/assets OUT_DIR=$(BUILD)/bench bash bench/run.sh
 
 # Legitimate traffic of every kind with abuse mixed in (bench/soak.sh), SOAK_MINUTES long; last line:

@@ -24,6 +24,7 @@ def main() -> None:
     ap.add_argument("--python", type=Path, required=True, help="bench/python_way.py output")
     ap.add_argument("--gflops-per-image", type=float, help="vision tower GFLOPs per image (bench/flops.py)")
     ap.add_argument("--peak-tflops", type=float, help="measured dense matmul peak (bench/peak.py)")
+    ap.add_argument("--models", type=Path, help="siglip-serve bench --models --json output (two models, one server)")
     ap.add_argument("runs", type=Path, nargs="+", help="siglip-serve bench --json files")
     a = ap.parse_args()
 
@@ -76,6 +77,9 @@ def main() -> None:
                   f"capacity {fair['capacity']:.2f}  worst |r_i - C/N| {fair['max_deviation_pct']:.1f}% of C/N  "
                   f"Jain {fair['jain']:.4f}")
 
+    if a.models:
+        two_models(json.loads(a.models.read_text())["models"])
+
     best = max(runs, key=lambda r: r["closed_loop"]["img_s"])
     server = best["closed_loop"]["img_s"]
     model = best.get("model_only_img_s") or float("nan")
@@ -84,6 +88,16 @@ def main() -> None:
           f"python_img_s={py_img_s:.2f} vs_python={server / py_img_s:.2f}x "
           f"overhead={100 * (1 - server / model):.1f}% own_cpu_ms_per_img={ms(cpu.get('own_ms_per_image'))} "
           f"model_slowdown={pct(slowdown(best), sign=True)} client_cpu={pct(cpu.get('client_share_pct'))}")
+
+
+def two_models(m: dict) -> None:
+    """Both models' throughput in one server, and how long a caller of B waited while A was flooded,
+    against the bound the server keeps: 2 × B's idle latency + one batch of A."""
+    (a, b), (a_img_s, b_img_s) = m["names"], m["img_s"]
+    print(f"two models, one server: {a} alone {a_img_s:.2f} img/s, {b} alone {b_img_s:.2f} img/s; "
+          f"{b} under {a}'s flood ({m['a_flooded_img_s']:.2f} img/s): p50 {m['b_flooded_ms']['p50']:.1f} "
+          f"max {m['b_flooded_max_ms']:.1f} ms (idle p50 {m['b_idle_ms']['p50']:.1f} ms); bound 2 × idle + "
+          f"one {a} batch ({m['a_batch_ms']:.1f} ms) = {m['bound_ms']:.1f} ms; fairness {m['fairness']:.2f} (≤ 1: fair)")
 
 
 def ms(value) -> str:

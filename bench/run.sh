@@ -9,7 +9,9 @@
 #   OUT_DIR (build/bench), PYTHON_DTYPE (float32), FAIR_STREAMS (4; 0 skips the fair-share phase),
 #   FAIR_MODE (latest or every), VARIANTS ("auto": how to run the towers, one
 #   server run each: auto, torchscript, torchscript-jit-off, aoti), REPORT_ARGS (extra arguments
-#   for report.py, e.g. MFU inputs).
+#   for report.py, e.g. MFU inputs), SECOND_MODEL (a second model directory: one more server run
+#   serves it beside MODEL from one repository, and measures each model's throughput and how long
+#   a caller of SECOND_MODEL waits while MODEL is flooded; unset skips it).
 set -euo pipefail
 : "${BIN:?}" "${PY:?}" "${MODEL:?}" "${CHECKPOINT:?}"
 # shellcheck source=bench/listening.sh
@@ -80,13 +82,41 @@ for dtype in ${DTYPES:-float32 bfloat16}; do
   done
 done
 
+# Two models in one server: MODEL and SECOND_MODEL from one repository (links to both).
+models_report=()
+if [ -n "${SECOND_MODEL:-}" ]; then
+  repo="$out/repository"
+  rm -rf "$repo" && mkdir -p "$repo"
+  a=$(basename "$MODEL") b=$(basename "$SECOND_MODEL")
+  ln -s "$(realpath "$MODEL")" "$repo/$a"
+  ln -s "$(realpath "$SECOND_MODEL")" "$repo/$b"
+  echo "== siglip-serve, two models ($a flooded, $b called) on $device"
+  log="$out/serve-models.log"
+  "$BIN" serve --model-repository "$repo" --device "$device" --threads "$threads" \
+    --max-batch-size "${MAX_BATCH:-8}" --grpc-addr 127.0.0.1:0 --metrics-addr 127.0.0.1:0 > "$log" 2>&1 &
+  server_pid=$!
+  addr=$(listening_addr "$log" "$server_pid")
+  if [ -n "$addr" ] && "$BIN" bench --addr "http://$addr" --images "${photos[@]}" --labels-file "$labels" \
+      --labels 10 --concurrency "${CONCURRENCY:-8}" --seconds "$seconds" --models "$a" "$b" \
+      --model-repository "$repo" --json "$out/models.json"; then
+    models_report=(--models "$out/models.json")
+  else
+    tail -5 "$log"
+    failed="$failed two-models"
+  fi
+  kill -TERM "$server_pid" 2> /dev/null || true
+  wait "$server_pid" || failed="$failed two-models-exit"
+  server_pid=""
+fi
+
 echo "== the Python way: transformers processor + SiglipModel per image, same texts, $threads threads"
 "$PY" bench/python_way.py --checkpoint "$CHECKPOINT" --images "${photos[@]}" --labels-file "$labels" \
   --threads "$threads" --device "$device" --dtype "${PYTHON_DTYPE:-float32}" --seconds "$seconds" \
   | tail -n 1 > "$out/python.json" || echo '{"img_s": null}' > "$out/python.json"
 cat "$out/python.json"
 
-"$PY" bench/report.py --python "$out/python.json" ${REPORT_ARGS:-} "$out"/bench-*.json
+"$PY" bench/report.py --python "$out/python.json" "${models_report[@]}" ${REPORT_ARGS:-} \
+  "$out"/bench-*.json
 if [ -n "$failed" ]; then
   echo "failed:$failed"
   exit 1

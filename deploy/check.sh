@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Offline checks of the operations files: Dockerfile, Kubernetes manifests, Grafana dashboard.
+# Offline checks of the operations files: Dockerfile, Kubernetes manifests, Grafana dashboard
+# (its PromQL too, with promtool when one is on the PATH).
 # One line per check ("ok" / "FAIL" / "note"); exits non-zero if any check failed.
 #
 #   deploy/check.sh                      # tools from the repo's .venv (installed if missing)
@@ -60,6 +61,8 @@ variants=(
   "cpu-tls-tokens:cpu:tls,tokens"
   "gpu-tls-mtls:gpu:tls,mtls"
   "cpu-istio-tokens:cpu:istio,tokens"
+  # The two-model repository overlay under TLS (exec probes replace its gRPC ones) and tokens.
+  "two-models-tls-tokens:two-models:tls,tokens"
   # Must NOT render: app-level TLS under a mesh (both include linkerd-off, whose deletions fail
   # the second time).
   "refused-tls-istio:cpu:tls,istio"
@@ -73,7 +76,7 @@ for v in "${variants[@]}"; do
   } > "$tmp/deploy/overlays/$name/kustomization.yaml"
 done
 rendered=()
-for overlay in cpu gpu gpu-istio cpu-tls-tokens gpu-tls-mtls cpu-istio-tokens; do
+for overlay in cpu gpu two-models gpu-istio cpu-tls-tokens gpu-tls-mtls cpu-istio-tokens two-models-tls-tokens; do
   out="$tmp/$overlay.yaml"
   if "$bin/kubectl" kustomize "$tmp/deploy/overlays/$overlay" > "$out" 2> "$tmp/err"; then
     pass "kustomize overlays/$overlay ($(grep -c '^kind:' "$out") resources)"
@@ -103,7 +106,8 @@ for f in "${rendered[@]}"; do
   done
 done
 if [ ${#rendered[@]} -gt 0 ]; then
-  skipped=$(cat "${rendered[@]}" | "$bin/kubernetes-validate" --strict - 2>&1 | grep -o "for kind [A-Za-z]* with api version [^ ]*" | sort -u \
+  # `---` between the files: the last document of one and the first of the next would merge.
+  skipped=$(for f in "${rendered[@]}"; do cat "$f"; echo "---"; done | "$bin/kubernetes-validate" --strict - 2>&1 | grep -o "for kind [A-Za-z]* with api version [^ ]*" | sort -u \
     | awk '{print $3 " (" $7 ")"}' | paste -sd, - | sed 's/,/, /g')
   note "no schema (CRDs, checked for shape and references below): ${skipped:-none}"
 fi
@@ -128,6 +132,7 @@ siglip_text_cache_entries siglip_active_streams siglip_stream_frames_received_to
 siglip_stream_frames_classified_total siglip_stream_frames_dropped_total
 siglip_stream_result_staleness_seconds siglip_received_bytes_total siglip_inflight_requests
 siglip_requests_dropped_total siglip_inference_worker_panics_total siglip_model_info siglip_build_info siglip_ready
+siglip_model_parameter_bytes siglip_model_load_failures_total siglip_model_swaps_total
 siglip_pending_texts siglip_decoding_pixels siglip_reassembly_bytes siglip_inference_failures_total
 siglip_inference_consecutive_failures siglip_cuda_memory_used_bytes
 siglip_auth_refused_total siglip_calls_by_caller_total siglip_tls_handshake_failures_total siglip_reloads_total
@@ -147,6 +152,18 @@ if src_metrics.exists():
     for m in sorted(exported - set(METRICS)):
         print(f"note src/metrics.rs exports {m}, which this check (and the dashboard) does not know")
 known = set(METRICS) | {f"{h}_{s}" for h in HISTOGRAMS for s in ("bucket", "sum", "count")}
+# The metrics with a `model` label (one series per model of the repository): every dashboard
+# query of one filters on the dashboard's $model variable. The server-wide ones (admission
+# budgets, streams, readiness, process) have no model label.
+MODEL_LABELLED = """siglip_grpc_requests_total siglip_grpc_request_duration_seconds siglip_queue_depth
+siglip_queue_wait_seconds siglip_batch_size siglip_inference_duration_seconds siglip_images_processed_total
+siglip_texts_processed_total siglip_text_cache_hits_total siglip_text_cache_misses_total
+siglip_text_cache_entries siglip_preprocess_duration_seconds siglip_tokenize_duration_seconds
+siglip_received_bytes_total siglip_requests_dropped_total siglip_inference_failures_total
+siglip_inference_consecutive_failures siglip_inference_worker_panics_total siglip_model_parameter_bytes
+siglip_model_load_failures_total siglip_model_swaps_total siglip_model_info""".split()
+# Dashboard queries of those that deliberately ignore $model: (panel id, refId) -> why.
+MODEL_FILTER_EXEMPT = {(8, "B"): "the HPA's metric: the per-pod queue summed over all models"}
 # Variables the manifests may set before the server reads them (announced, not yet in src/config/).
 PENDING: set[str] = set()
 # Ports a NetworkPolicy may open besides the container's own: the mesh proxies' (added to the
@@ -169,6 +186,15 @@ def metric_names(expr):
 def check_metrics(where, expr):
     for m in metric_names(expr) - known:
         errors.append(f"{where}: unknown metric {m}")
+
+def quantity(q):
+    """A Kubernetes quantity (8Gi, 512Mi, 6G, 1000) in bytes."""
+    m = re.fullmatch(r"([0-9.]+)([KMGTE]i?)?", str(q))
+    if not m:
+        raise ValueError(f"not a quantity: {q}")
+    unit = m.group(2) or ""
+    scale = 1 if not unit else (1024 if unit.endswith("i") else 1000) ** ("KMGTE".index(unit[0]) + 1)
+    return int(float(m.group(1)) * scale)
 
 def group(d):
     return d["apiVersion"].rsplit("/", 1)[0] if "/" in d["apiVersion"] else ""
@@ -272,8 +298,31 @@ for path in sys.argv[1:]:
     if not (sc.get("readOnlyRootFilesystem") and pod["spec"]["securityContext"].get("runAsNonRoot")):
         errors.append(f"{name}: needs runAsNonRoot and readOnlyRootFilesystem")
     mounts = {m["mountPath"]: m for m in ctr["volumeMounts"]}
-    if not mounts.get("/models", {}).get("readOnly") or env.get("SIGLIP_MODEL_DIR") != "/models":
-        errors.append(f"{name}: the model volume must be mounted read-only at /models = SIGLIP_MODEL_DIR")
+    # One model (SIGLIP_MODEL_DIR) or a repository of models (SIGLIP_MODEL_REPOSITORY), never
+    # both (the server refuses that), at the volume's mount point.
+    model_vars = [v for v in ("SIGLIP_MODEL_DIR", "SIGLIP_MODEL_REPOSITORY") if v in env]
+    if not mounts.get("/models", {}).get("readOnly") or len(model_vars) != 1 or env[model_vars[0]] != "/models":
+        errors.append(f"{name}: the model volume must be mounted read-only at /models = SIGLIP_MODEL_DIR "
+                      f"or SIGLIP_MODEL_REPOSITORY (one of them): {model_vars}")
+    if "SIGLIP_MODEL_REPOSITORY" in env:
+        # Several models: requests that name none need a default; and the kubelet must ask the
+        # whole server (""), which is SERVING only once every model is, not one model's name.
+        if not env.get("SIGLIP_DEFAULT_MODEL"):
+            errors.append(f"{name}: a model repository needs SIGLIP_DEFAULT_MODEL (requests that name no model)")
+        for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+            service = (ctr.get(probe) or {}).get("grpc", {}).get("service", "")
+            cmd = (ctr.get(probe) or {}).get("exec", {}).get("command", [])
+            if service or any(a == "--service" or a.startswith("--service=") for a in cmd):
+                errors.append(f"{name}: {probe} asks one service ({service or cmd}), not the whole server (\"\")")
+    elif "SIGLIP_DEFAULT_MODEL" in env:
+        errors.append(f"{name}: SIGLIP_DEFAULT_MODEL without SIGLIP_MODEL_REPOSITORY")
+    if env.get("SIGLIP_MODEL_REPOSITORY_POLL_SECONDS", "0") != "0" and "SIGLIP_MODEL_REPOSITORY" not in env:
+        errors.append(f"{name}: SIGLIP_MODEL_REPOSITORY_POLL_SECONDS without SIGLIP_MODEL_REPOSITORY")
+    # On the CPU the parameters live in the container's memory: their cap must fit in its limit.
+    max_model = int(env.get("SIGLIP_MAX_MODEL_BYTES") or 0)
+    mem_limit = quantity(ctr.get("resources", {}).get("limits", {}).get("memory", "0"))
+    if env.get("SIGLIP_DEVICE") == "cpu" and max_model and max_model >= mem_limit:
+        errors.append(f"{name}: SIGLIP_MAX_MODEL_BYTES {max_model} does not fit in the memory limit {mem_limit}")
     vols = {v["name"]: v for v in pod["spec"]["volumes"]}
     if vols[mounts["/models"]["name"]].get("persistentVolumeClaim", {}).get("claimName") != "siglip-models":
         errors.append(f"{name}: /models must come from the PVC siglip-models")
@@ -503,6 +552,10 @@ exposed = set()
 for r in rules:
     check_metrics("prometheus-adapter-rules.yaml", r["seriesQuery"] + r["metricsQuery"])
     exposed.add(r["name"]["as"])
+    # siglip_queue_depth has one series per model: the HPA needs one figure per pod, so the
+    # query must aggregate (sum) by the adapter's GroupBy (pod) only, the model label away.
+    if not re.fullmatch(r"sum\(.*\) by \(<<\.GroupBy>>\)", r["metricsQuery"]):
+        errors.append(f"prometheus-adapter-rules.yaml: {r['name']['as']}: metricsQuery must be sum(...) by (<<.GroupBy>>)")
     if set(r["resources"]["overrides"]) != {"namespace", "pod"}:
         errors.append("prometheus-adapter-rules.yaml: rule must map namespace and pod")
 if "siglip_queue_depth" not in exposed:
@@ -512,12 +565,25 @@ dash = json.load(open("deploy/grafana-dashboard.json"))
 ids = [p["id"] for p in dash["panels"]]
 if len(ids) != len(set(ids)):
     errors.append("grafana-dashboard.json: duplicate panel ids")
-if "datasource" not in {v["name"] for v in dash["templating"]["list"]}:
+variables = {v["name"]: v for v in dash["templating"]["list"]}
+if "datasource" not in variables:
     errors.append("grafana-dashboard.json: no ${datasource} variable")
+mv = variables.get("model", {})
+if not (mv.get("multi") and mv.get("includeAll") and mv.get("allValue") == ".*"
+        and "siglip_model_info" in mv.get("definition", "")):
+    # allValue .* (not Grafana's own (a|b|...)): All must match the empty model label too (calls
+    # refused before they named a model).
+    errors.append("grafana-dashboard.json: needs a multi-value ${model} variable over siglip_model_info's "
+                  "model label, with All = .*")
 used = set()
 for p in dash["panels"]:
     for t in p.get("targets", []):
         check_metrics(f"dashboard panel '{p['title']}'", t["expr"])
+        # Every selector of a per-model metric filters on $model (unless exempt, and why).
+        for m, sel in re.findall(r"\b(siglip_[a-z0-9_]+)(\{[^}]*\})?", t["expr"]):
+            m = re.sub(r"_(bucket|sum|count)$", "", m) if re.sub(r"_(bucket|sum|count)$", "", m) in HISTOGRAMS else m
+            if m in MODEL_LABELLED and 'model=~"$model"' not in sel and (p["id"], t["refId"]) not in MODEL_FILTER_EXEMPT:
+                errors.append(f"dashboard panel '{p['title']}' {t['refId']}: {m} without model=~\"$model\"")
         used |= metric_names(t["expr"])
         if t["datasource"]["uid"] != "${datasource}":
             errors.append(f"dashboard panel '{p['title']}': datasource is not ${{datasource}}")
@@ -539,7 +605,7 @@ for e in errors:
 sys.exit(1 if errors else 0)
 EOF
   ); then
-    pass "cross-checks: selectors, ports, probes, drain timing, env vs src/config/, metrics vs src/metrics.rs," \
+    pass "cross-checks: selectors, ports, probes, drain timing, env vs src/config/, model repository, metrics vs src/metrics.rs," \
       "NetworkPolicy, mesh policies, TLS wiring, Secret mounts, HEALTHCHECK"
     printf '%s\n' "$out" | grep '^note ' || true
   else
@@ -549,6 +615,37 @@ fi
 
 # 6. Dashboard JSON
 run "python -m json.tool deploy/grafana-dashboard.json" "$PY" -m json.tool deploy/grafana-dashboard.json
+
+# 7. PromQL of the dashboard and the adapter rule, parsed by promtool when it is installed (not a
+#    pip package: e.g. apt's prometheus, or a release binary on PATH). Grafana's variables become
+#    `.*` and the rate interval 1m; the adapter's templates a plain selector.
+if command -v promtool > /dev/null; then
+  if "$PY" - "$tmp/promql.yaml" <<'EOF' 2> "$tmp/err"; then
+import json, sys
+import yaml
+exprs = []
+for p in json.load(open("deploy/grafana-dashboard.json"))["panels"]:
+    for t in p.get("targets", []):
+        exprs.append((f"dashboard:panel{p['id']}_{t['refId']}", t["expr"]))
+for i, r in enumerate(yaml.safe_load(open("deploy/base/prometheus-adapter-rules.yaml"))["rules"]):
+    q = r["metricsQuery"].replace("<<.Series>>", "siglip_queue_depth").replace("<<.LabelMatchers>>", 'namespace="siglip"')
+    exprs.append((f"adapter:rule{i}", q.replace("<<.GroupBy>>", "pod")))
+subst = {"$__rate_interval": "1m", "$namespace": ".*", "$pod": ".*", "$model": ".*"}
+rules = []
+for name, e in exprs:
+    for k, v in subst.items():
+        e = e.replace(k, v)
+    rules.append({"record": name, "expr": e})
+yaml.safe_dump({"groups": [{"name": "check", "rules": rules}]}, open(sys.argv[1], "w"))
+EOF
+    run "promtool check rules: the dashboard's and the adapter's PromQL ($(promtool --version 2>&1 | awk 'NR==1 {print $3}'))" \
+      promtool check rules "$tmp/promql.yaml"
+  else
+    fail "PromQL of the dashboard and the adapter rule"; sed 's/^/     /' "$tmp/err"
+  fi
+else
+  note "promtool not found: the dashboard's PromQL is not parsed (metric names are checked above)"
+fi
 
 note "not run here: docker build/run (no Docker engine), kubectl apply (no cluster)"
 if [ "$failed" -ne 0 ]; then

@@ -26,6 +26,12 @@ pub enum Error {
     /// Not ready yet, or shutting down: try again elsewhere or later.
     #[error("{0}")]
     Unavailable(String),
+    /// The request names a model the repository does not have.
+    #[error("{0}")]
+    NotFound(String),
+    /// The model named is still loading: the same request succeeds once it is warm.
+    #[error("{0}")]
+    Loading(String),
     /// The model directory or device could not be used (startup problems).
     #[error("{0}")]
     Model(String),
@@ -76,10 +82,12 @@ impl Error {
 
     /// True when the server is momentarily overloaded (the client should retry after a pause),
     /// as opposed to a request that is over a size limit and would be refused again.
+    /// A model still loading is "overloaded" in this sense too: retrying shortly succeeds.
     pub fn is_overload(&self) -> bool {
         match self {
             Error::Input { source, .. } => source.is_overload(),
             Error::ResourceExhausted(_) => true,
+            Error::Loading(_) => true,
             _ => false,
         }
     }

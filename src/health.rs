@@ -8,10 +8,7 @@
 //! pass that succeeds is the only way to learn that the device has recovered. If it never does,
 //! the process exits non-zero and Kubernetes replaces the pod.
 
-use ::metrics::gauge;
 use tokio::sync::watch;
-
-use crate::metrics;
 
 /// When consecutive failed batches change health (`--unhealthy-after-failures`,
 /// `--exit-after-failures`; 0 turns either off).
@@ -49,7 +46,7 @@ impl HealthPolicy {
 pub async fn follow(
     mut failures: watch::Receiver<u32>,
     policy: HealthPolicy,
-    mut report: impl AsyncFnMut(bool),
+    mut report: impl FnMut(bool),
 ) -> anyhow::Error {
     let mut serving = true;
     loop {
@@ -66,19 +63,17 @@ pub async fn follow(
             }
             Verdict::NotServing if serving => {
                 serving = false;
-                gauge!(metrics::READY).set(0.0);
                 tracing::error!(
                     consecutive_failures = count,
                     "inference keeps failing (--unhealthy-after-failures {}): health NOT_SERVING; \
                      calls are still accepted, and the next success makes it SERVING again",
                     policy.unhealthy_after
                 );
-                report(false).await;
+                report(false);
             }
             Verdict::Serving if !serving => {
                 serving = true;
-                report(true).await;
-                gauge!(metrics::READY).set(1.0);
+                report(true);
                 tracing::info!("inference succeeded again: health SERVING");
             }
             _ => {}

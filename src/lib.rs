@@ -6,11 +6,14 @@
 //!
 //! The layers, from the outside in, each using only those after it (`tests/layers.rs` checks):
 //! - [`grpc`]: the gRPC server — [`grpc::transport`] runs connections and decides who may call
-//!   (knows nothing of SigLIP), [`grpc::api`] turns `siglip.v1` messages into calls on the core.
+//!   (knows nothing of SigLIP), [`grpc::api`] turns `siglip.v1` messages into calls on the core
+//!   of the model each names.
+//! - [`repository`]: the models by name — the folders on disk, loading each version with its own
+//!   queue and core, swapping versions while serving.
 //! - [`infer`]: the core every API calls — admission, decoding and preprocessing on a bounded
 //!   CPU pool, tokenisation and the text cache, SigLIP's scores. Knows nothing of gRPC.
-//! - [`batch`]: the fair inference queue and the thread that owns the model and runs it in
-//!   batches.
+//! - [`batch`]: a model's fair inference queue and the thread that owns the model and runs it in
+//!   batches, taking turns on a device shared with other models.
 //! - [`stream`]: what a stream watches — frame policy, drop counts, smoothing, events,
 //!   heartbeats. Plain logic that the Stream protocol drives.
 //! - [`model`]: the model directory (written by the Python export tool), image decoding and
@@ -31,6 +34,7 @@ pub mod health;
 pub mod infer;
 pub mod metrics;
 pub mod model;
+pub mod repository;
 pub mod server;
 pub mod stream;
 pub mod tools;

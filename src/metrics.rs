@@ -52,15 +52,19 @@ pub const TLS_HANDSHAKE_FAILURES: &str = "siglip_tls_handshake_failures_total";
 pub const TLS_HANDSHAKES: &str = "siglip_tls_handshakes_in_progress";
 pub const RELOADS: &str = "siglip_reloads_total";
 pub const CPU: &str = "siglip_cpu_seconds";
+pub const MODEL_BYTES: &str = "siglip_model_parameter_bytes";
+pub const MODEL_LOAD_FAILURES: &str = "siglip_model_load_failures_total";
+pub const MODEL_SWAPS: &str = "siglip_model_swaps_total";
 
 /// The RPCs of `siglip.v1.Siglip`, as the `method` label.
-pub const METHODS: [&str; 6] = [
+pub const METHODS: [&str; 7] = [
     "Classify",
     "Upload",
     "Stream",
     "EmbedImage",
     "EmbedText",
     "GetModelInfo",
+    "ListModels",
 ];
 /// Why a frame got no result of its own.
 pub const FRAME_DROP_REASONS: [&str; 4] = ["superseded", "rate", "stale", "error"];
@@ -231,34 +235,36 @@ fn describe() {
         CONSECUTIVE_FAILURES,
         "Inference batches that failed one after the other, up to now (0 after any success)"
     );
-    describe_gauge!(MODEL_INFO, "The model being served (labels); always 1");
+    describe_gauge!(
+        MODEL_INFO,
+        "Each model's serving version (labels): 1, and 0 for a version swapped out or removed"
+    );
+    describe_gauge!(
+        MODEL_BYTES,
+        Unit::Bytes,
+        "Bytes of each model's parameters on its device"
+    );
+    describe_counter!(
+        MODEL_LOAD_FAILURES,
+        "Models (or new versions of them) that failed to load"
+    );
+    describe_counter!(
+        MODEL_SWAPS,
+        "New versions of a model put in service without a restart"
+    );
     describe_gauge!(BUILD_INFO, "This server's version (label); always 1");
     describe_gauge!(
         READY,
-        "1 once the model is loaded and warm, 0 while loading or shutting down"
+        "1 once every model is loaded and warm (and its device healthy), 0 while loading or shutting down"
     );
 }
 
 fn register_zeros() {
-    for method in METHODS {
-        counter!(GRPC_REQUESTS, "method" => method, "code" => "OK").absolute(0);
-        // Registering is enough: the exporter renders a registered histogram with zero counts.
-        let _ = histogram!(GRPC_DURATION, "method" => method);
-    }
-    for tower in TOWERS {
-        let _ = histogram!(INFERENCE, "tower" => tower);
-        for reason in FAILURE_REASONS {
-            counter!(INFERENCE_FAILURES, "tower" => tower, "reason" => reason).absolute(0);
-        }
-    }
     for stage in CPU_STAGES {
         let _ = histogram!(CPU, "stage" => stage);
     }
     for reason in FRAME_DROP_REASONS {
         counter!(FRAMES_DROPPED, "reason" => reason).absolute(0);
-    }
-    for reason in REQUEST_DROP_REASONS {
-        counter!(REQUESTS_DROPPED, "reason" => reason).absolute(0);
     }
     for reason in AUTH_REFUSALS {
         counter!(AUTH_REFUSED, "reason" => reason).absolute(0);
@@ -271,56 +277,94 @@ fn register_zeros() {
             counter!(RELOADS, "what" => what, "outcome" => outcome).absolute(0);
         }
     }
+    for name in [FRAMES_RECEIVED, FRAMES_CLASSIFIED] {
+        counter!(name).absolute(0);
+    }
+    for name in [
+        INFLIGHT,
+        PENDING_IMAGES,
+        PENDING_TEXTS,
+        DECODING_PIXELS,
+        ACTIVE_STREAMS,
+        REASSEMBLY_BYTES,
+        TLS_HANDSHAKES,
+        READY,
+    ] {
+        gauge!(name).set(0.0);
+    }
+    let _ = histogram!(STALENESS);
+    // Calls refused before they name a model (no token, a malformed message) have an empty
+    // `model` label.
+    register_calls("");
+    gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+}
+
+fn register_calls(model: &str) {
+    for method in METHODS {
+        counter!(GRPC_REQUESTS, "method" => method, "code" => "OK", "model" => model.to_string())
+            .increment(0);
+        // Registering is enough: the exporter renders a registered histogram with zero counts.
+        let _ = histogram!(GRPC_DURATION, "method" => method, "model" => model.to_string());
+    }
+}
+
+/// Registers a model's series (at zero, or as they are for a model seen before: it only adds
+/// zero), so that dashboards show it before its first call: every
+/// per-call, per-batch, cache and queue series carries its name as the `model` label (the names
+/// are the repository's folders, so the label's values are bounded by the repository).
+pub fn register_model(model: &str) {
+    register_calls(model);
+    let label = || model.to_string();
+    for tower in TOWERS {
+        let _ = histogram!(INFERENCE, "tower" => tower, "model" => label());
+        for reason in FAILURE_REASONS {
+            counter!(INFERENCE_FAILURES, "tower" => tower, "reason" => reason, "model" => label())
+                .increment(0);
+        }
+    }
+    for reason in REQUEST_DROP_REASONS {
+        counter!(REQUESTS_DROPPED, "reason" => reason, "model" => label()).increment(0);
+    }
     for name in [
         IMAGES,
         TEXTS,
         CACHE_HITS,
         CACHE_MISSES,
-        FRAMES_RECEIVED,
-        FRAMES_CLASSIFIED,
         BYTES_RECEIVED,
         WORKER_PANICS,
+        MODEL_LOAD_FAILURES,
+        MODEL_SWAPS,
     ] {
-        counter!(name).absolute(0);
+        counter!(name, "model" => label()).increment(0);
     }
-    for name in [
-        INFLIGHT,
-        QUEUE_DEPTH,
-        PENDING_IMAGES,
-        PENDING_TEXTS,
-        DECODING_PIXELS,
-        CACHE_ENTRIES,
-        ACTIVE_STREAMS,
-        REASSEMBLY_BYTES,
-        TLS_HANDSHAKES,
-        READY,
-        CONSECUTIVE_FAILURES,
-    ] {
-        gauge!(name).set(0.0);
+    for name in [QUEUE_DEPTH, CACHE_ENTRIES, CONSECUTIVE_FAILURES] {
+        gauge!(name, "model" => label()).increment(0.0);
     }
-    for name in [QUEUE_WAIT, BATCH_SIZE, PREPROCESS, TOKENIZE, STALENESS] {
-        let _ = histogram!(name);
+    for name in [QUEUE_WAIT, BATCH_SIZE, PREPROCESS, TOKENIZE] {
+        let _ = histogram!(name, "model" => label());
     }
-    gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
 }
 
-/// Labels the model series once the model is known.
-pub fn set_model_info(
-    model: &str,
-    architecture: &str,
-    device: &str,
-    dtype: &str,
-    random_weights: bool,
+/// A model version's info series: 1 while it serves, 0 once swapped out or removed.
+pub fn model_info(
+    name: &str,
+    manifest: &crate::model::manifest::Manifest,
+    on: &crate::model::RunningOn,
+    serving: bool,
 ) {
     gauge!(
         MODEL_INFO,
-        "model" => model.to_string(),
-        "architecture" => architecture.to_string(),
-        "device" => device.to_string(),
-        "dtype" => dtype.to_string(),
-        "random_weights" => random_weights.to_string()
+        "model" => name.to_string(),
+        "model_id" => manifest.model_id.clone(),
+        "architecture" => manifest.architecture.clone(),
+        "device" => on.device.clone(),
+        "dtype" => on.dtype.name().to_string(),
+        "random_weights" => manifest.source.random_weights.to_string()
     )
-    .set(1.0);
+    .set(if serving { 1.0 } else { 0.0 });
+    if serving {
+        gauge!(MODEL_BYTES, "model" => name.to_string()).set(on.parameter_bytes as f64);
+    }
 }
 
 /// Serves `GET /metrics` on `listener` until the process ends. Process metrics are read at each

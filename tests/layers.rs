@@ -20,25 +20,52 @@ use std::{
 /// The crates of the gRPC server, which the core and what lies below it must not use.
 const GRPC_CRATES: [&str; 5] = ["tonic", "http", "hyper", "h2", "tower"];
 /// The modules that must not use [`GRPC_CRATES`].
-const NO_GRPC: [&str; 5] = ["model", "stream", "batch", "infer", "config"];
+const NO_GRPC: [&str; 6] = ["model", "stream", "batch", "infer", "repository", "config"];
 
 /// (module, modules it must not use): by path prefix, `a::b` covering `a::b::c`.
-const RULES: [(&str, &[&str]); 8] = [
+const RULES: [(&str, &[&str]); 9] = [
     (
         "model",
         &[
-            "infer", "batch", "stream", "grpc", "server", "config", "tools",
+            "infer",
+            "batch",
+            "stream",
+            "repository",
+            "grpc",
+            "server",
+            "config",
+            "tools",
         ],
     ),
     (
         "stream",
-        &["infer", "batch", "grpc", "server", "config", "tools"],
+        &[
+            "infer",
+            "batch",
+            "repository",
+            "grpc",
+            "server",
+            "config",
+            "tools",
+        ],
     ),
     (
         "batch",
-        &["infer", "stream", "grpc", "server", "config", "tools"],
+        &[
+            "infer",
+            "stream",
+            "repository",
+            "grpc",
+            "server",
+            "config",
+            "tools",
+        ],
     ),
-    ("infer", &["grpc", "server", "config", "tools"]),
+    (
+        "infer",
+        &["repository", "grpc", "server", "config", "tools"],
+    ),
+    ("repository", &["grpc", "server", "config", "tools"]),
     ("grpc", &["server", "config", "tools"]),
     (
         "grpc::transport",

@@ -1,6 +1,6 @@
 //! A job in the queue: a caller's rows, whose they are, and when they are no longer worth running.
 
-use std::time::Instant;
+use std::{sync::Arc, time::Instant};
 
 use ::metrics::{counter, histogram};
 use tokio::sync::oneshot;
@@ -57,17 +57,21 @@ impl Job {
     }
 
     /// A job nobody waits for any more is dropped; one past its deadline or stale is answered so.
-    pub(super) fn still_wanted(self) -> Option<Self> {
+    /// `model` labels the metrics.
+    pub(super) fn still_wanted(self, model: &Arc<str>) -> Option<Self> {
+        let queue_wait = histogram!(metrics::QUEUE_WAIT, "model" => Arc::clone(model));
         if self.reply.is_closed() {
-            counter!(metrics::REQUESTS_DROPPED, "reason" => "cancelled").increment(1);
-            histogram!(metrics::QUEUE_WAIT).record(self.enqueued.elapsed());
+            counter!(metrics::REQUESTS_DROPPED, "reason" => "cancelled", "model" => Arc::clone(model))
+                .increment(1);
+            queue_wait.record(self.enqueued.elapsed());
             return None;
         }
         if self.deadline.is_some_and(|d| Instant::now() >= d) {
-            counter!(metrics::REQUESTS_DROPPED, "reason" => "deadline").increment(1);
+            counter!(metrics::REQUESTS_DROPPED, "reason" => "deadline", "model" => Arc::clone(model))
+                .increment(1);
             let waited = self.enqueued.elapsed();
             // The longest waits are these: leaving them out would hide the tail under overload.
-            histogram!(metrics::QUEUE_WAIT).record(waited);
+            queue_wait.record(waited);
             let _ = self.reply.send(Err(Error::DeadlineExceeded(format!(
                 "the request waited {} ms in the queue; it was dropped before inference",
                 waited.as_millis()
@@ -78,7 +82,7 @@ impl Job {
         if let Some(stale_at) = self.stale_at.filter(|&at| now >= at) {
             // Not a dropped request: the stream counts its stale frames itself, by reason.
             let waited = self.enqueued.elapsed();
-            histogram!(metrics::QUEUE_WAIT).record(waited);
+            queue_wait.record(waited);
             let _ = self.reply.send(Err(Error::Stale(format!(
                 "the frame waited {} ms in the inference queue and was {} ms past its max_age_ms when inference would have started; it was dropped",
                 waited.as_millis(),
@@ -121,7 +125,10 @@ mod tests {
     #[test]
     fn a_stale_job_is_answered_stale_and_not_run() {
         let (stale, mut rx) = job(Some(Instant::now()));
-        assert!(stale.still_wanted().is_none(), "a stale job is not run");
+        assert!(
+            stale.still_wanted(&"m".into()).is_none(),
+            "a stale job is not run"
+        );
         match rx.try_recv() {
             Ok(Err(Error::Stale(message))) => {
                 assert!(message.contains("max_age_ms"), "{message}")
@@ -129,8 +136,11 @@ mod tests {
             other => panic!("expected a stale answer, got {other:?}"),
         }
         let (fresh, _rx) = job(Some(Instant::now() + Duration::from_secs(3600)));
-        assert!(fresh.still_wanted().is_some(), "a fresh frame is run");
+        assert!(
+            fresh.still_wanted(&"m".into()).is_some(),
+            "a fresh frame is run"
+        );
         let (untagged, _rx) = job(None);
-        assert!(untagged.still_wanted().is_some());
+        assert!(untagged.still_wanted(&"m".into()).is_some());
     }
 }

@@ -21,6 +21,7 @@
 mod fair;
 mod job;
 mod settle;
+mod turns;
 mod worker;
 
 use std::{
@@ -45,6 +46,7 @@ use job::{Job, Work};
 use worker::Worker;
 
 pub use fair::Flow;
+pub use turns::{DeviceTurn, Devices};
 
 /// The name of the inference thread. The intra-op threads libtorch starts from it inherit it, so
 /// the model's CPU can be read per thread name (`tools::cost`).
@@ -73,6 +75,25 @@ pub struct Reply {
     pub batch_size: usize,
 }
 
+/// Whose queue this is and where it stands among others: the model's name (the `model` label of
+/// the queue's and batches' metrics) and the turns of the devices it may share with other
+/// models' queues.
+#[derive(Clone)]
+pub struct Site {
+    pub model: Arc<str>,
+    pub devices: Arc<Devices>,
+}
+
+impl Site {
+    /// A queue with a device of its own (tools and tests): labelled with `model`.
+    pub fn alone(model: &str) -> Self {
+        Self {
+            model: model.into(),
+            devices: Arc::default(),
+        }
+    }
+}
+
 /// Handle to the queue; cheap to clone.
 #[derive(Clone)]
 pub struct Batcher {
@@ -86,6 +107,7 @@ struct Producer {
     queue: Arc<FairQueue<Job>>,
     depth: Arc<AtomicUsize>,
     capacity: usize,
+    model: Arc<str>,
 }
 
 impl Drop for Producer {
@@ -104,7 +126,11 @@ impl Batcher {
     /// thread that starts parallel work a pool of its own, and once its pools hold more threads
     /// than there are cores it stops spinning between parallel regions, so that a model warmed
     /// up on another thread runs each forward pass markedly slower (a third on 2 cores).
+    ///
+    /// The thread takes a turn on the model's device (shared with the other models on it, in
+    /// `site.devices`) for every batch.
     pub fn load<T: Send + 'static>(
+        site: Site,
         load: impl FnOnce() -> Result<Model> + Send + 'static,
         setup: impl FnOnce(&Model) -> Result<(BatchConfig, T)> + Send + 'static,
     ) -> Result<(Self, T, thread::JoinHandle<()>)> {
@@ -116,7 +142,7 @@ impl Batcher {
                     .and_then(|model| setup(&model).map(|(config, out)| (model, config, out)));
                 match loaded {
                     Ok((model, config, out)) => {
-                        let (batcher, worker) = Self::worker(model, config);
+                        let (batcher, worker) = Self::worker(model, config, site);
                         if ready_tx.send(Ok((batcher, out))).is_ok() {
                             worker.run();
                         }
@@ -140,13 +166,16 @@ impl Batcher {
         }
     }
 
-    fn worker(model: Model, config: BatchConfig) -> (Self, Worker) {
+    fn worker(model: Model, config: BatchConfig, site: Site) -> (Self, Worker) {
         let queue = Arc::new(FairQueue::new(config.queue_capacity));
         let depth = Arc::new(AtomicUsize::new(0));
         let (failures_tx, failures) = watch::channel(0);
+        let turn = site.devices.turn(&model.running_on().device);
         let worker = Worker {
             model,
             config,
+            turn,
+            label: Arc::clone(&site.model),
             queue: Arc::clone(&queue),
             depth: Arc::clone(&depth),
             failures: failures_tx,
@@ -157,6 +186,7 @@ impl Batcher {
                 queue,
                 depth,
                 capacity: config.queue_capacity,
+                model: site.model,
             }),
             failures,
         };
@@ -210,18 +240,18 @@ impl Batcher {
             reply,
         };
         let producer = &self.producer;
-        queue_depth(&producer.depth, 1);
+        queue_depth(&producer.depth, &producer.model, 1);
         match producer.queue.push(tag.flow, job) {
             Ok(()) => {}
             Err(Refused::Full) => {
-                queue_depth(&producer.depth, -1);
+                queue_depth(&producer.depth, &producer.model, -1);
                 return Err(Error::ResourceExhausted(format!(
                     "server overloaded: the inference queue is full ({} jobs waiting, --max-queue); retry with backoff",
                     producer.capacity
                 )));
             }
             Err(Refused::Closed) => {
-                queue_depth(&producer.depth, -1);
+                queue_depth(&producer.depth, &producer.model, -1);
                 return Err(Error::Unavailable(
                     "the inference worker has stopped".into(),
                 ));
@@ -250,12 +280,13 @@ fn panic_message(joined: thread::Result<()>) -> String {
 /// Moves the queue-depth counter and its gauge together. The gauge moves by the same delta
 /// rather than being set to the new count: callers and the worker update it from different
 /// threads, and a late `set` could leave it stale.
-fn queue_depth(depth: &AtomicUsize, delta: isize) {
+fn queue_depth(depth: &AtomicUsize, model: &Arc<str>, delta: isize) {
+    let gauge = gauge!(metrics::QUEUE_DEPTH, "model" => Arc::clone(model));
     if delta >= 0 {
         depth.fetch_add(delta as usize, Ordering::Relaxed);
-        gauge!(metrics::QUEUE_DEPTH).increment(delta as f64);
+        gauge.increment(delta as f64);
     } else {
         depth.fetch_sub(delta.unsigned_abs(), Ordering::Relaxed);
-        gauge!(metrics::QUEUE_DEPTH).decrement(delta.unsigned_abs() as f64);
+        gauge.decrement(delta.unsigned_abs() as f64);
     }
 }

@@ -34,7 +34,7 @@ impl Worker {
     ) -> Vec<Settled> {
         match result {
             Err(e) if is_out_of_memory(&e) && rows.len() > 1 => {
-                counter!(metrics::INFERENCE_FAILURES, "tower" => tower, "reason" => "out_of_memory")
+                counter!(metrics::INFERENCE_FAILURES, "tower" => tower, "reason" => "out_of_memory", "model" => self.model_label())
                     .increment(1);
                 tracing::warn!(
                     tower,
@@ -54,7 +54,7 @@ impl Worker {
                     } else {
                         "error"
                     };
-                    counter!(metrics::INFERENCE_FAILURES, "tower" => tower, "reason" => reason)
+                    counter!(metrics::INFERENCE_FAILURES, "tower" => tower, "reason" => reason, "model" => self.model_label())
                         .increment(1);
                     tracing::error!(tower, rows = rows.len(), error = %e, "inference failed");
                 }
@@ -75,7 +75,7 @@ impl Worker {
         let mut rows = RowCursor::new(&runs);
         for job in jobs {
             let queue = job.enqueued.elapsed().saturating_sub(inference);
-            histogram!(metrics::QUEUE_WAIT).record(queue);
+            histogram!(metrics::QUEUE_WAIT, "model" => self.model_label()).record(queue);
             let reply = rows.take(job.rows()).map(|embeddings| Reply {
                 embeddings,
                 queue,

@@ -15,7 +15,7 @@ use tokio::sync::watch;
 use super::fair::{FairQueue, Popped, Wait};
 use super::job::image_rows;
 use super::job::{Job, Work};
-use super::{queue_depth, BatchConfig};
+use super::{queue_depth, BatchConfig, DeviceTurn};
 use crate::cpu_time;
 use crate::error::Result;
 use crate::metrics;
@@ -24,6 +24,10 @@ use crate::model::{tokenizer::TokenIds, Model, Staged, Submitted};
 pub(super) struct Worker {
     pub(super) model: Model,
     pub(super) config: BatchConfig,
+    /// Taken for every batch: the device may be shared with other models' workers.
+    pub(super) turn: Arc<DeviceTurn>,
+    /// The model's name: the `model` label of every metric the worker records.
+    pub(super) label: Arc<str>,
     pub(super) queue: Arc<FairQueue<Job>>,
     pub(super) depth: Arc<AtomicUsize>,
     /// Consecutive batches in which no pass succeeded.
@@ -80,9 +84,13 @@ impl Worker {
             // fallible call) must not end the only inference thread while the server looks
             // healthy: the batches it held are dropped, so their callers get an error, and the
             // worker goes on with the next.
-            let step = panic::catch_unwind(AssertUnwindSafe(|| self.step(batch, &mut in_flight)));
+            let step = panic::catch_unwind(AssertUnwindSafe(|| {
+                // Nothing to run (a pipelined batch waiting to be answered) needs no turn.
+                let _turn = (!batch.is_empty()).then(|| self.turn.take());
+                self.step(batch, &mut in_flight)
+            }));
             if step.is_err() {
-                counter!(metrics::WORKER_PANICS).increment(1);
+                counter!(metrics::WORKER_PANICS, "model" => self.model_label()).increment(1);
                 tracing::error!("the inference worker panicked; its current batches failed");
                 in_flight = None;
                 self.record(false);
@@ -100,7 +108,7 @@ impl Worker {
     fn step(&self, batch: Vec<Job>, in_flight: &mut Option<InFlight>) {
         let (images, texts): (Vec<Job>, Vec<Job>) = batch
             .into_iter()
-            .filter_map(Job::still_wanted)
+            .filter_map(|job| job.still_wanted(&self.label))
             .partition(|j| matches!(j.work, Work::Images(_)));
         let staged = (!images.is_empty()).then(|| self.stage(images));
         if let Some(running) = in_flight.take() {
@@ -129,8 +137,12 @@ impl Worker {
     }
 
     fn take(&self, job: Job) -> Job {
-        queue_depth(&self.depth, -1);
+        queue_depth(&self.depth, &self.label, -1);
         job
+    }
+
+    pub(super) fn model_label(&self) -> Arc<str> {
+        Arc::clone(&self.label)
     }
 
     /// The first job (waiting for one if `wait`), then more until the batch is full or the delay
@@ -172,8 +184,10 @@ impl Worker {
         let passes = rows
             .chunks(self.config.max_batch_size.max(1))
             .map(|pass| {
-                histogram!(metrics::BATCH_SIZE).record(pass.len() as f64);
-                counter!(metrics::IMAGES).increment(pass.len() as u64);
+                histogram!(metrics::BATCH_SIZE, "model" => self.model_label())
+                    .record(pass.len() as f64);
+                counter!(metrics::IMAGES, "model" => self.model_label())
+                    .increment(pass.len() as u64);
                 self.model.stage_rows(pass)
             })
             .collect();
@@ -214,7 +228,7 @@ impl Worker {
                 let embeddings = self.in_model(|| self.model.finish(pass));
                 // A pass queued behind another starts when that one is done.
                 let done = Instant::now();
-                histogram!(metrics::INFERENCE, "tower" => "vision")
+                histogram!(metrics::INFERENCE, "tower" => "vision", "model" => self.model_label())
                     .record(done.duration_since(submitted.max(previous_done)));
                 previous_done = done;
                 embeddings
@@ -238,8 +252,9 @@ impl Worker {
         for pass in ids.chunks(self.config.max_batch_size.max(1)) {
             let t = Instant::now();
             let result = embed(pass);
-            histogram!(metrics::INFERENCE, "tower" => "text").record(t.elapsed());
-            counter!(metrics::TEXTS).increment(pass.len() as u64);
+            histogram!(metrics::INFERENCE, "tower" => "text", "model" => self.model_label())
+                .record(t.elapsed());
+            counter!(metrics::TEXTS, "model" => self.model_label()).increment(pass.len() as u64);
             runs.extend(self.settle("text", pass, result, &embed));
         }
         self.answer(jobs, runs, started.elapsed());
@@ -255,7 +270,7 @@ impl Worker {
             } else {
                 count.saturating_add(1)
             };
-            gauge!(metrics::CONSECUTIVE_FAILURES).set(*count as f64);
+            gauge!(metrics::CONSECUTIVE_FAILURES, "model" => self.model_label()).set(*count as f64);
             *count != before
         });
     }

@@ -19,16 +19,51 @@ use crate::model::{
     image::{Convention, ImageProcessor},
     LoadOptions,
 };
+use crate::repository;
 pub use connection::ConnectionArgs;
 pub use limits::LimitArgs;
 pub use security::SecurityArgs;
 
-/// Which model to load, where, and how.
+/// Which models to load, where, and how. The device, dtype, backend and image processor are
+/// defaults that a model of a repository may override in its `serve.json`
+/// (`repository::source`).
 #[derive(Debug, Clone, Args)]
 pub struct ModelArgs {
-    /// Model directory written by `python -m siglip_export`.
-    #[arg(long, env = "SIGLIP_MODEL_DIR")]
-    pub model_dir: PathBuf,
+    /// Model directory written by `python -m siglip_export`: a server of this one model, named
+    /// after the directory. Or use --model-repository.
+    #[arg(
+        long,
+        env = "SIGLIP_MODEL_DIR",
+        required_unless_present = "model_repository",
+        conflicts_with = "model_repository"
+    )]
+    pub model_dir: Option<PathBuf>,
+
+    /// A directory of model directories: each sub-directory with a manifest is one model, named
+    /// after it, chosen per request by the `model` field.
+    #[arg(long, env = "SIGLIP_MODEL_REPOSITORY")]
+    pub model_repository: Option<PathBuf>,
+
+    /// The model of requests that name none. Unset: the only model, when there is one;
+    /// with several, such requests are refused.
+    #[arg(long, env = "SIGLIP_DEFAULT_MODEL")]
+    pub default_model: Option<String>,
+
+    /// Look at --model-repository every N seconds and apply what changed: new folders are loaded,
+    /// changed ones (a new manifest or serve.json) swapped once warm, removed ones drained and
+    /// unloaded (0: never; the repository is read once, at startup).
+    #[arg(
+        long,
+        env = "SIGLIP_MODEL_REPOSITORY_POLL_SECONDS",
+        default_value_t = 0
+    )]
+    pub model_repository_poll_seconds: u64,
+
+    /// Most bytes of parameters all loaded models may hold, a new version beside the one it
+    /// replaces included: a model that would pass it is refused before it is loaded (0: no
+    /// limit).
+    #[arg(long, env = "SIGLIP_MAX_MODEL_BYTES", default_value_t = 0)]
+    pub max_model_bytes: u64,
 
     /// `auto` (CUDA when usable, else CPU), `cpu`, `cuda` or `cuda:N`.
     #[arg(long, env = "SIGLIP_DEVICE", default_value = "auto")]
@@ -77,10 +112,19 @@ pub struct ModelArgs {
 }
 
 impl ModelArgs {
-    /// The load options, for a caller whose largest batch is `largest_batch`.
-    pub fn load_options(&self, largest_batch: usize) -> LoadOptions {
+    /// The model directory of a command that runs one model (`classify`, `bench`'s model-alone
+    /// phase); --model-repository is the server's.
+    pub fn single_dir(&self) -> anyhow::Result<PathBuf> {
+        self.model_dir
+            .clone()
+            .ok_or_else(|| anyhow::anyhow!("this command runs one model: give it --model-dir"))
+    }
+
+    /// The load options of the model in `dir`, for a caller whose largest batch is
+    /// `largest_batch`, before its `serve.json`.
+    pub fn load_options(&self, dir: PathBuf, largest_batch: usize) -> LoadOptions {
         LoadOptions {
-            dir: self.model_dir.clone(),
+            dir,
             device: self.device,
             dtype: self.dtype,
             warmup_rounds: self.warmup_rounds,
@@ -195,10 +239,13 @@ pub struct ServeArgs {
 }
 
 impl ServeArgs {
-    /// How the core runs: the limits, the image convention, the preprocessing pool and the text
-    /// cache.
     /// Refuses settings that could never work together (every check, in one place).
     pub fn check(&self) -> anyhow::Result<()> {
+        if self.model.model_repository_poll_seconds > 0 && self.model.model_repository.is_none() {
+            anyhow::bail!(
+                "--model-repository-poll-seconds watches a --model-repository; --model-dir is read once"
+            );
+        }
         self.limits.check()?;
         self.health.check()
     }
@@ -210,6 +257,28 @@ impl ServeArgs {
             convention: self.model.image_convention,
             preprocess_threads: self.batch.preprocess_threads,
             text_cache_size: self.batch.text_cache_size,
+        }
+    }
+
+    /// Where the models are and how each loads and batches.
+    pub fn repository(&self) -> repository::Settings {
+        let model = &self.model;
+        let models = match (&model.model_dir, &model.model_repository) {
+            (Some(dir), _) => repository::Models::Dir(dir.clone()),
+            // clap requires one of the two.
+            (None, root) => repository::Models::Repository {
+                root: root.clone().unwrap_or_default(),
+                poll: (model.model_repository_poll_seconds > 0)
+                    .then(|| Duration::from_secs(model.model_repository_poll_seconds)),
+            },
+        };
+        repository::Settings {
+            models,
+            default_model: model.default_model.clone(),
+            load: model.load_options(PathBuf::new(), self.batch.max_batch_size.max(1)),
+            batch: self.batching(false),
+            health: self.health.policy(),
+            max_model_bytes: model.max_model_bytes,
         }
     }
 

@@ -1,44 +1,63 @@
-//! Every call counted, timed and logged the same way (`siglip_grpc_requests_total{method,code}`,
-//! `siglip_grpc_request_duration_seconds`, a line per call), whichever way it ends: by the API's
-//! handlers, or refused before them (the server hands [`record_refused`] to the transport).
+//! Every call counted, timed and logged the same way
+//! (`siglip_grpc_requests_total{method,code,model}`, `siglip_grpc_request_duration_seconds`, a
+//! line per call), whichever way it ends: by the API's handlers, or refused before them (the
+//! server hands [`record_refused`] to the transport).
 
-use std::{future::Future, time::Instant};
+use std::{future::Future, sync::OnceLock, time::Instant};
 
 use ::metrics::{counter, gauge, histogram};
 use tonic::{Code, Status};
 
 use crate::metrics;
 
+/// The model a call is about, known once its handler has read the request: the `model` label of
+/// the call's metrics (empty until then, and for a name the repository does not have).
+#[derive(Default)]
+pub(super) struct CallModel(OnceLock<String>);
+
+impl CallModel {
+    pub(super) fn set(&self, label: String) {
+        let _ = self.0.set(label);
+    }
+
+    pub(super) fn get(&self) -> &str {
+        self.0.get().map_or("", String::as_str)
+    }
+}
+
 /// Counts, times and logs one call, and tracks it as in flight. A call dropped before it
 /// finishes (the client went away) is counted as CANCELLED.
 pub(super) async fn observed<T>(
     method: &'static str,
+    model: &CallModel,
     call: impl Future<Output = Result<T, Status>>,
 ) -> Result<T, Status> {
-    struct InFlight {
+    struct InFlight<'a> {
         method: &'static str,
+        model: &'a CallModel,
         started: Instant,
         finished: bool,
     }
-    impl Drop for InFlight {
+    impl Drop for InFlight<'_> {
         fn drop(&mut self) {
             gauge!(metrics::INFLIGHT).decrement(1.0);
             if !self.finished {
-                record(self.method, &client_gone(), self.started);
+                record(self.method, self.model.get(), &client_gone(), self.started);
             }
         }
     }
     gauge!(metrics::INFLIGHT).increment(1.0);
     let mut in_flight = InFlight {
         method,
+        model,
         started: Instant::now(),
         finished: false,
     };
     let result = call.await;
     in_flight.finished = true;
     match &result {
-        Ok(_) => record_ok(method, in_flight.started),
-        Err(status) => record(method, status, in_flight.started),
+        Ok(_) => record_ok(method, model.get(), in_flight.started),
+        Err(status) => record(method, model.get(), status, in_flight.started),
     }
     result
 }
@@ -48,27 +67,31 @@ pub(super) fn client_gone() -> Status {
     Status::cancelled("the client went away")
 }
 
-pub(super) fn record_ok(method: &'static str, started: Instant) {
-    counter!(metrics::GRPC_REQUESTS, "method" => method, "code" => code_name(Code::Ok))
+pub(super) fn record_ok(method: &'static str, model: &str, started: Instant) {
+    counter!(metrics::GRPC_REQUESTS, "method" => method, "code" => code_name(Code::Ok), "model" => model.to_string())
         .increment(1);
-    histogram!(metrics::GRPC_DURATION, "method" => method).record(started.elapsed());
+    histogram!(metrics::GRPC_DURATION, "method" => method, "model" => model.to_string())
+        .record(started.elapsed());
     tracing::debug!(
         method,
+        model,
         elapsed_ms = started.elapsed().as_millis() as u64,
         "request handled"
     );
 }
 
-pub(super) fn record(method: &'static str, status: &Status, started: Instant) {
-    counter!(metrics::GRPC_REQUESTS, "method" => method, "code" => code_name(status.code()))
+pub(super) fn record(method: &'static str, model: &str, status: &Status, started: Instant) {
+    counter!(metrics::GRPC_REQUESTS, "method" => method, "code" => code_name(status.code()), "model" => model.to_string())
         .increment(1);
-    histogram!(metrics::GRPC_DURATION, "method" => method).record(started.elapsed());
+    histogram!(metrics::GRPC_DURATION, "method" => method, "model" => model.to_string())
+        .record(started.elapsed());
     if status.code() == Code::Cancelled {
         // Clients hang up all the time (a closed video stream): not a server problem.
-        tracing::debug!(method, "client went away");
+        tracing::debug!(method, model, "client went away");
     } else {
         tracing::warn!(
             method,
+            model,
             code = code_name(status.code()),
             message = status.message(),
             "request failed"
@@ -81,7 +104,7 @@ pub(super) fn record(method: &'static str, status: &Status, started: Instant) {
 /// logged above debug (anyone can send such calls, as fast as they like).
 pub(super) fn record_refused(path: &str, status: &Status) {
     if let Some(method) = method(path) {
-        counter!(metrics::GRPC_REQUESTS, "method" => method, "code" => code_name(status.code()))
+        counter!(metrics::GRPC_REQUESTS, "method" => method, "code" => code_name(status.code()), "model" => "")
             .increment(1);
     }
 }

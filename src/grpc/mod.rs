@@ -1,6 +1,7 @@
 //! The gRPC server: `siglip.v1.Siglip` ([`api`]), `grpc.health.v1` and server reflection on one
-//! listener whose connections [`transport`] runs. It serves whatever core it is handed
-//! ([`GrpcServer::serving`]) and knows nothing of how that core was built (see `server`).
+//! listener whose connections [`transport`] runs. It serves whatever models it is handed
+//! ([`GrpcServer::serve`]) and knows nothing of how they are loaded (see `server`,
+//! `repository`).
 //!
 //! The two layers do not import each other; what both need of the calls (counting them by
 //! method and code) is `calls`.
@@ -11,12 +12,13 @@ pub mod transport;
 
 use std::{sync::Arc, time::Duration};
 
+use ::metrics::gauge;
 use anyhow::Context;
 use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
 use tonic_health::{server::HealthReporter, ServingStatus};
 
-use crate::infer::Infer;
-use crate::model::RunningOn;
+use crate::metrics;
+use crate::repository::Repository;
 use api::{CallLimits, Lifecycle, MalformedCalls, SiglipService};
 use transport::{Authorize, Connection, Security};
 
@@ -28,7 +30,8 @@ pub mod pb {
     pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("siglip_descriptor");
 }
 
-/// The health-service names this server reports: overall (`""`) and the API itself.
+/// The health-service names this server reports: overall (`""`), the API itself, and each model
+/// as `siglip.v1.Siglip/<model>`.
 const SERVICE_NAME: &str = "siglip.v1.Siglip";
 
 /// The gRPC server, running on its own task.
@@ -37,6 +40,8 @@ pub struct GrpcServer {
     health: HealthReporter,
     server: JoinHandle<Result<(), tonic::transport::Error>>,
     stop: oneshot::Sender<()>,
+    /// Health following the models, from [`GrpcServer::serve`] until the drain.
+    following: Option<JoinHandle<()>>,
 }
 
 impl GrpcServer {
@@ -52,7 +57,7 @@ impl GrpcServer {
         let (health, health_service) = tonic_health::server::health_reporter();
         for name in ["", SERVICE_NAME] {
             health
-                .set_service_status(name, ServingStatus::NotServing)
+                .set_service_status(&name, ServingStatus::NotServing)
                 .await;
         }
         let reflection = || {
@@ -94,46 +99,41 @@ impl GrpcServer {
             health,
             server: tokio::spawn(server),
             stop,
+            following: None,
         })
     }
 
-    /// Calls are served by `infer` from now on; health says SERVING.
-    pub async fn serving(&mut self, infer: Arc<Infer>, on: RunningOn) {
-        self.lifecycle.set_ready(infer, on);
-        // The whole server ("") last: whoever sees it SERVING finds the API SERVING too.
-        for name in [SERVICE_NAME, ""] {
-            self.health
-                .set_service_status(name, ServingStatus::Serving)
-                .await;
-        }
-    }
-
-    /// Health follows the device once serving (`health::follow`): NOT_SERVING while inference
-    /// keeps failing, SERVING again after a success. Calls are accepted either way.
-    pub async fn set_serving(&self, serving: bool) {
-        // The API before the whole server ("") when turning SERVING (as in `serving`), after it
-        // when turning NOT_SERVING: whoever sees "" SERVING finds the API SERVING too.
-        let (status, names) = match serving {
-            true => (ServingStatus::Serving, [SERVICE_NAME, ""]),
-            false => (ServingStatus::NotServing, ["", SERVICE_NAME]),
-        };
-        for name in names {
-            self.health.set_service_status(name, status).await;
-        }
+    /// Calls are served from `models` from now on, each model once it is warm; health follows
+    /// them until the drain: each model's name is SERVING while a version of it serves on a
+    /// healthy device, the API and the whole server ("") once every model found at startup is
+    /// warm and while every device is healthy.
+    pub fn serve(&mut self, models: Arc<Repository>) {
+        self.lifecycle.set_models(Arc::clone(&models));
+        self.following = Some(tokio::spawn(follow(models, self.health.clone())));
     }
 
     /// Health says NOT_SERVING, new calls are refused, open streams are asked to end, and
     /// calls in flight get up to `grace` to finish. Returns once the server has stopped, or
     /// `grace` has passed.
     pub async fn drain(mut self, grace: Duration) -> anyhow::Result<()> {
-        for name in ["", SERVICE_NAME] {
+        // Following ends first: it must not turn a draining server SERVING.
+        let mut names: Vec<String> = vec!["".into(), SERVICE_NAME.into()];
+        if let Some(following) = self.following.take() {
+            following.abort();
+            let _ = following.await;
+        }
+        if let Ok(models) = self.lifecycle.models() {
+            names.extend(models.list().0.into_iter().map(|m| model_service(&m.name)));
+        }
+        gauge!(metrics::READY).set(0.0);
+        for name in names {
             self.health
-                .set_service_status(name, ServingStatus::NotServing)
+                .set_service_status(&name, ServingStatus::NotServing)
                 .await;
             // Then forget it: that ends its Watch streams (after their NOT_SERVING), which would
             // otherwise hold the drain open for the whole grace period. No new Check can come: the
             // server stops accepting calls just below.
-            self.health.clear_service_status(name).await;
+            self.health.clear_service_status(&name).await;
         }
         self.lifecycle.begin_shutdown();
         let _ = self.stop.send(());
@@ -144,5 +144,53 @@ impl GrpcServer {
             }
         }
         Ok(())
+    }
+}
+
+/// The health-service name of one model.
+fn model_service(model: &str) -> String {
+    format!("{SERVICE_NAME}/{model}")
+}
+
+/// Keeps the health service in step with the models (see [`GrpcServer::serve`]).
+async fn follow(models: Arc<Repository>, mut health: HealthReporter) {
+    let mut changes = models.changes();
+    let mut all_serving = false;
+    loop {
+        changes.borrow_and_update();
+        let now = models.health();
+        for name in &now.removed {
+            health.clear_service_status(&model_service(name)).await;
+        }
+        // Models first: whoever sees the whole server SERVING finds its models SERVING too.
+        for (name, serving) in &now.models {
+            let status = match serving {
+                true => ServingStatus::Serving,
+                false => ServingStatus::NotServing,
+            };
+            health
+                .set_service_status(&model_service(name), status)
+                .await;
+        }
+        if now.all != all_serving {
+            all_serving = now.all;
+            // The API before the whole server ("") when turning SERVING, after it when turning
+            // NOT_SERVING: whoever sees "" SERVING finds the API SERVING too.
+            let (status, names) = match now.all {
+                true => (ServingStatus::Serving, [SERVICE_NAME, ""]),
+                false => (ServingStatus::NotServing, ["", SERVICE_NAME]),
+            };
+            for name in names {
+                health.set_service_status(name, status).await;
+            }
+            gauge!(metrics::READY).set(if now.all { 1.0 } else { 0.0 });
+            tracing::info!(
+                "health: {}",
+                if now.all { "SERVING" } else { "NOT_SERVING" }
+            );
+        }
+        if changes.changed().await.is_err() {
+            return;
+        }
     }
 }

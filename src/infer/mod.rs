@@ -1,6 +1,9 @@
 //! The core every API calls: admission (`admission`), decoding and preprocessing on a bounded
 //! CPU pool (`input`, `pool`), tokenisation and the text-embedding cache (`text_cache`), the
 //! inference queue (`crate::batch`), and SigLIP's scores. Knows nothing of gRPC.
+//!
+//! One [`Infer`] per model version; every model's core admits its work against the same budgets
+//! and decodes on the same CPU pool ([`Shared`]): the limits are the machine's, not a model's.
 
 mod admission;
 mod input;
@@ -39,34 +42,72 @@ pub use types::{Classification, Config, FrameScores, Labels, Timings};
 /// in turn (`crate::batch`'s fair queue).
 pub use crate::batch::Flow;
 
+/// What the cores of every model share: the limits, the budgets work is admitted against, the
+/// CPU pool, and how images become RGB.
+pub struct Shared {
+    limits: Limits,
+    convention: Convention,
+    admission: Admission,
+    pool: CpuPool,
+    text_cache_size: usize,
+}
+
+impl Shared {
+    pub fn new(config: Config) -> Arc<Self> {
+        Arc::new(Self {
+            admission: Admission::new(&config.limits),
+            pool: CpuPool::new(config.preprocess_threads),
+            limits: config.limits,
+            convention: config.convention,
+            text_cache_size: config.text_cache_size,
+        })
+    }
+}
+
 pub struct Infer {
+    /// The model's name: the `model` label of its metrics.
+    name: Arc<str>,
     batcher: Batcher,
     tokenizer: Arc<TextTokenizer>,
     preprocess: Preprocess,
     head: LogitHead,
     manifest: Manifest,
+    shared: Arc<Shared>,
     limits: Limits,
     convention: Convention,
-    admission: Admission,
-    pool: CpuPool,
     text_cache: TextCache,
 }
 
 impl Infer {
-    /// The core over a started batcher and the host side of the model it runs.
-    pub fn new(batcher: Batcher, host: HostSide, config: Config) -> Self {
+    /// The core of model `name` over a started batcher and the host side of the model it runs.
+    pub fn new(name: &str, batcher: Batcher, host: HostSide, shared: Arc<Shared>) -> Self {
+        let name: Arc<str> = name.into();
         Self {
+            text_cache: TextCache::new(shared.text_cache_size, Arc::clone(&name)),
+            name,
             batcher,
             tokenizer: host.tokenizer,
             preprocess: host.preprocess,
             head: host.head,
             manifest: host.manifest,
-            admission: Admission::new(&config.limits),
-            limits: config.limits,
-            convention: config.convention,
-            pool: CpuPool::new(config.preprocess_threads),
-            text_cache: TextCache::new(config.text_cache_size),
+            limits: shared.limits.clone(),
+            convention: shared.convention,
+            shared,
         }
+    }
+
+    /// The core of one model alone (tools and tests): budgets and a CPU pool of its own.
+    pub fn alone(name: &str, batcher: Batcher, host: HostSide, config: Config) -> Self {
+        Self::new(name, batcher, host, Shared::new(config))
+    }
+
+    /// The model's name in the repository.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn label(&self) -> Arc<str> {
+        Arc::clone(&self.name)
     }
 
     pub fn text_cache_stats(&self) -> CacheStats {
@@ -93,13 +134,13 @@ impl Infer {
 
     /// Images accepted and not yet answered.
     pub fn pending_images(&self) -> usize {
-        self.admission.pending_images()
+        self.shared.admission.pending_images()
     }
 
     /// Texts of label sets not cached as written, being tokenised, queued for the text tower or
     /// in a pass.
     pub fn pending_texts(&self) -> usize {
-        self.admission.pending_texts()
+        self.shared.admission.pending_texts()
     }
 
     /// Checks a label list against the limits and embeds it: a label set seen before (as
@@ -117,15 +158,16 @@ impl Infer {
         }
         // Admitted before tokenising: a flood of new labels is refused before it costs CPU or
         // queues in front of others' decoding.
-        let _admitted = self.admission.texts(texts.len())?;
+        let _admitted = self.shared.admission.texts(texts.len())?;
         // Up to --max-texts × --max-text-bytes of text: in the text lane of the CPU pool.
-        let tokenizer = Arc::clone(&self.tokenizer);
+        let (tokenizer, label) = (Arc::clone(&self.tokenizer), self.label());
         let (texts, ids) = self
+            .shared
             .pool
             .run(Lane::Texts, (), move || {
                 let tokenizing = Instant::now();
                 let ids = cpu_time::charged("tokenize", || tokenizer.encode(&texts))?;
-                histogram!(metrics::TOKENIZE).record(tokenizing.elapsed());
+                histogram!(metrics::TOKENIZE, "model" => label).record(tokenizing.elapsed());
                 Ok((texts, ids))
             })
             .await?;
@@ -202,15 +244,17 @@ impl Infer {
         T: Send + 'static,
         F: FnOnce(ImageInput, &ImageLimits, Convention, &Preprocess) -> Result<T> + Send + 'static,
     {
-        counter!(metrics::BYTES_RECEIVED).increment(input.received_bytes() as u64);
+        counter!(metrics::BYTES_RECEIVED, "model" => self.label())
+            .increment(input.received_bytes() as u64);
         // The header is read here, before the image waits for anything: an image over the
         // limits is refused at once, and the others are charged by their size.
         let pixels = input.declared_pixels(&self.limits.image)?;
-        let decoding = self.admission.decoding(pixels).await?;
+        let decoding = self.shared.admission.decoding(pixels).await?;
         let limits = self.limits.image.clone();
         let convention = self.convention;
         let prep = self.preprocess.clone();
         let (prepared, elapsed) = self
+            .shared
             .pool
             .run(Lane::Images, decoding, move || {
                 let started = Instant::now();
@@ -218,7 +262,7 @@ impl Infer {
                 Ok((prepared, started.elapsed()))
             })
             .await?;
-        histogram!(metrics::PREPROCESS).record(elapsed);
+        histogram!(metrics::PREPROCESS, "model" => self.label()).record(elapsed);
         Ok((prepared, elapsed))
     }
 
@@ -252,7 +296,7 @@ impl Infer {
             stale_at,
         };
         image::check_shape(regions, self.limits.max_regions).map_err(Error::InvalidArgument)?;
-        let _admitted = self.admission.images(regions.len().max(1))?;
+        let _admitted = self.shared.admission.images(regions.len().max(1))?;
         let (pixels, preprocess) = if regions.is_empty() {
             let (pixels, preprocess) = self.preprocess(image).await?;
             (vec![pixels], preprocess)
@@ -286,7 +330,7 @@ impl Infer {
         deadline: Option<Instant>,
     ) -> Result<Classification> {
         let started = Instant::now();
-        let _admitted = self.admission.images(1)?;
+        let _admitted = self.shared.admission.images(1)?;
         let ((labels, text_timings), (pixels, preprocess)) =
             tokio::try_join!(self.labels(texts, deadline), self.preprocess(image))?;
         let (embedding, image_timings) = self.embed_pixels(vec![pixels], deadline).await?;
@@ -322,7 +366,7 @@ impl Infer {
                 self.limits.max_images
             )));
         }
-        let _admitted = self.admission.images(images.len())?;
+        let _admitted = self.shared.admission.images(images.len())?;
         let started = Instant::now();
         let prepared = futures_util::future::try_join_all(images.into_iter().enumerate().map(
             |(i, img)| async move {

@@ -24,6 +24,8 @@ pub(super) struct TextCache {
     by_text: Option<Mutex<LruCache<String, Arc<[f32]>>>>,
     hits: AtomicU64,
     misses: AtomicU64,
+    /// The model's name: the `model` label of the cache's metrics.
+    model: Arc<str>,
 }
 
 /// Token ids → embedding.
@@ -38,12 +40,13 @@ pub struct CacheStats {
 }
 
 impl TextCache {
-    pub(super) fn new(capacity: usize) -> Self {
+    pub(super) fn new(capacity: usize, model: Arc<str>) -> Self {
         Self {
             entries: NonZeroUsize::new(capacity).map(|c| Mutex::new(LruCache::new(c))),
             by_text: NonZeroUsize::new(capacity).map(|c| Mutex::new(LruCache::new(c))),
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
+            model,
         }
     }
 
@@ -77,7 +80,7 @@ impl TextCache {
         } else {
             (&self.misses, metrics::CACHE_MISSES)
         };
-        counter!(name).increment(texts as u64);
+        counter!(name, "model" => Arc::clone(&self.model)).increment(texts as u64);
         counter.fetch_add(texts as u64, Ordering::Relaxed);
     }
 
@@ -85,7 +88,8 @@ impl TextCache {
         if let Some(entries) = &self.entries {
             let mut entries = entries.lock().expect("cache lock");
             entries.put(ids, embedding);
-            gauge!(metrics::CACHE_ENTRIES).set(entries.len() as f64);
+            gauge!(metrics::CACHE_ENTRIES, "model" => Arc::clone(&self.model))
+                .set(entries.len() as f64);
         }
     }
 

@@ -151,6 +151,7 @@ impl Model {
             device: device_name(self.device()),
             dtype: self.dtype(),
             backend: self.backend(),
+            parameter_bytes: self.towers.parameter_bytes(),
         }
     }
 
@@ -328,6 +329,8 @@ pub struct RunningOn {
     pub dtype: DType,
     /// What runs the vision tower: `torchscript` or `aoti`.
     pub backend: &'static str,
+    /// Bytes of the model's parameters on the device.
+    pub parameter_bytes: u64,
 }
 
 /// Images copied into host memory for the device, not yet sent ([`Model::stage_rows`]).

@@ -29,6 +29,8 @@ enum Vision {
     Compiled {
         package: AotiPackage,
         max_batch: usize,
+        /// The package's size: its weights are not reachable from here.
+        bytes: u64,
     },
 }
 
@@ -74,6 +76,7 @@ impl Towers {
             (BackendChoice::Auto | BackendChoice::Aoti, Some(c)) => Vision::Compiled {
                 package: AotiPackage::load(&dir.join(&c.file), device)?,
                 max_batch: c.max_batch,
+                bytes: std::fs::metadata(dir.join(&c.file)).map_or(0, |m| m.len()),
             },
             (BackendChoice::Aoti, None) => {
                 return Err(Error::Model(format!(
@@ -117,6 +120,24 @@ impl Towers {
 
     pub fn device(&self) -> Device {
         self.device
+    }
+
+    /// Bytes of both towers' parameters and buffers on the device (a compiled vision tower
+    /// counts as its package's size).
+    pub fn parameter_bytes(&self) -> u64 {
+        let module_bytes = |module: &CModule| -> u64 {
+            module.named_parameters().map_or(0, |tensors| {
+                tensors
+                    .iter()
+                    .map(|(_, t)| (t.numel() * t.kind().elt_size_in_bytes()) as u64)
+                    .sum()
+            })
+        };
+        let vision = match &self.vision {
+            Vision::TorchScript(module) => module_bytes(module),
+            Vision::Compiled { bytes, .. } => *bytes,
+        };
+        vision + module_bytes(&self.text)
     }
 
     pub fn dtype(&self) -> DType {

@@ -220,6 +220,7 @@ pub async fn classify_bytes(
 ) -> Result<(), Status> {
     client
         .classify(pb::ClassifyRequest {
+            model: String::new(),
             image: Some(pb::Image {
                 source: Some(pb::image::Source::Encoded(image)),
             }),
@@ -273,6 +274,7 @@ pub async fn deaf_stream(client: &mut SiglipClient<Channel>, image: Vec<u8>) -> 
     let send = async {
         let config = pb::StreamRequest {
             msg: Some(pb::stream_request::Msg::Config(pb::StreamConfig {
+                model: String::new(),
                 texts: vec!["a photo".into()],
                 options: None,
                 mode: pb::DeliveryMode::EveryFrame as i32,
@@ -315,6 +317,7 @@ pub async fn stalled_upload(client: &mut SiglipClient<Channel>) -> Result<(), St
     let sender = tokio::spawn(async move {
         let header = pb::UploadRequest {
             msg: Some(pb::upload_request::Msg::Header(pb::UploadHeader {
+                model: String::new(),
                 texts: vec!["a photo".into()],
                 options: None,
                 total_bytes: BYTES as u64,

@@ -12,7 +12,7 @@ use std::{
 
 use clap::Args;
 
-use crate::batch::{BatchConfig, Batcher};
+use crate::batch::{BatchConfig, Batcher, Site};
 use crate::config::ModelArgs;
 use crate::error::{Error, Result};
 use crate::infer::{self, ImageInput, Infer, Limits};
@@ -61,7 +61,7 @@ pub async fn run(args: ClassifyArgs) -> anyhow::Result<()> {
         tokio::task::spawn_blocking(move || load(&model, labels)).await??
     };
     let tokenizer = Arc::clone(&host.tokenizer);
-    let infer = Infer::new(batcher, host, config);
+    let infer = Infer::alone("classify", batcher, host, config);
     let result = classify_all(&infer, &tokenizer, &on, &images, &labels).await;
     // The last handle to the queue goes with the core: the inference thread drops the model and
     // ends. Wait for it, so that the process does not exit under libtorch.
@@ -136,8 +136,9 @@ fn load(
     args: &ModelArgs,
     labels: usize,
 ) -> anyhow::Result<(Batcher, (HostSide, RunningOn), std::thread::JoinHandle<()>)> {
-    let options = args.load_options(1);
+    let options = args.load_options(args.single_dir()?, 1);
     Ok(Batcher::load(
+        Site::alone("classify"),
         move || Model::load(&options),
         move |model| {
             let batching = BatchConfig {

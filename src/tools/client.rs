@@ -127,20 +127,32 @@ impl ClientArgs {
     }
 }
 
-/// The server answers UNAVAILABLE while its model loads: wait (up to 10 minutes).
+/// Waits (up to 10 minutes) until every model of the server serves; the info of its default
+/// model (or of its first, where it has several and no default).
 pub async fn wait_until_ready(client: &Client) -> anyhow::Result<pb::ModelInfo> {
     let until = Instant::now() + Duration::from_secs(600);
     loop {
         match client
             .clone()
-            .get_model_info(pb::GetModelInfoRequest {})
+            .list_models(pb::ListModelsRequest {})
             .await
+            .map(tonic::Response::into_inner)
         {
-            Ok(info) => return Ok(info.into_inner()),
-            Err(status) if status.code() == tonic::Code::Unavailable && Instant::now() < until => {
-                tokio::time::sleep(Duration::from_millis(200)).await;
+            Ok(list) if list.models.iter().all(|m| m.serving) => {
+                // The default model's info, or the first model's where there is no default.
+                let info = list
+                    .models
+                    .iter()
+                    .find(|m| m.name == list.default_model)
+                    .or(list.models.first())
+                    .and_then(|m| m.info.clone());
+                return info.ok_or_else(|| anyhow::anyhow!("the server has no model"));
             }
+            Ok(_) if Instant::now() < until => {}
+            Err(status) if status.code() == tonic::Code::Unavailable && Instant::now() < until => {}
+            Ok(list) => anyhow::bail!("server not ready: models {:?}", list.models),
             Err(status) => anyhow::bail!("server not ready: {status}"),
         }
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }

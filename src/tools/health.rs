@@ -17,7 +17,8 @@ pub struct HealthArgs {
         default_value = "http://127.0.0.1:50051"
     )]
     pub addr: String,
-    /// "" for the whole server, or "siglip.v1.Siglip".
+    /// "" for the whole server, "siglip.v1.Siglip" for the API, or "siglip.v1.Siglip/<model>"
+    /// for one model of the repository.
     #[arg(long, default_value = "")]
     pub service: String,
     #[command(flatten)]

@@ -43,6 +43,8 @@ pub fn test_threads() -> String {
 ///   base-224 model, a large decode against one forward pass) are the CPU's; `auto` would pick a
 ///   GPU wherever libtorch sees one and change them all at once;
 /// - `--threads` from [`test_threads`] (1 unless `SIGLIP_TEST_THREADS` says otherwise).
+///
+/// `model` is a model directory (`--model-dir`), or a directory of them (`--model-repository`).
 pub fn serve_command(model: &Path, extra: &[&str]) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_siglip-serve"));
     command.args([
@@ -60,8 +62,12 @@ pub fn serve_command(model: &Path, extra: &[&str]) -> Command {
     if !extra.contains(&"--threads") {
         command.args(["--threads", &test_threads()]);
     }
+    let source = match model.join("manifest.json").exists() {
+        true => "--model-dir",
+        false => "--model-repository",
+    };
     command
-        .arg("--model-dir")
+        .arg(source)
         .arg(model)
         .args(extra)
         // Expected failures are logged at warn; keep the test output to real errors.
@@ -82,6 +88,7 @@ pub const WELL_BEHAVED_LABELS: [&str; 4] = [
 /// [`WELL_BEHAVED_LABELS`].
 pub fn well_behaved() -> pb::ClassifyRequest {
     pb::ClassifyRequest {
+        model: String::new(),
         image: Some(pb::Image {
             source: Some(pb::image::Source::Encoded(super::asset(
                 "astronaut_224.jpg",
@@ -267,7 +274,7 @@ impl Server {
         let mut client = self.client().await;
         let mut info = async || {
             client
-                .get_model_info(pb::GetModelInfoRequest {})
+                .get_model_info(pb::GetModelInfoRequest::default())
                 .await
                 .expect("model info");
         };
@@ -348,14 +355,39 @@ pub async fn metrics_text(addr: &str) -> String {
     text
 }
 
-/// The value of an unlabelled gauge or counter on the `/metrics` endpoint at `addr`: a task
-/// that outlives a borrow of the [`Server`] samples it this way. A series with labels is named
-/// as it is written there, e.g. `siglip_auth_refused_total{reason="missing"}`.
-pub async fn metric_at(addr: &str, name: &str) -> f64 {
+/// The value of a gauge or counter on the `/metrics` endpoint at `addr` (a task that outlives a
+/// borrow of the [`Server`] samples it this way), summed over the series that carry the labels
+/// asked for and any others: `siglip_images_processed_total` is the server's total over its
+/// models, `siglip_images_processed_total{model="tiny"}` one model's, and
+/// `siglip_auth_refused_total{reason="missing"}` one reason's. Panics when no series matches.
+pub async fn metric_at(addr: &str, query: &str) -> f64 {
     let text = metrics_text(addr).await;
-    let line = text
+    let (name, wanted) = series(query);
+    let values: Vec<f64> = text
         .lines()
-        .find(|l| l.split_whitespace().next() == Some(name))
-        .unwrap_or_else(|| panic!("{name} not on /metrics"));
-    line.split_whitespace().nth(1).unwrap().parse().expect(line)
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (key, value) = l.rsplit_once(' ')?;
+            let (n, labels) = series(key);
+            (n == name && wanted.iter().all(|w| labels.contains(w)))
+                .then(|| value.parse::<f64>().expect(l))
+        })
+        .collect();
+    assert!(!values.is_empty(), "{query} not on /metrics");
+    values.iter().sum()
+}
+
+/// A series as `/metrics` writes it: its name and its `label="value"` pairs.
+fn series(key: &str) -> (&str, Vec<&str>) {
+    match key.split_once('{') {
+        Some((name, labels)) => (
+            name,
+            labels
+                .trim_end_matches('}')
+                .split(',')
+                .filter(|l| !l.is_empty())
+                .collect(),
+        ),
+        None => (key, Vec::new()),
+    }
 }

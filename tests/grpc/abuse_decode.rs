@@ -205,6 +205,7 @@ async fn a_flood_of_unique_labels_is_refused_past_its_budget_while_images_are_se
     // The benign callers' texts, cached: the same bytes on the wire as the flood's, answered from
     // the cache.
     good.embed_text(pb::EmbedTextRequest {
+        model: String::new(),
         texts: long_texts("cached"),
     })
     .await
@@ -213,6 +214,7 @@ async fn a_flood_of_unique_labels_is_refused_past_its_budget_while_images_are_se
         Box::pin(async move {
             client
                 .embed_text(pb::EmbedTextRequest {
+                    model: String::new(),
                     texts: long_texts("cached"),
                 })
                 .await
@@ -245,7 +247,13 @@ async fn a_flood_of_unique_labels_is_refused_past_its_budget_while_images_are_se
             while !stop.load(Ordering::Relaxed) {
                 round += 1;
                 let texts = long_texts(&format!("{task} {round}"));
-                match client.embed_text(pb::EmbedTextRequest { texts }).await {
+                match client
+                    .embed_text(pb::EmbedTextRequest {
+                        model: String::new(),
+                        texts,
+                    })
+                    .await
+                {
                     Ok(reply) => {
                         let job = reply.into_inner().timings.expect("timings").inference_us;
                         longest.fetch_max(job, Ordering::Relaxed);

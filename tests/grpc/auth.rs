@@ -122,7 +122,9 @@ async fn tokens_are_required_health_stays_open_and_the_file_rotates() {
         );
     }
     assert!(
-        page.contains("siglip_grpc_requests_total{method=\"Classify\",code=\"UNAUTHENTICATED\"} 2"),
+        page.contains(
+            "siglip_grpc_requests_total{method=\"Classify\",code=\"UNAUTHENTICATED\",model=\"\"} 2"
+        ),
         "refusals are counted as the method's: {page}"
     );
 

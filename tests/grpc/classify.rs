@@ -68,6 +68,7 @@ async fn top_k_keeps_the_k_most_probable_labels() {
     let all = classify(&mut client, image.clone()).await;
     let top = client
         .classify(pb::ClassifyRequest {
+            model: String::new(),
             options: Some(pb::ClassifyOptions {
                 threshold: 0.0,
                 top_k: 2,
@@ -90,6 +91,7 @@ async fn a_threshold_keeps_only_the_labels_at_or_above_it() {
     let cut = want.iter().copied().fold(0.0, f32::max) - 1e-4;
     let filtered = client
         .classify(pb::ClassifyRequest {
+            model: String::new(),
             options: Some(pb::ClassifyOptions {
                 threshold: cut,
                 top_k: 0,

@@ -576,7 +576,10 @@ async fn old_connections_get_a_goaway_and_are_closed_after_the_grace() {
         let started = Instant::now();
         let (mut calls, mut raced, mut last_failed) = (0, 0, false);
         while started.elapsed() < run {
-            match client.get_model_info(pb::GetModelInfoRequest {}).await {
+            match client
+                .get_model_info(pb::GetModelInfoRequest::default())
+                .await
+            {
                 Ok(_) => {
                     calls += 1;
                     last_failed = false;

@@ -25,12 +25,16 @@ async fn embeddings_are_one_per_input_unit_length_and_of_the_models_dimension() 
     let mut client = server.client().await;
     let info = model_info(&mut client).await;
     let texts = client
-        .embed_text(pb::EmbedTextRequest { texts: labels() })
+        .embed_text(pb::EmbedTextRequest {
+            model: String::new(),
+            texts: labels(),
+        })
         .await
         .expect("embed text")
         .into_inner();
     let images = client
         .embed_image(pb::EmbedImageRequest {
+            model: String::new(),
             images: vec![
                 encoded(asset("chelsea_progressive.jpg")).unwrap(),
                 encoded(asset("rocket.bmp")).unwrap(),

@@ -36,6 +36,7 @@ async fn every_bad_classify_request_gets_its_status_and_the_server_serves_on() {
         (
             "no image",
             pb::ClassifyRequest {
+                model: String::new(),
                 image: None,
                 texts: labels(),
                 options: None,
@@ -64,6 +65,7 @@ async fn every_bad_classify_request_gets_its_status_and_the_server_serves_on() {
         (
             "bad threshold",
             pb::ClassifyRequest {
+                model: String::new(),
                 options: Some(pb::ClassifyOptions {
                     threshold: 2.0,
                     top_k: 0,
@@ -199,6 +201,7 @@ async fn more_images_than_max_images_are_refused() {
     let mut client = server.client().await;
     let too_many = client
         .embed_image(pb::EmbedImageRequest {
+            model: String::new(),
             images: vec![encoded(asset("pixel_1x1.png")).unwrap(); 65],
         })
         .await
@@ -217,6 +220,7 @@ async fn a_bad_image_among_several_is_named_by_its_index() {
     let mut client = server.client().await;
     let bad = client
         .embed_image(pb::EmbedImageRequest {
+            model: String::new(),
             images: vec![
                 encoded(asset("rocket.bmp")).unwrap(),
                 encoded(b"junk".to_vec()).unwrap(),
@@ -324,11 +328,13 @@ async fn a_full_queue_refuses_callers_at_once_and_answers_the_rest() {
     let mut client = server.client().await;
     // Distinct texts: cached ones would never reach the queue.
     let texts = |caller: usize| pb::EmbedTextRequest {
+        model: String::new(),
         texts: (0..TEXTS)
             .map(|j| format!("photo {caller} of {j} cats"))
             .collect(),
     };
     let images = |n: usize| pb::EmbedImageRequest {
+        model: String::new(),
         images: vec![encoded(asset("pixel_1x1.png")).unwrap(); n],
     };
     // How long a text call takes to reach the queue: its round trip with its texts cached.

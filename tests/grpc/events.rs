@@ -91,6 +91,7 @@ fn pan(hold: usize) -> Vec<usize> {
 
 fn config(watch: impl FnOnce(&mut pb::StreamConfig)) -> pb::StreamRequest {
     let mut config = pb::StreamConfig {
+        model: String::new(),
         texts: LABELS.iter().map(|s| s.to_string()).collect(),
         mode: pb::DeliveryMode::EveryFrame as i32,
         ..Default::default()

@@ -182,7 +182,7 @@ async fn past_the_exit_limit_the_process_exits_non_zero_and_says_why() {
     let mut client = SiglipClient::new(channel);
     common::wait_until("the model loading", async || {
         client
-            .get_model_info(pb::GetModelInfoRequest {})
+            .get_model_info(pb::GetModelInfoRequest::default())
             .await
             .is_ok()
     })
@@ -239,7 +239,10 @@ async fn an_out_of_memory_batch_is_answered_in_halves_and_only_the_bad_image_fai
     server
         .client()
         .await
-        .embed_text(pb::EmbedTextRequest { texts: labels() })
+        .embed_text(pb::EmbedTextRequest {
+            model: String::new(),
+            texts: labels(),
+        })
         .await
         .expect("the labels embedded");
     let mut calls = Vec::new();

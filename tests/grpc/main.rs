@@ -12,6 +12,8 @@
 //! - `embed`: EmbedImage, EmbedText and GetModelInfo;
 //! - `errors`: bad input and the status it gets, deadlines, a full queue;
 //! - `lifecycle`: health, reflection, shutdown, flags from the environment.
+//! - `models`: several models in one server (a repository): every RPC per model, the default
+//!   model, unknown and loading models, per-model health, fairness between models, hot swaps;
 //! - `health`: health follows the device (the faulty test model), out-of-memory retries.
 //! - `transport`: hostile clients at the transport (idle streams, non-readers, stalled uploads);
 //! - `connection`: the HTTP/2 settings seen on the wire (streams, resets, keepalive, age);
@@ -35,6 +37,7 @@ mod events;
 mod fair;
 mod health;
 mod lifecycle;
+mod models;
 mod policy;
 mod regions;
 mod stream;
@@ -75,6 +78,7 @@ fn raw_request(
     data: Vec<u8>,
 ) -> pb::ClassifyRequest {
     pb::ClassifyRequest {
+        model: String::new(),
         image: Some(pb::Image {
             source: Some(pb::image::Source::Raw(pb::RawFrame {
                 width,
@@ -132,7 +136,7 @@ fn probabilities_from(
 
 async fn model_info(client: &mut SiglipClient<Channel>) -> pb::ModelInfo {
     client
-        .get_model_info(pb::GetModelInfoRequest {})
+        .get_model_info(pb::GetModelInfoRequest::default())
         .await
         .expect("model info")
         .into_inner()
@@ -165,6 +169,7 @@ fn assert_status(case: &str, status: &tonic::Status, code: Code, needle: &str) {
 
 fn classify_request(image: Vec<u8>, texts: Vec<String>) -> pb::ClassifyRequest {
     pb::ClassifyRequest {
+        model: String::new(),
         image: encoded(image),
         texts,
         options: None,
@@ -194,6 +199,7 @@ fn encode(img: &image::RgbImage, format: image::ImageFormat) -> Vec<u8> {
 fn config(texts: &[&str], mode: pb::DeliveryMode) -> pb::StreamRequest {
     pb::StreamRequest {
         msg: Some(Msg::Config(pb::StreamConfig {
+            model: String::new(),
             texts: texts.iter().map(|s| s.to_string()).collect(),
             options: None,
             mode: mode as i32,

@@ -12,6 +12,7 @@ use crate::{assert_status, encoded, stream_all, LABELS};
 fn watching(mode: pb::DeliveryMode, policy: pb::FramePolicy) -> pb::StreamRequest {
     pb::StreamRequest {
         msg: Some(Msg::Config(pb::StreamConfig {
+            model: String::new(),
             texts: LABELS.iter().map(|s| s.to_string()).collect(),
             mode: mode as i32,
             policy: Some(policy),

@@ -23,6 +23,7 @@ fn region(x: u32, y: u32, width: u32, height: u32) -> pb::Region {
 fn config_with(regions: Vec<pb::Region>, mode: pb::DeliveryMode) -> pb::StreamRequest {
     pb::StreamRequest {
         msg: Some(Msg::Config(pb::StreamConfig {
+            model: String::new(),
             texts: labels(),
             mode: mode as i32,
             regions,
@@ -223,6 +224,7 @@ async fn regions_match_transformers(stem: &str, flags: &[&str]) {
     let mut client = server.client().await;
     let mut messages = vec![pb::StreamRequest {
         msg: Some(Msg::Config(pb::StreamConfig {
+            model: String::new(),
             texts: sidecar.texts.clone(),
             mode: pb::DeliveryMode::EveryFrame as i32,
             ..Default::default()

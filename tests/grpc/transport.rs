@@ -137,6 +137,7 @@ async fn a_client_that_does_not_read_loses_its_stream_and_slot_at_the_lifetime()
         .collect();
     let mut messages = vec![pb::StreamRequest {
         msg: Some(pb::stream_request::Msg::Config(pb::StreamConfig {
+            model: String::new(),
             texts: long_labels,
             options: None,
             mode: pb::DeliveryMode::EveryFrame as i32,
@@ -217,6 +218,7 @@ async fn a_stream_ends_at_its_lifetime_while_its_labels_are_embedded() {
     let started = Instant::now();
     client
         .embed_text(pb::EmbedTextRequest {
+            model: String::new(),
             texts: long("measure", 32),
         })
         .await
@@ -233,6 +235,7 @@ async fn a_stream_ends_at_its_lifetime_while_its_labels_are_embedded() {
     let opened = Instant::now();
     let config = pb::StreamRequest {
         msg: Some(pb::stream_request::Msg::Config(pb::StreamConfig {
+            model: String::new(),
             texts: long("stream", n),
             mode: pb::DeliveryMode::EveryFrame as i32,
             ..Default::default()
@@ -260,6 +263,7 @@ async fn a_stream_ends_at_its_lifetime_while_its_labels_are_embedded() {
 fn upload_header(texts: Vec<String>, total: usize) -> pb::UploadRequest {
     pb::UploadRequest {
         msg: Some(upload_request::Msg::Header(pb::UploadHeader {
+            model: String::new(),
             texts,
             options: None,
             total_bytes: total as u64,

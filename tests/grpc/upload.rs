@@ -9,6 +9,7 @@ use crate::{assert_close, assert_status, big_png, by_index, expected, labels, LA
 fn header(total: usize) -> pb::UploadRequest {
     pb::UploadRequest {
         msg: Some(upload_request::Msg::Header(pb::UploadHeader {
+            model: String::new(),
             texts: labels(),
             options: None,
             total_bytes: total as u64,

@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use siglip_serve::batch::{BatchConfig, Batcher, Flow, Reply, Tag};
+use siglip_serve::batch::{BatchConfig, Batcher, Flow, Reply, Site, Tag};
 use siglip_serve::error::Error;
 use siglip_serve::model::{
     image::{decode, Convention, ImageLimits},
@@ -485,7 +485,7 @@ fn a_load_that_fails_or_panics_is_reported() {
         ("refused by setup", Box::new(|| Ok(model())), true),
     ];
     for (want, load, refuse) in cases {
-        let loaded = Batcher::load(load, move |_| {
+        let loaded = Batcher::load(Site::alone("tiny"), load, move |_| {
             if refuse {
                 refused(Error::Model("refused by setup".into()))
             } else {

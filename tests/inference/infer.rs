@@ -42,7 +42,7 @@ fn core_batching(
         preprocess_threads: 1,
         text_cache_size: capacity,
     };
-    let infer = Infer::new(batcher, host, core);
+    let infer = Infer::alone("tiny", batcher, host, core);
     (infer, worker)
 }
 

@@ -13,7 +13,7 @@ mod infer;
 
 use std::time::Duration;
 
-use siglip_serve::batch::{BatchConfig, Batcher};
+use siglip_serve::batch::{BatchConfig, Batcher, Site};
 use siglip_serve::model::Model;
 
 fn model() -> Model {
@@ -24,8 +24,12 @@ fn model() -> Model {
 /// their models on the test thread, which the server does not (`Batcher::load`): that costs
 /// speed (a second pool of libtorch threads), never a result.
 fn start(model: Model, config: BatchConfig) -> (Batcher, std::thread::JoinHandle<()>) {
-    let (batcher, (), worker) =
-        Batcher::load(move || Ok(model), move |_| Ok((config, ()))).expect("the worker starts");
+    let (batcher, (), worker) = Batcher::load(
+        Site::alone("tiny"),
+        move || Ok(model),
+        move |_| Ok((config, ())),
+    )
+    .expect("the worker starts");
     (batcher, worker)
 }
 

@@ -101,9 +101,10 @@ def serve_command(server_bin: Path, model_dir: Path, flags=()) -> list[str]:
     and the CLI with each other at 1e-5) and, unless `flags` say otherwise, on the CPU (the tests'
     premises about what is slow, a large decode against a forward pass, are the CPU's, and `auto`
     would pick a GPU wherever there is one) with SIGLIP_TEST_THREADS libtorch threads when that is
-    set."""
+    set. `model_dir` is a model directory (`--model-dir`) or a directory of them (`--model-repository`)."""
     flags = [str(flag) for flag in flags]
-    cmd = [str(server_bin), "serve", "--model-dir", str(model_dir), "--grpc-addr", "127.0.0.1:0",
+    source = "--model-dir" if (Path(model_dir) / "manifest.json").exists() else "--model-repository"
+    cmd = [str(server_bin), "serve", source, str(model_dir), "--grpc-addr", "127.0.0.1:0",
            "--metrics-addr", "127.0.0.1:0", "--dtype", "float32"]
     if "--device" not in flags:
         cmd += ["--device", "cpu"]

@@ -19,30 +19,36 @@ from conftest import serve_command
 
 STARTUP_TIMEOUT_S = 120
 
-# Series a dashboard needs, present (at zero) before the first request.
-FROM_START = [
-    'siglip_grpc_requests_total{method="Classify",code="OK"} 0',
-    'siglip_grpc_requests_total{method="Stream",code="OK"} 0',
-    'siglip_stream_frames_dropped_total{reason="superseded"} 0',
-    'siglip_stream_frames_dropped_total{reason="rate"} 0',
-    'siglip_stream_frames_dropped_total{reason="stale"} 0',
-    'siglip_requests_dropped_total{reason="deadline"} 0',
-    "siglip_images_processed_total 0",
-    "siglip_texts_processed_total 0",
-    "siglip_text_cache_hits_total 0",
-    "siglip_text_cache_misses_total 0",
-    "siglip_received_bytes_total 0",
-    "siglip_queue_depth 0",
-    "siglip_pending_images 0",
-    "siglip_inference_worker_panics_total 0",
-    "siglip_active_streams 0",
-    "siglip_inflight_requests 0",
-    'siglip_grpc_request_duration_seconds_count{method="Classify"} 0',
-    'siglip_inference_duration_seconds_count{tower="vision"} 0',
-    "siglip_batch_size_count 0",
-    "siglip_queue_wait_seconds_count 0",
-    "siglip_stream_result_staleness_seconds_count 0",
-]
+# Series a dashboard needs, present (at zero) before the first request; `model` is the served model's
+# name (its folder's).
+def from_start(model: str) -> list[str]:
+    m = f'model="{model}"'
+    return [
+        f'siglip_grpc_requests_total{{method="Classify",code="OK",{m}}} 0',
+        f'siglip_grpc_requests_total{{method="Stream",code="OK",{m}}} 0',
+        'siglip_stream_frames_dropped_total{reason="superseded"} 0',
+        'siglip_stream_frames_dropped_total{reason="rate"} 0',
+        'siglip_stream_frames_dropped_total{reason="stale"} 0',
+        f'siglip_requests_dropped_total{{reason="deadline",{m}}} 0',
+        f"siglip_images_processed_total{{{m}}} 0",
+        f"siglip_texts_processed_total{{{m}}} 0",
+        f"siglip_text_cache_hits_total{{{m}}} 0",
+        f"siglip_text_cache_misses_total{{{m}}} 0",
+        f"siglip_received_bytes_total{{{m}}} 0",
+        f"siglip_queue_depth{{{m}}} 0",
+        "siglip_pending_images 0",
+        f"siglip_inference_worker_panics_total{{{m}}} 0",
+        f"siglip_model_load_failures_total{{{m}}} 0",
+        "siglip_active_streams 0",
+        "siglip_inflight_requests 0",
+        f'siglip_grpc_request_duration_seconds_count{{method="Classify",{m}}} 0',
+        f'siglip_inference_duration_seconds_count{{tower="vision",{m}}} 0',
+        f"siglip_batch_size_count{{{m}}} 0",
+        f"siglip_queue_wait_seconds_count{{{m}}} 0",
+        "siglip_stream_result_staleness_seconds_count 0",
+    ]
+
+
 PRESENT = ["siglip_model_info{", "siglip_build_info{", "process_resident_memory_bytes ", "process_cpu_seconds_total "]
 
 
@@ -109,7 +115,7 @@ def holding(server_bin: Path, model_dir: Path, tmp_path_factory):
                              ["--max-batch-delay-ms", 30_000])
 
 
-def test_metrics_pass_promtool_and_exist_from_start(metered):
+def test_metrics_pass_promtool_and_exist_from_start(metered, model_dir):
     _, metrics_addr = metered
     text = scrape(metrics_addr)
     promtool = shutil.which("promtool")
@@ -117,7 +123,7 @@ def test_metrics_pass_promtool_and_exist_from_start(metered):
     check = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, text=True)
     assert check.returncode == 0, check.stdout + check.stderr
     lines = set(text.splitlines())
-    for series in FROM_START:
+    for series in from_start(model_dir.name):
         assert series in lines, f"missing at start-up: {series}"
     assert "siglip_ready 1" in lines
     for prefix in PRESENT:
@@ -180,11 +186,12 @@ def test_real_prometheus_sees_traffic(metered, stubs, assets, labels, tmp_path):
                 return None
             return float(result[0]["value"][1]) if result else None
 
+        # Summed over the `model` label: calls refused before naming a model have model="".
         expectations = {
-            'siglip_grpc_requests_total{method="Classify",code="OK"}': 5,
-            'siglip_grpc_requests_total{method="Classify",code="INVALID_ARGUMENT"}': 1,
-            "siglip_images_processed_total": 5,
-            'siglip_grpc_request_duration_seconds_count{method="Classify"}': 6,
+            'sum(siglip_grpc_requests_total{method="Classify",code="OK"})': 5,
+            'sum(siglip_grpc_requests_total{method="Classify",code="INVALID_ARGUMENT"})': 1,
+            "sum(siglip_images_processed_total)": 5,
+            'sum(siglip_grpc_request_duration_seconds_count{method="Classify"})': 6,
             "siglip_ready": 1,
         }
         deadline = time.monotonic() + 60
@@ -206,7 +213,7 @@ def test_real_prometheus_sees_traffic(metered, stubs, assets, labels, tmp_path):
         log.close()
 
 
-def test_a_call_the_client_abandons_counts_as_cancelled(holding, stubs, assets, labels):
+def test_a_call_the_client_abandons_counts_as_cancelled(holding, stubs, assets, labels, model_dir):
     grpc_addr, metrics_addr = holding
     pb2, pb2_grpc = stubs
     photo = (assets / "images" / "chelsea_progressive.jpg").read_bytes()
@@ -218,6 +225,6 @@ def test_a_call_the_client_abandons_counts_as_cancelled(holding, stubs, assets, 
         wait_for_series(metrics_addr, ["siglip_inflight_requests 1"])
         pending.cancel()
     wait_for_series(metrics_addr, [
-        'siglip_grpc_requests_total{method="Classify",code="CANCELLED"} 1',
+        f'siglip_grpc_requests_total{{method="Classify",code="CANCELLED",model="{model_dir.name}"}} 1',
         "siglip_inflight_requests 0",
     ])

@@ -13,7 +13,7 @@ from PIL import Image
 
 SERVICE = "siglip.v1.Siglip"
 MIB = 1 << 20
-METHODS = {"Classify", "Upload", "Stream", "EmbedImage", "EmbedText", "GetModelInfo"}
+METHODS = {"Classify", "Upload", "Stream", "EmbedImage", "EmbedText", "GetModelInfo", "ListModels"}
 
 
 @pytest.mark.parametrize("service", ["", SERVICE])

@@ -1,4 +1,4 @@
-//! What every handler shares: the per-call limits, the core once the model is ready, and the
+//! What every handler shares: the per-call limits, the models once loading has begun, and the
 //! server's lifecycle (loading → serving → shutting down).
 
 use std::sync::{
@@ -10,11 +10,10 @@ use tokio::sync::{watch, Semaphore};
 use tonic::Status;
 
 use super::{chunks::Budget, timeouts::ClientTimeouts, CallLimits};
-use crate::infer::Infer;
-use crate::model::RunningOn;
+use crate::repository::{Repository, Served};
 
 pub(in crate::grpc) struct Lifecycle {
-    ready: OnceLock<Ready>,
+    models: OnceLock<Arc<Repository>>,
     shutting_down: AtomicBool,
     shutdown: watch::Sender<bool>,
     pub(super) limits: CallLimits,
@@ -23,16 +22,10 @@ pub(in crate::grpc) struct Lifecycle {
     pub(super) reassembly: Arc<Budget>,
 }
 
-/// Set once, when the model is loaded and warm.
-pub(super) struct Ready {
-    pub(super) infer: Arc<Infer>,
-    pub(super) on: RunningOn,
-}
-
 impl Lifecycle {
     pub(in crate::grpc) fn new(limits: CallLimits) -> Self {
         Self {
-            ready: OnceLock::new(),
+            models: OnceLock::new(),
             shutting_down: AtomicBool::new(false),
             shutdown: watch::channel(false).0,
             streams: Arc::new(Semaphore::new(limits.max_streams)),
@@ -48,9 +41,9 @@ impl Lifecycle {
         }
     }
 
-    /// The model is loaded and warm: requests are served from now on.
-    pub(in crate::grpc) fn set_ready(&self, infer: Arc<Infer>, on: RunningOn) {
-        let _ = self.ready.set(Ready { infer, on });
+    /// Requests are served from `models` from now on (each model once it is warm).
+    pub(in crate::grpc) fn set_models(&self, models: Arc<Repository>) {
+        let _ = self.models.set(models);
     }
 
     /// New requests get UNAVAILABLE; open streams are asked to finish.
@@ -63,19 +56,29 @@ impl Lifecycle {
         self.shutdown.subscribe()
     }
 
-    pub(super) fn infer(&self) -> Result<Arc<Infer>, Status> {
-        self.ready().map(|r| Arc::clone(&r.infer))
+    /// The version of model `name` ("": the default) that serves calls now.
+    pub(super) fn model(&self, name: &str) -> Result<Arc<Served>, Status> {
+        Ok(self.models()?.resolve(name)?)
     }
 
-    pub(super) fn ready(&self) -> Result<&Ready, Status> {
+    /// The `model` label of a call's metrics for the name it asked for (empty unless it names a
+    /// model of the repository).
+    pub(super) fn label(&self, name: &str) -> String {
+        self.models
+            .get()
+            .map(|models| models.label(name))
+            .unwrap_or_default()
+    }
+
+    pub(in crate::grpc) fn models(&self) -> Result<&Arc<Repository>, Status> {
         if self.shutting_down.load(Ordering::SeqCst) {
             return Err(Status::unavailable(
                 "server is shutting down: retry on another replica",
             ));
         }
-        self.ready.get().ok_or_else(|| {
+        self.models.get().ok_or_else(|| {
             Status::unavailable(
-                "model is still loading: retry shortly (the health service says when it is SERVING)",
+                "the server is starting: retry shortly (the health service says when it is SERVING)",
             )
         })
     }

@@ -58,7 +58,7 @@ where
             let mut response = response.await?;
             if let Some(status) = remap_response(&mut response, limit) {
                 if let Some(method) = method {
-                    record(method, &status, started);
+                    record(method, "", &status, started);
                 }
             }
             Ok(response)

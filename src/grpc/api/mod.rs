@@ -2,12 +2,13 @@
 //! which knows nothing of gRPC.
 //!
 //! - `service`: the RPCs, each counted (`grpc::calls`), converted (`convert`) and handed to the
-//!   core; Upload (`upload`) and Stream (`stream`) keep their protocols in their own modules,
-//!   images in chunks are put back together under one budget (`chunks`);
+//!   core of the model it names; Upload (`upload`) and Stream (`stream`) keep their protocols in
+//!   their own modules, images in chunks are put back together under one budget (`chunks`);
+//!   `models`: GetModelInfo and ListModels;
 //! - `status`: core errors → status codes, in one place; `malformed`: calls tonic refuses
 //!   before a handler runs, answered with this API's codes;
 //! - `timeouts`: every wait on a client has an end; `lifecycle`: loading → serving → shutting
-//!   down, and what every handler shares.
+//!   down, the models, and what every handler shares.
 //!
 //! `chunks`, `convert` and `stream::settings` are public for the fuzz targets (`fuzz/`).
 
@@ -15,6 +16,7 @@ pub mod chunks;
 pub mod convert;
 mod lifecycle;
 mod malformed;
+mod models;
 mod service;
 mod status;
 pub mod stream;

@@ -1,16 +1,18 @@
 //! The `siglip.v1.Siglip` service: each RPC counted (`grpc::calls`), converted (`convert`) and
-//! handed to the core; Upload and Stream keep their protocols in their own modules.
+//! handed to the core of the model it names (`repository`); Upload and Stream keep their
+//! protocols in their own modules, ListModels and GetModelInfo are in `models`.
 
 use std::{pin::Pin, sync::Arc, time::Instant};
 
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::{convert, lifecycle::Lifecycle, pb, stream, upload};
+use super::{convert, lifecycle::Lifecycle, models, pb, stream, upload};
 use crate::error::Error;
-use crate::grpc::calls::{observed, record};
+use crate::grpc::calls::{observed, record, CallModel};
 use crate::infer::Timings;
 use crate::model::scores::Embeddings;
+use crate::repository::Served;
 
 pub(in crate::grpc) struct SiglipService {
     lifecycle: Arc<Lifecycle>,
@@ -30,14 +32,17 @@ impl pb::siglip_server::Siglip for SiglipService {
         &self,
         request: Request<pb::ClassifyRequest>,
     ) -> Result<Response<pb::ClassifyResponse>, Status> {
-        observed("Classify", self.classify_call(request)).await
+        let model = CallModel::default();
+        observed("Classify", &model, self.classify_call(&model, request)).await
     }
 
     async fn upload(
         &self,
         request: Request<Streaming<pb::UploadRequest>>,
     ) -> Result<Response<pb::ClassifyResponse>, Status> {
-        observed("Upload", upload::classify(&self.lifecycle, request)).await
+        let model = CallModel::default();
+        let call = upload::classify(&self.lifecycle, &model, request);
+        observed("Upload", &model, call).await
     }
 
     type StreamStream = ResponseStream;
@@ -50,7 +55,7 @@ impl pb::siglip_server::Siglip for SiglipService {
         let started = Instant::now();
         let opened = self.stream_call(request).await;
         if let Err(status) = &opened {
-            record("Stream", status, started);
+            record("Stream", "", status, started);
         }
         opened
     }
@@ -59,33 +64,55 @@ impl pb::siglip_server::Siglip for SiglipService {
         &self,
         request: Request<pb::EmbedImageRequest>,
     ) -> Result<Response<pb::EmbedResponse>, Status> {
-        observed("EmbedImage", self.embed_image_call(request)).await
+        let model = CallModel::default();
+        observed("EmbedImage", &model, self.embed_image_call(&model, request)).await
     }
 
     async fn embed_text(
         &self,
         request: Request<pb::EmbedTextRequest>,
     ) -> Result<Response<pb::EmbedResponse>, Status> {
-        observed("EmbedText", self.embed_text_call(request)).await
+        let model = CallModel::default();
+        observed("EmbedText", &model, self.embed_text_call(&model, request)).await
     }
 
     async fn get_model_info(
         &self,
         request: Request<pb::GetModelInfoRequest>,
     ) -> Result<Response<pb::ModelInfo>, Status> {
-        observed("GetModelInfo", self.get_model_info_call(request)).await
+        let model = CallModel::default();
+        let name = request.get_ref().model.clone();
+        model.set(self.lifecycle.label(&name));
+        let call = async { models::info(&self.lifecycle, &name).map(Response::new) };
+        observed("GetModelInfo", &model, call).await
+    }
+
+    async fn list_models(
+        &self,
+        _: Request<pb::ListModelsRequest>,
+    ) -> Result<Response<pb::ListModelsResponse>, Status> {
+        let call = async { models::list(&self.lifecycle).map(Response::new) };
+        observed("ListModels", &CallModel::default(), call).await
     }
 }
 
 /// The handlers proper; the trait implementation above adds metrics and logs around them.
 impl SiglipService {
+    /// The model `name` names, noted for the call's metrics.
+    fn model(&self, call: &CallModel, name: &str) -> Result<Arc<Served>, Status> {
+        call.set(self.lifecycle.label(name));
+        self.lifecycle.model(name)
+    }
+
     async fn classify_call(
         &self,
+        model: &CallModel,
         request: Request<pb::ClassifyRequest>,
     ) -> Result<Response<pb::ClassifyResponse>, Status> {
-        let infer = self.lifecycle.infer()?;
         let deadline = convert::deadline(request.metadata(), self.lifecycle.limits.request_timeout);
         let req = request.into_inner();
+        let served = self.model(model, &req.model)?;
+        let infer = &served.infer;
         let image = convert::image(req.image)?;
         let filter = convert::filter(req.options)?;
         let result =
@@ -101,30 +128,27 @@ impl SiglipService {
         &self,
         request: Request<Streaming<pb::StreamRequest>>,
     ) -> Result<Response<ResponseStream>, Status> {
-        let infer = self.lifecycle.infer()?;
+        self.lifecycle.models()?;
         let permit = Arc::clone(&self.lifecycle.streams).try_acquire_owned().map_err(|_| {
             Status::from(Error::ResourceExhausted(format!(
                 "too many open streams (limit {}, --max-streams): retry later or on another replica",
                 self.lifecycle.limits.max_streams
             )))
         })?;
-        let output = stream::run(
-            infer,
-            Arc::clone(&self.lifecycle),
-            request.into_inner(),
-            permit,
-        );
+        let output = stream::run(Arc::clone(&self.lifecycle), request.into_inner(), permit);
         Ok(Response::new(Box::pin(output)))
     }
 
     async fn embed_image_call(
         &self,
+        model: &CallModel,
         request: Request<pb::EmbedImageRequest>,
     ) -> Result<Response<pb::EmbedResponse>, Status> {
-        let infer = self.lifecycle.infer()?;
         let deadline = convert::deadline(request.metadata(), self.lifecycle.limits.request_timeout);
-        let images = request
-            .into_inner()
+        let req = request.into_inner();
+        let served = self.model(model, &req.model)?;
+        let infer = &served.infer;
+        let images = req
             .images
             .into_iter()
             .enumerate()
@@ -137,37 +161,17 @@ impl SiglipService {
 
     async fn embed_text_call(
         &self,
+        model: &CallModel,
         request: Request<pb::EmbedTextRequest>,
     ) -> Result<Response<pb::EmbedResponse>, Status> {
-        let infer = self.lifecycle.infer()?;
         let deadline = convert::deadline(request.metadata(), self.lifecycle.limits.request_timeout);
-        let texts = request.into_inner().texts;
+        let req = request.into_inner();
+        let served = self.model(model, &req.model)?;
+        let infer = &served.infer;
+        let texts = req.texts;
         let (embeddings, timings) =
             convert::with_deadline(deadline, infer.embed_texts(texts, deadline)).await?;
         Ok(Response::new(embed_response(embeddings, timings)))
-    }
-
-    async fn get_model_info_call(
-        &self,
-        _: Request<pb::GetModelInfoRequest>,
-    ) -> Result<Response<pb::ModelInfo>, Status> {
-        let ready = self.lifecycle.ready()?;
-        let m = ready.infer.manifest();
-        Ok(Response::new(pb::ModelInfo {
-            model_id: m.model_id.clone(),
-            architecture: m.architecture.clone(),
-            image_size: m.image.size,
-            embedding_dim: m.embedding_dim as u32,
-            max_text_tokens: m.text.max_length as u32,
-            device: ready.on.device.clone(),
-            dtype: ready.on.dtype.name().into(),
-            backend: ready.on.backend.into(),
-            image_convention: ready.infer.convention().name().into(),
-            image_processor: ready.infer.processor().name().into(),
-            random_weights: m.source.random_weights,
-            server_version: env!("CARGO_PKG_VERSION").into(),
-            revision: m.source.revision.clone().unwrap_or_default(),
-        }))
     }
 }
 

@@ -35,7 +35,8 @@ fn code(e: &Error) -> Code {
         Error::Image(_) | Error::InvalidArgument(_) => Code::InvalidArgument,
         Error::ResourceExhausted(_) => Code::ResourceExhausted,
         Error::DeadlineExceeded(_) | Error::Stale(_) => Code::DeadlineExceeded,
-        Error::Unavailable(_) => Code::Unavailable,
+        Error::Unavailable(_) | Error::Loading(_) => Code::Unavailable,
+        Error::NotFound(_) => Code::NotFound,
         Error::Model(_) | Error::Inference(_) => Code::Internal,
     }
 }

@@ -16,21 +16,26 @@ use super::{
     pb::upload_request::Msg,
     status::remap_incoming,
 };
-use crate::infer::{ImageInput, Infer};
+use crate::grpc::calls::CallModel;
+use crate::infer::ImageInput;
 use crate::model::scores::ScoreFilter;
+use crate::repository::Served;
 
 const PROTOCOL: &str = "Upload";
 
+/// The header names the model (`model`, for the call's metrics, once it is read).
 pub(super) async fn classify(
     lifecycle: &Lifecycle,
+    model: &CallModel,
     request: Request<Streaming<pb::UploadRequest>>,
 ) -> Result<Response<pb::ClassifyResponse>, Status> {
-    let infer = lifecycle.infer()?;
+    lifecycle.models()?;
     let deadline = convert::deadline(request.metadata(), lifecycle.limits.request_timeout);
     let mut messages = request.into_inner();
     let work = async {
-        let (texts, filter, bytes) = receive(lifecycle, &infer, &mut messages).await?;
-        infer
+        let (served, texts, filter, bytes) = receive(lifecycle, model, &mut messages).await?;
+        served
+            .infer
             .classify(ImageInput::Encoded(bytes), texts, filter, deadline)
             .await
             .map_err(Status::from)
@@ -42,12 +47,15 @@ pub(super) async fn classify(
     }))
 }
 
+/// What an Upload carries: the model that answers it, the labels, the options and the image.
+type Received = (std::sync::Arc<Served>, Vec<String>, ScoreFilter, Vec<u8>);
+
 /// Reads and checks the header, then the chunks.
 async fn receive(
     lifecycle: &Lifecycle,
-    infer: &Infer,
+    model: &CallModel,
     messages: &mut Streaming<pb::UploadRequest>,
-) -> Result<(Vec<String>, ScoreFilter, Vec<u8>), Status> {
+) -> Result<Received, Status> {
     let violation = |what: &str| Status::invalid_argument(format!("{PROTOCOL} protocol: {what}"));
     let max_message_bytes = lifecycle.limits.max_message_bytes;
     let next = |m: Option<Result<pb::UploadRequest, Status>>| -> Result<Option<Msg>, Status> {
@@ -75,6 +83,9 @@ async fn receive(
     };
     // Everything the header says is checked before a byte of the image is taken: a request that
     // will be refused must not first occupy the reassembly budget.
+    model.set(lifecycle.label(&header.model));
+    let served = lifecycle.model(&header.model)?;
+    let infer = &served.infer;
     infer.check_texts(&header.texts)?;
     let filter = convert::filter(header.options.take())?;
     let mut image = Reassembly::declared(
@@ -93,5 +104,5 @@ async fn receive(
         }
     }
     let bytes = image.finish().map_err(chunk_error)?;
-    Ok((header.texts, filter, bytes))
+    Ok((served, header.texts, filter, bytes))
 }

@@ -18,6 +18,11 @@
 //!    batch size the server used most, same dtype and threads — the ceiling the server is
 //!    measured against.
 //!
+//! With `--models A B` (a server with a repository), only the two-model phase runs (`models`):
+//! each model's closed-loop images/s alone, then B's latency under a closed-loop flood of A,
+//! against the bound the server keeps (2 × B's idle latency + one batch of A, both measured in
+//! the same run).
+//!
 //! Phases 1 and 2 are in `load`, 3 in `video`, 4 in `fair`, 5 in `model_only`; this module
 //! runs them in order. The printed lines are parsed (`bench/report.py`, `bench/*.sh`, the
 //! Makefile): their shape is an interface.
@@ -25,6 +30,7 @@
 mod fair;
 mod load;
 mod model_only;
+mod models;
 mod video;
 
 use std::{path::PathBuf, sync::Arc, time::Duration};
@@ -91,6 +97,11 @@ pub struct BenchArgs {
     /// Write all figures here as JSON.
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// Two models of the server's repository, A and B: run only the two-model phase (each
+    /// model's throughput alone, then B's latency under a flood of A, against 2 × B's idle
+    /// latency + one batch of A).
+    #[arg(long, num_args = 2, value_names = ["A", "B"])]
+    pub models: Vec<String>,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -99,6 +110,7 @@ pub struct Report {
     pub half_load: Phase,
     pub video: Option<VideoReport>,
     pub fair: Option<FairReport>,
+    pub models: Option<models::ModelsReport>,
     pub model_only_img_s: Option<f64>,
     pub model_only_batch: Option<usize>,
     /// The closed loop's CPU per image: the server's, the model's and the rest by stage.
@@ -116,10 +128,12 @@ pub struct Report {
     pub jit_optimize: bool,
 }
 
-/// What every phase sends: the photos and the label texts.
+/// What every phase sends: the photos, the label texts, and the model they name ("": the
+/// server's default).
 struct Workload {
     images: Vec<Vec<u8>>,
     labels: Vec<String>,
+    model: String,
 }
 
 impl Workload {
@@ -140,7 +154,20 @@ impl Workload {
             bail!("{} holds no labels", args.labels_file.display());
         }
         let labels = all.iter().cycle().take(args.labels).cloned().collect();
-        Ok(Self { images, labels })
+        Ok(Self {
+            images,
+            labels,
+            model: String::new(),
+        })
+    }
+
+    /// The same photos and labels, sent to `model`.
+    fn for_model(&self, model: &str) -> Self {
+        Self {
+            images: self.images.clone(),
+            labels: self.labels.clone(),
+            model: model.into(),
+        }
     }
 
     /// The `i`-th photo (cycled), encoded.
@@ -154,6 +181,7 @@ impl Workload {
 
     fn request(&self, i: usize) -> pb::ClassifyRequest {
         pb::ClassifyRequest {
+            model: self.model.clone(),
             image: Some(self.image(i)),
             texts: self.labels.clone(),
             options: None,
@@ -164,6 +192,7 @@ impl Workload {
     fn stream_config(&self, mode: pb::DeliveryMode) -> pb::StreamRequest {
         pb::StreamRequest {
             msg: Some(pb::stream_request::Msg::Config(pb::StreamConfig {
+                model: self.model.clone(),
                 texts: self.labels.clone(),
                 options: None,
                 mode: mode as i32,
@@ -190,6 +219,16 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Report> {
         ..Report::default()
     };
     let phase = Duration::from_secs_f64(args.seconds);
+
+    if let [a, b] = args.models.as_slice() {
+        let two = models::run(&client, &workload, [a, b], args.concurrency, phase).await?;
+        two.print();
+        report.models = Some(two);
+        if let Some(path) = &args.json {
+            std::fs::write(path, serde_json::to_string_pretty(&report)?)?;
+        }
+        return Ok(report);
+    }
 
     // Warm the text cache and the server's first calls; not measured.
     for i in 0..3 {

@@ -19,7 +19,7 @@ pub(super) fn run(
     // Warmed up below, at this batch size only.
     let model = Model::load(&LoadOptions {
         warmup_rounds: 0,
-        ..args.load_options(batch)
+        ..args.load_options(args.single_dir()?, batch)
     })?;
     // Varied values in the normalised range: constant inputs can run faster than photos.
     let pixels: Vec<f32> = (0..pixels_per_image(model.preprocess()) * batch)

@@ -52,6 +52,7 @@ type Outcome = Result<(), String>;
 async fn classify(soak: &Soak, client: &mut SiglipClient<Channel>, i: usize) -> Outcome {
     let response = client
         .classify(pb::ClassifyRequest {
+            model: String::new(),
             image: soak.encoded(i),
             texts: soak.label_set(i),
             options: None,
@@ -65,6 +66,7 @@ async fn upload(soak: &Soak, client: &mut SiglipClient<Channel>, i: usize) -> Ou
     let image = soak.image(i);
     let mut messages = vec![pb::UploadRequest {
         msg: Some(pb::upload_request::Msg::Header(pb::UploadHeader {
+            model: String::new(),
             texts: soak.label_set(i),
             options: None,
             total_bytes: image.len() as u64,
@@ -83,6 +85,7 @@ async fn upload(soak: &Soak, client: &mut SiglipClient<Channel>, i: usize) -> Ou
 async fn embed_image(soak: &Soak, client: &mut SiglipClient<Channel>, i: usize) -> Outcome {
     let response = client
         .embed_image(pb::EmbedImageRequest {
+            model: String::new(),
             images: vec![
                 soak.encoded(i).expect("image"),
                 soak.encoded(i + 1).expect("image"),
@@ -103,7 +106,10 @@ async fn embed_text(soak: &Soak, client: &mut SiglipClient<Channel>) -> Outcome 
         .map(|k| format!("a photo of thing {n} number {k}"))
         .collect();
     let response = client
-        .embed_text(pb::EmbedTextRequest { texts })
+        .embed_text(pb::EmbedTextRequest {
+            model: String::new(),
+            texts,
+        })
         .await
         .map_err(failed)?;
     let n = response.into_inner().embeddings.len();
@@ -135,6 +141,7 @@ async fn stream(
 ) -> Outcome {
     let config = |i: usize| pb::StreamRequest {
         msg: Some(pb::stream_request::Msg::Config(pb::StreamConfig {
+            model: String::new(),
             texts: soak.label_set(i),
             options: None,
             mode: mode as i32,

@@ -10,7 +10,7 @@ use tonic::Status;
 use super::frame::{self, FrameMeta, Outcome, ReadyFrame};
 use super::outbox::Outbox;
 use super::report::Reporter;
-use crate::infer::{Flow, Infer};
+use crate::infer::Flow;
 use crate::stream::drops::{DropCounts, DropReason};
 
 /// Where complete frames go, by delivery mode.
@@ -20,7 +20,6 @@ enum Mode {
     Ordered {
         places: mpsc::Sender<Place>,
         writer: tokio::task::JoinHandle<()>,
-        infer: Arc<Infer>,
         flow: Flow,
     },
     Latest {
@@ -59,7 +58,7 @@ impl LatestSlot {
 impl Sink {
     /// `flow`: the stream's share of the inference queue (every frame of a stream is one flow,
     /// so that streams are served in turn).
-    pub(super) fn ordered(infer: Arc<Infer>, flow: Flow, out: Outbox, depth: usize) -> Self {
+    pub(super) fn ordered(flow: Flow, out: Outbox, depth: usize) -> Self {
         // The bounded queue of in-flight frames is the backpressure: when it is full, `submit`
         // waits, so the server stops reading the client's frames.
         let (places, mut rx) = mpsc::channel::<Place>(depth);
@@ -83,12 +82,11 @@ impl Sink {
         Sink(Mode::Ordered {
             places,
             writer,
-            infer,
             flow,
         })
     }
 
-    pub(super) fn latest(infer: Arc<Infer>, flow: Flow, out: Outbox) -> Self {
+    pub(super) fn latest(flow: Flow, out: Outbox) -> Self {
         let slot = Arc::new(LatestSlot::default());
         let worker_slot = Arc::clone(&slot);
         let worker = tokio::spawn(async move {
@@ -105,7 +103,7 @@ impl Sink {
                 };
                 match next {
                     Some(ready) => {
-                        let outcome = frame::classify(&infer, ready, flow).await;
+                        let outcome = frame::classify(ready, flow).await;
                         if !reporter.take(outcome).await {
                             return;
                         }
@@ -121,15 +119,10 @@ impl Sink {
     /// False when the client has gone.
     pub(super) async fn submit(&self, ready: ReadyFrame) -> bool {
         match &self.0 {
-            Mode::Ordered {
-                places,
-                infer,
-                flow,
-                ..
-            } => {
-                let (infer, flow) = (Arc::clone(infer), *flow);
+            Mode::Ordered { places, flow, .. } => {
+                let flow = *flow;
                 let meta = ready.meta.clone();
-                let task = tokio::spawn(async move { frame::classify(&infer, ready, flow).await });
+                let task = tokio::spawn(async move { frame::classify(ready, flow).await });
                 places.send(Place::Task(task, meta)).await.is_ok()
             }
             Mode::Latest { slot, worker } => {

@@ -8,14 +8,17 @@ use tonic::Status;
 
 use super::super::{convert, pb};
 use crate::error::Error;
-use crate::infer::{Flow, ImageInput, Infer, Labels, Timings};
+use crate::infer::{Flow, ImageInput, Labels, Timings};
 use crate::metrics;
 use crate::model::image::Region;
 use crate::model::scores::Score;
+use crate::repository::Served;
 use crate::stream::{drops::DropReason, Settings};
 
 /// What frames are classified against: the config they arrived under, checked and embedded.
 pub(super) struct ActiveConfig {
+    /// The model version that embedded the labels: it classifies the config's frames.
+    pub(super) served: Arc<Served>,
     pub(super) labels: Labels,
     pub(super) settings: Settings,
     /// Counts the configs of the stream, from 0.
@@ -73,7 +76,8 @@ pub(super) struct ReadyFrame {
 }
 
 /// Classifies a ready frame as part of the stream's `flow`: what became of it.
-pub(super) async fn classify(infer: &Infer, frame: ReadyFrame, flow: Flow) -> Outcome {
+/// The frame's config names the model that classifies it.
+pub(super) async fn classify(frame: ReadyFrame, flow: Flow) -> Outcome {
     let ReadyFrame {
         received,
         meta,
@@ -92,7 +96,9 @@ pub(super) async fn classify(infer: &Infer, frame: ReadyFrame, flow: Flow) -> Ou
     let regions = regions.as_deref().unwrap_or(&config.settings.regions);
     let result = match image {
         Ok(image) => {
-            infer
+            config
+                .served
+                .infer
                 .classify_frame(image, regions, &config.labels, flow, stale_at)
                 .await
         }

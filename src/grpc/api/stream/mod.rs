@@ -8,8 +8,10 @@
 //!   frame; one that arrives while it waits supersedes it);
 //! - `report`: outcomes into messages, in frame order; `outbox`: every send has an end.
 //!
-//! The labels are embedded once per config, and a new config replaces the whole setup; frames
-//! already read keep the config they arrived under. A bad frame gets an in-band error; a protocol
+//! The labels are embedded once per config, by the model the config names, and a new config
+//! replaces the whole setup (the model too: that is how a stream moves to another model, or to a
+//! model's new version after a hot swap); frames already read keep the config, and the model
+//! version, they arrived under. A bad frame gets an in-band error; a protocol
 //! violation ends the stream with INVALID_ARGUMENT. The stream ends with UNAVAILABLE
 //! ("reconnect") at its maximum lifetime or at shutdown, after the frames already read are
 //! answered; a silent client or one that stops reading ends it with DEADLINE_EXCEEDED.
@@ -29,8 +31,8 @@ use tokio_stream::{wrappers::ReceiverStream, Stream, StreamExt};
 use tonic::{Status, Streaming};
 
 use super::{lifecycle::Lifecycle, pb, status::remap_incoming, CallLimits};
-use crate::grpc::calls::{client_gone, record, record_ok};
-use crate::infer::{Flow, Infer};
+use crate::grpc::calls::{client_gone, record, record_ok, CallModel};
+use crate::infer::Flow;
 use crate::metrics;
 use crate::stream::drops::DropReason;
 use assembler::{Arrival, Assembler};
@@ -44,7 +46,6 @@ const PROTOCOL: &str = "Stream";
 /// Starts the stream's tasks; the returned stream yields its responses, then the status it
 /// ended with. Everything the stream holds is freed when it ends or the client goes away.
 pub(super) fn run(
-    infer: Arc<Infer>,
     lifecycle: Arc<Lifecycle>,
     input: Streaming<pb::StreamRequest>,
     permit: OwnedSemaphorePermit,
@@ -62,11 +63,12 @@ pub(super) fn run(
     tokio::spawn(async move {
         let started = Instant::now();
         gauge!(metrics::ACTIVE_STREAMS).increment(1.0);
-        let result = drive(infer, &lifecycle, input, out.clone(), ends_at).await;
+        let model = CallModel::default();
+        let result = drive(&lifecycle, &model, input, out.clone(), ends_at).await;
         gauge!(metrics::ACTIVE_STREAMS).decrement(1.0);
         match &result {
-            Ok(()) => record_ok("Stream", started),
-            Err(status) => record("Stream", status, started),
+            Ok(()) => record_ok("Stream", model.get(), started),
+            Err(status) => record("Stream", model.get(), status, started),
         }
         // The slot is freed before the client can hear that the stream is over (the end of the
         // response needs both `last` and `out` gone), so that a client that reconnects on that
@@ -83,9 +85,10 @@ pub(super) fn run(
     futures_util::StreamExt::chain(ReceiverStream::new(rx), last)
 }
 
+/// `model`: the model of the stream's first config, for the call's metrics.
 async fn drive(
-    infer: Arc<Infer>,
     lifecycle: &Lifecycle,
+    model: &CallModel,
     mut input: Streaming<pb::StreamRequest>,
     out: Outbox,
     ends_at: Option<tokio::time::Instant>,
@@ -116,21 +119,23 @@ async fn drive(
             )))
         }
     };
+    model.set(lifecycle.label(&first.model));
     let mut active = Arc::new(
-        before_the_end(configure(&infer, first, 0), ends_at, &mut shutdown, limits).await?,
+        before_the_end(
+            configure(lifecycle, first, 0),
+            ends_at,
+            &mut shutdown,
+            limits,
+        )
+        .await?,
     );
     let flow = Flow::new();
     let sink = match mode {
-        pb::DeliveryMode::LatestOnly => Sink::latest(Arc::clone(&infer), flow, out.clone()),
-        _ => Sink::ordered(
-            Arc::clone(&infer),
-            flow,
-            out.clone(),
-            limits.stream_pipeline.max(1),
-        ),
+        pb::DeliveryMode::LatestOnly => Sink::latest(flow, out.clone()),
+        _ => Sink::ordered(flow, out.clone(), limits.stream_pipeline.max(1)),
     };
     let mut assembler = Assembler::new(
-        infer.limits().image.max_bytes,
+        active.served.infer.limits().image.max_bytes,
         Arc::clone(&lifecycle.reassembly),
         &active,
     );
@@ -152,7 +157,7 @@ async fn drive(
                         "Stream protocol: the delivery mode cannot change mid-stream; open a new stream",
                     ));
                 }
-                let next = configure(&infer, config, active.generation + 1);
+                let next = configure(lifecycle, config, active.generation + 1);
                 match before_the_end(next, ends_at, &mut shutdown, limits).await {
                     Ok(next) => {
                         active = Arc::new(next);
@@ -231,16 +236,18 @@ async fn next_message(
     }
 }
 
-/// Checks a configuration and embeds its labels; a bad config ends the stream (it is the
-/// client's setup, not one frame, that is wrong).
+/// Checks a configuration and embeds its labels with the model it names (its version serving
+/// now); a bad config ends the stream (it is the client's setup, not one frame, that is wrong).
 async fn configure(
-    infer: &Infer,
+    lifecycle: &Lifecycle,
     config: pb::StreamConfig,
     generation: u32,
 ) -> Result<ActiveConfig, Status> {
-    let checked = settings::from_config(&config, infer.limits().max_regions)?;
-    let (labels, _) = infer.labels(config.texts, None).await?;
+    let served = lifecycle.model(&config.model)?;
+    let checked = settings::from_config(&config, served.infer.limits().max_regions)?;
+    let (labels, _) = served.infer.labels(config.texts, None).await?;
     Ok(ActiveConfig {
+        served,
         labels,
         settings: checked,
         generation,

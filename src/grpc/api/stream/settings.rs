@@ -158,6 +158,7 @@ mod tests {
     fn policy_values_are_checked() {
         for fps in [f32::NAN, f32::INFINITY, -1.0] {
             let message = refused(pb::StreamConfig {
+                model: String::new(),
                 policy: Some(pb::FramePolicy {
                     max_fps: fps,
                     max_age_ms: 0,
@@ -237,6 +238,7 @@ mod tests {
             height,
         };
         let config = |regions: Vec<pb::Region>| pb::StreamConfig {
+            model: String::new(),
             regions,
             ..Default::default()
         };

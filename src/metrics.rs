@@ -402,7 +402,18 @@ pub async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
 /// reachable through `tch`; NVML counts every process on the device, which is what an operator
 /// sizing a GPU node needs. NVML numbers devices by PCI bus order: set
 /// `CUDA_DEVICE_ORDER=PCI_BUS_ID` on machines with several GPUs so that both agree.
+///
+/// Once per device, however many models run on it (later calls for it return at once).
 pub fn watch_cuda_memory(index: u32) {
+    static WATCHED: std::sync::Mutex<std::collections::BTreeSet<u32>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    let first = WATCHED
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .insert(index);
+    if !first {
+        return;
+    }
     let nvml = match nvml_wrapper::Nvml::builder()
         .lib_path("libnvidia-ml.so.1".as_ref())
         .init()

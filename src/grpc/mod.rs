@@ -124,6 +124,8 @@ impl GrpcServer {
         }
         if let Ok(models) = self.lifecycle.models() {
             names.extend(models.list().0.into_iter().map(|m| model_service(&m.name)));
+            // Removed since following ended: their entries (and Watch streams) end too.
+            names.extend(models.health().removed.iter().map(|n| model_service(n)));
         }
         gauge!(metrics::READY).set(0.0);
         for name in names {
@@ -156,14 +158,20 @@ fn model_service(model: &str) -> String {
 async fn follow(models: Arc<Repository>, mut health: HealthReporter) {
     let mut changes = models.changes();
     let mut all_serving = false;
+    // What each model's name says now: a Watch hears of changes only.
+    let mut said: std::collections::HashMap<String, bool> = Default::default();
     loop {
         changes.borrow_and_update();
         let now = models.health();
         for name in &now.removed {
+            said.remove(name);
             health.clear_service_status(&model_service(name)).await;
         }
         // Models first: whoever sees the whole server SERVING finds its models SERVING too.
         for (name, serving) in &now.models {
+            if said.insert(name.clone(), *serving) == Some(*serving) {
+                continue;
+            }
             let status = match serving {
                 true => ServingStatus::Serving,
                 false => ServingStatus::NotServing,

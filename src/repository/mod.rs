@@ -133,13 +133,22 @@ struct Inner {
     /// Parameter bytes of versions being loaded: about to be held beside those serving
     /// (`--max-model-bytes`).
     loading_bytes: u64,
+    /// Counts the loads started, so that a load finishing finds whether it is still the latest
+    /// of its model.
+    loads: u64,
+    /// Shutting down ([`Repository::unload_all`]): nothing more is loaded or put in service.
+    closing: bool,
 }
 
 struct Slot {
     state: State,
     /// Of the version serving or being loaded, or whose load failed (not tried again until the
-    /// folder changes).
+    /// folder changes, unless `--max-model-bytes` refused it: then at the next poll).
     fingerprint: u64,
+    /// The load last started for this model: only it may put its version in service.
+    load: u64,
+    /// The last load was refused for `--max-model-bytes` (warned once, retried every poll).
+    refused_for_bytes: bool,
     serving: Option<Version>,
 }
 
@@ -191,6 +200,8 @@ impl Repository {
                 let slot = Slot {
                     state: State::Loading,
                     fingerprint: source.fingerprint,
+                    load: 0,
+                    refused_for_bytes: false,
                     serving: None,
                 };
                 (name.clone(), slot)
@@ -226,7 +237,7 @@ impl Repository {
         self.changed();
         let loads = sources
             .into_values()
-            .map(|source| self.load(source))
+            .map(|source| self.load(source, 0))
             .collect::<Vec<_>>();
         let failed: Vec<String> = futures_util::future::join_all(loads)
             .await
@@ -248,12 +259,13 @@ impl Repository {
         Ok(())
     }
 
-    /// Loads one version of `source` and puts it in service once warm, unless the folder has
-    /// changed or gone meanwhile; or marks the model failed (the version serving stays).
-    async fn load(self: &Arc<Self>, source: ModelSource) -> Result<(), String> {
+    /// Loads one version of `source` (load number `load` of [`Inner::loads`]) and puts it in
+    /// service once warm, unless another load of the model has started since, the folder has
+    /// gone, or the server is shutting down; or marks the model failed (the version serving
+    /// stays).
+    async fn load(self: &Arc<Self>, source: ModelSource, load: u64) -> Result<(), String> {
         let repository = Arc::clone(self);
         let name = source.name.clone();
-        let fingerprint = source.fingerprint;
         let loaded = tokio::task::spawn_blocking(move || {
             let mut reserved = 0;
             let loaded = repository.loader.load(&source, |needs| {
@@ -268,10 +280,11 @@ impl Repository {
         let (loaded, reserved) = loaded;
         let mut inner = self.lock();
         inner.loading_bytes -= reserved;
-        let current = inner
-            .models
-            .get(&name)
-            .is_some_and(|slot| slot.fingerprint == fingerprint);
+        let current = !inner.closing
+            && inner
+                .models
+                .get(&name)
+                .is_some_and(|slot| slot.load == load);
         let outcome = match loaded {
             Ok(loaded) if current => {
                 self.install(&mut inner, &name, loaded);
@@ -286,13 +299,23 @@ impl Repository {
             }
             Err(e) => {
                 let reason = e.to_string();
-                counter!(metrics::MODEL_LOAD_FAILURES, "model" => name.clone()).increment(1);
+                // Memory held by versions still finishing their calls comes back: a refusal for
+                // --max-model-bytes is tried again at the next poll, and warned of once.
+                let for_bytes = matches!(e, Error::ResourceExhausted(_));
                 if let Some(slot) = inner.models.get_mut(&name).filter(|_| current) {
-                    tracing::warn!(
-                        model = %name,
-                        serving_older_version = slot.serving.is_some(),
-                        "model failed to load: {reason}"
-                    );
+                    if !(for_bytes && slot.refused_for_bytes) {
+                        counter!(metrics::MODEL_LOAD_FAILURES, "model" => name.clone())
+                            .increment(1);
+                        tracing::warn!(
+                            model = %name,
+                            serving_older_version = slot.serving.is_some(),
+                            "model failed to load: {reason}"
+                        );
+                    }
+                    if for_bytes {
+                        slot.fingerprint = slot.fingerprint.wrapping_add(1);
+                    }
+                    slot.refused_for_bytes = for_bytes;
                     slot.state = State::Failed(reason.clone());
                 }
                 Err(format!("{name}: {reason}"))
@@ -337,6 +360,7 @@ impl Repository {
         };
         let slot = inner.models.get_mut(name).expect("installed into its slot");
         slot.state = State::Ready;
+        slot.refused_for_bytes = false;
         let old = slot.serving.replace(version);
         if let Some(old) = old {
             counter!(metrics::MODEL_SWAPS, "model" => name.to_string()).increment(1);
@@ -516,7 +540,7 @@ impl Repository {
             .sum();
         let held = serving + inner.loading_bytes + self.retiring_bytes.load(Ordering::SeqCst);
         if max > 0 && held + needs > max {
-            return Err(Error::Model(format!(
+            return Err(Error::ResourceExhausted(format!(
                 "it needs {needs} bytes for its parameters (its tower files), and the models \
                  loaded, loading or being freed hold {held}: {} bytes would pass \
                  --max-model-bytes {max}",
@@ -532,6 +556,7 @@ impl Repository {
     pub async fn unload_all(&self, wait: Duration) {
         let retiring: Vec<_> = {
             let mut inner = self.lock();
+            inner.closing = true;
             let models = std::mem::take(&mut inner.models);
             let mut retiring = std::mem::take(&mut inner.retiring);
             for (name, slot) in models {

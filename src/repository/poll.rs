@@ -52,6 +52,9 @@ impl Repository {
     fn apply(self: &Arc<Self>, found: std::collections::BTreeMap<String, source::ModelSource>) {
         let mut loads = Vec::new();
         let mut inner = self.lock();
+        if inner.closing {
+            return;
+        }
         let gone: Vec<String> = inner
             .models
             .keys()
@@ -81,30 +84,37 @@ impl Repository {
             }
         }
         for (name, source) in found {
+            let next = inner.loads + 1;
             let slot = inner.models.entry(name.clone()).or_insert(super::Slot {
                 state: State::Loading,
                 // Differs from any folder's: the new folder gets loaded just below.
                 fingerprint: source.fingerprint.wrapping_add(1),
+                load: 0,
+                refused_for_bytes: false,
                 serving: None,
             });
             if slot.fingerprint != source.fingerprint {
-                tracing::info!(
-                    model = %name,
-                    serving = slot.serving.is_some(),
-                    "model folder new or changed: loading it"
-                );
+                if !slot.refused_for_bytes {
+                    tracing::info!(
+                        model = %name,
+                        serving = slot.serving.is_some(),
+                        "model folder new or changed: loading it"
+                    );
+                }
                 slot.fingerprint = source.fingerprint;
+                slot.load = next;
                 slot.state = State::Loading;
-                loads.push(source);
+                inner.loads = next;
+                loads.push((source, next));
             }
         }
         inner.retiring.retain(|task| !task.is_finished());
         drop(inner);
         self.changed();
-        for source in loads {
+        for (source, load) in loads {
             let repository = Arc::clone(self);
             // Its outcome is in the model's state (and the log): nothing to wait for here.
-            tokio::spawn(async move { repository.load(source).await });
+            tokio::spawn(async move { repository.load(source, load).await });
         }
     }
 }

@@ -485,6 +485,10 @@ async fn models_are_swapped_under_load_without_a_failed_call() {
         .and_then(|m| m.info.as_ref())
         .expect("base-224 serving")
         .parameter_bytes;
+    assert!(
+        base_bytes > 300 << 20,
+        "base-224's float32 parameters are hundreds of MiB, not {base_bytes} bytes"
+    );
     let before = server.rss();
     link(&generated(SIGLIP2), &repo.0.join("base-224"));
     let mut lowest = before;

@@ -140,6 +140,17 @@ struct Inner {
     closing: bool,
 }
 
+impl Inner {
+    /// The model of requests that name none: `--default-model` (`flag`), or the only model.
+    fn default_model<'a>(&'a self, flag: &'a Option<String>) -> Option<&'a str> {
+        match flag {
+            Some(name) => Some(name),
+            None if self.models.len() == 1 => self.models.keys().next().map(String::as_str),
+            None => None,
+        }
+    }
+}
+
 struct Slot {
     state: State,
     /// Of the version serving or being loaded, or whose load failed (not tried again until the
@@ -422,11 +433,9 @@ impl Repository {
     /// The version of model `name` ("" for the default model) that serves calls now.
     pub fn resolve(&self, name: &str) -> Result<Arc<Served>> {
         let inner = self.lock();
-        let name = match (name, &self.default) {
-            ("", Some(default)) => default.as_str(),
-            ("", None) if inner.models.len() == 1 => {
-                inner.models.keys().next().expect("one model").as_str()
-            }
+        let default = inner.default_model(&self.default);
+        let name = match (name, default) {
+            ("", Some(default)) => default,
             ("", None) => {
                 return Err(Error::InvalidArgument(format!(
                     "this server has several models and no default (--default-model): name one \
@@ -459,13 +468,10 @@ impl Repository {
     pub fn label(&self, name: &str) -> String {
         let inner = self.lock();
         match name {
-            "" => self
-                .default
-                .clone()
-                .or_else(|| {
-                    (inner.models.len() == 1).then(|| inner.models.keys().next().cloned())?
-                })
-                .unwrap_or_default(),
+            "" => inner
+                .default_model(&self.default)
+                .unwrap_or_default()
+                .to_string(),
             name if inner.models.contains_key(name) => name.to_string(),
             _ => String::new(),
         }
@@ -489,10 +495,7 @@ impl Repository {
             serving: None,
         }));
         views.sort_by(|a, b| a.name.cmp(&b.name));
-        let default = self
-            .default
-            .clone()
-            .or_else(|| (inner.models.len() == 1).then(|| inner.models.keys().next().cloned())?);
+        let default = inner.default_model(&self.default).map(str::to_string);
         (views, default)
     }
 

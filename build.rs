@@ -10,10 +10,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
-/// Compiles `proto/` with `protox` (pure Rust), so no system `protoc` is needed. The descriptor
-/// set is also written to OUT_DIR for server reflection.
+/// Compiles `proto/` with `protox` (pure Rust), so no system `protoc` is needed: this server's
+/// API and the Open Inference Protocol's (`inference`). The descriptor set is also written to
+/// OUT_DIR for server reflection.
 fn compile_proto() -> Result<(), Box<dyn std::error::Error>> {
-    let protos = ["proto/siglip/v1/siglip.proto"];
+    let protos = [
+        "proto/siglip/v1/siglip.proto",
+        "proto/inference/grpc_service.proto",
+    ];
     let fds = protox::compile(protos, ["proto"])?;
     let out = PathBuf::from(env::var("OUT_DIR")?);
     std::fs::write(

@@ -4,13 +4,15 @@ Reads what bench/run.sh measured in one run (bench/python_way.py's JSON line and
 `siglip-serve bench --json` per dtype) and prints one row per dtype, then the summary line for
 the fastest dtype:
     bench: server_img_s=… model_only_img_s=… python_img_s=… vs_python=…x overhead=…% \
-           own_cpu_ms_per_img=… model_slowdown=…% client_cpu=…%
+           own_cpu_ms_per_img=… model_slowdown=…% client_cpu=…% oip_cost=…%
 (one line; wrapped here)
 overhead = 1 − server / model alone (same dtype, batch size and threads): on a machine the load
 generator shares, it mixes what the server costs with what the client takes from it. So beside it:
 the server's own CPU per image outside the model (own_cpu_ms_per_img, by stage in the lines above
 it), the model's pass in the server against the tower alone at the same batch (model_slowdown),
-and the load generator's share of the machine's CPU (client_cpu). With --gflops-per-image and
+and the load generator's share of the machine's CPU (client_cpu). oip_cost is how much less
+throughput ModelInfer (the Open Inference Protocol) got than Classify, same photos, labels and
+concurrency, in the same run (target ≤ 5%). With --gflops-per-image and
 --peak-tflops (bench/flops.py, bench/peak.py) it adds MFU = FLOPs/image × images/s ÷ peak.
 """
 
@@ -76,6 +78,10 @@ def main() -> None:
             print(f"{variant(r)} fair share, {fair['streams']} {fair['mode']} streams: results/s [{rates}] "
                   f"capacity {fair['capacity']:.2f}  worst |r_i - C/N| {fair['max_deviation_pct']:.1f}% of C/N  "
                   f"Jain {fair['jain']:.4f}")
+        if oip := r.get("oip"):
+            print(f"{variant(r)} Open Inference Protocol: ModelInfer ({oip['model']}) {oip['model_infer_img_s']:.2f} img/s "
+                  f"vs Classify {oip['classify_img_s']:.2f} img/s, alternating in the same run: cost "
+                  f"{oip['cost_pct']:+.1f}% (target ≤ 5%), errors {oip['errors']}")
 
     if a.models:
         two_models(json.loads(a.models.read_text())["models"])
@@ -87,7 +93,8 @@ def main() -> None:
     print(f"bench: server_img_s={server:.2f} model_only_img_s={model:.2f} "
           f"python_img_s={py_img_s:.2f} vs_python={server / py_img_s:.2f}x "
           f"overhead={100 * (1 - server / model):.1f}% own_cpu_ms_per_img={ms(cpu.get('own_ms_per_image'))} "
-          f"model_slowdown={pct(slowdown(best), sign=True)} client_cpu={pct(cpu.get('client_share_pct'))}")
+          f"model_slowdown={pct(slowdown(best), sign=True)} client_cpu={pct(cpu.get('client_share_pct'))} "
+          f"oip_cost={pct((best.get('oip') or {}).get('cost_pct'), sign=True)}")
 
 
 def two_models(m: dict) -> None:

@@ -9,7 +9,8 @@
 # What this does NOT do (nothing here can): build or run the image (no Docker engine), apply the
 # manifests to a cluster, or schema-validate the custom resources (ServiceMonitor; Istio's
 # DestinationRule, PeerAuthentication, AuthorizationPolicy; Linkerd's Server, HTTPRoute,
-# AuthorizationPolicy, MeshTLSAuthentication, NetworkAuthentication; cert-manager's Certificate):
+# AuthorizationPolicy, MeshTLSAuthentication, NetworkAuthentication; cert-manager's Certificate;
+# KServe's ServingRuntime and InferenceService, deploy/kserve):
 # kubernetes-validate only knows the built-in kinds, so for those this script checks their shape
 # and their references to the built-in resources instead.
 set -uo pipefail
@@ -179,6 +180,96 @@ HEALTH_TLS_ADDR = "https://127.0.0.1:50051"
 server_env = set(re.findall(r'env\s*=\s*"([A-Z0-9_]+)"', "".join(
     p.read_text() for p in pathlib.Path("src").rglob("*.rs"))))
 errors, notes = [], []
+
+# The gRPC services on port 50051 and their methods' paths (/package.Service/Method), from the
+# .proto files: siglip.v1.Siglip and the Open Inference Protocol's inference.GRPCInferenceService.
+# The mesh policies must admit the OIP's methods exactly as they admit siglip.v1's.
+OIP_SERVICE = "inference.GRPCInferenceService"
+OIP_FALLBACK = ["ServerLive", "ServerReady", "ModelReady", "ServerMetadata", "ModelMetadata",
+                "ModelConfig", "ModelInfer", "ModelStreamInfer"]
+def grpc_services():
+    found = {}
+    for proto in pathlib.Path("proto").rglob("*.proto"):
+        text = re.sub(r"//[^\n]*", "", proto.read_text())
+        pkg = re.search(r"^\s*package\s+([\w.]+)\s*;", text, re.M)
+        for svc, body in re.findall(r"\bservice\s+(\w+)\s*\{(.*?)\n\}", text, re.S):
+            full = f"{pkg.group(1)}.{svc}" if pkg else svc
+            found[full] = re.findall(r"\brpc\s+(\w+)\s*\(", body)
+    return found
+services = grpc_services()
+if OIP_SERVICE not in services:
+    notes.append(f"{OIP_SERVICE} not in proto/: the mesh checks use its methods as documented ({len(OIP_FALLBACK)})")
+    services[OIP_SERVICE] = OIP_FALLBACK
+if "siglip.v1.Siglip" not in services:
+    errors.append("proto/: no service siglip.v1.Siglip")
+    services["siglip.v1.Siglip"] = []
+SIGLIP_PATHS = [f"/siglip.v1.Siglip/{m}" for m in services["siglip.v1.Siglip"]]
+OIP_PATHS = [f"/{OIP_SERVICE}/{m}" for m in services[OIP_SERVICE]]
+
+def istio_path_match(pattern, path):
+    """Istio's paths: exact, `prefix*`, `*suffix` or `*`."""
+    if pattern == "*":
+        return True
+    if pattern.endswith("*"):
+        return path.startswith(pattern[:-1])
+    if pattern.startswith("*"):
+        return path.endswith(pattern[1:])
+    return pattern == path
+
+def istio_admits(aps, path, port):
+    """Whether the Istio AuthorizationPolicies let a caller with a mesh identity call path on port
+    (a DENY that matches wins; else an ALLOW rule must match; no ALLOW policy: allowed)."""
+    def op_matches(op):
+        if op.get("ports") and str(port) not in [str(p) for p in op["ports"]]:
+            return False
+        if op.get("notPorts") and str(port) in [str(p) for p in op["notPorts"]]:
+            return False
+        if op.get("methods") and "POST" not in op["methods"]:
+            return False
+        if op.get("paths") and not any(istio_path_match(p, path) for p in op["paths"]):
+            return False
+        if any(istio_path_match(p, path) for p in op.get("notPaths", [])):
+            return False
+        return True
+    def rule_matches(r):
+        if r.get("when"):
+            return None  # conditions this check cannot evaluate
+        to = r.get("to")
+        if to and not any(op_matches(t.get("operation", {})) for t in to):
+            return False
+        srcs = [f.get("source", {}) for f in r.get("from", [])]
+        return not srcs or any(s.get("principals") or s.get("namespaces") for s in srcs)
+    allows = [a for a in aps if a["spec"].get("action", "ALLOW") == "ALLOW"]
+    for a in aps:
+        if a["spec"].get("action") == "DENY" and any(rule_matches(r) for r in a["spec"].get("rules", [])):
+            return False
+    if not allows:
+        return True
+    return any(rule_matches(r) for a in allows for r in a["spec"].get("rules", []))
+
+def linkerd_route_for(routes, path):
+    """The HTTPRoute (name) that a gRPC call (POST path) matches: Exact before the longest
+    PathPrefix; None: no route, the Server answers 404."""
+    best, best_key = None, None
+    for rn, rt in routes.items():
+        for rule in rt["spec"].get("rules", []):
+            for m in rule.get("matches", [{}]):
+                if m.get("method", "POST") != "POST" or m.get("headers") or m.get("queryParams"):
+                    continue
+                p = m.get("path", {"type": "PathPrefix", "value": "/"})
+                kind, value = p.get("type", "PathPrefix"), p.get("value", "/")
+                if kind == "Exact" and value == path:
+                    key = (2, len(value))
+                elif kind == "PathPrefix" and (value == "/" or path == value.rstrip("/")
+                                               or path.startswith(value.rstrip("/") + "/")):
+                    key = (1, len(value))
+                elif kind == "RegularExpression" and re.fullmatch(value, path):
+                    key = (0, len(value))
+                else:
+                    continue
+                if best_key is None or key > best_key:
+                    best, best_key = rn, key
+    return best
 
 def metric_names(expr):
     return {m for m in re.findall(r"\b((?:siglip|process)_[a-z0-9_]+)\b", expr)}
@@ -391,6 +482,15 @@ for path in sys.argv[1:]:
         for port in (50051, 9090):
             if port not in allowed:
                 errors.append(f"{name}: no Istio AuthorizationPolicy rule allows port {port}")
+        # The Open Inference Protocol on the gRPC port: admitted for mesh identities exactly as
+        # siglip.v1 (the policy has no paths today: every method of the port alike).
+        siglip_ok = {p: istio_admits(aps, p, 50051) for p in SIGLIP_PATHS}
+        oip_ok = {p: istio_admits(aps, p, 50051) for p in OIP_PATHS}
+        if not all(v is True for v in siglip_ok.values()):
+            errors.append(f"{name}: Istio AuthorizationPolicy does not admit siglip.v1 for mesh identities: {siglip_ok}")
+        refused = [p for p, ok in oip_ok.items() if ok is not True]
+        if refused:
+            errors.append(f"{name}: Istio AuthorizationPolicy does not admit {len(refused)} of the OIP's methods as it admits siglip.v1: {refused[:3]}...")
 
     # Secret volumes: read-only, and never through subPath (a subPath mount is a copy the kubelet
     # never updates: a renewed certificate or a rotated token would never arrive).
@@ -543,6 +643,25 @@ for path in sys.argv[1:]:
             for r in catch_all:
                 if any(k == {"NetworkAuthentication"} for k in policies_on.get(("HTTPRoute", r["metadata"]["name"]), [])):
                     errors.append(f"{name}: Linkerd route {r['metadata']['name']} opens all of gRPC to unmeshed callers")
+            # The Open Inference Protocol: every method goes the way siglip.v1's go (the same route,
+            # hence the same policies), and a mesh identity is admitted on it.
+            own_routes = {r["metadata"]["name"]: r for r in own}
+            server_mesh = any(k & {"MeshTLSAuthentication", "ServiceAccount"} and "NetworkAuthentication" not in k
+                              for k in policies_on.get(("Server", sn), []))
+            def linkerd_admits(path):
+                rn = linkerd_route_for(own_routes, path) if own else "(no routes)"
+                if rn is None:
+                    return None, False
+                route_mesh = any(k & {"MeshTLSAuthentication", "ServiceAccount"}
+                                 for k in policies_on.get(("HTTPRoute", rn), []))
+                return rn, server_mesh or route_mesh
+            siglip_way = {linkerd_admits(p) for p in SIGLIP_PATHS}
+            if len(siglip_way) != 1 or not next(iter(siglip_way))[1]:
+                errors.append(f"{name}: Linkerd Server {sn}: siglip.v1's methods are not all admitted for mesh identities the same way: {sorted(map(str, siglip_way))}")
+            astray = {p: linkerd_admits(p) for p in OIP_PATHS if {linkerd_admits(p)} != siglip_way}
+            if astray:
+                errors.append(f"{name}: Linkerd Server {sn}: {len(astray)} of the OIP's methods (route, mesh identity admitted) "
+                              f"go another way than siglip.v1's {sorted(map(str, siglip_way))}: {dict(list(astray.items())[:2])}...")
         for sn in servers:
             if port_of[sn] == 9090 and policies_on.get(("Server", sn)):
                 errors.append(f"{name}: the metrics port skips the proxy: nothing may be authorized through it")
@@ -606,17 +725,217 @@ sys.exit(1 if errors else 0)
 EOF
   ); then
     pass "cross-checks: selectors, ports, probes, drain timing, env vs src/config/, model repository, metrics vs src/metrics.rs," \
-      "NetworkPolicy, mesh policies, TLS wiring, Secret mounts, HEALTHCHECK"
+      "NetworkPolicy, mesh policies (siglip.v1 and the OIP's inference.GRPCInferenceService alike), TLS wiring, Secret mounts, HEALTHCHECK"
     printf '%s\n' "$out" | grep '^note ' || true
   else
     fail "cross-checks"; printf '%s\n' "$out" | sed 's/^/     /'
   fi
 fi
 
-# 6. Dashboard JSON
+# 6. KServe (deploy/kserve, rendered on its own): the ServingRuntime and the example
+#    InferenceService. kubernetes-validate has no schema for either, so: the runtime's container,
+#    with the InferenceService's pod-level fields, is validated as a Pod (core/v1, strict); the
+#    KServe fields are checked for shape (the ServingRuntimeSpec fields of serving.kserve.io/v1alpha1)
+#    and against each other, the server (flags: docs/flags.md, variables: src/config/) and ../base.
+if "$bin/kubectl" kustomize deploy/kserve > "$tmp/kserve.yaml" 2> "$tmp/err"; then
+  pass "kustomize deploy/kserve ($(grep -c '^kind:' "$tmp/kserve.yaml") resources)"
+  if out=$("$PY" - "$tmp/kserve.yaml" "$tmp/kserve-pod.yaml" "$tmp/cpu.yaml" <<'EOF' 2>&1
+import pathlib, re, sys
+import yaml
+
+rendered, pod_out, cpu_overlay = sys.argv[1:4]
+errors = []
+docs = [d for d in yaml.safe_load_all(open(rendered)) if d]
+def of(kind, api):
+    return [d for d in docs if d.get("kind") == kind and d.get("apiVersion") == api]
+srs, isvcs = of("ServingRuntime", "serving.kserve.io/v1alpha1"), of("InferenceService", "serving.kserve.io/v1beta1")
+others = [f"{d.get('kind')} ({d.get('apiVersion')})" for d in docs if d not in srs + isvcs]
+if len(srs) != 1 or not isvcs or others:
+    print(f"want one ServingRuntime (serving.kserve.io/v1alpha1) and InferenceServices (v1beta1) only: "
+          f"{len(srs)} runtimes, {len(isvcs)} InferenceServices, others {others}")
+    sys.exit(1)
+(sr,) = srs
+spec = sr["spec"]
+# `kubectl apply -k deploy/kserve` must create the runtime before the InferenceService naming it.
+if docs.index(sr) > min(docs.index(i) for i in isvcs):
+    errors.append("kustomize renders an InferenceService before the ServingRuntime: apply order")
+# ServingRuntimeSpec (KServe pkg/apis/serving/v1alpha1/servingruntime_types.go), inline pod fields included.
+SR_FIELDS = {"supportedModelFormats", "multiModel", "disabled", "protocolVersions", "workerSpec",
+             "containers", "volumes", "nodeSelector", "affinity", "tolerations", "labels", "annotations",
+             "imagePullSecrets", "hostIPC", "grpcEndpoint", "grpcDataEndpoint", "httpDataEndpoint",
+             "replicas", "storageHelper", "builtInAdapter"}
+for k in sorted(set(spec) - SR_FIELDS):
+    errors.append(f"ServingRuntime: unknown field spec.{k}")
+formats = spec.get("supportedModelFormats", [])
+for f in formats:
+    if set(f) - {"name", "version", "autoSelect", "priority"} or not isinstance(f.get("name"), str) \
+            or not isinstance(f.get("version", ""), str) or not isinstance(f.get("autoSelect", False), bool):
+        errors.append(f"ServingRuntime: supportedModelFormats entry {f} (name, version as a string, autoSelect bool)")
+protocols = spec.get("protocolVersions", [])
+for pv in protocols:
+    if pv not in ("v1", "v2", "grpc-v1", "grpc-v2"):
+        errors.append(f"ServingRuntime: unknown protocolVersion {pv}")
+# The server speaks gRPC only: a REST protocol listed here would let KServe route HTTP to it.
+if protocols != ["grpc-v2"]:
+    errors.append(f"ServingRuntime: protocolVersions must be [grpc-v2] (gRPC only, Open Inference Protocol): {protocols}")
+if spec.get("multiModel") is not False:
+    errors.append("ServingRuntime: multiModel must be false (one model per pod)")
+ctrs = spec.get("containers", [])
+if [c.get("name") for c in ctrs] != ["kserve-container"]:
+    errors.append(f"ServingRuntime: one container, named kserve-container (KServe merges the predictor into it): {[c.get('name') for c in ctrs]}")
+ctr = ctrs[0] if ctrs else {}
+
+# What the server is told: flags (args) known to `siglip-serve serve`, the listen port.
+flags_md = pathlib.Path("docs/flags.md")
+known_flags = set(re.findall(r"^\| `(--[a-z0-9-]+)`", flags_md.read_text(), re.M)) if flags_md.exists() else set()
+if not known_flags:
+    errors.append("docs/flags.md: no flag table to check the args against")
+server_env = set(re.findall(r'env\s*=\s*"([A-Z0-9_]+)"', "".join(p.read_text() for p in pathlib.Path("src").rglob("*.rs"))))
+args = [str(a) for a in ctr.get("args", [])]
+if args[:1] != ["serve"]:
+    errors.append(f"ServingRuntime: args must start with the subcommand serve (the entrypoint is siglip-serve): {args[:1]}")
+given = {}
+i = 1
+while i < len(args):
+    a = args[i]
+    if not a.startswith("--"):
+        errors.append(f"ServingRuntime: arg {a!r} is not a flag (or a flag's value)")
+        i += 1
+        continue
+    flag, eq, val = a.partition("=")
+    if known_flags and flag not in known_flags:
+        errors.append(f"ServingRuntime: {flag} is not a flag of siglip-serve serve (docs/flags.md)")
+    if not eq and i + 1 < len(args) and not args[i + 1].startswith("--"):
+        val, i = args[i + 1], i + 1
+    given[flag] = val
+    i += 1
+env = {e["name"]: e.get("value") for e in ctr.get("env", [])}
+for var in sorted(v for v in env if v.startswith("SIGLIP_")):
+    if var not in server_env:
+        errors.append(f"ServingRuntime: {var} is not a server flag's variable (src/config/)")
+for e in ctr.get("env", []):
+    ref = e.get("valueFrom", {}).get("resourceFieldRef")
+    if ref and ref.get("containerName", ctr.get("name")) != ctr.get("name"):
+        errors.append(f"ServingRuntime: {e['name']} reads the resources of container {ref['containerName']}, not {ctr.get('name')}")
+if given.get("--model-dir") != "/mnt/models":
+    errors.append(f"ServingRuntime: --model-dir must be /mnt/models (where KServe puts the storageUri): {given.get('--model-dir')}")
+for var in ("SIGLIP_MODEL_DIR", "SIGLIP_MODEL_REPOSITORY", "SIGLIP_DEFAULT_MODEL"):
+    if var in env:
+        errors.append(f"ServingRuntime: {var} beside --model-dir /mnt/models")
+def port_of(flag, var, default):
+    addr = given.get(flag) or env.get(var) or default
+    return int(str(addr).rsplit(":", 1)[1])
+grpc_port = port_of("--grpc-addr", "SIGLIP_GRPC_ADDR", "0.0.0.0:50051")
+metrics_port = port_of("--metrics-addr", "SIGLIP_METRICS_ADDR", "0.0.0.0:9090")
+ports = ctr.get("ports", [])
+if len(ports) != 1 or ports[0].get("name") != "h2c":
+    errors.append(f"ServingRuntime: exactly one container port, named h2c (Knative's HTTP/2 cleartext; one port only): {ports}")
+elif ports[0].get("containerPort") != grpc_port:
+    errors.append(f"ServingRuntime: port h2c is {ports[0].get('containerPort')}, the server listens on {grpc_port}")
+for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+    pr = ctr.get(probe) or {}
+    if pr.get("grpc", {}).get("port") != grpc_port or pr["grpc"].get("service", "") != "":
+        errors.append(f"ServingRuntime: {probe} must be a grpc probe of the whole server (service \"\") on {grpc_port}: {pr}")
+ann = spec.get("annotations", {})
+if str(ann.get("prometheus.kserve.io/port")) != str(metrics_port):
+    errors.append(f"ServingRuntime: prometheus.kserve.io/port {ann.get('prometheus.kserve.io/port')} is not the metrics port {metrics_port}")
+sc = ctr.get("securityContext", {})
+if not (sc.get("readOnlyRootFilesystem") and sc.get("allowPrivilegeEscalation") is False
+        and "ALL" in sc.get("capabilities", {}).get("drop", [])):
+    errors.append("ServingRuntime: container needs readOnlyRootFilesystem, no privilege escalation, capabilities dropped")
+if "/tmp" not in {m["mountPath"] for m in ctr.get("volumeMounts", [])}:
+    errors.append("ServingRuntime: /tmp must be a volume (read-only root)")
+
+# The image: the same as ../base/deployment.yaml's before kustomize, and as overlays/cpu's after.
+src_image = yaml.safe_load(open("deploy/kserve/servingruntime.yaml"))["spec"]["containers"][0]["image"]
+base_dep = yaml.safe_load(open("deploy/base/deployment.yaml"))
+(base_ctr,) = [c for c in base_dep["spec"]["template"]["spec"]["containers"] if c["name"] == "siglip-serve"]
+if src_image != base_ctr["image"]:
+    errors.append(f"servingruntime.yaml: image {src_image} is not ../base/deployment.yaml's {base_ctr['image']}")
+if pathlib.Path(cpu_overlay).exists():
+    cpu_images = {c["image"] for d in yaml.safe_load_all(open(cpu_overlay)) if d and d["kind"] == "Deployment"
+                  for c in d["spec"]["template"]["spec"]["containers"]}
+    if ctr.get("image") not in cpu_images:
+        errors.append(f"ServingRuntime: rendered image {ctr.get('image')} is not overlays/cpu's {sorted(cpu_images)}")
+
+# The InferenceServices: the runtime's format, name, namespace and protocol; the deployment mode;
+# the claim of ../base; the drain; the pod-level security the runtime cannot carry.
+pvc = yaml.safe_load(open("deploy/base/pvc.yaml"))["metadata"]["name"]
+pre = ctr.get("lifecycle", {}).get("preStop", {})
+pre_s = int(pre.get("sleep", {}).get("seconds", 0) or (pre.get("exec", {}).get("command", ["", 0])[-1]))
+drain = int(env.get("SIGLIP_SHUTDOWN_GRACE_SECONDS") or 20)
+live = ctr.get("livenessProbe", {})
+if live.get("periodSeconds", 10) * live.get("failureThreshold", 3) < drain:
+    errors.append("ServingRuntime: liveness would restart a draining pod before the drain ends")
+for isvc in isvcs:
+    n = f"InferenceService {isvc['metadata']['name']}"
+    pred = isvc["spec"]["predictor"]
+    model = pred.get("model", {})
+    if isvc["metadata"].get("namespace") != sr["metadata"].get("namespace"):
+        errors.append(f"{n}: namespace {isvc['metadata'].get('namespace')} is not the runtime's {sr['metadata'].get('namespace')}")
+    if model.get("modelFormat", {}).get("name") not in [f.get("name") for f in formats]:
+        errors.append(f"{n}: modelFormat {model.get('modelFormat')} is not one of the runtime's {[f.get('name') for f in formats]}")
+    if model.get("runtime", sr["metadata"]["name"]) != sr["metadata"]["name"]:
+        errors.append(f"{n}: runtime {model.get('runtime')} is not {sr['metadata']['name']}")
+    if model.get("protocolVersion") != "grpc-v2" or model.get("protocolVersion") not in protocols:
+        errors.append(f"{n}: protocolVersion must be grpc-v2, one of the runtime's {protocols}: {model.get('protocolVersion')}")
+    mode = isvc["metadata"].get("annotations", {}).get("serving.kserve.io/deploymentMode")
+    if mode not in ("RawDeployment", "Standard"):
+        errors.append(f"{n}: serving.kserve.io/deploymentMode must be RawDeployment (or Standard, KServe >= 0.16): {mode}")
+    uri = str(model.get("storageUri", ""))
+    if not re.fullmatch(rf"pvc://{re.escape(pvc)}(/[^/]*)*", uri):
+        errors.append(f"{n}: storageUri {uri!r} is not a folder of the claim {pvc} (../base/pvc.yaml)")
+    if model.get("resources") != ctr.get("resources"):
+        errors.append(f"{n}: resources differ from the runtime's (set both alike: the InferenceService's win)")
+    for flag in re.findall(r"(--[a-z0-9-]+)", " ".join(map(str, model.get("args", [])))):
+        if known_flags and flag not in known_flags:
+            errors.append(f"{n}: {flag} is not a flag of siglip-serve serve (docs/flags.md)")
+    for e in model.get("env", []):
+        if e["name"].startswith("SIGLIP_") and e["name"] not in server_env:
+            errors.append(f"{n}: {e['name']} is not a server flag's variable (src/config/)")
+    psc = pred.get("securityContext", {})
+    if not (psc.get("runAsNonRoot") and psc.get("fsGroup") == base_dep["spec"]["template"]["spec"]["securityContext"].get("fsGroup")):
+        errors.append(f"{n}: predictor securityContext needs runAsNonRoot and ../base's fsGroup (reads the model volume)")
+    if pred.get("terminationGracePeriodSeconds", 30) < pre_s + drain:
+        errors.append(f"{n}: terminationGracePeriodSeconds {pred.get('terminationGracePeriodSeconds', 30)} < preStop {pre_s} + drain {drain}")
+    if pred.get("minReplicas", 1) < 2:
+        errors.append(f"{n}: minReplicas < 2 leaves nothing serving while a pod is replaced")
+
+# The container as Kubernetes would run it (with the first InferenceService's pod fields), for
+# kubernetes-validate.
+pred = isvcs[0]["spec"]["predictor"]
+pod_ctr = dict(ctr, resources=pred.get("model", {}).get("resources", ctr.get("resources")))
+pod_ctr["volumeMounts"] = pod_ctr.get("volumeMounts", []) + [{"name": "kserve-pvc-source", "mountPath": "/mnt/models", "readOnly": True}]
+pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "kserve-runtime-as-pod"},
+       "spec": {"containers": [pod_ctr],
+                "volumes": spec.get("volumes", []) + [{"name": "kserve-pvc-source", "persistentVolumeClaim": {"claimName": pvc, "readOnly": True}}],
+                "securityContext": pred.get("securityContext", {}),
+                "terminationGracePeriodSeconds": pred.get("terminationGracePeriodSeconds", 30)}}
+yaml.safe_dump(pod, open(pod_out, "w"))
+for e in errors:
+    print(e)
+sys.exit(1 if errors else 0)
+EOF
+  ); then
+    pass "kserve cross-checks: ServingRuntime shape, format/runtime/namespace/grpc-v2 of the InferenceService, one h2c port =" \
+      "listen port = probe ports, args vs docs/flags.md, env vs src/config/, image = base's, claim, drain, security"
+  else
+    fail "kserve cross-checks"; printf '%s\n' "$out" | sed 's/^/     /'
+  fi
+  if [ -s "$tmp/kserve-pod.yaml" ]; then
+    for k8s in 1.37.0 1.30.0; do
+      run "kubernetes-validate --strict kserve runtime container as a Pod (Kubernetes $k8s)" \
+        "$bin/kubernetes-validate" --strict --no-warn --quiet -k "$k8s" "$tmp/kserve-pod.yaml"
+    done
+  fi
+else
+  fail "kustomize deploy/kserve"; sed 's/^/     /' "$tmp/err"
+fi
+
+# 7. Dashboard JSON
 run "python -m json.tool deploy/grafana-dashboard.json" "$PY" -m json.tool deploy/grafana-dashboard.json
 
-# 7. PromQL of the dashboard and the adapter rule, parsed by promtool when it is installed (not a
+# 8. PromQL of the dashboard and the adapter rule, parsed by promtool when it is installed (not a
 #    pip package: e.g. apt's prometheus, or a release binary on PATH). Grafana's variables become
 #    `.*` and the rate interval 1m; the adapter's templates a plain selector.
 if command -v promtool > /dev/null; then

@@ -12,7 +12,32 @@ from PIL import Image
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "examples"))
+from tritonclient.grpc import service_pb2 as oip  # noqa: E402
+from tritonclient.utils import serialize_byte_tensor  # noqa: E402
+
 from siglip_stubs import pb2  # noqa: E402
+
+
+def model_infer(model: str, inputs: dict, parameters: dict | None = None, raw: bool = True) -> "oip.ModelInferRequest":
+    """A ModelInferRequest with BYTES `inputs` ({name: [bytes]}), framed raw as tritonclient
+    sends them, or listed in contents.bytes_contents."""
+    import numpy as np
+
+    request = oip.ModelInferRequest(model_name=model, id=model)
+    for name, elements in inputs.items():
+        tensor = request.inputs.add(name=name, datatype="BYTES", shape=[len(elements)])
+        if raw:
+            request.raw_input_contents.append(serialize_byte_tensor(np.array(elements, dtype=np.object_)).tobytes())
+        else:
+            tensor.contents.bytes_contents.extend(elements)
+    for key, value in (parameters or {}).items():
+        if isinstance(value, str):
+            request.parameters[key].string_param = value
+        elif isinstance(value, float):
+            request.parameters[key].double_param = value
+        else:
+            request.parameters[key].int64_param = value
+    return request
 
 
 def picture(mode: str) -> Image.Image:
@@ -64,7 +89,8 @@ def main() -> None:
     for i, (name, data) in enumerate(IMAGES.items()):
         write("decode", name, bytes([i % 2]) + data)
 
-    # request: the message kind byte (0 Classify, 1 Upload, 2 Stream, 3 EmbedImage), then the message.
+    # request: the message kind byte (0 Classify, 1 Upload, 2 Stream, 3 EmbedImage, 4 ModelInfer),
+    # then the message.
     png, jpg = IMAGES["rgba.png"], IMAGES["progressive.jpg"]
     options = pb2.ClassifyOptions(threshold=0.1, top_k=2)
     texts = ["a photo of a cat", "a dog"]
@@ -84,6 +110,11 @@ def main() -> None:
                                                                 regions=[pb2.Region(x=0, y=0, width=8, height=8),
                                                                          pb2.Region(x=3, y=5, width=2, height=1)]))),
         "embed_image": (3, pb2.EmbedImageRequest(images=[pb2.Image(encoded=IMAGES["rgb.bmp"]), pb2.Image(raw=raw)])),
+        "model_infer_zero_shot": (4, model_infer("zero-shot", {"IMAGE": [png, jpg], "TEXT": [t.encode() for t in texts]},
+                                                 {"threshold": 0.1, "top_k": 2, "triton_x": 1})),
+        "model_infer_listed": (4, model_infer("m-text-embedding", {"TEXT": [t.encode() for t in texts]}, raw=False)),
+        "model_infer_rgba8": (4, model_infer("m-image-embedding", {"IMAGE": [bytes(range(8))]},
+                                             {"image_format": "rgba8", "image_width": 2, "image_height": 1})),
     }
     for name, (kind, message) in requests.items():
         write("request", name, bytes([kind]) + message.SerializeToString())

@@ -7,7 +7,7 @@
 //! The layers, from the outside in, each using only those after it (`tests/layers.rs` checks):
 //! - [`grpc`]: the gRPC server — [`grpc::transport`] runs connections and decides who may call
 //!   (knows nothing of SigLIP), [`grpc::api`] turns `siglip.v1` messages into calls on the core
-//!   of the model each names.
+//!   of the model each names, [`grpc::oip`] the Open Inference Protocol's tensors likewise.
 //! - [`repository`]: the models by name — the folders on disk, loading each version with its own
 //!   queue and core, swapping versions while serving.
 //! - [`infer`]: the core every API calls — admission, decoding and preprocessing on a bounded

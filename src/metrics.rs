@@ -66,6 +66,18 @@ pub const METHODS: [&str; 7] = [
     "GetModelInfo",
     "ListModels",
 ];
+/// The RPCs of the Open Inference Protocol's `inference.GRPCInferenceService` that this server
+/// implements, as the `method` label (the others answer UNIMPLEMENTED and are not counted).
+pub const OIP_METHODS: [&str; 8] = [
+    "ServerLive",
+    "ServerReady",
+    "ModelReady",
+    "ServerMetadata",
+    "ModelMetadata",
+    "ModelConfig",
+    "ModelInfer",
+    "ModelStreamInfer",
+];
 /// Why a frame got no result of its own.
 pub const FRAME_DROP_REASONS: [&str; 4] = ["superseded", "rate", "stale", "error"];
 /// Why queued work was never run.
@@ -300,7 +312,7 @@ fn register_zeros() {
 }
 
 fn register_calls(model: &str) {
-    for method in METHODS {
+    for method in METHODS.into_iter().chain(OIP_METHODS) {
         counter!(GRPC_REQUESTS, "method" => method, "code" => "OK", "model" => model.to_string())
             .increment(0);
         // Registering is enough: the exporter renders a registered histogram with zero counts.

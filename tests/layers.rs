@@ -23,7 +23,7 @@ const GRPC_CRATES: [&str; 5] = ["tonic", "http", "hyper", "h2", "tower"];
 const NO_GRPC: [&str; 6] = ["model", "stream", "batch", "infer", "repository", "config"];
 
 /// (module, modules it must not use): by path prefix, `a::b` covering `a::b::c`.
-const RULES: [(&str, &[&str]); 9] = [
+const RULES: [(&str, &[&str]); 10] = [
     (
         "model",
         &[
@@ -71,6 +71,7 @@ const RULES: [(&str, &[&str]); 9] = [
         "grpc::transport",
         &[
             "grpc::api",
+            "grpc::oip",
             "grpc::calls",
             "infer",
             "batch",
@@ -78,7 +79,10 @@ const RULES: [(&str, &[&str]); 9] = [
             "stream",
         ],
     ),
-    ("grpc::api", &["grpc::transport", "batch"]),
+    // The siglip.v1 API does not know the Open Inference Protocol; the protocol reuses the API's
+    // lifecycle, limits and stream outbox, not the other way round.
+    ("grpc::api", &["grpc::transport", "grpc::oip", "batch"]),
+    ("grpc::oip", &["grpc::transport", "batch"]),
     ("config", &["server", "tools"]),
 ];
 

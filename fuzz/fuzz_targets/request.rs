@@ -1,10 +1,12 @@
 //! Request validation from arbitrary protobuf bytes: the first byte picks the message
-//! (ClassifyRequest, UploadRequest, StreamRequest or EmbedImageRequest), the rest is decoded as
-//! tonic would (prost), then checked the way the RPCs check it before the model: the image
-//! (`convert::image`, its header, then decoded and preprocessed), the options
-//! (`convert::filter`), a stream's config (`settings::from_config`) and a frame's regions,
-//! the labels (`Limits::check_texts`), an Upload's declared size. Bytes that
-//! are not the message, and every refusal, must be a client error, never a crash or INTERNAL.
+//! (ClassifyRequest, UploadRequest, StreamRequest, EmbedImageRequest, or the Open Inference
+//! Protocol's ModelInferRequest), the rest is decoded as tonic would (prost), then checked the
+//! way the RPCs check it before the model: the image (`convert::image`, its header, then decoded
+//! and preprocessed), the options (`convert::filter`), a stream's config
+//! (`settings::from_config`) and a frame's regions, the labels (`Limits::check_texts`), an
+//! Upload's declared size; a ModelInferRequest's parameters, outputs and BYTES tensors
+//! (`oip::infer::check`, for the kind its model name gives), then its images. Bytes that are not
+//! the message, and every refusal, must be a client error, never a crash or INTERNAL.
 #![no_main]
 
 mod common;
@@ -17,6 +19,7 @@ use prost::Message;
 use siglip_serve::error::Error;
 use siglip_serve::grpc::api::chunks::{Budget, Reassembly};
 use siglip_serve::grpc::api::{convert, stream::settings};
+use siglip_serve::grpc::oip::{self, pb::ModelInferRequest, Kind};
 use siglip_serve::grpc::pb;
 use siglip_serve::infer::{ImageInput, Limits};
 use siglip_serve::model::image::{Convention, ImageProcessor};
@@ -37,11 +40,12 @@ fuzz_target!(
         };
         // A message tonic cannot decode is answered INVALID_ARGUMENT (`grpc::status`); here it
         // only has to fail cleanly.
-        let checked = match kind % 4 {
+        let checked = match kind % 5 {
             0 => pb::ClassifyRequest::decode(message).map(classify),
             1 => pb::UploadRequest::decode(message).map(upload),
             2 => pb::StreamRequest::decode(message).map(stream),
-            _ => pb::EmbedImageRequest::decode(message).map(embed_image),
+            3 => pb::EmbedImageRequest::decode(message).map(embed_image),
+            _ => ModelInferRequest::decode(message).map(model_infer),
         };
         if let Ok(Err(e)) = checked {
             assert_answered(e);
@@ -121,6 +125,23 @@ fn embed_image(req: pb::EmbedImageRequest) -> Result<(), Error> {
         let image = convert::image(Some(img)).map_err(|e| e.about(format!("image {i}")))?;
         prepare(image, Convention::Processor, ImageProcessor::Torchvision)
             .map_err(|e| e.about(format!("image {i}")))?;
+    }
+    Ok(())
+}
+
+fn model_infer(mut req: ModelInferRequest) -> Result<(), Error> {
+    // Model names are the server's to resolve; the fuzzer picks a kind from the name's length.
+    let kind = Kind::ALL[req.model_name.len() % Kind::ALL.len()];
+    let checked = oip::infer::check(&mut req, kind, &LIMITS)?;
+    if kind != Kind::ImageEmbedding {
+        LIMITS.check_texts(&checked.texts)?;
+    }
+    if kind != Kind::TextEmbedding {
+        // As `Infer::embed_images` does: admitted as a whole, then each image.
+        for (i, image) in checked.images.into_iter().enumerate() {
+            prepare(image, Convention::Processor, ImageProcessor::Pil)
+                .map_err(|e| e.about(format!("image {i}")))?;
+        }
     }
     Ok(())
 }

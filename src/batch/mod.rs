@@ -223,10 +223,10 @@ impl Batcher {
         self.submit(Work::Texts(ids), Tag::alone(deadline)).await
     }
 
-    /// Embeds a video frame's preprocessed rows as part of `tag.flow` (one flow per stream, so
-    /// that streams share the worker in turn). A frame still waiting at `tag.stale_at` gets
-    /// [`Error::Stale`].
-    pub async fn embed_frame(&self, images: Vec<Vec<f32>>, tag: Tag) -> Result<Reply> {
+    /// Embeds preprocessed images as part of `tag.flow` (one flow per stream, a video stream's
+    /// frames or an inference stream's requests, so that streams share the worker in turn). A
+    /// job still waiting at `tag.stale_at` gets [`Error::Stale`].
+    pub async fn embed_tagged(&self, images: Vec<Vec<f32>>, tag: Tag) -> Result<Reply> {
         self.submit(Work::Images(images), tag).await
     }
 

@@ -132,10 +132,16 @@ fn code_name(code: Code) -> &'static str {
     }
 }
 
-/// The `method` label of a `siglip.v1.Siglip` call's path; other services are not counted.
+/// The `method` label of a `siglip.v1.Siglip` or `inference.GRPCInferenceService` call's path;
+/// other services are not counted.
 pub(super) fn method(path: &str) -> Option<&'static str> {
-    let name = path.strip_prefix("/siglip.v1.Siglip/")?;
-    metrics::METHODS.into_iter().find(|m| *m == name)
+    let (service, name) = path.strip_prefix('/')?.split_once('/')?;
+    let methods: &[&'static str] = match service {
+        "siglip.v1.Siglip" => &metrics::METHODS,
+        "inference.GRPCInferenceService" => &metrics::OIP_METHODS,
+        _ => return None,
+    };
+    methods.iter().copied().find(|m| *m == name)
 }
 
 #[cfg(test)]
@@ -147,6 +153,11 @@ mod tests {
             Some("Classify")
         );
         assert_eq!(super::method("/siglip.v1.Siglip/Nope"), None);
+        assert_eq!(
+            super::method("/inference.GRPCInferenceService/ModelInfer"),
+            Some("ModelInfer")
+        );
+        assert_eq!(super::method("/siglip.v1.Siglip/ModelInfer"), None);
         assert_eq!(super::method("/grpc.health.v1.Health/Check"), None);
     }
 }

@@ -1,4 +1,5 @@
-//! The gRPC server: `siglip.v1.Siglip` ([`api`]), `grpc.health.v1` and server reflection on one
+//! The gRPC server: `siglip.v1.Siglip` ([`api`]), the Open Inference Protocol's
+//! `inference.GRPCInferenceService` ([`oip`]), `grpc.health.v1` and server reflection on one
 //! listener whose connections [`transport`] runs. It serves whatever models it is handed
 //! ([`GrpcServer::serve`]) and knows nothing of how they are loaded (see `server`,
 //! `repository`).
@@ -8,6 +9,7 @@
 
 pub mod api;
 mod calls;
+pub mod oip;
 pub mod transport;
 
 use std::{sync::Arc, time::Duration};
@@ -26,7 +28,7 @@ use transport::{Authorize, Connection, Security};
 pub mod pb {
     tonic::include_proto!("siglip.v1");
 
-    /// For server reflection.
+    /// For server reflection (both APIs).
     pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("siglip_descriptor");
 }
 
@@ -78,6 +80,11 @@ impl GrpcServer {
         let api = pb::siglip_server::SiglipServer::new(SiglipService::new(Arc::clone(&lifecycle)))
             .max_decoding_message_size(max_message)
             .max_encoding_message_size(usize::MAX);
+        let oip = oip::pb::grpc_inference_service_server::GrpcInferenceServiceServer::new(
+            oip::InferenceService::new(Arc::clone(&lifecycle)),
+        )
+        .max_decoding_message_size(max_message)
+        .max_encoding_message_size(usize::MAX);
 
         let incoming = transport::incoming(listener, &connection, security.tls);
         let (stop, stopped) = oneshot::channel::<()>();
@@ -91,6 +98,7 @@ impl GrpcServer {
             .add_optional_service(reflection_v1)
             .add_optional_service(reflection_v1alpha)
             .add_service(api)
+            .add_service(oip)
             .serve_with_incoming_shutdown(incoming, async {
                 let _ = stopped.await;
             });

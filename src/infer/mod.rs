@@ -309,14 +309,11 @@ impl Infer {
                 at.elapsed().as_millis()
             )));
         }
-        let (embeddings, mut timings) = embedded(self.batcher.embed_frame(pixels, tag).await?);
+        let (embeddings, mut timings) = embedded(self.batcher.embed_tagged(pixels, tag).await?);
         timings.preprocess = preprocess;
         timings.total = started.elapsed();
         Ok(FrameScores {
-            areas: embeddings
-                .rows()
-                .map(|row| score_all(self.head, row, &labels.texts, &labels.embeddings))
-                .collect(),
+            areas: self.score_rows(&embeddings, labels),
             timings,
         })
     }
@@ -346,6 +343,15 @@ impl Infer {
         })
     }
 
+    /// Every label of `labels` scored against each image embedding: one row per image, in
+    /// label order.
+    pub fn score_rows(&self, images: &Embeddings, labels: &Labels) -> Vec<Vec<Score>> {
+        images
+            .rows()
+            .map(|row| score_all(self.head, row, &labels.texts, &labels.embeddings))
+            .collect()
+    }
+
     fn rank(&self, image: &[f32], labels: &Labels, filter: ScoreFilter) -> Vec<Score> {
         rank(self.head, image, &labels.texts, &labels.embeddings, filter)
     }
@@ -354,6 +360,17 @@ impl Infer {
     pub async fn embed_images(
         &self,
         images: Vec<ImageInput>,
+        deadline: Option<Instant>,
+    ) -> Result<(Embeddings, Timings)> {
+        self.embed_images_in(images, Flow::new(), deadline).await
+    }
+
+    /// [`Infer::embed_images`], queued as part of `flow` (a stream's: streams are served in
+    /// turn).
+    pub async fn embed_images_in(
+        &self,
+        images: Vec<ImageInput>,
+        flow: Flow,
         deadline: Option<Instant>,
     ) -> Result<(Embeddings, Timings)> {
         if images.is_empty() {
@@ -377,9 +394,13 @@ impl Infer {
         ))
         .await?;
         let preprocess = started.elapsed();
-        let (embeddings, mut timings) = self
-            .embed_pixels(prepared.into_iter().map(|(p, _)| p).collect(), deadline)
-            .await?;
+        let tag = Tag {
+            flow,
+            deadline,
+            stale_at: None,
+        };
+        let pixels = prepared.into_iter().map(|(p, _)| p).collect();
+        let (embeddings, mut timings) = embedded(self.batcher.embed_tagged(pixels, tag).await?);
         timings.preprocess = preprocess;
         timings.total = started.elapsed();
         Ok((embeddings, timings))

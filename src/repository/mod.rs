@@ -149,6 +149,16 @@ impl Inner {
             None => None,
         }
     }
+
+    /// Every model found at startup is warm, and every version serving is healthy.
+    fn ready(&self) -> bool {
+        self.started
+            && self
+                .models
+                .values()
+                .filter_map(|slot| slot.serving.as_ref())
+                .all(|v| v.healthy)
+    }
 }
 
 struct Slot {
@@ -512,17 +522,16 @@ impl Repository {
                 )
             })
             .collect();
-        let all = inner.started
-            && inner
-                .models
-                .values()
-                .filter_map(|slot| slot.serving.as_ref())
-                .all(|v| v.healthy);
         Health {
             models,
             removed: std::mem::take(&mut inner.removed),
-            all,
+            all: inner.ready(),
         }
+    }
+
+    /// Whether the whole server is ready ([`Health::all`]), without taking the removed names.
+    pub fn ready(&self) -> bool {
+        self.lock().ready()
     }
 
     /// Changes whenever [`Repository::health`] may have.

@@ -17,6 +17,7 @@ use tonic::{
     Request, Status,
 };
 
+use crate::grpc::oip::pb::grpc_inference_service_client::GrpcInferenceServiceClient;
 use crate::grpc::pb::{self, siglip_client::SiglipClient};
 
 #[derive(Debug, Clone, Args)]
@@ -62,6 +63,9 @@ impl Interceptor for Bearer {
 /// The API's client as these tools use it.
 pub type Client = SiglipClient<InterceptedService<Channel, Bearer>>;
 
+/// The Open Inference Protocol's client, as the bench uses it.
+pub type OipClient = GrpcInferenceServiceClient<InterceptedService<Channel, Bearer>>;
+
 impl ClientArgs {
     /// A connection to `addr` (http:// or https://).
     pub async fn connect(&self, addr: &str) -> anyhow::Result<Channel> {
@@ -87,6 +91,14 @@ impl ClientArgs {
     /// The API's client on `channel`, sending the token.
     pub fn client(&self, channel: Channel) -> anyhow::Result<Client> {
         Ok(SiglipClient::with_interceptor(channel, self.bearer()?))
+    }
+
+    /// The Open Inference Protocol's client on `channel`, sending the token.
+    pub fn oip_client(&self, channel: Channel) -> anyhow::Result<OipClient> {
+        Ok(GrpcInferenceServiceClient::with_interceptor(
+            channel,
+            self.bearer()?,
+        ))
     }
 
     fn tls(&self) -> anyhow::Result<Option<ClientTlsConfig>> {

@@ -14,6 +14,8 @@
 //! - `lifecycle`: health, reflection, shutdown, flags from the environment.
 //! - `models`: several models in one server (a repository): every RPC per model, the default
 //!   model, unknown and loading models, per-model health, fairness between models, hot swaps;
+//! - `oip`: the Open Inference Protocol beside siglip.v1: ModelInfer against Classify, inference
+//!   streams in order with in-stream errors, and the stream limits both APIs share;
 //! - `health`: health follows the device (the faulty test model), out-of-memory retries.
 //! - `transport`: hostile clients at the transport (idle streams, non-readers, stalled uploads);
 //! - `connection`: the HTTP/2 settings seen on the wire (streams, resets, keepalive, age);
@@ -38,6 +40,7 @@ mod fair;
 mod health;
 mod lifecycle;
 mod models;
+mod oip;
 mod policy;
 mod regions;
 mod stream;

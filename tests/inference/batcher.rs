@@ -400,7 +400,7 @@ async fn a_waiting_flow_joins_the_next_batch() {
                 deadline: None,
                 stale_at: None,
             };
-            batcher.embed_frame(vec![photos[i].0.clone()], tag)
+            batcher.embed_tagged(vec![photos[i].0.clone()], tag)
         };
         let jobs = vec![
             frame(a, 0),
@@ -449,8 +449,8 @@ async fn a_stale_frame_is_answered_stale_and_not_run() {
         let now = Instant::now();
         let later = now + Duration::from_secs(3600);
         let jobs = vec![
-            batcher.embed_frame(vec![photos[1].0.clone()], tag(Some(now))),
-            batcher.embed_frame(vec![photos[2].0.clone()], tag(Some(later))),
+            batcher.embed_tagged(vec![photos[1].0.clone()], tag(Some(now))),
+            batcher.embed_tagged(vec![photos[2].0.clone()], tag(Some(later))),
         ];
         let mut replies = behind_a_long_job(&batcher, &photos[0].0, long, jobs).await;
         let fresh = replies.pop().unwrap().expect("a fresh frame is served");

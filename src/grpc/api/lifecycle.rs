@@ -16,8 +16,8 @@ pub(in crate::grpc) struct Lifecycle {
     models: OnceLock<Arc<Repository>>,
     shutting_down: AtomicBool,
     shutdown: watch::Sender<bool>,
-    pub(super) limits: CallLimits,
-    pub(super) streams: Arc<Semaphore>,
+    pub(in crate::grpc) limits: CallLimits,
+    pub(in crate::grpc) streams: Arc<Semaphore>,
     /// Bytes of unfinished images, over all calls (`--max-reassembly-bytes`).
     pub(super) reassembly: Arc<Budget>,
 }
@@ -34,7 +34,7 @@ impl Lifecycle {
         }
     }
 
-    pub(super) fn timeouts(&self) -> ClientTimeouts {
+    pub(in crate::grpc) fn timeouts(&self) -> ClientTimeouts {
         ClientTimeouts {
             first_message: self.limits.first_message_timeout,
             idle: self.limits.idle_timeout,
@@ -52,18 +52,18 @@ impl Lifecycle {
         self.shutdown.send_replace(true);
     }
 
-    pub(super) fn shutdown_signal(&self) -> watch::Receiver<bool> {
+    pub(in crate::grpc) fn shutdown_signal(&self) -> watch::Receiver<bool> {
         self.shutdown.subscribe()
     }
 
     /// The version of model `name` ("": the default) that serves calls now.
-    pub(super) fn model(&self, name: &str) -> Result<Arc<Served>, Status> {
+    pub(in crate::grpc) fn model(&self, name: &str) -> Result<Arc<Served>, Status> {
         Ok(self.models()?.resolve(name)?)
     }
 
     /// The `model` label of a call's metrics for the name it asked for (empty unless it names a
     /// model of the repository).
-    pub(super) fn label(&self, name: &str) -> String {
+    pub(in crate::grpc) fn label(&self, name: &str) -> String {
         self.models
             .get()
             .map(|models| models.label(name))

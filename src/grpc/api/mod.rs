@@ -18,9 +18,9 @@ mod lifecycle;
 mod malformed;
 mod models;
 mod service;
-mod status;
+pub(in crate::grpc) mod status;
 pub mod stream;
-mod timeouts;
+pub(in crate::grpc) mod timeouts;
 mod upload;
 
 use std::time::Duration;

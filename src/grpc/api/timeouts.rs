@@ -10,16 +10,16 @@ use std::{future::Future, time::Duration};
 use tonic::Status;
 
 #[derive(Debug, Clone, Copy)]
-pub(super) struct ClientTimeouts {
+pub(in crate::grpc) struct ClientTimeouts {
     /// For the first message (a Stream's config, an Upload's header).
-    pub(super) first_message: Duration,
+    pub(in crate::grpc) first_message: Duration,
     /// Between messages after the first; and for a send to the client to make progress.
-    pub(super) idle: Duration,
+    pub(in crate::grpc) idle: Duration,
 }
 
 impl ClientTimeouts {
     /// `receive` (the first message of a `protocol` call), or DEADLINE_EXCEEDED.
-    pub(super) async fn first<T>(
+    pub(in crate::grpc) async fn first<T>(
         &self,
         protocol: &str,
         receive: impl Future<Output = Result<T, Status>>,
@@ -33,6 +33,7 @@ impl ClientTimeouts {
                     self.first_message.as_secs_f64(),
                     match protocol {
                         "Upload" => "UploadHeader",
+                        "ModelStreamInfer" => "first ModelInferRequest",
                         _ => "StreamConfig",
                     }
                 ))
@@ -40,7 +41,7 @@ impl ClientTimeouts {
     }
 
     /// `receive` (a later message of a `protocol` call), or DEADLINE_EXCEEDED.
-    pub(super) async fn next<T>(
+    pub(in crate::grpc) async fn next<T>(
         &self,
         protocol: &str,
         receive: impl Future<Output = Result<T, Status>>,

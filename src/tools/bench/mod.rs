@@ -14,7 +14,10 @@
 //!    (1.25 + 0.75 i) / N of phase 1's images/s (each above its share, together over capacity):
 //!    each stream's results/s over `--seconds` after a warm-up of a quarter of that, how far the
 //!    furthest is from capacity / N, and Jain's index;
-//! 5. *model only* (unless `--skip-model-only`): the vision tower in a loop, in-process, at the
+//! 5. *oip* (unless `--skip-oip`): the Open Inference Protocol's ModelInfer against Classify,
+//!    the same photos and labels at `--concurrency`, alternating in the same run: its cost in
+//!    throughput;
+//! 6. *model only* (unless `--skip-model-only`): the vision tower in a loop, in-process, at the
 //!    batch size the server used most, same dtype and threads — the ceiling the server is
 //!    measured against.
 //!
@@ -23,7 +26,7 @@
 //! against the bound the server keeps (2 × B's idle latency + one batch of A, both measured in
 //! the same run).
 //!
-//! Phases 1 and 2 are in `load`, 3 in `video`, 4 in `fair`, 5 in `model_only`; this module
+//! Phases 1 and 2 are in `load`, 3 in `video`, 4 in `fair`, 5 in `oip`, 6 in `model_only`; this module
 //! runs them in order. The printed lines are parsed (`bench/report.py`, `bench/*.sh`, the
 //! Makefile): their shape is an interface.
 
@@ -31,6 +34,7 @@ mod fair;
 mod load;
 mod model_only;
 mod models;
+mod oip;
 mod video;
 
 use std::{path::PathBuf, sync::Arc, time::Duration};
@@ -91,6 +95,9 @@ pub struct BenchArgs {
     /// Skip the model-alone phase (it loads the model in this process).
     #[arg(long)]
     pub skip_model_only: bool,
+    /// Skip the Open Inference Protocol phase (ModelInfer against Classify).
+    #[arg(long)]
+    pub skip_oip: bool,
     /// The model the server runs (same directory, device, dtype and threads).
     #[command(flatten)]
     pub model: ModelArgs,
@@ -111,6 +118,7 @@ pub struct Report {
     pub video: Option<VideoReport>,
     pub fair: Option<FairReport>,
     pub models: Option<models::ModelsReport>,
+    pub oip: Option<oip::OipReport>,
     pub model_only_img_s: Option<f64>,
     pub model_only_batch: Option<usize>,
     /// The closed loop's CPU per image: the server's, the model's and the rest by stage.
@@ -208,7 +216,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Report> {
     let channel = args.client.connect(&args.addr).await?;
     let client = args
         .client
-        .client(channel)?
+        .client(channel.clone())?
         .max_decoding_message_size(64 << 20);
     let info = wait_until_ready(&client).await?;
     let mut report = Report {
@@ -278,6 +286,13 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Report> {
         .await?;
         fair.print();
         report.fair = Some(fair);
+    }
+
+    if !args.skip_oip {
+        let oip_client = args.client.oip_client(channel)?;
+        let cost = oip::run(&client, &oip_client, &workload, args.concurrency, phase).await;
+        cost.print();
+        report.oip = Some(cost);
     }
 
     report.server_peak_rss_mib = args.server_pid.and_then(peak_rss_mib);

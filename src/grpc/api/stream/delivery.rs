@@ -10,6 +10,7 @@ use tonic::Status;
 use super::frame::{self, FrameMeta, Outcome, ReadyFrame};
 use super::outbox::Outbox;
 use super::report::Reporter;
+use crate::grpc::pb;
 use crate::infer::Flow;
 use crate::stream::drops::{DropCounts, DropReason};
 
@@ -58,7 +59,7 @@ impl LatestSlot {
 impl Sink {
     /// `flow`: the stream's share of the inference queue (every frame of a stream is one flow,
     /// so that streams are served in turn).
-    pub(super) fn ordered(flow: Flow, out: Outbox, depth: usize) -> Self {
+    pub(super) fn ordered(flow: Flow, out: Outbox<pb::StreamResponse>, depth: usize) -> Self {
         // The bounded queue of in-flight frames is the backpressure: when it is full, `submit`
         // waits, so the server stops reading the client's frames.
         let (places, mut rx) = mpsc::channel::<Place>(depth);
@@ -86,7 +87,7 @@ impl Sink {
         })
     }
 
-    pub(super) fn latest(flow: Flow, out: Outbox) -> Self {
+    pub(super) fn latest(flow: Flow, out: Outbox<pb::StreamResponse>) -> Self {
         let slot = Arc::new(LatestSlot::default());
         let worker_slot = Arc::clone(&slot);
         let worker = tokio::spawn(async move {

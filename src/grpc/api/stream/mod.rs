@@ -19,7 +19,7 @@
 mod assembler;
 mod delivery;
 mod frame;
-mod outbox;
+pub(in crate::grpc) mod outbox;
 mod report;
 pub mod settings;
 
@@ -49,7 +49,7 @@ pub(super) fn run(
     lifecycle: Arc<Lifecycle>,
     input: Streaming<pb::StreamRequest>,
     permit: OwnedSemaphorePermit,
-) -> impl Stream<Item = Output> {
+) -> impl Stream<Item = Output<pb::StreamResponse>> {
     let limits = &lifecycle.limits;
     let pipeline = limits.stream_pipeline.max(1);
     let (tx, rx) = mpsc::channel(pipeline);
@@ -90,7 +90,7 @@ async fn drive(
     lifecycle: &Lifecycle,
     model: &CallModel,
     mut input: Streaming<pb::StreamRequest>,
-    out: Outbox,
+    out: Outbox<pb::StreamResponse>,
     ends_at: Option<tokio::time::Instant>,
 ) -> Result<(), Status> {
     let limits = &lifecycle.limits;
@@ -204,18 +204,18 @@ async fn before_the_end<T>(
     }
 }
 
-fn lifetime_over(limits: &CallLimits) -> Status {
+pub(in crate::grpc) fn lifetime_over(limits: &CallLimits) -> Status {
     Status::unavailable(format!(
         "stream reached its maximum lifetime of {}s (--max-stream-seconds): reconnect to continue",
         limits.max_stream_seconds
     ))
 }
 
-fn shutting_down() -> Status {
+pub(in crate::grpc) fn shutting_down() -> Status {
     Status::unavailable("server is shutting down: reconnect to continue on another replica")
 }
 
-async fn sleep_until(at: Option<tokio::time::Instant>) {
+pub(in crate::grpc) async fn sleep_until(at: Option<tokio::time::Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,

@@ -5,27 +5,37 @@ use std::{sync::Arc, time::Duration};
 use tokio::sync::{mpsc, watch};
 use tonic::Status;
 
-use super::super::pb;
-
-pub(super) type Output = Result<pb::StreamResponse, Status>;
+/// What a stream yields: a response, or the status it ends with.
+pub(in crate::grpc) type Output<T> = Result<T, Status>;
 
 /// The stream's results on their way to the client. A client that stops reading fills the
 /// channel (HTTP/2 flow control stops tonic from taking more); then a send waits at most
 /// `--idle-timeout-seconds`, and never past the stream's lifetime, before the stream is given up
 /// as stalled: a client that does not read cannot keep its stream, its slot or the server's
 /// work.
-#[derive(Clone)]
-pub(super) struct Outbox {
-    tx: mpsc::Sender<Output>,
+pub(in crate::grpc) struct Outbox<T> {
+    tx: mpsc::Sender<Output<T>>,
     idle: Duration,
     ends_at: Option<tokio::time::Instant>,
     /// Set once when a send gives up: why the stream ends.
     stalled: Arc<watch::Sender<Option<Status>>>,
 }
 
-impl Outbox {
-    pub(super) fn new(
-        tx: mpsc::Sender<Output>,
+// Not derived: a derived Clone would ask `T: Clone`.
+impl<T> Clone for Outbox<T> {
+    fn clone(&self) -> Self {
+        Self {
+            tx: self.tx.clone(),
+            idle: self.idle,
+            ends_at: self.ends_at,
+            stalled: Arc::clone(&self.stalled),
+        }
+    }
+}
+
+impl<T> Outbox<T> {
+    pub(in crate::grpc) fn new(
+        tx: mpsc::Sender<Output<T>>,
         idle: Duration,
         ends_at: Option<tokio::time::Instant>,
     ) -> Self {
@@ -39,7 +49,7 @@ impl Outbox {
 
     /// False when the result could not be delivered: the client went away, or stopped reading
     /// (then [`Outbox::stalled`] says why).
-    pub(super) async fn send(&self, response: pb::StreamResponse) -> bool {
+    pub(in crate::grpc) async fn send(&self, response: T) -> bool {
         let idle_end = tokio::time::Instant::now() + self.idle;
         let (until, why) = match self.ends_at {
             Some(end) if end < idle_end => (
@@ -69,7 +79,7 @@ impl Outbox {
     }
 
     /// Resolves once a send has given up, with the status the stream ends with.
-    pub(super) async fn stalled(&self) -> Status {
+    pub(in crate::grpc) async fn stalled(&self) -> Status {
         let mut stalled = self.stalled.subscribe();
         let status = match stalled.wait_for(Option::is_some).await {
             Ok(status) => status.clone(),
@@ -83,12 +93,12 @@ impl Outbox {
     }
 
     /// The status of a stall, if a send has given up.
-    pub(super) fn stall(&self) -> Option<Status> {
+    pub(in crate::grpc) fn stall(&self) -> Option<Status> {
         self.stalled.borrow().clone()
     }
 
     /// Resolves when the client has gone (tonic dropped the response stream).
-    pub(super) async fn closed(&self) {
+    pub(in crate::grpc) async fn closed(&self) {
         self.tx.closed().await
     }
 }

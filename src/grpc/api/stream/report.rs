@@ -21,7 +21,7 @@ use crate::stream::{
 
 /// Writes a stream's messages, in the order outcomes are handed to it.
 pub(super) struct Reporter {
-    out: Outbox,
+    out: Outbox<pb::StreamResponse>,
     drops: DropCounts,
     classified: u64,
     /// The config the tracker follows, and the smoothing and event state.
@@ -33,7 +33,7 @@ pub(super) struct Reporter {
 }
 
 impl Reporter {
-    pub(super) fn new(out: Outbox) -> Self {
+    pub(super) fn new(out: Outbox<pb::StreamResponse>) -> Self {
         Self {
             out,
             drops: DropCounts::default(),

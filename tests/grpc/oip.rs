@@ -1,0 +1,213 @@
+//! The Open Inference Protocol (`inference.GRPCInferenceService`) beside siglip.v1: ModelInfer
+//! equal to Classify, ModelStreamInfer in order with in-stream errors, and the stream limits it
+//! shares with siglip.v1 streams. tritonclient's view of it is `tests/python/test_oip.py`.
+
+use std::time::{Duration, Instant};
+
+use siglip_serve::grpc::oip::{
+    pb::{
+        grpc_inference_service_client::GrpcInferenceServiceClient,
+        model_infer_request::InferInputTensor, ModelInferRequest, ModelInferResponse,
+    },
+    tensors::join_bytes,
+};
+use tokio_stream::StreamExt;
+use tonic::{transport::Channel, Code};
+
+use crate::common::{asset, server::Server};
+use crate::{assert_status, by_index, classify_request, labels, open_stream};
+
+async fn oip(server: &Server) -> GrpcInferenceServiceClient<Channel> {
+    GrpcInferenceServiceClient::new(server.channel().await)
+}
+
+fn bytes_input(name: &str, elements: &[&[u8]]) -> (InferInputTensor, Vec<u8>) {
+    let input = InferInputTensor {
+        name: name.into(),
+        datatype: "BYTES".into(),
+        shape: vec![elements.len() as i64],
+        ..Default::default()
+    };
+    (input, join_bytes(elements.iter().copied()))
+}
+
+/// A zero-shot request for `images` against [`labels`], framed as tritonclient frames it.
+fn zero_shot(model: &str, id: &str, images: &[&[u8]]) -> ModelInferRequest {
+    let texts = labels();
+    let texts: Vec<&[u8]> = texts.iter().map(|t| t.as_bytes()).collect();
+    let (image, image_raw) = bytes_input("IMAGE", images);
+    let (text, text_raw) = bytes_input("TEXT", &texts);
+    ModelInferRequest {
+        model_name: model.into(),
+        id: id.into(),
+        inputs: vec![image, text],
+        raw_input_contents: vec![image_raw, text_raw],
+        ..Default::default()
+    }
+}
+
+/// An output's FP32 values, by its position in `outputs`.
+fn floats(response: &ModelInferResponse, name: &str) -> Vec<f32> {
+    let at = response
+        .outputs
+        .iter()
+        .position(|o| o.name == name)
+        .unwrap_or_else(|| panic!("no output {name}"));
+    response.raw_output_contents[at]
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+        .collect()
+}
+
+#[tokio::test]
+async fn model_infer_answers_what_classify_answers_and_is_counted_by_model() {
+    let server = Server::ready(&[]).await;
+    let (cat, rocket) = (asset("chelsea_progressive.jpg"), asset("rocket_420.jpg"));
+    let response = oip(&server)
+        .await
+        .model_infer(zero_shot("zero-shot", "call-1", &[&cat, &rocket]))
+        .await
+        .expect("ModelInfer")
+        .into_inner();
+    assert_eq!(
+        (response.id.as_str(), response.model_version.as_str()),
+        ("call-1", "1")
+    );
+    let probabilities = floats(&response, "PROBABILITY");
+    assert_eq!(response.outputs[0].shape, vec![2, labels().len() as i64]);
+    let mut client = server.client().await;
+    for (row, image) in [cat, rocket].into_iter().enumerate() {
+        let classified = client
+            .classify(classify_request(image, labels()))
+            .await
+            .expect("Classify")
+            .into_inner();
+        let row = &probabilities[row * labels().len()..][..labels().len()];
+        let want = by_index(&classified.scores, labels().len());
+        for (got, want) in row.iter().zip(&want) {
+            assert!((got - want).abs() <= 1e-6, "{row:?} != {want:?}");
+        }
+    }
+    let counted = server
+        .metric("siglip_grpc_requests_total{method=\"ModelInfer\",code=\"OK\",model=\"tiny\"}")
+        .await;
+    assert_eq!(counted, 1.0);
+}
+
+#[tokio::test]
+async fn an_inference_stream_answers_in_order_and_goes_on_after_a_bad_request() {
+    let server = Server::ready(&[]).await;
+    let cat = asset("chelsea_progressive.jpg");
+    let requests = vec![
+        zero_shot("tiny-zero-shot", "0", &[&cat]),
+        zero_shot("no-such-model", "1", &[&cat]),
+        zero_shot("zero-shot", "2", &[b"not an image"]),
+        zero_shot("zero-shot", "3", &[&cat]),
+    ];
+    let responses: Vec<_> = oip(&server)
+        .await
+        .model_stream_infer(tokio_stream::iter(requests))
+        .await
+        .expect("ModelStreamInfer")
+        .into_inner()
+        .collect()
+        .await;
+    let responses: Vec<_> = responses
+        .into_iter()
+        .map(|r| r.expect("the stream does not end on a bad request"))
+        .collect();
+    let ids: Vec<_> = responses
+        .iter()
+        .map(|r| r.infer_response.as_ref().expect("response").id.as_str())
+        .collect();
+    assert_eq!(ids, ["0", "1", "2", "3"]);
+    assert!(responses[1]
+        .error_message
+        .contains("Request for unknown model: 'no-such-model'"));
+    assert!(responses[2].error_message.contains("not an image"));
+    let first = floats(responses[0].infer_response.as_ref().unwrap(), "PROBABILITY");
+    let last = floats(responses[3].infer_response.as_ref().unwrap(), "PROBABILITY");
+    assert!(responses[0].error_message.is_empty() && responses[3].error_message.is_empty());
+    // The labels embedded for the first request serve the last one: the same scores.
+    assert_eq!(first, last);
+}
+
+#[tokio::test]
+async fn inference_streams_share_the_stream_limit_and_lifetime_with_siglip_streams() {
+    let server = Server::ready(&["--max-streams", "1", "--max-stream-seconds", "2"]).await;
+    let mut client = server.client().await;
+    let (_tx, _open) = open_stream(&mut client, asset("chelsea_progressive.jpg")).await;
+    let refused = match oip(&server)
+        .await
+        .model_stream_infer(tokio_stream::pending())
+        .await
+    {
+        Err(status) => status,
+        Ok(response) => match response.into_inner().next().await {
+            Some(Err(status)) => status,
+            other => panic!("a second stream was not refused: {other:?}"),
+        },
+    };
+    assert_status(
+        "inference stream over --max-streams",
+        &refused,
+        Code::ResourceExhausted,
+        "--max-streams",
+    );
+    drop((_tx, _open));
+    // Once the slot is free, an inference stream that keeps its side open ends at its lifetime.
+    let opened = Instant::now();
+    let mut stream = loop {
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        tx.send(zero_shot(
+            "zero-shot",
+            "a",
+            &[&asset("chelsea_progressive.jpg")],
+        ))
+        .await
+        .unwrap();
+        let mut stream = oip(&server)
+            .await
+            .model_stream_infer(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+            .expect("open")
+            .into_inner();
+        match stream.next().await {
+            Some(Ok(answered)) => {
+                assert!(answered.error_message.is_empty(), "{answered:?}");
+                break (stream, tx);
+            }
+            // The first stream's slot is freed as its task ends: retry until it is.
+            Some(Err(status)) if status.code() == Code::ResourceExhausted => {
+                tokio::time::sleep(Duration::from_millis(50)).await
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    };
+    let end = stream.0.next().await.expect("end").expect_err("lifetime");
+    assert_status("lifetime", &end, Code::Unavailable, "maximum lifetime");
+    assert!(opened.elapsed() >= Duration::from_millis(1500));
+}
+
+#[tokio::test]
+async fn a_silent_inference_stream_ends_with_deadline_exceeded() {
+    let server = Server::ready(&["--first-message-timeout-seconds", "1"]).await;
+    let started = Instant::now();
+    let end = oip(&server)
+        .await
+        .model_stream_infer(tokio_stream::pending())
+        .await
+        .expect("open")
+        .into_inner()
+        .next()
+        .await
+        .expect("end")
+        .expect_err("timeout");
+    assert_status(
+        "silent stream",
+        &end,
+        Code::DeadlineExceeded,
+        "--first-message-timeout-seconds",
+    );
+    assert!(started.elapsed() < Duration::from_secs(30));
+}

@@ -312,7 +312,9 @@ fn register_zeros() {
 }
 
 fn register_calls(model: &str) {
-    for method in METHODS.into_iter().chain(OIP_METHODS) {
+    // The server-wide OIP calls (ServerLive, ServerReady, ServerMetadata) are about no model.
+    let oip = OIP_METHODS.into_iter().filter(|m| m.starts_with("Model"));
+    for method in METHODS.into_iter().chain(oip) {
         counter!(GRPC_REQUESTS, "method" => method, "code" => "OK", "model" => model.to_string())
             .increment(0);
         // Registering is enough: the exporter renders a registered histogram with zero counts.

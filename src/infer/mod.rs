@@ -343,6 +343,12 @@ impl Infer {
         })
     }
 
+    /// The logit of every label of `labels` against each image embedding: images × labels,
+    /// row-major, in label order.
+    pub fn logits(&self, images: &Embeddings, labels: &Labels) -> Vec<f32> {
+        self.head.logits(images, &labels.embeddings)
+    }
+
     /// Every label of `labels` scored against each image embedding: one row per image, in
     /// label order.
     pub fn score_rows(&self, images: &Embeddings, labels: &Labels) -> Vec<Vec<Score>> {

@@ -302,11 +302,104 @@ async fn a_flood_of_unique_labels_is_refused_past_its_budget_while_images_are_se
 }
 
 /// A smooth `side`×`side` JPEG: small to send, a full decode's work to receive.
-fn large_jpeg(side: u32) -> Vec<u8> {
+pub(crate) fn large_jpeg(side: u32) -> Vec<u8> {
     let img = image::RgbImage::from_fn(side, side, |x, y| {
         image::Rgb([(x % 256) as u8, (y % 256) as u8, ((x + y) % 256) as u8])
     });
     encode(&img, image::ImageFormat::Jpeg)
+}
+
+/// A server whose decode budget (`--max-decoding-pixels`) is one large image, with threads to
+/// decode more at once; that image; a well-behaved caller, warm, with its idle latency, one
+/// large image's Classify time and the server's memory, measured in the same run before an
+/// attack.
+pub(crate) struct PixelBudget {
+    pub(crate) server: Server,
+    pub(crate) large: Vec<u8>,
+    good: SiglipClient<Channel>,
+    idle: Duration,
+    alone: Duration,
+    rss_before: u64,
+}
+
+impl PixelBudget {
+    const PIXELS: u64 = 3000 * 3000;
+
+    pub(crate) async fn start(threads: usize) -> Self {
+        let budget = Self::PIXELS.to_string();
+        let server = Server::ready(&[
+            "--preprocess-threads",
+            &threads.to_string(),
+            "--max-image-pixels",
+            &budget,
+            "--max-decoding-pixels",
+            &budget,
+        ])
+        .await;
+        let large = large_jpeg(3000);
+        let mut good = server.client().await;
+        slowest_of(&mut good, 1).await;
+        let idle = slowest_of(&mut good, 3).await;
+        let started = Instant::now();
+        good.classify(classify_request(large.clone(), labels()))
+            .await
+            .expect("a large image alone");
+        let alone = started.elapsed();
+        let rss_before = server.rss();
+        Self {
+            server,
+            large,
+            good,
+            idle,
+            alone,
+            rss_before,
+        }
+    }
+
+    /// While `attackers` send large images (until `stop`), times the well-behaved caller once
+    /// the first is decoding, then stops them and holds the server to the budget: one large
+    /// image decoding at a time (sampled every few milliseconds), the caller within its idle
+    /// bound plus the `queued` large images that can be ahead of it, memory within
+    /// [`RSS_GROWTH_BOUND`], nothing left decoding.
+    pub(crate) async fn hold(
+        mut self,
+        attack: &str,
+        queued: u32,
+        stop: &AtomicBool,
+        attackers: Vec<tokio::task::JoinHandle<()>>,
+    ) {
+        let sampler = Sampler::start(&self.server.metrics_addr, "siglip_decoding_pixels");
+        common::wait_until("large images decoding", async || {
+            self.server.metric("siglip_decoding_pixels").await > 0.0
+        })
+        .await;
+        let attacked = slowest_of(&mut self.good, 5).await;
+        stop.store(true, Ordering::Relaxed);
+        for attacker in attackers {
+            attacker.await.expect("attacker");
+        }
+        let most_decoding = sampler.most().await;
+        let growth = self.server.rss().saturating_sub(self.rss_before);
+        let (idle, alone) = (self.idle, self.alone);
+        eprintln!(
+            "pixel budget, {attack}: idle {idle:?}, large image alone {alone:?}, well-behaved \
+             under attack {attacked:?}, at most {most_decoding} pixels decoding, rss growth {} MB",
+            growth >> 20
+        );
+        assert_eq!(
+            most_decoding,
+            Self::PIXELS as f64,
+            "pixels in decoding at most: one large image at a time"
+        );
+        let stated = bound(idle) + alone * queued;
+        assert!(
+            attacked <= stated,
+            "well-behaved caller took {attacked:?} under attack (bound {stated:?}: idle {idle:?}, \
+             one large image alone {alone:?})"
+        );
+        assert!(growth < RSS_GROWTH_BOUND, "server grew by {growth} bytes");
+        assert_eq!(self.server.metric("siglip_decoding_pixels").await, 0.0);
+    }
 }
 
 /// Large but legal images from several callers at once, with decode threads to spare: each is
@@ -317,41 +410,13 @@ fn large_jpeg(side: u32) -> Vec<u8> {
 #[tokio::test]
 async fn large_images_decode_within_the_pixel_budget_while_others_are_served() {
     const ATTACKERS: u32 = 4;
-    const PIXELS: u64 = 3000 * 3000;
-    let budget = PIXELS.to_string();
-    let server = Server::ready(&[
-        "--preprocess-threads",
-        &ATTACKERS.to_string(),
-        "--max-image-pixels",
-        &budget,
-        "--max-decoding-pixels",
-        &budget,
-    ])
-    .await;
-    let large = large_jpeg(3000);
-
-    let mut good = server.client().await;
-    slowest_of(&mut good, 1).await;
-    let idle = slowest_of(&mut good, 3).await;
-    let started = Instant::now();
-    good.classify(classify_request(large.clone(), labels()))
-        .await
-        .expect("a large image alone");
-    let alone = started.elapsed();
-    let rss_before = server.rss();
-
+    let budget = PixelBudget::start(ATTACKERS as usize).await;
     let stop = Arc::new(AtomicBool::new(false));
     let served = Arc::new(AtomicUsize::new(0));
-    let attacking = Arc::new(Notify::new());
     let mut attackers = Vec::new();
     for _ in 0..ATTACKERS {
-        let mut client = server.client().await;
-        let (large, stop, served, attacking) = (
-            large.clone(),
-            Arc::clone(&stop),
-            Arc::clone(&served),
-            Arc::clone(&attacking),
-        );
+        let mut client = budget.server.client().await;
+        let (large, stop, served) = (budget.large.clone(), Arc::clone(&stop), Arc::clone(&served));
         attackers.push(tokio::spawn(async move {
             while !stop.load(Ordering::Relaxed) {
                 client
@@ -359,37 +424,9 @@ async fn large_images_decode_within_the_pixel_budget_while_others_are_served() {
                     .await
                     .expect("a legal image is served, in its turn");
                 served.fetch_add(1, Ordering::Relaxed);
-                attacking.notify_one();
             }
         }));
     }
-    // What decodes at once, seen by the gauge every few milliseconds while the attack runs.
-    let sampler = Sampler::start(&server.metrics_addr, "siglip_decoding_pixels");
-    attacking.notified().await;
-    let attacked = slowest_of(&mut good, 5).await;
-    stop.store(true, Ordering::Relaxed);
-    for attacker in attackers {
-        attacker.await.expect("attacker");
-    }
-    let most_decoding = sampler.most().await;
-    let growth = server.rss().saturating_sub(rss_before);
-    eprintln!(
-        "pixel budget: idle {idle:?}, large image alone {alone:?}, well-behaved under attack \
-         {attacked:?}, at most {most_decoding} pixels decoding, rss growth {} MB",
-        growth >> 20
-    );
-
-    assert_eq!(
-        most_decoding, PIXELS as f64,
-        "pixels in decoding at most: one large image at a time"
-    );
-    let stated = bound(idle) + alone * ATTACKERS;
-    assert!(
-        attacked <= stated,
-        "well-behaved caller took {attacked:?} under attack (bound {stated:?}: idle {idle:?}, \
-         one large image alone {alone:?})"
-    );
-    assert!(growth < RSS_GROWTH_BOUND, "server grew by {growth} bytes");
+    budget.hold("Classify", ATTACKERS, &stop, attackers).await;
     assert!(served.load(Ordering::Relaxed) >= ATTACKERS as usize);
-    assert_eq!(server.metric("siglip_decoding_pixels").await, 0.0);
 }

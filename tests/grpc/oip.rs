@@ -1,7 +1,12 @@
 //! The Open Inference Protocol (`inference.GRPCInferenceService`) beside siglip.v1: ModelInfer
-//! equal to Classify, ModelStreamInfer in order with in-stream errors, and the stream limits it
-//! shares with siglip.v1 streams. tritonclient's view of it is `tests/python/test_oip.py`.
+//! equal to Classify, ModelStreamInfer in order with in-stream errors, the stream limits it
+//! shares with siglip.v1 streams, and the decode budget held against large images sent through
+//! it. tritonclient's view of it is `tests/python/test_oip.py`.
 
+use std::sync::{
+    atomic::{AtomicBool, AtomicUsize, Ordering},
+    Arc,
+};
 use std::time::{Duration, Instant};
 
 use siglip_serve::grpc::oip::{
@@ -14,6 +19,7 @@ use siglip_serve::grpc::oip::{
 use tokio_stream::StreamExt;
 use tonic::{transport::Channel, Code};
 
+use crate::abuse_decode::{large_jpeg, PixelBudget};
 use crate::common::{asset, server::Server};
 use crate::{assert_status, by_index, classify_request, labels, open_stream};
 
@@ -94,24 +100,41 @@ async fn model_infer_answers_what_classify_answers_and_is_counted_by_model() {
     assert_eq!(counted, 1.0);
 }
 
+/// With the server's text cache off, the labels a stream sent last are still embedded once.
 #[tokio::test]
 async fn an_inference_stream_answers_in_order_and_goes_on_after_a_bad_request() {
-    let server = Server::ready(&[]).await;
+    let server = Server::ready(&["--text-cache-size", "0"]).await;
+    let text_passes = async || {
+        server
+            .metric(r#"siglip_inference_duration_seconds_count{tower="text"}"#)
+            .await
+    };
+    let passes_before = text_passes().await;
     let cat = asset("chelsea_progressive.jpg");
-    let requests = vec![
-        zero_shot("tiny-zero-shot", "0", &[&cat]),
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let mut answers = oip(&server)
+        .await
+        .model_stream_infer(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .expect("ModelStreamInfer")
+        .into_inner();
+    // The first request is answered before the others are sent: they would otherwise run
+    // beside it, before its labels are remembered.
+    tx.send(zero_shot("tiny-zero-shot", "0", &[&cat]))
+        .await
+        .unwrap();
+    let mut responses = vec![answers.next().await.expect("answer 0")];
+    for request in [
         zero_shot("no-such-model", "1", &[&cat]),
         zero_shot("zero-shot", "2", &[b"not an image"]),
         zero_shot("zero-shot", "3", &[&cat]),
-    ];
-    let responses: Vec<_> = oip(&server)
-        .await
-        .model_stream_infer(tokio_stream::iter(requests))
-        .await
-        .expect("ModelStreamInfer")
-        .into_inner()
-        .collect()
-        .await;
+    ] {
+        tx.send(request).await.unwrap();
+    }
+    drop(tx);
+    while let Some(response) = answers.next().await {
+        responses.push(response);
+    }
     let responses: Vec<_> = responses
         .into_iter()
         .map(|r| r.expect("the stream does not end on a bad request"))
@@ -125,11 +148,15 @@ async fn an_inference_stream_answers_in_order_and_goes_on_after_a_bad_request() 
         .error_message
         .contains("Request for unknown model: 'no-such-model'"));
     assert!(responses[2].error_message.contains("not an image"));
+    assert!(responses[0].error_message.is_empty() && responses[3].error_message.is_empty());
     let first = floats(responses[0].infer_response.as_ref().unwrap(), "PROBABILITY");
     let last = floats(responses[3].infer_response.as_ref().unwrap(), "PROBABILITY");
-    assert!(responses[0].error_message.is_empty() && responses[3].error_message.is_empty());
-    // The labels embedded for the first request serve the last one: the same scores.
     assert_eq!(first, last);
+    assert_eq!(
+        text_passes().await - passes_before,
+        1.0,
+        "the stream's labels went through the text tower again"
+    );
 }
 
 #[tokio::test]
@@ -210,4 +237,104 @@ async fn a_silent_inference_stream_ends_with_deadline_exceeded() {
         "--first-message-timeout-seconds",
     );
     assert!(started.elapsed() < Duration::from_secs(30));
+}
+
+/// Large but legal images sent through ModelInfer, several per request from several callers:
+/// each image is charged its pixels against `--max-decoding-pixels` as siglip.v1's are, so one
+/// decodes at a time (four could, by the threads), memory stays bounded, and a Classify caller
+/// waits behind at most the large images queued before its own.
+#[tokio::test]
+async fn large_images_through_model_infer_decode_within_the_pixel_budget() {
+    const ATTACKERS: usize = 2;
+    const PER_REQUEST: usize = 2;
+    let budget = PixelBudget::start(4).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let served = Arc::new(AtomicUsize::new(0));
+    let mut attackers = Vec::new();
+    for _ in 0..ATTACKERS {
+        let mut client = oip(&budget.server).await;
+        let (large, stop, served) = (budget.large.clone(), Arc::clone(&stop), Arc::clone(&served));
+        attackers.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let images = vec![large.as_slice(); PER_REQUEST];
+                client
+                    .model_infer(zero_shot("zero-shot", "large", &images))
+                    .await
+                    .expect("legal images are served, in their turn");
+                served.fetch_add(1, Ordering::Relaxed);
+            }
+        }));
+    }
+    let queued = (ATTACKERS * PER_REQUEST) as u32;
+    budget.hold("ModelInfer", queued, &stop, attackers).await;
+    assert!(served.load(Ordering::Relaxed) >= ATTACKERS);
+}
+
+/// A client that goes away with requests running frees its stream slot and everything its
+/// requests held: the requests are dropped, not left to finish for nobody. Of its 16 large
+/// images (seconds of decoding), only those already decoding when it left are decoded: at most
+/// one per preprocessing thread, and as many again for those that finish while the server
+/// notices.
+#[tokio::test]
+async fn a_client_that_leaves_an_inference_stream_frees_its_slot_and_budgets() {
+    const THREADS: f64 = 2.0;
+    let server = Server::ready(&[
+        "--max-streams",
+        "1",
+        "--stream-pipeline",
+        "4",
+        "--preprocess-threads",
+        "2",
+    ])
+    .await;
+    let large = large_jpeg(3000);
+    let preprocessed = async || {
+        server
+            .metric("siglip_preprocess_duration_seconds_count")
+            .await
+    };
+    let (tx, rx) = tokio::sync::mpsc::channel(8);
+    let mut client = oip(&server).await;
+    let answers = client
+        .model_stream_infer(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .expect("open")
+        .into_inner();
+    for i in 0..4 {
+        let images = vec![large.as_slice(); 4];
+        tx.send(zero_shot("zero-shot", &i.to_string(), &images))
+            .await
+            .unwrap();
+    }
+    crate::common::wait_until("every request of the stream read", async || {
+        server.metric("siglip_pending_images").await == 16.0
+    })
+    .await;
+    let at_departure = preprocessed().await;
+    drop((tx, answers, client));
+    crate::common::wait_until("the stream's images dropped", async || {
+        server.metric("siglip_pending_images").await == 0.0
+    })
+    .await;
+
+    // The slot is free: a new stream is served.
+    let mut again = oip(&server)
+        .await
+        .model_stream_infer(tokio_stream::iter(vec![zero_shot(
+            "zero-shot",
+            "again",
+            &[&asset("chelsea_progressive.jpg")],
+        )]))
+        .await
+        .expect("open again")
+        .into_inner();
+    let answered = again.next().await.expect("an answer").expect("served");
+    assert!(answered.error_message.is_empty(), "{answered:?}");
+    // Its own image, and whatever was decoding, have been decoded by now.
+    let after = preprocessed().await - 1.0 - at_departure;
+    assert!(
+        after <= 2.0 * THREADS,
+        "{after} of the departed stream's images were decoded after it left ({at_departure} \
+         before)"
+    );
 }

@@ -6,10 +6,11 @@ use std::sync::{
     Arc, OnceLock,
 };
 
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tonic::Status;
 
 use super::{chunks::Budget, timeouts::ClientTimeouts, CallLimits};
+use crate::error::Error;
 use crate::repository::{Repository, Served};
 
 pub(in crate::grpc) struct Lifecycle {
@@ -17,7 +18,7 @@ pub(in crate::grpc) struct Lifecycle {
     shutting_down: AtomicBool,
     shutdown: watch::Sender<bool>,
     pub(in crate::grpc) limits: CallLimits,
-    pub(in crate::grpc) streams: Arc<Semaphore>,
+    streams: Arc<Semaphore>,
     /// Bytes of unfinished images, over all calls (`--max-reassembly-bytes`).
     pub(super) reassembly: Arc<Budget>,
 }
@@ -68,6 +69,17 @@ impl Lifecycle {
             .get()
             .map(|models| models.label(name))
             .unwrap_or_default()
+    }
+
+    /// A slot for a bidirectional call of either API (`--max-streams`), or why there is none.
+    pub(in crate::grpc) fn open_stream(&self) -> Result<OwnedSemaphorePermit, Status> {
+        self.models()?;
+        Arc::clone(&self.streams).try_acquire_owned().map_err(|_| {
+            Status::from(Error::ResourceExhausted(format!(
+                "too many open streams (limit {}, --max-streams): retry later or on another replica",
+                self.limits.max_streams
+            )))
+        })
     }
 
     pub(in crate::grpc) fn models(&self) -> Result<&Arc<Repository>, Status> {

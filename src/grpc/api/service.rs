@@ -8,7 +8,6 @@ use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::{convert, lifecycle::Lifecycle, models, pb, stream, upload};
-use crate::error::Error;
 use crate::grpc::calls::{observed, record, CallModel};
 use crate::infer::Timings;
 use crate::model::scores::Embeddings;
@@ -128,13 +127,7 @@ impl SiglipService {
         &self,
         request: Request<Streaming<pb::StreamRequest>>,
     ) -> Result<Response<ResponseStream>, Status> {
-        self.lifecycle.models()?;
-        let permit = Arc::clone(&self.lifecycle.streams).try_acquire_owned().map_err(|_| {
-            Status::from(Error::ResourceExhausted(format!(
-                "too many open streams (limit {}, --max-streams): retry later or on another replica",
-                self.lifecycle.limits.max_streams
-            )))
-        })?;
+        let permit = self.lifecycle.open_stream()?;
         let output = stream::run(Arc::clone(&self.lifecycle), request.into_inner(), permit);
         Ok(Response::new(Box::pin(output)))
     }

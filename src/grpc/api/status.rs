@@ -66,12 +66,15 @@ fn is_undecodable(code: Code, message: &str) -> bool {
 
 fn undecodable(original: &str) -> String {
     format!(
-        "{original}: the request is not a valid siglip.v1 message (strings must be UTF-8); fix the client's message"
+        "{original}: the request is not a valid message of this API (strings must be UTF-8); fix the client's message"
     )
 }
 
 pub fn message_too_large(original: &str, limit: usize) -> String {
-    format!("{original} (--max-message-bytes {limit}); send large images with Upload, in chunks")
+    format!(
+        "{original} (--max-message-bytes {limit}); send large images with siglip.v1's Upload, in \
+         chunks"
+    )
 }
 
 /// [`remap_incoming`] for unary calls, where tonic answers before our handler runs: rewrites

@@ -18,10 +18,11 @@ pub(in crate::grpc) struct ClientTimeouts {
 }
 
 impl ClientTimeouts {
-    /// `receive` (the first message of a `protocol` call), or DEADLINE_EXCEEDED.
+    /// `receive` (the first message of a `protocol` call, `what`), or DEADLINE_EXCEEDED.
     pub(in crate::grpc) async fn first<T>(
         &self,
         protocol: &str,
+        what: &str,
         receive: impl Future<Output = Result<T, Status>>,
     ) -> Result<T, Status> {
         tokio::time::timeout(self.first_message, receive)
@@ -29,13 +30,8 @@ impl ClientTimeouts {
             .map_err(|_| {
                 Status::deadline_exceeded(format!(
                     "{protocol}: no first message within {}s (--first-message-timeout-seconds): \
-                     send the {} as soon as the call opens",
+                     send the {what} as soon as the call opens",
                     self.first_message.as_secs_f64(),
-                    match protocol {
-                        "Upload" => "UploadHeader",
-                        "ModelStreamInfer" => "first ModelInferRequest",
-                        _ => "StreamConfig",
-                    }
                 ))
             })?
     }

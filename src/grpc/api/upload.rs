@@ -70,7 +70,9 @@ async fn receive(
     let chunk_error = |e: ChunkError| Status::from(e.into_error(PROTOCOL));
     let timeouts = lifecycle.timeouts();
     let mut header = match timeouts
-        .first(PROTOCOL, async { next(messages.next().await) })
+        .first(PROTOCOL, "UploadHeader", async {
+            next(messages.next().await)
+        })
         .await?
     {
         Some(Msg::Header(h)) => h,

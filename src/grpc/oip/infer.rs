@@ -8,7 +8,7 @@
 //! so that the tensor stays rectangular).
 
 use std::{
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, Weak},
     time::Instant,
 };
 
@@ -18,7 +18,7 @@ use super::tensors::{self, Expected, Parameters, BYTES, FP32};
 use crate::error::{Error, Result};
 use crate::infer::{Flow, ImageInput, Infer, Labels, Limits};
 use crate::model::image::RawFormat;
-use crate::model::scores::{select, Score, ScoreFilter};
+use crate::model::scores::{sigmoid, ScoreFilter};
 use crate::repository::Served;
 
 /// The parameters each kind takes.
@@ -31,31 +31,36 @@ const ZERO_SHOT_PARAMETERS: [&str; 5] = [
 ];
 const IMAGE_PARAMETERS: [&str; 3] = ["image_format", "image_width", "image_height"];
 
-/// The label set a stream embedded last, for the version that embedded it: a stream that sends
-/// the same texts with every request embeds them once.
+/// The label set a stream embedded last, and the model version that embedded it: a stream that
+/// sends the same texts with every request embeds them once (with or without the server's text
+/// cache). The version is held weakly: a stream must not keep a swapped-out version's weights
+/// in memory (a weak reference also keeps its address from being reused by another).
 #[derive(Default)]
-pub(super) struct LastLabels(Mutex<Option<(Arc<Served>, Arc<Labels>)>>);
+pub(super) struct LastLabels(Mutex<Option<(Weak<Served>, Arc<Labels>)>>);
 
 impl LastLabels {
     fn get(&self, served: &Arc<Served>, texts: &[String]) -> Option<Arc<Labels>> {
         let last = self.0.lock().unwrap_or_else(|e| e.into_inner());
         last.as_ref()
-            .filter(|(by, labels)| Arc::ptr_eq(by, served) && labels.texts == texts)
+            .filter(|(by, labels)| by.as_ptr() == Arc::as_ptr(served) && labels.texts == texts)
             .map(|(_, labels)| Arc::clone(labels))
     }
 
     fn put(&self, served: &Arc<Served>, labels: &Arc<Labels>) {
         *self.0.lock().unwrap_or_else(|e| e.into_inner()) =
-            Some((Arc::clone(served), Arc::clone(labels)));
+            Some((Arc::downgrade(served), Arc::clone(labels)));
     }
 }
 
-/// How a request runs: as part of which flow (a stream's, or its own), until when, and with
-/// which label set remembered.
+/// How a request runs: as part of which flow (a stream's, or its own), until when, with which
+/// label set remembered, and how large its answer may be.
 pub(super) struct Context<'a> {
     pub(super) flow: Flow,
     pub(super) deadline: Option<Instant>,
     pub(super) last_labels: Option<&'a LastLabels>,
+    /// `--max-message-bytes`: a classification answer (labels as text, per image) is held to it,
+    /// as requests are.
+    pub(super) max_answer_bytes: usize,
 }
 
 /// One output asked for, and how.
@@ -147,16 +152,20 @@ pub(super) async fn infer(
         images,
         texts,
     } = check(&mut request, kind, infer.limits())?;
+    check_answer_size(&requested, images.len(), &texts, context.max_answer_bytes)?;
     let outputs: Vec<(InferOutputTensor, Vec<u8>)> = match kind {
         Kind::ZeroShot => {
             let (labels, (embeddings, _)) = tokio::try_join!(
                 labels(&served, texts, &context),
                 infer.embed_images_in(images, context.flow, context.deadline),
             )?;
-            let rows = infer.score_rows(&embeddings, &labels);
+            let scores = Scores {
+                logits: infer.logits(&embeddings, &labels),
+                labels: &labels.texts,
+            };
             requested
                 .iter()
-                .map(|r| scores_output(r, &rows, filter))
+                .map(|r| scores_output(r, &scores, filter))
                 .collect()
         }
         Kind::ImageEmbedding => {
@@ -316,46 +325,83 @@ fn output(name: &str, datatype: &str, shape: Vec<i64>) -> InferOutputTensor {
     }
 }
 
-/// PROBABILITY or LOGIT of every image against every label (`rows`: one per image, in label
-/// order), as FP32 images × texts, or with a class count as each image's best labels.
+/// The zero-shot model's answer before it is written: every image's logit for every label.
+struct Scores<'a> {
+    /// Images × labels, row-major, in label order.
+    logits: Vec<f32>,
+    labels: &'a [String],
+}
+
+impl Scores<'_> {
+    fn rows(&self) -> impl Iterator<Item = &[f32]> {
+        self.logits.chunks(self.labels.len().max(1))
+    }
+}
+
+/// Refuses a request whose classification outputs could be larger than a request may be: a
+/// few bytes of images and labels reused from the cache must not buy an answer of many
+/// megabytes (each of k entries per image carries its label).
+fn check_answer_size(
+    requested: &[Requested],
+    images: usize,
+    texts: &[String],
+    max: usize,
+) -> Result<()> {
+    let longest = texts.iter().map(String::len).max().unwrap_or(0);
+    // A value, an index and two colons fit in 64 bytes; 4 more frame each entry.
+    let entry = longest + 64 + 4;
+    let bytes: usize = requested
+        .iter()
+        .map(|r| images * r.class_count.min(texts.len()) * entry)
+        .sum();
+    if bytes > max {
+        return Err(Error::InvalidArgument(format!(
+            "the classification outputs could take {bytes} bytes ({images} images × class_count \
+             entries of up to {entry} bytes), over --max-message-bytes ({max}): ask for a \
+             smaller class_count, or send fewer images or shorter labels per request"
+        )));
+    }
+    Ok(())
+}
+
+/// PROBABILITY or LOGIT of every image against every label, as FP32 images × texts, or with a
+/// class count as each image's best labels.
 fn scores_output(
     requested: &Requested,
-    rows: &[Vec<Score>],
+    scores: &Scores,
     filter: ScoreFilter,
 ) -> (InferOutputTensor, Vec<u8>) {
-    let value = |s: &Score| match requested.name {
-        LOGIT => s.logit,
-        _ => s.probability,
+    let value = |logit: f32| match requested.name {
+        LOGIT => logit,
+        _ => sigmoid(logit),
     };
-    let labels = rows.first().map_or(0, Vec::len);
+    let images = scores.rows().count() as i64;
+    let labels = scores.labels.len();
     if requested.class_count == 0 {
-        let shape = vec![rows.len() as i64, labels as i64];
-        let data = tensors::fp32_bytes(rows.iter().flatten().map(value));
+        let shape = vec![images, labels as i64];
+        let data = tensors::fp32_bytes(scores.logits.iter().map(|&l| value(l)));
         return (output(requested.name, FP32, shape), data);
     }
     let mut k = requested.class_count.min(labels);
     if filter.top_k > 0 {
         k = k.min(filter.top_k);
     }
-    let mut elements: Vec<Vec<u8>> = Vec::with_capacity(rows.len() * k);
-    for row in rows {
-        // Best first; the threshold is the probability's, whichever output this is.
-        let best = select(
-            row.clone(),
-            ScoreFilter {
-                threshold: 0.0,
-                top_k: k,
-            },
-        );
+    let mut elements: Vec<Vec<u8>> = Vec::new();
+    for row in scores.rows() {
+        // Best first (ties in label order); the threshold is the probability's, whichever
+        // output this is.
+        let mut best: Vec<usize> = (0..row.len()).collect();
+        best.sort_by(|&a, &b| row[b].total_cmp(&row[a]));
         elements.extend(
-            best.iter()
-                .map(|s| match s.probability >= filter.threshold {
-                    true => format!("{}:{}:{}", value(s), s.index, s.label).into_bytes(),
+            best[..k]
+                .iter()
+                .map(|&i| match sigmoid(row[i]) >= filter.threshold {
+                    true => format!("{}:{}:{}", value(row[i]), i, scores.labels[i]).into_bytes(),
                     false => Vec::new(),
                 }),
         );
     }
-    let shape = vec![rows.len() as i64, k as i64];
+    let shape = vec![images, k as i64];
     let data = tensors::join_bytes(elements.iter().map(Vec::as_slice));
     (output(requested.name, BYTES, shape), data)
 }
@@ -365,51 +411,93 @@ mod tests {
     use super::*;
     use crate::grpc::oip::models::PROBABILITY;
 
-    fn score(index: usize, probability: f32) -> Score {
-        Score {
-            label: format!("label {index}"),
-            index,
-            probability,
-            logit: probability * 10.0,
-        }
+    fn labels(n: usize) -> Vec<String> {
+        (0..n).map(|i| format!("label {i}")).collect()
     }
 
     #[test]
     fn classification_gives_the_best_labels_as_value_index_label() {
-        let rows = vec![vec![score(0, 0.2), score(1, 0.9), score(2, 0.5)]];
+        let texts = labels(3);
+        let logit = |p: f32| (p / (1.0 - p)).ln();
+        let scores = Scores {
+            logits: vec![logit(0.2), logit(0.9), logit(0.5)],
+            labels: &texts,
+        };
         let asked = Requested {
             name: PROBABILITY,
             class_count: 2,
         };
-        let (tensor, data) = scores_output(&asked, &rows, ScoreFilter::default());
+        let (tensor, data) = scores_output(&asked, &scores, ScoreFilter::default());
         assert_eq!(tensor.datatype, BYTES);
         assert_eq!(tensor.shape, vec![1, 2]);
         let elements = tensors::split_bytes(&data, 2).unwrap();
-        assert_eq!(elements, [&b"0.9:1:label 1"[..], &b"0.5:2:label 2"[..]]);
+        let parsed: Vec<(f32, &str)> = elements
+            .iter()
+            .map(|e| {
+                let e = std::str::from_utf8(e).unwrap();
+                let (value, rest) = e.split_once(':').unwrap();
+                (value.parse().unwrap(), rest)
+            })
+            .collect();
+        assert!((parsed[0].0 - 0.9).abs() < 1e-6 && parsed[0].1 == "1:label 1");
+        assert!((parsed[1].0 - 0.5).abs() < 1e-6 && parsed[1].1 == "2:label 2");
         // top_k caps the count, and a label under the threshold is empty.
         let filter = ScoreFilter::new(0.6, 5).unwrap();
         let asked = Requested {
             name: LOGIT,
             class_count: 3,
         };
-        let (tensor, data) = scores_output(&asked, &rows, filter);
+        let (tensor, data) = scores_output(&asked, &scores, filter);
         assert_eq!(tensor.shape, vec![1, 3]);
         let elements = tensors::split_bytes(&data, 3).unwrap();
-        assert_eq!(elements, [&b"9:1:label 1"[..], &b""[..], &b""[..]]);
+        assert_eq!(
+            elements,
+            [format!("{}:1:label 1", logit(0.9)).as_bytes(), b"", b""]
+        );
     }
 
     #[test]
     fn plain_scores_are_images_by_texts_in_label_order() {
-        let rows = vec![
-            vec![score(0, 0.25), score(1, 0.5)],
-            vec![score(0, 0.75), score(1, 1.0)],
-        ];
-        let asked = Requested {
-            name: PROBABILITY,
+        let texts = labels(2);
+        let scores = Scores {
+            logits: vec![0.0, 1.0, -1.0, 2.0],
+            labels: &texts,
+        };
+        let asked = |name| Requested {
+            name,
             class_count: 0,
         };
-        let (tensor, data) = scores_output(&asked, &rows, ScoreFilter::default());
+        let (tensor, data) = scores_output(&asked(LOGIT), &scores, ScoreFilter::default());
         assert_eq!((tensor.datatype.as_str(), tensor.shape), (FP32, vec![2, 2]));
-        assert_eq!(data, tensors::fp32_bytes([0.25, 0.5, 0.75, 1.0]));
+        assert_eq!(data, tensors::fp32_bytes([0.0, 1.0, -1.0, 2.0]));
+        let (_, data) = scores_output(&asked(PROBABILITY), &scores, ScoreFilter::default());
+        assert_eq!(
+            data,
+            tensors::fp32_bytes([0.0, 1.0, -1.0, 2.0].map(sigmoid))
+        );
+    }
+
+    #[test]
+    fn a_classification_answer_larger_than_a_request_may_be_is_refused() {
+        let texts: Vec<String> = (0..256).map(|i| format!("{i:02048}")).collect();
+        let all = [Requested {
+            name: PROBABILITY,
+            class_count: 256,
+        }];
+        let refused = check_answer_size(&all, 64, &texts, 4 << 20).unwrap_err();
+        assert!(
+            refused.to_string().contains("--max-message-bytes"),
+            "{refused}"
+        );
+        let few = [Requested {
+            name: PROBABILITY,
+            class_count: 3,
+        }];
+        assert!(check_answer_size(&few, 64, &texts, 4 << 20).is_ok());
+        let plain = [Requested {
+            name: PROBABILITY,
+            class_count: 0,
+        }];
+        assert!(check_answer_size(&plain, 64, &texts, 4 << 20).is_ok());
     }
 }

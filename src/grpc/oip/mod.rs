@@ -27,7 +27,6 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::api::{convert, Lifecycle};
 use super::calls::{observed, record, CallModel};
-use crate::error::Error;
 use crate::infer::Flow;
 use infer::Context;
 
@@ -159,6 +158,7 @@ impl pb::grpc_inference_service_server::GrpcInferenceService for InferenceServic
                 flow: Flow::new(),
                 deadline,
                 last_labels: None,
+                max_answer_bytes: self.lifecycle.limits.max_message_bytes,
             };
             let work = infer::infer(served, kind, request, context);
             convert::with_deadline(deadline, work)
@@ -176,18 +176,7 @@ impl pb::grpc_inference_service_server::GrpcInferenceService for InferenceServic
         request: Request<Streaming<pb::ModelInferRequest>>,
     ) -> Result<Response<Self::ModelStreamInferStream>, Status> {
         let started = Instant::now();
-        let opened = self.lifecycle.models().and_then(|_| {
-            Arc::clone(&self.lifecycle.streams)
-                .try_acquire_owned()
-                .map_err(|_| {
-                    Status::from(Error::ResourceExhausted(format!(
-                        "too many open streams (limit {}, --max-streams): retry later or on \
-                         another replica",
-                        self.lifecycle.limits.max_streams
-                    )))
-                })
-        });
-        match opened {
+        match self.lifecycle.open_stream() {
             Ok(permit) => {
                 let output = stream::run(Arc::clone(&self.lifecycle), request.into_inner(), permit);
                 Ok(Response::new(Box::pin(output)))

@@ -102,16 +102,30 @@ pub(super) fn resolve(
         ))
     };
     let (model, kind) = parse(name).ok_or_else(unknown)?;
-    let served = match lifecycle.model(model) {
-        Err(status) if status.code() == tonic::Code::NotFound => return Err(unknown()),
-        other => other?,
-    };
+    // Whether the model exists first (the label is empty for a name the repository does not
+    // have, and for a bare name on a server with no default model), then the version, then
+    // whether it serves: Triton's order.
+    if lifecycle.label(model).is_empty() {
+        return Err(match model {
+            "" => Status::invalid_argument(format!(
+                "Request for unknown model: '{name}' is not found (this server has several \
+                 models and no --default-model: name one, as <model>-{})",
+                kind.suffix()
+            )),
+            _ => unknown(),
+        });
+    }
     if !version.is_empty() && version != VERSION {
         return Err(Status::not_found(format!(
             "Request for unknown model: '{name}' version {version} is not found (each model has \
              one version, {VERSION}: the one serving now)"
         )));
     }
+    let served = match lifecycle.model(model) {
+        // Removed since the label was read.
+        Err(status) if status.code() == tonic::Code::NotFound => return Err(unknown()),
+        other => other?,
+    };
     Ok((served, kind))
 }
 

@@ -1,19 +1,26 @@
 //! ModelStreamInfer: requests in, one response each, in order.
 //!
-//! Up to `--stream-pipeline` requests run at once (a full pipeline stops the reading, so the
-//! client feels backpressure). A request that fails is answered in `error_message`, with its id,
-//! and the stream goes on, as Triton does; the stream itself ends only as a siglip.v1 stream
-//! does: at its maximum lifetime or at shutdown (UNAVAILABLE, after the requests already read
-//! are answered), for a client that goes silent or stops reading (DEADLINE_EXCEEDED), or for a
-//! message that cannot be read. It takes a stream slot (`--max-streams`) and is one flow of the
-//! fair queue, and the label set it sent last is embedded once.
+//! Up to `--stream-pipeline` requests run at once, each on a task of its own, so that it
+//! finishes (and frees what it holds of the server's budgets) whether or not the client reads;
+//! a full pipeline stops the reading, so the client feels backpressure. A request that fails is
+//! answered in `error_message`, with its id, and the stream goes on, as Triton does. The stream
+//! itself ends as a siglip.v1 stream does: at its maximum lifetime or at shutdown (UNAVAILABLE,
+//! after the requests already read are answered), for a client that goes silent or stops
+//! reading (DEADLINE_EXCEEDED; then the requests running are dropped), or for a message that
+//! cannot be read. It takes a stream slot (`--max-streams`) and is one flow of the fair queue,
+//! and the label set it sent last is embedded once.
 
-use std::{sync::Arc, time::Duration, time::Instant};
+use std::{
+    future::Future,
+    pin::Pin,
+    sync::Arc,
+    task::{Context as TaskContext, Poll},
+    time::Instant,
+};
 
-use ::metrics::gauge;
 use futures_util::stream::{FuturesOrdered, StreamExt as _};
-use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit};
-use tokio_stream::{wrappers::ReceiverStream, Stream};
+use tokio::{sync::OwnedSemaphorePermit, task::JoinHandle};
+use tokio_stream::Stream;
 use tonic::{Status, Streaming};
 
 use super::infer::{Context, LastLabels};
@@ -24,50 +31,28 @@ use crate::grpc::api::{
     stream::{
         lifetime_over,
         outbox::{Outbox, Output},
-        shutting_down, sleep_until,
+        shutting_down, sleep_until, spawn,
     },
     Lifecycle,
 };
-use crate::grpc::calls::{client_gone, record, record_ok, CallModel};
+use crate::grpc::calls::{client_gone, CallModel};
 use crate::infer::Flow;
-use crate::metrics;
 
 type Response = pb::ModelStreamInferResponse;
 
-/// Starts the stream's task; the returned stream yields its responses, then the status it ended
-/// with. Everything the stream holds is freed when it ends or the client goes away.
+/// Starts the stream; the returned stream yields its responses, then the status it ended with.
 pub(super) fn run(
     lifecycle: Arc<Lifecycle>,
     input: Streaming<pb::ModelInferRequest>,
     permit: OwnedSemaphorePermit,
 ) -> impl Stream<Item = Output<Response>> {
-    let limits = &lifecycle.limits;
-    let (tx, rx) = mpsc::channel(limits.stream_pipeline.max(1));
-    let ends_at = (limits.max_stream_seconds > 0)
-        .then(|| tokio::time::Instant::now() + Duration::from_secs(limits.max_stream_seconds));
-    let out = Outbox::new(tx, limits.idle_timeout, ends_at);
-    let (last, last_rx) = oneshot::channel::<Status>();
-    tokio::spawn(async move {
-        let started = Instant::now();
-        gauge!(metrics::ACTIVE_STREAMS).increment(1.0);
-        let model = CallModel::default();
-        let result = drive(&lifecycle, &model, input, out.clone(), ends_at).await;
-        gauge!(metrics::ACTIVE_STREAMS).decrement(1.0);
-        match &result {
-            Ok(()) => record_ok(METHOD_STREAM, model.get(), started),
-            Err(status) => record(METHOD_STREAM, model.get(), status, started),
-        }
-        // As in siglip.v1 streams: the slot is free before the client hears the stream is over.
-        drop(permit);
-        if let Err(status) = result {
-            let _ = last.send(status);
-        }
-        drop(out);
-    });
-    let last = futures_util::StreamExt::filter_map(futures_util::stream::once(last_rx), |r| {
-        std::future::ready(r.ok().map(Err))
-    });
-    futures_util::StreamExt::chain(ReceiverStream::new(rx), last)
+    let limits = lifecycle.limits.clone();
+    spawn(
+        &limits,
+        METHOD_STREAM,
+        permit,
+        move |model, out, ends_at| async move { drive(&lifecycle, &model, input, out, ends_at).await },
+    )
 }
 
 /// What the stream's loop waits for.
@@ -106,18 +91,23 @@ async fn drive(
                 }
             };
             match first {
-                true => timeouts.first(METHOD_STREAM, next).await,
+                true => {
+                    timeouts
+                        .first(METHOD_STREAM, "first ModelInferRequest", next)
+                        .await
+                }
                 false => timeouts.next(METHOD_STREAM, next).await,
             }
         };
         let event = tokio::select! {
-            // Answers first, in order: a finished request's response is not held back by reading.
-            Some(response) = running.next(), if !running.is_empty() => Event::Answered(response),
-            message = reading, if running.len() < pipeline => Event::Read(message),
+            // The end first; then answers, in order, before more reading.
+            biased;
             _ = sleep_until(ends_at) => Event::End(lifetime_over(limits)),
             _ = shutdown.wait_for(|down| *down) => Event::End(shutting_down()),
             stalled = out.stalled() => Event::End(stalled),
             _ = out.closed() => Event::End(client_gone()),
+            Some(response) = running.next(), if !running.is_empty() => Event::Answered(response),
+            message = reading, if running.len() < pipeline => Event::Read(message),
         };
         match event {
             Event::Answered(response) => {
@@ -132,25 +122,63 @@ async fn drive(
                     model.set(models::label(lifecycle, &request.model_name));
                     first = false;
                 }
-                running.push_back(answer(
+                let (id, name) = (request.id.clone(), request.model_name.clone());
+                let work = answer(
                     Arc::clone(lifecycle),
                     request,
                     flow,
                     Arc::clone(&last_labels),
-                ));
+                );
+                running.push_back(Running {
+                    task: tokio::spawn(work),
+                    id,
+                    name,
+                });
             }
         }
     };
-    // The requests already read are answered before the stream ends (each send still has an
-    // end, and a stalled or departed client ends it at once).
-    while let Some(response) = running.next().await {
-        if out.stall().is_some() || !out.send(response).await {
+    // A client that is gone or does not read gets nothing more: the requests running are
+    // dropped with `running`. Otherwise those already read are answered before the stream ends
+    // (each send still has an end).
+    let listening = out.stall().is_none() && !out.is_closed();
+    while let Some(response) = running.next().await.filter(|_| listening) {
+        if !out.send(response).await {
             break;
         }
     }
     match ending {
         Some(status) => Err(status),
         None => Ok(()),
+    }
+}
+
+/// A request running on its own task, aborted when dropped (the stream ended without it).
+struct Running {
+    task: JoinHandle<Response>,
+    /// The request's id and model name, for an answer if its task fails.
+    id: String,
+    name: String,
+}
+
+impl Future for Running {
+    type Output = Response;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Response> {
+        let joined = std::task::ready!(Pin::new(&mut self.task).poll(cx));
+        Poll::Ready(joined.unwrap_or_else(|e| {
+            tracing::error!(id = self.id, "an inference stream's request failed: {e}");
+            failed(
+                &self.id,
+                &self.name,
+                "internal error: the request failed".into(),
+            )
+        }))
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.task.abort();
     }
 }
 
@@ -173,6 +201,7 @@ async fn answer(
             flow,
             deadline,
             last_labels: Some(&last_labels),
+            max_answer_bytes: lifecycle.limits.max_message_bytes,
         };
         super::infer::infer(served, kind, request, context)
             .await
@@ -183,14 +212,19 @@ async fn answer(
             error_message: String::new(),
             infer_response: Some(response),
         },
-        Err(status) => Response {
-            error_message: status.message().to_string(),
-            infer_response: Some(pb::ModelInferResponse {
-                model_name: name,
-                model_version: models::VERSION.into(),
-                id,
-                ..Default::default()
-            }),
-        },
+        Err(status) => failed(&id, &name, status.message().to_string()),
+    }
+}
+
+/// The answer to a request that failed: its error, with its id and model name.
+fn failed(id: &str, name: &str, error_message: String) -> Response {
+    Response {
+        error_message,
+        infer_response: Some(pb::ModelInferResponse {
+            model_name: name.into(),
+            model_version: models::VERSION.into(),
+            id: id.into(),
+            ..Default::default()
+        }),
     }
 }

@@ -166,6 +166,15 @@ pub fn bytes_inputs(
 
 /// The number of elements `input`'s shape declares, within the model's limit.
 fn element_count(input: &InferInputTensor, want: &Expected) -> Result<usize> {
+    // tritonclient sets an input's parameters only for shared memory, which this server does
+    // not have: say so, rather than that the data is missing.
+    if let Some(key) = input.parameters.keys().find(|k| !k.starts_with("triton_")) {
+        return Err(invalid(format!(
+            "input {:?}: parameter {key:?} is not supported (shared memory is not: send the \
+             data in the request)",
+            input.name
+        )));
+    }
     if input.datatype != BYTES {
         return Err(invalid(format!(
             "input {:?} has datatype {:?}: this model takes BYTES (encoded images, or texts as UTF-8)",
@@ -200,26 +209,23 @@ fn element_count(input: &InferInputTensor, want: &Expected) -> Result<usize> {
 
 /// A typed-contents input: BYTES elements are `bytes_contents`, one per element.
 fn listed(input: &mut InferInputTensor, count: usize) -> Result<Vec<Vec<u8>>> {
-    let contents = input.contents.take().unwrap_or_default();
-    let typed = InferTensorContents {
-        bytes_contents: Vec::new(),
-        ..contents.clone()
-    };
+    let mut typed = input.contents.take().unwrap_or_default();
+    let bytes_contents = std::mem::take(&mut typed.bytes_contents);
     if has_contents(Some(&typed)) {
         return Err(invalid(format!(
             "input {:?}: a BYTES tensor's contents go in bytes_contents",
             input.name
         )));
     }
-    if contents.bytes_contents.len() != count {
+    if bytes_contents.len() != count {
         return Err(invalid(format!(
             "input {:?}: the shape says {count} elements, bytes_contents has {} (or send \
              raw_input_contents)",
             input.name,
-            contents.bytes_contents.len()
+            bytes_contents.len()
         )));
     }
-    Ok(contents.bytes_contents)
+    Ok(bytes_contents)
 }
 
 fn has_contents(contents: Option<&InferTensorContents>) -> bool {
@@ -281,7 +287,7 @@ impl<'a> Parameters<'a> {
         Ok(Self { params })
     }
 
-    fn get(&self, name: &str) -> Option<&ParameterChoice> {
+    fn get(&self, name: &str) -> Option<&'a ParameterChoice> {
         self.params.get(name)?.parameter_choice.as_ref()
     }
 

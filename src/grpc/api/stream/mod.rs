@@ -50,29 +50,51 @@ pub(super) fn run(
     input: Streaming<pb::StreamRequest>,
     permit: OwnedSemaphorePermit,
 ) -> impl Stream<Item = Output<pb::StreamResponse>> {
-    let limits = &lifecycle.limits;
-    let pipeline = limits.stream_pipeline.max(1);
-    let (tx, rx) = mpsc::channel(pipeline);
+    let limits = lifecycle.limits.clone();
+    spawn(
+        &limits,
+        PROTOCOL,
+        permit,
+        move |model, out, ends_at| async move { drive(&lifecycle, &model, input, out, ends_at).await },
+    )
+}
+
+/// Runs a bidirectional call of either API on a task of its own: `drive` reads the client's
+/// messages and sends its answers through the [`Outbox`] until the call's lifetime
+/// (`--max-stream-seconds`) ends; it notes the call's model for the metrics. The call is counted
+/// under `method` when it ends, and `permit` (its `--max-streams` slot) is freed before the
+/// client hears that it is over, so that a client that reconnects on that news finds it free.
+/// The returned stream yields the answers, then the status the call ended with.
+pub(in crate::grpc) fn spawn<T, F, Fut>(
+    limits: &CallLimits,
+    method: &'static str,
+    permit: OwnedSemaphorePermit,
+    drive: F,
+) -> impl Stream<Item = Output<T>>
+where
+    T: Send + 'static,
+    F: FnOnce(Arc<CallModel>, Outbox<T>, Option<tokio::time::Instant>) -> Fut + Send + 'static,
+    Fut: Future<Output = Result<(), Status>> + Send + 'static,
+{
+    let (tx, rx) = mpsc::channel(limits.stream_pipeline.max(1));
     let lifetime =
         (limits.max_stream_seconds > 0).then(|| Duration::from_secs(limits.max_stream_seconds));
     let ends_at = lifetime.map(|d| tokio::time::Instant::now() + d);
     let out = Outbox::new(tx, limits.idle_timeout, ends_at);
     // The final status comes after the results, but needs no room among them: a client that
-    // does not read must not keep the stream's task (and slot) waiting to tell it so.
+    // does not read must not keep the call's task (and slot) waiting to tell it so.
     let (last, last_rx) = oneshot::channel::<Status>();
     tokio::spawn(async move {
         let started = Instant::now();
         gauge!(metrics::ACTIVE_STREAMS).increment(1.0);
-        let model = CallModel::default();
-        let result = drive(&lifecycle, &model, input, out.clone(), ends_at).await;
+        let model = Arc::new(CallModel::default());
+        let result = drive(Arc::clone(&model), out.clone(), ends_at).await;
         gauge!(metrics::ACTIVE_STREAMS).decrement(1.0);
         match &result {
-            Ok(()) => record_ok("Stream", model.get(), started),
-            Err(status) => record("Stream", model.get(), status, started),
+            Ok(()) => record_ok(method, model.get(), started),
+            Err(status) => record(method, model.get(), status, started),
         }
-        // The slot is freed before the client can hear that the stream is over (the end of the
-        // response needs both `last` and `out` gone), so that a client that reconnects on that
-        // news finds it free.
+        // The end of the response needs both `last` and `out` gone.
         drop(permit);
         if let Err(status) = result {
             let _ = last.send(status);
@@ -97,7 +119,7 @@ async fn drive(
     let timeouts = lifecycle.timeouts();
     let mut shutdown = lifecycle.shutdown_signal();
     let first = tokio::select! {
-        first = timeouts.first(PROTOCOL, next_message(&mut input, limits.max_message_bytes)) => first?,
+        first = timeouts.first(PROTOCOL, "StreamConfig", next_message(&mut input, limits.max_message_bytes)) => first?,
         _ = shutdown.wait_for(|down| *down) => return Err(shutting_down()),
     };
     let first = match first {

@@ -97,6 +97,11 @@ impl<T> Outbox<T> {
         self.stalled.borrow().clone()
     }
 
+    /// Whether the client has gone (tonic dropped the response stream).
+    pub(in crate::grpc) fn is_closed(&self) -> bool {
+        self.tx.is_closed()
+    }
+
     /// Resolves when the client has gone (tonic dropped the response stream).
     pub(in crate::grpc) async fn closed(&self) {
         self.tx.closed().await

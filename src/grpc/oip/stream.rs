@@ -140,10 +140,11 @@ async fn drive(
     // A client that is gone or does not read gets nothing more: the requests running are
     // dropped with `running`. Otherwise those already read are answered before the stream ends
     // (each send still has an end).
-    let listening = out.stall().is_none() && !out.is_closed();
-    while let Some(response) = running.next().await.filter(|_| listening) {
-        if !out.send(response).await {
-            break;
+    if out.stall().is_none() && !out.is_closed() {
+        while let Some(response) = running.next().await {
+            if !out.send(response).await {
+                break;
+            }
         }
     }
     match ending {

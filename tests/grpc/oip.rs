@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 use siglip_serve::grpc::oip::{
     pb::{
         grpc_inference_service_client::GrpcInferenceServiceClient,
-        model_infer_request::InferInputTensor, ModelInferRequest, ModelInferResponse,
+        infer_parameter::ParameterChoice,
+        model_infer_request::{InferInputTensor, InferRequestedOutputTensor},
+        InferParameter, ModelInferRequest, ModelInferResponse,
     },
     tensors::join_bytes,
 };
@@ -365,4 +367,109 @@ async fn a_client_that_leaves_an_inference_stream_frees_its_slot_and_budgets() {
         "{after} of the departed stream's images were decoded after it left, over {bound} \
          ({THREADS} threads × (1 + {noticed:?} to notice / {decode:?} per decode))"
     );
+}
+
+/// A client that stops reading: its requests still finish and free what they hold of the
+/// server's budgets (they run on tasks of their own), well before its stream ends at its
+/// lifetime and frees its slot. Each answer is large (every one of 256 labels of 2 KB as a
+/// classification entry) and the client's flow-control window small, so the server's sends
+/// block after a few answers. The labels are cached first: each request is then one small image
+/// (a fraction of a second on any test model), against a lifetime of 10 s.
+#[tokio::test]
+async fn a_client_that_does_not_read_holds_no_budget_and_loses_its_stream_at_the_lifetime() {
+    const LIFETIME: Duration = Duration::from_secs(10);
+    let server = Server::ready(&[
+        "--max-streams",
+        "1",
+        "--max-stream-seconds",
+        &LIFETIME.as_secs().to_string(),
+    ])
+    .await;
+    let small_window = Channel::from_shared(server.url())
+        .unwrap()
+        .initial_stream_window_size(65_535)
+        .initial_connection_window_size(65_535)
+        .connect()
+        .await
+        .expect("connect");
+    let long_labels: Vec<String> = (0..256)
+        .map(|i| format!("{i} {}", "x".repeat(2000)))
+        .collect();
+    let texts: Vec<&[u8]> = long_labels.iter().map(|t| t.as_bytes()).collect();
+    let image = asset("rocket.bmp");
+    let request = |id: usize| {
+        let (image_input, image_raw) = bytes_input("IMAGE", &[&image]);
+        let (text_input, text_raw) = bytes_input("TEXT", &texts);
+        let mut request = ModelInferRequest {
+            model_name: "zero-shot".into(),
+            id: id.to_string(),
+            inputs: vec![image_input, text_input],
+            raw_input_contents: vec![image_raw, text_raw],
+            ..Default::default()
+        };
+        request.outputs.push(InferRequestedOutputTensor {
+            name: "PROBABILITY".into(),
+            parameters: [(
+                "classification".to_string(),
+                InferParameter {
+                    parameter_choice: Some(ParameterChoice::Int64Param(256)),
+                },
+            )]
+            .into(),
+        });
+        request
+    };
+    oip(&server)
+        .await
+        .max_decoding_message_size(64 << 20)
+        .model_infer(request(0))
+        .await
+        .expect("the labels cached");
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    for id in 0..64 {
+        tx.send(request(id)).await.unwrap();
+    }
+    let opened = Instant::now();
+    let unread = GrpcInferenceServiceClient::new(small_window)
+        .max_encoding_message_size(64 << 20)
+        .model_stream_infer(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .expect("stream opens");
+    // The server reads requests until its sends block, then runs out what it has read.
+    crate::common::wait_until("requests read", async || {
+        server.metric("siglip_pending_images").await > 0.0
+    })
+    .await;
+    crate::common::wait_until("the read requests done", async || {
+        server.metric("siglip_pending_images").await == 0.0
+            && server.metric("siglip_pending_texts").await == 0.0
+    })
+    .await;
+    let done = opened.elapsed();
+    eprintln!("unread stream: its requests' budgets free {done:?} after it opened");
+    assert!(
+        done < LIFETIME - Duration::from_secs(2),
+        "the unread stream's requests held their budgets {done:?} (lifetime {LIFETIME:?})"
+    );
+    // Then the slot comes free at the lifetime.
+    crate::common::wait_until("the slot free", async || {
+        match oip(&server)
+            .await
+            .model_stream_infer(tokio_stream::iter(vec![zero_shot(
+                "zero-shot",
+                "after",
+                &[&image],
+            )]))
+            .await
+        {
+            Ok(_) => true,
+            Err(status) => {
+                assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+                false
+            }
+        }
+    })
+    .await;
+    assert!(opened.elapsed() >= LIFETIME - Duration::from_millis(500));
+    drop((unread, tx));
 }

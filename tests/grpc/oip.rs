@@ -25,6 +25,14 @@ use crate::abuse_decode::{large_jpeg, PixelBudget};
 use crate::common::{asset, server::Server};
 use crate::{assert_status, by_index, classify_request, labels, open_stream};
 
+/// The name the test server gives its model: its directory's (`tiny`, or `base-224` under
+/// `TEST_MODEL`).
+fn model_name() -> String {
+    let dir = crate::common::generated("SIGLIP_TEST_MODEL_DIR");
+    let name = dir.file_name().expect("a model directory");
+    name.to_string_lossy().into_owned()
+}
+
 async fn oip(server: &Server) -> GrpcInferenceServiceClient<Channel> {
     GrpcInferenceServiceClient::new(server.channel().await)
 }
@@ -97,7 +105,10 @@ async fn model_infer_answers_what_classify_answers_and_is_counted_by_model() {
         }
     }
     let counted = server
-        .metric("siglip_grpc_requests_total{method=\"ModelInfer\",code=\"OK\",model=\"tiny\"}")
+        .metric(&format!(
+            "siglip_grpc_requests_total{{method=\"ModelInfer\",code=\"OK\",model=\"{}\"}}",
+            model_name()
+        ))
         .await;
     assert_eq!(counted, 1.0);
 }
@@ -122,9 +133,13 @@ async fn an_inference_stream_answers_in_order_and_goes_on_after_a_bad_request() 
         .into_inner();
     // The first request is answered before the others are sent: they would otherwise run
     // beside it, before its labels are remembered.
-    tx.send(zero_shot("tiny-zero-shot", "0", &[&cat]))
-        .await
-        .unwrap();
+    tx.send(zero_shot(
+        &format!("{}-zero-shot", model_name()),
+        "0",
+        &[&cat],
+    ))
+    .await
+    .unwrap();
     let mut responses = vec![answers.next().await.expect("answer 0")];
     for request in [
         zero_shot("no-such-model", "1", &[&cat]),

@@ -227,6 +227,18 @@ impl Server {
         endpoint.connect().await.expect("connect")
     }
 
+    /// A channel whose HTTP/2 windows are the protocol's smallest, so the server's sends to a
+    /// client that does not read block after a few large answers.
+    pub async fn small_window_channel(&self) -> Channel {
+        Channel::from_shared(self.url())
+            .expect("url")
+            .initial_stream_window_size(65_535)
+            .initial_connection_window_size(65_535)
+            .connect()
+            .await
+            .expect("connect")
+    }
+
     pub async fn client(&self) -> SiglipClient<Channel> {
         SiglipClient::new(self.channel().await)
             .max_decoding_message_size(64 << 20)
@@ -390,4 +402,11 @@ fn series(key: &str) -> (&str, Vec<&str>) {
         ),
         None => (key, Vec::new()),
     }
+}
+
+/// 256 labels of 2 KB each: answers large enough to fill a small flow-control window quickly.
+pub fn long_labels() -> Vec<String> {
+    (0..256)
+        .map(|i| format!("{i} {}", "x".repeat(2000)))
+        .collect()
 }

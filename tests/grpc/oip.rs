@@ -22,7 +22,10 @@ use tokio_stream::StreamExt;
 use tonic::{transport::Channel, Code};
 
 use crate::abuse_decode::{large_jpeg, PixelBudget};
-use crate::common::{asset, server::Server};
+use crate::common::{
+    asset,
+    server::{long_labels, Server},
+};
 use crate::{assert_status, by_index, classify_request, labels, open_stream};
 
 /// The name the test server gives its model: its directory's (`tiny`, or `base-224` under
@@ -400,16 +403,8 @@ async fn a_client_that_does_not_read_holds_no_budget_and_loses_its_stream_at_the
         &LIFETIME.as_secs().to_string(),
     ])
     .await;
-    let small_window = Channel::from_shared(server.url())
-        .unwrap()
-        .initial_stream_window_size(65_535)
-        .initial_connection_window_size(65_535)
-        .connect()
-        .await
-        .expect("connect");
-    let long_labels: Vec<String> = (0..256)
-        .map(|i| format!("{i} {}", "x".repeat(2000)))
-        .collect();
+    let small_window = server.small_window_channel().await;
+    let long_labels = long_labels();
     let texts: Vec<&[u8]> = long_labels.iter().map(|t| t.as_bytes()).collect();
     let image = asset("rocket.bmp");
     let request = |id: usize| {

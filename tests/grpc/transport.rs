@@ -6,12 +6,12 @@ use std::time::{Duration, Instant};
 
 use siglip_serve::grpc::pb::{self, siglip_client::SiglipClient, upload_request};
 use tokio_stream::StreamExt;
-use tonic::{transport::Channel, Code};
+use tonic::Code;
 use tonic_types::StatusExt;
 
 use crate::common::{
     asset,
-    server::{Sampler, Server},
+    server::{long_labels, Sampler, Server},
 };
 use crate::{assert_status, config, labels, LABELS};
 
@@ -125,16 +125,8 @@ async fn streams_that_send_nothing_lose_their_slots_to_the_first_message_timeout
 #[tokio::test]
 async fn a_client_that_does_not_read_loses_its_stream_and_slot_at_the_lifetime() {
     let server = Server::ready(&["--max-streams", "1", "--max-stream-seconds", "2"]).await;
-    let small_window = Channel::from_shared(server.url())
-        .unwrap()
-        .initial_stream_window_size(65_535)
-        .initial_connection_window_size(65_535)
-        .connect()
-        .await
-        .expect("connect");
-    let long_labels: Vec<String> = (0..256)
-        .map(|i| format!("{i} {}", "x".repeat(2000)))
-        .collect();
+    let small_window = server.small_window_channel().await;
+    let long_labels = long_labels();
     let mut messages = vec![pb::StreamRequest {
         msg: Some(pb::stream_request::Msg::Config(pb::StreamConfig {
             model: String::new(),

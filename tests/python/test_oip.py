@@ -22,7 +22,7 @@ import pytest
 import tritonclient.grpc as triton
 from conftest import run_server
 from PIL import Image
-from test_tls import CLIENT_EXT, SERVER_EXT, make_ca, make_leaf
+from pki import CLIENT_EXT, SERVER_EXT, make_ca, make_leaf
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 

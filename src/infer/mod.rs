@@ -351,7 +351,7 @@ impl Infer {
 
     /// Every label of `labels` scored against each image embedding: one row per image, in
     /// label order.
-    pub fn score_rows(&self, images: &Embeddings, labels: &Labels) -> Vec<Vec<Score>> {
+    fn score_rows(&self, images: &Embeddings, labels: &Labels) -> Vec<Vec<Score>> {
         images
             .rows()
             .map(|row| score_all(self.head, row, &labels.texts, &labels.embeddings))

@@ -65,7 +65,7 @@ fn zero_shot(model: &str, id: &str, images: &[&[u8]]) -> ModelInferRequest {
     }
 }
 
-/// An output's FP32 values, by its position in `outputs`.
+/// An output's FP32 values, found by its name in `outputs`.
 fn floats(response: &ModelInferResponse, name: &str) -> Vec<f32> {
     let at = response
         .outputs

@@ -46,7 +46,7 @@ impl pb::siglip_server::Siglip for SiglipService {
 
     type StreamStream = ResponseStream;
 
-    /// Counted when the stream ends (in `stream::run`), or here when it cannot start.
+    /// Counted when the stream ends (in `stream::spawn`), or here when it cannot start.
     async fn stream(
         &self,
         request: Request<Streaming<pb::StreamRequest>>,

@@ -1,4 +1,4 @@
-//! Every wait on a client has an end: the first message of a Stream or Upload
+//! Every wait on a client has an end: the first message of a Stream, an Upload or a ModelStreamInfer
 //! (`--first-message-timeout-seconds`) and each one after it (`--idle-timeout-seconds`).
 //!
 //! A wait that runs out ends the call with DEADLINE_EXCEEDED, the code gRPC's own servers give
@@ -11,7 +11,7 @@ use tonic::Status;
 
 #[derive(Debug, Clone, Copy)]
 pub(in crate::grpc) struct ClientTimeouts {
-    /// For the first message (a Stream's config, an Upload's header).
+    /// For the first message (a Stream's config, an Upload's header, a ModelStreamInfer's first request).
     pub(in crate::grpc) first_message: Duration,
     /// Between messages after the first; and for a send to the client to make progress.
     pub(in crate::grpc) idle: Duration,

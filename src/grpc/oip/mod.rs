@@ -170,7 +170,7 @@ impl pb::grpc_inference_service_server::GrpcInferenceService for InferenceServic
 
     type ModelStreamInferStream = ResponseStream;
 
-    /// Counted when the stream ends (in `stream::run`), or here when it cannot start.
+    /// Counted when the stream ends (in `api::stream::spawn`), or here when it cannot start.
     async fn model_stream_infer(
         &self,
         request: Request<Streaming<pb::ModelInferRequest>>,

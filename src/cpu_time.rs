@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use ::metrics::histogram;
 
-use crate::metrics;
+use crate::{metrics, telemetry};
 
 /// CPU time the calling thread has used so far.
 pub fn thread_now() -> Duration {
@@ -25,8 +25,9 @@ pub fn thread_now() -> Duration {
 }
 
 /// Runs `work` on this thread and charges its CPU time to `stage` (one of
-/// [`metrics::CPU_STAGES`]).
+/// [`metrics::CPU_STAGES`]); in a traced call, `work` is the call's span of that name.
 pub fn charged<T>(stage: &'static str, work: impl FnOnce() -> T) -> T {
+    let _span = telemetry::stage(stage);
     let start = thread_now();
     let out = work();
     record(stage, thread_now().saturating_sub(start));

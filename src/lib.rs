@@ -37,4 +37,5 @@ pub mod model;
 pub mod repository;
 pub mod server;
 pub mod stream;
+pub mod telemetry;
 pub mod tools;

@@ -2,11 +2,12 @@
 //! tool (`siglip_serve::tools`). Every subcommand ends the same way: an error is printed as
 //! `error: …` and exits 1.
 
-use std::{future::Future, io::IsTerminal, process::ExitCode};
+use std::{future::Future, process::ExitCode};
 
 use clap::{Parser, Subcommand};
 use siglip_serve::{
     config::ServeArgs,
+    telemetry,
     tools::{
         bench::{self, BenchArgs},
         classify::{self, ClassifyArgs},
@@ -86,7 +87,6 @@ fn success_if(ok: bool) -> ExitCode {
 }
 
 fn serve(args: ServeArgs) -> ! {
-    init_logging(args.log_json);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -94,7 +94,18 @@ fn serve(args: ServeArgs) -> ! {
             std::process::exit(1);
         }
     };
+    // On the runtime: the OTLP exporter's connection lives there.
+    let telemetry =
+        match runtime.block_on(async { telemetry::init(args.tracing.export(), args.log_json) }) {
+            Ok(telemetry) => telemetry,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                std::process::exit(1);
+            }
+        };
     let result = runtime.block_on(siglip_serve::server::run(args));
+    // While the runtime still runs the exporter's connection.
+    telemetry.shutdown();
     // `serve` has drained what it will wait for. Dropping the runtime would wait for every
     // blocking task, a model still loading and warming up (minutes) included: abandon them.
     runtime.shutdown_background();
@@ -112,18 +123,4 @@ fn serve(args: ServeArgs) -> ! {
     let _ = std::io::Write::flush(&mut std::io::stdout());
     // SAFETY: `_exit` ends the process at once; no Rust state is used after it.
     unsafe { libc::_exit(code) }
-}
-
-fn init_logging(json: bool) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr);
-    if json {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
 }

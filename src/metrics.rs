@@ -15,6 +15,8 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpListener;
 
 pub const GRPC_REQUESTS: &str = "siglip_grpc_requests_total";
+pub const TRACE_SPANS_EXPORTED: &str = "siglip_trace_spans_exported_total";
+pub const TRACE_SPANS_DROPPED: &str = "siglip_trace_spans_dropped_total";
 pub const GRPC_DURATION: &str = "siglip_grpc_request_duration_seconds";
 pub const INFLIGHT: &str = "siglip_inflight_requests";
 pub const QUEUE_DEPTH: &str = "siglip_queue_depth";
@@ -102,6 +104,10 @@ pub const RELOAD_OUTCOMES: [&str; 3] = ["applied", "rejected", "unreadable"];
 /// or any other libtorch error.
 pub const FAILURE_REASONS: [&str; 2] = ["out_of_memory", "error"];
 
+/// Why a finished span was not exported: the export queue was full (`--trace-queue-spans`: the
+/// collector is slower than the server), or the collector refused or did not answer the export.
+pub const TRACE_DROP_REASONS: [&str; 2] = ["queue_full", "export_failed"];
+
 /// Inference latencies from a millisecond (tiny models, GPU) to a minute (large batches on CPU).
 const LATENCY_BUCKETS: [f64; 16] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0, 60.0,
@@ -144,6 +150,14 @@ fn describe() {
         "gRPC call handling time, by method"
     );
     describe_gauge!(INFLIGHT, "gRPC calls being handled");
+    describe_counter!(
+        TRACE_SPANS_EXPORTED,
+        "Spans the OTLP endpoint accepted (--otlp-endpoint)"
+    );
+    describe_counter!(
+        TRACE_SPANS_DROPPED,
+        "Finished spans never exported, by reason: the export queue full, or the export failed"
+    );
     describe_gauge!(
         CUDA_MEMORY_USED,
         Unit::Bytes,
@@ -278,6 +292,10 @@ fn register_zeros() {
     for reason in FRAME_DROP_REASONS {
         counter!(FRAMES_DROPPED, "reason" => reason).absolute(0);
     }
+    for reason in TRACE_DROP_REASONS {
+        counter!(TRACE_SPANS_DROPPED, "reason" => reason).absolute(0);
+    }
+    counter!(TRACE_SPANS_EXPORTED).absolute(0);
     for reason in AUTH_REFUSALS {
         counter!(AUTH_REFUSED, "reason" => reason).absolute(0);
     }

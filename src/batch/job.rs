@@ -4,17 +4,29 @@ use std::{sync::Arc, time::Instant};
 
 use ::metrics::{counter, histogram};
 use tokio::sync::oneshot;
+use tracing::Span;
 
 use super::{Flow, Reply};
 use crate::error::{Error, Result};
 use crate::metrics;
 use crate::model::tokenizer::TokenIds;
+use crate::telemetry;
 
 /// A job's rows.
 pub(super) enum Work {
     /// Preprocessed images, one CHW row each.
     Images(Vec<Vec<f32>>),
     Texts(Vec<TokenIds>),
+}
+
+impl Work {
+    /// The tower that runs it.
+    pub(super) fn tower(&self) -> &'static str {
+        match self {
+            Work::Images(_) => "vision",
+            Work::Texts(_) => "text",
+        }
+    }
 }
 
 /// What a job carries besides its work: whose it is, and when it is no longer worth running.
@@ -46,9 +58,29 @@ pub(super) struct Job {
     pub(super) stale_at: Option<Instant>,
     pub(super) enqueued: Instant,
     pub(super) reply: oneshot::Sender<Result<Reply>>,
+    /// The span of the call (or frame) the job is for, when traced.
+    pub(super) call: Span,
+    /// The stage the job is in, under `call`: its queue wait, then its inference.
+    pub(super) stage: Span,
 }
 
 impl Job {
+    /// A job for `work`, queued now by the call whose span is current.
+    pub(super) fn new(work: Work, tag: &Tag, reply: oneshot::Sender<Result<Reply>>) -> Self {
+        let call = Span::current();
+        let stage = telemetry::child(&call, "queue");
+        stage.record("siglip.tower", work.tower());
+        Self {
+            work,
+            deadline: tag.deadline,
+            stale_at: tag.stale_at,
+            enqueued: Instant::now(),
+            reply,
+            call,
+            stage,
+        }
+    }
+
     pub(super) fn rows(&self) -> usize {
         match &self.work {
             Work::Images(rows) => rows.len(),
@@ -112,14 +144,12 @@ mod tests {
 
     fn job(stale_at: Option<Instant>) -> (Job, oneshot::Receiver<Result<Reply>>) {
         let (reply, rx) = oneshot::channel();
-        let job = Job {
-            work: Work::Images(vec![vec![0.0; 3]]),
+        let tag = Tag {
+            flow: crate::batch::Flow::new(),
             deadline: None,
             stale_at,
-            enqueued: Instant::now(),
-            reply,
         };
-        (job, rx)
+        (Job::new(Work::Images(vec![vec![0.0; 3]]), &tag, reply), rx)
     }
 
     #[test]

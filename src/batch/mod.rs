@@ -232,13 +232,7 @@ impl Batcher {
 
     async fn submit(&self, work: Work, tag: Tag) -> Result<Reply> {
         let (reply, rx) = oneshot::channel();
-        let job = Job {
-            work,
-            deadline: tag.deadline,
-            stale_at: tag.stale_at,
-            enqueued: Instant::now(),
-            reply,
-        };
+        let job = Job::new(work, &tag, reply);
         let producer = &self.producer;
         queue_depth(&producer.depth, &producer.model, 1);
         match producer.queue.push(tag.flow, job) {

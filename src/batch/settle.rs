@@ -82,6 +82,8 @@ impl Worker {
                 inference,
                 batch_size,
             });
+            // Its inference ends before its caller hears of it (and its call's span can end).
+            drop(job.stage);
             let _ = job.reply.send(reply);
         }
     }

@@ -11,6 +11,7 @@ use std::{
 
 use ::metrics::{counter, gauge, histogram};
 use tokio::sync::watch;
+use tracing::Span;
 
 use super::fair::{FairQueue, Popped, Wait};
 use super::job::image_rows;
@@ -20,6 +21,7 @@ use crate::cpu_time;
 use crate::error::Result;
 use crate::metrics;
 use crate::model::{tokenizer::TokenIds, Model, Staged, Submitted};
+use crate::telemetry;
 
 pub(super) struct Worker {
     pub(super) model: Model,
@@ -58,11 +60,14 @@ impl Drop for Worker {
 struct StagedBatch {
     jobs: Vec<Job>,
     passes: Vec<Result<Staged>>,
+    span: Span,
 }
 
 /// A batch whose vision passes are queued on the device.
 struct InFlight {
     jobs: Vec<Job>,
+    /// The batch's span, ended once its callers are answered.
+    span: Span,
     /// Each pass, and when it was submitted.
     passes: Vec<Result<(Submitted, Instant)>>,
     started: Instant,
@@ -179,7 +184,8 @@ impl Worker {
 
     /// Copies the batch's images into host memory for the device (one caller may send more rows
     /// than a pass holds: passes of at most `max_batch_size`).
-    fn stage(&self, jobs: Vec<Job>) -> StagedBatch {
+    fn stage(&self, mut jobs: Vec<Job>) -> StagedBatch {
+        let span = self.traced_batch(&mut jobs, "vision");
         let rows = image_rows(&jobs);
         let passes = rows
             .chunks(self.config.max_batch_size.max(1))
@@ -191,7 +197,7 @@ impl Worker {
                 self.model.stage_rows(pass)
             })
             .collect();
-        StagedBatch { jobs, passes }
+        StagedBatch { jobs, passes, span }
     }
 
     fn submit(&self, staged: StagedBatch) -> InFlight {
@@ -207,6 +213,7 @@ impl Worker {
             .collect();
         InFlight {
             jobs: staged.jobs,
+            span: staged.span,
             passes,
             started,
         }
@@ -236,9 +243,11 @@ impl Worker {
             runs.extend(self.settle("vision", rows, result, &embed));
         }
         self.answer(running.jobs, runs, running.started.elapsed());
+        drop(running.span);
     }
 
-    fn run_texts(&self, jobs: Vec<Job>) {
+    fn run_texts(&self, mut jobs: Vec<Job>) {
+        let span = self.traced_batch(&mut jobs, "text");
         let ids: Vec<TokenIds> = jobs
             .iter()
             .flat_map(|job| match &job.work {
@@ -258,6 +267,42 @@ impl Worker {
             runs.extend(self.settle("text", pass, result, &embed));
         }
         self.answer(jobs, runs, started.elapsed());
+        drop(span);
+    }
+
+    /// The span of a batch of `jobs` for `tower`, linked to the span of each traced call in it,
+    /// and each such job's inference span (linked back to the batch), which ends its queue span.
+    /// `Span::none()` when no call in it is traced. The batch is a root of its own: it belongs
+    /// to every call in it, not to one.
+    fn traced_batch(&self, jobs: &mut [Job], tower: &'static str) -> Span {
+        if jobs.iter().all(|job| job.call.is_none()) {
+            return Span::none();
+        }
+        let on = self.model.running_on();
+        let rows: usize = jobs.iter().map(Job::rows).sum();
+        let batch = tracing::trace_span!(
+            target: telemetry::TARGET,
+            parent: None,
+            "batch",
+            otel.name = "batch",
+            siglip.tower = tower,
+            siglip.batch_size = rows as i64,
+            siglip.model = &*self.label,
+            siglip.device = on.device.as_str(),
+            siglip.dtype = %on.dtype,
+            siglip.backend = on.backend,
+        );
+        // Every link before anything asks for the batch's context: it is sampled (when started)
+        // if any call it links to is.
+        for job in jobs.iter().filter(|job| !job.call.is_none()) {
+            batch.follows_from(&job.call);
+        }
+        for job in jobs.iter_mut().filter(|job| !job.call.is_none()) {
+            job.stage = telemetry::child(&job.call, "inference");
+            job.stage.record("siglip.tower", tower);
+            job.stage.follows_from(&batch);
+        }
+        batch
     }
 
     /// Counts a batch in the run of consecutive failures: one where nothing succeeded extends

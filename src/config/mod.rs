@@ -6,6 +6,7 @@
 mod connection;
 mod limits;
 mod security;
+mod telemetry;
 
 use std::{path::PathBuf, time::Duration};
 
@@ -23,6 +24,7 @@ use crate::repository;
 pub use connection::ConnectionArgs;
 pub use limits::LimitArgs;
 pub use security::SecurityArgs;
+pub use telemetry::TraceArgs;
 
 /// Which models to load, where, and how. The device, dtype, backend and image processor are
 /// defaults that a model of a repository may override in its `serve.json`
@@ -220,6 +222,9 @@ pub struct ServeArgs {
     #[command(flatten)]
     pub security: SecurityArgs,
 
+    #[command(flatten)]
+    pub tracing: TraceArgs,
+
     /// Address of the gRPC server.
     #[arg(long, env = "SIGLIP_GRPC_ADDR", default_value = "0.0.0.0:50051")]
     pub grpc_addr: std::net::SocketAddr,
@@ -247,6 +252,7 @@ impl ServeArgs {
             );
         }
         self.limits.check()?;
+        self.tracing.check()?;
         self.health.check()
     }
 

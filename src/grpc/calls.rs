@@ -8,7 +8,7 @@ use std::{future::Future, sync::OnceLock, time::Instant};
 use ::metrics::{counter, gauge, histogram};
 use tonic::{Code, Status};
 
-use crate::metrics;
+use crate::{metrics, telemetry};
 
 /// The model a call is about, known once its handler has read the request: the `model` label of
 /// the call's metrics (empty until then, and for a name the repository does not have).
@@ -17,6 +17,7 @@ pub(super) struct CallModel(OnceLock<String>);
 
 impl CallModel {
     pub(super) fn set(&self, label: String) {
+        telemetry::record_model(&label);
         let _ = self.0.set(label);
     }
 
@@ -68,6 +69,7 @@ pub(super) fn client_gone() -> Status {
 }
 
 pub(super) fn record_ok(method: &'static str, model: &str, started: Instant) {
+    telemetry::record_status(Code::Ok);
     counter!(metrics::GRPC_REQUESTS, "method" => method, "code" => code_name(Code::Ok), "model" => model.to_string())
         .increment(1);
     histogram!(metrics::GRPC_DURATION, "method" => method, "model" => model.to_string())
@@ -81,6 +83,7 @@ pub(super) fn record_ok(method: &'static str, model: &str, started: Instant) {
 }
 
 pub(super) fn record(method: &'static str, model: &str, status: &Status, started: Instant) {
+    telemetry::record_status(status.code());
     counter!(metrics::GRPC_REQUESTS, "method" => method, "code" => code_name(status.code()), "model" => model.to_string())
         .increment(1);
     histogram!(metrics::GRPC_DURATION, "method" => method, "model" => model.to_string())
@@ -135,13 +138,21 @@ fn code_name(code: Code) -> &'static str {
 /// The `method` label of a `siglip.v1.Siglip` or `inference.GRPCInferenceService` call's path;
 /// other services are not counted.
 pub(super) fn method(path: &str) -> Option<&'static str> {
+    service_method(path).map(|(_, method)| method)
+}
+
+/// The service and method of a call's path, for the two APIs' implemented methods only.
+pub(super) fn service_method(path: &str) -> Option<(&'static str, &'static str)> {
     let (service, name) = path.strip_prefix('/')?.split_once('/')?;
-    let methods: &[&'static str] = match service {
-        "siglip.v1.Siglip" => &metrics::METHODS,
-        "inference.GRPCInferenceService" => &metrics::OIP_METHODS,
+    let (service, methods): (&'static str, &[&'static str]) = match service {
+        "siglip.v1.Siglip" => ("siglip.v1.Siglip", &metrics::METHODS),
+        "inference.GRPCInferenceService" => {
+            ("inference.GRPCInferenceService", &metrics::OIP_METHODS)
+        }
         _ => return None,
     };
-    methods.iter().copied().find(|m| *m == name)
+    let method = methods.iter().copied().find(|m| *m == name)?;
+    Some((service, method))
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@
 pub mod api;
 mod calls;
 pub mod oip;
+mod traced;
 pub mod transport;
 
 use std::{sync::Arc, time::Duration};
@@ -94,6 +95,7 @@ impl GrpcServer {
                 max_message_bytes: max_message,
             })
             .layer(Authorize::new(security.tokens, calls::record_refused))
+            .layer(traced::Traced)
             .add_service(health_service)
             .add_optional_service(reflection_v1)
             .add_optional_service(reflection_v1alpha)

@@ -30,6 +30,7 @@ use crate::model::{
     tokenizer::{TextTokenizer, TokenIds},
     HostSide,
 };
+use crate::telemetry;
 use admission::Admission;
 pub use input::ImageInput;
 pub use limits::Limits;
@@ -153,7 +154,9 @@ impl Infer {
         deadline: Option<Instant>,
     ) -> Result<(Labels, Timings)> {
         self.check_texts(&texts)?;
+        telemetry::record_texts(texts.len());
         if let Some(rows) = self.text_cache.get_written(&texts) {
+            drop(telemetry::stage("text_cache_hit"));
             return Ok((self.label_set(texts, rows), Timings::default()));
         }
         // Admitted before tokenising: a flood of new labels is refused before it costs CPU or
@@ -249,6 +252,8 @@ impl Infer {
         // The header is read here, before the image waits for anything: an image over the
         // limits is refused at once, and the others are charged by their size.
         let pixels = input.declared_pixels(&self.limits.image)?;
+        // Waiting for the decoding budget, then for a thread of the pool.
+        let waiting = telemetry::stage("admission");
         let decoding = self.shared.admission.decoding(pixels).await?;
         let limits = self.limits.image.clone();
         let convention = self.convention;
@@ -257,6 +262,7 @@ impl Infer {
             .shared
             .pool
             .run(Lane::Images, decoding, move || {
+                drop(waiting);
                 let started = Instant::now();
                 let prepared = work(input, &limits, convention, &prep)?;
                 Ok((prepared, started.elapsed()))
@@ -296,6 +302,8 @@ impl Infer {
             stale_at,
         };
         image::check_shape(regions, self.limits.max_regions).map_err(Error::InvalidArgument)?;
+        telemetry::record_images(regions.len().max(1));
+        telemetry::record_texts(labels.texts.len());
         let _admitted = self.shared.admission.images(regions.len().max(1))?;
         let (pixels, preprocess) = if regions.is_empty() {
             let (pixels, preprocess) = self.preprocess(image).await?;
@@ -327,6 +335,7 @@ impl Infer {
         deadline: Option<Instant>,
     ) -> Result<Classification> {
         let started = Instant::now();
+        telemetry::record_images(1);
         let _admitted = self.shared.admission.images(1)?;
         let ((labels, text_timings), (pixels, preprocess)) =
             tokio::try_join!(self.labels(texts, deadline), self.preprocess(image))?;
@@ -389,6 +398,7 @@ impl Infer {
                 self.limits.max_images
             )));
         }
+        telemetry::record_images(images.len());
         let _admitted = self.shared.admission.images(images.len())?;
         let started = Instant::now();
         let prepared = futures_util::future::try_join_all(images.into_iter().enumerate().map(

@@ -52,7 +52,10 @@ impl CpuPool {
             .acquire_owned()
             .await
             .map_err(|_| Error::Unavailable("server is shutting down".into()))?;
+        // The work's stages (and its logs) belong to the call that asked for it.
+        let call = tracing::Span::current();
         tokio::task::spawn_blocking(move || {
+            let _in_call = call.enter();
             let _held = (permit, held);
             work()
         })

@@ -8,7 +8,8 @@
 //!
 //! Shared by them: `client` (how they reach a server over TLS or with a token, and wait for it
 //! to be ready), `cost` (the CPU a bench phase cost the server), `stats` (percentiles and a
-//! process's memory).
+//! process's memory), `otlp_sink` (an OTLP trace receiver for the bench's tracing phase and the
+//! tests).
 
 pub mod attacks;
 pub mod bench;
@@ -16,6 +17,7 @@ pub mod classify;
 pub mod client;
 pub mod cost;
 pub mod health;
+pub mod otlp_sink;
 pub mod parity;
 pub mod soak;
 pub mod stats;

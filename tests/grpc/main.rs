@@ -22,7 +22,9 @@
 //! - `abuse_decode`: hostile JPEGs, large images and floods of unique labels, against a
 //!   well-behaved caller;
 //! - `tls`: TLS and mutual TLS handshakes, refusals, certificate rotation, health over TLS;
-//! - `auth`: bearer tokens, reflection switched off, token rotation, no secrets in the log.
+//! - `auth`: bearer tokens, reflection switched off, token rotation, no secrets in the log;
+//! - `traces`: OpenTelemetry spans as a real OTLP receiver gets them: propagation, stages,
+//!   batches, frames, sampling, a collector that goes away, nothing secret exported.
 //!
 //! The helpers they share are here.
 
@@ -45,6 +47,7 @@ mod policy;
 mod regions;
 mod stream;
 mod tls;
+mod traces;
 mod transport;
 mod upload;
 

@@ -20,6 +20,7 @@ use crate::grpc::calls::CallModel;
 use crate::infer::ImageInput;
 use crate::model::scores::ScoreFilter;
 use crate::repository::Served;
+use crate::telemetry;
 
 const PROTOCOL: &str = "Upload";
 
@@ -96,6 +97,7 @@ async fn receive(
         std::sync::Arc::clone(&lifecycle.reassembly),
     )
     .map_err(chunk_error)?;
+    let _reassembly = telemetry::stage("reassembly");
     while let Some(msg) = timeouts
         .next(PROTOCOL, async { next(messages.next().await) })
         .await?

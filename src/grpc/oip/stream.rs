@@ -37,6 +37,7 @@ use crate::grpc::api::{
 };
 use crate::grpc::calls::{client_gone, CallModel};
 use crate::infer::Flow;
+use crate::telemetry::FrameSampler;
 
 type Response = pb::ModelStreamInferResponse;
 
@@ -81,6 +82,8 @@ async fn drive(
     let last_labels = Arc::new(LastLabels::default());
     let mut running = FuturesOrdered::new();
     let mut first = true;
+    let requests = FrameSampler::new();
+    let mut read = 0u64;
     let ending = loop {
         let reading = async {
             let next = async {
@@ -129,8 +132,10 @@ async fn drive(
                     flow,
                     Arc::clone(&last_labels),
                 );
+                let span = requests.next("request", read);
+                read += 1;
                 running.push_back(Running {
-                    task: tokio::spawn(work),
+                    task: tokio::spawn(tracing::Instrument::instrument(work, span)),
                     id,
                     name,
                 });

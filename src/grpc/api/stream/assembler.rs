@@ -17,6 +17,7 @@ use crate::infer::ImageInput;
 use crate::metrics;
 use crate::model::image::Region;
 use crate::stream::{drops::DropReason, rate::RateGate};
+use crate::telemetry::FrameSampler;
 
 /// A frame's own regions, when it lists any (they replace the config's for this frame; their
 /// shape is checked with the frame, so that a bad list costs only that frame).
@@ -38,6 +39,8 @@ pub(super) struct Assembler {
     budget: Arc<Budget>,
     rate: RateGate,
     partial: Option<Partial>,
+    /// Which frames get spans of their own (`--trace-frame-ratio`).
+    frames: FrameSampler,
 }
 
 struct Partial {
@@ -56,6 +59,7 @@ impl Assembler {
             budget,
             rate: RateGate::new(config.settings.policy.max_fps),
             partial: None,
+            frames: FrameSampler::new(),
         }
     }
 
@@ -89,6 +93,7 @@ impl Assembler {
             match image {
                 Some(image) => Arrival::Ready(ReadyFrame {
                     received: Instant::now(),
+                    span: self.frames.next("frame", id),
                     meta,
                     regions,
                     image,

@@ -69,6 +69,8 @@ impl Outcome {
 pub(super) struct ReadyFrame {
     /// When the frame was complete: its age (`max_age_ms`) and staleness run from here.
     pub(super) received: Instant,
+    /// The frame's span, when it is one of a traced stream's sampled frames.
+    pub(super) span: tracing::Span,
     pub(super) meta: FrameMeta,
     /// The frame's own regions, replacing the config's for this frame.
     pub(super) regions: Option<Vec<Region>>,
@@ -78,8 +80,14 @@ pub(super) struct ReadyFrame {
 /// Classifies a ready frame as part of the stream's `flow`: what became of it.
 /// The frame's config names the model that classifies it.
 pub(super) async fn classify(frame: ReadyFrame, flow: Flow) -> Outcome {
+    let span = frame.span.clone();
+    tracing::Instrument::instrument(classify_in_span(frame, flow), span).await
+}
+
+async fn classify_in_span(frame: ReadyFrame, flow: Flow) -> Outcome {
     let ReadyFrame {
         received,
+        span: _,
         meta,
         regions,
         image,

@@ -84,7 +84,9 @@ where
     // The final status comes after the results, but needs no room among them: a client that
     // does not read must not keep the call's task (and slot) waiting to tell it so.
     let (last, last_rx) = oneshot::channel::<Status>();
-    tokio::spawn(async move {
+    // The call's span (when traced) lasts as long as the call, not the handler that opened it.
+    let span = tracing::Span::current();
+    let call = async move {
         let started = Instant::now();
         gauge!(metrics::ACTIVE_STREAMS).increment(1.0);
         let model = Arc::new(CallModel::default());
@@ -100,7 +102,8 @@ where
             let _ = last.send(status);
         }
         drop(out);
-    });
+    };
+    tokio::spawn(tracing::Instrument::instrument(call, span));
     let last = futures_util::StreamExt::filter_map(futures_util::stream::once(last_rx), |r| {
         std::future::ready(r.ok().map(Err))
     });

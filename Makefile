@@ -119,7 +119,7 @@ parity: build $(SUITE)
 # Throughput on this machine: base-224, 10 labels, 8 callers, float32 and bfloat16, against the
 # model alone and the Python way, the server's CPU per image by stage, and base-224 beside tiny in
 # one server (each one's throughput, tiny's wait under base-224's flood); last line:
-# bench: server_img_s=… model_only_img_s=… python_img_s=… vs_python=…x overhead=…% own_cpu_ms_per_img=… model_slowdown=…% client_cpu=…% oip_cost=…%
+# bench: server_img_s=… model_only_img_s=… python_img_s=… vs_python=…x overhead=…% own_cpu_ms_per_img=… model_slowdown=…% client_cpu=…% oip_cost=…% trace_cost=…%
 bench: build $(BUILD)/assets/images.json $(BUILD)/models/base-224/manifest.json $(BUILD)/models/tiny/manifest.json
 	BIN=$(BIN) PY=$(PY) MODEL=$(BUILD)/models/base-224 CHECKPOINT=$(BUILD)/models/base-224-checkpoint \
 	  SECOND_MODEL=$(BUILD)/models/tiny \

@@ -4,7 +4,7 @@ Reads what bench/run.sh measured in one run (bench/python_way.py's JSON line and
 `siglip-serve bench --json` per dtype) and prints one row per dtype, then the summary line for
 the fastest dtype:
     bench: server_img_s=… model_only_img_s=… python_img_s=… vs_python=…x overhead=…% \
-           own_cpu_ms_per_img=… model_slowdown=…% client_cpu=…% oip_cost=…%
+           own_cpu_ms_per_img=… model_slowdown=…% client_cpu=…% oip_cost=…% trace_cost=…%
 (one line; wrapped here)
 overhead = 1 − server / model alone (same dtype, batch size and threads): on a machine the load
 generator shares, it mixes what the server costs with what the client takes from it. So beside it:
@@ -12,7 +12,9 @@ the server's own CPU per image outside the model (own_cpu_ms_per_img, by stage i
 it), the model's pass in the server against the tower alone at the same batch (model_slowdown),
 and the load generator's share of the machine's CPU (client_cpu). oip_cost is how much less
 throughput ModelInfer (the Open Inference Protocol) got than Classify, same photos, labels and
-concurrency, in the same run (target ≤ 5%). With --gflops-per-image and
+concurrency, in the same run (target ≤ 5%). trace_cost is how much less throughput a server
+exporting every call's spans (ratio 1.0) got than one with tracing off, alternating in the same
+run (--tracing; target ≤ 3%). With --gflops-per-image and
 --peak-tflops (bench/flops.py, bench/peak.py) it adds MFU = FLOPs/image × images/s ÷ peak.
 """
 
@@ -27,6 +29,7 @@ def main() -> None:
     ap.add_argument("--gflops-per-image", type=float, help="vision tower GFLOPs per image (bench/flops.py)")
     ap.add_argument("--peak-tflops", type=float, help="measured dense matmul peak (bench/peak.py)")
     ap.add_argument("--models", type=Path, help="siglip-serve bench --models --json output (two models, one server)")
+    ap.add_argument("--tracing", type=Path, help="siglip-serve bench --traced-addr --json output (tracing on against off)")
     ap.add_argument("runs", type=Path, nargs="+", help="siglip-serve bench --json files")
     a = ap.parse_args()
 
@@ -85,6 +88,12 @@ def main() -> None:
 
     if a.models:
         two_models(json.loads(a.models.read_text())["models"])
+    tracing = json.loads(a.tracing.read_text())["tracing"] if a.tracing else {}
+    if tracing:
+        print(f"tracing ({runs[0].get('dtype')}): every call's spans exported (ratio 1.0) {tracing['on_img_s']:.2f} img/s "
+              f"vs tracing off {tracing['off_img_s']:.2f} img/s, alternating in the same run: cost "
+              f"{tracing['cost_pct']:+.1f}% (target ≤ 3%), {tracing['spans_per_call']:.1f} spans per call, "
+              f"errors {tracing['errors']}")
 
     best = max(runs, key=lambda r: r["closed_loop"]["img_s"])
     server = best["closed_loop"]["img_s"]
@@ -94,7 +103,8 @@ def main() -> None:
           f"python_img_s={py_img_s:.2f} vs_python={server / py_img_s:.2f}x "
           f"overhead={100 * (1 - server / model):.1f}% own_cpu_ms_per_img={ms(cpu.get('own_ms_per_image'))} "
           f"model_slowdown={pct(slowdown(best), sign=True)} client_cpu={pct(cpu.get('client_share_pct'))} "
-          f"oip_cost={pct((best.get('oip') or {}).get('cost_pct'), sign=True)}")
+          f"oip_cost={pct((best.get('oip') or {}).get('cost_pct'), sign=True)} "
+          f"trace_cost={pct(tracing.get('cost_pct'), sign=True)}")
 
 
 def two_models(m: dict) -> None:

@@ -6,7 +6,7 @@
 # Used by `make bench` (CPU) and bench/gpu.sh. Settings come from the environment:
 #   BIN PY MODEL CHECKPOINT (required), DEVICE (cpu), DTYPES ("float32 bfloat16"), THREADS (0: all
 #   cores), PHASE_SECONDS (20), CONCURRENCY (8), MAX_BATCH (8), ASSETS (build/assets),
-#   OUT_DIR (build/bench), PYTHON_DTYPE (float32), FAIR_STREAMS (4; 0 skips the fair-share phase),
+#   OUT_DIR (build/bench), PYTHON_DTYPE (float32), TRACING (1; 0 skips the tracing run), FAIR_STREAMS (4; 0 skips the fair-share phase),
 #   FAIR_MODE (latest or every), VARIANTS ("auto": how to run the towers, one
 #   server run each: auto, torchscript, torchscript-jit-off, aoti), REPORT_ARGS (extra arguments
 #   for report.py, e.g. MFU inputs), SECOND_MODEL (a second model directory: one more server run
@@ -109,13 +109,43 @@ if [ -n "${SECOND_MODEL:-}" ]; then
   server_pid=""
 fi
 
+# Tracing's cost: two servers of the first dtype, one exporting every call's spans to the
+# bench's OTLP receiver, one with tracing off; the bench alternates load between them.
+tracing_report=()
+if [ "${TRACING:-1}" = 1 ]; then
+  dtype=${DTYPES:-float32}
+  dtype=${dtype%% *}
+  sink_port=$("$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+  echo "== siglip-serve, $dtype on $device: tracing on (ratio 1.0) against off"
+  pids=() addrs=()
+  for traced in off on; do
+    log="$out/serve-tracing-$traced.log"
+    otlp=()
+    [ "$traced" = on ] && otlp=(--otlp-endpoint "http://127.0.0.1:$sink_port" --trace-sample-ratio 1)
+    "$BIN" serve --model-dir "$MODEL" --device "$device" --dtype "$dtype" --threads "$threads" "${otlp[@]}" \
+      --max-batch-size "${MAX_BATCH:-8}" --grpc-addr 127.0.0.1:0 --metrics-addr 127.0.0.1:0 > "$log" 2>&1 &
+    pids+=($!)
+    addrs+=("$(listening_addr "$log" "$!")")
+  done
+  if [ -n "${addrs[0]}" ] && [ -n "${addrs[1]}" ] && "$BIN" bench --addr "http://${addrs[0]}" \
+      --traced-addr "http://${addrs[1]}" --otlp-sink-addr "127.0.0.1:$sink_port" --images "${photos[@]}" \
+      --labels-file "$labels" --labels 10 --concurrency "${CONCURRENCY:-8}" --seconds "$seconds" \
+      --model-dir "$MODEL" --json "$out/tracing.json"; then
+    tracing_report=(--tracing "$out/tracing.json")
+  else
+    failed="$failed tracing"
+  fi
+  kill -TERM "${pids[@]}" 2> /dev/null || true
+  wait "${pids[@]}" || failed="$failed tracing-exit"
+fi
+
 echo "== the Python way: transformers processor + SiglipModel per image, same texts, $threads threads"
 "$PY" bench/python_way.py --checkpoint "$CHECKPOINT" --images "${photos[@]}" --labels-file "$labels" \
   --threads "$threads" --device "$device" --dtype "${PYTHON_DTYPE:-float32}" --seconds "$seconds" \
   | tail -n 1 > "$out/python.json" || echo '{"img_s": null}' > "$out/python.json"
 cat "$out/python.json"
 
-"$PY" bench/report.py --python "$out/python.json" "${models_report[@]}" ${REPORT_ARGS:-} \
+"$PY" bench/report.py --python "$out/python.json" "${models_report[@]}" "${tracing_report[@]}" ${REPORT_ARGS:-} \
   "$out"/bench-*.json
 if [ -n "$failed" ]; then
   echo "failed:$failed"

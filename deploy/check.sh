@@ -64,6 +64,8 @@ variants=(
   "cpu-istio-tokens:cpu:istio,tokens"
   # The two-model repository overlay under TLS (exec probes replace its gRPC ones) and tokens.
   "two-models-tls-tokens:two-models:tls,tokens"
+  # Traces to a Collector in the namespace, under a mesh.
+  "gpu-istio-tracing:gpu:istio,tracing"
   # Must NOT render: app-level TLS under a mesh (both include linkerd-off, whose deletions fail
   # the second time).
   "refused-tls-istio:cpu:tls,istio"
@@ -77,7 +79,7 @@ for v in "${variants[@]}"; do
   } > "$tmp/deploy/overlays/$name/kustomization.yaml"
 done
 rendered=()
-for overlay in cpu gpu two-models gpu-istio cpu-tls-tokens gpu-tls-mtls cpu-istio-tokens two-models-tls-tokens; do
+for overlay in cpu gpu two-models gpu-istio cpu-tls-tokens gpu-tls-mtls cpu-istio-tokens two-models-tls-tokens gpu-istio-tracing; do
   out="$tmp/$overlay.yaml"
   if "$bin/kubectl" kustomize "$tmp/deploy/overlays/$overlay" > "$out" 2> "$tmp/err"; then
     pass "kustomize overlays/$overlay ($(grep -c '^kind:' "$out") resources)"

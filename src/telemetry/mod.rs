@@ -87,7 +87,10 @@ impl Telemetry {
 /// OTLP client's connection lives on it).
 pub fn init(export: Option<Export>, log_json: bool) -> anyhow::Result<Telemetry> {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))
+        // The logs see the spans of traced calls and frames (never their stages) whatever the
+        // level: a line logged inside one carries its `trace_id` and `span_id`.
+        .add_directive(format!("{TARGET}=info").parse().expect("a valid directive"));
     let logs = tracing_subscriber::fmt::layer()
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);

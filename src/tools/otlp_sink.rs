@@ -69,11 +69,17 @@ pub struct OtlpSink {
 }
 
 impl OtlpSink {
-    /// Listens on 127.0.0.1; `keep`: keep every span (for tests), or only count them.
+    /// Listens on an ephemeral port of 127.0.0.1; `keep`: keep every span (for tests), or only
+    /// count them.
     pub async fn start(keep: bool) -> anyhow::Result<Self> {
-        let listener = TcpListener::bind("127.0.0.1:0")
+        Self::start_on(SocketAddr::from(([127, 0, 0, 1], 0)), keep).await
+    }
+
+    /// [`OtlpSink::start`] on `addr`.
+    pub async fn start_on(addr: SocketAddr, keep: bool) -> anyhow::Result<Self> {
+        let listener = TcpListener::bind(addr)
             .await
-            .context("cannot listen for OTLP")?;
+            .with_context(|| format!("cannot listen for OTLP on {addr}"))?;
         let addr = listener.local_addr()?;
         let received = Arc::new(Received {
             keep,
@@ -130,5 +136,62 @@ impl OtlpSink {
 impl Drop for OtlpSink {
     fn drop(&mut self) {
         self.task.abort();
+    }
+}
+
+/// `spans` (one trace, as received) as an indented tree: each span with its duration, its
+/// start after the root's, and its attributes; a span whose parent is not among them (the
+/// caller's, or none) is a root.
+pub fn tree(spans: &[Span]) -> String {
+    let ids: Vec<&[u8]> = spans.iter().map(|s| s.span_id.as_slice()).collect();
+    let mut out = String::new();
+    let mut roots: Vec<&Span> = spans
+        .iter()
+        .filter(|s| !ids.contains(&s.parent_span_id.as_slice()))
+        .collect();
+    roots.sort_by_key(|s| s.start_time_unix_nano);
+    for root in roots {
+        write_span(&mut out, spans, root, root.start_time_unix_nano, 0);
+    }
+    out
+}
+
+fn write_span(out: &mut String, spans: &[Span], span: &Span, origin: u64, depth: usize) {
+    use opentelemetry_proto::tonic::common::v1::any_value::Value;
+    let ms = |nanos: u64| nanos as f64 / 1e6;
+    let attributes: Vec<String> = span
+        .attributes
+        .iter()
+        .filter_map(|kv| {
+            let value = match kv.value.as_ref()?.value.as_ref()? {
+                Value::StringValue(s) => s.clone(),
+                Value::IntValue(i) => i.to_string(),
+                Value::DoubleValue(d) => d.to_string(),
+                Value::BoolValue(b) => b.to_string(),
+                _ => return None,
+            };
+            Some(format!("{}={value}", kv.key))
+        })
+        .collect();
+    let links = match span.links.len() {
+        0 => String::new(),
+        n => format!(" ({n} link{})", if n == 1 { "" } else { "s" }),
+    };
+    out.push_str(&format!(
+        "{:indent$}{} {:.2} ms (+{:.2}){links}  {}\n",
+        "",
+        span.name,
+        ms(span.end_time_unix_nano - span.start_time_unix_nano),
+        ms(span.start_time_unix_nano.saturating_sub(origin)),
+        attributes.join(" "),
+        indent = depth * 2
+    ));
+    let mut children: Vec<&Span> = spans
+        .iter()
+        .filter(|s| s.parent_span_id == span.span_id)
+        .collect();
+    children.sort_by_key(|s| s.start_time_unix_nano);
+    for child in children {
+        write_span(out, spans, child, origin, depth + 1);
     }
 }

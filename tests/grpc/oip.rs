@@ -36,7 +36,7 @@ fn model_name() -> String {
     name.to_string_lossy().into_owned()
 }
 
-async fn oip(server: &Server) -> GrpcInferenceServiceClient<Channel> {
+pub(crate) async fn oip(server: &Server) -> GrpcInferenceServiceClient<Channel> {
     GrpcInferenceServiceClient::new(server.channel().await)
 }
 
@@ -51,7 +51,7 @@ fn bytes_input(name: &str, elements: &[&[u8]]) -> (InferInputTensor, Vec<u8>) {
 }
 
 /// A zero-shot request for `images` against [`labels`], framed as tritonclient frames it.
-fn zero_shot(model: &str, id: &str, images: &[&[u8]]) -> ModelInferRequest {
+pub(crate) fn zero_shot(model: &str, id: &str, images: &[&[u8]]) -> ModelInferRequest {
     let texts = labels();
     let texts: Vec<&[u8]> = texts.iter().map(|t| t.as_bytes()).collect();
     let (image, image_raw) = bytes_input("IMAGE", images);

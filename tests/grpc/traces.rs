@@ -124,6 +124,8 @@ async fn a_traced_classify_continues_the_callers_trace_with_its_stages() {
     let round_trip = called.elapsed();
 
     let spans = trace_of(&sink, &trace, CLASSIFY).await;
+    // The tree the README shows (`cargo test … -- --nocapture`).
+    println!("{}", siglip_serve::tools::otlp_sink::tree(&spans));
     let call = spans.iter().find(|s| s.name == CLASSIFY).unwrap();
     assert_eq!(
         hex(&call.parent_span_id),
@@ -217,6 +219,48 @@ async fn a_traced_classify_continues_the_callers_trace_with_its_stages() {
     assert_eq!(str_attr(&batch, "siglip.device"), Some("cpu"));
     for key in ["siglip.model", "siglip.dtype", "siglip.backend"] {
         assert!(str_attr(&batch, key).is_some(), "the batch has {key}");
+    }
+}
+
+#[tokio::test]
+async fn a_traced_model_infer_continues_the_callers_trace_too() {
+    let sink = OtlpSink::start(true).await.unwrap();
+    let server = traced_server(&sink, &[]).await;
+    let (trace, caller, traceparent) = parent(5);
+    let image = asset("rocket.bmp");
+    crate::oip::oip(&server)
+        .await
+        .model_infer(with_header(
+            crate::oip::zero_shot("zero-shot", "1", &[&image]),
+            "traceparent",
+            &traceparent,
+        ))
+        .await
+        .expect("ModelInfer");
+    let name = "inference.GRPCInferenceService/ModelInfer";
+    let spans = trace_of(&sink, &trace, name).await;
+    let call = spans.iter().find(|s| s.name == name).unwrap();
+    assert_eq!(hex(&call.parent_span_id), caller);
+    assert_eq!(
+        str_attr(call, "rpc.service"),
+        Some("inference.GRPCInferenceService")
+    );
+    assert_eq!(int_attr(call, "rpc.grpc.status_code"), Some(0));
+    assert_eq!(int_attr(call, "siglip.images"), Some(1));
+    assert_eq!(int_attr(call, "siglip.texts"), Some(LABELS.len() as i64));
+    let stages: Vec<&str> = children(&spans, call)
+        .iter()
+        .map(|s| s.name.as_str())
+        .collect();
+    for want in [
+        "receive",
+        "tokenize",
+        "decode",
+        "preprocess",
+        "queue",
+        "inference",
+    ] {
+        assert!(stages.contains(&want), "ModelInfer's {want}: {stages:?}");
     }
 }
 
@@ -471,4 +515,52 @@ fn value_text(kv: &KeyValue) -> String {
         Some(other) => format!("{other:?}"),
         None => String::new(),
     }
+}
+
+#[tokio::test]
+async fn json_log_lines_inside_a_traced_call_carry_its_trace_and_span_ids() {
+    let scratch = Scratch::new("trace-logs");
+    let log_path = scratch.path("serve.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let sink = OtlpSink::start(true).await.unwrap();
+    let endpoint = sink.endpoint();
+    let server = Server::spawn_logging(
+        &crate::common::generated("SIGLIP_TEST_MODEL_DIR"),
+        &["--otlp-endpoint", &endpoint, "--log-json"],
+        &[FAST_EXPORT, ("RUST_LOG", "warn")],
+        std::process::Stdio::from(log),
+    );
+    server
+        .wait_for(tonic_health::pb::health_check_response::ServingStatus::Serving)
+        .await;
+    // A call that fails is logged ("request failed") inside its span.
+    let (trace, _, traceparent) = parent(50);
+    let mut client = server.client().await;
+    client
+        .classify(with_header(
+            classify_request(asset("rocket.bmp"), Vec::new()),
+            "traceparent",
+            &traceparent,
+        ))
+        .await
+        .expect_err("no labels");
+    let spans = trace_of(&sink, &trace, CLASSIFY).await;
+    let call = spans.iter().find(|s| s.name == CLASSIFY).unwrap();
+    assert_eq!(
+        int_attr(call, "rpc.grpc.status_code"),
+        Some(3),
+        "INVALID_ARGUMENT"
+    );
+    let text = std::fs::read_to_string(&log_path).unwrap();
+    let line = text
+        .lines()
+        .find(|l| l.contains("request failed"))
+        .unwrap_or_else(|| panic!("no failed request logged: {text}"));
+    let json: serde_json::Value = serde_json::from_str(line).expect("a JSON line");
+    assert_eq!(json["span"]["trace_id"], trace.as_str(), "{line}");
+    assert_eq!(
+        json["span"]["span_id"],
+        hex(&call.span_id).as_str(),
+        "{line}"
+    );
 }

@@ -35,6 +35,7 @@ mod load;
 mod model_only;
 mod models;
 mod oip;
+mod tracing;
 mod video;
 
 use std::{path::PathBuf, sync::Arc, time::Duration};
@@ -104,6 +105,13 @@ pub struct BenchArgs {
     /// Write all figures here as JSON.
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// A second server, the same model with `--otlp-endpoint http://<--otlp-sink-addr>`: run
+    /// only the tracing phase (Classify on it against `--addr`, tracing off, alternating).
+    #[arg(long)]
+    pub traced_addr: Option<String>,
+    /// Where the tracing phase's OTLP receiver listens (the traced server's endpoint).
+    #[arg(long, default_value = "127.0.0.1:4317")]
+    pub otlp_sink_addr: std::net::SocketAddr,
     /// Two models of the server's repository, A and B: run only the two-model phase (each
     /// model's throughput alone, then B's latency under a flood of A, against 2 × B's idle
     /// latency + one batch of A).
@@ -119,6 +127,7 @@ pub struct Report {
     pub fair: Option<FairReport>,
     pub models: Option<models::ModelsReport>,
     pub oip: Option<oip::OipReport>,
+    pub tracing: Option<tracing::TracingReport>,
     pub model_only_img_s: Option<f64>,
     pub model_only_batch: Option<usize>,
     /// The closed loop's CPU per image: the server's, the model's and the rest by stage.
@@ -232,6 +241,34 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Report> {
         let two = models::run(&client, &workload, [a, b], args.concurrency, phase).await?;
         two.print();
         report.models = Some(two);
+        if let Some(path) = &args.json {
+            std::fs::write(path, serde_json::to_string_pretty(&report)?)?;
+        }
+        return Ok(report);
+    }
+
+    if let Some(traced_addr) = &args.traced_addr {
+        let traced = args
+            .client
+            .client(args.client.connect(traced_addr).await?)?
+            .max_decoding_message_size(64 << 20);
+        wait_until_ready(&traced).await?;
+        for i in 0..3 {
+            for c in [&client, &traced] {
+                c.clone().classify(workload.request(i)).await?;
+            }
+        }
+        let cost = tracing::run(
+            &client,
+            &traced,
+            args.otlp_sink_addr,
+            &workload,
+            args.concurrency,
+            phase,
+        )
+        .await?;
+        cost.print();
+        report.tracing = Some(cost);
         if let Some(path) = &args.json {
             std::fs::write(path, serde_json::to_string_pretty(&report)?)?;
         }

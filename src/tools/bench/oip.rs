@@ -91,7 +91,7 @@ pub(super) async fn run(
     }
 }
 
-fn counted<T>(errors: &AtomicU64, result: Result<T, tonic::Status>) -> bool {
+pub(super) fn counted<T>(errors: &AtomicU64, result: Result<T, tonic::Status>) -> bool {
     if result.is_err() {
         errors.fetch_add(1, Ordering::Relaxed);
     }
@@ -117,7 +117,11 @@ fn zero_shot(model: &str, image: &[u8], texts: &[u8], labels: usize) -> ModelInf
 
 /// `callers` callers, each making its next call as soon as the last is answered, for
 /// `duration`: the calls that succeeded, and the time they took in all.
-async fn closed_loop<F, Fut>(callers: usize, duration: Duration, call: F) -> (u64, Duration)
+pub(super) async fn closed_loop<F, Fut>(
+    callers: usize,
+    duration: Duration,
+    call: F,
+) -> (u64, Duration)
 where
     F: Fn(usize) -> Fut + Clone + Send + 'static,
     Fut: Future<Output = bool> + Send,

@@ -21,7 +21,7 @@
 //!
 //! Beside them: [`server`] (the composition root of `serve` and its lifecycle), [`config`]
 //! (flags, each also an environment variable), [`health`], [`metrics`] (every name in one
-//! place), [`cpu_time`] (the CPU each of the server's own stages uses), [`error`] (the one
+//! place), [`telemetry`] (logs and OpenTelemetry traces), [`cpu_time`] (the CPU each of the server's own stages uses), [`error`] (the one
 //! error type), and [`tools`] (the command line's other subcommands: classify, health, bench,
 //! soak, parity).
 

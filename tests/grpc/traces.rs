@@ -556,6 +556,8 @@ async fn json_log_lines_inside_a_traced_call_carry_its_trace_and_span_ids() {
         .lines()
         .find(|l| l.contains("request failed"))
         .unwrap_or_else(|| panic!("no failed request logged: {text}"));
+    // The line docs/tracing.md shows (`-- --nocapture`).
+    println!("{line}");
     let json: serde_json::Value = serde_json::from_str(line).expect("a JSON line");
     assert_eq!(json["span"]["trace_id"], trace.as_str(), "{line}");
     assert_eq!(

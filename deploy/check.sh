@@ -140,6 +140,7 @@ siglip_pending_texts siglip_decoding_pixels siglip_reassembly_bytes siglip_infer
 siglip_inference_consecutive_failures siglip_cuda_memory_used_bytes
 siglip_auth_refused_total siglip_calls_by_caller_total siglip_tls_handshake_failures_total siglip_reloads_total
 siglip_tls_handshakes_in_progress siglip_cpu_seconds
+siglip_trace_spans_exported_total siglip_trace_spans_dropped_total
 process_resident_memory_bytes process_cpu_seconds_total""".split()
 HISTOGRAMS = {"siglip_grpc_request_duration_seconds", "siglip_queue_wait_seconds", "siglip_batch_size",
               "siglip_preprocess_duration_seconds", "siglip_tokenize_duration_seconds",
@@ -329,7 +330,9 @@ for path in sys.argv[1:]:
                 errors.append(f"{name}: a document without {key}")
         if not d.get("metadata", {}).get("name"):
             errors.append(f"{name}: {d.get('kind')} without metadata.name")
-    (dep,), (svc,) = by["Deployment"], by["Service"]
+    # The server's; a component may add others (components/tracing: a Collector).
+    (dep,) = [d for d in by["Deployment"] if d["metadata"]["name"] == "siglip-serve"]
+    (svc,) = [d for d in by["Service"] if d["metadata"]["name"] == "siglip-serve"]
     pod = dep["spec"]["template"]
     labels = pod["metadata"]["labels"]
     sel = dep["spec"]["selector"]["matchLabels"]

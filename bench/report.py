@@ -90,7 +90,7 @@ def main() -> None:
         two_models(json.loads(a.models.read_text())["models"])
     tracing = json.loads(a.tracing.read_text())["tracing"] if a.tracing else {}
     if tracing:
-        print(f"tracing ({runs[0].get('dtype')}): every call's spans exported (ratio 1.0) {tracing['on_img_s']:.2f} img/s "
+        print(f"tracing ({tracing['dtype']}): every call's spans exported (ratio 1.0) {tracing['on_img_s']:.2f} img/s "
               f"vs tracing off {tracing['off_img_s']:.2f} img/s, alternating in the same run: cost "
               f"{tracing['cost_pct']:+.1f}% (target ≤ 3%), {tracing['spans_per_call']:.1f} spans per call, "
               f"errors {tracing['errors']}")

@@ -42,7 +42,8 @@ variant_flags() {
 
 # One server run and its benchmark; returns non-zero (and leaves no server behind) on failure.
 server_pid=""
-trap '[ -z "$server_pid" ] || kill "$server_pid" 2> /dev/null || true' EXIT
+tracing_pids=()
+trap '[ -z "$server_pid" ] || kill "$server_pid" 2> /dev/null || true; [ ${#tracing_pids[@]} = 0 ] || kill "${tracing_pids[@]}" 2> /dev/null || true' EXIT
 run_variant() {
   local dtype=$1 variant=$2 flags run log addr="" status=0
   flags=$(variant_flags "$variant") || return 1
@@ -117,15 +118,19 @@ if [ "${TRACING:-1}" = 1 ]; then
   dtype=${dtype%% *}
   sink_port=$("$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
   echo "== siglip-serve, $dtype on $device: tracing on (ratio 1.0) against off"
-  pids=() addrs=()
+  addrs=()
   for traced in off on; do
     log="$out/serve-tracing-$traced.log"
     otlp=()
     [ "$traced" = on ] && otlp=(--otlp-endpoint "http://127.0.0.1:$sink_port" --trace-sample-ratio 1)
-    "$BIN" serve --model-dir "$MODEL" --device "$device" --dtype "$dtype" --threads "$threads" "${otlp[@]}" \
-      --max-batch-size "${MAX_BATCH:-8}" --grpc-addr 127.0.0.1:0 --metrics-addr 127.0.0.1:0 > "$log" 2>&1 &
-    pids+=($!)
+    # Exports every 200 ms (the SDK's default is 5 s): little of one turn's export spills into
+    # the next, untraced turn.
+    OTEL_BSP_SCHEDULE_DELAY=200 "$BIN" serve --model-dir "$MODEL" --device "$device" --dtype "$dtype" \
+      --threads "$threads" "${otlp[@]}" --max-batch-size "${MAX_BATCH:-8}" --grpc-addr 127.0.0.1:0 \
+      --metrics-addr 127.0.0.1:0 > "$log" 2>&1 &
+    tracing_pids+=($!)
     addrs+=("$(listening_addr "$log" "$!")")
+    [ -n "${addrs[-1]}" ] || { tail -20 "$log"; echo "== tracing $traced: the server did not start ($log)"; }
   done
   if [ -n "${addrs[0]}" ] && [ -n "${addrs[1]}" ] && "$BIN" bench --addr "http://${addrs[0]}" \
       --traced-addr "http://${addrs[1]}" --otlp-sink-addr "127.0.0.1:$sink_port" --images "${photos[@]}" \
@@ -135,8 +140,11 @@ if [ "${TRACING:-1}" = 1 ]; then
   else
     failed="$failed tracing"
   fi
-  kill -TERM "${pids[@]}" 2> /dev/null || true
-  wait "${pids[@]}" || failed="$failed tracing-exit"
+  kill -TERM "${tracing_pids[@]}" 2> /dev/null || true
+  for pid in "${tracing_pids[@]}"; do
+    wait "$pid" || failed="$failed tracing-exit"
+  done
+  tracing_pids=()
 fi
 
 echo "== the Python way: transformers processor + SiglipModel per image, same texts, $threads threads"

@@ -94,6 +94,10 @@ fn serve(args: ServeArgs) -> ! {
             std::process::exit(1);
         }
     };
+    if let Err(e) = args.check() {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
     // On the runtime: the OTLP exporter's connection lives there.
     let telemetry =
         match runtime.block_on(async { telemetry::init(args.tracing.export(), args.log_json) }) {

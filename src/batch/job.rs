@@ -90,7 +90,7 @@ impl Job {
 
     /// A job nobody waits for any more is dropped; one past its deadline or stale is answered so.
     /// `model` labels the metrics.
-    pub(super) fn still_wanted(self, model: &Arc<str>) -> Option<Self> {
+    pub(super) fn still_wanted(mut self, model: &Arc<str>) -> Option<Self> {
         let queue_wait = histogram!(metrics::QUEUE_WAIT, "model" => Arc::clone(model));
         if self.reply.is_closed() {
             counter!(metrics::REQUESTS_DROPPED, "reason" => "cancelled", "model" => Arc::clone(model))
@@ -99,6 +99,9 @@ impl Job {
             return None;
         }
         if self.deadline.is_some_and(|d| Instant::now() >= d) {
+            self.stage.record("siglip.dropped", "deadline");
+            // Its queue span ends before its caller hears (and its call's span can end).
+            self.stage = Span::none();
             counter!(metrics::REQUESTS_DROPPED, "reason" => "deadline", "model" => Arc::clone(model))
                 .increment(1);
             let waited = self.enqueued.elapsed();
@@ -112,6 +115,8 @@ impl Job {
         }
         let now = Instant::now();
         if let Some(stale_at) = self.stale_at.filter(|&at| now >= at) {
+            self.stage.record("siglip.dropped", "stale");
+            self.stage = Span::none();
             // Not a dropped request: the stream counts its stale frames itself, by reason.
             let waited = self.enqueued.elapsed();
             queue_wait.record(waited);

@@ -17,8 +17,8 @@ pub struct TraceArgs {
     #[arg(long, env = "SIGLIP_OTLP_SERVICE_NAME", default_value = "siglip-serve")]
     pub otlp_service_name: String,
 
-    /// Share of calls without a sampled parent that start a trace (0 to 1). A caller's sampled
-    /// flag is always followed.
+    /// Share of calls with no trace context (or a B3 one that leaves the decision to us) that
+    /// start a trace (0 to 1). A caller's sampled flag is always followed, "not sampled" too.
     #[arg(long, env = "SIGLIP_TRACE_SAMPLE_RATIO", default_value_t = 1.0)]
     pub trace_sample_ratio: f64,
 
@@ -45,6 +45,14 @@ impl TraceArgs {
         }
         if self.trace_queue_spans == 0 {
             anyhow::bail!("--trace-queue-spans must be at least 1");
+        }
+        if let Some(endpoint) = self.otlp_endpoint.as_deref().filter(|e| !e.is_empty()) {
+            if !endpoint.starts_with("http://") {
+                anyhow::bail!(
+                    "--otlp-endpoint {endpoint}: only http:// (plaintext OTLP/gRPC) is supported; \
+                     reach the Collector over the pod network or the mesh"
+                );
+            }
         }
         Ok(())
     }

@@ -91,11 +91,13 @@ impl GrpcServer {
         let (stop, stopped) = oneshot::channel::<()>();
         let server = connection
             .builder()
+            // A call refused for its token is not traced (anyone may send those, as fast as they
+            // like); one refused as malformed is, with its status.
+            .layer(Authorize::new(security.tokens, calls::record_refused))
+            .layer(traced::Traced)
             .layer(MalformedCalls {
                 max_message_bytes: max_message,
             })
-            .layer(Authorize::new(security.tokens, calls::record_refused))
-            .layer(traced::Traced)
             .add_service(health_service)
             .add_optional_service(reflection_v1)
             .add_optional_service(reflection_v1alpha)

@@ -1,20 +1,21 @@
 //! Every call of the two APIs runs inside its span (`telemetry::call_span`), made here where
 //! the request's headers (the caller's trace context) and path are at hand; calls of other
-//! services (health, reflection) are not traced. A unary call's first stage, `receive`, is its
+//! services (health, reflection) are not traced, nor calls refused for their token (before this
+//! layer: anyone can send those). A unary call's first stage, `receive`, is its
 //! request arriving (a slow client or sidecar shows here), until its body ends. With tracing off
 //! this adds nothing.
 
 use std::{
-    future::Future,
     pin::Pin,
     task::{Context, Poll},
 };
 
 use bytes::Bytes;
+use futures_util::future::Either;
 use http_body::{Frame, SizeHint};
 use tonic::body::Body;
 use tower::{Layer, Service};
-use tracing::{Instrument, Span};
+use tracing::{instrument::Instrumented, Instrument, Span};
 
 use super::calls;
 use crate::telemetry;
@@ -38,11 +39,11 @@ pub(super) struct TracedService<S> {
 impl<S> Service<http::Request<Body>> for TracedService<S>
 where
     S: Service<http::Request<Body>>,
-    S::Future: Send + 'static,
 {
     type Response = S::Response;
     type Error = S::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+    /// The call itself when it is not traced: nothing boxed, nothing added.
+    type Future = Either<S::Future, Instrumented<S::Future>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -50,10 +51,10 @@ where
 
     fn call(&mut self, request: http::Request<Body>) -> Self::Future {
         if !telemetry::enabled() {
-            return Box::pin(self.inner.call(request));
+            return Either::Left(self.inner.call(request));
         }
         let Some((service, method)) = calls::service_method(request.uri().path()) else {
-            return Box::pin(self.inner.call(request));
+            return Either::Left(self.inner.call(request));
         };
         let span = telemetry::call_span(service, method, request.headers());
         let request = match STREAMING_REQUESTS.contains(&method) || span.is_none() {
@@ -68,7 +69,7 @@ where
                 })
             }
         };
-        Box::pin(self.inner.call(request).instrument(span))
+        Either::Right(self.inner.call(request).instrument(span))
     }
 }
 

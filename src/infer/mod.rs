@@ -154,7 +154,6 @@ impl Infer {
         deadline: Option<Instant>,
     ) -> Result<(Labels, Timings)> {
         self.check_texts(&texts)?;
-        telemetry::record_texts(texts.len());
         if let Some(rows) = self.text_cache.get_written(&texts) {
             drop(telemetry::stage("text_cache_hit"));
             return Ok((self.label_set(texts, rows), Timings::default()));
@@ -336,6 +335,7 @@ impl Infer {
     ) -> Result<Classification> {
         let started = Instant::now();
         telemetry::record_images(1);
+        telemetry::record_texts(texts.len());
         let _admitted = self.shared.admission.images(1)?;
         let ((labels, text_timings), (pixels, preprocess)) =
             tokio::try_join!(self.labels(texts, deadline), self.preprocess(image))?;
@@ -428,6 +428,7 @@ impl Infer {
         deadline: Option<Instant>,
     ) -> Result<(Embeddings, Timings)> {
         let started = Instant::now();
+        telemetry::record_texts(texts.len());
         let (labels, mut timings) = self.labels(texts, deadline).await?;
         timings.total = started.elapsed();
         Ok((labels.embeddings, timings))

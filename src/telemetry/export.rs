@@ -12,7 +12,7 @@ use std::{
 
 use ::metrics::counter;
 use opentelemetry::{
-    trace::{Link, SpanKind, TraceContextExt, TraceId},
+    trace::{Link, SpanKind, TraceContextExt, TraceFlags, TraceId},
     Context, KeyValue,
 };
 use opentelemetry_sdk::{
@@ -27,8 +27,10 @@ use opentelemetry_sdk::{
 use crate::metrics;
 
 /// A span with a parent follows the parent's sampled flag (a caller's, or the call it belongs
-/// to); a span with no parent but links (a batch, linked to the calls it runs) is sampled when
-/// any call it links to is; any other root (a call with no traced caller) by `ratio`.
+/// to), unless that parent is a B3 context that defers the decision (no `x-b3-sampled`): then,
+/// like a root, by `ratio`. A span with no parent but links (a batch, linked to the calls it
+/// runs) is sampled when any call it links to is; any other root (a call with no traced
+/// caller) by `ratio`.
 #[derive(Debug, Clone)]
 pub(super) struct FollowCalls {
     pub(super) ratio: f64,
@@ -47,14 +49,16 @@ impl ShouldSample for FollowCalls {
         let parent_span = parent
             .filter(|cx| cx.has_active_span())
             .map(|cx| cx.span().span_context().clone());
+        let by_ratio = || {
+            let ratio = Sampler::TraceIdRatioBased(self.ratio);
+            let result = ratio.should_sample(None, trace_id, name, kind, attributes, links);
+            result.decision == SamplingDecision::RecordAndSample
+        };
         let sampled = match parent_span {
+            Some(parent) if deferred(parent.trace_flags()) => by_ratio(),
             Some(parent) => parent.is_sampled(),
             None if !links.is_empty() => links.iter().any(|l| l.span_context.is_sampled()),
-            None => {
-                let ratio = Sampler::TraceIdRatioBased(self.ratio);
-                let result = ratio.should_sample(None, trace_id, name, kind, attributes, links);
-                result.decision == SamplingDecision::RecordAndSample
-            }
+            None => by_ratio(),
         };
         SamplingResult {
             decision: match sampled {
@@ -69,6 +73,12 @@ impl ShouldSample for FollowCalls {
     }
 }
 
+/// B3's "deferred" flag (`opentelemetry_propagator_b3`'s 0x02): the caller made no sampling
+/// decision and leaves it to the receiver.
+fn deferred(flags: TraceFlags) -> bool {
+    !flags.is_sampled() && flags.to_u8() & 0x02 != 0
+}
+
 /// The batch processor behind a bound of our own: a span that finds `capacity` spans already
 /// waiting or being exported is dropped and counted, so that a slow or absent collector costs
 /// the calls nothing (the processor's own queue never fills: its drops would go uncounted).
@@ -79,24 +89,19 @@ pub(super) struct Bounded {
 }
 
 impl Bounded {
-    pub(super) fn new(
-        exporter: opentelemetry_otlp::SpanExporter,
-        capacity: usize,
-        delay: Option<Duration>,
-    ) -> Self {
+    pub(super) fn new(exporter: opentelemetry_otlp::SpanExporter, capacity: usize) -> Self {
         let pending = Arc::new(AtomicUsize::new(0));
         let exporter = Counted {
             inner: exporter,
             pending: Arc::clone(&pending),
             failing: AtomicBool::new(false),
         };
-        let mut config =
-            opentelemetry_sdk::trace::BatchConfigBuilder::default().with_max_queue_size(capacity);
-        if let Some(delay) = delay {
-            config = config.with_scheduled_delay(delay);
-        }
+        // The other settings are the SDK's defaults, or its OTEL_BSP_* variables.
+        let config = opentelemetry_sdk::trace::BatchConfigBuilder::default()
+            .with_max_queue_size(capacity)
+            .build();
         let inner = BatchSpanProcessor::builder(exporter)
-            .with_batch_config(config.build())
+            .with_batch_config(config)
             .build();
         Self {
             inner,
@@ -187,5 +192,57 @@ impl SpanExporter for Counted {
 
     fn set_resource(&mut self, resource: &Resource) {
         self.inner.set_resource(resource);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use opentelemetry::trace::{SpanContext, SpanId, TraceState};
+
+    use super::*;
+
+    fn decide(ratio: f64, parent: Option<TraceFlags>) -> bool {
+        let trace = TraceId::from_hex("4bf92f3577b34da6a3ce929d0e0e4736").unwrap();
+        let cx = parent.map(|flags| {
+            let remote = SpanContext::new(
+                trace,
+                SpanId::from_hex("00f067aa0ba902b7").unwrap(),
+                flags,
+                true,
+                TraceState::default(),
+            );
+            Context::new().with_remote_span_context(remote)
+        });
+        let result = FollowCalls { ratio }.should_sample(
+            cx.as_ref(),
+            trace,
+            "call",
+            &SpanKind::Server,
+            &[],
+            &[],
+        );
+        result.decision == SamplingDecision::RecordAndSample
+    }
+
+    #[test]
+    fn a_parent_decides_unless_it_defers_to_the_ratio() {
+        assert!(decide(0.0, Some(TraceFlags::SAMPLED)), "a sampled parent");
+        assert!(
+            !decide(1.0, Some(TraceFlags::default())),
+            "a parent that says no"
+        );
+        let deferred = TraceFlags::new(0x02);
+        assert!(
+            decide(1.0, Some(deferred)),
+            "B3 without a decision, ratio 1"
+        );
+        assert!(
+            !decide(0.0, Some(deferred)),
+            "B3 without a decision, ratio 0"
+        );
+        assert!(
+            decide(1.0, None) && !decide(0.0, None),
+            "no parent: the ratio"
+        );
     }
 }

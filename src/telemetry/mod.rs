@@ -58,7 +58,7 @@ pub struct Export {
     /// The collector's OTLP/gRPC endpoint.
     pub endpoint: String,
     pub service_name: String,
-    /// Share of calls without a sampled parent that start a trace.
+    /// Share of calls with no trace context that start a trace.
     pub sample_ratio: f64,
     /// Share of a traced stream's frames with spans of their own.
     pub frame_ratio: f64,
@@ -110,11 +110,7 @@ pub fn init(export: Option<Export>, log_json: bool) -> anyhow::Result<Telemetry>
         .build()
         .with_context(|| format!("--otlp-endpoint {}", settings.endpoint))?;
     let provider = SdkTracerProvider::builder()
-        .with_span_processor(export::Bounded::new(
-            exporter,
-            settings.queue_spans,
-            schedule_delay(),
-        ))
+        .with_span_processor(export::Bounded::new(exporter, settings.queue_spans))
         .with_sampler(export::FollowCalls {
             ratio: settings.sample_ratio,
         })
@@ -140,17 +136,6 @@ pub fn init(export: Option<Export>, log_json: bool) -> anyhow::Result<Telemetry>
     Ok(Telemetry {
         provider: Some(provider),
     })
-}
-
-/// `OTEL_BSP_SCHEDULE_DELAY` (milliseconds), as the OpenTelemetry SDKs read it: how often
-/// spans are exported (default 5 s). The SDK reads it too; read here so that a value set is
-/// applied even where our own settings replace the SDK's defaults.
-fn schedule_delay() -> Option<Duration> {
-    std::env::var("OTEL_BSP_SCHEDULE_DELAY")
-        .ok()?
-        .parse()
-        .ok()
-        .map(Duration::from_millis)
 }
 
 /// Whether spans are exported at all.
@@ -194,6 +179,7 @@ fn sampled_or_none(span: Span) -> Span {
     if !ids.is_sampled() {
         return Span::none();
     }
+    // Fields, so that the log lines inside carry them (they are exported as attributes too).
     span.record("trace_id", tracing::field::display(ids.trace_id()));
     span.record("span_id", tracing::field::display(ids.span_id()));
     span
@@ -210,7 +196,7 @@ pub fn child(parent: &Span, name: &'static str) -> Span {
     if parent.is_none() {
         return Span::none();
     }
-    tracing::trace_span!(target: TARGET, parent: parent, "stage", otel.name = name, siglip.tower = Empty, siglip.cache = Empty)
+    tracing::trace_span!(target: TARGET, parent: parent, "stage", otel.name = name, siglip.tower = Empty, siglip.dropped = Empty)
 }
 
 /// Notes on the current call (or frame) span how many images it carries.
@@ -278,7 +264,7 @@ impl FrameSampler {
         if !takes(tracing.frame_ratio, n) {
             return Span::none();
         }
-        tracing::info_span!(
+        let span = tracing::info_span!(
             target: TARGET,
             parent: &self.stream,
             "frame",
@@ -286,7 +272,10 @@ impl FrameSampler {
             siglip.frame = id as i64,
             siglip.images = Empty,
             siglip.texts = Empty,
-        )
+            trace_id = Empty,
+            span_id = Empty,
+        );
+        sampled_or_none(span)
     }
 }
 

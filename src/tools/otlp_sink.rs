@@ -181,7 +181,9 @@ fn write_span(out: &mut String, spans: &[Span], span: &Span, origin: u64, depth:
         "{:indent$}{} {:.2} ms (+{:.2}){links}  {}\n",
         "",
         span.name,
-        ms(span.end_time_unix_nano - span.start_time_unix_nano),
+        ms(span
+            .end_time_unix_nano
+            .saturating_sub(span.start_time_unix_nano)),
         ms(span.start_time_unix_nano.saturating_sub(origin)),
         attributes.join(" "),
         indent = depth * 2

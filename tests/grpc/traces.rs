@@ -77,7 +77,10 @@ fn str_attr<'a>(span: &'a Span, key: &str) -> Option<&'a str> {
 }
 
 fn duration(span: &Span) -> Duration {
-    Duration::from_nanos(span.end_time_unix_nano - span.start_time_unix_nano)
+    Duration::from_nanos(
+        span.end_time_unix_nano
+            .saturating_sub(span.start_time_unix_nano),
+    )
 }
 
 /// The spans of trace `trace` (hex), once one named `root` has arrived.
@@ -171,15 +174,16 @@ async fn a_traced_classify_continues_the_callers_trace_with_its_stages() {
         );
     }
     // With the labels cached, the stages run one after another and make up the call: what they
-    // leave out is converting the request, scoring and building the answer. Stated slack: at
-    // most a quarter of the call, or 3 ms on a call shorter than 12 ms.
+    // leave out is converting the request, scoring, building the answer and the wake-ups between
+    // threads (longer on a loaded machine). Stated slack: at most a quarter of the call, or 10 ms
+    // on a call shorter than 40 ms.
     let sequential: Duration = stages
         .iter()
         .filter(|s| s.name != "text_cache_hit")
         .map(|s| duration(s))
         .sum();
     let call_time = duration(call);
-    let slack = (call_time / 4).max(Duration::from_millis(3));
+    let slack = (call_time / 4).max(Duration::from_millis(10));
     assert!(
         sequential <= call_time && call_time - sequential <= slack,
         "the stages take {sequential:?} of the call's {call_time:?} (slack {slack:?}): {:?}",
@@ -425,26 +429,60 @@ async fn a_collector_that_goes_away_costs_no_call_and_its_spans_are_counted() {
     let sink = OtlpSink::start(true).await.unwrap();
     let server = traced_server(&sink, &[]).await;
     let mut client = server.client().await;
-    client
-        .classify(classify_request(asset("rocket.bmp"), labels()))
-        .await
-        .expect("classify");
+    // 20 calls with the collector up, then 20 with it gone: the second lot all succeed, and take
+    // no longer than twice the first (plus 50 ms for a busy machine), measured in this run.
+    let mut timed = async || {
+        let started = Instant::now();
+        for _ in 0..20 {
+            client
+                .classify(classify_request(asset("rocket.bmp"), labels()))
+                .await
+                .expect("every call is served, collector or not");
+        }
+        started.elapsed()
+    };
+    let with_collector = timed().await;
     wait_until("spans exported", async || {
         server.metric("siglip_trace_spans_exported_total").await > 0.0
     })
     .await;
     sink.stop().await;
-    for _ in 0..20 {
-        client
-            .classify(classify_request(asset("rocket.bmp"), labels()))
-            .await
-            .expect("every call is served with the collector gone");
-    }
+    let without = timed().await;
+    assert!(
+        without <= with_collector * 2 + Duration::from_millis(50),
+        "20 calls took {without:?} with the collector gone, {with_collector:?} with it up"
+    );
     wait_until("the lost spans counted", async || {
         server
             .metric("siglip_trace_spans_dropped_total{reason=\"export_failed\"}")
             .await
             > 0.0
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn spans_past_the_export_queue_are_dropped_and_counted_not_waited_for() {
+    let sink = OtlpSink::start(true).await.unwrap();
+    // Room for 2 finished spans: a call makes about 8, all ended within the 50 ms between
+    // exports.
+    let server = traced_server(&sink, &["--trace-queue-spans", "2"]).await;
+    let mut client = server.client().await;
+    for _ in 0..5 {
+        client
+            .classify(classify_request(asset("rocket.bmp"), labels()))
+            .await
+            .expect("classify");
+    }
+    wait_until("spans dropped for the full queue", async || {
+        server
+            .metric("siglip_trace_spans_dropped_total{reason=\"queue_full\"}")
+            .await
+            > 0.0
+    })
+    .await;
+    wait_until("the ones queued exported", async || {
+        server.metric("siglip_trace_spans_exported_total").await > 0.0
     })
     .await;
 }

@@ -20,6 +20,7 @@ use crate::infer::{Flow, ImageInput, Infer, Labels, Limits};
 use crate::model::image::RawFormat;
 use crate::model::scores::{sigmoid, ScoreFilter};
 use crate::repository::Served;
+use crate::telemetry;
 
 /// The parameters each kind takes.
 const ZERO_SHOT_PARAMETERS: [&str; 5] = [
@@ -205,6 +206,7 @@ async fn labels(
     texts: Vec<String>,
     context: &Context<'_>,
 ) -> Result<Arc<Labels>> {
+    telemetry::record_texts(texts.len());
     if let Some(labels) = context.last_labels.and_then(|l| l.get(served, &texts)) {
         return Ok(labels);
     }

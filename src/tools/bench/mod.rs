@@ -263,6 +263,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Report> {
             &traced,
             args.otlp_sink_addr,
             &workload,
+            &info.dtype,
             args.concurrency,
             phase,
         )

@@ -266,8 +266,19 @@ async fn stream_all(
     client: &mut SiglipClient<Channel>,
     messages: Vec<pb::StreamRequest>,
 ) -> Vec<pb::StreamResponse> {
+    stream_request(client, tonic::Request::new(tokio_stream::iter(messages))).await
+}
+
+/// [`stream_all`] with a request of the caller's making (its metadata).
+async fn stream_request<S>(
+    client: &mut SiglipClient<Channel>,
+    request: tonic::Request<S>,
+) -> Vec<pb::StreamResponse>
+where
+    S: tokio_stream::Stream<Item = pb::StreamRequest> + Send + 'static,
+{
     client
-        .stream(tokio_stream::iter(messages))
+        .stream(request)
         .await
         .expect("stream")
         .into_inner()

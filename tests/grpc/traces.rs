@@ -336,18 +336,8 @@ async fn a_streams_frames_are_traced_at_the_frame_ratio() {
     let (trace, caller, traceparent) = parent(20);
     let mut messages = vec![config(&LABELS, pb::DeliveryMode::EveryFrame)];
     messages.extend((0..20).map(|id| frame(id, asset("rocket.bmp"))));
-    let results: Vec<_> = client
-        .stream(with_header(
-            tokio_stream::iter(messages),
-            "traceparent",
-            &traceparent,
-        ))
-        .await
-        .expect("stream")
-        .into_inner()
-        .map(|r| r.expect("result"))
-        .collect()
-        .await;
+    let request = with_header(tokio_stream::iter(messages), "traceparent", &traceparent);
+    let results = stream_request(&mut client, request).await;
     assert_eq!(results.len(), 20);
 
     let spans = trace_of(&sink, &trace, "siglip.v1.Siglip/Stream").await;

@@ -106,16 +106,25 @@ fn children<'a>(spans: &'a [Span], parent: &Span) -> Vec<&'a Span> {
 
 const CLASSIFY: &str = "siglip.v1.Siglip/Classify";
 
+/// A Classify of the rocket against [`LABELS`] with no trace context, which must succeed
+/// (`what`: the failure's message).
+async fn untraced_classify(
+    client: &mut siglip_serve::grpc::pb::siglip_client::SiglipClient<tonic::transport::Channel>,
+    what: &str,
+) {
+    client
+        .classify(classify_request(asset("rocket.bmp"), labels()))
+        .await
+        .expect(what);
+}
+
 #[tokio::test]
 async fn a_traced_classify_continues_the_callers_trace_with_its_stages() {
     let sink = OtlpSink::start(true).await.unwrap();
     let server = traced_server(&sink, &[]).await;
     let mut client = server.client().await;
     // The labels' embeddings cached first: the traced call's stages then run one after another.
-    client
-        .classify(classify_request(asset("rocket.bmp"), labels()))
-        .await
-        .expect("warm-up");
+    untraced_classify(&mut client, "warm-up").await;
     let (trace, caller, traceparent) = parent(1);
     let request = with_header(
         classify_request(asset("rocket.bmp"), labels()),
@@ -278,10 +287,7 @@ async fn a_batch_of_four_traced_callers_is_one_span_linked_to_all_four() {
     )
     .await;
     let mut client = server.client().await;
-    client
-        .classify(classify_request(asset("rocket.bmp"), labels()))
-        .await
-        .expect("warm-up");
+    untraced_classify(&mut client, "warm-up").await;
     let callers: Vec<_> = (10..14).map(parent).collect();
     let calls = callers.iter().map(|(_, _, traceparent)| {
         let mut client = client.clone();
@@ -374,10 +380,7 @@ async fn ratio_zero_traces_only_what_a_sampled_caller_asks_for() {
     let server = traced_server(&sink, &["--trace-sample-ratio", "0"]).await;
     let mut client = server.client().await;
     // No parent, and a parent that says "not sampled": neither is traced.
-    client
-        .classify(classify_request(asset("rocket.bmp"), labels()))
-        .await
-        .expect("classify");
+    untraced_classify(&mut client, "classify").await;
     let (_, _, unsampled) = parent(30);
     client
         .classify(with_header(
@@ -424,10 +427,7 @@ async fn a_collector_that_goes_away_costs_no_call_and_its_spans_are_counted() {
     let mut timed = async || {
         let started = Instant::now();
         for _ in 0..20 {
-            client
-                .classify(classify_request(asset("rocket.bmp"), labels()))
-                .await
-                .expect("every call is served, collector or not");
+            untraced_classify(&mut client, "every call is served, collector or not").await;
         }
         started.elapsed()
     };
@@ -459,10 +459,7 @@ async fn spans_past_the_export_queue_are_dropped_and_counted_not_waited_for() {
     let server = traced_server(&sink, &["--trace-queue-spans", "2"]).await;
     let mut client = server.client().await;
     for _ in 0..5 {
-        client
-            .classify(classify_request(asset("rocket.bmp"), labels()))
-            .await
-            .expect("classify");
+        untraced_classify(&mut client, "classify").await;
     }
     wait_until("spans dropped for the full queue", async || {
         server

@@ -8,22 +8,27 @@
 #
 #   docker run --gpus all -p 50051:50051 -p 9090:9090 -v "$PWD/models/so400m:/models:ro" siglip-serve:cuda
 #
-# NOT RUN HERE: the machine this was written on has the Docker client but no engine, so no stage of
-# this file has been built or started. What was checked: `hadolint Dockerfile` (deploy/check.sh),
-# and that the library layout copied below matches the torch 2.11.0 wheel's (RPATHs, sonames) on
-# the development venv.
+# Built and run: the CPU variant, by `make image` and `make image-test` (podman, with local
+# stand-ins for the base images where no registry is reachable: docs/container.md). The CUDA
+# variant needs nvidia/cuda, which that machine cannot pull: docs/container.md says how to build
+# and check it where it can be.
 #
 # How libtorch gets in: there is no separate libtorch download. The build stage installs the
-# torch==2.11.0 wheel into a venv and builds with LIBTORCH_USE_PYTORCH=1 (tch 0.24 links exactly
-# that libtorch; see docs/development.md and build.rs). The binary's RUNPATH then points at the build venv's
-# torch/lib, which does not exist in the runtime image, so the runtime stage copies the shared
-# libraries and sets LD_LIBRARY_PATH (build.rs makes it a RUNPATH, which LD_LIBRARY_PATH overrides).
+# torch==2.11.0 wheel into a venv and builds against its libtorch (LIBTORCH=<the wheel's torch/>:
+# tch 0.24 links exactly torch 2.11; see docs/development.md and build.rs). The binary's RUNPATH
+# then points at the build venv's torch/lib, which does not exist in the runtime image, so the
+# runtime stage copies the shared libraries and sets LD_LIBRARY_PATH (build.rs makes it a
+# RUNPATH, which LD_LIBRARY_PATH overrides).
 #
 # Layout in the runtime image, kept exactly as in the wheel so that the RPATHs the torch libraries
 # carry ($ORIGIN/../../nvidia/{cu13,cudnn,cusparselt,nccl,nvshmem}/lib) resolve with no help:
-#   /opt/libtorch/torch/lib/*.so*        libtorch, libtorch_cpu, libtorch_cuda, libc10(_cuda), libgomp, ...
+#   /opt/libtorch/torch/lib/*.so*        libtorch, libtorch_cpu, libc10, libgomp (+ the CUDA ones)
 #   /opt/libtorch/nvidia/*/lib/*.so*     CUDA runtime, cuBLAS, cuDNN, NCCL, ... from the nvidia-* wheels
 # libcuda.so.1 (the driver) is not in the image: the NVIDIA container toolkit mounts the host's.
+#
+# The CPU variant carries no CUDA library but the two that libtorch_cpu.so itself needs to load
+# (libcudart, libcupti: 5 MB), and a libtorch.so of its own that ties libtorch_cpu.so alone (the
+# wheel's also pulls in libtorch_cuda.so, and with it cuDNN, cuBLAS, NCCL: gigabytes).
 
 # VARIANT selects the runtime base: cuda (nvidia/cuda, Ubuntu) or cpu (Debian slim).
 ARG VARIANT=cuda
@@ -50,33 +55,48 @@ RUN apt-get update \
  && apt-get install -y --no-install-recommends python3-venv \
  && rm -rf /var/lib/apt/lists/*
 
-# Empty: the default (CUDA) torch wheel from the package index, as `make` uses. A CPU-only torch
-# wheel index here, together with VARIANT=cpu, would give a much smaller CPU image (a binary
-# linked against a libtorch without libtorch_cuda.so); that combination has not been built.
-ARG TORCH_INDEX_URL=""
+# Optional build secrets, for a build behind a TLS-intercepting proxy or from a private index:
+# `ca-certificates.crt` (a CA bundle) and `pip.conf`, e.g.
+#   docker build --secret id=ca-certificates.crt,src=/etc/ssl/certs/ca-certificates.crt \
+#                --secret id=pip.conf,src=$HOME/.config/pip/pip.conf ...
+# Each is mounted only into the steps that download, and never lands in a layer; absent, the
+# base image's own CA bundle and pip's defaults apply (deploy/image/build.sh passes this machine's).
+#
+# The wheel of torch 2.11.0 (PyPI unless pip.conf says otherwise). CUDA: with
+# its nvidia-* dependencies, as `make` installs it. CPU: the wheel alone and the CUDA runtime pieces
+# that libtorch_cpu.so needs to load (the versions torch 2.11.0 requires), its CUDA libraries
+# deleted, and libtorch.so replaced by an empty library that needs libtorch_cpu.so alone: what the
+# binary and AOTInductor packages link (`-ltorch`) then loads no CUDA. Deleted in the step that
+# installs them, so no layer keeps them.
+ARG VARIANT
 ENV VIRTUAL_ENV=/opt/venv \
-    PATH=/opt/venv/bin:$PATH \
-    LIBTORCH_USE_PYTORCH=1
+    PATH=/opt/venv/bin:$PATH
+# '$ORIGIN' is the linker's, not the shell's.
+# hadolint ignore=SC2016
 RUN --mount=type=cache,target=/root/.cache/pip \
+    --mount=type=secret,id=pip.conf,target=/etc/pip.conf \
+    --mount=type=secret,id=ca-certificates.crt,target=/etc/ssl/certs/ca-certificates.crt \
     python3 -m venv /opt/venv \
- && if [ -n "$TORCH_INDEX_URL" ]; then export PIP_INDEX_URL="$TORCH_INDEX_URL"; fi \
- && pip install torch==2.11.0
-
-WORKDIR /src
-COPY Cargo.toml Cargo.lock build.rs ./
-COPY proto ./proto
-COPY src ./src
-# target/ is a cache mount (incremental rebuilds), so the binary is copied out in the same step.
-RUN --mount=type=cache,target=/usr/local/cargo/registry \
-    --mount=type=cache,target=/src/target \
-    cargo build --release --locked \
- && mkdir -p /stage \
- && cp target/release/siglip-serve /stage/siglip-serve
+ && if [ "$VARIANT" = cpu ]; then \
+      pip install --no-deps torch==2.11.0 nvidia-cuda-runtime==13.0.96 nvidia-cuda-cupti==13.0.85 \
+      && site="$(python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')" \
+      && lib="$site/torch/lib" \
+      && rm "$lib"/libtorch_cuda*.so "$lib"/libc10_cuda.so "$lib"/libcaffe2_nvrtc.so \
+            "$lib"/libtorch_nvshmem.so "$lib"/libtorch_python.so "$lib"/libtorch_global_deps.so \
+            "$lib"/libtorch.so \
+      && gcc -shared -x c /dev/null -o "$lib/libtorch.so" -Wl,-soname,libtorch.so \
+            -Wl,--no-as-needed -L"$lib" -ltorch_cpu -Wl,-rpath,'$ORIGIN' \
+      && find "$site/nvidia" -name '*.so*' ! -name libcudart.so.13 ! -name libcupti.so.13 -delete; \
+    else \
+      pip install torch==2.11.0; \
+    fi
 
 # Stage the shared libraries for the runtime image (see the layout above): torch/lib without
 # libtorch_python.so (it needs libpython; the server does not use it), and every shared library of
-# the nvidia-* wheels (a superset of what the binary links: cuDNN and NVRTC also dlopen some).
-# Headers and static archives are left behind.
+# the nvidia-* wheels (CUDA: a superset of what the binary links, as cuDNN and NVRTC also dlopen
+# some; CPU: the two that libtorch_cpu.so needs).
+# Headers and static archives are left behind. Before the sources: a change to them rebuilds
+# the binary, not this 460 MB layer.
 RUN site="$(python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')" \
  && mkdir -p /stage/libtorch/torch/lib \
  && cp -a "$site"/torch/lib/*.so* /stage/libtorch/torch/lib/ \
@@ -84,7 +104,23 @@ RUN site="$(python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])
  && if [ -d "$site/nvidia" ]; then \
       find "$site/nvidia" -path '*/lib/*' -name '*.so*' -printf 'nvidia/%P\0' \
         | tar -C "$site" --null -T - -cf - | tar -C /stage/libtorch -xf - ; \
-    fi \
+    fi
+
+WORKDIR /src
+COPY Cargo.toml Cargo.lock build.rs ./
+COPY proto ./proto
+COPY src ./src
+# target/ is a cache mount (incremental rebuilds), so the binary is copied out in the same step.
+# LIBTORCH rather than LIBTORCH_USE_PYTORCH (which imports torch to find it): the CPU variant's
+# trimmed torch does not import. The copy loses its debug sections (150 MB of the 180: the release
+# profile keeps line tables, mostly the C and C++ dependencies'): a backtrace in the image names
+# functions, not lines.
+RUN --mount=type=cache,target=/usr/local/cargo/registry \
+    --mount=type=cache,target=/src/target \
+    --mount=type=secret,id=ca-certificates.crt,target=/etc/ssl/certs/ca-certificates.crt \
+    LIBTORCH="$(python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/torch" \
+    cargo build --release --locked \
+ && strip --strip-debug -o /stage/siglip-serve target/release/siglip-serve \
  && LD_LIBRARY_PATH=/stage/libtorch/torch/lib /stage/siglip-serve --version
 
 ###############################################################################################
@@ -108,6 +144,8 @@ RUN apt-get update \
 WORKDIR /app
 COPY python/requirements.txt ./requirements.txt
 RUN --mount=type=cache,target=/root/.cache/pip \
+    --mount=type=secret,id=pip.conf,target=/etc/pip.conf \
+    --mount=type=secret,id=ca-certificates.crt,target=/etc/ssl/certs/ca-certificates.crt \
     pip install -r requirements.txt
 # The package itself (python/pyproject.toml: the `siglip-export` command), without dependencies:
 # they are the pinned requirements above. Its sources, and what setuptools builds next to them,
@@ -115,6 +153,8 @@ RUN --mount=type=cache,target=/root/.cache/pip \
 COPY python/pyproject.toml ./src/pyproject.toml
 COPY python/siglip_export ./src/siglip_export
 RUN --mount=type=cache,target=/root/.cache/pip \
+    --mount=type=secret,id=pip.conf,target=/etc/pip.conf \
+    --mount=type=secret,id=ca-certificates.crt,target=/etc/ssl/certs/ca-certificates.crt \
     pip install --no-deps ./src \
  && rm -rf ./src \
  && siglip-export --help > /dev/null
@@ -135,12 +175,7 @@ CMD ["--help"]
 FROM ${CUDA_IMAGE} AS runtime-cuda
 ENV SIGLIP_DEVICE=auto
 
-# CPU: the same binary and the same libraries on Debian slim, without the CUDA base image. The
-# libraries cannot be dropped: build.rs links libtorch.so with --no-as-needed, and the CUDA
-# wheel's libtorch.so itself needs libtorch_cuda.so, which needs cuDNN, cuBLAS, NCCL, ... They
-# load without a GPU or a driver (libcuda.so.1 is only dlopened when CUDA is first used), and
-# SIGLIP_DEVICE=cpu makes sure it never is. So the CPU image is no smaller than the CUDA one;
-# its point is a plain Debian base for nodes without the NVIDIA runtime. (Smaller: TORCH_INDEX_URL.)
+# CPU: Debian slim, and the libraries of libtorch's CPU side only (the build stage's CPU variant).
 FROM ${CPU_IMAGE} AS runtime-cpu
 ENV SIGLIP_DEVICE=cpu
 

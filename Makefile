@@ -17,7 +17,7 @@ CARGO_ENV := PATH="$(abspath $(VENV))/bin:$$PATH" LIBTORCH_USE_PYTORCH=1 CARGO_T
 EXPORT := $(abspath $(VENV))/bin/siglip-export
 SUITE := $(BUILD)/parity/suite.json
 
-.PHONY: run test parity bench soak fuzz venv build lint clean system-deps
+.PHONY: run test parity bench soak fuzz venv build lint clean system-deps image image-test
 .DELETE_ON_ERROR:
 
 # The stamp names this clone: the editable install points the venv at one clone's python/, so a
@@ -150,6 +150,21 @@ fuzz: venv
 	FUZZ_BIN=$(abspath $(FUZZ_TARGET_DIR))/x86_64-unknown-linux-gnu/release OUT_DIR=$(abspath $(BUILD)/fuzz) \
 	  TORCH_LIB="$$($(PY) -c 'import os, torch; print(os.path.join(os.path.dirname(torch.__file__), "lib"))')" \
 	  FUZZ_SECONDS=$(FUZZ_SECONDS) bash fuzz/run.sh
+
+# The container image (docs/container.md): the Dockerfile's CPU variant built with podman, with
+# local stand-ins for base images no registry can give here (deploy/image/bases.sh). Installs
+# podman, runc and debootstrap when missing (root). Last line:
+# image_build: image=… size_mb=… seconds=…
+image:
+	bash deploy/image/build.sh
+
+# That image run as an operator runs it (tests/python/image_check.py), beside the host's binary on
+# the same model (IMAGE_TEST_MODEL: tiny; base-224 gives a start time nearer a real model's); last line:
+# image: size_mb=… start_s=… classify_ok=… drain_ok=… tls_ok=… passed=… failed=…
+IMAGE_TEST_MODEL ?= $(BUILD)/models/tiny
+image-test: image build $(BUILD)/assets/images.json $(IMAGE_TEST_MODEL)/manifest.json
+	SIGLIP_TEST_ASSETS=$(abspath $(BUILD)/assets) SIGLIP_TEST_MODEL_DIR=$(abspath $(IMAGE_TEST_MODEL)) \
+	  SIGLIP_SERVE_BIN=$(abspath $(BIN)) PY=$(PY) bash deploy/image/test.sh
 
 # A real photo classified end to end. Offline this uses a RANDOM-weight model (it says so).
 # With network it exports google/siglip-so400m-patch14-384; offline it falls back to random

@@ -6,8 +6,8 @@
 #   deploy/check.sh                      # tools from the repo's .venv (installed if missing)
 #   PY=/path/to/venv/bin/python deploy/check.sh
 #
-# What this does NOT do (nothing here can): build or run the image (no Docker engine), apply the
-# manifests to a cluster, or schema-validate the custom resources (ServiceMonitor; Istio's
+# What this does NOT do: build or run the image (`make image image-test` do, with podman:
+# docs/container.md), apply the manifests to a cluster, or schema-validate the custom resources (ServiceMonitor; Istio's
 # DestinationRule, PeerAuthentication, AuthorizationPolicy; Linkerd's Server, HTTPRoute,
 # AuthorizationPolicy, MeshTLSAuthentication, NetworkAuthentication; cert-manager's Certificate;
 # KServe's ServingRuntime and InferenceService, deploy/kserve):
@@ -48,6 +48,9 @@ trap 'rm -rf "$tmp"' EXIT
 
 # 1. Dockerfile
 run "hadolint Dockerfile" "$bin/hadolint" Dockerfile
+for file in deploy/image/*.Containerfile; do
+  run "hadolint $file" "$bin/hadolint" "$file"
+done
 
 # 2. YAML style and syntax of every source file under deploy/
 run "yamllint deploy/ (deploy/.yamllint)" "$bin/yamllint" --strict -c deploy/.yamllint deploy/
@@ -971,7 +974,7 @@ else
   note "promtool not found: the dashboard's PromQL is not parsed (metric names are checked above)"
 fi
 
-note "not run here: docker build/run (no Docker engine), kubectl apply (no cluster)"
+note "not run here: the image (make image image-test build and run it with podman), kubectl apply (no cluster)"
 if [ "$failed" -ne 0 ]; then
   echo "deploy/check.sh: FAILED"
   exit 1

@@ -1,0 +1,43 @@
+# Shared by the image scripts (sourced): podman as it runs on a machine like the CI's.
+#
+# runc, not crun: crun fails on cgroups in hybrid mode and on rlimits there. The ulimits are
+# explicit for the same reason (podman's default nproc cannot be set there). SIGLIP_IMAGE_STORE,
+# when set, keeps podman's images and build caches in that folder instead of
+# /var/lib/containers (CI points it into its cache, so a fresh clone finds them warm).
+
+# The Dockerfile's VARIANT: cpu, or cuda where nvidia/cuda can be pulled (docs/container.md).
+IMAGE_VARIANT=${IMAGE_VARIANT:-cpu}
+IMAGE=${IMAGE:-localhost/siglip-serve:$IMAGE_VARIANT}
+DEBIAN_BASE=docker.io/library/debian:bookworm-slim
+RUST_BASE=docker.io/library/rust:1.95-bookworm
+PYTHON_BASE=docker.io/library/python:3.11-slim-bookworm
+ULIMITS=(--ulimit nofile=1024:4096 --ulimit nproc=4096:4096)
+
+podman() {
+  if [ -n "${SIGLIP_IMAGE_STORE:-}" ]; then
+    mkdir -p "$SIGLIP_IMAGE_STORE/tmp"
+    # TMPDIR: where buildah keeps the RUN --mount=type=cache folders (cargo's and pip's caches).
+    TMPDIR="$SIGLIP_IMAGE_STORE/tmp" command podman --runtime runc --root "$SIGLIP_IMAGE_STORE/storage" \
+      --runroot "$SIGLIP_IMAGE_STORE/run" "$@"
+  else
+    command podman --runtime runc "$@"
+  fi
+}
+
+# podman, runc and debootstrap from Debian's packages, installed when missing and this user can.
+need_tools() {
+  local missing=()
+  command -v podman > /dev/null || missing+=(podman)
+  command -v runc > /dev/null || missing+=(runc)
+  command -v debootstrap > /dev/null || missing+=(debootstrap)
+  [ ${#missing[@]} = 0 ] && return 0
+  if [ "$(id -u)" != 0 ] || ! command -v apt-get > /dev/null; then
+    echo "the image scripts need ${missing[*]} (Debian: apt-get install podman runc debootstrap), as root" >&2
+    return 1
+  fi
+  echo "installing ${missing[*]} (Debian's packages)"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" > /dev/null
+}
+
+# The label a local base carries, naming what it was made from; empty for a pulled image.
+local_key() { podman image inspect --format '{{index .Labels "org.siglip-serve.local-base"}}' "$1" 2> /dev/null; }

@@ -43,12 +43,18 @@ pip_conf=$PWD/build/image/pip.conf
 secrets+=(--secret "id=pip.conf,src=$pip_conf")
 
 echo "building $IMAGE (log: build/image/build.log)"
-if ! podman build --network=host "${ULIMITS[@]}" --format docker --build-arg "VARIANT=$IMAGE_VARIANT" \
-  "${secrets[@]}" -t "$IMAGE" . > build/image/build.log 2>&1; then
+# The build stage first, under a tag of its own: its layers (the torch wheel's, the cargo build's)
+# are then in use, and the prune below removes only what no tagged image uses any more, the layers
+# of earlier builds, never the cache the next build needs.
+build=(podman build --network=host "${ULIMITS[@]}" --format docker --build-arg "VARIANT=$IMAGE_VARIANT"
+  "${secrets[@]}")
+if ! { "${build[@]}" --target build -t "$IMAGE-build" . && "${build[@]}" -t "$IMAGE" .; } \
+  > build/image/build.log 2>&1; then
   tail -40 build/image/build.log >&2
   echo "image_build: FAILED after $((SECONDS - start)) s (build/image/build.log)" >&2
   exit 1
 fi
+podman image prune --force > /dev/null
 
 echo "layers (size, step):"
 podman history --no-trunc --format '{{.Size}}	{{.CreatedBy}}' "$IMAGE" |

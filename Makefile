@@ -162,8 +162,10 @@ image:
 # the same model (IMAGE_TEST_MODEL: tiny; base-224 gives a start time nearer a real model's); last line:
 # image: size_mb=… start_s=… classify_ok=… drain_ok=… tls_ok=… passed=… failed=…
 IMAGE_TEST_MODEL ?= $(BUILD)/models/tiny
-image-test: image build $(BUILD)/assets/images.json $(IMAGE_TEST_MODEL)/manifest.json
+image-test: image build $(BUILD)/assets/images.json $(IMAGE_TEST_MODEL)/manifest.json \
+  $(BUILD)/models/tiny-aoti/manifest.json
 	SIGLIP_TEST_ASSETS=$(abspath $(BUILD)/assets) SIGLIP_TEST_MODEL_DIR=$(abspath $(IMAGE_TEST_MODEL)) \
+	  SIGLIP_TEST_AOTI_MODEL_DIR=$(abspath $(BUILD)/models/tiny-aoti) \
 	  SIGLIP_SERVE_BIN=$(abspath $(BIN)) PY=$(PY) bash deploy/image/test.sh
 
 # A real photo classified end to end. Offline this uses a RANDOM-weight model (it says so).

@@ -6,9 +6,10 @@ a read-only root filesystem with a tmpfs on /tmp (the deployment's emptyDir), ev
 dropped, no privilege escalation, the model directory mounted read-only at /models, and its two
 ports published on loopback. Each check compares with, or talks to, what the README promises.
 
-Environment (set by deploy/image/test.sh): SIGLIP_TEST_IMAGE (the image), SIGLIP_PODMAN (the podman
-command line), SIGLIP_IMAGE_REPORT (where the figures for the last line go), and what conftest.py
-reads (the model, the assets, the host's server binary for the comparisons).
+Environment (set by `make image-test`): SIGLIP_TEST_IMAGE (the image), SIGLIP_PODMAN (the podman
+command line), SIGLIP_IMAGE_REPORT (where the figures for the last line go),
+SIGLIP_TEST_AOTI_MODEL_DIR (a model with a compiled package), and what conftest.py reads (the
+model, the assets, the host's server binary for the comparisons).
 """
 
 import json
@@ -253,6 +254,26 @@ def test_metrics_are_scraped(container, stubs, stubs_of, assets, labels):
                   if line.startswith("siglip_grpc_requests_total{") and 'method="Classify"' in line
                   and 'code="OK"' in line)
     assert counted >= 1, "no Classify counted on /metrics"
+
+def test_a_compiled_package_loads_and_answers_as_on_the_host(image, server_bin, stubs, stubs_of, assets, labels,
+                                                            tmp_path):
+    """A model with an AOTInductor package (`siglip-export compile`): the package's library needs
+    libtorch.so, the image's own (libtorch_cpu.so alone), and is unpacked under /tmp, the only
+    writable place."""
+    pb2, _ = stubs
+    model = Path(os.environ["SIGLIP_TEST_AOTI_MODEL_DIR"])
+    # The package takes batches of at most 8 (`make`'s `compile --max-batch 8`).
+    box = Container(image, model, env={"SIGLIP_BACKEND": "aoti", "SIGLIP_MAX_BATCH_SIZE": "8"})
+    try:
+        box.wait_healthy()
+        request = pb2.ClassifyRequest(image=pb2.Image(encoded=(assets / PHOTOS[1]).read_bytes()), texts=labels)
+        got = probabilities(stubs_of(box.addr).Classify(request, timeout=30))
+        for addr in run_server(server_bin, model, tmp_path, ["--backend", "aoti", "--max-batch-size", "8"]):
+            want = probabilities(stubs_of(addr).Classify(request, timeout=30))
+        assert max(abs(got[label] - want[label]) for label in labels) <= 1e-6
+    finally:
+        box.remove()
+
 
 def inflight(box: Container) -> float:
     line = next(line for line in box.metrics().splitlines() if line.startswith("siglip_inflight_requests "))

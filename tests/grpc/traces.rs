@@ -1,7 +1,8 @@
 //! Distributed tracing end to end: a real OTLP/gRPC receiver (`tools::otlp_sink`, a tonic
 //! `TraceService`) gets the server's spans. A call with a caller's `traceparent` (or B3) must
 //! continue that trace with its stages under it; a batch is one span linked to every call in it;
-//! a stream's frames are traced at their own ratio; sampling follows the ratio and the caller;
+//! a stream's frames, and an inference stream's requests, are traced at their own ratio; Upload's
+//! reassembly is a stage of its own; sampling follows the ratio and the caller;
 //! a collector that goes away costs no call; nothing a caller sent appears in a span.
 
 use std::time::{Duration, Instant};
@@ -590,4 +591,81 @@ async fn json_log_lines_inside_a_traced_call_carry_its_trace_and_span_ids() {
         hex(&call.span_id).as_str(),
         "{line}"
     );
+}
+
+#[tokio::test]
+async fn an_upload_is_traced_with_its_reassembly() {
+    let sink = OtlpSink::start(true).await.unwrap();
+    let server = traced_server(&sink, &[]).await;
+    let (trace, caller, traceparent) = parent(40);
+    let image = asset("rocket.bmp");
+    let mut messages = vec![pb::UploadRequest {
+        msg: Some(pb::upload_request::Msg::Header(pb::UploadHeader {
+            texts: labels(),
+            total_bytes: image.len() as u64,
+            ..Default::default()
+        })),
+    }];
+    messages.extend(image.chunks(1024).map(|chunk| pb::UploadRequest {
+        msg: Some(pb::upload_request::Msg::Chunk(chunk.to_vec())),
+    }));
+    let request = with_header(tokio_stream::iter(messages), "traceparent", &traceparent);
+    server.client().await.upload(request).await.expect("upload");
+    let name = "siglip.v1.Siglip/Upload";
+    let spans = trace_of(&sink, &trace, name).await;
+    let call = spans.iter().find(|s| s.name == name).unwrap();
+    assert_eq!(hex(&call.parent_span_id), caller);
+    assert_eq!(int_attr(call, "rpc.grpc.status_code"), Some(0));
+    let stages: Vec<&str> = children(&spans, call)
+        .iter()
+        .map(|s| s.name.as_str())
+        .collect();
+    for want in ["reassembly", "decode", "preprocess", "queue", "inference"] {
+        assert!(stages.contains(&want), "Upload's {want}: {stages:?}");
+    }
+}
+
+#[tokio::test]
+async fn an_inference_streams_requests_are_traced_at_the_frame_ratio() {
+    let sink = OtlpSink::start(true).await.unwrap();
+    let server = traced_server(&sink, &["--trace-frame-ratio", "0.5"]).await;
+    let (trace, caller, traceparent) = parent(41);
+    let image = asset("rocket.bmp");
+    let requests: Vec<_> = (0..4)
+        .map(|id| crate::oip::zero_shot("zero-shot", &id.to_string(), &[&image]))
+        .collect();
+    let mut answers = crate::oip::oip(&server)
+        .await
+        .model_stream_infer(with_header(
+            tokio_stream::iter(requests),
+            "traceparent",
+            &traceparent,
+        ))
+        .await
+        .expect("ModelStreamInfer")
+        .into_inner();
+    let mut answered = 0;
+    while let Some(answer) = answers.next().await {
+        assert!(answer.expect("answer").error_message.is_empty());
+        answered += 1;
+    }
+    assert_eq!(answered, 4);
+    let name = "inference.GRPCInferenceService/ModelStreamInfer";
+    let spans = trace_of(&sink, &trace, name).await;
+    let stream = spans.iter().find(|s| s.name == name).unwrap();
+    assert_eq!(hex(&stream.parent_span_id), caller);
+    let requests: Vec<&Span> = children(&spans, stream)
+        .into_iter()
+        .filter(|s| s.name == "request")
+        .collect();
+    assert_eq!(requests.len(), 2, "half of 4 requests");
+    for request in requests {
+        let stages: Vec<&str> = children(&spans, request)
+            .iter()
+            .map(|s| s.name.as_str())
+            .collect();
+        for want in ["decode", "preprocess", "queue", "inference"] {
+            assert!(stages.contains(&want), "a request's {want}: {stages:?}");
+        }
+    }
 }

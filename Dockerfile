@@ -10,8 +10,8 @@
 #
 # Built and run: the CPU variant, by `make image` and `make image-test` (podman, with local
 # stand-ins for the base images where no registry is reachable: docs/container.md). The CUDA
-# variant needs nvidia/cuda, which that machine cannot pull: docs/container.md says how to build
-# and check it where it can be.
+# variant needs nvidia/cuda, which no machine of this project's can pull: docs/container.md says
+# how to build and check it where it can be.
 #
 # How libtorch gets in: there is no separate libtorch download. The build stage installs the
 # torch==2.11.0 wheel into a venv and builds against its libtorch (LIBTORCH=<the wheel's torch/>:
@@ -77,16 +77,17 @@ RUN --mount=type=cache,target=/root/.cache/pip \
     --mount=type=secret,id=pip.conf,target=/etc/pip.conf \
     --mount=type=secret,id=ca-certificates.crt,target=/etc/ssl/certs/ca-certificates.crt \
     python3 -m venv /opt/venv \
+ && ln -s "$(python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')" /opt/site-packages \
  && if [ "$VARIANT" = cpu ]; then \
       pip install --no-deps torch==2.11.0 nvidia-cuda-runtime==13.0.96 nvidia-cuda-cupti==13.0.85 \
-      && site="$(python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')" \
-      && lib="$site/torch/lib" \
+      && lib=/opt/site-packages/torch/lib \
       && rm "$lib"/libtorch_cuda*.so "$lib"/libc10_cuda.so "$lib"/libcaffe2_nvrtc.so \
             "$lib"/libtorch_nvshmem.so "$lib"/libtorch_python.so "$lib"/libtorch_global_deps.so \
             "$lib"/libtorch.so \
       && gcc -shared -x c /dev/null -o "$lib/libtorch.so" -Wl,-soname,libtorch.so \
             -Wl,--no-as-needed -L"$lib" -ltorch_cpu -Wl,-rpath,'$ORIGIN' \
-      && find "$site/nvidia" -name '*.so*' ! -name libcudart.so.13 ! -name libcupti.so.13 -delete; \
+      && find /opt/site-packages/nvidia -name '*.so*' ! -name libcudart.so.13 ! -name libcupti.so.13 \
+            -delete; \
     else \
       pip install torch==2.11.0; \
     fi
@@ -96,8 +97,8 @@ RUN --mount=type=cache,target=/root/.cache/pip \
 # the nvidia-* wheels (CUDA: a superset of what the binary links, as cuDNN and NVRTC also dlopen
 # some; CPU: the two that libtorch_cpu.so needs).
 # Headers and static archives are left behind. Before the sources: a change to them rebuilds
-# the binary, not this 460 MB layer.
-RUN site="$(python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')" \
+# the binary, not this layer (460 MB for the CPU variant, gigabytes for CUDA).
+RUN site=/opt/site-packages \
  && mkdir -p /stage/libtorch/torch/lib \
  && cp -a "$site"/torch/lib/*.so* /stage/libtorch/torch/lib/ \
  && rm -f /stage/libtorch/torch/lib/libtorch_python.so \
@@ -110,17 +111,16 @@ WORKDIR /src
 COPY Cargo.toml Cargo.lock build.rs ./
 COPY proto ./proto
 COPY src ./src
-# target/ is a cache mount (incremental rebuilds), so the binary is copied out in the same step.
-# LIBTORCH rather than LIBTORCH_USE_PYTORCH (which imports torch to find it): the CPU variant's
-# trimmed torch does not import. The copy loses its debug sections (150 MB of the 180: the release
-# profile keeps line tables, mostly the C and C++ dependencies'): a backtrace in the image names
-# functions, not lines.
+# target/ is a cache mount (incremental rebuilds), so the binary is copied out in the same step;
+# one folder in it per variant, as torch-sys remembers which libraries it linked. LIBTORCH rather
+# than LIBTORCH_USE_PYTORCH (which imports torch to find it): the CPU variant's trimmed torch does
+# not import. The copy loses its debug sections (150 MB of the 180: the release profile keeps line
+# tables, mostly the C and C++ dependencies'): a backtrace in the image names functions, not lines.
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
     --mount=type=secret,id=ca-certificates.crt,target=/etc/ssl/certs/ca-certificates.crt \
-    LIBTORCH="$(python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/torch" \
-    cargo build --release --locked \
- && strip --strip-debug -o /stage/siglip-serve target/release/siglip-serve \
+    LIBTORCH=/opt/site-packages/torch cargo build --release --locked --target-dir "target/$VARIANT" \
+ && strip --strip-debug -o /stage/siglip-serve "target/$VARIANT/release/siglip-serve" \
  && LD_LIBRARY_PATH=/stage/libtorch/torch/lib /stage/siglip-serve --version
 
 ###############################################################################################

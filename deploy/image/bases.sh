@@ -14,8 +14,13 @@ set -euo pipefail
 cd "$(dirname "$0")"
 . ./lib.sh
 
+# Where debootstrap fetches from; the image's own apt sources are the official image's.
 DEBIAN_MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
-DEBIAN_RECIPE="debootstrap-minbase-bookworm-slim-1"
+# Folders made here, removed however the script ends (a toolchain context is 1 GB).
+scratch=()
+trap 'rm -rf "${scratch[@]}"' EXIT
+
+recipe() { printf '%s' "$*" | sha256sum | cut -c1-16; }
 
 # Whether $1 needs making for recipe $2: not when it exists under that recipe, or exists without
 # a recipe label (a real, pulled image), or can be pulled now.
@@ -26,16 +31,16 @@ needs_making() {
     [ -n "$key" ] && [ "$key" != "$2" ]
     return
   fi
-  ! timeout 120 podman pull -q "$1" > /dev/null 2>&1
+  ! timeout 120 "${PODMAN[@]}" pull -q "$1" > /dev/null 2>&1
 }
 
 make_debian() {
   local root
   root=$(mktemp -d "${TMPDIR:-/var/tmp}/siglip-debootstrap.XXXXXX")
+  scratch+=("$root" "$root.log")
   echo "making $DEBIAN_BASE with debootstrap from $DEBIAN_MIRROR"
   debootstrap --variant=minbase bookworm "$root" "$DEBIAN_MIRROR" > "$root.log" 2>&1 ||
-    { tail -20 "$root.log" >&2; rm -rf "$root" "$root.log"; return 1; }
-  rm -f "$root.log"
+    { tail -20 "$root.log" >&2; return 1; }
   # The official image's sources: bookworm, its updates and the security archive.
   rm -f "$root/etc/apt/sources.list"
   cat > "$root/etc/apt/sources.list.d/debian.sources" << SOURCES
@@ -82,45 +87,50 @@ APT
   tar --numeric-owner -C "$root" -c . | podman import --quiet \
     --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
     --change 'CMD ["bash"]' \
-    --change "LABEL org.siglip-serve.local-base=$DEBIAN_RECIPE" - "$DEBIAN_BASE" > /dev/null
-  rm -rf "$root"
+    --change "LABEL org.siglip-serve.local-base=$debian_recipe" - "$DEBIAN_BASE" > /dev/null
 }
 
-# $1: image, $2: recipe, $3: Containerfile, $4: context folder.
+# $1: image, $2: recipe, $3: Containerfile, $4: context folder, then build arguments.
 build_base() {
   echo "making $1 from deploy/image/$3"
   podman build --network=host "${ULIMITS[@]}" --format docker --label "org.siglip-serve.local-base=$2" \
-    -f "$PWD/$3" -t "$1" "$4" > /dev/null
+    "${@:5}" -f "$PWD/$3" -t "$1" "$4" > /dev/null
 }
 
-recipe() { printf '%s' "$*" | sha256sum | cut -c1-16; }
 
 need_tools
-if needs_making "$DEBIAN_BASE" "$DEBIAN_RECIPE"; then make_debian; fi
+# The recipe is the function that makes it: any change to it makes the image again.
+debian_recipe=$(recipe "$(declare -f make_debian)" "$DEBIAN_MIRROR")
+if needs_making "$DEBIAN_BASE" "$debian_recipe"; then make_debian; fi
 debian_id=$(podman image inspect --format '{{.Id}}' "$DEBIAN_BASE")
 
-# The builder gets this machine's toolchain: it must be the 1.95 the Dockerfile names.
-rustc_version=$(rustc --version)
-case "$rustc_version" in
-  "rustc 1.95."*) ;;
-  *) echo "rust:1.95-bookworm needs a Rust 1.95 toolchain here; rustc says: $rustc_version" >&2; exit 1 ;;
+# The builder gets this machine's toolchain, installed by rustup: it must be the 1.95 the
+# Dockerfile names.
+rust_version=$(rustc -vV | sed -n 's/^release: //p')
+rust_host=$(rustc -vV | sed -n 's/^host: //p')
+case "$rust_version" in
+  1.95.*) ;;
+  *) echo "rust:1.95-bookworm needs a Rust 1.95 toolchain here; rustc is $rust_version" >&2; exit 1 ;;
 esac
-rust_recipe=$(recipe "$rustc_version" "$(cat rust-base.Containerfile)" "$debian_id")
+rustup=$(command -v rustup) ||
+  { echo "rust:1.95-bookworm is made from a rustup installation; this machine has no rustup" >&2; exit 1; }
+rust_recipe=$(recipe "$rust_version $rust_host" "$(cat rust-base.Containerfile)" "$debian_id")
 if needs_making "$RUST_BASE" "$rust_recipe"; then
   context=$(mktemp -d "${TMPDIR:-/var/tmp}/siglip-rust-base.XXXXXX")
+  scratch+=("$context")
   mkdir "$context/toolchain"
   # The active toolchain without its HTML docs (800 MB the official image does not have either).
   tar -C "$(rustc --print sysroot)" --exclude=./share/doc -cf - . | tar -C "$context/toolchain" -xf -
-  cp "$(command -v rustup)" "$context/rustup"
-  build_base "$RUST_BASE" "$rust_recipe" rust-base.Containerfile "$context"
-  rm -rf "$context"
+  cp "$rustup" "$context/rustup"
+  build_base "$RUST_BASE" "$rust_recipe" rust-base.Containerfile "$context" \
+    --build-arg "RUST_VERSION=$rust_version" --build-arg "RUST_HOST=$rust_host"
 fi
 
 python_recipe=$(recipe "$(cat python-base.Containerfile)" "$debian_id")
 if needs_making "$PYTHON_BASE" "$python_recipe"; then
   context=$(mktemp -d "${TMPDIR:-/var/tmp}/siglip-python-base.XXXXXX")
+  scratch+=("$context")
   build_base "$PYTHON_BASE" "$python_recipe" python-base.Containerfile "$context"
-  rm -rf "$context"
 fi
 podman image list --format '{{.Repository}}:{{.Tag}} {{.Size}}' |
   grep -E "^($DEBIAN_BASE|$RUST_BASE|$PYTHON_BASE) " | sed 's/^/base: /'

@@ -7,22 +7,21 @@
 
 # The Dockerfile's VARIANT: cpu, or cuda where nvidia/cuda can be pulled (docs/container.md).
 IMAGE_VARIANT=${IMAGE_VARIANT:-cpu}
-IMAGE=${IMAGE:-localhost/siglip-serve:$IMAGE_VARIANT}
+SIGLIP_IMAGE=${SIGLIP_IMAGE:-localhost/siglip-serve:$IMAGE_VARIANT}
 DEBIAN_BASE=docker.io/library/debian:bookworm-slim
 RUST_BASE=docker.io/library/rust:1.95-bookworm
 PYTHON_BASE=docker.io/library/python:3.11-slim-bookworm
 ULIMITS=(--ulimit nofile=1024:4096 --ulimit nproc=4096:4096)
 
-podman() {
-  if [ -n "${SIGLIP_IMAGE_STORE:-}" ]; then
-    mkdir -p "$SIGLIP_IMAGE_STORE/tmp"
-    # TMPDIR: where buildah keeps the RUN --mount=type=cache folders (cargo's and pip's caches).
-    TMPDIR="$SIGLIP_IMAGE_STORE/tmp" command podman --runtime runc --root "$SIGLIP_IMAGE_STORE/storage" \
-      --runroot "$SIGLIP_IMAGE_STORE/run" "$@"
-  else
-    command podman --runtime runc "$@"
-  fi
-}
+# The podman command line, as an array (`timeout` and the Python checks run it too).
+PODMAN=(podman --runtime runc)
+if [ -n "${SIGLIP_IMAGE_STORE:-}" ]; then
+  mkdir -p "$SIGLIP_IMAGE_STORE/tmp"
+  # TMPDIR: where buildah keeps the RUN --mount=type=cache folders (cargo's and pip's caches).
+  PODMAN=(env "TMPDIR=$SIGLIP_IMAGE_STORE/tmp" "${PODMAN[@]}" --root "$SIGLIP_IMAGE_STORE/storage"
+    --runroot "$SIGLIP_IMAGE_STORE/run")
+fi
+podman() { "${PODMAN[@]}" "$@"; }
 
 # podman, runc and debootstrap from Debian's packages, installed when missing and this user can.
 need_tools() {

@@ -7,7 +7,8 @@ dropped, no privilege escalation, the model directory mounted read-only at /mode
 ports published on loopback. Each check compares with, or talks to, what the README promises.
 
 Environment (set by `make image-test`): SIGLIP_TEST_IMAGE (the image), SIGLIP_PODMAN (the podman
-command line), SIGLIP_IMAGE_REPORT (where the figures for the last line go),
+command line) and SIGLIP_PODMAN_RUN_FLAGS (what every `podman run` needs on this machine, from
+deploy/image/lib.sh), SIGLIP_IMAGE_REPORT (where the figures for the last line go),
 SIGLIP_TEST_AOTI_MODEL_DIR (a model with a compiled package), and what conftest.py reads (the
 model, the assets, the host's server binary for the comparisons).
 """
@@ -35,13 +36,21 @@ START_TIMEOUT_S = 120
 # The user the Dockerfile creates and runs as.
 USER = "10001:10001"
 TLS_DIR = "/etc/siglip/tls"
-# As deploy/image/lib.sh sets them: runc cannot apply podman's default nproc limit there.
-ULIMITS = ["--ulimit", "nofile=1024:4096", "--ulimit", "nproc=4096:4096"]
 REPORT: dict = {}
 
 
+def from_env(name: str) -> list[str]:
+    if name not in os.environ:
+        pytest.fail(f"{name} is not set: run `make image-test`", pytrace=False)
+    return shlex.split(os.environ[name])
+
+
 def podman_argv() -> list[str]:
-    return shlex.split(os.environ.get("SIGLIP_PODMAN", "podman --runtime runc"))
+    return from_env("SIGLIP_PODMAN")
+
+
+def run_flags() -> list[str]:
+    return from_env("SIGLIP_PODMAN_RUN_FLAGS")
 
 
 def podman(*args, check=True, timeout=120) -> subprocess.CompletedProcess:
@@ -65,13 +74,14 @@ def image() -> str:
 
 
 class Container:
-    """One detached container of the image, hardened as the deployment runs it."""
+    """One detached container of the image, hardened as the deployment runs it; a context manager
+    that removes it."""
 
     def __init__(self, image: str, model_dir: Path, env: dict[str, str] | None = None, mounts=()):
         self.name = f"siglip-image-test-{uuid.uuid4().hex[:8]}"
         flags = ["--name", self.name, "--detach", "--read-only", "--read-only-tmpfs=false",
                  "--tmpfs", "/tmp:rw,size=1g,mode=1777", "--cap-drop", "ALL", "--security-opt", "no-new-privileges",
-                 *ULIMITS,
+                 *run_flags(),
                  "--volume", f"{model_dir}:/models:ro", "--publish", "127.0.0.1::50051", "--publish", "127.0.0.1::9090"]
         for source, target in mounts:
             flags += ["--volume", f"{source}:{target}:ro"]
@@ -81,8 +91,18 @@ class Container:
             flags += ["--env", f"{key}={value}"]
         self.started = time.monotonic()
         podman("run", *flags, image)
-        self.addr = self.port(50051)
-        self.metrics_url = f"http://{self.port(9090)}/metrics"
+        try:
+            self.addr = self.port(50051)
+            self.metrics_url = f"http://{self.port(9090)}/metrics"
+        except BaseException:
+            self.remove()
+            raise
+
+    def __enter__(self) -> "Container":
+        return self
+
+    def __exit__(self, *_) -> None:
+        self.remove()
 
     def port(self, inner: int) -> str:
         return podman("port", self.name, f"{inner}/tcp").stdout.strip()
@@ -122,14 +142,11 @@ class Container:
 
 @pytest.fixture(scope="module")
 def container(image, model_dir):
-    box = Container(image, model_dir)
-    try:
+    with Container(image, model_dir) as box:
         REPORT["start_s"] = round(box.wait_healthy(), 2)
         yield box
         code, _ = box.stop()
         assert code == 0, f"the container exited {code} on SIGTERM:\n{box.logs()}"
-    finally:
-        box.remove()
 
 
 @pytest.fixture(scope="module")
@@ -151,7 +168,8 @@ def stubs_of(stubs):
 
 def inside(image: str, script: str) -> str:
     """What `script` prints in a throwaway container of the image (bash, the image's user)."""
-    return podman("run", "--rm", "--no-healthcheck", *ULIMITS, "--entrypoint", "/bin/bash", image, "-c", script).stdout
+    return podman("run", "--rm", "--no-healthcheck", *run_flags(), "--entrypoint", "/bin/bash", image, "-c",
+                  script).stdout
 
 
 def probabilities(response) -> dict[str, float]:
@@ -169,21 +187,27 @@ def test_the_image_is_lean_and_safe(image):
     assert not leaked, f"build settings or secrets in the image's environment: {leaked}"
     history = podman("history", "--no-trunc", "--format", "{{.CreatedBy}}", image).stdout
     assert "pip.conf" not in history and "PIP_" not in history, "pip's settings are in the image's history"
-    # Inside: no toolchain, no Python, no build leftovers, no build secret (the CA bundle, pip.conf:
-    # the server needs neither); every library resolves.
-    script = r"""
+    cpu = "SIGLIP_DEVICE=cpu" in config["Env"]
+    # Inside: no toolchain, no Python, no build leftovers, no build secret (pip.conf; the CPU
+    # image's Debian base has no CA bundle, so one there would be the build's; the server needs
+    # neither).
+    paths = "/src /opt/venv /root/.cache /usr/local/cargo /usr/local/rustup /etc/pip.conf"
+    if cpu:
+        paths += " /etc/ssl/certs/ca-certificates.crt"
+    script = f"""
 for tool in gcc cc g++ c++ ld rustc cargo python3 pip pip3 make; do command -v "$tool"; done
-for path in /src /opt/venv /root/.cache /usr/local/cargo /usr/local/rustup /etc/pip.conf \
-            /etc/ssl/certs/ca-certificates.crt; do
-  [ -e "$path" ] && echo "$path"
-done
+for path in {paths}; do [ -e "$path" ] && echo "$path"; done
 exit 0
 """
     leftovers = inside(image, script).split()
     assert leftovers == [], f"in the runtime image: {leftovers}"
-    script = r"""
+    # Every library resolves: on the CPU image, each one in /opt/libtorch; on the CUDA image, what
+    # the binary loads (some of the CUDA wheels' libraries need the driver, InfiniBand or MPI, and
+    # are only opened where those exist).
+    checked = "/usr/local/bin/siglip-serve $(find /opt/libtorch -name '*.so*')" if cpu else "/usr/local/bin/siglip-serve"
+    script = rf"""
 find /opt/libtorch -name '*.so*' -printf '%P\n' | sort
-for lib in /usr/local/bin/siglip-serve $(find /opt/libtorch -name '*.so*'); do
+for lib in {checked}; do
   ldd "$lib" | grep 'not found' | sed "s|^|$lib: |"
 done
 """
@@ -193,7 +217,7 @@ done
     libraries = set(lines)
     assert {"torch/lib/libtorch.so", "torch/lib/libtorch_cpu.so", "torch/lib/libc10.so"} <= libraries
     cuda = {lib for lib in libraries if lib.startswith("nvidia/") or "cuda" in lib}
-    if "SIGLIP_DEVICE=cpu" in config["Env"]:
+    if cpu:
         assert cuda == {"nvidia/cu13/lib/libcudart.so.13", "nvidia/cu13/lib/libcupti.so.13"}, \
             f"CUDA libraries beyond the two libtorch_cpu.so needs: {sorted(cuda)}"
     else:
@@ -262,17 +286,17 @@ def test_a_compiled_package_loads_and_answers_as_on_the_host(image, server_bin, 
     writable place."""
     pb2, _ = stubs
     model = Path(os.environ["SIGLIP_TEST_AOTI_MODEL_DIR"])
+    request = pb2.ClassifyRequest(image=pb2.Image(encoded=(assets / PHOTOS[1]).read_bytes()), texts=labels)
     # The package takes batches of at most 8 (`make`'s `compile --max-batch 8`).
-    box = Container(image, model, env={"SIGLIP_BACKEND": "aoti", "SIGLIP_MAX_BATCH_SIZE": "8"})
-    try:
+    with Container(image, model, env={"SIGLIP_BACKEND": "aoti", "SIGLIP_MAX_BATCH_SIZE": "8"}) as box:
         box.wait_healthy()
-        request = pb2.ClassifyRequest(image=pb2.Image(encoded=(assets / PHOTOS[1]).read_bytes()), texts=labels)
         got = probabilities(stubs_of(box.addr).Classify(request, timeout=30))
-        for addr in run_server(server_bin, model, tmp_path, ["--backend", "aoti", "--max-batch-size", "8"]):
-            want = probabilities(stubs_of(addr).Classify(request, timeout=30))
-        assert max(abs(got[label] - want[label]) for label in labels) <= 1e-6
+    host = run_server(server_bin, model, tmp_path, ["--backend", "aoti", "--max-batch-size", "8"])
+    try:
+        want = probabilities(stubs_of(next(host)).Classify(request, timeout=30))
     finally:
-        box.remove()
+        next(host, None)  # SIGTERM, and its exit checked
+    assert max(abs(got[label] - want[label]) for label in labels) <= 1e-6
 
 
 def inflight(box: Container) -> float:
@@ -285,9 +309,9 @@ def test_sigterm_drains_a_call_in_flight(image, model_dir, stubs, stubs_of, asse
     grace period (`podman stop` would SIGKILL it at GRACE_S, as the kubelet would)."""
     pb2, _ = stubs
     # Batches wait 3 s for company, so that the calls are still in flight when SIGTERM comes.
-    box = Container(image, model_dir, env={"SIGLIP_MAX_BATCH_SIZE": "64", "SIGLIP_MAX_BATCH_DELAY_MS": "3000",
-                                           "SIGLIP_SHUTDOWN_GRACE_SECONDS": str(SHUTDOWN_GRACE_S)})
-    try:
+    env = {"SIGLIP_MAX_BATCH_SIZE": "64", "SIGLIP_MAX_BATCH_DELAY_MS": "3000",
+           "SIGLIP_SHUTDOWN_GRACE_SECONDS": str(SHUTDOWN_GRACE_S)}
+    with Container(image, model_dir, env=env) as box:
         box.wait_healthy()
         stub = stubs_of(box.addr)
         request = pb2.ClassifyRequest(image=pb2.Image(encoded=(assets / PHOTOS[1]).read_bytes()), texts=labels)
@@ -296,6 +320,7 @@ def test_sigterm_drains_a_call_in_flight(image, model_dir, stubs, stubs_of, asse
         while inflight(box) < 4:
             assert time.monotonic() < deadline, "the four calls never arrived"
             time.sleep(0.02)
+        assert not any(call.done() for call in calls), "the calls were answered before SIGTERM"
         code, took = box.stop()
         answered = [call.result() for call in calls]
         REPORT["drain_s"] = round(took, 2)
@@ -303,8 +328,6 @@ def test_sigterm_drains_a_call_in_flight(image, model_dir, stubs, stubs_of, asse
         assert code == 0, f"exit {code} after SIGTERM:\n{box.logs()}"
         assert took < GRACE_S, f"took {took:.1f} s to stop: killed, not drained"
         assert all(len(r.scores) == len(labels) for r in answered)
-    finally:
-        box.remove()
 
 
 def test_tls_with_mounted_certificates(image, model_dir, stubs, stubs_of, assets, labels, tmp_path):
@@ -319,11 +342,10 @@ def test_tls_with_mounted_certificates(image, model_dir, stubs, stubs_of, assets
         (secret / name).write_bytes(source.read_bytes())
         # A Secret volume's default mode: readable by the container's user.
         (secret / name).chmod(0o644)
-    box = Container(image, model_dir, mounts=[(secret, TLS_DIR)], env={
-        "SIGLIP_TLS_CERT": f"{TLS_DIR}/tls.crt", "SIGLIP_TLS_KEY": f"{TLS_DIR}/tls.key",
-        "SIGLIP_HEALTH_ADDR": "https://127.0.0.1:50051", "SIGLIP_CLIENT_TLS_CA": f"{TLS_DIR}/ca.crt",
-        "SIGLIP_CLIENT_TLS_SERVER_NAME": "localhost"})
-    try:
+    env = {"SIGLIP_TLS_CERT": f"{TLS_DIR}/tls.crt", "SIGLIP_TLS_KEY": f"{TLS_DIR}/tls.key",
+           "SIGLIP_HEALTH_ADDR": "https://127.0.0.1:50051", "SIGLIP_CLIENT_TLS_CA": f"{TLS_DIR}/ca.crt",
+           "SIGLIP_CLIENT_TLS_SERVER_NAME": "localhost"}
+    with Container(image, model_dir, mounts=[(secret, TLS_DIR)], env=env) as box:
         box.wait_healthy()
         request = pb2.ClassifyRequest(image=pb2.Image(encoded=(assets / PHOTOS[0]).read_bytes()), texts=labels)
         trusted = grpc.ssl_channel_credentials(root_certificates=ca[0].read_bytes())
@@ -335,5 +357,3 @@ def test_tls_with_mounted_certificates(image, model_dir, stubs, stubs_of, assets
         REPORT["tls_ok"] = 1
         code, _ = box.stop()
         assert code == 0, box.logs()
-    finally:
-        box.remove()

@@ -203,7 +203,7 @@ async fn inference_streams_share_the_stream_limit_and_lifetime_with_siglip_strea
     );
     drop((_tx, _open));
     // Once the slot is free, an inference stream that keeps its side open ends at its lifetime.
-    let opened = Instant::now();
+    let opening = Instant::now();
     let mut stream = loop {
         let (tx, rx) = tokio::sync::mpsc::channel(1);
         tx.send(zero_shot(
@@ -232,11 +232,15 @@ async fn inference_streams_share_the_stream_limit_and_lifetime_with_siglip_strea
             Err(status) => status,
         };
         assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+        assert!(
+            opening.elapsed() < Duration::from_secs(30),
+            "the first inference stream's slot was still taken after 30 s"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     let end = stream.0.next().await.expect("end").expect_err("lifetime");
     assert_status("lifetime", &end, Code::Unavailable, "maximum lifetime");
-    assert!(opened.elapsed() >= Duration::from_millis(1500));
+    assert!(opening.elapsed() >= Duration::from_millis(1500));
 }
 
 #[tokio::test]

@@ -62,12 +62,12 @@ RUN apt-get update \
 # Each is mounted only into the steps that download, and never lands in a layer; absent, the
 # base image's own CA bundle and pip's defaults apply (deploy/image/build.sh passes this machine's).
 #
-# The wheel of torch 2.11.0 (PyPI unless pip.conf says otherwise). CUDA: with
-# its nvidia-* dependencies, as `make` installs it. CPU: the wheel alone and the CUDA runtime pieces
-# that libtorch_cpu.so needs to load (the versions torch 2.11.0 requires), its CUDA libraries
-# deleted, and libtorch.so replaced by an empty library that needs libtorch_cpu.so alone: what the
-# binary and AOTInductor packages link (`-ltorch`) then loads no CUDA. Deleted in the step that
-# installs them, so no layer keeps them.
+# The wheel of torch 2.11.0 (PyPI unless pip.conf says otherwise). CUDA: with its nvidia-*
+# dependencies, as `make` installs it. CPU: the wheel alone and the CUDA runtime pieces that
+# libtorch_cpu.so needs to load (the versions torch 2.11.0 requires), its CUDA libraries deleted,
+# and libtorch.so replaced by an empty library that needs libtorch_cpu.so alone: what the binary
+# and AOTInductor packages link (`-ltorch`) then loads no CUDA. Deleted in the step that installs
+# them, so no layer keeps them.
 ARG VARIANT
 ENV VIRTUAL_ENV=/opt/venv \
     PATH=/opt/venv/bin:$PATH

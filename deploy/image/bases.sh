@@ -97,7 +97,6 @@ build_base() {
     "${@:5}" -f "$PWD/$3" -t "$1" "$4" > /dev/null
 }
 
-
 need_tools
 # The recipe is the function that makes it: any change to it makes the image again.
 debian_recipe=$(recipe "$(declare -f make_debian)" "$DEBIAN_MIRROR")

@@ -404,17 +404,29 @@ async fn ratio_zero_traces_only_what_a_sampled_caller_asks_for() {
             .insert(key, MetadataValue::try_from(value).unwrap());
     }
     client.classify(request).await.expect("classify");
-    let spans = trace_of(&sink, &trace, CLASSIFY).await;
-    let call = spans.iter().find(|s| s.name == CLASSIFY).unwrap();
-    assert_eq!(hex(&call.parent_span_id), caller);
+    // So is a sampled single-header B3 parent (`b3: trace-span-1`).
+    let (single_trace, single_caller, _) = parent(32);
+    client
+        .classify(with_header(
+            classify_request(asset("rocket.bmp"), labels()),
+            "b3",
+            &format!("{single_trace}-{single_caller}-1"),
+        ))
+        .await
+        .expect("classify");
+    for (trace, caller) in [(&trace, &caller), (&single_trace, &single_caller)] {
+        let spans = trace_of(&sink, trace, CLASSIFY).await;
+        let call = spans.iter().find(|s| s.name == CLASSIFY).unwrap();
+        assert_eq!(&hex(&call.parent_span_id), caller);
+    }
     // The spans of the earlier calls would have been exported no later than these.
     let traces: std::collections::HashSet<String> =
         sink.spans().iter().map(|s| hex(&s.trace_id)).collect();
     let batches = sink.spans().iter().filter(|s| s.name == "batch").count();
     assert_eq!(
         traces.len() - batches,
-        1,
-        "only the sampled caller's trace (and its batch's): {traces:?}"
+        2,
+        "only the sampled callers' traces (and their batches'): {traces:?}"
     );
 }
 

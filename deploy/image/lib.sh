@@ -25,10 +25,11 @@ podman() { "${PODMAN[@]}" "$@"; }
 
 # podman, runc and debootstrap from Debian's packages, installed when missing and this user can.
 need_tools() {
-  local missing=()
-  command -v podman > /dev/null || missing+=(podman)
-  command -v runc > /dev/null || missing+=(runc)
-  command -v debootstrap > /dev/null || missing+=(debootstrap)
+  local missing=() tool
+  # `type -P`: the programs on PATH (`command -v podman` would find the function above).
+  for tool in podman runc debootstrap; do
+    type -P "$tool" > /dev/null || missing+=("$tool")
+  done
   [ ${#missing[@]} = 0 ] && return 0
   if [ "$(id -u)" != 0 ] || ! command -v apt-get > /dev/null; then
     echo "the image scripts need ${missing[*]} (Debian: apt-get install podman runc debootstrap), as root" >&2

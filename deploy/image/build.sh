@@ -20,11 +20,11 @@ bash deploy/image/bases.sh
 # pip's settings as pip itself sees them (`pip config list`: its files' [global] settings, then
 # the PIP_* variables, which win).
 declare -A pip_settings=()
+pip_config=$(python3 -m pip config list 2> /dev/null || true)
 while IFS='=' read -r key value; do
   pip_settings[$key]=$value
-done < <(python3 -m pip config list 2> /dev/null |
-  sed -n -e "s/^global\.\([a-z-]*\)='\(.*\)'$/\1=\2/p" && python3 -m pip config list 2> /dev/null |
-  sed -n -e "s/^:env:\.\([a-z-]*\)='\(.*\)'$/\1=\2/p")
+done < <(sed -n "s/^global\.\([a-z-]*\)='\(.*\)'$/\1=\2/p" <<< "$pip_config" &&
+  sed -n "s/^:env:\.\([a-z-]*\)='\(.*\)'$/\1=\2/p" <<< "$pip_config")
 secrets=()
 ca=${pip_settings[cert]:-/etc/ssl/certs/ca-certificates.crt}
 unset 'pip_settings[cert]'

@@ -105,6 +105,17 @@ fn children<'a>(spans: &'a [Span], parent: &Span) -> Vec<&'a Span> {
         .collect()
 }
 
+/// Asserts that each of `stages` is among the names of `parent`'s children (`what`: whose).
+fn assert_stages(spans: &[Span], parent: &Span, stages: &[&str], what: &str) {
+    let names: Vec<&str> = children(spans, parent)
+        .iter()
+        .map(|s| s.name.as_str())
+        .collect();
+    for want in stages {
+        assert!(names.contains(want), "{what} {want}: {names:?}");
+    }
+}
+
 const CLASSIFY: &str = "siglip.v1.Siglip/Classify";
 
 /// A Classify of the rocket against [`LABELS`] with no trace context, which must succeed
@@ -262,20 +273,19 @@ async fn a_traced_model_infer_continues_the_callers_trace_too() {
     assert_eq!(int_attr(call, "rpc.grpc.status_code"), Some(0));
     assert_eq!(int_attr(call, "siglip.images"), Some(1));
     assert_eq!(int_attr(call, "siglip.texts"), Some(LABELS.len() as i64));
-    let stages: Vec<&str> = children(&spans, call)
-        .iter()
-        .map(|s| s.name.as_str())
-        .collect();
-    for want in [
-        "receive",
-        "tokenize",
-        "decode",
-        "preprocess",
-        "queue",
-        "inference",
-    ] {
-        assert!(stages.contains(&want), "ModelInfer's {want}: {stages:?}");
-    }
+    assert_stages(
+        &spans,
+        call,
+        &[
+            "receive",
+            "tokenize",
+            "decode",
+            "preprocess",
+            "queue",
+            "inference",
+        ],
+        "ModelInfer's",
+    );
 }
 
 #[tokio::test]
@@ -364,13 +374,12 @@ async fn a_streams_frames_are_traced_at_the_frame_ratio() {
         .collect();
     assert_eq!(frames.len(), 5, "a quarter of 20 frames: {ids:?}");
     for frame in frames {
-        let stages: Vec<&str> = children(&spans, frame)
-            .iter()
-            .map(|s| s.name.as_str())
-            .collect();
-        for want in ["admission", "decode", "preprocess", "queue", "inference"] {
-            assert!(stages.contains(&want), "a frame's {want}: {stages:?}");
-        }
+        assert_stages(
+            &spans,
+            frame,
+            &["admission", "decode", "preprocess", "queue", "inference"],
+            "a frame's",
+        );
         assert_eq!(int_attr(frame, "siglip.images"), Some(1));
     }
 }
@@ -611,16 +620,8 @@ async fn an_upload_is_traced_with_its_reassembly() {
     let server = traced_server(&sink, &[]).await;
     let (trace, caller, traceparent) = parent(40);
     let image = asset("rocket.bmp");
-    let mut messages = vec![pb::UploadRequest {
-        msg: Some(pb::upload_request::Msg::Header(pb::UploadHeader {
-            texts: labels(),
-            total_bytes: image.len() as u64,
-            ..Default::default()
-        })),
-    }];
-    messages.extend(image.chunks(1024).map(|chunk| pb::UploadRequest {
-        msg: Some(pb::upload_request::Msg::Chunk(chunk.to_vec())),
-    }));
+    let mut messages = vec![crate::upload::header(image.len())];
+    messages.extend(image.chunks(1024).map(crate::upload::chunk));
     let request = with_header(tokio_stream::iter(messages), "traceparent", &traceparent);
     server.client().await.upload(request).await.expect("upload");
     let name = "siglip.v1.Siglip/Upload";
@@ -628,13 +629,12 @@ async fn an_upload_is_traced_with_its_reassembly() {
     let call = spans.iter().find(|s| s.name == name).unwrap();
     assert_eq!(hex(&call.parent_span_id), caller);
     assert_eq!(int_attr(call, "rpc.grpc.status_code"), Some(0));
-    let stages: Vec<&str> = children(&spans, call)
-        .iter()
-        .map(|s| s.name.as_str())
-        .collect();
-    for want in ["reassembly", "decode", "preprocess", "queue", "inference"] {
-        assert!(stages.contains(&want), "Upload's {want}: {stages:?}");
-    }
+    assert_stages(
+        &spans,
+        call,
+        &["reassembly", "decode", "preprocess", "queue", "inference"],
+        "Upload's",
+    );
 }
 
 #[tokio::test]
@@ -672,12 +672,11 @@ async fn an_inference_streams_requests_are_traced_at_the_frame_ratio() {
         .collect();
     assert_eq!(requests.len(), 2, "half of 4 requests");
     for request in requests {
-        let stages: Vec<&str> = children(&spans, request)
-            .iter()
-            .map(|s| s.name.as_str())
-            .collect();
-        for want in ["decode", "preprocess", "queue", "inference"] {
-            assert!(stages.contains(&want), "a request's {want}: {stages:?}");
-        }
+        assert_stages(
+            &spans,
+            request,
+            &["decode", "preprocess", "queue", "inference"],
+            "a request's",
+        );
     }
 }

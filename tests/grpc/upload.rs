@@ -6,7 +6,8 @@ use tonic::Code;
 use crate::common::{asset, server::Server};
 use crate::{assert_close, assert_status, big_png, by_index, expected, labels, LABELS};
 
-fn header(total: usize) -> pb::UploadRequest {
+/// An Upload header for `total` bytes against [`LABELS`], for the default model.
+pub(crate) fn header(total: usize) -> pb::UploadRequest {
     pb::UploadRequest {
         msg: Some(upload_request::Msg::Header(pb::UploadHeader {
             model: String::new(),
@@ -17,7 +18,7 @@ fn header(total: usize) -> pb::UploadRequest {
     }
 }
 
-fn chunk(bytes: &[u8]) -> pb::UploadRequest {
+pub(crate) fn chunk(bytes: &[u8]) -> pb::UploadRequest {
     pb::UploadRequest {
         msg: Some(upload_request::Msg::Chunk(bytes.to_vec())),
     }

@@ -79,7 +79,7 @@ $(BUILD)/assets/images.json: $(INSTALLED) python/make_test_assets.py \
 	$(PY) python/make_test_assets.py --out $(BUILD)/assets
 
 # Reference values, computed by transformers in this run.
-PARITY_MODELS := tiny tiny-siglip2 base-224
+PARITY_MODELS := tiny tiny-siglip2 tiny-naflex base-224
 $(SUITE): $(BUILD)/assets/images.json $(PARITY_MODELS:%=$(BUILD)/models/%/manifest.json) \
     $(BUILD)/models/tiny-aoti/manifest.json python/make_parity_suite.py
 	$(PY) python/make_parity_suite.py --build $(BUILD) --out $(dir $@)
@@ -109,20 +109,23 @@ test: system-deps build $(SUITE) $(BUILD)/models/tiny-faulty/manifest.json
 	  SIGLIP_TEST_FAULTY_MODEL_DIR=$(abspath $(BUILD)/models/tiny-faulty) \
 	  SIGLIP_TEST_SLOW_MODEL_DIR=$(abspath $(BUILD)/models/base-224) \
 	  SIGLIP_TEST_SIGLIP2_MODEL_DIR=$(abspath $(BUILD)/models/tiny-siglip2) \
+	  SIGLIP_TEST_NAFLEX_MODEL_DIR=$(abspath $(BUILD)/models/tiny-naflex) \
 	  SIGLIP_SERVE_BIN=$(abspath $(BIN)) PY=$(PY) LOGS=$(BUILD)/test \
 	  $(CARGO_ENV) bash tests/run.sh
 
-# Parity table; last line: parity: pixels_max=… pixels_mean=… token_mismatches=…/… logits_max=… probs_max=… regions_pixels_max=… regions_probs_max=…
+# Parity table; last line: parity: pixels_max=… pixels_mean=… token_mismatches=…/… logits_max=… probs_max=… regions_pixels_max=… regions_probs_max=… naflex_pixels_max=… naflex_shape_mismatches=…/… naflex_logits_max=… naflex_probs_max=…
 parity: build $(SUITE)
 	$(BIN) parity --suite $(SUITE)
 
 # Throughput on this machine: base-224, 10 labels, 8 callers, float32 and bfloat16, against the
 # model alone and the Python way, the server's CPU per image by stage, and base-224 beside tiny in
-# one server (each one's throughput, tiny's wait under base-224's flood); last line:
-# bench: server_img_s=… model_only_img_s=… python_img_s=… vs_python=…x overhead=…% own_cpu_ms_per_img=… model_slowdown=…% client_cpu=…% oip_cost=…% trace_cost=…%
-bench: build $(BUILD)/assets/images.json $(BUILD)/models/base-224/manifest.json $(BUILD)/models/tiny/manifest.json
+# one server (each one's throughput, tiny's wait under base-224's flood), and a base NaFlex model at
+# 256 and 1024 patches on the same photos; last line:
+# bench: server_img_s=… model_only_img_s=… python_img_s=… vs_python=…x overhead=…% own_cpu_ms_per_img=… model_slowdown=…% client_cpu=…% oip_cost=…% trace_cost=…% naflex_overhead=…% naflex_model_slowdown=…% naflex_preprocess_ratio=…x
+bench: build $(BUILD)/assets/images.json $(BUILD)/models/base-224/manifest.json $(BUILD)/models/tiny/manifest.json \
+    $(BUILD)/models/base-naflex/manifest.json
 	BIN=$(BIN) PY=$(PY) MODEL=$(BUILD)/models/base-224 CHECKPOINT=$(BUILD)/models/base-224-checkpoint \
-	  SECOND_MODEL=$(BUILD)/models/tiny \
+	  SECOND_MODEL=$(BUILD)/models/tiny NAFLEX_MODEL=$(BUILD)/models/base-naflex \
 	  ASSETS=$(BUILD)/assets OUT_DIR=$(BUILD)/bench bash bench/run.sh
 
 # Legitimate traffic of every kind with abuse mixed in (bench/soak.sh), SOAK_MINUTES long; last line:

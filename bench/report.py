@@ -4,7 +4,8 @@ Reads what bench/run.sh measured in one run (bench/python_way.py's JSON line and
 `siglip-serve bench --json` per dtype) and prints one row per dtype, then the summary line for
 the fastest dtype:
     bench: server_img_s=… model_only_img_s=… python_img_s=… vs_python=…x overhead=…% \
-           own_cpu_ms_per_img=… model_slowdown=…% client_cpu=…% oip_cost=…% trace_cost=…%
+           own_cpu_ms_per_img=… model_slowdown=…% client_cpu=…% oip_cost=…% trace_cost=…% \
+           naflex_overhead=…% naflex_model_slowdown=…% naflex_preprocess_ratio=…x
 (one line; wrapped here)
 overhead = 1 − server / model alone (same dtype, batch size and threads): on a machine the load
 generator shares, it mixes what the server costs with what the client takes from it. So beside it:
@@ -14,7 +15,9 @@ and the load generator's share of the machine's CPU (client_cpu). oip_cost is ho
 throughput ModelInfer (the Open Inference Protocol) got than Classify, same photos, labels and
 concurrency, in the same run (target ≤ 5%). trace_cost is how much less throughput a server
 exporting every call's spans (ratio 1.0) got than one with tracing off, alternating in the same
-run (--tracing; target ≤ 3%). With --gflops-per-image and
+run (--tracing; target ≤ 3%). The naflex_ fields are the worst over the NaFlex runs (--naflex: a SigLIP
+2 NaFlex model at each patch budget): overhead and model_slowdown as above, and host preprocessing at
+M patches over the fixed-resolution path at the same pixel count (target ≤ 1.3x). With --gflops-per-image and
 --peak-tflops (bench/flops.py, bench/peak.py) it adds MFU = FLOPs/image × images/s ÷ peak.
 """
 
@@ -30,6 +33,8 @@ def main() -> None:
     ap.add_argument("--peak-tflops", type=float, help="measured dense matmul peak (bench/peak.py)")
     ap.add_argument("--models", type=Path, help="siglip-serve bench --models --json output (two models, one server)")
     ap.add_argument("--tracing", type=Path, help="siglip-serve bench --traced-addr --json output (tracing on against off)")
+    ap.add_argument("--naflex", type=Path, action="append", default=[],
+                    help="siglip-serve bench --max-num-patches --json output (a NaFlex model at one budget; repeated)")
     ap.add_argument("runs", type=Path, nargs="+", help="siglip-serve bench --json files")
     a = ap.parse_args()
 
@@ -95,6 +100,9 @@ def main() -> None:
               f"{tracing['cost_pct']:+.1f}% (target ≤ 3%), {tracing['spans_per_call']:.1f} spans per call, "
               f"errors {tracing['errors']}")
 
+    naflex = [json.loads(p.read_text()) for p in a.naflex]
+    worst = naflex_rows(naflex)
+
     best = max(runs, key=lambda r: r["closed_loop"]["img_s"])
     server = best["closed_loop"]["img_s"]
     model = best.get("model_only_img_s") or float("nan")
@@ -104,7 +112,32 @@ def main() -> None:
           f"overhead={100 * (1 - server / model):.1f}% own_cpu_ms_per_img={ms(cpu.get('own_ms_per_image'))} "
           f"model_slowdown={pct(slowdown(best), sign=True)} client_cpu={pct(cpu.get('client_share_pct'))} "
           f"oip_cost={pct((best.get('oip') or {}).get('cost_pct'), sign=True)} "
-          f"trace_cost={pct(tracing.get('cost_pct'), sign=True)}")
+          f"trace_cost={pct(tracing.get('cost_pct'), sign=True)} "
+          f"naflex_overhead={pct(worst['overhead'])} naflex_model_slowdown={pct(worst['slowdown'], sign=True)} "
+          f"naflex_preprocess_ratio={ratio(worst['ratio'])}")
+
+
+def naflex_rows(runs: list[dict]) -> dict:
+    """One line per NaFlex budget; returns the worst overhead, model slowdown and preprocessing ratio."""
+    worst = {"overhead": None, "slowdown": None, "ratio": None}
+    for r in runs:
+        pre = r.get("naflex_preprocess") or {}
+        closed, model = r["closed_loop"], r.get("model_only_img_s")
+        overhead = 100 * (1 - closed["img_s"] / model) if model else None
+        print(f"NaFlex {r['dtype']} at {pre.get('max_num_patches', '?')} patches: {closed['img_s']:.2f} img/s "
+              f"(p50 {closed['latency_ms']['p50']:.1f} ms), model alone {model or float('nan'):.2f} img/s, overhead "
+              f"{pct(overhead)}; a pass of {r.get('model_only_batch')}: {ms(r.get('model_in_server_ms'))} ms in the "
+              f"server, {ms(r.get('model_only_ms'))} ms alone ({pct(slowdown(r), sign=True)}); preprocessing "
+              f"{ms(pre.get('naflex_ms'))} ms/img against {ms(pre.get('square_ms'))} ms at "
+              f"{pre.get('square_size', '?')}px square ({ratio(pre.get('ratio'))}, target ≤ 1.3x)")
+        for key, value in (("overhead", overhead), ("slowdown", slowdown(r)), ("ratio", pre.get("ratio"))):
+            if value is not None and (worst[key] is None or value > worst[key]):
+                worst[key] = value
+    return worst
+
+
+def ratio(value) -> str:
+    return "-" if value is None else f"{value:.2f}x"
 
 
 def two_models(m: dict) -> None:

@@ -11,7 +11,10 @@
 #   server run each: auto, torchscript, torchscript-jit-off, aoti), REPORT_ARGS (extra arguments
 #   for report.py, e.g. MFU inputs), SECOND_MODEL (a second model directory: one more server run
 #   serves it beside MODEL from one repository, and measures each model's throughput and how long
-#   a caller of SECOND_MODEL waits while MODEL is flooded; unset skips it).
+#   a caller of SECOND_MODEL waits while MODEL is flooded; unset skips it), NAFLEX_MODEL (a SigLIP 2
+#   NaFlex model directory: one more server run per budget in NAFLEX_BUDGETS ("256 1024"), the first
+#   dtype, closed loop, half load, the model alone and host preprocessing at that budget; unset
+#   skips it).
 set -euo pipefail
 : "${BIN:?}" "${PY:?}" "${MODEL:?}" "${CHECKPOINT:?}"
 # shellcheck source=bench/listening.sh
@@ -22,7 +25,7 @@ seconds=${PHASE_SECONDS:-20}
 assets=${ASSETS:-build/assets}
 out=${OUT_DIR:-build/bench}
 mkdir -p "$out"
-rm -f "$out"/bench-*.json
+rm -f "$out"/bench-*.json "$out"/naflex-*.json
 labels=bench/labels.json
 photos=("$assets/images/chelsea_progressive.jpg" "$assets/images/astronaut_baseline.jpg"
         "$assets/images/coffee_444.jpg" "$assets/images/rocket_420.jpg")
@@ -110,6 +113,34 @@ if [ -n "${SECOND_MODEL:-}" ]; then
   server_pid=""
 fi
 
+# SigLIP 2 NaFlex: a server of NAFLEX_MODEL per patch budget, the first dtype, on the same photos.
+naflex_report=()
+if [ -n "${NAFLEX_MODEL:-}" ]; then
+  dtype=${DTYPES:-float32}
+  dtype=${dtype%% *}
+  for budget in ${NAFLEX_BUDGETS:-256 1024}; do
+    echo "== siglip-serve, NaFlex at $budget patches, $dtype on $device"
+    log="$out/serve-naflex-$budget.log"
+    "$BIN" serve --model-dir "$NAFLEX_MODEL" --device "$device" --dtype "$dtype" --threads "$threads" \
+      --max-batch-size "${MAX_BATCH:-8}" --grpc-addr 127.0.0.1:0 --metrics-addr 127.0.0.1:0 > "$log" 2>&1 &
+    server_pid=$!
+    addr=$(listening_addr "$log" "$server_pid")
+    if [ -n "$addr" ] && "$BIN" bench --addr "http://$addr" --images "${photos[@]}" --labels-file "$labels" \
+        --labels 10 --concurrency "${CONCURRENCY:-8}" --seconds "$seconds" --server-pid "$server_pid" \
+        --metrics-addr "$(metrics_addr "$log")" --streams 0 --fair-streams 0 --skip-oip \
+        --max-num-patches "$budget" --model-dir "$NAFLEX_MODEL" --device "$device" --dtype "$dtype" \
+        --threads "$threads" --json "$out/naflex-$budget.json"; then
+      naflex_report+=(--naflex "$out/naflex-$budget.json")
+    else
+      tail -5 "$log"
+      failed="$failed naflex-$budget"
+    fi
+    kill -TERM "$server_pid" 2> /dev/null || true
+    wait "$server_pid" || failed="$failed naflex-$budget-exit"
+    server_pid=""
+  done
+fi
+
 # Tracing's cost: two servers of the first dtype, one exporting every call's spans to the
 # bench's OTLP receiver, one with tracing off; the bench alternates load between them.
 tracing_report=()
@@ -153,8 +184,8 @@ echo "== the Python way: transformers processor + SiglipModel per image, same te
   | tail -n 1 > "$out/python.json" || echo '{"img_s": null}' > "$out/python.json"
 cat "$out/python.json"
 
-"$PY" bench/report.py --python "$out/python.json" "${models_report[@]}" "${tracing_report[@]}" ${REPORT_ARGS:-} \
-  "$out"/bench-*.json
+"$PY" bench/report.py --python "$out/python.json" "${models_report[@]}" "${tracing_report[@]}" \
+  "${naflex_report[@]}" ${REPORT_ARGS:-} "$out"/bench-*.json
 if [ -n "$failed" ]; then
   echo "failed:$failed"
   exit 1

@@ -73,6 +73,26 @@ MODEL_DTYPES = {
 COMPILED = {"tiny-aoti": ("tiny", "float32")}
 
 
+NAFLEX_MODEL = "tiny-naflex"
+# Width x height of the shapes NaFlex is checked on beside the test images: 1:20 to 20:1, a pixel,
+# a sliver, and one larger than any budget's grid.
+NAFLEX_SHAPES = ((20, 400), (400, 20), (1, 1), (3, 500), (500, 3), (4000, 3000))
+
+
+def naflex_shapes(assets: Path, folder: Path) -> list[Path]:
+    """A photograph of the test assets resized by Pillow to each of NAFLEX_SHAPES, saved as PNG."""
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    photo = Image.open(assets / "images" / "chelsea_progressive.jpg").convert("RGB")
+    paths = []
+    for width, height in NAFLEX_SHAPES:
+        path = folder / f"chelsea_{width}x{height}.png"
+        photo.resize((width, height), Image.BICUBIC).save(path)
+        paths.append(path)
+    return paths
+
+
 def added_tokens_check(build: Path, out: Path, texts: list[str], classes: list[str]) -> dict[str, str]:
     """tiny's tokenizer with added tokens of every flag (lstrip, rstrip, single_word, a special one,
     one with a space), which no SigLIP checkpoint has but a user's fine-tuned one may: its files
@@ -139,7 +159,7 @@ def main() -> int:
     images = json.loads((assets / "images.json").read_text())
     files = [str(assets / entry["file"]) for entry in images]
 
-    suite: dict[str, list] = {"pixels": [], "tokens": [], "models": [], "regions": []}
+    suite: dict[str, list] = {"pixels": [], "naflex_pixels": [], "tokens": [], "models": [], "regions": []}
     # Bicubic (SigLIP's processor) and bilinear (SigLIP 2's) resizing of every test image, by
     # every image path.
     for shape, prefix in (("tiny", "bicubic"), ("tiny-siglip2", "bilinear")):
@@ -150,6 +170,35 @@ def main() -> int:
                                      processor=processor)
                 suite["pixels"].append({"name": f"{prefix}-{size}", "convention": convention, "processor": processor,
                                         "reference": path.name, "model_dir": str(build / "models" / shape)})
+
+    # SigLIP 2 NaFlex: every test image and the extreme shapes, at every patch budget, by both
+    # conventions (NaFlex has the PIL processor only). Its processor leaves do_convert_rgb unset,
+    # so through Image.open ("processor") transformers refuses any image that is not RGB: those
+    # are checked by the pipeline convention only.
+    naflex_images = files + [str(path) for path in naflex_shapes(assets, out / "naflex-images")]
+    naflex_rgb = [path for path in naflex_images if getattr(ref.open_image(path, "processor"), "mode", "") == "RGB"]
+    naflex_model = build / "models" / NAFLEX_MODEL
+    naflex_checkpoint = str(build / "models" / f"{NAFLEX_MODEL}-checkpoint")
+    # End to end: the photos and the extreme shapes against the labels.
+    naflex_e2e = [str(assets / "images" / name) for name in E2E_IMAGES] + naflex_images[len(files):]
+    labels = ref.read_texts(assets / "labels.json")
+    budgets = json.loads((naflex_model / "manifest.json").read_text())["image"]["naflex"]["max_num_patches"]
+    for budget in budgets:
+        for convention in CONVENTIONS:
+            path = out / f"model-{NAFLEX_MODEL}-{budget}-{convention}.safetensors"
+            images = naflex_e2e if convention == "pipeline" else [p for p in naflex_e2e if p in naflex_rgb]
+            ref.reference_naflex(naflex_checkpoint, images, labels, path, budget, convention=convention)
+            suite["models"].append({"name": NAFLEX_MODEL, "dtype": "float32", "convention": convention,
+                                    "processor": "pil", "max_num_patches": budget, "reference": path.name,
+                                    "model_dir": str(naflex_model)})
+    for budget in budgets:
+        for convention in CONVENTIONS:
+            path = out / f"naflex-{budget}-{convention}.safetensors"
+            images = naflex_rgb if convention == "processor" else naflex_images
+            ref.reference_naflex_pixels(naflex_checkpoint, images, path, budget, convention=convention)
+            suite["naflex_pixels"].append({"name": f"naflex-{budget}", "convention": convention, "processor": "pil",
+                                           "max_num_patches": budget, "reference": path.name,
+                                           "model_dir": str(naflex_model)})
 
     # SigLIP (slow SiglipTokenizer; tiny's vocabulary has byte fallback, base-224's has not) and
     # SigLIP 2 (Gemma tokenizer) text paths.

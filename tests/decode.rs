@@ -6,7 +6,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use siglip_serve::model::image::{decode, Convention, ImageLimits, ImageProcessor};
+use siglip_serve::model::image::{decode, Convention, ImageLimits, Transparency};
 use siglip_serve::tools::attacks::progressive_jpeg_of_empty_scans;
 
 fn limits_with_scans(max_jpeg_scans: usize) -> ImageLimits {
@@ -18,7 +18,13 @@ fn limits_with_scans(max_jpeg_scans: usize) -> ImageLimits {
 
 fn time_decode(bytes: &[u8], limits: &ImageLimits) -> Duration {
     let started = Instant::now();
-    let img = decode(bytes, limits, Convention::Processor).expect("decodes");
+    let img = decode(
+        bytes,
+        limits,
+        Convention::Processor,
+        Transparency::Composite,
+    )
+    .expect("decodes");
     assert!(img.width() > 0);
     started.elapsed()
 }
@@ -42,7 +48,13 @@ fn hostile_jpeg_decode_cost() {
     let at_limit = progressive_jpeg_of_empty_scans(w, h, max - 1);
     time_decode(&at_limit, &ImageLimits::DEFAULT);
     let over = progressive_jpeg_of_empty_scans(w, h, max);
-    let err = decode(&over, &ImageLimits::DEFAULT, Convention::Processor).unwrap_err();
+    let err = decode(
+        &over,
+        &ImageLimits::DEFAULT,
+        Convention::Processor,
+        Transparency::Composite,
+    )
+    .unwrap_err();
     assert!(err.to_string().contains("--max-jpeg-scans"), "{err}");
 }
 
@@ -220,14 +232,7 @@ fn measure_one_decode(path: &str) {
         max_bytes: usize::MAX,
         ..ImageLimits::DEFAULT
     };
-    let prep = siglip_serve::model::image::Preprocess {
-        size: 384,
-        filter: siglip_serve::model::image::Filter::Bicubic,
-        rescale: 1.0 / 255.0,
-        mean: [0.5; 3],
-        std: [0.5; 3],
-        processor: ImageProcessor::Pil,
-    };
+    let prep = siglip_serve::model::image::Preprocess::siglip(384);
     std::fs::write("/proc/self/clear_refs", "5").expect("reset the peak (clear_refs)");
     let before = status_kb("VmRSS:");
     let rgb = if format == "raw-rgba8" {
@@ -238,15 +243,20 @@ fn measure_one_decode(path: &str) {
             &bytes,
             &limits,
             Convention::Processor,
-            ImageProcessor::Pil,
+            &prep,
         )
     } else {
-        decode(&bytes, &limits, Convention::Processor)
+        decode(
+            &bytes,
+            &limits,
+            Convention::Processor,
+            Transparency::Composite,
+        )
     }
     .expect("decodes");
     let pixels = siglip_serve::model::image::preprocess(&rgb, &prep);
     assert_eq!(rgb.dimensions(), (width, height));
-    assert_eq!(pixels.len(), 3 * 384 * 384);
+    assert_eq!(pixels.values.len(), 3 * 384 * 384);
     drop((rgb, pixels));
     let peak = status_kb("VmHWM:");
     println!("decode-peak-kb={}", peak.saturating_sub(before));

@@ -109,10 +109,14 @@ fn matches_transformers() {
         .map(|r| format!("{} {}/{}", r.name, r.convention, r.processor))
         .collect();
     names.sort_unstable();
+    let naflex = [256, 576, 1024]
+        .into_iter()
+        .flat_map(|m| ["processor", "pipeline"].map(|c| format!("tiny-naflex@{m} {c}/pil")));
     let mut expected: Vec<String> = ["base-224", "tiny", "tiny-siglip2"]
         .iter()
         .flat_map(|m| PATHS.map(|(c, p)| format!("{m} {c}/{p}")))
         .chain(["tiny-aoti processor/pil".to_string()])
+        .chain(naflex)
         .collect();
     expected.sort_unstable();
     assert_eq!(names, expected);
@@ -145,6 +149,53 @@ fn matches_transformers() {
                 row.processor
             );
         }
+    }
+
+    // SigLIP 2 NaFlex: patches, grids and masks at every budget by both conventions, every test
+    // image (the processor convention's RGB ones: transformers refuses the others) and the
+    // extreme shapes, 1:20 to 20:1, 1×1, 3×500 and 4000×3000.
+    for budget in [256, 576, 1024] {
+        for convention in [Convention::Processor, Convention::Pipeline] {
+            let rows: Vec<_> = report
+                .naflex
+                .iter()
+                .filter(|r| r.name == format!("naflex-{budget}") && r.convention == convention)
+                .collect();
+            let files = |name: &str| rows.iter().any(|r| r.file == name);
+            assert!(
+                rows.len() >= 25
+                    && [
+                        "chelsea_20x400.png",
+                        "chelsea_400x20.png",
+                        "chelsea_1x1.png"
+                    ]
+                    .into_iter()
+                    .chain(["chelsea_3x500.png", "chelsea_4000x3000.png"])
+                    .all(files),
+                "too few NaFlex {budget} {convention} rows: {}",
+                rows.len()
+            );
+        }
+    }
+    assert!(
+        report
+            .naflex
+            .iter()
+            .any(|r| r.convention == Convention::Pipeline && r.file == "coffee_rgb_key.png"),
+        "expected transparency cases under the pipeline convention"
+    );
+    for row in &report.naflex {
+        assert!(
+            row.max_abs == 0.0 && row.grid_matches && row.mask_matches,
+            "{} {} {}: pixels off by {}, grid {:?} matches {}, mask matches {}",
+            row.name,
+            row.convention,
+            row.file,
+            row.max_abs,
+            row.grid,
+            row.grid_matches,
+            row.mask_matches
+        );
     }
 
     // Stream regions: every case file × every box, by every image path, through the server's

@@ -6,7 +6,7 @@ mod common;
 use siglip_serve::error::Error;
 use siglip_serve::model::{
     device::BackendChoice,
-    image::{decode, preprocess, Convention, ImageLimits},
+    image::{decode, preprocess, Convention, ImageLimits, Transparency},
     LoadOptions, Model,
 };
 
@@ -39,9 +39,14 @@ fn photos(model: &Model, n: usize) -> Vec<f32> {
         .take(n)
         .flat_map(|name| {
             let bytes = std::fs::read(dir.join(name)).expect("test photo");
-            let rgb =
-                decode(&bytes, &ImageLimits::default(), Convention::Processor).expect("decode");
-            preprocess(&rgb, model.preprocess())
+            let rgb = decode(
+                &bytes,
+                &ImageLimits::default(),
+                Convention::Processor,
+                Transparency::Composite,
+            )
+            .expect("decode");
+            preprocess(&rgb, model.preprocess()).values
         })
         .collect()
 }

@@ -2,7 +2,9 @@
 //! shows as a crash (`-rss_limit_mb`), and what an answer to bad input must be.
 
 use siglip_serve::error::Error;
-use siglip_serve::model::image::{Filter, ImageLimits, ImageProcessor, Preprocess};
+use siglip_serve::model::image::{
+    Filter, ImageLimits, ImageProcessor, Patches, Preprocess, Transparency,
+};
 use tonic::{Code, Status};
 
 /// 1 MiB, 1 Mpx: the server's defaults are 32 MiB and 50 Mpx, the code paths the same.
@@ -17,12 +19,22 @@ pub const IMAGE_LIMITS: ImageLimits = ImageLimits {
 /// decoded image, cheaply.
 pub fn preprocess(processor: ImageProcessor) -> Preprocess {
     Preprocess {
-        size: 16,
-        filter: Filter::Bicubic,
-        rescale: 1.0 / 255.0,
-        mean: [0.5; 3],
-        std: [0.5; 3],
         processor,
+        ..Preprocess::siglip(16)
+    }
+}
+
+/// SigLIP 2 NaFlex's preprocessing with a small budget (16 patches of 16 pixels): the size
+/// search and the patches run on every decoded image, whatever its aspect ratio.
+pub fn naflex(processor: ImageProcessor) -> Preprocess {
+    Preprocess {
+        patches: Some(Patches {
+            size: 16,
+            budget: 16,
+        }),
+        filter: Filter::Bilinear,
+        transparency: Transparency::Drop,
+        ..preprocess(processor)
     }
 }
 

@@ -3,7 +3,8 @@
 //! without aborting; a decoded image has the size its header declared (admission charges
 //! decoding by it) and preprocesses by either image processor's resampler.
 //!
-//! The first byte picks the convention (bit 0) and the processor (bit 1); the rest is the file.
+//! The first byte picks the convention (bit 0), the processor (bit 1) and SigLIP's preprocessing
+//! or SigLIP 2 NaFlex's (bit 2: its transparency rule and patches); the rest is the file.
 #![no_main]
 
 mod common;
@@ -28,8 +29,13 @@ fuzz_target!(
         } else {
             ImageProcessor::Torchvision
         };
+        let prep = if first & 4 == 0 {
+            common::preprocess(processor)
+        } else {
+            common::naflex(processor)
+        };
         let declared = declared_pixels(file, &IMAGE_LIMITS);
-        match decode(file, &IMAGE_LIMITS, convention) {
+        match decode(file, &IMAGE_LIMITS, convention, prep.transparency) {
             Ok(img) => {
                 let pixels = u64::from(img.width()) * u64::from(img.height());
                 assert!(pixels <= IMAGE_LIMITS.max_pixels);
@@ -42,7 +48,7 @@ fuzz_target!(
                     ),
                     Err(e) => panic!("decoded {}x{}, but the header check said: {e}", img.width(), img.height()),
                 }
-                preprocess(&img, &common::preprocess(processor));
+                preprocess(&img, &prep);
             }
             Err(e) => assert_answered(e.into()),
         }

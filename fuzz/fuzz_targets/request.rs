@@ -22,7 +22,7 @@ use siglip_serve::grpc::api::{convert, stream::settings};
 use siglip_serve::grpc::oip::{self, pb::ModelInferRequest, Kind};
 use siglip_serve::grpc::pb;
 use siglip_serve::infer::{ImageInput, Limits};
-use siglip_serve::model::image::{Convention, ImageProcessor};
+use siglip_serve::model::image::{Convention, ImageProcessor, Preprocess};
 
 const LIMITS: Limits = Limits {
     image: IMAGE_LIMITS,
@@ -55,9 +55,16 @@ fuzz_target!(
 
 fn classify(req: pb::ClassifyRequest) -> Result<(), Error> {
     let image = convert::image(req.image)?;
+    // A patch budget takes the SigLIP 2 NaFlex path (its transparency rule, its patches).
+    let naflex = req.options.is_some_and(|o| o.max_num_patches != 0);
     convert::filter(req.options)?;
     LIMITS.check_texts(&req.texts)?;
-    prepare(image, Convention::Processor, ImageProcessor::Pil)
+    let prep = if naflex {
+        common::naflex(ImageProcessor::Pil)
+    } else {
+        common::preprocess(ImageProcessor::Pil)
+    };
+    prepare(image, Convention::Processor, &prep)
 }
 
 fn upload(req: pb::UploadRequest) -> Result<(), Error> {
@@ -84,7 +91,11 @@ fn stream(req: pb::StreamRequest) -> Result<(), Error> {
         Some(pb::stream_request::Msg::Frame(frame)) if frame.image.is_some() => {
             let image = convert::image(frame.image)?;
             if frame.regions.is_empty() {
-                return prepare(image, Convention::Pipeline, ImageProcessor::Pil);
+                return prepare(
+                    image,
+                    Convention::Pipeline,
+                    &common::preprocess(ImageProcessor::Pil),
+                );
             }
             // As `Infer::classify_frame` does: the shape first, then decoding and the crops.
             let regions = settings::regions(&frame.regions, LIMITS.max_regions)?;
@@ -109,7 +120,7 @@ fn stream(req: pb::StreamRequest) -> Result<(), Error> {
             prepare(
                 ImageInput::Encoded(bytes),
                 Convention::Pipeline,
-                ImageProcessor::Pil,
+                &common::preprocess(ImageProcessor::Pil),
             )
         }
         Some(pb::stream_request::Msg::Frame(_)) | None => Ok(()),
@@ -123,8 +134,12 @@ fn embed_image(req: pb::EmbedImageRequest) -> Result<(), Error> {
     }
     for (i, img) in req.images.into_iter().enumerate() {
         let image = convert::image(Some(img)).map_err(|e| e.about(format!("image {i}")))?;
-        prepare(image, Convention::Processor, ImageProcessor::Torchvision)
-            .map_err(|e| e.about(format!("image {i}")))?;
+        prepare(
+            image,
+            Convention::Processor,
+            &common::preprocess(ImageProcessor::Torchvision),
+        )
+        .map_err(|e| e.about(format!("image {i}")))?;
     }
     Ok(())
 }
@@ -139,8 +154,12 @@ fn model_infer(mut req: ModelInferRequest) -> Result<(), Error> {
     if kind != Kind::TextEmbedding {
         // As `Infer::embed_images` does: admitted as a whole, then each image.
         for (i, image) in checked.images.into_iter().enumerate() {
-            prepare(image, Convention::Processor, ImageProcessor::Pil)
-                .map_err(|e| e.about(format!("image {i}")))?;
+            prepare(
+                image,
+                Convention::Processor,
+                &common::preprocess(ImageProcessor::Pil),
+            )
+            .map_err(|e| e.about(format!("image {i}")))?;
         }
     }
     Ok(())
@@ -149,12 +168,8 @@ fn model_infer(mut req: ModelInferRequest) -> Result<(), Error> {
 /// As `Infer::preprocess` does: the header first (admission charges by it), then the pixels.
 /// Embedded images take the torchvision backend's path (its raw RGBA composite under the
 /// processor convention), the others the PIL backend's.
-fn prepare(
-    image: ImageInput,
-    convention: Convention,
-    processor: ImageProcessor,
-) -> Result<(), Error> {
+fn prepare(image: ImageInput, convention: Convention, prep: &Preprocess) -> Result<(), Error> {
     image.declared_pixels(&LIMITS.image)?;
-    image.prepare(&LIMITS.image, convention, &common::preprocess(processor))?;
+    image.prepare(&LIMITS.image, convention, prep)?;
     Ok(())
 }

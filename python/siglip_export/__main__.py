@@ -38,7 +38,8 @@ def main(argv: list[str] | None = None) -> int:
     _add_export_opts(command)
 
     command = commands.add_parser("random", help="random-weight SigLIP checkpoint, then the same export")
-    command.add_argument("--shape", required=True, choices=["tiny", "tiny-siglip2", "base-224", "so400m-384"])
+    command.add_argument("--shape", required=True,
+                         choices=["tiny", "tiny-siglip2", "tiny-naflex", "base-224", "base-naflex", "so400m-384"])
     command.add_argument("--seed", type=int, default=0)
     command.add_argument("--checkpoint-out", type=Path, help="HF checkpoint dir (default: <out>-checkpoint)")
     _add_export_opts(command)

@@ -49,6 +49,9 @@ def compile_vision(model_dir: Path, *, device: str, dtype: str, max_batch: int, 
     if not (model_dir / "manifest.json").is_file():
         raise ExportError(f"{model_dir} has no manifest.json: export the model there first (export or random)")
     model_manifest = json.loads((model_dir / "manifest.json").read_text())
+    if "naflex" in model_manifest["image"]:
+        raise ExportError(f"{model_dir} is a SigLIP 2 NaFlex model: its vision tower takes patches, masks and grids, "
+                          "which compile does not handle; serve its TorchScript tower (--backend torchscript or auto)")
     towers = model_manifest["towers"]
     if dtype not in towers:
         raise ExportError(f"{model_dir} has no {dtype} towers (it has {', '.join(towers)}); export that dtype first")

@@ -48,6 +48,18 @@ SHAPES: dict[str, dict[str, Any]] = {
 }
 # SigLIP 2 fixed-resolution shapes: a SigLIP v1 architecture with a Gemma tokenizer.
 SHAPES["tiny-siglip2"] = {**SHAPES["tiny"], "tokenizer": "gemma"}
+# SigLIP 2 NaFlex (transformers' Siglip2Model, as google/siglip2-base-patch16-naflex): patches of
+# 16 pixels, a 16 x 16 grid of learned position embeddings resized to each image's patch grid.
+NAFLEX_VISION = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, patch_size=16,
+                     num_patches=256)
+SHAPES["tiny-naflex"] = {"text": SHAPES["tiny"]["text"], "vision": NAFLEX_VISION, "tokenizer": "gemma",
+                         "naflex": True}
+# The base layout of google/siglip2-base-patch16-naflex, for benchmarks.
+SHAPES["base-naflex"] = {
+    "byte_fallback": False, "text": SHAPES["base-224"]["text"], "tokenizer": "gemma", "naflex": True,
+    "vision": dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12, patch_size=16,
+                   num_patches=256),
+}
 
 # The tokenizer settings of google/siglip2-*-patch16-* (transformers' SigLIP 2 conversion script:
 # GemmaTokenizerFast.from_pretrained("google/gemma-7b", add_bos_token=False, add_eos_token=True,
@@ -145,7 +157,17 @@ def calibration_images() -> list[Any]:
 
 def make_random_checkpoint(shape: str, out: Path, seed: int = 0) -> Path:
     """Create and save a random SigLIP checkpoint; returns `out`."""
-    from transformers import SiglipConfig, SiglipImageProcessorPil, SiglipModel, SiglipProcessor, SiglipTokenizer
+    from transformers import (
+        Siglip2Config,
+        Siglip2ImageProcessorPil,
+        Siglip2Model,
+        Siglip2Processor,
+        SiglipConfig,
+        SiglipImageProcessorPil,
+        SiglipModel,
+        SiglipProcessor,
+        SiglipTokenizer,
+    )
 
     if shape not in SHAPES:
         raise ValueError(f"unknown shape {shape!r}; choose from {sorted(SHAPES)}")
@@ -163,8 +185,9 @@ def make_random_checkpoint(shape: str, out: Path, seed: int = 0) -> Path:
         tokenizer = SiglipTokenizer(str(spiece), model_max_length=64)
         pad_id, eos_id = 1, 1  # SigLIP pads with "</s>"
 
+    naflex = spec.get("naflex", False)
     common = dict(hidden_act="gelu_pytorch_tanh", layer_norm_eps=1e-6, attention_dropout=0.0)
-    config = SiglipConfig(
+    config = (Siglip2Config if naflex else SiglipConfig)(
         text_config=dict(vocab_size=len(tokenizer) if gemma else tokenizer.vocab_size, max_position_embeddings=64,
                          pad_token_id=pad_id, eos_token_id=eos_id, bos_token_id=None, **common, **spec["text"]),
         vision_config=dict(num_channels=3, **common, **spec["vision"]),
@@ -174,18 +197,24 @@ def make_random_checkpoint(shape: str, out: Path, seed: int = 0) -> Path:
     # SigLIP 2's "<eos>" = 1 (no bos is added in either).
     config.text_config.bos_token_id = None
     config.text_config.eos_token_id = eos_id
-    model = SiglipModel(config).eval()
-    size = spec["vision"]["image_size"]
-    # SigLIP 2's fixed-resolution processors resize bilinearly (transformers' conversion script
-    # sets resample=2 for them); SigLIP's use the default, bicubic.
-    resample = {"resample": 2} if gemma else {}
-    image_processor = SiglipImageProcessorPil(size={"height": size, "width": size}, **resample)
+    model = (Siglip2Model if naflex else SiglipModel)(config).eval()
+    if naflex:
+        # NaFlex: bilinear, mean and std 0.5, at most 256 patches of 16 pixels (the processor's
+        # defaults, as the published checkpoints have them).
+        image_processor = Siglip2ImageProcessorPil(patch_size=spec["vision"]["patch_size"], max_num_patches=256)
+    else:
+        size = spec["vision"]["image_size"]
+        # SigLIP 2's fixed-resolution processors resize bilinearly (transformers' conversion
+        # script sets resample=2 for them); SigLIP's use the default, bicubic.
+        resample = {"resample": 2} if gemma else {}
+        image_processor = SiglipImageProcessorPil(size={"height": size, "width": size}, **resample)
     scale, bias = calibrate(model, tokenizer, image_processor)
     with torch.no_grad():
         model.logit_scale.fill_(scale)
         model.logit_bias.fill_(bias)
     model.save_pretrained(out)
-    SiglipProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(out)
+    processor = Siglip2Processor if naflex else SiglipProcessor
+    processor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(out)
     image_processor.save_pretrained(out)  # preprocessor_config.json, as hub checkpoints have it
     if gemma:
         _pin_gemma_tokenizer_config(out)
@@ -197,9 +226,10 @@ def make_random_checkpoint(shape: str, out: Path, seed: int = 0) -> Path:
 def calibrate(model: Any, tokenizer: Any, image_processor: Any, lo: float = -3.0, hi: float = 3.0) -> tuple[float, float]:
     """Pick logit_scale (log-multiplier) and bias mapping the cosine range of the calibration
     images x texts onto [lo, hi]: random init leaves both at 0 (every probability 0.5)."""
-    pixels = image_processor(calibration_images(), return_tensors="pt")["pixel_values"]
+    # NaFlex processors also return the patch mask and each image's patch grid: the tower takes all.
+    inputs = dict(image_processor(calibration_images(), return_tensors="pt"))
     ids = tokenizer(CALIBRATION_TEXTS, padding="max_length", max_length=64, truncation=True, return_tensors="pt")["input_ids"]
-    img = torch.nn.functional.normalize(model.vision_model(pixel_values=pixels).pooler_output, dim=-1)
+    img = torch.nn.functional.normalize(model.vision_model(**inputs).pooler_output, dim=-1)
     txt = torch.nn.functional.normalize(model.text_model(input_ids=ids).pooler_output, dim=-1)
     cosines = img @ txt.T
     cos_min, cos_max = float(cosines.min()), float(cosines.max())

@@ -105,6 +105,57 @@ def pixel_values(checkpoint_dir: Path, images: Sequence[Path], size: int | None 
     return image_processor(opened, return_tensors="pt", input_data_format="channels_last")["pixel_values"].float()
 
 
+def naflex_inputs(checkpoint_dir: Path, images: Sequence[Path], max_num_patches: int,
+                  convention: str = "processor") -> dict[str, torch.Tensor]:
+    """A NaFlex checkpoint's processor (`Siglip2ImageProcessorPil`, by name) at patch budget
+    `max_num_patches`: pixel_values [N, M, 3·P²], pixel_attention_mask [N, M], spatial_shapes
+    [N, 2]."""
+    from transformers import Siglip2ImageProcessorPil
+
+    image_processor = Siglip2ImageProcessorPil.from_pretrained(str(checkpoint_dir))
+    opened = [open_image(path, convention) for path in images]
+    batch = image_processor(opened, max_num_patches=max_num_patches, return_tensors="pt",
+                            input_data_format="channels_last")
+    return {"pixel_values": batch["pixel_values"].float(), "pixel_attention_mask": batch["pixel_attention_mask"].long(),
+            "spatial_shapes": batch["spatial_shapes"].long()}
+
+
+def reference_naflex_pixels(checkpoint: str, images: Sequence[Path], out: Path, max_num_patches: int,
+                            convention: str = "processor") -> None:
+    ckpt = resolve_checkpoint(checkpoint)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tensors = naflex_inputs(ckpt.path, images, max_num_patches, convention)
+    save_file({name: tensor.contiguous() for name, tensor in tensors.items()}, str(out))
+    _sidecar(out, images=[str(Path(path).resolve()) for path in images], checkpoint=ckpt.source,
+             max_num_patches=max_num_patches, convention=convention, processor="pil")
+
+
+@torch.no_grad()
+def reference_naflex(checkpoint: str, images: Sequence[Path], texts: Sequence[str], out: Path, max_num_patches: int,
+                     convention: str = "processor") -> None:
+    """A NaFlex checkpoint end to end (`Siglip2Model`) at patch budget `max_num_patches`: the
+    processor's inputs, both embeddings, logits and probabilities."""
+    from transformers import Siglip2Model
+
+    ckpt = resolve_checkpoint(checkpoint)
+    model = Siglip2Model.from_pretrained(str(ckpt.path), dtype=torch.float32).eval()
+    inputs = naflex_inputs(ckpt.path, images, max_num_patches, convention)
+    ids = input_ids(ckpt.path, texts)
+    outputs = model(input_ids=ids, **inputs)  # no text attention mask, as SigLIP is used
+    tensors = {
+        **inputs,
+        "input_ids": ids,
+        "image_embeds": outputs.image_embeds.float(),
+        "text_embeds": outputs.text_embeds.float(),
+        "logits": outputs.logits_per_image.float(),
+        "probs": torch.sigmoid(outputs.logits_per_image).float(),
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_file({name: tensor.contiguous() for name, tensor in tensors.items()}, str(out))
+    _sidecar(out, images=[str(Path(path).resolve()) for path in images], texts=list(texts), checkpoint=ckpt.source,
+             max_num_patches=max_num_patches, convention=convention, processor="pil")
+
+
 def input_ids(checkpoint_dir: Path, texts: Sequence[str]) -> torch.Tensor:
     return torch.tensor(reference_ids(load_tokenizer(checkpoint_dir), texts), dtype=torch.int64)
 

@@ -70,13 +70,19 @@ def sample_inputs(checkpoint_dir: Path, hf_tokenizer: Any) -> tuple[torch.Tensor
     checkpoint's PIL image processor and a few texts through its transformers tokenizer."""
     from transformers import SiglipImageProcessorPil
 
-    from .random_models import CALIBRATION_TEXTS, calibration_images
+    from .random_models import calibration_images
 
     processor = SiglipImageProcessorPil.from_pretrained(str(checkpoint_dir))
     pixels = processor(calibration_images()[:3], return_tensors="pt")["pixel_values"]
+    return pixels, sample_ids(hf_tokenizer)
+
+
+def sample_ids(hf_tokenizer: Any) -> torch.Tensor:
+    """input_ids of a few texts through the checkpoint's transformers tokenizer."""
+    from .random_models import CALIBRATION_TEXTS
+
     texts = [CALIBRATION_TEXTS[0], builtin_sample()[30], "a photo of 2 cats"]
-    ids = torch.tensor(reference_ids(hf_tokenizer, texts), dtype=torch.int64)
-    return pixels, ids
+    return torch.tensor(reference_ids(hf_tokenizer, texts), dtype=torch.int64)
 
 
 def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:

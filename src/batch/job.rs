@@ -9,13 +9,13 @@ use tracing::Span;
 use super::{Flow, Reply};
 use crate::error::{Error, Result};
 use crate::metrics;
-use crate::model::tokenizer::TokenIds;
+use crate::model::{image::Pixels, tokenizer::TokenIds};
 use crate::telemetry;
 
 /// A job's rows.
 pub(super) enum Work {
-    /// Preprocessed images, one CHW row each.
-    Images(Vec<Vec<f32>>),
+    /// Preprocessed images, all of one shape (a request chooses one NaFlex budget).
+    Images(Vec<Pixels>),
     Texts(Vec<TokenIds>),
 }
 
@@ -81,6 +81,14 @@ impl Job {
         }
     }
 
+    /// Floats per image (0 for texts): images of one size share a pass.
+    pub(super) fn image_size(&self) -> usize {
+        match &self.work {
+            Work::Images(rows) => rows.first().map_or(0, |row| row.values.len()),
+            Work::Texts(_) => 0,
+        }
+    }
+
     pub(super) fn rows(&self) -> usize {
         match &self.work {
             Work::Images(rows) => rows.len(),
@@ -132,12 +140,20 @@ impl Job {
 }
 
 /// The image rows of `jobs`, in order.
-pub(super) fn image_rows(jobs: &[Job]) -> Vec<&[f32]> {
+pub(super) fn image_rows(jobs: &[Job]) -> Vec<&Pixels> {
     jobs.iter()
         .flat_map(|job| match &job.work {
-            Work::Images(rows) => rows.iter().map(Vec::as_slice).collect(),
+            Work::Images(rows) => rows.iter().collect(),
             Work::Texts(_) => Vec::new(),
         })
+        .collect()
+}
+
+/// The passes over `rows`: runs of rows of one size (a NaFlex model's budgets M differ), each
+/// cut into passes of at most `max` rows.
+pub(super) fn passes<'a, 'r>(rows: &'a [&'r Pixels], max: usize) -> Vec<&'a [&'r Pixels]> {
+    rows.chunk_by(|a, b| a.values.len() == b.values.len())
+        .flat_map(|run| run.chunks(max.max(1)))
         .collect()
 }
 
@@ -154,7 +170,26 @@ mod tests {
             deadline: None,
             stale_at,
         };
-        (Job::new(Work::Images(vec![vec![0.0; 3]]), &tag, reply), rx)
+        let pixels = Pixels {
+            values: vec![0.0; 3],
+            grid: None,
+        };
+        (Job::new(Work::Images(vec![pixels]), &tag, reply), rx)
+    }
+
+    /// Rows of one size share passes of at most `max`; a change of size starts a new pass.
+    #[test]
+    fn passes_hold_rows_of_one_size() {
+        let rows: Vec<Pixels> = [3, 3, 3, 6, 6, 3]
+            .iter()
+            .map(|&n| vec![0.0; n].into())
+            .collect();
+        let refs: Vec<&Pixels> = rows.iter().collect();
+        let sizes: Vec<Vec<usize>> = passes(&refs, 2)
+            .iter()
+            .map(|pass| pass.iter().map(|row| row.values.len()).collect())
+            .collect();
+        assert_eq!(sizes, [vec![3, 3], vec![3], vec![6, 6], vec![3]]);
     }
 
     #[test]

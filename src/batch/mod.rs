@@ -39,7 +39,7 @@ use tokio::sync::{oneshot, watch};
 
 use crate::error::{Error, Result};
 use crate::metrics;
-use crate::model::{scores::Embeddings, tokenizer::TokenIds, Model};
+use crate::model::{image::Pixels, scores::Embeddings, tokenizer::TokenIds, Model};
 use fair::{FairQueue, Refused};
 pub use job::Tag;
 use job::{Job, Work};
@@ -204,11 +204,11 @@ impl Batcher {
         self.producer.depth.load(Ordering::Relaxed)
     }
 
-    /// Embeds preprocessed images (CHW rows, as `image::preprocess` writes them), as a flow of
-    /// their own.
+    /// Embeds preprocessed images (as `image::preprocess` writes them, all of one shape), as a
+    /// flow of their own.
     pub async fn embed_images(
         &self,
-        images: Vec<Vec<f32>>,
+        images: Vec<Pixels>,
         deadline: Option<Instant>,
     ) -> Result<Reply> {
         self.submit(Work::Images(images), Tag::alone(deadline))
@@ -226,7 +226,7 @@ impl Batcher {
     /// Embeds preprocessed images as part of `tag.flow` (one flow per stream, a video stream's
     /// frames or an inference stream's requests, so that streams share the worker in turn). A
     /// job still waiting at `tag.stale_at` gets [`Error::Stale`].
-    pub async fn embed_tagged(&self, images: Vec<Vec<f32>>, tag: Tag) -> Result<Reply> {
+    pub async fn embed_tagged(&self, images: Vec<Pixels>, tag: Tag) -> Result<Reply> {
         self.submit(Work::Images(images), tag).await
     }
 

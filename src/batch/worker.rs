@@ -14,13 +14,12 @@ use tokio::sync::watch;
 use tracing::Span;
 
 use super::fair::{FairQueue, Popped, Wait};
-use super::job::image_rows;
-use super::job::{Job, Work};
+use super::job::{image_rows, passes, Job, Work};
 use super::{queue_depth, BatchConfig, DeviceTurn};
 use crate::cpu_time;
 use crate::error::Result;
 use crate::metrics;
-use crate::model::{tokenizer::TokenIds, Model, Staged, Submitted};
+use crate::model::{image::Pixels, tokenizer::TokenIds, Model, Staged, Submitted};
 use crate::telemetry;
 
 pub(super) struct Worker {
@@ -183,12 +182,15 @@ impl Worker {
     }
 
     /// Copies the batch's images into host memory for the device (one caller may send more rows
-    /// than a pass holds: passes of at most `max_batch_size`).
+    /// than a pass holds: passes of at most `max_batch_size`). Images of different sizes (a
+    /// NaFlex model's budgets) go in passes of their own: the jobs are ordered by size, in queue
+    /// order within one, so that each size's rows lie together.
     fn stage(&self, mut jobs: Vec<Job>) -> StagedBatch {
+        jobs.sort_by_key(Job::image_size);
         let span = self.traced_batch(&mut jobs, "vision");
         let rows = image_rows(&jobs);
-        let passes = rows
-            .chunks(self.config.max_batch_size.max(1))
+        let passes = passes(&rows, self.config.max_batch_size)
+            .into_iter()
             .map(|pass| {
                 histogram!(metrics::BATCH_SIZE, "model" => self.model_label())
                     .record(pass.len() as f64);
@@ -225,11 +227,11 @@ impl Worker {
         let rows = image_rows(&running.jobs);
         let mut previous_done = running.started;
         let mut runs = Vec::new();
-        let embed = |rows: &[&[f32]]| self.in_model(|| self.model.embed_rows(rows));
+        let embed = |rows: &[&Pixels]| self.in_model(|| self.model.embed_rows(rows));
         for (pass, rows) in running
             .passes
             .into_iter()
-            .zip(rows.chunks(self.config.max_batch_size.max(1)))
+            .zip(passes(&rows, self.config.max_batch_size))
         {
             let result = pass.and_then(|(pass, submitted)| {
                 let embeddings = self.in_model(|| self.model.finish(pass));

@@ -3,7 +3,7 @@
 use crate::cpu_time;
 use crate::error::{Error, Result};
 use crate::model::image::{
-    self, Convention, ImageLimits, ImageProcessor, Preprocess, RawFormat, Region, RgbImage,
+    self, Convention, ImageLimits, Pixels, Preprocess, RawFormat, Region, RgbImage,
 };
 
 /// An image as a caller sends it.
@@ -36,41 +36,43 @@ impl ImageInput {
         }
     }
 
-    /// Decoded (within the limits) to RGB8 by `convention` (a raw RGBA frame composited as
-    /// `processor` does).
+    /// Decoded (within the limits) to RGB8 by `convention` and the model's transparency rule
+    /// (a raw RGBA frame composited as `prep.processor` does).
     pub fn decode(
         self,
         limits: &ImageLimits,
         convention: Convention,
-        processor: ImageProcessor,
+        prep: &Preprocess,
     ) -> Result<RgbImage> {
         Ok(match self {
-            ImageInput::Encoded(bytes) => image::decode(&bytes, limits, convention)?,
+            ImageInput::Encoded(bytes) => {
+                image::decode(&bytes, limits, convention, prep.transparency)?
+            }
             ImageInput::Raw {
                 width,
                 height,
                 format,
                 data,
-            } => image::from_raw(width, height, format, &data, limits, convention, processor)?,
+            } => image::from_raw(width, height, format, &data, limits, convention, prep)?,
         })
     }
 
-    /// Decoded (within the limits) and preprocessed: CHW floats ready for the model. CPU work,
-    /// for a blocking thread.
+    /// Decoded (within the limits) and preprocessed: pixels ready for the model. CPU work, for
+    /// a blocking thread.
     pub fn prepare(
         self,
         limits: &ImageLimits,
         convention: Convention,
         prep: &Preprocess,
-    ) -> Result<Vec<f32>> {
-        let rgb = cpu_time::charged("decode", || self.decode(limits, convention, prep.processor))?;
+    ) -> Result<Pixels> {
+        let rgb = cpu_time::charged("decode", || self.decode(limits, convention, prep))?;
         Ok(cpu_time::charged("preprocess", || {
             image::preprocess(&rgb, prep)
         }))
     }
 
-    /// Decoded once, then each region cropped out and preprocessed on its own: one row of CHW
-    /// floats per region, in order, equal to the reference's `crop` of the same image. A region
+    /// Decoded once, then each region cropped out and preprocessed on its own (at its own aspect
+    /// ratio, for a NaFlex model): one row per region, in order, equal to the reference's `crop` of the same image. A region
     /// reaching outside the decoded frame (whose size only decoding tells, EXIF orientation
     /// included) is refused. CPU work, for a blocking thread.
     pub fn prepare_regions(
@@ -79,8 +81,8 @@ impl ImageInput {
         convention: Convention,
         prep: &Preprocess,
         regions: &[Region],
-    ) -> Result<Vec<Vec<f32>>> {
-        let rgb = cpu_time::charged("decode", || self.decode(limits, convention, prep.processor))?;
+    ) -> Result<Vec<Pixels>> {
+        let rgb = cpu_time::charged("decode", || self.decode(limits, convention, prep))?;
         image::check_within(rgb.width(), rgb.height(), regions).map_err(Error::InvalidArgument)?;
         Ok(regions
             .iter()

@@ -24,7 +24,7 @@ use crate::cpu_time;
 use crate::error::{Error, Result};
 use crate::metrics;
 use crate::model::{
-    image::{self, Convention, ImageLimits, ImageProcessor, Preprocess, Region},
+    image::{self, Convention, ImageLimits, ImageProcessor, Pixels, Preprocess, Region},
     manifest::Manifest,
     scores::{rank, score_all, Embeddings, LogitHead, Score, ScoreFilter},
     tokenizer::{TextTokenizer, TokenIds},
@@ -129,6 +129,35 @@ impl Infer {
         self.preprocess.processor
     }
 
+    /// How this model's images are preprocessed for a request that asks for `max_patches`
+    /// (a SigLIP 2 NaFlex model's patch budget M; `None`: the model's default). An M the
+    /// model does not allow, or any M for a fixed-resolution model, is refused.
+    pub fn preprocessing(&self, max_patches: Option<u32>) -> Result<Preprocess> {
+        let Some(requested) = max_patches else {
+            return Ok(self.preprocess.clone());
+        };
+        let Some(naflex) = &self.manifest.image.naflex else {
+            return Err(Error::InvalidArgument(format!(
+                "max_num_patches {requested}: model {} resizes every image to {}x{}; a patch \
+                 budget applies to SigLIP 2 NaFlex models only (leave it 0)",
+                self.name, self.manifest.image.size, self.manifest.image.size
+            )));
+        };
+        if !naflex.max_num_patches.contains(&requested) {
+            return Err(Error::InvalidArgument(format!(
+                "max_num_patches {requested} is not allowed for model {}: choose one of {:?} (its \
+                 default, when none is given, is {})",
+                self.name, naflex.max_num_patches, naflex.default_max_num_patches
+            )));
+        }
+        let mut prep = self.preprocess.clone();
+        prep.patches = prep.patches.map(|p| image::Patches {
+            budget: requested,
+            ..p
+        });
+        Ok(prep)
+    }
+
     pub fn limits(&self) -> &Limits {
         &self.limits
     }
@@ -217,9 +246,14 @@ impl Infer {
         self.limits.check_texts(texts)
     }
 
-    /// Decodes and preprocesses one image on the CPU pool: CHW floats ready for the model.
-    pub async fn preprocess(&self, input: ImageInput) -> Result<(Vec<f32>, Duration)> {
-        self.on_cpu_pool(input, |input, limits, convention, prep| {
+    /// Decodes and preprocesses one image on the CPU pool by `prep` (from
+    /// [`Infer::preprocessing`]): pixels ready for the model.
+    pub async fn preprocess(
+        &self,
+        input: ImageInput,
+        prep: &Preprocess,
+    ) -> Result<(Pixels, Duration)> {
+        self.on_cpu_pool(input, prep, |input, limits, convention, prep| {
             input.prepare(limits, convention, prep)
         })
         .await
@@ -231,9 +265,10 @@ impl Infer {
     pub async fn preprocess_regions(
         &self,
         input: ImageInput,
+        prep: &Preprocess,
         regions: Vec<Region>,
-    ) -> Result<(Vec<Vec<f32>>, Duration)> {
-        self.on_cpu_pool(input, move |input, limits, convention, prep| {
+    ) -> Result<(Vec<Pixels>, Duration)> {
+        self.on_cpu_pool(input, prep, move |input, limits, convention, prep| {
             input.prepare_regions(limits, convention, prep, &regions)
         })
         .await
@@ -241,7 +276,12 @@ impl Infer {
 
     /// Runs `work` on one image in the CPU pool, once the image's header-declared pixels fit in
     /// `--max-decoding-pixels`; records the time it took.
-    async fn on_cpu_pool<T, F>(&self, input: ImageInput, work: F) -> Result<(T, Duration)>
+    async fn on_cpu_pool<T, F>(
+        &self,
+        input: ImageInput,
+        prep: &Preprocess,
+        work: F,
+    ) -> Result<(T, Duration)>
     where
         T: Send + 'static,
         F: FnOnce(ImageInput, &ImageLimits, Convention, &Preprocess) -> Result<T> + Send + 'static,
@@ -256,7 +296,7 @@ impl Infer {
         let decoding = self.shared.admission.decoding(pixels).await?;
         let limits = self.limits.image.clone();
         let convention = self.convention;
-        let prep = self.preprocess.clone();
+        let prep = prep.clone();
         let (prepared, elapsed) = self
             .shared
             .pool
@@ -274,7 +314,7 @@ impl Infer {
     /// Embeds preprocessed images (from [`Infer::preprocess`]).
     pub async fn embed_pixels(
         &self,
-        pixels: Vec<Vec<f32>>,
+        pixels: Vec<Pixels>,
         deadline: Option<Instant>,
     ) -> Result<(Embeddings, Timings)> {
         Ok(embedded(self.batcher.embed_images(pixels, deadline).await?))
@@ -285,10 +325,12 @@ impl Infer {
     /// `max_age_ms`) before its pixels are ready is refused with [`Error::Stale`] rather than
     /// queued for a result nobody wants any more; the batcher drops it too if it is still
     /// waiting then. The frame is queued as part of the stream's `flow`. With
-    /// `regions`, each region is cropped out of the decoded frame and scored on its own.
+    /// `regions`, each region is cropped out of the decoded frame and scored on its own. `prep`
+    /// comes from [`Infer::preprocessing`] (checked once, for the stream's configuration).
     pub async fn classify_frame(
         &self,
         image: ImageInput,
+        prep: &Preprocess,
         regions: &[Region],
         labels: &Labels,
         flow: Flow,
@@ -305,10 +347,11 @@ impl Infer {
         telemetry::record_texts(labels.texts.len());
         let _admitted = self.shared.admission.images(regions.len().max(1))?;
         let (pixels, preprocess) = if regions.is_empty() {
-            let (pixels, preprocess) = self.preprocess(image).await?;
+            let (pixels, preprocess) = self.preprocess(image, prep).await?;
             (vec![pixels], preprocess)
         } else {
-            self.preprocess_regions(image, regions.to_vec()).await?
+            self.preprocess_regions(image, prep, regions.to_vec())
+                .await?
         };
         if let Some(at) = tag.stale_at.filter(|at| Instant::now() >= *at) {
             return Err(Error::Stale(format!(
@@ -326,19 +369,22 @@ impl Infer {
     }
 
     /// One image against texts: preprocessing and the text tower run concurrently.
+    /// `max_patches`: a NaFlex model's patch budget ([`Infer::preprocessing`]).
     pub async fn classify(
         &self,
         image: ImageInput,
         texts: Vec<String>,
         filter: ScoreFilter,
+        max_patches: Option<u32>,
         deadline: Option<Instant>,
     ) -> Result<Classification> {
+        let prep = self.preprocessing(max_patches)?;
         let started = Instant::now();
         telemetry::record_images(1);
         telemetry::record_texts(texts.len());
         let _admitted = self.shared.admission.images(1)?;
         let ((labels, text_timings), (pixels, preprocess)) =
-            tokio::try_join!(self.labels(texts, deadline), self.preprocess(image))?;
+            tokio::try_join!(self.labels(texts, deadline), self.preprocess(image, &prep))?;
         let (embedding, image_timings) = self.embed_pixels(vec![pixels], deadline).await?;
         Ok(Classification {
             scores: self.rank(embedding.row(0), &labels, filter),
@@ -371,13 +417,16 @@ impl Infer {
         rank(self.head, image, &labels.texts, &labels.embeddings, filter)
     }
 
-    /// Embeds many images; each is decoded in parallel on the CPU pool.
+    /// Embeds many images; each is decoded in parallel on the CPU pool. `max_patches`: a
+    /// NaFlex model's patch budget ([`Infer::preprocessing`]).
     pub async fn embed_images(
         &self,
         images: Vec<ImageInput>,
+        max_patches: Option<u32>,
         deadline: Option<Instant>,
     ) -> Result<(Embeddings, Timings)> {
-        self.embed_images_in(images, Flow::new(), deadline).await
+        self.embed_images_in(images, max_patches, Flow::new(), deadline)
+            .await
     }
 
     /// [`Infer::embed_images`], queued as part of `flow` (a stream's: streams are served in
@@ -385,9 +434,11 @@ impl Infer {
     pub async fn embed_images_in(
         &self,
         images: Vec<ImageInput>,
+        max_patches: Option<u32>,
         flow: Flow,
         deadline: Option<Instant>,
     ) -> Result<(Embeddings, Timings)> {
+        let prep = &self.preprocessing(max_patches)?;
         if images.is_empty() {
             return Err(Error::InvalidArgument("no images given".into()));
         }
@@ -403,7 +454,7 @@ impl Infer {
         let started = Instant::now();
         let prepared = futures_util::future::try_join_all(images.into_iter().enumerate().map(
             |(i, img)| async move {
-                self.preprocess(img)
+                self.preprocess(img, prep)
                     .await
                     .map_err(|e| e.about(format!("image {i}")))
             },

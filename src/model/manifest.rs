@@ -5,7 +5,7 @@ use std::{collections::BTreeMap, path::Path};
 use serde::Deserialize;
 
 use super::device::DType;
-use super::image::{Filter, ImageProcessor, Preprocess};
+use super::image::{Filter, ImageProcessor, Patches, Preprocess, Transparency};
 use crate::error::{Error, Result};
 
 /// The only manifest layout this server reads; the export tool writes the same number.
@@ -38,25 +38,52 @@ pub struct Source {
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct ImageSpec {
+    /// Side of the square every image is resized to; absent (0) for a NaFlex model, which keeps
+    /// each image's aspect ratio (`naflex`).
+    #[serde(default)]
     pub size: u32,
     /// `bicubic` or `bilinear`; any other filter fails to load, naming the two.
     pub resample: Filter,
     pub rescale_factor: f64,
     pub mean: [f32; 3],
     pub std: [f32; 3],
+    /// SigLIP 2 NaFlex: images become patches on a grid of their own aspect ratio.
+    #[serde(default)]
+    pub naflex: Option<NaflexSpec>,
+}
+
+/// How a SigLIP 2 NaFlex model takes images (`Siglip2ImageProcessorPil`): resized, keeping their
+/// aspect ratio, to at most M patches of `patch_size`² pixels, M one of `max_num_patches`.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+pub struct NaflexSpec {
+    pub patch_size: u32,
+    /// The patch budgets M the model was checked at, ascending.
+    pub max_num_patches: Vec<u32>,
+    /// The budget a request that names none gets (the processor's own default).
+    pub default_max_num_patches: u32,
 }
 
 impl ImageSpec {
     /// The preprocessing these settings describe, at `size` (the model's own, or another for
-    /// parity checks), with `processor`'s arithmetic.
+    /// parity checks), with `processor`'s arithmetic; a NaFlex model's at its default budget.
     pub fn preprocess(&self, size: u32, processor: ImageProcessor) -> Preprocess {
+        let patches = self.naflex.as_ref().map(|n| Patches {
+            size: n.patch_size,
+            budget: n.default_max_num_patches,
+        });
         Preprocess {
             size,
+            patches,
             filter: self.resample,
             rescale: self.rescale_factor,
             mean: self.mean,
             std: self.std,
             processor,
+            // NaFlex's processor leaves `do_convert_rgb` unset; SigLIP's sets it.
+            transparency: match patches {
+                None => Transparency::Composite,
+                Some(_) => Transparency::Drop,
+            },
         }
     }
 }
@@ -132,8 +159,26 @@ impl Manifest {
 
     fn validate(&self, path: &Path) -> Result<()> {
         let bad = |what: String| Err(Error::Model(format!("{}: {what}", path.display())));
-        if self.image.size == 0 || self.embedding_dim == 0 || self.text.max_length == 0 {
-            return bad("image size, embedding_dim and text max_length must be positive".into());
+        if self.embedding_dim == 0 || self.text.max_length == 0 {
+            return bad("embedding_dim and text max_length must be positive".into());
+        }
+        match &self.image.naflex {
+            None if self.image.size == 0 => return bad("image size must be positive".into()),
+            None => {}
+            Some(naflex) => {
+                if naflex.patch_size == 0 || naflex.max_num_patches.contains(&0) {
+                    return bad("NaFlex patch_size and max_num_patches must be positive".into());
+                }
+                if !naflex
+                    .max_num_patches
+                    .contains(&naflex.default_max_num_patches)
+                {
+                    return bad(format!(
+                        "NaFlex default_max_num_patches {} is not among max_num_patches {:?}",
+                        naflex.default_max_num_patches, naflex.max_num_patches
+                    ));
+                }
+            }
         }
         if self.image.std.contains(&0.0) {
             return bad("image std must not contain zeros".into());

@@ -14,7 +14,7 @@ use std::{path::PathBuf, sync::Arc};
 use tch::Device;
 
 use self::device::{device_name, BackendChoice, DType, DTypeChoice, DeviceChoice};
-use self::image::{ImageProcessor, Preprocess};
+use self::image::{ImageProcessor, Pixels, Preprocess};
 use self::manifest::Manifest;
 use self::runtime::{RunOptions, Towers};
 use self::scores::{Embeddings, LogitHead};
@@ -186,21 +186,24 @@ impl Model {
         self.tokenizer.encode(texts)
     }
 
-    /// Embeds images already preprocessed into CHW floats (`n` of them, back to back).
+    /// Embeds `n` images of a square model already preprocessed into CHW floats, back to back.
     pub fn embed_pixels(&self, pixels: &[f32], n: usize) -> Result<Embeddings> {
-        let per_image = pixels_per_image(&self.preprocess);
-        if pixels.len() != n * per_image {
+        let per_image = self.preprocess.values_per_image();
+        if self.preprocess.patches.is_some() || pixels.len() != n * per_image {
             return Err(Error::InvalidArgument(format!(
-                "{} values are not {n} images of {per_image}",
+                "{} values are not {n} square images of {per_image}",
                 pixels.len()
             )));
         }
-        let rows: Vec<&[f32]> = pixels.chunks_exact(per_image.max(1)).collect();
-        self.embed_rows(&rows)
+        let rows: Vec<Pixels> = pixels
+            .chunks_exact(per_image.max(1))
+            .map(|values| values.to_vec().into())
+            .collect();
+        self.embed_rows(&rows.iter().collect::<Vec<_>>())
     }
 
-    /// Embeds preprocessed images, one CHW row each.
-    pub fn embed_rows(&self, rows: &[&[f32]]) -> Result<Embeddings> {
+    /// Embeds preprocessed images ([`image::preprocess`]).
+    pub fn embed_rows(&self, rows: &[&Pixels]) -> Result<Embeddings> {
         let staged = self.stage_rows(rows)?;
         let submitted = self.submit(staged)?;
         self.finish(submitted)
@@ -208,13 +211,49 @@ impl Model {
 
     /// The three steps of [`Model::embed_rows`], for a caller that overlaps them across passes:
     /// copy the rows into host memory for the device (host work only)…
-    pub fn stage_rows(&self, rows: &[&[f32]]) -> Result<Staged> {
-        if rows.is_empty() {
+    ///
+    /// The rows of one pass share a shape: a NaFlex model's rows one patch budget M (one the
+    /// manifest allows), each with its grid.
+    pub fn stage_rows(&self, rows: &[&Pixels]) -> Result<Staged> {
+        let Some(first) = rows.first() else {
             return Err(Error::InvalidArgument("no images given".into()));
+        };
+        let dims = self.dims(first.values.len())?;
+        let naflex = self.preprocess.patches.is_some();
+        if let Some(i) = rows
+            .iter()
+            .position(|row| row.values.len() != first.values.len() || row.grid.is_some() != naflex)
+        {
+            return Err(Error::InvalidArgument(format!(
+                "image {i} of a pass differs from the first in size or kind ({} values, grid {:?})",
+                rows[i].values.len(),
+                rows[i].grid
+            )));
         }
         Ok(Staged {
-            images: self.towers.stage_images(rows, self.preprocess.size)?,
+            images: self.towers.stage_images(rows, &dims)?,
             n: rows.len(),
+        })
+    }
+
+    /// The shape of one image of `values` floats: `[3, size, size]`, or for a NaFlex model
+    /// `[M, 3·P²]` with M one of the manifest's budgets.
+    fn dims(&self, values: usize) -> Result<Vec<i64>> {
+        let dims = match (self.preprocess.patches, &self.manifest.image.naflex) {
+            (Some(patches), Some(spec)) => {
+                let per_patch = 3 * (patches.size as usize).pow(2);
+                let budget = values / per_patch;
+                let allowed = values.is_multiple_of(per_patch)
+                    && spec.max_num_patches.iter().any(|&m| m as usize == budget);
+                allowed.then(|| vec![budget as i64, per_patch as i64])
+            }
+            _ => (values == self.preprocess.values_per_image()).then(|| self.preprocess.dims()),
+        };
+        dims.ok_or_else(|| {
+            Error::InvalidArgument(format!(
+                "{values} values are not an image this model takes (one has {})",
+                self.preprocess.values_per_image()
+            ))
         })
     }
 
@@ -238,13 +277,13 @@ impl Model {
         self.device().is_cuda()
     }
 
+    /// Embeds RGB images, preprocessed by the model's own settings.
     pub fn embed_images(&self, images: &[::image::RgbImage]) -> Result<Embeddings> {
-        let per_image = pixels_per_image(&self.preprocess);
-        let mut pixels = vec![0f32; per_image * images.len()];
-        for (img, out) in images.iter().zip(pixels.chunks_exact_mut(per_image)) {
-            image::preprocess_into(img, &self.preprocess, out);
-        }
-        self.embed_pixels(&pixels, images.len())
+        let rows: Vec<Pixels> = images
+            .iter()
+            .map(|img| image::preprocess(img, &self.preprocess))
+            .collect();
+        self.embed_rows(&rows.iter().collect::<Vec<_>>())
     }
 
     pub fn embed_token_ids(&self, texts: &[TokenIds]) -> Result<Embeddings> {
@@ -280,16 +319,20 @@ impl Model {
     /// the caching allocator, which would otherwise stall the first batch of that size in
     /// service; largest first, so that smaller batches fit in memory it already holds. On the
     /// CPU only the very first pass is slow (`bench/tower_probe.py`: a new size's first call
-    /// takes as long as its second) and a pass can take seconds, so sizes 1 and 2 suffice.
+    /// takes as long as its second) and a pass can take seconds, so sizes 1 and 2 suffice. A
+    /// NaFlex model is warmed up at each of its patch budgets, the largest first (each is a
+    /// shape of its own).
     fn warm_up(&self, rounds: usize, largest: usize) -> Result<()> {
         let cuda = self.device().is_cuda();
         let sizes = warmup_sizes(cuda, largest, self.max_batch());
         let started = std::time::Instant::now();
-        let zeros = vec![0f32; pixels_per_image(&self.preprocess)];
-        let rows = |n: usize| vec![zeros.as_slice(); n];
+        let images = self.warmup_images();
+        fn rows(image: &Pixels, n: usize) -> Vec<&Pixels> {
+            vec![image; n]
+        }
         if cuda && rounds > 0 {
             // The overlapping worker holds two page-locked buffers at once: pin both now.
-            let top = rows(sizes[0]);
+            let top = rows(&images[0], sizes[0]);
             let staged = [self.stage_rows(&top)?, self.stage_rows(&top)?];
             for pass in staged {
                 self.finish(self.submit(pass)?)?;
@@ -297,7 +340,9 @@ impl Model {
         }
         for _ in 0..rounds {
             for &n in &sizes {
-                self.embed_rows(&rows(n))?;
+                for image in &images {
+                    self.embed_rows(&rows(image, n))?;
+                }
                 self.embed_texts(&vec!["a photo"; n])?;
             }
         }
@@ -308,6 +353,23 @@ impl Model {
             "warmed up"
         );
         Ok(())
+    }
+
+    /// One gray image per input shape the model takes: one, or one per NaFlex patch budget
+    /// (the largest first).
+    fn warmup_images(&self) -> Vec<Pixels> {
+        let gray = ::image::RgbImage::from_pixel(64, 48, ::image::Rgb([128; 3]));
+        let budgets = match &self.manifest.image.naflex {
+            None => return vec![image::preprocess(&gray, &self.preprocess)],
+            Some(spec) => spec.max_num_patches.iter().rev(),
+        };
+        budgets
+            .map(|&budget| {
+                let mut prep = self.preprocess.clone();
+                prep.patches = prep.patches.map(|p| image::Patches { budget, ..p });
+                image::preprocess(&gray, &prep)
+            })
+            .collect()
     }
 }
 
@@ -343,11 +405,6 @@ pub struct Staged {
 pub struct Submitted {
     images: runtime::SubmittedImages,
     n: usize,
-}
-
-/// Floats in one preprocessed image (3 × size × size).
-pub fn pixels_per_image(p: &Preprocess) -> usize {
-    3 * (p.size as usize) * (p.size as usize)
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@ use tch::{CModule, Device, Kind, Tensor};
 
 use super::aoti::AotiPackage;
 use super::device::{BackendChoice, DType};
+use super::image::Pixels;
 use super::manifest::TowerFiles;
 use crate::error::{Error, Result};
 
@@ -48,7 +49,8 @@ pub struct Towers {
     /// slow, and libtorch warns on every call of its pinning API). A pass takes one out while it
     /// is staged or running, so two passes never share one; there are as many as passes in flight.
     /// Each holds `pinned_rows` images or more, so that a larger batch than the last never has to
-    /// pin a new buffer (tens of milliseconds for 100 MB) while requests wait.
+    /// pin a new buffer (tens of milliseconds for 100 MB) while requests wait. Flat: a NaFlex
+    /// model's passes differ in shape.
     pinned: Mutex<Vec<Tensor>>,
     pinned_rows: i64,
 }
@@ -146,11 +148,11 @@ impl Towers {
 
     /// A vision pass in three steps, so that a caller can overlap passes. First, copies the
     /// pass's pixels into host memory for the device (page-locked on CUDA) — only host work: on
-    /// CUDA it can overlap the previous pass, which runs on the GPU meanwhile. `images`: CHW
-    /// float32 rows, normalised, `3·size·size` each.
-    pub fn stage_images(&self, images: &[&[f32]], size: u32) -> Result<StagedImages> {
-        let side = size as i64;
-        let per_image = (3 * side * side) as usize;
+    /// CUDA it can overlap the previous pass, which runs on the GPU meanwhile. `images`: each
+    /// image's `pixel_values`, normalised, of shape `dims` (`[3, size, size]`, or a NaFlex
+    /// model's `[M, 3·P²]`, whose images also carry their grids).
+    pub fn stage_images(&self, images: &[&Pixels], dims: &[i64]) -> Result<StagedImages> {
+        let per_image = dims.iter().product::<i64>() as usize;
         let n = images.len() as i64;
         if let Some(max) = self.max_batch().filter(|&max| images.len() > max) {
             return Err(Error::InvalidArgument(format!(
@@ -159,18 +161,19 @@ impl Towers {
         }
         for (i, image) in images.iter().enumerate() {
             assert_eq!(
-                image.len(),
+                image.values.len(),
                 per_image,
                 "image {i} has the wrong number of values"
             );
         }
+        let values = n * per_image as i64;
         let buffer = match self.device {
             Device::Cuda(_) => {
                 let pooled = self.pinned.lock().expect("pinned pool lock").pop();
-                Some(match pooled.filter(|b| b.size()[0] >= n) {
+                Some(match pooled.filter(|b| b.size()[0] >= values) {
                     Some(buffer) => buffer,
                     None => Tensor::f_empty(
-                        [n.max(self.pinned_rows), 3, side, side],
+                        [values.max(self.pinned_rows * per_image as i64)],
                         (Kind::Float, Device::Cpu),
                     )?
                     .f_pin_memory(self.device)?,
@@ -179,21 +182,34 @@ impl Towers {
             _ => None,
         };
         let host = match &buffer {
-            Some(buffer) => buffer.f_narrow(0, 0, n)?,
-            None => Tensor::f_empty([n, 3, side, side], (Kind::Float, Device::Cpu))?,
+            Some(buffer) => buffer.f_narrow(0, 0, values)?,
+            None => Tensor::f_empty([values], (Kind::Float, Device::Cpu))?,
         };
         // One copy per image, straight into the tensor's memory (a batch of so400m-384 images is
         // over 100 MB; every extra pass over it is time the GPU waits).
-        // SAFETY: `host` is a contiguous float32 CPU tensor (a fresh one, or the leading rows of
-        // a pinned buffer taken out of the pool, so no other pass uses it) with exactly
-        // `n · per_image` elements; each row is checked above to hold `per_image` values.
+        // SAFETY: `host` is a contiguous float32 CPU tensor (a fresh one, or the leading values
+        // of a pinned buffer taken out of the pool, so no other pass uses it) with exactly
+        // `n · per_image` elements; each image is checked above to hold `per_image` values.
         unsafe {
             let dst = host.data_ptr() as *mut f32;
             for (i, image) in images.iter().enumerate() {
-                std::ptr::copy_nonoverlapping(image.as_ptr(), dst.add(i * per_image), per_image);
+                std::ptr::copy_nonoverlapping(
+                    image.values.as_ptr(),
+                    dst.add(i * per_image),
+                    per_image,
+                );
             }
         }
-        Ok(StagedImages { host, buffer })
+        let host = host.f_view([&[n], dims].concat().as_slice())?;
+        let grids = match images.first().and_then(|image| image.grid) {
+            None => None,
+            Some(_) => Some(patch_inputs(images, dims[0])?),
+        };
+        Ok(StagedImages {
+            host,
+            grids,
+            buffer,
+        })
     }
 
     /// Sends staged pixels to the device and queues the vision tower on them. On CUDA this
@@ -209,9 +225,22 @@ impl Towers {
         }
         .f_to_kind(self.dtype.kind())?;
         let _guard = tch::no_grad_guard();
-        let out = match &self.vision {
-            Vision::TorchScript(module) => self.forward(module, &input)?,
-            Vision::Compiled { package, .. } => package.run(&input)?,
+        let out = match (&self.vision, staged.grids) {
+            (Vision::TorchScript(module), None) => self.forward(module, &[input])?,
+            (Vision::TorchScript(module), Some((mask, shapes))) => self.forward(
+                module,
+                &[
+                    input,
+                    mask.f_to_device(self.device)?,
+                    shapes.f_to_device(self.device)?,
+                ],
+            )?,
+            (Vision::Compiled { package, .. }, None) => package.run(&input)?,
+            (Vision::Compiled { .. }, Some(_)) => {
+                return Err(Error::Inference(
+                    "a compiled vision tower takes square images only".into(),
+                ))
+            }
         };
         Ok(SubmittedImages {
             out,
@@ -237,19 +266,47 @@ impl Towers {
             .f_view([n as i64, len as i64])?
             .f_to_device(self.device)?;
         let _guard = tch::no_grad_guard();
-        to_host(self.forward(&self.text, &input)?)
+        to_host(self.forward(&self.text, &[input])?)
     }
 
-    fn forward(&self, module: &CModule, input: &Tensor) -> Result<Tensor> {
+    fn forward(&self, module: &CModule, inputs: &[Tensor]) -> Result<Tensor> {
         tch::jit::set_graph_executor_optimize(self.jit_optimize);
-        Ok(module.forward_ts(&[input])?)
+        Ok(module.forward_ts(inputs)?)
     }
+}
+
+/// A NaFlex pass's `pixel_attention_mask` ([n, M], int32: 1 for each image's real patches, the
+/// first of its M) and `spatial_shapes` ([n, 2], int64: each grid's rows and columns), as
+/// `Siglip2ImageProcessorPil` returns them.
+fn patch_inputs(images: &[&Pixels], budget: i64) -> Result<(Tensor, Tensor)> {
+    let mut mask = vec![0i32; images.len() * budget as usize];
+    let mut shapes = Vec::with_capacity(2 * images.len());
+    for (image, row) in images.iter().zip(mask.chunks_exact_mut(budget as usize)) {
+        let grid = image.grid.ok_or_else(|| {
+            Error::InvalidArgument("a NaFlex pass needs every image's grid".into())
+        })?;
+        if grid.rows == 0 || grid.cols == 0 || grid.patches() > row.len() {
+            return Err(Error::InvalidArgument(format!(
+                "a {}x{} grid of patches does not fit a budget of {budget}",
+                grid.rows, grid.cols
+            )));
+        }
+        row[..grid.patches()].fill(1);
+        shapes.extend([i64::from(grid.rows), i64::from(grid.cols)]);
+    }
+    let n = images.len() as i64;
+    Ok((
+        Tensor::f_from_slice(&mask)?.f_view([n, budget])?,
+        Tensor::f_from_slice(&shapes)?.f_view([n, 2])?,
+    ))
 }
 
 /// A vision pass's pixels in host memory, ready to send.
 pub struct StagedImages {
-    /// The pass's rows (on CUDA, the leading rows of `buffer`).
+    /// The pass's rows (on CUDA, the leading values of `buffer`).
     host: Tensor,
+    /// A NaFlex pass's `pixel_attention_mask` and `spatial_shapes`, on the host.
+    grids: Option<(Tensor, Tensor)>,
     /// The pooled page-locked buffer, returned to the pool when the pass is finished.
     buffer: Option<Tensor>,
 }

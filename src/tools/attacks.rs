@@ -349,14 +349,20 @@ pub async fn stalled_upload(client: &mut SiglipClient<Channel>) -> Result<(), St
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::image::{decode, Convention, ImageLimits};
+    use crate::model::image::{decode, Convention, ImageLimits, Transparency};
 
     /// The bombs are valid images: the server must refuse them for what they cost, not because
     /// they are corrupt.
     #[test]
     fn the_scan_bomb_is_a_valid_gray_jpeg() {
         let jpeg = progressive_jpeg_of_empty_scans(100, 100, 5);
-        let img = decode(&jpeg, &ImageLimits::DEFAULT, Convention::Processor).expect("decodes");
+        let img = decode(
+            &jpeg,
+            &ImageLimits::DEFAULT,
+            Convention::Processor,
+            Transparency::Composite,
+        )
+        .expect("decodes");
         assert_eq!(img.dimensions(), (100, 100));
         assert!(
             img.pixels().all(|p| p.0 == [128; 3]),
@@ -368,7 +374,13 @@ mod tests {
     fn the_metadata_bomb_is_small_and_decodes() {
         let png = metadata_bomb();
         assert!(png.len() < 600_000, "{} bytes", png.len());
-        let img = decode(&png, &ImageLimits::DEFAULT, Convention::Processor).expect("decodes");
+        let img = decode(
+            &png,
+            &ImageLimits::DEFAULT,
+            Convention::Processor,
+            Transparency::Composite,
+        )
+        .expect("decodes");
         assert_eq!(img.as_raw(), &[128; 3]);
     }
 }

@@ -33,6 +33,10 @@ pub struct ClassifyArgs {
     /// Text labels, e.g. "a photo of 2 cats".
     #[arg(long, num_args = 1.., required = true)]
     pub labels: Vec<String>,
+    /// A SigLIP 2 NaFlex model's patch budget M, one of those the model allows (default: its
+    /// own).
+    #[arg(long)]
+    pub max_num_patches: Option<u32>,
 }
 
 /// Classifies each file in turn and prints its scores, most likely first; a file that fails is
@@ -42,6 +46,7 @@ pub async fn run(args: ClassifyArgs) -> anyhow::Result<()> {
         model,
         images,
         labels,
+        max_num_patches,
     } = args;
     let config = infer::Config {
         // The server's limits, except on labels: a local run may score as many as it likes.
@@ -62,7 +67,7 @@ pub async fn run(args: ClassifyArgs) -> anyhow::Result<()> {
     };
     let tokenizer = Arc::clone(&host.tokenizer);
     let infer = Infer::alone("classify", batcher, host, config);
-    let result = classify_all(&infer, &tokenizer, &on, &images, &labels).await;
+    let result = classify_all(&infer, &tokenizer, &on, &images, &labels, max_num_patches).await;
     // The last handle to the queue goes with the core: the inference thread drops the model and
     // ends. Wait for it, so that the process does not exit under libtorch.
     drop(infer);
@@ -79,11 +84,16 @@ async fn classify_all(
     on: &RunningOn,
     images: &[PathBuf],
     labels: &[String],
+    max_patches: Option<u32>,
 ) -> anyhow::Result<()> {
     let manifest = infer.manifest();
+    let input = match infer.preprocessing(max_patches)?.patches {
+        None => format!("{}px", manifest.image.size),
+        Some(p) => format!("up to {} patches of {}px", p.budget, p.size),
+    };
     println!(
-        "model {} ({}, {}px) on {} in {}",
-        manifest.model_id, manifest.architecture, manifest.image.size, on.device, on.dtype
+        "model {} ({}, {input}) on {} in {}",
+        manifest.model_id, manifest.architecture, on.device, on.dtype
     );
     if manifest.source.random_weights {
         eprintln!(
@@ -104,7 +114,7 @@ async fn classify_all(
 
     let mut failed = 0;
     for file in images {
-        match classify(infer, file, labels).await {
+        match classify(infer, file, labels, max_patches).await {
             Ok((scores, (width, height))) => {
                 println!("\n{} ({width}x{height})", file.display());
                 for s in scores {
@@ -162,13 +172,14 @@ async fn classify(
     infer: &Infer,
     file: &Path,
     labels: &[String],
+    max_patches: Option<u32>,
 ) -> Result<(Vec<Score>, (u32, u32))> {
     let bytes =
         std::fs::read(file).map_err(|e| Error::InvalidArgument(format!("cannot read: {e}")))?;
     let limits = infer.limits().image.clone();
-    let (convention, processor) = (infer.convention(), infer.processor());
+    let (convention, prep) = (infer.convention(), infer.preprocessing(max_patches)?);
     let rgb = tokio::task::spawn_blocking(move || {
-        ImageInput::Encoded(bytes).decode(&limits, convention, processor)
+        ImageInput::Encoded(bytes).decode(&limits, convention, &prep)
     })
     .await
     .map_err(|e| Error::Inference(format!("decoding failed: {e}")))??;
@@ -180,7 +191,13 @@ async fn classify(
         data: rgb.into_raw(),
     };
     let classification = infer
-        .classify(frame, labels.to_vec(), ScoreFilter::default(), None)
+        .classify(
+            frame,
+            labels.to_vec(),
+            ScoreFilter::default(),
+            max_patches,
+            None,
+        )
         .await?;
     Ok((classification.scores, (width, height)))
 }

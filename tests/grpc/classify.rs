@@ -4,7 +4,10 @@
 
 use siglip_serve::grpc::pb::{self, siglip_client::SiglipClient};
 use siglip_serve::model::{
-    image::{decode, from_raw, Convention, ImageLimits, ImageProcessor, RawFormat},
+    image::{
+        decode, from_raw, Convention, ImageLimits, ImageProcessor, Preprocess, RawFormat,
+        Transparency,
+    },
     scores::sigmoid,
 };
 use tonic::transport::Channel;
@@ -70,6 +73,7 @@ async fn top_k_keeps_the_k_most_probable_labels() {
         .classify(pb::ClassifyRequest {
             model: String::new(),
             options: Some(pb::ClassifyOptions {
+                max_num_patches: 0,
                 threshold: 0.0,
                 top_k: 2,
             }),
@@ -93,6 +97,7 @@ async fn a_threshold_keeps_only_the_labels_at_or_above_it() {
         .classify(pb::ClassifyRequest {
             model: String::new(),
             options: Some(pb::ClassifyOptions {
+                max_num_patches: 0,
                 threshold: cut,
                 top_k: 0,
             }),
@@ -109,7 +114,13 @@ async fn raw_rgb8_and_rgba8_frames_score_like_the_encoded_image() {
     let server = Server::ready(&[]).await;
     let mut client = server.client().await;
     let png = asset("coffee_rgb8.png");
-    let rgb = decode(&png, &ImageLimits::default(), Convention::Processor).expect("decode");
+    let rgb = decode(
+        &png,
+        &ImageLimits::default(),
+        Convention::Processor,
+        Transparency::Composite,
+    )
+    .expect("decode");
     let want = expected(&png, &labels());
     let raw = |format, data| raw_request(rgb.width(), rgb.height(), format, data);
     let rgb8 = client
@@ -168,7 +179,15 @@ fn the_processors_disagree_on_the_test_photo() {
             .map(|(a, b)| (a - b).abs())
             .fold(0.0, f32::max)
     };
-    let encoded = apart(&|_| decode(&photo, &limits, Convention::Processor).expect("decode"));
+    let encoded = apart(&|_| {
+        decode(
+            &photo,
+            &limits,
+            Convention::Processor,
+            Transparency::Composite,
+        )
+        .expect("decode")
+    });
     let raw = apart(&|processor| {
         let frame = rgba.as_raw();
         from_raw(
@@ -178,7 +197,10 @@ fn the_processors_disagree_on_the_test_photo() {
             frame,
             &limits,
             Convention::Processor,
-            processor,
+            &Preprocess {
+                processor,
+                ..Preprocess::siglip(224)
+            },
         )
         .expect("frame")
     });
@@ -236,10 +258,13 @@ async fn convention_is_applied_and_reported(
         &frame,
         &limits,
         convention,
-        processor,
+        &Preprocess {
+            processor,
+            ..Preprocess::siglip(224)
+        },
     );
     let raw_expected = probabilities_by(raw_rgb.expect("frame"), &labels(), processor);
-    let rgb = decode(&photo, &limits, convention).expect("decode");
+    let rgb = decode(&photo, &limits, convention, Transparency::Composite).expect("decode");
     let want = probabilities_by(rgb, &labels(), processor);
 
     let server = Server::ready(flags).await;

@@ -34,6 +34,7 @@ async fn embeddings_are_one_per_input_unit_length_and_of_the_models_dimension() 
         .into_inner();
     let images = client
         .embed_image(pb::EmbedImageRequest {
+            max_num_patches: 0,
             model: String::new(),
             images: vec![
                 encoded(asset("chelsea_progressive.jpg")).unwrap(),

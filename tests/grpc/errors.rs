@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use siglip_serve::grpc::pb;
-use siglip_serve::model::image::{decode, Convention, ImageLimits};
+use siglip_serve::model::image::{decode, Convention, ImageLimits, Transparency};
 use tonic::{Code, Request};
 
 use crate::common::{self, asset, server::Server};
@@ -67,6 +67,7 @@ async fn every_bad_classify_request_gets_its_status_and_the_server_serves_on() {
             pb::ClassifyRequest {
                 model: String::new(),
                 options: Some(pb::ClassifyOptions {
+                    max_num_patches: 0,
                     threshold: 2.0,
                     top_k: 0,
                 }),
@@ -156,7 +157,13 @@ async fn every_bad_classify_request_gets_its_status_and_the_server_serves_on() {
 /// The pixels of a test photo, as a raw RGB8 frame: (width, height, bytes).
 fn coffee_rgb8() -> (u32, u32, Vec<u8>) {
     let png = asset("coffee_rgb8.png");
-    let rgb = decode(&png, &ImageLimits::default(), Convention::Processor).expect("decode");
+    let rgb = decode(
+        &png,
+        &ImageLimits::default(),
+        Convention::Processor,
+        Transparency::Composite,
+    )
+    .expect("decode");
     (rgb.width(), rgb.height(), rgb.to_vec())
 }
 
@@ -201,6 +208,7 @@ async fn more_images_than_max_images_are_refused() {
     let mut client = server.client().await;
     let too_many = client
         .embed_image(pb::EmbedImageRequest {
+            max_num_patches: 0,
             model: String::new(),
             images: vec![encoded(asset("pixel_1x1.png")).unwrap(); 65],
         })
@@ -220,6 +228,7 @@ async fn a_bad_image_among_several_is_named_by_its_index() {
     let mut client = server.client().await;
     let bad = client
         .embed_image(pb::EmbedImageRequest {
+            max_num_patches: 0,
             model: String::new(),
             images: vec![
                 encoded(asset("rocket.bmp")).unwrap(),
@@ -334,6 +343,7 @@ async fn a_full_queue_refuses_callers_at_once_and_answers_the_rest() {
             .collect(),
     };
     let images = |n: usize| pb::EmbedImageRequest {
+        max_num_patches: 0,
         model: String::new(),
         images: vec![encoded(asset("pixel_1x1.png")).unwrap(); n],
     };

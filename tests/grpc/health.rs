@@ -12,7 +12,7 @@ use std::{
 };
 
 use siglip_serve::grpc::pb::{self, siglip_client::SiglipClient};
-use siglip_serve::model::image::{decode, Convention, ImageLimits, ImageProcessor};
+use siglip_serve::model::image::{decode, Convention, ImageLimits, ImageProcessor, Transparency};
 use tonic::{transport::Channel, Code};
 use tonic_health::pb::health_check_response::ServingStatus;
 
@@ -35,7 +35,13 @@ fn faulty_model() -> std::path::PathBuf {
 /// What the faulty model answers for `photo` with the test labels: tiny's answer, whatever
 /// model the other tests serve (`make test TEST_MODEL=…`).
 fn expected(photo: &[u8]) -> Vec<f32> {
-    let rgb = decode(photo, &ImageLimits::default(), Convention::Processor).expect("decode");
+    let rgb = decode(
+        photo,
+        &ImageLimits::default(),
+        Convention::Processor,
+        Transparency::Composite,
+    )
+    .expect("decode");
     probabilities_from(
         "SIGLIP_TEST_FAULTY_MODEL_DIR",
         rgb,

@@ -16,6 +16,8 @@
 //!   model, unknown and loading models, per-model health, fairness between models, hot swaps;
 //! - `oip`: the Open Inference Protocol beside siglip.v1: ModelInfer against Classify, inference
 //!   streams in order with in-stream errors, and the stream limits both APIs share;
+//! - `naflex`: SigLIP 2 NaFlex against transformers at every patch budget, batch-mates,
+//!   regions, and every refusal of a budget;
 //! - `health`: health follows the device (the faulty test model), out-of-memory retries.
 //! - `transport`: hostile clients at the transport (idle streams, non-readers, stalled uploads);
 //! - `connection`: the HTTP/2 settings seen on the wire (streams, resets, keepalive, age);
@@ -42,6 +44,7 @@ mod fair;
 mod health;
 mod lifecycle;
 mod models;
+mod naflex;
 mod oip;
 mod policy;
 mod regions;
@@ -53,7 +56,7 @@ mod upload;
 
 use siglip_serve::grpc::pb::{self, siglip_client::SiglipClient, stream_request::Msg};
 use siglip_serve::model::{
-    image::{decode, Convention, ImageLimits, ImageProcessor},
+    image::{decode, Convention, ImageLimits, ImageProcessor, Transparency},
     scores::sigmoid,
 };
 use tokio_stream::StreamExt;
@@ -106,7 +109,13 @@ fn expected(image: &[u8], texts: &[String]) -> Vec<f32> {
 /// [`expected`] for an image taken to RGB by `convention`.
 fn expected_with(image: &[u8], texts: &[String], convention: Convention) -> Vec<f32> {
     probabilities(
-        decode(image, &ImageLimits::default(), convention).expect("decode"),
+        decode(
+            image,
+            &ImageLimits::default(),
+            convention,
+            Transparency::Composite,
+        )
+        .expect("decode"),
         texts,
     )
 }

@@ -14,7 +14,7 @@ use std::{
 
 use siglip_serve::grpc::pb::{self, stream_request::Msg, upload_request};
 use siglip_serve::model::{
-    image::{decode, Convention, ImageLimits, ImageProcessor},
+    image::{decode, Convention, ImageLimits, ImageProcessor, Transparency},
     manifest::Manifest,
 };
 use tokio_stream::StreamExt;
@@ -58,6 +58,7 @@ fn want(var: &str) -> Vec<f32> {
         &asset(PHOTO),
         &ImageLimits::default(),
         Convention::Processor,
+        Transparency::Composite,
     )
     .expect("decode");
     probabilities_from(var, rgb, &labels(), ImageProcessor::Pil)
@@ -171,6 +172,7 @@ async fn every_rpc_is_answered_by_the_model_it_names() {
             .into_inner();
         let images = client
             .embed_image(pb::EmbedImageRequest {
+                max_num_patches: 0,
                 model: name.into(),
                 images: vec![encoded(asset(PHOTO)).unwrap()],
             })

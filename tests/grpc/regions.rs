@@ -3,7 +3,7 @@
 //! Pillow's), events kept per (region, label), and every bad region refused.
 
 use siglip_serve::grpc::pb::{self, stream_request::Msg};
-use siglip_serve::model::image::{decode, Convention, ImageLimits};
+use siglip_serve::model::image::{decode, Convention, ImageLimits, Transparency};
 use tonic::Code;
 
 use crate::common::{asset, server::Server};
@@ -46,7 +46,13 @@ fn frame_with(id: u64, image: &[u8], regions: Vec<pb::Region>) -> pb::StreamRequ
 
 /// The core's probabilities for `r` cropped out of `image` decoded as the server does.
 fn expected_crop(image: &[u8], r: &pb::Region) -> Vec<f32> {
-    let rgb = decode(image, &ImageLimits::default(), Convention::Processor).expect("decode");
+    let rgb = decode(
+        image,
+        &ImageLimits::default(),
+        Convention::Processor,
+        Transparency::Composite,
+    )
+    .expect("decode");
     let crop = image::imageops::crop_imm(&rgb, r.x, r.y, r.width, r.height).to_image();
     probabilities(crop, &labels())
 }

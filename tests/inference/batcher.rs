@@ -8,8 +8,7 @@ use std::time::{Duration, Instant};
 use siglip_serve::batch::{BatchConfig, Batcher, Flow, Reply, Site, Tag};
 use siglip_serve::error::Error;
 use siglip_serve::model::{
-    image::{decode, Convention, ImageLimits},
-    pixels_per_image,
+    image::{decode, preprocess, Convention, ImageLimits, Patches, Pixels, Transparency},
     scores::Embeddings,
     Model,
 };
@@ -32,9 +31,10 @@ fn photos(model: &Model) -> Vec<(Vec<f32>, Embeddings)> {
             &std::fs::read(dir.join(name)).unwrap(),
             &ImageLimits::default(),
             Convention::Processor,
+            Transparency::Composite,
         )
         .unwrap();
-        let pixels = siglip_serve::model::image::preprocess(&rgb, model.preprocess());
+        let pixels = siglip_serve::model::image::preprocess(&rgb, model.preprocess()).values;
         let alone = model.embed_pixels(&pixels, 1).unwrap();
         (pixels, alone)
     })
@@ -116,7 +116,7 @@ async fn own_rows(config: BatchConfig) {
         .iter()
         .map(|t| model.tokenize(&[*t]).unwrap())
         .collect();
-    let per_image = pixels_per_image(model.preprocess());
+    let per_image = model.preprocess().values_per_image();
     // A batch of 4 (with a long delay, concurrent callers are batched together), and one caller
     // with more rows than a batch is split over several forward passes.
     let (batcher, worker) = crate::start(model, config);
@@ -128,7 +128,7 @@ async fn own_rows(config: BatchConfig) {
             let (pixels, alone) = (pixels.clone(), alone.clone());
             calls.push(tokio::spawn(async move {
                 let reply = batcher
-                    .embed_images(vec![pixels], None)
+                    .embed_images(vec![pixels.into()], None)
                     .await
                     .expect("images");
                 assert_eq!(reply.embeddings.len(), 1, "round {round} photo {i}");
@@ -145,8 +145,8 @@ async fn own_rows(config: BatchConfig) {
         }
     }
     // One caller with all five photos at once (more than one batch).
-    let all: Vec<Vec<f32>> = photos.iter().map(|(p, _)| p.clone()).collect();
-    assert!(all.iter().all(|p| p.len() == per_image));
+    let all: Vec<Pixels> = photos.iter().map(|(p, _)| p.clone().into()).collect();
+    assert!(all.iter().all(|p| p.values.len() == per_image));
     let reply = batcher.embed_images(all, None).await.expect("five at once");
     for (i, (_, alone)) in photos.iter().enumerate() {
         assert_close(reply.embeddings.row(i), &alone.data);
@@ -173,7 +173,10 @@ async fn dropped_callers(config: BatchConfig) {
     let (batcher, worker) = crate::start(tiny, config);
 
     let past = Instant::now() - Duration::from_millis(1);
-    match batcher.embed_images(vec![pixels.clone()], Some(past)).await {
+    match batcher
+        .embed_images(vec![pixels.clone().into()], Some(past))
+        .await
+    {
         Err(Error::DeadlineExceeded(msg)) => {
             assert!(msg.contains("dropped before inference"), "{msg}")
         }
@@ -183,7 +186,7 @@ async fn dropped_callers(config: BatchConfig) {
     // Callers that give up while they wait: a long job keeps the worker busy while six callers
     // queue behind it and then go away. The next caller's pass must hold its row alone: had the
     // six been run, they would share its batch.
-    let mut busy = Box::pin(batcher.embed_images(vec![pixels.clone(); long], None));
+    let mut busy = Box::pin(batcher.embed_images(vec![pixels.clone().into(); long], None));
     // One poll queues the long job (the worker runs it whether or not it is polled again);
     // the six queue once the worker has taken it.
     assert!(futures_util::poll!(&mut busy).is_pending());
@@ -195,7 +198,7 @@ async fn dropped_callers(config: BatchConfig) {
         .map(|_| {
             let batcher = batcher.clone();
             let pixels = pixels.clone();
-            tokio::spawn(async move { batcher.embed_images(vec![pixels], None).await })
+            tokio::spawn(async move { batcher.embed_images(vec![pixels.into()], None).await })
         })
         .collect();
     while_busy(&mut busy, "six callers queued", || batcher.depth() == 6).await;
@@ -213,7 +216,7 @@ async fn dropped_callers(config: BatchConfig) {
     let stayer = {
         let batcher = batcher.clone();
         let pixels = pixels.clone();
-        tokio::spawn(async move { batcher.embed_images(vec![pixels], None).await })
+        tokio::spawn(async move { batcher.embed_images(vec![pixels.into()], None).await })
     };
     let reply = tokio::time::timeout(Duration::from_secs(30), stayer)
         .await
@@ -240,10 +243,11 @@ async fn a_failed_pass_answers_its_callers_and_the_worker_goes_on() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_panic_in_the_worker_fails_its_batch_and_the_worker_goes_on() {
-    // A row of the wrong length trips an assertion while it is staged: a panic.
+async fn a_row_the_model_does_not_take_fails_its_caller_and_the_worker_goes_on() {
+    // A row of the wrong length is refused while it is staged, before libtorch sees it.
     let short_row = |_: &[(Vec<f32>, Embeddings)]| vec![vec![0.5; 7]];
-    fails_then_serves("SIGLIP_TEST_MODEL_DIR", short_row, "dropped").await;
+    let needle = "7 values are not an image this model takes";
+    fails_then_serves("SIGLIP_TEST_MODEL_DIR", short_row, needle).await;
 }
 
 /// In both worker modes: the rows `bad` makes fail with an inference error that mentions
@@ -257,7 +261,8 @@ async fn fails_then_serves(
         let model = common::cpu_model(model_var);
         let photos = photos(&model);
         let (batcher, worker) = crate::start(model, config);
-        match batcher.embed_images(bad(&photos), None).await {
+        let rows = bad(&photos).into_iter().map(Pixels::from).collect();
+        match batcher.embed_images(rows, None).await {
             Err(Error::Inference(message)) => assert!(message.contains(needle), "{message}"),
             other => panic!(
                 "expected an inference error, got {:?}",
@@ -266,7 +271,7 @@ async fn fails_then_serves(
         }
         let (pixels, alone) = photos[1].clone();
         let reply = batcher
-            .embed_images(vec![pixels], None)
+            .embed_images(vec![pixels.into()], None)
             .await
             .expect("the next caller is served");
         assert_close(&reply.embeddings.data, &alone.data);
@@ -287,7 +292,7 @@ async fn a_full_queue_refuses_at_once() {
             tokio::spawn(async move {
                 let started = Instant::now();
                 (
-                    batcher.embed_images(vec![pixels], None).await,
+                    batcher.embed_images(vec![pixels.into()], None).await,
                     started.elapsed(),
                 )
             })
@@ -318,7 +323,7 @@ async fn batches_respect_size_and_delay() {
     // A lone caller is answered once the delay is over, in a batch of one.
     let (batcher, worker) = crate::start(model, config(8, 30, 64));
     let alone = batcher
-        .embed_images(vec![photos[0].0.clone()], None)
+        .embed_images(vec![photos[0].0.clone().into()], None)
         .await
         .unwrap();
     assert_eq!(alone.batch_size, 1);
@@ -329,7 +334,7 @@ async fn batches_respect_size_and_delay() {
             let pixels = photos[i % photos.len()].0.clone();
             tokio::spawn(async move {
                 batcher
-                    .embed_images(vec![pixels], None)
+                    .embed_images(vec![pixels.into()], None)
                     .await
                     .unwrap()
                     .batch_size
@@ -359,7 +364,7 @@ async fn behind_a_long_job<F>(
 where
     F: std::future::Future<Output = siglip_serve::error::Result<Reply>>,
 {
-    let mut busy = Box::pin(batcher.embed_images(vec![pixels.to_vec(); long], None));
+    let mut busy = Box::pin(batcher.embed_images(vec![Pixels::from(pixels.to_vec()); long], None));
     assert!(futures_util::poll!(&mut busy).is_pending());
     common::wait_until("the worker taking the long job", async || {
         batcher.depth() == 0
@@ -400,7 +405,7 @@ async fn a_waiting_flow_joins_the_next_batch() {
                 deadline: None,
                 stale_at: None,
             };
-            batcher.embed_tagged(vec![photos[i].0.clone()], tag)
+            batcher.embed_tagged(vec![photos[i].0.clone().into()], tag)
         };
         let jobs = vec![
             frame(a, 0),
@@ -449,8 +454,8 @@ async fn a_stale_frame_is_answered_stale_and_not_run() {
         let now = Instant::now();
         let later = now + Duration::from_secs(3600);
         let jobs = vec![
-            batcher.embed_tagged(vec![photos[1].0.clone()], tag(Some(now))),
-            batcher.embed_tagged(vec![photos[2].0.clone()], tag(Some(later))),
+            batcher.embed_tagged(vec![photos[1].0.clone().into()], tag(Some(now))),
+            batcher.embed_tagged(vec![photos[2].0.clone().into()], tag(Some(later))),
         ];
         let mut replies = behind_a_long_job(&batcher, &photos[0].0, long, jobs).await;
         let fresh = replies.pop().unwrap().expect("a fresh frame is served");
@@ -496,5 +501,55 @@ fn a_load_that_fails_or_panics_is_reported() {
             Ok(_) => panic!("{want}: a queue was returned"),
             Err(e) => assert!(e.to_string().contains(want), "{want}: got {e}"),
         }
+    }
+}
+
+/// A NaFlex model's callers may each choose a patch budget: callers at different budgets share
+/// one batch, run in a pass per budget, and each gets what its image gives alone at its budget.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callers_at_different_patch_budgets_share_a_batch_in_a_pass_per_budget() {
+    let model = common::cpu_model("SIGLIP_TEST_NAFLEX_MODEL_DIR");
+    let dir = common::generated("SIGLIP_TEST_ASSETS").join("images");
+    let names = [
+        "chelsea_progressive.jpg",
+        "astronaut_strip_37x500.png",
+        "rocket_420.jpg",
+    ];
+    let budgets = [1024, 256, 576, 256];
+    let rows: Vec<(Pixels, Vec<f32>)> = budgets
+        .iter()
+        .zip(names.iter().cycle())
+        .map(|(&budget, name)| {
+            let mut prep = model.preprocess().clone();
+            prep.patches = prep.patches.map(|p| Patches { budget, ..p });
+            let rgb = decode(
+                &std::fs::read(dir.join(name)).unwrap(),
+                &ImageLimits::default(),
+                Convention::Processor,
+                prep.transparency,
+            )
+            .unwrap();
+            let pixels = preprocess(&rgb, &prep);
+            let alone = model.embed_rows(&[&pixels]).expect("alone").data;
+            (pixels, alone)
+        })
+        .collect();
+    // The batch closes when it holds all four callers (long before its delay).
+    for config in both_modes(config(budgets.len(), 10_000, 64)) {
+        let (batcher, worker) =
+            crate::start(common::cpu_model("SIGLIP_TEST_NAFLEX_MODEL_DIR"), config);
+        let calls: Vec<_> = rows
+            .iter()
+            .map(|(pixels, _)| {
+                let (batcher, pixels) = (batcher.clone(), pixels.clone());
+                tokio::spawn(async move { batcher.embed_images(vec![pixels], None).await })
+            })
+            .collect();
+        for ((call, (_, alone)), budget) in calls.into_iter().zip(&rows).zip(budgets) {
+            let reply = call.await.expect("caller").expect("answered");
+            assert_eq!(reply.batch_size, budgets.len(), "at {budget}: one batch");
+            assert_close(&reply.embeddings.data, alone);
+        }
+        stop(batcher, worker).await;
     }
 }

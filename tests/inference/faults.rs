@@ -7,7 +7,7 @@
 
 use siglip_serve::batch::{BatchConfig, Batcher, Reply};
 use siglip_serve::error::{Error, Result};
-use siglip_serve::model::{pixels_per_image, Model};
+use siglip_serve::model::Model;
 
 use crate::{assert_close, common, config, stop};
 
@@ -25,7 +25,7 @@ struct Inputs {
 }
 
 fn inputs(model: &Model) -> Inputs {
-    let n = pixels_per_image(model.preprocess());
+    let n = model.preprocess().values_per_image();
     let good = (0..3)
         .map(|k| {
             (0..n)
@@ -58,7 +58,7 @@ async fn callers(batcher: &Batcher, images: &[&Vec<f32>]) -> Vec<Result<Reply>> 
         .iter()
         .map(|&pixels| {
             let (batcher, pixels) = (batcher.clone(), pixels.clone());
-            tokio::spawn(async move { batcher.embed_images(vec![pixels], None).await })
+            tokio::spawn(async move { batcher.embed_images(vec![pixels.into()], None).await })
         })
         .collect();
     let mut replies = Vec::new();
@@ -174,7 +174,7 @@ async fn a_fault_that_is_not_out_of_memory_fails_the_whole_batch_and_is_counted_
         let failures = batcher.consecutive_failures();
         for n in 1..=3 {
             assert!(batcher
-                .embed_images(vec![inputs.white.clone()], None)
+                .embed_images(vec![inputs.white.clone().into()], None)
                 .await
                 .is_err());
             assert_eq!(*failures.borrow(), n);

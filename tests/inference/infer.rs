@@ -9,7 +9,7 @@ use std::{
 use siglip_serve::batch::BatchConfig;
 use siglip_serve::error::Error;
 use siglip_serve::infer::{ImageInput, Infer};
-use siglip_serve::model::image::{Convention, ImageLimits, ImageProcessor};
+use siglip_serve::model::image::{Convention, ImageLimits, Preprocess};
 
 use crate::{common, config, model, stop};
 
@@ -55,7 +55,7 @@ async fn admitted(
     let call = tokio::spawn({
         let infer = Arc::clone(infer);
         async move {
-            let (embeddings, _) = infer.embed_images(images, None).await?;
+            let (embeddings, _) = infer.embed_images(images, None, None).await?;
             Ok(embeddings.rows().count())
         }
     });
@@ -87,7 +87,7 @@ fn slow_to_decode(at_least: Duration) -> (Vec<u8>, Duration) {
                     .decode(
                         &ImageLimits::default(),
                         Convention::Processor,
-                        ImageProcessor::Pil,
+                        &Preprocess::siglip(224),
                     )
                     .expect("decode");
                 started.elapsed()
@@ -125,7 +125,7 @@ fn refused<T>(result: Result<T, Error>) {
 async fn more_images_than_the_pending_bound_are_refused_at_once() {
     let (infer, worker) = core(16, &["--max-pending-images", "3"]);
     let images = large_photos();
-    refused(infer.embed_images(images(4), None).await);
+    refused(infer.embed_images(images(4), None, None).await);
     assert_eq!(infer.pending_images(), 0);
     stop(infer, worker).await;
 }
@@ -147,7 +147,7 @@ async fn images_being_decoded_count_against_the_pending_bound() {
         "premise broken: the first request's images were done before the second came (each \
          decodes in {decode:?})"
     );
-    refused(infer.embed_images(images(2), None).await);
+    refused(infer.embed_images(images(2), None, None).await);
     assert!(
         !first.is_finished(),
         "premise broken: the first request was answered before the second was refused (each \
@@ -171,7 +171,10 @@ async fn a_caller_that_goes_away_gives_its_pending_images_back() {
     gone.abort();
     let _ = gone.await;
     assert_eq!(infer.pending_images(), 0);
-    let (embeddings, _) = infer.embed_images(images(3), None).await.expect("served");
+    let (embeddings, _) = infer
+        .embed_images(images(3), None, None)
+        .await
+        .expect("served");
     assert_eq!(embeddings.rows().count(), 3);
     stop(infer, worker).await;
 }

@@ -38,6 +38,11 @@ pub fn image(image: Option<pb::Image>) -> Result<ImageInput> {
     })
 }
 
+/// A request's NaFlex patch budget: 0 (unset) is the model's default.
+pub fn max_patches(value: u32) -> Option<u32> {
+    (value != 0).then_some(value)
+}
+
 pub fn filter(options: Option<pb::ClassifyOptions>) -> Result<ScoreFilter> {
     let o = options.unwrap_or_default();
     ScoreFilter::new(o.threshold, o.top_k as usize)

@@ -39,6 +39,7 @@ pub(super) fn list(lifecycle: &Lifecycle) -> Result<pb::ListModelsResponse, Stat
 fn model_info(served: &Served) -> pb::ModelInfo {
     let (infer, on) = (&served.infer, &served.on);
     let m = infer.manifest();
+    let naflex = m.image.naflex.clone();
     pb::ModelInfo {
         name: infer.name().into(),
         model_id: m.model_id.clone(),
@@ -55,5 +56,8 @@ fn model_info(served: &Served) -> pb::ModelInfo {
         server_version: env!("CARGO_PKG_VERSION").into(),
         revision: m.source.revision.clone().unwrap_or_default(),
         parameter_bytes: on.parameter_bytes,
+        patch_size: naflex.as_ref().map_or(0, |n| n.patch_size),
+        default_max_num_patches: naflex.as_ref().map_or(0, |n| n.default_max_num_patches),
+        max_num_patches: naflex.map(|n| n.max_num_patches).unwrap_or_default(),
     }
 }

@@ -113,10 +113,10 @@ impl SiglipService {
         let served = self.model(model, &req.model)?;
         let infer = &served.infer;
         let image = convert::image(req.image)?;
+        let max_patches = convert::max_patches(req.options.unwrap_or_default().max_num_patches);
         let filter = convert::filter(req.options)?;
-        let result =
-            convert::with_deadline(deadline, infer.classify(image, req.texts, filter, deadline))
-                .await?;
+        let classify = infer.classify(image, req.texts, filter, max_patches, deadline);
+        let result = convert::with_deadline(deadline, classify).await?;
         Ok(Response::new(pb::ClassifyResponse {
             scores: convert::scores(result.scores),
             timings: Some(convert::timings(result.timings)),
@@ -147,8 +147,9 @@ impl SiglipService {
             .enumerate()
             .map(|(i, img)| convert::image(Some(img)).map_err(|e| e.about(format!("image {i}"))))
             .collect::<Result<Vec<_>, _>>()?;
-        let (embeddings, timings) =
-            convert::with_deadline(deadline, infer.embed_images(images, deadline)).await?;
+        let max_patches = convert::max_patches(req.max_num_patches);
+        let embed = infer.embed_images(images, max_patches, deadline);
+        let (embeddings, timings) = convert::with_deadline(deadline, embed).await?;
         Ok(Response::new(embed_response(embeddings, timings)))
     }
 

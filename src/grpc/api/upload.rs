@@ -34,10 +34,17 @@ pub(super) async fn classify(
     let deadline = convert::deadline(request.metadata(), lifecycle.limits.request_timeout);
     let mut messages = request.into_inner();
     let work = async {
-        let (served, texts, filter, bytes) = receive(lifecycle, model, &mut messages).await?;
+        let (served, texts, (filter, max_patches), bytes) =
+            receive(lifecycle, model, &mut messages).await?;
         served
             .infer
-            .classify(ImageInput::Encoded(bytes), texts, filter, deadline)
+            .classify(
+                ImageInput::Encoded(bytes),
+                texts,
+                filter,
+                max_patches,
+                deadline,
+            )
             .await
             .map_err(Status::from)
     };
@@ -49,7 +56,12 @@ pub(super) async fn classify(
 }
 
 /// What an Upload carries: the model that answers it, the labels, the options and the image.
-type Received = (std::sync::Arc<Served>, Vec<String>, ScoreFilter, Vec<u8>);
+type Received = (
+    std::sync::Arc<Served>,
+    Vec<String>,
+    (ScoreFilter, Option<u32>),
+    Vec<u8>,
+);
 
 /// Reads and checks the header, then the chunks.
 async fn receive(
@@ -90,7 +102,11 @@ async fn receive(
     let served = lifecycle.model(&header.model)?;
     let infer = &served.infer;
     infer.check_texts(&header.texts)?;
-    let filter = convert::filter(header.options.take())?;
+    let options = header.options.take();
+    let max_patches = convert::max_patches(options.unwrap_or_default().max_num_patches);
+    // Checked before the bytes come: a budget the model does not take fails the upload now.
+    served.infer.preprocessing(max_patches)?;
+    let filter = (convert::filter(options)?, max_patches);
     let mut image = Reassembly::declared(
         header.total_bytes,
         infer.limits().image.max_bytes,

@@ -23,14 +23,20 @@ use crate::repository::Served;
 use crate::telemetry;
 
 /// The parameters each kind takes.
-const ZERO_SHOT_PARAMETERS: [&str; 5] = [
+const ZERO_SHOT_PARAMETERS: [&str; 6] = [
     "threshold",
     "top_k",
     "image_format",
     "image_width",
     "image_height",
+    "max_num_patches",
 ];
-const IMAGE_PARAMETERS: [&str; 3] = ["image_format", "image_width", "image_height"];
+const IMAGE_PARAMETERS: [&str; 4] = [
+    "image_format",
+    "image_width",
+    "image_height",
+    "max_num_patches",
+];
 
 /// The label set a stream embedded last, and the model version that embedded it: a stream that
 /// sends the same texts with every request embeds them once (with or without the server's text
@@ -75,6 +81,8 @@ struct Requested {
 pub struct Checked {
     requested: Vec<Requested>,
     filter: ScoreFilter,
+    /// A NaFlex model's patch budget (`max_num_patches`; absent or 0: the model's default).
+    max_patches: Option<u32>,
     /// IMAGE's elements (empty for the text-embedding model).
     pub images: Vec<ImageInput>,
     /// TEXT's elements (empty for the image-embedding model).
@@ -96,6 +104,12 @@ pub fn check(request: &mut pb::ModelInferRequest, kind: Kind, limits: &Limits) -
         params.count("top_k")?.unwrap_or(0) as usize,
     )?;
     let raw = raw_format(&params)?;
+    let max_patches = match params.count("max_num_patches")? {
+        None | Some(0) => None,
+        Some(m) => Some(u32::try_from(m).map_err(|_| {
+            Error::InvalidArgument(format!("parameter \"max_num_patches\" = {m} is too large"))
+        })?),
+    };
     let expected: Vec<Expected> = kind
         .inputs()
         .iter()
@@ -110,6 +124,7 @@ pub fn check(request: &mut pb::ModelInferRequest, kind: Kind, limits: &Limits) -
     let mut checked = Checked {
         requested,
         filter,
+        max_patches,
         images: Vec::new(),
         texts: Vec::new(),
     };
@@ -150,6 +165,7 @@ pub(super) async fn infer(
     let Checked {
         requested,
         filter,
+        max_patches,
         images,
         texts,
     } = check(&mut request, kind, infer.limits())?;
@@ -158,7 +174,7 @@ pub(super) async fn infer(
         Kind::ZeroShot => {
             let (labels, (embeddings, _)) = tokio::try_join!(
                 labels(&served, texts, &context),
-                infer.embed_images_in(images, context.flow, context.deadline),
+                infer.embed_images_in(images, max_patches, context.flow, context.deadline),
             )?;
             let scores = Scores {
                 logits: infer.logits(&embeddings, &labels),
@@ -171,7 +187,7 @@ pub(super) async fn infer(
         }
         Kind::ImageEmbedding => {
             let (embeddings, _) = infer
-                .embed_images_in(images, context.flow, context.deadline)
+                .embed_images_in(images, max_patches, context.flow, context.deadline)
                 .await?;
             let shape = vec![embeddings.len() as i64, embedding_dim(infer)];
             let data = tensors::fp32_bytes(embeddings.rows().flatten().copied());

@@ -179,7 +179,20 @@ pub(super) fn config(name: &str, served: &Served, kind: Kind) -> pb::ModelConfig
         ("dtype", served.on.dtype.name().to_string()),
         ("image_convention", infer.convention().name().to_string()),
         ("image_processor", infer.processor().name().to_string()),
-    ];
+        ("architecture", manifest.architecture.clone()),
+    ]
+    .into_iter()
+    .chain(manifest.image.naflex.iter().flat_map(|n| {
+        let budgets: Vec<String> = n.max_num_patches.iter().map(u32::to_string).collect();
+        [
+            ("patch_size", n.patch_size.to_string()),
+            ("max_num_patches", budgets.join(",")),
+            (
+                "default_max_num_patches",
+                n.default_max_num_patches.to_string(),
+            ),
+        ]
+    }));
     pb::ModelConfig {
         name: name.into(),
         platform: PLATFORM.into(),
@@ -212,7 +225,6 @@ pub(super) fn config(name: &str, served: &Served, kind: Kind) -> pb::ModelConfig
             .collect(),
         model_transaction_policy: Some(pb::ModelTransactionPolicy { decoupled: false }),
         parameters: facts
-            .into_iter()
             .map(|(k, v)| (k.to_string(), pb::ModelParameter { string_value: v }))
             .collect::<HashMap<_, _>>(),
         ..Default::default()

@@ -8,13 +8,14 @@ use image::metadata::Orientation;
 use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader, RgbImage};
 
 use super::transparency::Rule;
-use super::{jpeg, orientation, Convention, ImageError, ImageLimits};
+use super::{jpeg, orientation, Convention, ImageError, ImageLimits, Transparency};
 
 /// Decodes any supported format to RGB8; see [`super::decode`].
 pub(super) fn decode(
     bytes: &[u8],
     limits: &ImageLimits,
     convention: Convention,
+    transparency: Transparency,
 ) -> Result<RgbImage, ImageError> {
     limits.check_bytes(bytes.len())?;
     let format = image::guess_format(bytes).map_err(|_| ImageError::NotAnImage)?;
@@ -25,7 +26,7 @@ pub(super) fn decode(
         | ImageFormat::WebP
         | ImageFormat::Bmp
         | ImageFormat::Tiff => {
-            catch_decoder_panic(|| decode_other(bytes, format, limits, convention))
+            catch_decoder_panic(|| decode_other(bytes, format, limits, convention, transparency))
         }
         other => Err(ImageError::UnsupportedFormat(format!("{other:?}"))),
     }
@@ -77,6 +78,7 @@ fn decode_other(
     format: ImageFormat,
     limits: &ImageLimits,
     convention: Convention,
+    transparency: Transparency,
 ) -> Result<RgbImage, ImageError> {
     let mut reader = ImageReader::with_format(Cursor::new(bytes), format);
     reader.limits(limits.to_image_limits(format));
@@ -96,11 +98,21 @@ fn decode_other(
         Convention::Pipeline => find_orientation(&mut decoder)?,
         Convention::Processor => Orientation::NoTransforms,
     };
+    // Without compositing, what is left is `convert("RGB")`: the pipeline convention's rule
+    // before transformers' `convert_to_rgb`.
+    let seen_as = match transparency {
+        Transparency::Composite => convention,
+        Transparency::Drop => Convention::Pipeline,
+    };
     let rule = match format {
-        ImageFormat::Png => Rule::png(bytes, convention),
-        ImageFormat::Gif => Rule::gif(bytes, convention),
-        ImageFormat::Tiff => Rule::tiff(bytes, convention),
-        _ => Rule::alpha_channel(convention),
+        ImageFormat::Png => Rule::png(bytes, seen_as),
+        ImageFormat::Gif => Rule::gif(bytes, seen_as),
+        ImageFormat::Tiff => Rule::tiff(bytes, seen_as),
+        _ => Rule::alpha_channel(seen_as),
+    };
+    let rule = match transparency {
+        Transparency::Composite => rule,
+        Transparency::Drop => rule.without_compositing(),
     };
     let img = rule.apply(DynamicImage::from_decoder(decoder).map_err(from_image_error)?)?;
     Ok(orientation::apply(img, orientation))

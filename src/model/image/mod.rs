@@ -17,6 +17,7 @@ mod decode;
 mod jpeg;
 mod jpeg_markers;
 mod limits;
+pub mod naflex;
 mod normalize;
 mod orientation;
 mod resize;
@@ -27,6 +28,7 @@ pub use crate::error::ImageError;
 pub use crop::{check_shape, check_within, crop, Region};
 pub use image::RgbImage;
 pub use limits::ImageLimits;
+pub use naflex::Grid;
 pub use resize::Filter;
 
 /// Which transformers code path an image takes to RGB: the two disagree on transparent and
@@ -122,12 +124,37 @@ impl std::str::FromStr for ImageProcessor {
     }
 }
 
+/// What a model's image processor does with transparency once the [`Convention`] has opened the
+/// image (its `do_convert_rgb`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Transparency {
+    /// SigLIP's processors: transformers' `convert_to_rgb` composites whatever Pillow reports as
+    /// transparent onto white.
+    #[default]
+    Composite,
+    /// SigLIP 2 NaFlex's processor leaves `do_convert_rgb` unset: the image is Pillow's
+    /// `convert("RGB")` of what the convention opened (alpha dropped, a transparent colour kept
+    /// as its colour). Through `Image.open` transformers refuses an image that is not RGB; this
+    /// server converts it as that fix, `.convert("RGB")`, would.
+    Drop,
+}
+
+/// A SigLIP 2 NaFlex model's patching: at most `budget` (M) patches of `size × size` pixels,
+/// on a grid of the image's own aspect ratio.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Patches {
+    pub size: u32,
+    pub budget: u32,
+}
+
 /// How an RGB8 image becomes model input: SigLIP's `preprocessor_config.json` values, and the
 /// processor backend whose arithmetic to follow.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Preprocess {
-    /// Side of the square the image is resized to.
+    /// Side of the square the image is resized to (unused with `patches`).
     pub size: u32,
+    /// SigLIP 2 NaFlex: patches at the image's aspect ratio instead of a square.
+    pub patches: Option<Patches>,
     /// The resampling filter (`resample`).
     pub filter: Filter,
     /// Multiplier from 0..=255 to the model's range, kept in `f64` as `preprocessor_config.json`
@@ -136,20 +163,55 @@ pub struct Preprocess {
     pub mean: [f32; 3],
     pub std: [f32; 3],
     pub processor: ImageProcessor,
+    pub transparency: Transparency,
 }
 
 impl Preprocess {
-    /// SigLIP's standard values at the given size: rescale 1/255, mean and std 0.5.
-    #[cfg(test)]
+    /// SigLIP's standard values at the given size: bicubic, rescale 1/255, mean and std 0.5,
+    /// the PIL backend.
     pub fn siglip(size: u32) -> Self {
         Self {
             size,
+            patches: None,
             filter: Filter::Bicubic,
             rescale: 1.0 / 255.0,
             mean: [0.5; 3],
             std: [0.5; 3],
             processor: ImageProcessor::Pil,
+            transparency: Transparency::Composite,
         }
+    }
+
+    /// Floats in one preprocessed image: `3·size²`, or M patches of `3·P²`.
+    pub fn values_per_image(&self) -> usize {
+        match self.patches {
+            None => 3 * (self.size as usize).pow(2),
+            Some(p) => p.budget as usize * 3 * (p.size as usize).pow(2),
+        }
+    }
+
+    /// The shape of one image's `pixel_values`: `[3, size, size]`, or `[M, 3·P²]`.
+    pub fn dims(&self) -> Vec<i64> {
+        match self.patches {
+            None => vec![3, i64::from(self.size), i64::from(self.size)],
+            Some(p) => vec![i64::from(p.budget), 3 * i64::from(p.size).pow(2)],
+        }
+    }
+}
+
+/// One image as the vision tower takes it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Pixels {
+    /// `pixel_values`: CHW floats, or a NaFlex model's M patches (the real ones first).
+    pub values: Vec<f32>,
+    /// NaFlex: the grid of the real patches (`spatial_shapes`; `pixel_attention_mask` follows).
+    pub grid: Option<naflex::Grid>,
+}
+
+/// A square model's image: CHW floats.
+impl From<Vec<f32>> for Pixels {
+    fn from(values: Vec<f32>) -> Self {
+        Self { values, grid: None }
     }
 }
 
@@ -175,8 +237,9 @@ pub fn decode(
     bytes: &[u8],
     limits: &ImageLimits,
     convention: Convention,
+    transparency: Transparency,
 ) -> Result<RgbImage, ImageError> {
-    decode::decode(bytes, limits, convention)
+    decode::decode(bytes, limits, convention, transparency)
 }
 
 /// An encoded image's width × height from its header alone (microseconds: no pixel is decoded,
@@ -187,8 +250,8 @@ pub fn declared_pixels(bytes: &[u8], limits: &ImageLimits) -> Result<u64, ImageE
 }
 
 /// Wraps a raw, tightly packed frame (e.g. from a video decoder). RGBA is composited onto
-/// white under the processor convention (as `processor`'s `convert_to_rgb` does for an array)
-/// and loses its alpha under the pipeline convention.
+/// white under the processor convention (as `prep.processor`'s `convert_to_rgb` does for an
+/// array) and loses its alpha under the pipeline convention or [`Transparency::Drop`].
 pub fn from_raw(
     width: u32,
     height: u32,
@@ -196,7 +259,7 @@ pub fn from_raw(
     data: &[u8],
     limits: &ImageLimits,
     convention: Convention,
-    processor: ImageProcessor,
+    prep: &Preprocess,
 ) -> Result<RgbImage, ImageError> {
     limits
         .check_dimensions(width, height)
@@ -215,7 +278,11 @@ pub fn from_raw(
         RawFormat::Rgb8 => data.to_vec(),
         RawFormat::Rgba8 => {
             let mut rgb = Vec::with_capacity(expected / 4 * 3);
-            rgb::rgba_to_rgb(data, convention, processor, &mut rgb);
+            let convention = match prep.transparency {
+                Transparency::Composite => convention,
+                Transparency::Drop => Convention::Pipeline,
+            };
+            rgb::rgba_to_rgb(data, convention, prep.processor, &mut rgb);
             rgb
         }
     };
@@ -225,25 +292,28 @@ pub fn from_raw(
 /// Writes the model input for `img` into `out` (CHW, `3·size·size` floats): resize to
 /// `size × size` with the model's filter by `p.processor`'s resampler (skipped when the image
 /// already has that size, as both backends do), then `(v·rescale − mean) / std` rounded as
-/// that backend rounds.
+/// that backend rounds. A NaFlex model's patches are written by [`naflex::write_patches`].
 ///
 /// # Panics
-/// If `out` does not hold exactly `3·size·size` floats.
-pub fn preprocess_into(img: &RgbImage, p: &Preprocess, out: &mut [f32]) {
+/// If `out` does not hold exactly [`Preprocess::values_per_image`] floats.
+pub fn preprocess_into(img: &RgbImage, p: &Preprocess, out: &mut [f32]) -> Option<naflex::Grid> {
+    if let Some(patches) = p.patches {
+        return Some(naflex::write_patches(img, p, patches, out));
+    }
     if img.dimensions() == (p.size, p.size) {
         normalize::write_chw(img, p, out);
     } else {
         let resized = resize::resize(img, p.size, p.size, p.filter, p.processor);
         normalize::write_chw(&resized, p, out);
     }
+    None
 }
 
-/// [`preprocess_into`] into a new vector.
-pub fn preprocess(img: &RgbImage, p: &Preprocess) -> Vec<f32> {
-    let side = p.size as usize;
-    let mut out = vec![0.0; 3 * side * side];
-    preprocess_into(img, p, &mut out);
-    out
+/// [`preprocess_into`] into new [`Pixels`].
+pub fn preprocess(img: &RgbImage, p: &Preprocess) -> Pixels {
+    let mut values = vec![0.0; p.values_per_image()];
+    let grid = preprocess_into(img, p, &mut values);
+    Pixels { values, grid }
 }
 
 #[cfg(test)]

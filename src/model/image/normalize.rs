@@ -35,7 +35,7 @@ pub(super) fn write_chw(img: &RgbImage, p: &Preprocess, out: &mut [f32]) {
 }
 
 /// The normalised value of each 8-bit level of channel `c`.
-fn table(p: &Preprocess, c: usize) -> [f32; 256] {
+pub(super) fn table(p: &Preprocess, c: usize) -> [f32; 256] {
     match p.processor {
         ImageProcessor::Pil => {
             std::array::from_fn(|v| ((v as f64 * p.rescale) as f32 - p.mean[c]) / p.std[c])

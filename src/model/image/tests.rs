@@ -44,8 +44,13 @@ fn png_claiming(width: u32, height: u32) -> Vec<u8> {
 }
 
 fn decode_err(bytes: &[u8]) -> ImageError {
-    let err = decode(bytes, &ImageLimits::default(), Convention::Processor)
-        .expect_err("must be rejected");
+    let err = decode(
+        bytes,
+        &ImageLimits::default(),
+        Convention::Processor,
+        Transparency::Composite,
+    )
+    .expect_err("must be rejected");
     assert!(!err.to_string().is_empty());
     err
 }
@@ -55,8 +60,11 @@ fn round_trip_decodes() {
     let img = photo_like(64, 48);
     for convention in [Convention::Processor, Convention::Pipeline] {
         let limits = ImageLimits::default();
-        assert_eq!(decode(&png(&img), &limits, convention).unwrap(), img);
-        let from_jpeg = decode(&jpeg(&img), &limits, convention).unwrap();
+        assert_eq!(
+            decode(&png(&img), &limits, convention, Transparency::Composite).unwrap(),
+            img
+        );
+        let from_jpeg = decode(&jpeg(&img), &limits, convention, Transparency::Composite).unwrap();
         assert_eq!(from_jpeg.dimensions(), (64, 48));
     }
 }
@@ -75,18 +83,34 @@ fn rgba_png() -> Vec<u8> {
 fn conventions_treat_alpha_differently() {
     let limits = ImageLimits::default();
     // Pillow's alpha_composite onto white: 10·128/255 + 255·127/255 = 132.06 -> 132, etc.
-    let processor = decode(&rgba_png(), &limits, Convention::Processor).unwrap();
+    let processor = decode(
+        &rgba_png(),
+        &limits,
+        Convention::Processor,
+        Transparency::Composite,
+    )
+    .unwrap();
     assert_eq!(
         processor.as_raw(),
         &[10, 20, 30, 132, 137, 142, 255, 255, 255]
     );
-    let pipeline = decode(&rgba_png(), &limits, Convention::Pipeline).unwrap();
+    let pipeline = decode(
+        &rgba_png(),
+        &limits,
+        Convention::Pipeline,
+        Transparency::Composite,
+    )
+    .unwrap();
     assert_eq!(pipeline.as_raw(), &[10, 20, 30, 10, 20, 30, 10, 20, 30]);
     // Raw RGBA frames: numpy's float compositing, rounded half to even (PIL backend), or
     // torch's in f32, truncated after scaling by 255.999 (torchvision backend).
     let raw = [10, 20, 30, 255, 10, 20, 30, 128, 10, 20, 30, 0, 1, 1, 1, 52];
     let frame = |convention, processor| {
-        from_raw(4, 1, RawFormat::Rgba8, &raw, &limits, convention, processor).unwrap()
+        let prep = Preprocess {
+            processor,
+            ..Preprocess::siglip(4)
+        };
+        from_raw(4, 1, RawFormat::Rgba8, &raw, &limits, convention, &prep).unwrap()
     };
     let pil = frame(Convention::Processor, ImageProcessor::Pil);
     assert_eq!(
@@ -142,7 +166,10 @@ fn opaque_rgba_round_trips() {
                 &rgba,
                 &ImageLimits::default(),
                 convention,
-                processor,
+                &Preprocess {
+                    processor,
+                    ..Preprocess::siglip(16)
+                },
             );
             assert_eq!(frame.unwrap(), img, "{convention} {processor}");
         }
@@ -227,7 +254,13 @@ fn byte_limit() {
         max_bytes: 10,
         ..ImageLimits::default()
     };
-    let err = decode(&png(&photo_like(4, 4)), &limits, Convention::Processor).unwrap_err();
+    let err = decode(
+        &png(&photo_like(4, 4)),
+        &limits,
+        Convention::Processor,
+        Transparency::Composite,
+    )
+    .unwrap_err();
     assert!(matches!(err, ImageError::TooLarge { max: 10, .. }));
 }
 
@@ -243,7 +276,7 @@ fn raw_frames() {
             data,
             &limits,
             Convention::Pipeline,
-            ImageProcessor::Pil,
+            &Preprocess::siglip(2),
         )
     };
     let img = raw(2, 1, RawFormat::Rgba8, &rgba).unwrap();
@@ -261,11 +294,11 @@ fn raw_frames() {
 #[test]
 fn preprocess_layout_and_values() {
     let img = RgbImage::from_pixel(224, 224, image::Rgb([0, 255, 51]));
-    let out = preprocess(&img, &Preprocess::siglip(224));
+    let out = preprocess(&img, &Preprocess::siglip(224)).values;
     let plane = 224 * 224;
     assert_eq!(out.len(), 3 * plane);
     assert_eq!((out[0], out[plane], out[2 * plane]), (-1.0, 1.0, -0.6));
-    let resized = preprocess(&photo_like(37, 500), &Preprocess::siglip(16));
+    let resized = preprocess(&photo_like(37, 500), &Preprocess::siglip(16)).values;
     assert_eq!(resized.len(), 3 * 16 * 16);
 }
 
@@ -288,11 +321,23 @@ fn jpeg_scans_over_the_limit_are_refused_before_decoding() {
         max_jpeg_scans,
         ..ImageLimits::default()
     };
-    let err = decode(&bytes, &at(scans - 1), Convention::Processor).unwrap_err();
+    let err = decode(
+        &bytes,
+        &at(scans - 1),
+        Convention::Processor,
+        Transparency::Composite,
+    )
+    .unwrap_err();
     assert!(matches!(err, ImageError::TooManyScans { .. }), "{err}");
     assert!(err.to_string().contains("--max-jpeg-scans"), "{err}");
     assert!(!crate::error::Error::from(err).is_limit());
-    let img = decode(&bytes, &at(scans), Convention::Processor).unwrap();
+    let img = decode(
+        &bytes,
+        &at(scans),
+        Convention::Processor,
+        Transparency::Composite,
+    )
+    .unwrap();
     assert_eq!(img.dimensions(), (40, 30));
 }
 
@@ -304,7 +349,13 @@ fn an_icc_profile_bomb_costs_at_most_the_byte_limit() {
     let bomb = png_with_chunk(&png(&img), b"iCCP", &icc_profile_bomb(64 << 20));
     assert!(bomb.len() < 600_000, "{} bytes", bomb.len());
     let started = std::time::Instant::now();
-    let decoded = decode(&bomb, &ImageLimits::default(), Convention::Processor).unwrap();
+    let decoded = decode(
+        &bomb,
+        &ImageLimits::default(),
+        Convention::Processor,
+        Transparency::Composite,
+    )
+    .unwrap();
     assert_eq!(decoded, img);
     assert!(started.elapsed() < std::time::Duration::from_secs(2));
 }
@@ -320,7 +371,13 @@ fn metadata_over_the_decoders_limit_is_invalid_not_overload() {
     text.extend([b'v'; 200_000]);
     let bytes = png_with_chunk(&png(&photo_like(8, 8)), b"tEXt", &text);
     let bytes = png_with_chunk(&bytes, b"iCCP", &icc_profile_bomb(900_000));
-    let err = decode(&bytes, &limits, Convention::Processor).unwrap_err();
+    let err = decode(
+        &bytes,
+        &limits,
+        Convention::Processor,
+        Transparency::Composite,
+    )
+    .unwrap_err();
     assert!(matches!(err, ImageError::MemoryLimit(_)), "{err}");
     assert!(err.to_string().starts_with("image is corrupt"), "{err}");
     assert!(!crate::error::Error::from(err).is_limit());
@@ -376,7 +433,13 @@ fn a_jpeg_with_stray_bytes_between_segments_is_read_as_libjpeg_reads_it() {
         7 * 5
     );
     for convention in [Convention::Processor, Convention::Pipeline] {
-        let img = decode(JPEG_WITH_STRAY_BYTES, &limits, convention).unwrap();
+        let img = decode(
+            JPEG_WITH_STRAY_BYTES,
+            &limits,
+            convention,
+            Transparency::Composite,
+        )
+        .unwrap();
         assert_eq!(img.dimensions(), (7, 5));
     }
 }
@@ -424,6 +487,7 @@ fn a_jpeg_with_a_segment_length_of_one_is_read_as_libjpeg_reads_it() {
         JPEG_WITH_A_SEGMENT_LENGTH_OF_ONE,
         &limits,
         Convention::Pipeline,
+        Transparency::Composite,
     )
     .unwrap();
     assert_eq!(img.dimensions(), (7, 5));
@@ -442,13 +506,14 @@ fn the_torchvision_backend_rescales_and_normalises_in_one_step() {
             processor: ImageProcessor::Torchvision,
             ..Preprocess::siglip(16)
         },
-    );
+    )
+    .values;
     // transformers fuses 1/255 into mean and std: 0.5 · 255 = 127.5 for both, in f32.
     for (i, &v) in img.as_raw().iter().step_by(3).enumerate() {
         assert_eq!(torchvision[i], (f32::from(v) - 127.5) / 127.5, "level {v}");
     }
     // The PIL backend rounds the rescaled value to f32 first: the last bit differs for some.
-    let pil = preprocess(&img, &Preprocess::siglip(16));
+    let pil = preprocess(&img, &Preprocess::siglip(16)).values;
     let differ = pil.iter().zip(&torchvision).filter(|(a, b)| a != b).count();
     assert!(
         differ > 0

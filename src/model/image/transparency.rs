@@ -71,6 +71,14 @@ impl Rule {
         }
     }
 
+    /// The same pixels, with nothing turned white: Pillow's `convert("RGB")` alone.
+    pub(super) fn without_compositing(self) -> Self {
+        Self {
+            action: Action::Drop,
+            ..self
+        }
+    }
+
     pub(super) fn apply(&self, img: DynamicImage) -> Result<RgbImage, ImageError> {
         let img = match self.prepare {
             Prepare::Nothing => img,

@@ -21,6 +21,10 @@
 //!    batch size the server used most, same dtype and threads — the ceiling the server is
 //!    measured against.
 //!
+//! With `--max-num-patches M` (a SigLIP 2 NaFlex server), requests and the model alone run at
+//! that patch budget, and one more phase compares host preprocessing at M with the
+//! fixed-resolution path at the same pixel count (`naflex`).
+//!
 //! With `--models A B` (a server with a repository), only the two-model phase runs (`models`):
 //! each model's closed-loop images/s alone, then B's latency under a closed-loop flood of A,
 //! against the bound the server keeps (2 × B's idle latency + one batch of A, both measured in
@@ -34,6 +38,7 @@ mod fair;
 mod load;
 mod model_only;
 mod models;
+mod naflex;
 mod oip;
 mod tracing;
 mod video;
@@ -117,6 +122,10 @@ pub struct BenchArgs {
     /// latency + one batch of A).
     #[arg(long, num_args = 2, value_names = ["A", "B"])]
     pub models: Vec<String>,
+    /// A SigLIP 2 NaFlex server: send requests at this patch budget, run the model alone at it,
+    /// and compare host preprocessing at it with the fixed-resolution path.
+    #[arg(long)]
+    pub max_num_patches: Option<u32>,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -126,6 +135,7 @@ pub struct Report {
     pub video: Option<VideoReport>,
     pub fair: Option<FairReport>,
     pub models: Option<models::ModelsReport>,
+    pub naflex_preprocess: Option<naflex::PreprocessReport>,
     pub oip: Option<oip::OipReport>,
     pub tracing: Option<tracing::TracingReport>,
     pub model_only_img_s: Option<f64>,
@@ -145,12 +155,13 @@ pub struct Report {
     pub jit_optimize: bool,
 }
 
-/// What every phase sends: the photos, the label texts, and the model they name ("": the
-/// server's default).
+/// What every phase sends: the photos, the label texts, the model they name ("": the
+/// server's default) and its options.
 struct Workload {
     images: Vec<Vec<u8>>,
     labels: Vec<String>,
     model: String,
+    options: Option<pb::ClassifyOptions>,
 }
 
 impl Workload {
@@ -171,10 +182,15 @@ impl Workload {
             bail!("{} holds no labels", args.labels_file.display());
         }
         let labels = all.iter().cycle().take(args.labels).cloned().collect();
+        let options = args.max_num_patches.map(|m| pb::ClassifyOptions {
+            max_num_patches: m,
+            ..Default::default()
+        });
         Ok(Self {
             images,
             labels,
             model: String::new(),
+            options,
         })
     }
 
@@ -184,6 +200,7 @@ impl Workload {
             images: self.images.clone(),
             labels: self.labels.clone(),
             model: model.into(),
+            options: self.options,
         }
     }
 
@@ -201,7 +218,7 @@ impl Workload {
             model: self.model.clone(),
             image: Some(self.image(i)),
             texts: self.labels.clone(),
-            options: None,
+            options: self.options,
         }
     }
 
@@ -211,7 +228,7 @@ impl Workload {
             msg: Some(pb::stream_request::Msg::Config(pb::StreamConfig {
                 model: self.model.clone(),
                 texts: self.labels.clone(),
-                options: None,
+                options: self.options,
                 mode: mode as i32,
                 ..Default::default()
             })),
@@ -339,7 +356,17 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Report> {
     }
 
     if !args.skip_model_only {
-        model_only_phase(&args.model, phase, &mut report).await?;
+        model_only_phase(&args.model, args.max_num_patches, phase, &mut report).await?;
+    }
+
+    if let Some(budget) = args.max_num_patches {
+        let dir = args.model.single_dir()?;
+        let photos = workload.images.clone();
+        let preprocess =
+            tokio::task::spawn_blocking(move || naflex::run(&dir, &photos, budget, phase / 4))
+                .await??;
+        preprocess.print();
+        report.naflex_preprocess = Some(preprocess);
     }
 
     if let Some(path) = &args.json {
@@ -348,10 +375,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Report> {
     Ok(report)
 }
 
-/// The tower alone at the batch size the server used most in the closed loop, against a pass of
-/// that size in the server.
+/// The tower alone at the batch size the server used most in the closed loop (at a NaFlex
+/// model's budget `max_patches`), against a pass of that size in the server.
 async fn model_only_phase(
     model: &ModelArgs,
+    max_patches: Option<u32>,
     phase: Duration,
     report: &mut Report,
 ) -> anyhow::Result<()> {
@@ -363,8 +391,10 @@ async fn model_only_phase(
         .filter(|(size, _)| **size > 0)
         .max_by_key(|(_, count)| **count)
         .map_or(8, |(size, _)| *size as usize);
-    let (img_s, alone) =
-        tokio::task::spawn_blocking(move || model_only::run(&model_args, batch, phase)).await??;
+    let (img_s, alone) = tokio::task::spawn_blocking(move || {
+        model_only::run(&model_args, batch, max_patches, phase)
+    })
+    .await??;
     println!("model only    batch {batch:>3}  {img_s:>8.2} img/s");
     report.model_only_img_s = Some(img_s);
     report.model_only_batch = Some(batch);

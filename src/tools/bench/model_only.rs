@@ -5,15 +5,20 @@
 use std::time::{Duration, Instant};
 
 use crate::config::ModelArgs;
-use crate::model::{pixels_per_image, LoadOptions, Model};
+use crate::model::{
+    image::{self, Pixels},
+    LoadOptions, Model,
+};
 
 /// The vision tower alone, at `batch`, for `duration` (after warm-up): images/s, and ms per
 /// pass from submitting it to its embeddings (staging the pixels not counted, as the server's
 /// reported inference time does not count it). Passes are overlapped as the server's worker does
 /// on a GPU (the next batch's pixels are copied while one runs), so this is the tower's own rate.
+/// A NaFlex model runs at patch budget `max_patches` (its default when `None`).
 pub(super) fn run(
     args: &ModelArgs,
     batch: usize,
+    max_patches: Option<u32>,
     duration: Duration,
 ) -> anyhow::Result<(f64, f64)> {
     // Warmed up below, at this batch size only.
@@ -21,13 +26,26 @@ pub(super) fn run(
         warmup_rounds: 0,
         ..args.load_options(args.single_dir()?, batch)
     })?;
-    // Varied values in the normalised range: constant inputs can run faster than photos.
-    let pixels: Vec<f32> = (0..pixels_per_image(model.preprocess()) * batch)
-        .map(|i| (i * 7919 % 251) as f32 / 125.0 - 1.0)
+    // Varied values in the normalised range: constant inputs can run faster than photos. A
+    // NaFlex model's images fill their budget (the tower's cost does not depend on the grid).
+    let mut prep = model.preprocess().clone();
+    if let (Some(patches), Some(budget)) = (&mut prep.patches, max_patches) {
+        patches.budget = budget;
+    }
+    let per_image = prep.values_per_image();
+    let grid = prep.patches.map(|p| image::Grid {
+        rows: 1,
+        cols: p.budget,
+    });
+    let images: Vec<Pixels> = (0..batch)
+        .map(|b| Pixels {
+            values: (0..per_image)
+                .map(|i| ((b * per_image + i) * 7919 % 251) as f32 / 125.0 - 1.0)
+                .collect(),
+            grid,
+        })
         .collect();
-    let rows: Vec<&[f32]> = pixels
-        .chunks_exact(pixels_per_image(model.preprocess()))
-        .collect();
+    let rows: Vec<&Pixels> = images.iter().collect();
     // Warm-up: the loop measured, for a tenth of the run and at least 5 passes. The optimising
     // executor profiles and compiles for each new shape during the first passes, which can stall
     // one of them for seconds; the server's own warm-up has paid that before it serves.
@@ -50,7 +68,7 @@ struct Passes {
 /// runs, as the server's worker does on a GPU.
 fn passes(
     model: &Model,
-    rows: &[&[f32]],
+    rows: &[&Pixels],
     duration: Duration,
     min: usize,
 ) -> anyhow::Result<Passes> {

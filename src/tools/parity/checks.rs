@@ -5,12 +5,12 @@ use std::{path::Path, time::Instant};
 
 use super::{
     diff, file_name, image_input, load_image, read_reference, tensor, to_f32, Check, ModelRow,
-    PixelRow, RegionRow, TokenRow,
+    NaflexCheck, NaflexRow, PixelRow, RegionRow, TokenRow,
 };
 use crate::error::{Error, Result};
 use crate::model::{
     device::{device_name, DType, DTypeChoice, DeviceChoice},
-    image::ImageLimits,
+    image::{self, ImageLimits, Patches, Pixels},
     manifest::Manifest,
     scores::{sigmoid, Embeddings},
     tokenizer::TextTokenizer,
@@ -28,8 +28,8 @@ pub(super) fn pixels(base: &Path, check: &Check) -> Result<Vec<PixelRow>> {
         .iter()
         .enumerate()
         .map(|(i, file)| {
-            let rgb = load_image(&base.join(file), check)?;
-            let ours = crate::model::image::preprocess(&rgb, &prep);
+            let rgb = load_image(&base.join(file), check, &prep)?;
+            let ours = image::preprocess(&rgb, &prep).values;
             let (max_abs, mean_abs) = diff(&ours, &to_f32(&reference.get(i as i64))?);
             Ok(PixelRow {
                 name: check.name.clone(),
@@ -39,6 +39,55 @@ pub(super) fn pixels(base: &Path, check: &Check) -> Result<Vec<PixelRow>> {
                 size,
                 max_abs,
                 mean_abs,
+            })
+        })
+        .collect()
+}
+
+/// One row per image: its patches at the check's budget, the grid and the mask they imply,
+/// against `Siglip2ImageProcessorPil`'s.
+pub(super) fn naflex_pixels(base: &Path, naflex: &NaflexCheck) -> Result<Vec<NaflexRow>> {
+    let check = &naflex.check;
+    let (tensors, sidecar) = read_reference(base, check)?;
+    let (reference, masks, grids) = (
+        tensor(&tensors, "pixel_values")?,
+        tensor(&tensors, "pixel_attention_mask")?,
+        tensor(&tensors, "spatial_shapes")?,
+    );
+    let manifest = Manifest::load(&base.join(&check.model_dir))?;
+    let spec = manifest.image.naflex.as_ref().ok_or_else(|| {
+        Error::Model(format!("{}: not a NaFlex model", check.model_dir.display()))
+    })?;
+    let budget = naflex.max_num_patches;
+    let prep = image::Preprocess {
+        patches: Some(Patches {
+            size: spec.patch_size,
+            budget,
+        }),
+        ..manifest.image.preprocess(0, check.processor)
+    };
+    sidecar
+        .images
+        .iter()
+        .enumerate()
+        .map(|(i, file)| {
+            let rgb = load_image(&base.join(file), check, &prep)?;
+            let Pixels { values: ours, grid } = image::preprocess(&rgb, &prep);
+            let grid = grid.expect("NaFlex preprocessing gives a grid");
+            let want_grid = Vec::<i64>::try_from(&grids.get(i as i64))?;
+            let want_mask = Vec::<i64>::try_from(&masks.get(i as i64))?;
+            let mask: Vec<i64> = (0..budget as usize)
+                .map(|p| i64::from(p < grid.patches()))
+                .collect();
+            let (max_abs, _) = diff(&ours, &to_f32(&reference.get(i as i64))?);
+            Ok(NaflexRow {
+                name: check.name.clone(),
+                convention: check.convention,
+                file: file_name(file),
+                grid: (grid.rows, grid.cols),
+                grid_matches: want_grid == [i64::from(grid.rows), i64::from(grid.cols)],
+                mask_matches: mask == want_mask,
+                max_abs,
             })
         })
         .collect()
@@ -88,20 +137,32 @@ pub(super) fn tokens(base: &Path, check: &Check) -> Result<Vec<TokenRow>> {
         .collect()
 }
 
+/// `max_patches`: a NaFlex model's patch budget (its default when `None`).
 pub(super) fn model(
     base: &Path,
     check: &Check,
     device: DeviceChoice,
     dtype: DType,
+    max_patches: Option<u32>,
 ) -> Result<ModelRow> {
     let (tensors, sidecar) = read_reference(base, check)?;
     let model = load_model(base, check, device, dtype)?;
-    let images = sidecar
+    let mut prep = model.preprocess().clone();
+    if let (Some(patches), Some(budget)) = (&mut prep.patches, max_patches) {
+        patches.budget = budget;
+    }
+    let rows = sidecar
         .images
         .iter()
-        .map(|file| load_image(&base.join(file), check))
+        .map(|file| {
+            Ok(image::preprocess(
+                &load_image(&base.join(file), check, &prep)?,
+                &prep,
+            ))
+        })
         .collect::<Result<Vec<_>>>()?;
-    let image_embeds = in_passes(&model, &images, |chunk| model.embed_images(chunk))?;
+    let rows: Vec<&Pixels> = rows.iter().collect();
+    let image_embeds = in_passes(&model, &rows, |chunk| model.embed_rows(chunk))?;
     let text_embeds = model.embed_texts(&sidecar.texts)?;
     let logits = model.head().logits(&image_embeds, &text_embeds);
     let probs: Vec<f32> = logits.iter().copied().map(sigmoid).collect();
@@ -112,7 +173,11 @@ pub(super) fn model(
             (lo.min(*p), hi.max(*p))
         });
     Ok(ModelRow {
-        name: check.name.clone(),
+        name: match prep.patches {
+            None => check.name.clone(),
+            Some(p) => format!("{}@{}", check.name, p.budget),
+        },
+        max_num_patches: prep.patches.map(|p| p.budget),
         convention: check.convention,
         processor: check.processor,
         device: device_name(model.device()),
@@ -179,7 +244,7 @@ pub(super) fn regions(base: &Path, check: &Check, device: DeviceChoice) -> Resul
         .manifest()
         .image
         .preprocess(reference.size()[2] as u32, check.processor);
-    let mut rows: Vec<Vec<f32>> = Vec::with_capacity(sidecar.images.len());
+    let mut rows: Vec<Pixels> = Vec::with_capacity(sidecar.images.len());
     // Consecutive rows of one file form one frame with several regions.
     let mut start = 0;
     while start < sidecar.images.len() {
@@ -202,7 +267,7 @@ pub(super) fn regions(base: &Path, check: &Check, device: DeviceChoice) -> Resul
         );
         start = end;
     }
-    let refs: Vec<&[f32]> = rows.iter().map(Vec::as_slice).collect();
+    let refs: Vec<&Pixels> = rows.iter().collect();
     let image_embeds = in_passes(&model, &refs, |chunk| model.embed_rows(chunk))?;
     let text_embeds = model.embed_texts(&sidecar.texts)?;
     let probs: Vec<f32> = model
@@ -223,7 +288,7 @@ pub(super) fn regions(base: &Path, check: &Check, device: DeviceChoice) -> Resul
                 processor: check.processor,
                 file: file_name(&sidecar.images[i]),
                 region: sidecar.regions[i],
-                pixels_max: diff(ours, &to_f32(&reference.get(i as i64))?).0,
+                pixels_max: diff(&ours.values, &to_f32(&reference.get(i as i64))?).0,
                 probs_max: diff(&probs[span.clone()], &ref_probs[span]).0,
             })
         })

@@ -2,7 +2,8 @@
 //! model runtime against what transformers computed for the same files and texts, and a stream's
 //! regions against transformers on Pillow's crop of the same file.
 //!
-//! The reference files come from `python -m siglip_export reference*` (run, never typed in); a
+//! The reference files come from `python -m siglip_export reference*` and
+//! `python/make_parity_suite.py` (run, never typed in); a
 //! *suite* file lists them. `siglip-serve parity --suite FILE` prints the table, and
 //! `tests/parity.rs` asserts the thresholds on the same [`Report`]. The checks are in `checks`,
 //! the rows and their table in `report`.
@@ -23,9 +24,9 @@ use crate::error::{Error, Result};
 use crate::infer::ImageInput;
 use crate::model::{
     device::{DType, DeviceChoice},
-    image::{Convention, ImageLimits, ImageProcessor, RawFormat, Region, RgbImage},
+    image::{Convention, ImageLimits, ImageProcessor, Preprocess, RawFormat, Region, RgbImage},
 };
-pub use report::{ModelRow, PixelRow, RegionRow, Report, TokenRow};
+pub use report::{ModelRow, NaflexRow, PixelRow, RegionRow, Report, TokenRow};
 
 /// `siglip-serve parity`'s flags.
 #[derive(Debug, Clone, Args)]
@@ -43,6 +44,9 @@ pub struct ParityArgs {
 pub struct Suite {
     /// Pixel values for many image files; preprocessing constants come from `model_dir`.
     pub pixels: Vec<Check>,
+    /// A NaFlex model's patches, patch masks and grids for many image files, at one patch budget.
+    #[serde(default)]
+    pub naflex_pixels: Vec<NaflexCheck>,
     /// Input ids for a text corpus.
     pub tokens: Vec<Check>,
     /// Embeddings, logits and probabilities end to end, per exported dtype.
@@ -66,10 +70,20 @@ pub struct Check {
 }
 
 #[derive(Debug, Deserialize)]
+pub struct NaflexCheck {
+    #[serde(flatten)]
+    pub check: Check,
+    pub max_num_patches: u32,
+}
+
+#[derive(Debug, Deserialize)]
 pub struct ModelCheck {
     #[serde(flatten)]
     pub check: Check,
     pub dtype: DType,
+    /// A NaFlex model's patch budget (its default when absent).
+    #[serde(default)]
+    pub max_num_patches: Option<u32>,
 }
 
 /// The JSON sidecar written beside each reference `.safetensors`.
@@ -106,13 +120,20 @@ pub fn run(path: &Path, device: DeviceChoice) -> Result<Report> {
     for check in &suite.pixels {
         report.pixels.extend(checks::pixels(base, check)?);
     }
+    for check in &suite.naflex_pixels {
+        report.naflex.extend(checks::naflex_pixels(base, check)?);
+    }
     for check in &suite.tokens {
         report.tokens.extend(checks::tokens(base, check)?);
     }
     for check in &suite.models {
-        report
-            .models
-            .push(checks::model(base, &check.check, device, check.dtype)?);
+        report.models.push(checks::model(
+            base,
+            &check.check,
+            device,
+            check.dtype,
+            check.max_num_patches,
+        )?);
     }
     for check in &suite.regions {
         report.regions.extend(checks::regions(base, check, device)?);
@@ -186,9 +207,9 @@ fn image_input(path: &Path) -> Result<ImageInput> {
     })
 }
 
-fn load_image(path: &Path, check: &Check) -> Result<RgbImage> {
+fn load_image(path: &Path, check: &Check, prep: &Preprocess) -> Result<RgbImage> {
     image_input(path)?
-        .decode(&ImageLimits::default(), check.convention, check.processor)
+        .decode(&ImageLimits::default(), check.convention, prep)
         .map_err(|e| Error::Model(format!("{}: {e}", path.display())))
 }
 

@@ -15,6 +15,20 @@ pub struct PixelRow {
     pub mean_abs: f64,
 }
 
+/// One image of one NaFlex check: its patches, grid and mask at the check's patch budget.
+#[derive(Debug, Clone)]
+pub struct NaflexRow {
+    /// `naflex-<budget>`.
+    pub name: String,
+    pub convention: Convention,
+    pub file: String,
+    /// Rows and columns of patches, as this crate made them.
+    pub grid: (u32, u32),
+    pub grid_matches: bool,
+    pub mask_matches: bool,
+    pub max_abs: f32,
+}
+
 /// One text class of one tokenizer check.
 #[derive(Debug, Clone)]
 pub struct TokenRow {
@@ -30,7 +44,10 @@ pub struct TokenRow {
 
 #[derive(Debug, Clone)]
 pub struct ModelRow {
+    /// The model, with `@M` for a NaFlex model at patch budget M.
     pub name: String,
+    /// A NaFlex model's patch budget.
+    pub max_num_patches: Option<u32>,
     pub convention: Convention,
     pub processor: ImageProcessor,
     pub device: String,
@@ -62,6 +79,7 @@ pub struct RegionRow {
 #[derive(Debug, Default)]
 pub struct Report {
     pub pixels: Vec<PixelRow>,
+    pub naflex: Vec<NaflexRow>,
     pub tokens: Vec<TokenRow>,
     pub models: Vec<ModelRow>,
     pub regions: Vec<RegionRow>,
@@ -78,6 +96,18 @@ impl Report {
         self.pixels.iter().map(|r| r.mean_abs).sum::<f64>() / n
     }
 
+    pub fn naflex_pixels_max(&self) -> f32 {
+        self.naflex.iter().map(|r| r.max_abs).fold(0.0, f32::max)
+    }
+
+    /// NaFlex images whose grid or mask differs from the reference's.
+    pub fn naflex_shape_mismatches(&self) -> usize {
+        self.naflex
+            .iter()
+            .filter(|r| !(r.grid_matches && r.mask_matches))
+            .count()
+    }
+
     pub fn token_counts(&self) -> (usize, usize) {
         self.tokens
             .iter()
@@ -87,6 +117,16 @@ impl Report {
     /// The float32 rows: the ones the parity thresholds apply to.
     pub fn fp32_models(&self) -> impl Iterator<Item = &ModelRow> {
         self.models.iter().filter(|r| r.dtype == "float32")
+    }
+
+    /// NaFlex models end to end (every budget), as (logits_max, probs_max).
+    pub fn naflex_models_max(&self) -> (f32, f32) {
+        self.models
+            .iter()
+            .filter(|r| r.max_num_patches.is_some())
+            .fold((0.0, 0.0), |(l, p), r| {
+                (l.max(r.logits_max), p.max(r.probs_max))
+            })
     }
 
     pub fn regions_pixels_max(&self) -> f32 {
@@ -100,20 +140,25 @@ impl Report {
         self.regions.iter().map(|r| r.probs_max).fold(0.0, f32::max)
     }
 
-    /// The one-line summary `make parity` ends with (the region figures come last, so that the
+    /// The one-line summary `make parity` ends with (fields added later come last, so that the
     /// fields before them keep their places).
     pub fn summary(&self) -> String {
         let (mismatches, total) = self.token_counts();
         let logits = self.fp32_models().map(|r| r.logits_max).fold(0.0, f32::max);
         let probs = self.fp32_models().map(|r| r.probs_max).fold(0.0, f32::max);
+        let (naflex_logits, naflex_probs) = self.naflex_models_max();
         format!(
             "parity: pixels_max={:.6} pixels_mean={:.3e} token_mismatches={mismatches}/{total} \
              logits_max={logits:.3e} probs_max={probs:.3e} regions_pixels_max={:.6} \
-             regions_probs_max={:.3e}",
+             regions_probs_max={:.3e} naflex_pixels_max={:.6} naflex_shape_mismatches={}/{} \
+             naflex_logits_max={naflex_logits:.3e} naflex_probs_max={naflex_probs:.3e}",
             self.pixels_max(),
             self.pixels_mean(),
             self.regions_pixels_max(),
-            self.regions_probs_max()
+            self.regions_probs_max(),
+            self.naflex_pixels_max(),
+            self.naflex_shape_mismatches(),
+            self.naflex.len()
         )
     }
 
@@ -136,6 +181,30 @@ impl Report {
                 r.name, r.convention, r.processor, r.file, r.max_abs, r.mean_abs
             );
         }
+        if !self.naflex.is_empty() {
+            let _ = writeln!(
+                s,
+                "\nNaFlex patches, grid and mask vs Siglip2ImageProcessorPil (pil)"
+            );
+            let _ = writeln!(
+                s,
+                "  {:<14} {:<10} {:<40} {:>7} {:>5} {:>5} {:>10}",
+                "budget", "convention", "file", "grid", "same", "mask", "max_abs"
+            );
+            for r in &self.naflex {
+                let _ = writeln!(
+                    s,
+                    "  {:<14} {:<10} {:<40} {:>7} {:>5} {:>5} {:>10.6}",
+                    r.name,
+                    r.convention,
+                    r.file,
+                    format!("{}x{}", r.grid.0, r.grid.1),
+                    r.grid_matches,
+                    r.mask_matches,
+                    r.max_abs
+                );
+            }
+        }
         let _ = writeln!(
             s,
             "\ninput ids vs transformers' tokenizer (padding=max_length, 64), mismatches by class"
@@ -155,10 +224,10 @@ impl Report {
                 let _ = writeln!(s, "      e.g. {e}");
             }
         }
-        let _ = writeln!(s, "\nend to end vs transformers SiglipModel (fp32, CPU)");
+        let _ = writeln!(s, "\nend to end vs transformers SiglipModel (Siglip2Model for NaFlex at @M patches; fp32, CPU)");
         let _ = writeln!(
             s,
-            "  {:<12} {:<10} {:<11} {:<7} {:<9} {:<11} {:>10} {:>10} {:>10} {:>10} {:>14}",
+            "  {:<16} {:<10} {:<11} {:<7} {:<9} {:<11} {:>10} {:>10} {:>10} {:>10} {:>14}",
             "model",
             "convention",
             "processor",
@@ -174,7 +243,7 @@ impl Report {
         for r in &self.models {
             let _ = writeln!(
                 s,
-                "  {:<12} {:<10} {:<11} {:<7} {:<9} {:<11} {:>10.3e} {:>10.3e} {:>10.3e} {:>10.3e} {:>6.3}–{:<6.3}",
+                "  {:<16} {:<10} {:<11} {:<7} {:<9} {:<11} {:>10.3e} {:>10.3e} {:>10.3e} {:>10.3e} {:>6.3}–{:<6.3}",
                 r.name,
                 r.convention,
                 r.processor,

@@ -90,6 +90,7 @@ async fn embed_image(soak: &Soak, client: &mut SiglipClient<Channel>, i: usize) 
                 soak.encoded(i).expect("image"),
                 soak.encoded(i + 1).expect("image"),
             ],
+            max_num_patches: 0,
         })
         .await
         .map_err(failed)?;

@@ -10,7 +10,7 @@ use super::super::{convert, pb};
 use crate::error::Error;
 use crate::infer::{Flow, ImageInput, Labels, Timings};
 use crate::metrics;
-use crate::model::image::Region;
+use crate::model::image::{Preprocess, Region};
 use crate::model::scores::Score;
 use crate::repository::Served;
 use crate::stream::{drops::DropReason, Settings};
@@ -21,6 +21,8 @@ pub(super) struct ActiveConfig {
     pub(super) served: Arc<Served>,
     pub(super) labels: Labels,
     pub(super) settings: Settings,
+    /// How its frames are preprocessed (a NaFlex model's patch budget chosen).
+    pub(super) preprocess: Preprocess,
     /// Counts the configs of the stream, from 0.
     pub(super) generation: u32,
 }
@@ -107,7 +109,14 @@ async fn classify_in_span(frame: ReadyFrame, flow: Flow) -> Outcome {
             config
                 .served
                 .infer
-                .classify_frame(image, regions, &config.labels, flow, stale_at)
+                .classify_frame(
+                    image,
+                    &config.preprocess,
+                    regions,
+                    &config.labels,
+                    flow,
+                    stale_at,
+                )
                 .await
         }
         Err(e) => Err(e),

@@ -30,7 +30,7 @@ use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit};
 use tokio_stream::{wrappers::ReceiverStream, Stream, StreamExt};
 use tonic::{Status, Streaming};
 
-use super::{lifecycle::Lifecycle, pb, status::remap_incoming, CallLimits};
+use super::{convert, lifecycle::Lifecycle, pb, status::remap_incoming, CallLimits};
 use crate::grpc::calls::{client_gone, record, record_ok, CallModel};
 use crate::infer::Flow;
 use crate::metrics;
@@ -270,11 +270,14 @@ async fn configure(
 ) -> Result<ActiveConfig, Status> {
     let served = lifecycle.model(&config.model)?;
     let checked = settings::from_config(&config, served.infer.limits().max_regions)?;
+    let max_patches = convert::max_patches(config.options.unwrap_or_default().max_num_patches);
+    let preprocess = served.infer.preprocessing(max_patches)?;
     let (labels, _) = served.infer.labels(config.texts, None).await?;
     Ok(ActiveConfig {
         served,
         labels,
         settings: checked,
+        preprocess,
         generation,
     })
 }

@@ -1,0 +1,164 @@
+//! SigLIP 2 NaFlex input: an RGB8 image → patches on a grid of its own aspect ratio, as
+//! transformers' `Siglip2ImageProcessorPil` makes them (transformers 5.24).
+//!
+//! The image is resized (the same Pillow-exact resampler as the square path) to the largest size
+//! whose sides are multiples of the patch size and that fits the patch budget M
+//! ([`target_size`]), rescaled and normalised by the same per-level tables, and cut into
+//! `patch × patch` patches, each flattened row by row with its three channels innermost. The
+//! model takes M patches per image: the rest are zeros, masked out (`pixel_attention_mask`), and
+//! the grid (`spatial_shapes`) says how the real ones lie.
+
+use image::RgbImage;
+
+use super::{normalize, resize, Patches, Preprocess};
+
+/// Where the real patches of one image lie: `rows × cols` of them, the first `rows·cols` of
+/// its M.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Grid {
+    pub rows: u32,
+    pub cols: u32,
+}
+
+impl Grid {
+    pub fn patches(self) -> usize {
+        self.rows as usize * self.cols as usize
+    }
+}
+
+/// `get_image_size_for_max_num_patches` as transformers writes it: a binary search, in `f64`
+/// as Python's floats are, for the largest scale at which both sides, each rounded up to a
+/// multiple of `patch` (and at least one patch), give at most `max_patches` patches. Returns
+/// (height, width) in pixels. The same operations in the same order give the same doubles, so
+/// the same sizes, at every step.
+pub fn target_size(height: u32, width: u32, patch: u32, max_patches: u32) -> (u32, u32) {
+    const EPS: f64 = 1e-5;
+    let patch_f = f64::from(patch);
+    let scaled = |scale: f64, size: u32| -> f64 {
+        let size = (f64::from(size) * scale / patch_f).ceil() * patch_f;
+        size.max(patch_f)
+    };
+    let (mut low, mut high) = (EPS / 10.0, 100.0);
+    while high - low >= EPS {
+        let scale = (low + high) / 2.0;
+        let patches = (scaled(scale, height) / patch_f) * (scaled(scale, width) / patch_f);
+        if patches <= f64::from(max_patches) {
+            low = scale;
+        } else {
+            high = scale;
+        }
+    }
+    (scaled(low, height) as u32, scaled(low, width) as u32)
+}
+
+/// Writes `img` as `patches.budget` patches of `3·patches.size²` floats each into `out` (the
+/// real ones first, zeros after them) and returns their grid.
+///
+/// # Panics
+/// If `out` does not hold exactly `budget·3·size²` floats.
+pub fn write_patches(img: &RgbImage, p: &Preprocess, patches: Patches, out: &mut [f32]) -> Grid {
+    let Patches {
+        size: patch,
+        budget: max_patches,
+    } = patches;
+    let per_patch = 3 * (patch as usize).pow(2);
+    assert_eq!(
+        out.len(),
+        max_patches as usize * per_patch,
+        "output holds {} floats, {max_patches} patches of {patch}x{patch} need {}",
+        out.len(),
+        max_patches as usize * per_patch
+    );
+    let (height, width) = target_size(img.height(), img.width(), patch, max_patches);
+    let resized;
+    let img = if img.dimensions() == (width, height) {
+        img
+    } else {
+        resized = resize::resize(img, width, height, p.filter, p.processor);
+        &resized
+    };
+    let tables: [[f32; 256]; 3] = std::array::from_fn(|c| normalize::table(p, c));
+    let grid = Grid {
+        rows: height / patch,
+        cols: width / patch,
+    };
+    let (real, padding) = out.split_at_mut(grid.patches() * per_patch);
+    // One pass over the image in memory order: each line of pixels is cut into the lines of the
+    // patches it crosses (a patch line is `patch` pixels, three floats each).
+    let (patch, cols) = (patch as usize, grid.cols as usize);
+    let patch_line = 3 * patch;
+    for (y, line) in img.as_raw().chunks_exact(3 * width as usize).enumerate() {
+        let first = (y / patch) * cols * per_patch + (y % patch) * patch_line;
+        for (col, pixels) in line.chunks_exact(patch_line).enumerate() {
+            let at = &mut real[first + col * per_patch..][..patch_line];
+            for (value, pixel) in at.chunks_exact_mut(3).zip(pixels.chunks_exact(3)) {
+                value[0] = tables[0][usize::from(pixel[0])];
+                value[1] = tables[1][usize::from(pixel[1])];
+                value[2] = tables[2][usize::from(pixel[2])];
+            }
+        }
+    }
+    padding.fill(0.0);
+    grid
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every size the search returns is a whole number of patches, fits the budget, and is the
+    /// largest such at its scale: one more patch row and column would not fit.
+    #[test]
+    fn the_size_fits_the_budget_in_whole_patches() {
+        for (height, width) in [
+            (1, 1),
+            (3, 500),
+            (500, 3),
+            (480, 640),
+            (1000, 50),
+            (224, 224),
+        ] {
+            for budget in [1, 16, 256, 576, 1024] {
+                let (h, w) = target_size(height, width, 16, budget);
+                assert!(h % 16 == 0 && w % 16 == 0 && h >= 16 && w >= 16);
+                assert!(
+                    (h / 16) * (w / 16) <= budget,
+                    "{height}x{width} at {budget}: {h}x{w}"
+                );
+            }
+        }
+    }
+
+    /// A patch is its pixels row by row, the three channels of each pixel together; patches
+    /// go along the grid's rows; the rest of the budget is zeros.
+    #[test]
+    fn patches_are_rows_of_pixels_with_their_channels_and_then_zeros() {
+        // 32×16 at a budget of 10 patches: scaled up to a grid that leaves some of the 10 as
+        // padding (exact sizes: the parity suite's references).
+        let (patch, budget) = (16u32, 10u32);
+        let img = RgbImage::from_fn(32, 16, |x, y| image::Rgb([x as u8, y as u8, 7]));
+        let mut p = Preprocess::siglip(0);
+        p.filter = resize::Filter::Bilinear;
+        let mut out = vec![f32::NAN; (budget * 3 * patch * patch) as usize];
+        let patches = Patches {
+            size: patch,
+            budget,
+        };
+        let grid = write_patches(&img, &p, patches, &mut out);
+        let (h, w) = target_size(16, 32, patch, budget);
+        assert_eq!((grid.rows, grid.cols), (h / patch, w / patch));
+        assert!(grid.patches() > 2 && grid.patches() < budget as usize);
+        let per_patch = (3 * patch * patch) as usize;
+        assert!(out[grid.patches() * per_patch..].iter().all(|v| *v == 0.0));
+        assert!(out[..grid.patches() * per_patch]
+            .iter()
+            .all(|v| v.is_finite()));
+        // The blue channel is 7 everywhere, so every third value is (7/255 − 0.5)/0.5.
+        let blue = normalize::table(&p, 2)[7];
+        assert!(out[..grid.patches() * per_patch]
+            .iter()
+            .skip(2)
+            .step_by(3)
+            .all(|v| *v == blue));
+    }
+}

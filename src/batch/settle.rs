@@ -67,13 +67,18 @@ impl Worker {
     }
 
     /// Hands each job its own rows, in queue order: a job gets an error if any of its rows
-    /// failed.
-    pub(super) fn answer(&self, jobs: Vec<Job>, runs: Vec<Settled>, inference: Duration) {
+    /// failed. `passes`: the rows of each pass the batch was run in, in order.
+    pub(super) fn answer(
+        &self,
+        jobs: Vec<Job>,
+        runs: Vec<Settled>,
+        passes: &[usize],
+        inference: Duration,
+    ) {
         self.record(runs.iter().any(|run| run.result.is_ok()));
-        let total: usize = jobs.iter().map(Job::rows).sum();
-        let batch_size = total.min(self.config.max_batch_size.max(1));
+        let sizes = pass_sizes(&jobs.iter().map(Job::rows).collect::<Vec<_>>(), passes);
         let mut rows = RowCursor::new(&runs);
-        for job in jobs {
+        for (job, batch_size) in jobs.into_iter().zip(sizes) {
             let queue = job.enqueued.elapsed().saturating_sub(inference);
             histogram!(metrics::QUEUE_WAIT, "model" => self.model_label()).record(queue);
             let reply = rows.take(job.rows()).map(|embeddings| Reply {
@@ -87,6 +92,27 @@ impl Worker {
             let _ = job.reply.send(reply);
         }
     }
+}
+
+/// For each job of `rows` rows, the rows of the largest pass its rows ran in (`passes`: each
+/// pass's rows, in order; the jobs' rows fill them in order).
+fn pass_sizes(rows: &[usize], passes: &[usize]) -> Vec<usize> {
+    let mut passes = passes.iter().copied();
+    let (mut current, mut left) = (0, 0);
+    rows.iter()
+        .map(|&rows| {
+            let (mut rows, mut largest) = (rows, 0);
+            while rows > 0 {
+                if left == 0 {
+                    let Some(next) = passes.next() else { break };
+                    (current, left) = (next, next);
+                }
+                let take = rows.min(left);
+                (rows, left, largest) = (rows - take, left - take, largest.max(current));
+            }
+            largest
+        })
+        .collect()
 }
 
 /// Walks a batch's runs, one caller's rows at a time.
@@ -143,5 +169,19 @@ impl<'a> RowCursor<'a> {
             Some(message) => Err(Error::Inference(message)),
             None => Ok(Embeddings::new(dim, data)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::pass_sizes;
+
+    #[test]
+    fn each_job_is_told_the_largest_pass_its_rows_ran_in() {
+        // Passes of 2, 1 and 1 (NaFlex budgets): jobs of one row each.
+        assert_eq!(pass_sizes(&[1, 1, 1, 1], &[2, 1, 1]), [2, 2, 1, 1]);
+        // One job over two passes of 8 and 3, then one in the second.
+        assert_eq!(pass_sizes(&[10, 1], &[8, 3]), [8, 3]);
+        assert_eq!(pass_sizes(&[3], &[3]), [3]);
     }
 }

@@ -225,14 +225,12 @@ impl Worker {
     /// again in halves.
     fn finish(&self, running: InFlight) {
         let rows = image_rows(&running.jobs);
+        let passes = passes(&rows, self.config.max_batch_size);
+        let sizes: Vec<usize> = passes.iter().map(|pass| pass.len()).collect();
         let mut previous_done = running.started;
         let mut runs = Vec::new();
         let embed = |rows: &[&Pixels]| self.in_model(|| self.model.embed_rows(rows));
-        for (pass, rows) in running
-            .passes
-            .into_iter()
-            .zip(passes(&rows, self.config.max_batch_size))
-        {
+        for (pass, rows) in running.passes.into_iter().zip(passes) {
             let result = pass.and_then(|(pass, submitted)| {
                 let embeddings = self.in_model(|| self.model.finish(pass));
                 // A pass queued behind another starts when that one is done.
@@ -244,7 +242,7 @@ impl Worker {
             });
             runs.extend(self.settle("vision", rows, result, &embed));
         }
-        self.answer(running.jobs, runs, running.started.elapsed());
+        self.answer(running.jobs, runs, &sizes, running.started.elapsed());
         drop(running.span);
     }
 
@@ -260,7 +258,9 @@ impl Worker {
         let started = Instant::now();
         let embed = |ids: &[TokenIds]| self.in_model(|| self.model.embed_token_ids(ids));
         let mut runs = Vec::new();
+        let mut sizes = Vec::new();
         for pass in ids.chunks(self.config.max_batch_size.max(1)) {
+            sizes.push(pass.len());
             let t = Instant::now();
             let result = embed(pass);
             histogram!(metrics::INFERENCE, "tower" => "text", "model" => self.model_label())
@@ -268,7 +268,7 @@ impl Worker {
             counter!(metrics::TEXTS, "model" => self.model_label()).increment(pass.len() as u64);
             runs.extend(self.settle("text", pass, result, &embed));
         }
-        self.answer(jobs, runs, started.elapsed());
+        self.answer(jobs, runs, &sizes, started.elapsed());
         drop(span);
     }
 

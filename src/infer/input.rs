@@ -72,9 +72,9 @@ impl ImageInput {
     }
 
     /// Decoded once, then each region cropped out and preprocessed on its own (at its own aspect
-    /// ratio, for a NaFlex model): one row per region, in order, equal to the reference's `crop` of the same image. A region
-    /// reaching outside the decoded frame (whose size only decoding tells, EXIF orientation
-    /// included) is refused. CPU work, for a blocking thread.
+    /// ratio, for a NaFlex model): one row per region, in order, equal to the reference's `crop`
+    /// of the same image. A region reaching outside the decoded frame (whose size only decoding
+    /// tells, EXIF orientation included) is refused. CPU work, for a blocking thread.
     pub fn prepare_regions(
         self,
         limits: &ImageLimits,

@@ -150,12 +150,7 @@ impl Infer {
                 self.name, naflex.max_num_patches, naflex.default_max_num_patches
             )));
         }
-        let mut prep = self.preprocess.clone();
-        prep.patches = prep.patches.map(|p| image::Patches {
-            budget: requested,
-            ..p
-        });
-        Ok(prep)
+        Ok(self.preprocess.with_budget(requested))
     }
 
     pub fn limits(&self) -> &Limits {

@@ -169,6 +169,12 @@ impl Manifest {
                 if naflex.patch_size == 0 || naflex.max_num_patches.contains(&0) {
                     return bad("NaFlex patch_size and max_num_patches must be positive".into());
                 }
+                if !naflex.max_num_patches.is_sorted_by(|a, b| a < b) {
+                    return bad(format!(
+                        "NaFlex max_num_patches {:?} must be ascending, each once",
+                        naflex.max_num_patches
+                    ));
+                }
                 if !naflex
                     .max_num_patches
                     .contains(&naflex.default_max_num_patches)

@@ -102,6 +102,23 @@ impl Model {
             &manifest.files,
             &manifest.text,
         )?);
+        let preprocess = manifest
+            .image
+            .preprocess(manifest.image.size, opts.image_processor);
+        let largest_image = match &manifest.image.naflex {
+            None => preprocess.values_per_image(),
+            Some(spec) => {
+                if opts.image_processor != ImageProcessor::Pil {
+                    return Err(Error::Model(format!(
+                        "{}: a SigLIP 2 NaFlex model is served with --image-processor pil only \
+                         (Siglip2ImageProcessorPil, the backend its parity is checked against)",
+                        opts.dir.display()
+                    )));
+                }
+                let largest = spec.max_num_patches.iter().max().copied().unwrap_or(0);
+                preprocess.with_budget(largest).values_per_image()
+            }
+        };
         let towers = Towers::load(
             &opts.dir,
             files,
@@ -111,11 +128,16 @@ impl Model {
                 backend: opts.backend,
                 jit_optimize: opts.jit_optimize,
                 largest_batch: opts.largest_batch,
+                largest_image,
             },
         )?;
-        let preprocess = manifest
-            .image
-            .preprocess(manifest.image.size, opts.image_processor);
+        if preprocess.patches.is_some() && towers.backend() != "torchscript" {
+            return Err(Error::Model(format!(
+                "{}: a compiled vision tower takes square images; a SigLIP 2 NaFlex model runs \
+                 its TorchScript tower (--backend torchscript)",
+                opts.dir.display()
+            )));
+        }
         let head = LogitHead::new(manifest.logit_scale, manifest.logit_bias);
         let model = Self {
             manifest,
@@ -364,11 +386,7 @@ impl Model {
             Some(spec) => spec.max_num_patches.iter().rev(),
         };
         budgets
-            .map(|&budget| {
-                let mut prep = self.preprocess.clone();
-                prep.patches = prep.patches.map(|p| image::Patches { budget, ..p });
-                image::preprocess(&gray, &prep)
-            })
+            .map(|&budget| image::preprocess(&gray, &self.preprocess.with_budget(budget)))
             .collect()
     }
 }

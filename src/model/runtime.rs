@@ -22,6 +22,9 @@ pub struct RunOptions {
     pub jit_optimize: bool,
     /// The most images the caller puts in one pass: page-locked buffers are sized for it.
     pub largest_batch: usize,
+    /// Floats in the model's largest image (a NaFlex model's at its largest budget): every
+    /// page-locked buffer holds `largest_batch` of them, so that any pass fits any buffer.
+    pub largest_image: usize,
 }
 
 /// The vision tower as loaded.
@@ -48,11 +51,12 @@ pub struct Towers {
     /// On CUDA: page-locked host buffers for the pixels of a pass, reused (pinning per batch is
     /// slow, and libtorch warns on every call of its pinning API). A pass takes one out while it
     /// is staged or running, so two passes never share one; there are as many as passes in flight.
-    /// Each holds `pinned_rows` images or more, so that a larger batch than the last never has to
-    /// pin a new buffer (tens of milliseconds for 100 MB) while requests wait. Flat: a NaFlex
-    /// model's passes differ in shape.
+    /// Each holds `pinned_values` floats or more (`largest_batch` of the largest image), so
+    /// that a larger batch than the last, or a NaFlex pass at a larger budget, never has to pin
+    /// a new buffer (tens of milliseconds for 100 MB) while requests wait. Flat: a NaFlex model's
+    /// passes differ in shape.
     pinned: Mutex<Vec<Tensor>>,
-    pinned_rows: i64,
+    pinned_values: i64,
 }
 
 impl Towers {
@@ -100,7 +104,7 @@ impl Towers {
             dtype,
             jit_optimize: opts.jit_optimize,
             pinned: Mutex::new(Vec::new()),
-            pinned_rows: opts.largest_batch as i64,
+            pinned_values: (opts.largest_batch * opts.largest_image) as i64,
         })
     }
 
@@ -173,7 +177,7 @@ impl Towers {
                 Some(match pooled.filter(|b| b.size()[0] >= values) {
                     Some(buffer) => buffer,
                     None => Tensor::f_empty(
-                        [values.max(self.pinned_rows * per_image as i64)],
+                        [values.max(self.pinned_values)],
                         (Kind::Float, Device::Cpu),
                     )?
                     .f_pin_memory(self.device)?,

@@ -87,6 +87,7 @@ fn setup(
         random_weights = manifest.source.random_weights,
         architecture = %manifest.architecture,
         image_size = manifest.image.size,
+        max_num_patches = ?manifest.image.naflex.as_ref().map(|n| &n.max_num_patches),
         device = %on.device,
         dtype = %on.dtype,
         backend = on.backend,

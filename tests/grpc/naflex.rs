@@ -116,6 +116,7 @@ async fn every_budget_by_both_conventions_matches_transformers() {
                     .await
                     .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
                     .into_inner();
+                assert_eq!(answer.scores.len(), sidecar.texts.len());
                 for s in &answer.scores {
                     let k = s.index as usize;
                     let case = format!("{} at {} by {convention}", name(path), r.budget);
@@ -200,6 +201,86 @@ async fn an_image_is_embedded_the_same_whatever_its_batch_mates() {
     }
 }
 
+/// The budget a request names is the one its images get, by every API: Upload, a Stream's config
+/// and ModelInfer answer what Classify answers at that budget, which differs from the default's.
+#[tokio::test]
+async fn the_budget_is_applied_by_every_api() {
+    let server = Server::ready_model(&naflex_model(), &[], &[]).await;
+    let mut client = server.client().await;
+    let photo = asset("chelsea_progressive.jpg");
+    let n = labels().len();
+    let at = |budget| {
+        let mut client = client.clone();
+        let photo = photo.clone();
+        async move {
+            let answer = client.classify(classify(photo, budget)).await.unwrap();
+            by_index(&answer.into_inner().scores, n)
+        }
+    };
+    let (default, wanted) = (at(0).await, at(1024).await);
+    assert_ne!(default, wanted, "1024 patches differ from 256");
+    let close = |api: &str, got: &[f32]| {
+        for (g, w) in got.iter().zip(&wanted) {
+            assert!(
+                (g - w).abs() <= 1e-6,
+                "{api}: {got:?} != Classify's {wanted:?}"
+            );
+        }
+    };
+
+    let mut header = crate::upload::header(photo.len());
+    if let Some(pb::upload_request::Msg::Header(h)) = &mut header.msg {
+        h.options = options(1024);
+    }
+    let uploaded = client
+        .upload(tokio_stream::iter(vec![
+            header,
+            crate::upload::chunk(&photo),
+        ]))
+        .await
+        .expect("Upload")
+        .into_inner();
+    close("Upload", &by_index(&uploaded.scores, n));
+
+    let streamed = stream_all(
+        &mut client,
+        vec![
+            pb::StreamRequest {
+                msg: Some(Msg::Config(pb::StreamConfig {
+                    texts: labels(),
+                    mode: pb::DeliveryMode::EveryFrame as i32,
+                    options: options(1024),
+                    ..Default::default()
+                })),
+            },
+            pb::StreamRequest {
+                msg: Some(Msg::Frame(pb::Frame {
+                    frame_id: 1,
+                    image: encoded(photo.clone()),
+                    ..Default::default()
+                })),
+            },
+        ],
+    )
+    .await;
+    close("Stream", &by_index(&streamed[0].scores, n));
+
+    let mut request = oip::zero_shot("zero-shot", "m", &[&photo]);
+    request.parameters.insert(
+        "max_num_patches".into(),
+        InferParameter {
+            parameter_choice: Some(ParameterChoice::Int64Param(1024)),
+        },
+    );
+    let inferred = oip::oip(&server)
+        .await
+        .model_infer(request)
+        .await
+        .expect("ModelInfer")
+        .into_inner();
+    close("ModelInfer", &oip::floats(&inferred, "PROBABILITY"));
+}
+
 /// A stream's regions are classified each at its own aspect ratio: a region's probabilities are
 /// Classify's for the same crop sent as an image, at the stream's budget.
 #[tokio::test]
@@ -253,13 +334,18 @@ async fn regions_are_classified_at_their_own_aspect_ratio() {
         let crop = image::imageops::crop_imm(&rgb, x, y, w, h).to_image();
         let png = crate::encode(&crop, image::ImageFormat::Png);
         let alone = client
-            .classify(classify(png, budget))
+            .classify(classify(png.clone(), budget))
             .await
             .expect("Classify")
             .into_inner();
         let (got, want) = (
             by_index(&region.scores, labels().len()),
             by_index(&alone.scores, labels().len()),
+        );
+        let elsewhere = client.classify(classify(png, 256)).await.unwrap();
+        assert_ne!(
+            got,
+            by_index(&elsewhere.into_inner().scores, labels().len())
         );
         for (a, b) in got.iter().zip(&want) {
             assert!(

@@ -66,7 +66,7 @@ pub(crate) fn zero_shot(model: &str, id: &str, images: &[&[u8]]) -> ModelInferRe
 }
 
 /// An output's FP32 values, found by its name in `outputs`.
-fn floats(response: &ModelInferResponse, name: &str) -> Vec<f32> {
+pub(crate) fn floats(response: &ModelInferResponse, name: &str) -> Vec<f32> {
     let at = response
         .outputs
         .iter()

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use siglip_serve::batch::{BatchConfig, Batcher, Flow, Reply, Site, Tag};
 use siglip_serve::error::Error;
 use siglip_serve::model::{
-    image::{decode, preprocess, Convention, ImageLimits, Patches, Pixels, Transparency},
+    image::{decode, preprocess, Convention, ImageLimits, Pixels, Transparency},
     scores::Embeddings,
     Model,
 };
@@ -520,8 +520,7 @@ async fn callers_at_different_patch_budgets_share_a_batch_in_a_pass_per_budget()
         .iter()
         .zip(names.iter().cycle())
         .map(|(&budget, name)| {
-            let mut prep = model.preprocess().clone();
-            prep.patches = prep.patches.map(|p| Patches { budget, ..p });
+            let prep = model.preprocess().with_budget(budget);
             let rgb = decode(
                 &std::fs::read(dir.join(name)).unwrap(),
                 &ImageLimits::default(),
@@ -545,9 +544,13 @@ async fn callers_at_different_patch_budgets_share_a_batch_in_a_pass_per_budget()
                 tokio::spawn(async move { batcher.embed_images(vec![pixels], None).await })
             })
             .collect();
-        for ((call, (_, alone)), budget) in calls.into_iter().zip(&rows).zip(budgets) {
+        // One batch, a pass per budget: the two 256-patch callers share theirs.
+        let passes = budgets.map(|b| budgets.iter().filter(|&&other| other == b).count());
+        for (((call, (_, alone)), budget), pass) in
+            calls.into_iter().zip(&rows).zip(budgets).zip(passes)
+        {
             let reply = call.await.expect("caller").expect("answered");
-            assert_eq!(reply.batch_size, budgets.len(), "at {budget}: one batch");
+            assert_eq!(reply.batch_size, pass, "at {budget}: a pass of its budget");
             assert_close(&reply.embeddings.data, alone);
         }
         stop(batcher, worker).await;

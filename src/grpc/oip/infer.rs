@@ -169,6 +169,8 @@ pub(super) async fn infer(
         images,
         texts,
     } = check(&mut request, kind, infer.limits())?;
+    // Refused before any label is embedded or image decoded.
+    infer.preprocessing(max_patches)?;
     check_answer_size(&requested, images.len(), &texts, context.max_answer_bytes)?;
     let outputs: Vec<(InferOutputTensor, Vec<u8>)> = match kind {
         Kind::ZeroShot => {

@@ -182,6 +182,15 @@ impl Preprocess {
         }
     }
 
+    /// The same preprocessing at patch budget `budget` (a NaFlex model's; a square one's is
+    /// unchanged).
+    pub fn with_budget(&self, budget: u32) -> Self {
+        Self {
+            patches: self.patches.map(|p| Patches { budget, ..p }),
+            ..self.clone()
+        }
+    }
+
     /// Floats in one preprocessed image: `3·size²`, or M patches of `3·P²`.
     pub fn values_per_image(&self) -> usize {
         match self.patches {

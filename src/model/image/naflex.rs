@@ -106,8 +106,8 @@ pub fn write_patches(img: &RgbImage, p: &Preprocess, patches: Patches, out: &mut
 mod tests {
     use super::*;
 
-    /// Every size the search returns is a whole number of patches, fits the budget, and is the
-    /// largest such at its scale: one more patch row and column would not fit.
+    /// Every size the search returns is a whole number of patches, at least one each way, and
+    /// fits the budget.
     #[test]
     fn the_size_fits_the_budget_in_whole_patches() {
         for (height, width) in [
@@ -130,35 +130,45 @@ mod tests {
     }
 
     /// A patch is its pixels row by row, the three channels of each pixel together; patches
-    /// go along the grid's rows; the rest of the budget is zeros.
+    /// go along the grid's rows; the rest of the budget is zeros. A 32×32 image at a budget of
+    /// 5 keeps its size (a 2×2 grid), so every value can be traced to its pixel.
     #[test]
     fn patches_are_rows_of_pixels_with_their_channels_and_then_zeros() {
-        // 32×16 at a budget of 10 patches: scaled up to a grid that leaves some of the 10 as
-        // padding (exact sizes: the parity suite's references).
-        let (patch, budget) = (16u32, 10u32);
-        let img = RgbImage::from_fn(32, 16, |x, y| image::Rgb([x as u8, y as u8, 7]));
+        let (patch, budget) = (16u32, 5u32);
+        let img = RgbImage::from_fn(32, 32, |x, y| {
+            image::Rgb([(x * 8 + y) as u8, (y * 8 + x) as u8, (x * y) as u8])
+        });
         let mut p = Preprocess::siglip(0);
         p.filter = resize::Filter::Bilinear;
-        let mut out = vec![f32::NAN; (budget * 3 * patch * patch) as usize];
         let patches = Patches {
             size: patch,
             budget,
         };
+        let mut out = vec![f32::NAN; (budget * 3 * patch * patch) as usize];
         let grid = write_patches(&img, &p, patches, &mut out);
-        let (h, w) = target_size(16, 32, patch, budget);
-        assert_eq!((grid.rows, grid.cols), (h / patch, w / patch));
-        assert!(grid.patches() > 2 && grid.patches() < budget as usize);
+        assert_eq!((grid.rows, grid.cols), (2, 2));
+        let tables: [[f32; 256]; 3] = std::array::from_fn(|c| normalize::table(&p, c));
         let per_patch = (3 * patch * patch) as usize;
-        assert!(out[grid.patches() * per_patch..].iter().all(|v| *v == 0.0));
-        assert!(out[..grid.patches() * per_patch]
-            .iter()
-            .all(|v| v.is_finite()));
-        // The blue channel is 7 everywhere, so every third value is (7/255 − 0.5)/0.5.
-        let blue = normalize::table(&p, 2)[7];
-        assert!(out[..grid.patches() * per_patch]
-            .iter()
-            .skip(2)
-            .step_by(3)
-            .all(|v| *v == blue));
+        for (r, c, y, x, ch) in every_value() {
+            let pixel = img.get_pixel(c * patch + x, r * patch + y)[ch];
+            let at = (r * 2 + c) as usize * per_patch + ((y * patch + x) * 3) as usize + ch;
+            assert_eq!(
+                out[at],
+                tables[ch][usize::from(pixel)],
+                "patch {r},{c} pixel {x},{y}"
+            );
+        }
+        assert!(out[4 * per_patch..].iter().all(|v| *v == 0.0), "padding");
+    }
+
+    /// Every (patch row, patch column, y, x, channel) of a 2×2 grid of 16-pixel patches.
+    fn every_value() -> impl Iterator<Item = (u32, u32, u32, u32, usize)> {
+        (0..2).flat_map(|r| {
+            (0..2).flat_map(move |c| {
+                (0..16).flat_map(move |y| {
+                    (0..16).flat_map(move |x| (0..3).map(move |ch| (r, c, y, x, ch)))
+                })
+            })
+        })
     }
 }

@@ -28,10 +28,10 @@ pub(super) fn run(
     })?;
     // Varied values in the normalised range: constant inputs can run faster than photos. A
     // NaFlex model's images fill their budget (the tower's cost does not depend on the grid).
-    let mut prep = model.preprocess().clone();
-    if let (Some(patches), Some(budget)) = (&mut prep.patches, max_patches) {
-        patches.budget = budget;
-    }
+    let prep = match max_patches {
+        Some(budget) => model.preprocess().with_budget(budget),
+        None => model.preprocess().clone(),
+    };
     let per_image = prep.values_per_image();
     let grid = prep.patches.map(|p| image::Grid {
         rows: 1,

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::model::image::{self, Convention, ImageLimits, ImageProcessor, Patches};
+use crate::model::image::{self, Convention, ImageLimits, ImageProcessor};
 use crate::model::manifest::Manifest;
 
 #[derive(Debug, Serialize)]
@@ -43,10 +43,7 @@ pub fn run(
     let Some(patches) = naflex.patches else {
         anyhow::bail!("{} is not a NaFlex model", model_dir.display());
     };
-    let naflex = image::Preprocess {
-        patches: Some(Patches { budget, ..patches }),
-        ..naflex
-    };
+    let naflex = naflex.with_budget(budget);
     let square_size = ((budget as f64).sqrt() * f64::from(patches.size)).round() as u32;
     let square = image::Preprocess {
         size: square_size,

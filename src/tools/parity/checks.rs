@@ -147,10 +147,10 @@ pub(super) fn model(
 ) -> Result<ModelRow> {
     let (tensors, sidecar) = read_reference(base, check)?;
     let model = load_model(base, check, device, dtype)?;
-    let mut prep = model.preprocess().clone();
-    if let (Some(patches), Some(budget)) = (&mut prep.patches, max_patches) {
-        patches.budget = budget;
-    }
+    let prep = match max_patches {
+        Some(budget) => model.preprocess().with_budget(budget),
+        None => model.preprocess().clone(),
+    };
     let rows = sidecar
         .images
         .iter()

@@ -46,14 +46,14 @@ fn photos(model: &Model) -> Vec<(Vec<f32>, Embeddings)> {
 /// image's share of a pass of 8, timed here), at least one pass and at most 1024 images (about
 /// 600 MB of pixels at 224 px). The test's own steps meanwhile are a few polls of 5 ms; the tests
 /// check that the job was still running when they were done.
-fn long_job(model: &Model, pixels: &[f32]) -> usize {
+fn long_job(model: &Model, pixels: &Pixels) -> usize {
     const BATCH: usize = 8;
-    let eight = pixels.repeat(BATCH);
-    model.embed_pixels(&eight, BATCH).expect("a pass of 8");
+    let eight = vec![pixels; BATCH];
+    model.embed_rows(&eight).expect("a pass of 8");
     let pass = (0..2)
         .map(|_| {
             let started = Instant::now();
-            model.embed_pixels(&eight, BATCH).expect("a pass of 8");
+            model.embed_rows(&eight).expect("a pass of 8");
             started.elapsed()
         })
         .min()
@@ -169,7 +169,7 @@ async fn dropped_callers(config: BatchConfig) {
     let tiny = model();
     let photos = photos(&tiny);
     let (pixels, alone) = photos[0].clone();
-    let long = long_job(&tiny, &pixels);
+    let long = long_job(&tiny, &pixels.clone().into());
     let (batcher, worker) = crate::start(tiny, config);
 
     let past = Instant::now() - Duration::from_millis(1);
@@ -357,14 +357,14 @@ async fn batches_respect_size_and_delay() {
 /// keeps the worker busy meanwhile ([`long_job`]), and waits for all of them.
 async fn behind_a_long_job<F>(
     batcher: &Batcher,
-    pixels: &[f32],
+    pixels: &Pixels,
     long: usize,
     jobs: Vec<F>,
 ) -> Vec<siglip_serve::error::Result<Reply>>
 where
     F: std::future::Future<Output = siglip_serve::error::Result<Reply>>,
 {
-    let mut busy = Box::pin(batcher.embed_images(vec![Pixels::from(pixels.to_vec()); long], None));
+    let mut busy = Box::pin(batcher.embed_images(vec![pixels.clone(); long], None));
     assert!(futures_util::poll!(&mut busy).is_pending());
     common::wait_until("the worker taking the long job", async || {
         batcher.depth() == 0
@@ -396,7 +396,7 @@ async fn a_waiting_flow_joins_the_next_batch() {
     for config in both_modes(config(2, 0, 64)) {
         let model = model();
         let photos = photos(&model);
-        let long = long_job(&model, &photos[0].0);
+        let long = long_job(&model, &photos[0].0.clone().into());
         let (batcher, worker) = crate::start(model, config);
         let (a, b) = (Flow::new(), Flow::new());
         let frame = |flow: Flow, i: usize| {
@@ -414,11 +414,12 @@ async fn a_waiting_flow_joins_the_next_batch() {
             frame(a, 3),
             frame(b, 4),
         ];
-        let replies: Vec<Reply> = behind_a_long_job(&batcher, &photos[0].0, long, jobs)
-            .await
-            .into_iter()
-            .map(|r| r.expect("served"))
-            .collect();
+        let replies: Vec<Reply> =
+            behind_a_long_job(&batcher, &photos[0].0.clone().into(), long, jobs)
+                .await
+                .into_iter()
+                .map(|r| r.expect("served"))
+                .collect();
         for (reply, (_, alone)) in replies.iter().zip(&photos) {
             assert_close(&reply.embeddings.data, &alone.data);
         }
@@ -442,7 +443,7 @@ async fn a_stale_frame_is_answered_stale_and_not_run() {
     for config in both_modes(config(8, 0, 64)) {
         let model = model();
         let photos = photos(&model);
-        let long = long_job(&model, &photos[0].0);
+        let long = long_job(&model, &photos[0].0.clone().into());
         let (batcher, worker) = crate::start(model, config);
         let tag = |stale_at| Tag {
             flow: Flow::new(),
@@ -457,7 +458,8 @@ async fn a_stale_frame_is_answered_stale_and_not_run() {
             batcher.embed_tagged(vec![photos[1].0.clone().into()], tag(Some(now))),
             batcher.embed_tagged(vec![photos[2].0.clone().into()], tag(Some(later))),
         ];
-        let mut replies = behind_a_long_job(&batcher, &photos[0].0, long, jobs).await;
+        let mut replies =
+            behind_a_long_job(&batcher, &photos[0].0.clone().into(), long, jobs).await;
         let fresh = replies.pop().unwrap().expect("a fresh frame is served");
         match replies.pop().unwrap() {
             Err(Error::Stale(message)) => assert!(message.contains("max_age_ms"), "{message}"),
@@ -553,6 +555,64 @@ async fn callers_at_different_patch_budgets_share_a_batch_in_a_pass_per_budget()
             assert_eq!(reply.batch_size, pass, "at {budget}: a pass of its budget");
             assert_close(&reply.embeddings.data, alone);
         }
+        stop(batcher, worker).await;
+    }
+}
+
+/// Patch budgets do not change who is served when: a stream of 1024-patch frames queued ahead of
+/// a 256-patch caller of another flow does not keep it waiting. Served in turn as in
+/// [`a_waiting_flow_joins_the_next_batch`], each budget in a pass of its own: [A1 B1] [A2 A3] [A4].
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_small_budget_is_not_starved_by_a_flood_of_large_ones() {
+    for config in both_modes(config(2, 0, 64)) {
+        let model = common::cpu_model("SIGLIP_TEST_NAFLEX_MODEL_DIR");
+        let photo = decode(
+            &std::fs::read(common::generated("SIGLIP_TEST_ASSETS").join("images/rocket_420.jpg"))
+                .unwrap(),
+            &ImageLimits::default(),
+            Convention::Processor,
+            model.preprocess().transparency,
+        )
+        .unwrap();
+        let (large, small) = (
+            preprocess(&photo, &model.preprocess().with_budget(1024)),
+            preprocess(&photo, &model.preprocess().with_budget(256)),
+        );
+        let long = long_job(&model, &small);
+        let (batcher, worker) = crate::start(model, config);
+        let (a, b) = (Flow::new(), Flow::new());
+        let frame = |flow: Flow, pixels: &Pixels| {
+            let tag = Tag {
+                flow,
+                deadline: None,
+                stale_at: None,
+            };
+            batcher.embed_tagged(vec![pixels.clone()], tag)
+        };
+        let jobs = vec![
+            frame(a, &large),
+            frame(a, &large),
+            frame(a, &large),
+            frame(a, &large),
+            frame(b, &small),
+        ];
+        let replies: Vec<Reply> = behind_a_long_job(&batcher, &small, long, jobs)
+            .await
+            .into_iter()
+            .map(|r| r.expect("served"))
+            .collect();
+        let [a1, a2, a3, a4, b1] = &replies[..] else {
+            unreachable!()
+        };
+        // Jobs of one batch share its measured inference time; each is told its own pass's size.
+        assert_eq!(
+            b1.inference, a1.inference,
+            "B1 shares the first batch with A1"
+        );
+        assert_eq!((a1.batch_size, b1.batch_size), (1, 1), "a pass per budget");
+        assert_ne!(a2.inference, a1.inference, "A2 waits for the next batch");
+        assert_eq!((a2.inference, a2.batch_size), (a3.inference, 2));
+        assert_eq!(a4.batch_size, 1);
         stop(batcher, worker).await;
     }
 }

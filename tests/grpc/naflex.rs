@@ -5,7 +5,9 @@
 
 use std::path::{Path, PathBuf};
 
-use siglip_serve::grpc::oip::pb::{infer_parameter::ParameterChoice, InferParameter};
+use siglip_serve::grpc::oip::pb::{
+    infer_parameter::ParameterChoice, InferParameter, ModelInferRequest,
+};
 use siglip_serve::grpc::pb::{self, siglip_client::SiglipClient, stream_request::Msg};
 use siglip_serve::model::image::{decode, Convention, ImageLimits, Transparency};
 use siglip_serve::tools::parity::Suite;
@@ -140,6 +142,44 @@ async fn every_budget_by_both_conventions_matches_transformers() {
     }
 }
 
+/// A stream of one frame, `image`, configured at patch budget `budget` with `regions`: its result.
+async fn stream_one(
+    client: &mut SiglipClient<Channel>,
+    budget: u32,
+    regions: Vec<pb::Region>,
+    image: Vec<u8>,
+) -> pb::StreamResponse {
+    let config = pb::StreamConfig {
+        texts: labels(),
+        mode: pb::DeliveryMode::EveryFrame as i32,
+        options: options(budget),
+        regions,
+        ..Default::default()
+    };
+    let frame = pb::Frame {
+        frame_id: 1,
+        image: encoded(image),
+        ..Default::default()
+    };
+    let messages = [Msg::Config(config), Msg::Frame(frame)]
+        .into_iter()
+        .map(|msg| pb::StreamRequest { msg: Some(msg) })
+        .collect();
+    stream_all(client, messages).await.remove(0)
+}
+
+/// A zero-shot ModelInfer request for `image` with the `max_num_patches` parameter.
+fn model_infer(image: &[u8], budget: i64) -> ModelInferRequest {
+    let mut request = oip::zero_shot("zero-shot", "m", &[image]);
+    request.parameters.insert(
+        "max_num_patches".into(),
+        InferParameter {
+            parameter_choice: Some(ParameterChoice::Int64Param(budget)),
+        },
+    );
+    request
+}
+
 fn name(path: &Path) -> String {
     path.file_name().unwrap().to_string_lossy().into_owned()
 }
@@ -242,39 +282,12 @@ async fn the_budget_is_applied_by_every_api() {
         .into_inner();
     close("Upload", &by_index(&uploaded.scores, n));
 
-    let streamed = stream_all(
-        &mut client,
-        vec![
-            pb::StreamRequest {
-                msg: Some(Msg::Config(pb::StreamConfig {
-                    texts: labels(),
-                    mode: pb::DeliveryMode::EveryFrame as i32,
-                    options: options(1024),
-                    ..Default::default()
-                })),
-            },
-            pb::StreamRequest {
-                msg: Some(Msg::Frame(pb::Frame {
-                    frame_id: 1,
-                    image: encoded(photo.clone()),
-                    ..Default::default()
-                })),
-            },
-        ],
-    )
-    .await;
-    close("Stream", &by_index(&streamed[0].scores, n));
+    let streamed = stream_one(&mut client, 1024, vec![], photo.clone()).await;
+    close("Stream", &by_index(&streamed.scores, n));
 
-    let mut request = oip::zero_shot("zero-shot", "m", &[&photo]);
-    request.parameters.insert(
-        "max_num_patches".into(),
-        InferParameter {
-            parameter_choice: Some(ParameterChoice::Int64Param(1024)),
-        },
-    );
     let inferred = oip::oip(&server)
         .await
-        .model_infer(request)
+        .model_infer(model_infer(&photo, 1024))
         .await
         .expect("ModelInfer")
         .into_inner();
@@ -298,37 +311,17 @@ async fn regions_are_classified_at_their_own_aspect_ratio() {
     .expect("decode");
     let boxes = [(0, 0, 40, 300), (10, 20, 400, 30), (100, 100, 64, 64)];
     let budget = 576;
-    let results = stream_all(
-        &mut client,
-        vec![
-            pb::StreamRequest {
-                msg: Some(Msg::Config(pb::StreamConfig {
-                    texts: labels(),
-                    mode: pb::DeliveryMode::EveryFrame as i32,
-                    options: options(budget),
-                    regions: boxes
-                        .iter()
-                        .map(|&(x, y, width, height)| pb::Region {
-                            x,
-                            y,
-                            width,
-                            height,
-                        })
-                        .collect(),
-                    ..Default::default()
-                })),
-            },
-            pb::StreamRequest {
-                msg: Some(Msg::Frame(pb::Frame {
-                    frame_id: 1,
-                    image: encoded(photo.clone()),
-                    ..Default::default()
-                })),
-            },
-        ],
-    )
-    .await;
-    let regions = &results[0].regions;
+    let regions = boxes
+        .iter()
+        .map(|&(x, y, width, height)| pb::Region {
+            x,
+            y,
+            width,
+            height,
+        })
+        .collect();
+    let result = stream_one(&mut client, budget, regions, photo.clone()).await;
+    let regions = &result.regions;
     assert_eq!(regions.len(), boxes.len());
     for (region, &(x, y, w, h)) in regions.iter().zip(&boxes) {
         let crop = image::imageops::crop_imm(&rgb, x, y, w, h).to_image();
@@ -427,29 +420,16 @@ async fn a_budget_the_model_does_not_take_is_refused_by_every_api() {
         .await
         .unwrap_err();
     assert_status("Stream", &status, Code::InvalidArgument, allowed);
-    let mut request = oip::zero_shot("zero-shot", "m", &[&photo]);
-    request.parameters.insert(
-        "max_num_patches".into(),
-        InferParameter {
-            parameter_choice: Some(ParameterChoice::Int64Param(2048)),
-        },
-    );
     let status = oip::oip(&server)
         .await
-        .model_infer(request.clone())
+        .model_infer(model_infer(&photo, 2048))
         .await
         .unwrap_err();
     assert_status("ModelInfer", &status, Code::InvalidArgument, allowed);
     // An allowed budget through the same request is answered.
-    request.parameters.insert(
-        "max_num_patches".into(),
-        InferParameter {
-            parameter_choice: Some(ParameterChoice::Int64Param(1024)),
-        },
-    );
     oip::oip(&server)
         .await
-        .model_infer(request)
+        .model_infer(model_infer(&photo, 1024))
         .await
         .expect("an allowed budget");
     client

@@ -153,8 +153,3 @@ def sample_inputs(checkpoint_dir: Path, max_num_patches: int) -> dict[str, torch
     extremes = [photos[1].resize(size, Image.BILINEAR) for size in CHECKED_SIZES]
     batch = processor(photos + extremes, max_num_patches=max_num_patches, return_tensors="pt")
     return {name: batch[name] for name in INPUTS}
-
-
-def rows(inputs: dict[str, torch.Tensor], index: slice | list[int], dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
-    """The tower's arguments for some images of `inputs`, pixels in `dtype`."""
-    return tuple(inputs[name][index].to(dtype) if name == "pixel_values" else inputs[name][index] for name in INPUTS)

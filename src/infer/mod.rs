@@ -134,7 +134,7 @@ impl Infer {
     /// model does not allow, or any M for a fixed-resolution model, is refused.
     pub fn preprocessing(&self, max_patches: Option<u32>) -> Result<Preprocess> {
         let Some(requested) = max_patches else {
-            return Ok(self.preprocess.clone());
+            return Ok(self.preprocess);
         };
         let Some(naflex) = &self.manifest.image.naflex else {
             return Err(Error::InvalidArgument(format!(
@@ -291,7 +291,7 @@ impl Infer {
         let decoding = self.shared.admission.decoding(pixels).await?;
         let limits = self.limits.image.clone();
         let convention = self.convention;
-        let prep = prep.clone();
+        let prep = *prep;
         let (prepared, elapsed) = self
             .shared
             .pool
@@ -363,23 +363,22 @@ impl Infer {
         })
     }
 
-    /// One image against texts: preprocessing and the text tower run concurrently.
-    /// `max_patches`: a NaFlex model's patch budget ([`Infer::preprocessing`]).
+    /// One image against texts: preprocessing (by `prep`, from [`Infer::preprocessing`]) and
+    /// the text tower run concurrently.
     pub async fn classify(
         &self,
         image: ImageInput,
         texts: Vec<String>,
         filter: ScoreFilter,
-        max_patches: Option<u32>,
+        prep: &Preprocess,
         deadline: Option<Instant>,
     ) -> Result<Classification> {
-        let prep = self.preprocessing(max_patches)?;
         let started = Instant::now();
         telemetry::record_images(1);
         telemetry::record_texts(texts.len());
         let _admitted = self.shared.admission.images(1)?;
         let ((labels, text_timings), (pixels, preprocess)) =
-            tokio::try_join!(self.labels(texts, deadline), self.preprocess(image, &prep))?;
+            tokio::try_join!(self.labels(texts, deadline), self.preprocess(image, prep))?;
         let (embedding, image_timings) = self.embed_pixels(vec![pixels], deadline).await?;
         Ok(Classification {
             scores: self.rank(embedding.row(0), &labels, filter),
@@ -412,15 +411,15 @@ impl Infer {
         rank(self.head, image, &labels.texts, &labels.embeddings, filter)
     }
 
-    /// Embeds many images; each is decoded in parallel on the CPU pool. `max_patches`: a
-    /// NaFlex model's patch budget ([`Infer::preprocessing`]).
+    /// Embeds many images; each is decoded in parallel on the CPU pool and preprocessed by
+    /// `prep` (from [`Infer::preprocessing`]).
     pub async fn embed_images(
         &self,
         images: Vec<ImageInput>,
-        max_patches: Option<u32>,
+        prep: &Preprocess,
         deadline: Option<Instant>,
     ) -> Result<(Embeddings, Timings)> {
-        self.embed_images_in(images, max_patches, Flow::new(), deadline)
+        self.embed_images_in(images, prep, Flow::new(), deadline)
             .await
     }
 
@@ -429,11 +428,10 @@ impl Infer {
     pub async fn embed_images_in(
         &self,
         images: Vec<ImageInput>,
-        max_patches: Option<u32>,
+        prep: &Preprocess,
         flow: Flow,
         deadline: Option<Instant>,
     ) -> Result<(Embeddings, Timings)> {
-        let prep = &self.preprocessing(max_patches)?;
         if images.is_empty() {
             return Err(Error::InvalidArgument("no images given".into()));
         }

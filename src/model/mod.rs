@@ -199,7 +199,7 @@ impl Model {
         HostSide {
             manifest: self.manifest.clone(),
             tokenizer: self.tokenizer(),
-            preprocess: self.preprocess.clone(),
+            preprocess: self.preprocess,
             head: self.head,
         }
     }

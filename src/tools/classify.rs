@@ -17,7 +17,7 @@ use crate::config::ModelArgs;
 use crate::error::{Error, Result};
 use crate::infer::{self, ImageInput, Infer, Limits};
 use crate::model::{
-    image::RawFormat,
+    image::{Preprocess, RawFormat},
     scores::{Score, ScoreFilter},
     tokenizer::TextTokenizer,
     HostSide, Model, RunningOn,
@@ -87,7 +87,8 @@ async fn classify_all(
     max_patches: Option<u32>,
 ) -> anyhow::Result<()> {
     let manifest = infer.manifest();
-    let input = match infer.preprocessing(max_patches)?.patches {
+    let prep = infer.preprocessing(max_patches)?;
+    let input = match prep.patches {
         None => format!("{}px", manifest.image.size),
         Some(p) => format!("up to {} patches of {}px", p.budget, p.size),
     };
@@ -114,7 +115,7 @@ async fn classify_all(
 
     let mut failed = 0;
     for file in images {
-        match classify(infer, file, labels, max_patches).await {
+        match classify(infer, file, labels, &prep).await {
             Ok((scores, (width, height))) => {
                 println!("\n{} ({width}x{height})", file.display());
                 for s in scores {
@@ -172,14 +173,14 @@ async fn classify(
     infer: &Infer,
     file: &Path,
     labels: &[String],
-    max_patches: Option<u32>,
+    prep: &Preprocess,
 ) -> Result<(Vec<Score>, (u32, u32))> {
     let bytes =
         std::fs::read(file).map_err(|e| Error::InvalidArgument(format!("cannot read: {e}")))?;
     let limits = infer.limits().image.clone();
-    let (convention, prep) = (infer.convention(), infer.preprocessing(max_patches)?);
+    let (convention, decode_prep) = (infer.convention(), *prep);
     let rgb = tokio::task::spawn_blocking(move || {
-        ImageInput::Encoded(bytes).decode(&limits, convention, &prep)
+        ImageInput::Encoded(bytes).decode(&limits, convention, &decode_prep)
     })
     .await
     .map_err(|e| Error::Inference(format!("decoding failed: {e}")))??;
@@ -191,13 +192,7 @@ async fn classify(
         data: rgb.into_raw(),
     };
     let classification = infer
-        .classify(
-            frame,
-            labels.to_vec(),
-            ScoreFilter::default(),
-            max_patches,
-            None,
-        )
+        .classify(frame, labels.to_vec(), ScoreFilter::default(), prep, None)
         .await?;
     Ok((classification.scores, (width, height)))
 }

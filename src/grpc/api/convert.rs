@@ -43,6 +43,11 @@ pub fn max_patches(value: u32) -> Option<u32> {
     (value != 0).then_some(value)
 }
 
+/// The NaFlex patch budget `ClassifyOptions` ask for (Classify, Upload, a stream's config).
+pub fn options_patches(options: Option<pb::ClassifyOptions>) -> Option<u32> {
+    max_patches(options.map_or(0, |o| o.max_num_patches))
+}
+
 pub fn filter(options: Option<pb::ClassifyOptions>) -> Result<ScoreFilter> {
     let o = options.unwrap_or_default();
     ScoreFilter::new(o.threshold, o.top_k as usize)

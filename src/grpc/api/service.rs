@@ -113,9 +113,9 @@ impl SiglipService {
         let served = self.model(model, &req.model)?;
         let infer = &served.infer;
         let image = convert::image(req.image)?;
-        let max_patches = convert::max_patches(req.options.unwrap_or_default().max_num_patches);
         let filter = convert::filter(req.options)?;
-        let classify = infer.classify(image, req.texts, filter, max_patches, deadline);
+        let prep = infer.preprocessing(convert::options_patches(req.options))?;
+        let classify = infer.classify(image, req.texts, filter, &prep, deadline);
         let result = convert::with_deadline(deadline, classify).await?;
         Ok(Response::new(pb::ClassifyResponse {
             scores: convert::scores(result.scores),
@@ -147,8 +147,8 @@ impl SiglipService {
             .enumerate()
             .map(|(i, img)| convert::image(Some(img)).map_err(|e| e.about(format!("image {i}"))))
             .collect::<Result<Vec<_>, _>>()?;
-        let max_patches = convert::max_patches(req.max_num_patches);
-        let embed = infer.embed_images(images, max_patches, deadline);
+        let prep = infer.preprocessing(convert::max_patches(req.max_num_patches))?;
+        let embed = infer.embed_images(images, &prep, deadline);
         let (embeddings, timings) = convert::with_deadline(deadline, embed).await?;
         Ok(Response::new(embed_response(embeddings, timings)))
     }

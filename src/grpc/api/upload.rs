@@ -18,7 +18,7 @@ use super::{
 };
 use crate::grpc::calls::CallModel;
 use crate::infer::ImageInput;
-use crate::model::scores::ScoreFilter;
+use crate::model::{image::Preprocess, scores::ScoreFilter};
 use crate::repository::Served;
 use crate::telemetry;
 
@@ -34,17 +34,16 @@ pub(super) async fn classify(
     let deadline = convert::deadline(request.metadata(), lifecycle.limits.request_timeout);
     let mut messages = request.into_inner();
     let work = async {
-        let (served, texts, (filter, max_patches), bytes) =
-            receive(lifecycle, model, &mut messages).await?;
+        let Received {
+            served,
+            texts,
+            filter,
+            prep,
+            bytes,
+        } = receive(lifecycle, model, &mut messages).await?;
         served
             .infer
-            .classify(
-                ImageInput::Encoded(bytes),
-                texts,
-                filter,
-                max_patches,
-                deadline,
-            )
+            .classify(ImageInput::Encoded(bytes), texts, filter, &prep, deadline)
             .await
             .map_err(Status::from)
     };
@@ -56,12 +55,14 @@ pub(super) async fn classify(
 }
 
 /// What an Upload carries: the model that answers it, the labels, the options and the image.
-type Received = (
-    std::sync::Arc<Served>,
-    Vec<String>,
-    (ScoreFilter, Option<u32>),
-    Vec<u8>,
-);
+struct Received {
+    served: std::sync::Arc<Served>,
+    texts: Vec<String>,
+    filter: ScoreFilter,
+    /// The image's preprocessing at the options' patch budget.
+    prep: Preprocess,
+    bytes: Vec<u8>,
+}
 
 /// Reads and checks the header, then the chunks.
 async fn receive(
@@ -103,10 +104,9 @@ async fn receive(
     let infer = &served.infer;
     infer.check_texts(&header.texts)?;
     let options = header.options.take();
-    let max_patches = convert::max_patches(options.unwrap_or_default().max_num_patches);
     // Checked before the bytes come: a budget the model does not take fails the upload now.
-    served.infer.preprocessing(max_patches)?;
-    let filter = (convert::filter(options)?, max_patches);
+    let prep = infer.preprocessing(convert::options_patches(options))?;
+    let filter = convert::filter(options)?;
     let mut image = Reassembly::declared(
         header.total_bytes,
         infer.limits().image.max_bytes,
@@ -124,5 +124,11 @@ async fn receive(
         }
     }
     let bytes = image.finish().map_err(chunk_error)?;
-    Ok((served, header.texts, filter, bytes))
+    Ok(Received {
+        served,
+        texts: header.texts,
+        filter,
+        prep,
+        bytes,
+    })
 }

@@ -170,13 +170,13 @@ pub(super) async fn infer(
         texts,
     } = check(&mut request, kind, infer.limits())?;
     // Refused before any label is embedded or image decoded.
-    infer.preprocessing(max_patches)?;
+    let prep = infer.preprocessing(max_patches)?;
     check_answer_size(&requested, images.len(), &texts, context.max_answer_bytes)?;
     let outputs: Vec<(InferOutputTensor, Vec<u8>)> = match kind {
         Kind::ZeroShot => {
             let (labels, (embeddings, _)) = tokio::try_join!(
                 labels(&served, texts, &context),
-                infer.embed_images_in(images, max_patches, context.flow, context.deadline),
+                infer.embed_images_in(images, &prep, context.flow, context.deadline),
             )?;
             let scores = Scores {
                 logits: infer.logits(&embeddings, &labels),
@@ -189,7 +189,7 @@ pub(super) async fn infer(
         }
         Kind::ImageEmbedding => {
             let (embeddings, _) = infer
-                .embed_images_in(images, max_patches, context.flow, context.deadline)
+                .embed_images_in(images, &prep, context.flow, context.deadline)
                 .await?;
             let shape = vec![embeddings.len() as i64, embedding_dim(infer)];
             let data = tensors::fp32_bytes(embeddings.rows().flatten().copied());

@@ -149,7 +149,7 @@ pub struct Patches {
 
 /// How an RGB8 image becomes model input: SigLIP's `preprocessor_config.json` values, and the
 /// processor backend whose arithmetic to follow.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Preprocess {
     /// Side of the square the image is resized to (unused with `patches`).
     pub size: u32,
@@ -187,7 +187,7 @@ impl Preprocess {
     pub fn with_budget(&self, budget: u32) -> Self {
         Self {
             patches: self.patches.map(|p| Patches { budget, ..p }),
-            ..self.clone()
+            ..*self
         }
     }
 

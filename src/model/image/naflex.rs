@@ -77,7 +77,7 @@ pub fn write_patches(img: &RgbImage, p: &Preprocess, patches: Patches, out: &mut
         resized = resize::resize(img, width, height, p.filter, p.processor);
         &resized
     };
-    let tables: [[f32; 256]; 3] = std::array::from_fn(|c| normalize::table(p, c));
+    let tables = normalize::tables(p);
     let grid = Grid {
         rows: height / patch,
         cols: width / patch,
@@ -147,7 +147,7 @@ mod tests {
         let mut out = vec![f32::NAN; (budget * 3 * patch * patch) as usize];
         let grid = write_patches(&img, &p, patches, &mut out);
         assert_eq!((grid.rows, grid.cols), (2, 2));
-        let tables: [[f32; 256]; 3] = std::array::from_fn(|c| normalize::table(&p, c));
+        let tables = normalize::tables(&p);
         let per_patch = (3 * patch * patch) as usize;
         for (r, c, y, x, ch) in every_value() {
             let pixel = img.get_pixel(c * patch + x, r * patch + y)[ch];

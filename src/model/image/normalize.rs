@@ -24,7 +24,7 @@ pub(super) fn write_chw(img: &RgbImage, p: &Preprocess, out: &mut [f32]) {
         img.height(),
         3 * plane
     );
-    let tables: [[f32; 256]; 3] = std::array::from_fn(|c| table(p, c));
+    let tables = tables(p);
     let (r, rest) = out.split_at_mut(plane);
     let (g, b) = rest.split_at_mut(plane);
     for (i, px) in img.as_raw().chunks_exact(3).enumerate() {
@@ -34,8 +34,13 @@ pub(super) fn write_chw(img: &RgbImage, p: &Preprocess, out: &mut [f32]) {
     }
 }
 
+/// The normalised value of each 8-bit level, per channel (R, G, B).
+pub(super) fn tables(p: &Preprocess) -> [[f32; 256]; 3] {
+    std::array::from_fn(|c| table(p, c))
+}
+
 /// The normalised value of each 8-bit level of channel `c`.
-pub(super) fn table(p: &Preprocess, c: usize) -> [f32; 256] {
+fn table(p: &Preprocess, c: usize) -> [f32; 256] {
     match p.processor {
         ImageProcessor::Pil => {
             std::array::from_fn(|v| ((v as f64 * p.rescale) as f32 - p.mean[c]) / p.std[c])

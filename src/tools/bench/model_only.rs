@@ -30,7 +30,7 @@ pub(super) fn run(
     // NaFlex model's images fill their budget (the tower's cost does not depend on the grid).
     let prep = match max_patches {
         Some(budget) => model.preprocess().with_budget(budget),
-        None => model.preprocess().clone(),
+        None => *model.preprocess(),
     };
     let per_image = prep.values_per_image();
     let grid = prep.patches.map(|p| image::Grid {

@@ -48,7 +48,7 @@ pub fn run(
     let square = image::Preprocess {
         size: square_size,
         patches: None,
-        ..naflex.clone()
+        ..naflex
     };
     let decoded = photos
         .iter()

@@ -10,7 +10,7 @@ use super::{
 use crate::error::{Error, Result};
 use crate::model::{
     device::{device_name, DType, DTypeChoice, DeviceChoice},
-    image::{self, ImageLimits, Patches, Pixels},
+    image::{self, ImageLimits, Pixels},
     manifest::Manifest,
     scores::{sigmoid, Embeddings},
     tokenizer::TextTokenizer,
@@ -55,17 +55,17 @@ pub(super) fn naflex_pixels(base: &Path, naflex: &NaflexCheck) -> Result<Vec<Naf
         tensor(&tensors, "spatial_shapes")?,
     );
     let manifest = Manifest::load(&base.join(&check.model_dir))?;
-    let spec = manifest.image.naflex.as_ref().ok_or_else(|| {
-        Error::Model(format!("{}: not a NaFlex model", check.model_dir.display()))
-    })?;
+    if manifest.image.naflex.is_none() {
+        return Err(Error::Model(format!(
+            "{}: not a NaFlex model",
+            check.model_dir.display()
+        )));
+    }
     let budget = naflex.max_num_patches;
-    let prep = image::Preprocess {
-        patches: Some(Patches {
-            size: spec.patch_size,
-            budget,
-        }),
-        ..manifest.image.preprocess(0, check.processor)
-    };
+    let prep = manifest
+        .image
+        .preprocess(0, check.processor)
+        .with_budget(budget);
     sidecar
         .images
         .iter()
@@ -149,7 +149,7 @@ pub(super) fn model(
     let model = load_model(base, check, device, dtype)?;
     let prep = match max_patches {
         Some(budget) => model.preprocess().with_budget(budget),
-        None => model.preprocess().clone(),
+        None => *model.preprocess(),
     };
     let rows = sidecar
         .images

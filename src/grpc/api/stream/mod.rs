@@ -270,7 +270,7 @@ async fn configure(
 ) -> Result<ActiveConfig, Status> {
     let served = lifecycle.model(&config.model)?;
     let checked = settings::from_config(&config, served.infer.limits().max_regions)?;
-    let max_patches = convert::max_patches(config.options.unwrap_or_default().max_num_patches);
+    let max_patches = convert::options_patches(config.options);
     let preprocess = served.infer.preprocessing(max_patches)?;
     let (labels, _) = served.infer.labels(config.texts, None).await?;
     Ok(ActiveConfig {

@@ -24,6 +24,9 @@ threads=${THREADS:-0}
 seconds=${PHASE_SECONDS:-20}
 assets=${ASSETS:-build/assets}
 out=${OUT_DIR:-build/bench}
+dtypes=${DTYPES:-float32 bfloat16}
+# The dtype of the runs made once (NaFlex, tracing).
+first_dtype=${dtypes%% *}
 mkdir -p "$out"
 rm -f "$out"/bench-*.json "$out"/naflex-*.json
 labels=bench/labels.json
@@ -43,10 +46,36 @@ variant_flags() {
   esac
 }
 
-# One server run and its benchmark; returns non-zero (and leaves no server behind) on failure.
+# The bench's load: the same photos and labels for every server run.
+load=(--images "${photos[@]}" --labels-file "$labels" --labels 10 --concurrency "${CONCURRENCY:-8}"
+      --seconds "$seconds")
+
 server_pid=""
 tracing_pids=()
 trap '[ -z "$server_pid" ] || kill "$server_pid" 2> /dev/null || true; [ ${#tracing_pids[@]} = 0 ] || kill "${tracing_pids[@]}" 2> /dev/null || true' EXIT
+
+# start_server LOG ARGS...: `siglip-serve serve` in the background with the flags every run shares
+# and ARGS, logging to LOG; sets server_pid, and addr to its gRPC address (empty when it did not
+# start).
+start_server() {
+  local log=$1
+  shift
+  "$BIN" serve --device "$device" --threads "$threads" --max-batch-size "${MAX_BATCH:-8}" \
+    --grpc-addr 127.0.0.1:0 --metrics-addr 127.0.0.1:0 "$@" > "$log" 2>&1 &
+  server_pid=$!
+  addr=$(listening_addr "$log" "$server_pid")
+}
+
+# stop_server: stops what start_server started; non-zero when it did not exit cleanly.
+stop_server() {
+  local status=0
+  kill -TERM "$server_pid" 2> /dev/null || true
+  wait "$server_pid" || status=$?
+  server_pid=""
+  return "$status"
+}
+
+# One server run and its benchmark; returns non-zero (and leaves no server behind) on failure.
 run_variant() {
   local dtype=$1 variant=$2 flags run log addr="" status=0
   flags=$(variant_flags "$variant") || return 1
@@ -54,33 +83,27 @@ run_variant() {
   run="$dtype-$variant"
   log="$out/serve-$run.log"
   # shellcheck disable=SC2086 # $flags is a list of arguments
-  "$BIN" serve --model-dir "$MODEL" --device "$device" --dtype "$dtype" --threads "$threads" $flags \
-    --max-batch-size "${MAX_BATCH:-8}" --grpc-addr 127.0.0.1:0 --metrics-addr 127.0.0.1:0 > "$log" 2>&1 &
-  server_pid=$!
-  addr=$(listening_addr "$log" "$server_pid")
+  start_server "$log" --model-dir "$MODEL" --dtype "$dtype" $flags
   if [ -z "$addr" ]; then
     tail -20 "$log"
     echo "== $run: the server did not start ($log)"
     return 1
   fi
   # shellcheck disable=SC2086
-  "$BIN" bench --addr "http://$addr" --images "${photos[@]}" --labels-file "$labels" --labels 10 \
-    --concurrency "${CONCURRENCY:-8}" --seconds "$seconds" --server-pid "$server_pid" \
+  "$BIN" bench --addr "http://$addr" "${load[@]}" --server-pid "$server_pid" \
     --metrics-addr "$(metrics_addr "$log")" \
     --fair-streams "${FAIR_STREAMS:-4}" --fair-mode "${FAIR_MODE:-latest}" \
     --model-dir "$MODEL" --device "$device" --dtype "$dtype" --threads "$threads" $flags \
     --json "$out/bench-$run.json" || status=$?
-  kill -TERM "$server_pid" 2> /dev/null || true
-  wait "$server_pid" || status=$?
+  stop_server || status=$?
   [ "$status" = 0 ] || { tail -5 "$log"; echo "== $run failed ($log)"; }
-  server_pid=""
   return "$status"
 }
 
 # A variant that fails is reported and the run goes on (on a GPU machine the other rows are worth
 # having); the script still exits non-zero at the end.
 failed=""
-for dtype in ${DTYPES:-float32 bfloat16}; do
+for dtype in $dtypes; do
   for variant in ${VARIANTS:-auto}; do
     run_variant "$dtype" "$variant" || failed="$failed $dtype-$variant"
   done
@@ -96,48 +119,34 @@ if [ -n "${SECOND_MODEL:-}" ]; then
   ln -s "$(realpath "$SECOND_MODEL")" "$repo/$b"
   echo "== siglip-serve, two models ($a flooded, $b called) on $device"
   log="$out/serve-models.log"
-  "$BIN" serve --model-repository "$repo" --device "$device" --threads "$threads" \
-    --max-batch-size "${MAX_BATCH:-8}" --grpc-addr 127.0.0.1:0 --metrics-addr 127.0.0.1:0 > "$log" 2>&1 &
-  server_pid=$!
-  addr=$(listening_addr "$log" "$server_pid")
-  if [ -n "$addr" ] && "$BIN" bench --addr "http://$addr" --images "${photos[@]}" --labels-file "$labels" \
-      --labels 10 --concurrency "${CONCURRENCY:-8}" --seconds "$seconds" --models "$a" "$b" \
+  start_server "$log" --model-repository "$repo"
+  if [ -n "$addr" ] && "$BIN" bench --addr "http://$addr" "${load[@]}" --models "$a" "$b" \
       --model-repository "$repo" --json "$out/models.json"; then
     models_report=(--models "$out/models.json")
   else
     tail -5 "$log"
     failed="$failed two-models"
   fi
-  kill -TERM "$server_pid" 2> /dev/null || true
-  wait "$server_pid" || failed="$failed two-models-exit"
-  server_pid=""
+  stop_server || failed="$failed two-models-exit"
 fi
 
 # SigLIP 2 NaFlex: a server of NAFLEX_MODEL per patch budget, the first dtype, on the same photos.
 naflex_report=()
 if [ -n "${NAFLEX_MODEL:-}" ]; then
-  dtype=${DTYPES:-float32}
-  dtype=${dtype%% *}
   for budget in ${NAFLEX_BUDGETS:-256 1024}; do
-    echo "== siglip-serve, NaFlex at $budget patches, $dtype on $device"
+    echo "== siglip-serve, NaFlex at $budget patches, $first_dtype on $device"
     log="$out/serve-naflex-$budget.log"
-    "$BIN" serve --model-dir "$NAFLEX_MODEL" --device "$device" --dtype "$dtype" --threads "$threads" \
-      --max-batch-size "${MAX_BATCH:-8}" --grpc-addr 127.0.0.1:0 --metrics-addr 127.0.0.1:0 > "$log" 2>&1 &
-    server_pid=$!
-    addr=$(listening_addr "$log" "$server_pid")
-    if [ -n "$addr" ] && "$BIN" bench --addr "http://$addr" --images "${photos[@]}" --labels-file "$labels" \
-        --labels 10 --concurrency "${CONCURRENCY:-8}" --seconds "$seconds" --server-pid "$server_pid" \
+    start_server "$log" --model-dir "$NAFLEX_MODEL" --dtype "$first_dtype"
+    if [ -n "$addr" ] && "$BIN" bench --addr "http://$addr" "${load[@]}" --server-pid "$server_pid" \
         --metrics-addr "$(metrics_addr "$log")" --streams 0 --fair-streams 0 --skip-oip \
-        --max-num-patches "$budget" --model-dir "$NAFLEX_MODEL" --device "$device" --dtype "$dtype" \
+        --max-num-patches "$budget" --model-dir "$NAFLEX_MODEL" --device "$device" --dtype "$first_dtype" \
         --threads "$threads" --json "$out/naflex-$budget.json"; then
       naflex_report+=(--naflex "$out/naflex-$budget.json")
     else
       tail -5 "$log"
       failed="$failed naflex-$budget"
     fi
-    kill -TERM "$server_pid" 2> /dev/null || true
-    wait "$server_pid" || failed="$failed naflex-$budget-exit"
-    server_pid=""
+    stop_server || failed="$failed naflex-$budget-exit"
   done
 fi
 
@@ -145,10 +154,8 @@ fi
 # bench's OTLP receiver, one with tracing off; the bench alternates load between them.
 tracing_report=()
 if [ "${TRACING:-1}" = 1 ]; then
-  dtype=${DTYPES:-float32}
-  dtype=${dtype%% *}
   sink_port=$("$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-  echo "== siglip-serve, $dtype on $device: tracing on (ratio 1.0) against off"
+  echo "== siglip-serve, $first_dtype on $device: tracing on (ratio 1.0) against off"
   addrs=()
   for traced in off on; do
     log="$out/serve-tracing-$traced.log"
@@ -156,7 +163,7 @@ if [ "${TRACING:-1}" = 1 ]; then
     [ "$traced" = on ] && otlp=(--otlp-endpoint "http://127.0.0.1:$sink_port" --trace-sample-ratio 1)
     # Exports every 200 ms (the SDK's default is 5 s): little of one turn's export spills into
     # the next, untraced turn.
-    OTEL_BSP_SCHEDULE_DELAY=200 "$BIN" serve --model-dir "$MODEL" --device "$device" --dtype "$dtype" \
+    OTEL_BSP_SCHEDULE_DELAY=200 "$BIN" serve --model-dir "$MODEL" --device "$device" --dtype "$first_dtype" \
       --threads "$threads" "${otlp[@]}" --max-batch-size "${MAX_BATCH:-8}" --grpc-addr 127.0.0.1:0 \
       --metrics-addr 127.0.0.1:0 > "$log" 2>&1 &
     tracing_pids+=($!)
@@ -164,8 +171,7 @@ if [ "${TRACING:-1}" = 1 ]; then
     [ -n "${addrs[-1]}" ] || { tail -20 "$log"; echo "== tracing $traced: the server did not start ($log)"; }
   done
   if [ -n "${addrs[0]}" ] && [ -n "${addrs[1]}" ] && "$BIN" bench --addr "http://${addrs[0]}" \
-      --traced-addr "http://${addrs[1]}" --otlp-sink-addr "127.0.0.1:$sink_port" --images "${photos[@]}" \
-      --labels-file "$labels" --labels 10 --concurrency "${CONCURRENCY:-8}" --seconds "$seconds" \
+      --traced-addr "http://${addrs[1]}" --otlp-sink-addr "127.0.0.1:$sink_port" "${load[@]}" \
       --model-dir "$MODEL" --json "$out/tracing.json"; then
     tracing_report=(--tracing "$out/tracing.json")
   else

@@ -6,7 +6,7 @@ mod common;
 use siglip_serve::error::Error;
 use siglip_serve::model::{
     device::BackendChoice,
-    image::{decode, preprocess, Convention, ImageLimits, Transparency},
+    image::{preprocess, Transparency},
     LoadOptions, Model,
 };
 
@@ -32,20 +32,12 @@ fn load_compiled(backend: BackendChoice) -> Model {
 
 /// Preprocessed pixels of `n` test photos (cycled), back to back.
 fn photos(model: &Model, n: usize) -> Vec<f32> {
-    let dir = common::generated("SIGLIP_TEST_ASSETS").join("images");
     ["chelsea_progressive.jpg", "rocket.bmp", "coffee_rgb8.png"]
         .iter()
         .cycle()
         .take(n)
         .flat_map(|name| {
-            let bytes = std::fs::read(dir.join(name)).expect("test photo");
-            let rgb = decode(
-                &bytes,
-                &ImageLimits::default(),
-                Convention::Processor,
-                Transparency::Composite,
-            )
-            .expect("decode");
+            let rgb = common::decode_as_served(&common::asset(name), Transparency::Composite);
             preprocess(&rgb, model.preprocess()).values
         })
         .collect()

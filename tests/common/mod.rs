@@ -9,6 +9,7 @@ use std::{
 
 use siglip_serve::model::{
     device::{DType, DTypeChoice, DeviceChoice},
+    image::{decode, Convention, ImageLimits, Transparency},
     LoadOptions, Model,
 };
 
@@ -28,6 +29,18 @@ pub fn generated(var: &str) -> PathBuf {
 /// A test image's bytes (`make test` generates them).
 pub fn asset(name: &str) -> Vec<u8> {
     std::fs::read(generated("SIGLIP_TEST_ASSETS").join("images").join(name)).expect("asset")
+}
+
+/// An encoded image decoded as the server decodes it: default limits, the processor's convention
+/// and `transparency` (the model's RGB rule).
+pub fn decode_as_served(bytes: &[u8], transparency: Transparency) -> image::RgbImage {
+    decode(
+        bytes,
+        &ImageLimits::default(),
+        Convention::Processor,
+        transparency,
+    )
+    .expect("decode")
 }
 
 /// Polls `done` until it holds; fails the test, saying `what` did not happen, after 30 s

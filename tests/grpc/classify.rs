@@ -12,7 +12,7 @@ use siglip_serve::model::{
 };
 use tonic::transport::Channel;
 
-use crate::common::{asset, server::Server};
+use crate::common::{asset, decode_as_served, server::Server};
 use crate::{
     assert_close, by_index, classify_request, expected, expected_with, labels, model_info,
     probabilities_by, raw_request, LABELS,
@@ -114,13 +114,7 @@ async fn raw_rgb8_and_rgba8_frames_score_like_the_encoded_image() {
     let server = Server::ready(&[]).await;
     let mut client = server.client().await;
     let png = asset("coffee_rgb8.png");
-    let rgb = decode(
-        &png,
-        &ImageLimits::default(),
-        Convention::Processor,
-        Transparency::Composite,
-    )
-    .expect("decode");
+    let rgb = decode_as_served(&png, Transparency::Composite);
     let want = expected(&png, &labels());
     let raw = |format, data| raw_request(rgb.width(), rgb.height(), format, data);
     let rgb8 = client

@@ -4,10 +4,10 @@
 use std::time::{Duration, Instant};
 
 use siglip_serve::grpc::pb;
-use siglip_serve::model::image::{decode, Convention, ImageLimits, Transparency};
+use siglip_serve::model::image::Transparency;
 use tonic::{Code, Request};
 
-use crate::common::{self, asset, server::Server};
+use crate::common::{self, asset, decode_as_served, server::Server};
 use crate::{assert_status, big_png, classify_request, encode, encoded, labels, raw_request};
 
 /// 1000×20: within the pixel limit of the bad-input test, over its side limit.
@@ -157,13 +157,7 @@ async fn every_bad_classify_request_gets_its_status_and_the_server_serves_on() {
 /// The pixels of a test photo, as a raw RGB8 frame: (width, height, bytes).
 fn coffee_rgb8() -> (u32, u32, Vec<u8>) {
     let png = asset("coffee_rgb8.png");
-    let rgb = decode(
-        &png,
-        &ImageLimits::default(),
-        Convention::Processor,
-        Transparency::Composite,
-    )
-    .expect("decode");
+    let rgb = decode_as_served(&png, Transparency::Composite);
     (rgb.width(), rgb.height(), rgb.to_vec())
 }
 

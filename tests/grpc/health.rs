@@ -12,11 +12,11 @@ use std::{
 };
 
 use siglip_serve::grpc::pb::{self, siglip_client::SiglipClient};
-use siglip_serve::model::image::{decode, Convention, ImageLimits, ImageProcessor, Transparency};
+use siglip_serve::model::image::{ImageProcessor, Transparency};
 use tonic::{transport::Channel, Code};
 use tonic_health::pb::health_check_response::ServingStatus;
 
-use crate::common::{self, asset, server::Server};
+use crate::common::{self, asset, decode_as_served, server::Server};
 use crate::{
     assert_close, assert_status, by_index, classify_request, labels, probabilities_from,
     raw_request,
@@ -35,13 +35,7 @@ fn faulty_model() -> std::path::PathBuf {
 /// What the faulty model answers for `photo` with the test labels: tiny's answer, whatever
 /// model the other tests serve (`make test TEST_MODEL=…`).
 fn expected(photo: &[u8]) -> Vec<f32> {
-    let rgb = decode(
-        photo,
-        &ImageLimits::default(),
-        Convention::Processor,
-        Transparency::Composite,
-    )
-    .expect("decode");
+    let rgb = decode_as_served(photo, Transparency::Composite);
     probabilities_from(
         "SIGLIP_TEST_FAULTY_MODEL_DIR",
         rgb,

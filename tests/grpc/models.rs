@@ -14,7 +14,7 @@ use std::{
 
 use siglip_serve::grpc::pb::{self, stream_request::Msg, upload_request};
 use siglip_serve::model::{
-    image::{decode, Convention, ImageLimits, ImageProcessor, Transparency},
+    image::{ImageProcessor, Transparency},
     manifest::Manifest,
 };
 use tokio_stream::StreamExt;
@@ -22,7 +22,7 @@ use tonic::{Code, Request};
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_types::StatusExt;
 
-use crate::common::{asset, generated, server::Server, wait_until, Scratch};
+use crate::common::{asset, decode_as_served, generated, server::Server, wait_until, Scratch};
 use crate::{assert_close, assert_status, by_index, encoded, frame, labels, probabilities_from};
 
 const TINY: &str = "SIGLIP_TEST_MODEL_DIR";
@@ -54,13 +54,7 @@ fn model_id(var: &str) -> String {
 
 /// Each label's probability for [`PHOTO`], from the core runtime on the model under `var`.
 fn want(var: &str) -> Vec<f32> {
-    let rgb = decode(
-        &asset(PHOTO),
-        &ImageLimits::default(),
-        Convention::Processor,
-        Transparency::Composite,
-    )
-    .expect("decode");
+    let rgb = decode_as_served(&asset(PHOTO), Transparency::Composite);
     probabilities_from(var, rgb, &labels(), ImageProcessor::Pil)
 }
 

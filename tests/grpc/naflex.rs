@@ -9,11 +9,11 @@ use siglip_serve::grpc::oip::pb::{
     infer_parameter::ParameterChoice, InferParameter, ModelInferRequest,
 };
 use siglip_serve::grpc::pb::{self, siglip_client::SiglipClient, stream_request::Msg};
-use siglip_serve::model::image::{decode, Convention, ImageLimits, Transparency};
+use siglip_serve::model::image::{Convention, Transparency};
 use siglip_serve::tools::parity::Suite;
 use tonic::{transport::Channel, Code};
 
-use crate::common::{asset, server::Server};
+use crate::common::{asset, decode_as_served, server::Server};
 use crate::{assert_status, by_index, encoded, labels, oip, stream_all};
 
 /// A NaFlex end-to-end reference: its model, budget, convention and file stem.
@@ -302,13 +302,7 @@ async fn regions_are_classified_at_their_own_aspect_ratio() {
     let mut client = server.client().await;
     let photo = asset("chelsea_progressive.jpg");
     // Decoded as the server decodes it (libjpeg-turbo's decoder, the model's RGB rule).
-    let rgb = decode(
-        &photo,
-        &ImageLimits::default(),
-        Convention::Processor,
-        Transparency::Drop,
-    )
-    .expect("decode");
+    let rgb = decode_as_served(&photo, Transparency::Drop);
     let boxes = [(0, 0, 40, 300), (10, 20, 400, 30), (100, 100, 64, 64)];
     let budget = 576;
     let regions = boxes

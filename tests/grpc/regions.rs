@@ -3,10 +3,10 @@
 //! Pillow's), events kept per (region, label), and every bad region refused.
 
 use siglip_serve::grpc::pb::{self, stream_request::Msg};
-use siglip_serve::model::image::{decode, Convention, ImageLimits, Transparency};
+use siglip_serve::model::image::Transparency;
 use tonic::Code;
 
-use crate::common::{asset, server::Server};
+use crate::common::{asset, decode_as_served, server::Server};
 use crate::{
     assert_close, assert_status, by_index, encoded, labels, probabilities, stream_all, LABELS,
 };
@@ -46,13 +46,7 @@ fn frame_with(id: u64, image: &[u8], regions: Vec<pb::Region>) -> pb::StreamRequ
 
 /// The core's probabilities for `r` cropped out of `image` decoded as the server does.
 fn expected_crop(image: &[u8], r: &pb::Region) -> Vec<f32> {
-    let rgb = decode(
-        image,
-        &ImageLimits::default(),
-        Convention::Processor,
-        Transparency::Composite,
-    )
-    .expect("decode");
+    let rgb = decode_as_served(image, Transparency::Composite);
     let crop = image::imageops::crop_imm(&rgb, r.x, r.y, r.width, r.height).to_image();
     probabilities(crop, &labels())
 }

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use siglip_serve::batch::{BatchConfig, Batcher, Flow, Reply, Site, Tag};
 use siglip_serve::error::Error;
 use siglip_serve::model::{
-    image::{decode, preprocess, Convention, ImageLimits, Pixels, Transparency},
+    image::{preprocess, Pixels, Transparency},
     scores::Embeddings,
     Model,
 };
@@ -17,7 +17,6 @@ use crate::{assert_close, common, config, model, stop};
 
 /// Preprocessed pixels of every test photo, and their embeddings computed one at a time.
 fn photos(model: &Model) -> Vec<(Vec<f32>, Embeddings)> {
-    let dir = common::generated("SIGLIP_TEST_ASSETS").join("images");
     [
         "chelsea_progressive.jpg",
         "rocket.bmp",
@@ -27,13 +26,7 @@ fn photos(model: &Model) -> Vec<(Vec<f32>, Embeddings)> {
     ]
     .iter()
     .map(|name| {
-        let rgb = decode(
-            &std::fs::read(dir.join(name)).unwrap(),
-            &ImageLimits::default(),
-            Convention::Processor,
-            Transparency::Composite,
-        )
-        .unwrap();
+        let rgb = common::decode_as_served(&common::asset(name), Transparency::Composite);
         let pixels = siglip_serve::model::image::preprocess(&rgb, model.preprocess()).values;
         let alone = model.embed_pixels(&pixels, 1).unwrap();
         (pixels, alone)
@@ -511,7 +504,6 @@ fn a_load_that_fails_or_panics_is_reported() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn callers_at_different_patch_budgets_share_a_batch_in_a_pass_per_budget() {
     let model = common::cpu_model("SIGLIP_TEST_NAFLEX_MODEL_DIR");
-    let dir = common::generated("SIGLIP_TEST_ASSETS").join("images");
     let names = [
         "chelsea_progressive.jpg",
         "astronaut_strip_37x500.png",
@@ -523,13 +515,7 @@ async fn callers_at_different_patch_budgets_share_a_batch_in_a_pass_per_budget()
         .zip(names.iter().cycle())
         .map(|(&budget, name)| {
             let prep = model.preprocess().with_budget(budget);
-            let rgb = decode(
-                &std::fs::read(dir.join(name)).unwrap(),
-                &ImageLimits::default(),
-                Convention::Processor,
-                prep.transparency,
-            )
-            .unwrap();
+            let rgb = common::decode_as_served(&common::asset(name), prep.transparency);
             let pixels = preprocess(&rgb, &prep);
             let alone = model.embed_rows(&[&pixels]).expect("alone").data;
             (pixels, alone)
@@ -566,14 +552,10 @@ async fn callers_at_different_patch_budgets_share_a_batch_in_a_pass_per_budget()
 async fn a_small_budget_is_not_starved_by_a_flood_of_large_ones() {
     for config in both_modes(config(2, 0, 64)) {
         let model = common::cpu_model("SIGLIP_TEST_NAFLEX_MODEL_DIR");
-        let photo = decode(
-            &std::fs::read(common::generated("SIGLIP_TEST_ASSETS").join("images/rocket_420.jpg"))
-                .unwrap(),
-            &ImageLimits::default(),
-            Convention::Processor,
+        let photo = common::decode_as_served(
+            &common::asset("rocket_420.jpg"),
             model.preprocess().transparency,
-        )
-        .unwrap();
+        );
         let (large, small) = (
             preprocess(&photo, &model.preprocess().with_budget(1024)),
             preprocess(&photo, &model.preprocess().with_budget(256)),

@@ -55,7 +55,9 @@ async fn admitted(
     let call = tokio::spawn({
         let infer = Arc::clone(infer);
         async move {
-            let (embeddings, _) = infer.embed_images(images, None, None).await?;
+            let (embeddings, _) = infer
+                .embed_images(images, &infer.preprocessing(None)?, None)
+                .await?;
             Ok(embeddings.rows().count())
         }
     });
@@ -125,7 +127,11 @@ fn refused<T>(result: Result<T, Error>) {
 async fn more_images_than_the_pending_bound_are_refused_at_once() {
     let (infer, worker) = core(16, &["--max-pending-images", "3"]);
     let images = large_photos();
-    refused(infer.embed_images(images(4), None, None).await);
+    refused(
+        infer
+            .embed_images(images(4), &infer.preprocessing(None).unwrap(), None)
+            .await,
+    );
     assert_eq!(infer.pending_images(), 0);
     stop(infer, worker).await;
 }
@@ -147,7 +153,11 @@ async fn images_being_decoded_count_against_the_pending_bound() {
         "premise broken: the first request's images were done before the second came (each \
          decodes in {decode:?})"
     );
-    refused(infer.embed_images(images(2), None, None).await);
+    refused(
+        infer
+            .embed_images(images(2), &infer.preprocessing(None).unwrap(), None)
+            .await,
+    );
     assert!(
         !first.is_finished(),
         "premise broken: the first request was answered before the second was refused (each \
@@ -172,7 +182,7 @@ async fn a_caller_that_goes_away_gives_its_pending_images_back() {
     let _ = gone.await;
     assert_eq!(infer.pending_images(), 0);
     let (embeddings, _) = infer
-        .embed_images(images(3), None, None)
+        .embed_images(images(3), &infer.preprocessing(None).unwrap(), None)
         .await
         .expect("served");
     assert_eq!(embeddings.rows().count(), 3);

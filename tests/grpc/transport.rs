@@ -352,12 +352,19 @@ async fn stalled_uploads_are_held_to_the_reassembly_budget() {
     let sent = attack.elapsed();
     let held = server.metric("siglip_reassembly_bytes").await;
     let grown = server.rss().saturating_sub(rss_before);
-    // The budget, plus the transport's own buffers (HTTP/2 windows, a message being decoded).
+    // What is held is bounded exactly by the reassembly metric (below). The process's growth adds
+    // the transport's buffers and what the allocator keeps of the refused uploads' chunks, which
+    // depends on scheduling (13 to 48 MiB over the budget seen on one machine): the bound here
+    // tells a server held to its budget from one that keeps what it was sent, halfway between.
+    let sent_bytes = UPLOADS * IMAGE;
+    let bound = BUDGET + (sent_bytes - BUDGET) / 2;
     assert!(
-        grown < (BUDGET + (48 << 20)) as u64,
-        "the server grew by {} MiB holding {} MiB of uploads",
+        grown < bound as u64,
+        "the server grew by {} MiB holding {} MiB of uploads, of {} MiB sent (bound {} MiB)",
         grown >> 20,
-        (held as u64) >> 20
+        (held as u64) >> 20,
+        sent_bytes >> 20,
+        bound >> 20
     );
     let during = server.served().await;
     assert!(
@@ -392,7 +399,9 @@ async fn stalled_uploads_are_held_to_the_reassembly_budget() {
     let most_held = sampler.most().await;
     eprintln!(
         "stalled uploads: in after {sent:?}, {over_budget} refused, {timed_out} timed out, at \
-         most {most_held} bytes held; served in {during:?} during, {idle:?} idle"
+         most {most_held} bytes held, the server grew by {} MiB; served in {during:?} during, \
+         {idle:?} idle",
+        grown >> 20
     );
     assert!(
         most_held <= BUDGET as f64,
